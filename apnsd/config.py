@@ -1,0 +1,274 @@
+"""One TOML file plus APNSD_* environment overrides, validated once into a frozen tree."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from apnsd.errors import ConfigError
+
+GATEWAYS = {
+    ("http2", "production"): ("api.push.apple.com", 443),
+    ("http2", "sandbox"): ("api.sandbox.push.apple.com", 443),
+    ("binary", "production"): ("gateway.push.apple.com", 2195),
+    ("binary", "sandbox"): ("gateway.sandbox.push.apple.com", 2195),
+}
+FEEDBACK_GATEWAYS = {
+    "production": ("feedback.push.apple.com", 2196),
+    "sandbox": ("feedback.sandbox.push.apple.com", 2196),
+}
+PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
+VOIP_PAYLOAD_LIMIT = 5120
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for config sections: immutable, and unknown keys are an error rather than ignored."""
+
+
+class RedisConfig(_Section):
+    """Where the queue lives and how its keys are named."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "apnsd"
+    socket_timeout: float = 5.0
+    results_stream: bool = False
+    results_maxlen: int = 100_000
+
+
+class WorkerConfig(_Section):
+    """How one worker process takes, holds and returns jobs."""
+
+    id: str = ""
+    batch_size: int = 1000
+    max_in_flight: int = 10_000
+    block_timeout: float = 1.0
+    grace_period: float = 20.0
+    heartbeat_interval: float = 5.0
+    heartbeat_ttl: float = 30.0
+    recover_interval: float = 10.0
+    state_dir: str = "/tmp/apnsd"
+
+
+class MetricsConfig(_Section):
+    """The Prometheus endpoint; an empty listen address turns it off."""
+
+    listen: str = "127.0.0.1:9464"
+
+
+class LogConfig(_Section):
+    """Log format and level."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AppConfig(_Section):
+    """One application: its credentials, gateway, queue and delivery policy."""
+
+    protocol: Literal["http2", "binary"] = "http2"
+    environment: Literal["production", "sandbox"] = "production"
+    host: str = ""
+    port: int = 0
+    queue: str = ""
+    topic: str = ""
+    cert: str = ""
+    key: str = ""
+    pkcs12: str = ""
+    passphrase: str = ""
+    ca_file: str = ""
+    token_key: str = ""
+    key_id: str = ""
+    team_id: str = ""
+    token_refresh: float = 3000.0
+    payload_limit: int = 0
+    connect_timeout: float = 10.0
+    reconnect_interval: float = 10_800.0
+    max_connects_per_minute: int = 6
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_attempts: int = 5
+    retry_backoff: float = 2.0
+    ping_interval: float = 3600.0
+    confirm_delay: float = 0.5
+    feedback_interval: float = 0.0
+    feedback_host: str = ""
+    feedback_port: int = 0
+
+    @property
+    def auth(self) -> Literal["token", "certificate"]:
+        """Token auth when a .p8 key is configured, certificate auth otherwise."""
+        return "token" if self.token_key else "certificate"
+
+    def gateway(self) -> tuple[str, int]:
+        """The host and port to connect to: configured, or Apple's for protocol and environment."""
+        host, port = GATEWAYS[(self.protocol, self.environment)]
+        return (self.host or host, self.port or port)
+
+    def feedback_gateway(self) -> tuple[str, int]:
+        """The binary feedback service's host and port."""
+        host, port = FEEDBACK_GATEWAYS[self.environment]
+        return (self.feedback_host or self.host or host, self.feedback_port or port)
+
+    def payload_limit_for(self, push_type: str | None) -> int:
+        """The largest payload in bytes this app may send for the given push type."""
+        if self.payload_limit:
+            return self.payload_limit
+        if self.protocol == "http2" and push_type == "voip":
+            return VOIP_PAYLOAD_LIMIT
+        return PAYLOAD_LIMITS[self.protocol]
+
+
+class Config(_Section):
+    """The whole validated configuration."""
+
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    apps: dict[str, AppConfig] = msgspec.field(default_factory=lambda: {"default": AppConfig()})
+    source: str = ""
+
+    def queue_key(self, app: AppConfig) -> str:
+        """The Redis list an app's jobs are taken from."""
+        return app.queue or f"{self.redis.prefix}:queue"
+
+    def queues(self) -> dict[str, list[str]]:
+        """Map each queue key to the names of the apps that read it."""
+        out: dict[str, list[str]] = {}
+        for name, app in self.apps.items():
+            out.setdefault(self.queue_key(app), []).append(name)
+        return out
+
+
+_SECTIONS = ("redis", "worker", "metrics", "log")
+_PATH_KEYS = ("cert", "key", "pkcs12", "ca_file", "token_key")
+
+
+def find_config_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """The config file to read: --config, then $APNSD_CONFIG, then /etc/apnsd/apnsd.toml if present."""
+    if explicit:
+        return explicit
+    if env.get("APNSD_CONFIG"):
+        return env["APNSD_CONFIG"]
+    default = Path("/etc/apnsd/apnsd.toml")
+    return str(default) if default.is_file() else None
+
+
+def has_env_overrides(env: Mapping[str, str]) -> bool:
+    """True when any APNSD_* variable other than APNSD_CONFIG is set."""
+    return any(k.startswith("APNSD_") and k != "APNSD_CONFIG" for k in env)
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment and validate; raises ConfigError naming the key."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        base = Path(path).resolve().parent
+    _apply_env(raw, env)
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(*_split_validation(str(exc))) from None
+    apps = {name: _resolve_paths(app, base) for name, app in config.apps.items()}
+    config = msgspec.structs.replace(config, apps=apps, source=path or "")
+    validate(config)
+    return config
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Overlay APNSD_<SECTION>_<KEY> and APNSD_APP_<NAME>_<KEY> onto the parsed TOML."""
+    app_keys = sorted(AppConfig.__struct_fields__, key=len, reverse=True)
+    for var, value in env.items():
+        if not var.startswith("APNSD_") or var == "APNSD_CONFIG":
+            continue
+        rest = var[len("APNSD_"):].lower()
+        if rest.startswith("app_"):
+            name_key = rest[len("app_"):]
+            key = next((k for k in app_keys if name_key.endswith("_" + k)), None)
+            if key is None:
+                raise ConfigError(var, f"ends in no known app key (one of: {', '.join(sorted(app_keys))})")
+            name = name_key[: -len(key) - 1]
+            raw.setdefault("apps", {}).setdefault(name, {})[key] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(var, "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)")
+        raw.setdefault(section, {})[key] = value
+
+
+def _split_validation(message: str) -> tuple[str, str]:
+    """Turn msgspec's 'problem - at `$.a.b`' into ('a.b', 'problem')."""
+    problem, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return ("config", message)
+    key = where.rstrip("`").removeprefix("$.").removeprefix("$")
+    return (key or "config", problem)
+
+
+def _resolve_paths(app: AppConfig, base: Path) -> AppConfig:
+    """Make credential paths absolute, relative to the config file's folder."""
+    changes = {k: str(base / v) for k in _PATH_KEYS if (v := getattr(app, k)) and not os.path.isabs(v)}
+    return msgspec.structs.replace(app, **changes) if changes else app
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def validate(config: Config) -> None:
+    """Check ranges and combinations that types alone cannot express."""
+    w = config.worker
+    _require(1 <= w.batch_size <= 10_000, "worker.batch_size", "must be between 1 and 10000")
+    _require(w.max_in_flight >= w.batch_size, "worker.max_in_flight", "must be at least worker.batch_size")
+    _require(0.05 <= w.block_timeout <= 30, "worker.block_timeout", "must be between 0.05 and 30 seconds")
+    _require(w.grace_period > 0, "worker.grace_period", "must be positive")
+    _require(0 < w.heartbeat_interval < w.heartbeat_ttl, "worker.heartbeat_ttl", "must be larger than worker.heartbeat_interval")
+    _require(bool(config.redis.prefix), "redis.prefix", "must not be empty")
+    _require(config.redis.url.split("://")[0] in ("redis", "rediss", "unix"), "redis.url", "must start with redis://, rediss:// or unix://")
+    if config.metrics.listen:
+        host, sep, port = config.metrics.listen.rpartition(":")
+        _require(bool(sep) and port.isdigit() and int(port) < 65536, "metrics.listen", "must be host:port, or empty to turn metrics off")
+    _require(bool(config.apps), "apps", "at least one app must be configured")
+    for name, app in config.apps.items():
+        _validate_app(name, app)
+
+
+def _validate_app(name: str, app: AppConfig) -> None:
+    k = f"apps.{name}."
+    _require(name.replace("-", "").replace("_", "").isalnum() and name == name.lower(), f"apps.{name}", "app names are lower case letters, digits, - and _")
+    _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
+    if app.token_key:
+        _require(app.protocol == "http2", k + "token_key", "token (.p8) auth exists only for protocol = \"http2\"")
+        _require(not (app.cert or app.pkcs12), k + "token_key", "choose token auth or certificate auth, not both")
+        _require(len(app.key_id) == 10 and app.key_id.isalnum(), k + "key_id", "must be the 10-character key id of the .p8 key")
+        _require(len(app.team_id) == 10 and app.team_id.isalnum(), k + "team_id", "must be the 10-character team id")
+        _require(bool(app.topic), k + "topic", "token auth needs the app's bundle id as topic")
+        _require(1200 <= app.token_refresh <= 3600, k + "token_refresh", "Apple allows refreshing between 20 and 60 minutes (1200-3600 s)")
+    _require(not (app.cert and app.pkcs12), k + "pkcs12", "set cert (PEM) or pkcs12, not both")
+    _require(not (app.key and not app.cert), k + "key", "a key file needs a cert file")
+    _require(0 <= app.payload_limit <= 65536, k + "payload_limit", "must be between 0 (protocol default) and 65536")
+    _require(app.connect_timeout > 0, k + "connect_timeout", "must be positive")
+    _require(app.reconnect_interval >= 60, k + "reconnect_interval", "must be at least 60 seconds (APNs treats churn as abuse)")
+    _require(1 <= app.max_connects_per_minute <= 60, k + "max_connects_per_minute", "must be between 1 and 60")
+    _require(0 < app.backoff_initial <= app.backoff_max, k + "backoff_max", "must be at least backoff_initial, which must be positive")
+    _require(app.max_attempts >= 1, k + "max_attempts", "must be at least 1")
+    _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
+    _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
+    _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
+    _require(app.feedback_interval == 0 or app.feedback_interval >= 10, k + "feedback_interval", "must be 0 (off) or at least 10 seconds")

@@ -1,0 +1,221 @@
+"""Raw queue elements → validated notifications: token normalisation, fan-out, payload size."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+import msgspec
+
+from apnsd.errors import JobError
+
+PUSH_TYPE_SUFFIXES: dict[str, str] = {
+    "alert": "",
+    "background": "",
+    "voip": ".voip",
+    "complication": ".complication",
+    "fileprovider": ".pushkit.fileprovider",
+    "mdm": "",
+    "location": ".location-query",
+    "liveactivity": ".push-type.liveactivity",
+    "pushtotalk": ".voip-ptt",
+    "widgets": ".push-type.widgets",
+    "controls": ".push-type.controls",
+}
+PRIORITIES = (10, 5, 1)
+MAX_COLLAPSE_ID = 64
+MIN_TOKEN_BYTES = 32
+MAX_TOKEN_BYTES = 100
+_HEX = frozenset("0123456789abcdef")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class JobSpec(msgspec.Struct, kw_only=True):
+    """The JSON object applications push; unknown keys are kept out of the way, not rejected."""
+
+    token: str | None = None
+    tokens: list[str] | None = None
+    payload: msgspec.Raw = msgspec.Raw(b"")
+    app: str = "default"
+    id: str | None = None
+    priority: int | None = None
+    expiration: int | None = None
+    push_type: str | None = None
+    topic: str | None = None
+    collapse_id: str | None = None
+    send_at: float | None = None
+    attempts: int = 0
+    enqueued_at: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Notification:
+    """One device's notification, ready for either protocol; ``raw`` is the job it came from."""
+
+    token: str
+    token_bytes: bytes
+    payload: bytes
+    app: str
+    apns_id: str
+    job_id: str | None
+    priority: int | None
+    expiration: int | None
+    push_type: str | None
+    topic: str | None
+    collapse_id: str | None
+    attempts: int
+    enqueued_at: float | None
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A job (or one token of it) that cannot be sent, with the reason it failed validation."""
+
+    raw: bytes
+    reason: str
+    detail: str
+    app: str | None
+    token: str | None = None
+
+
+class ApnsIds:
+    """Fast unique canonical UUIDs for apns-id: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        r = os.urandom(10).hex()
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-a{r[17:20]}-"
+        self._next = count(int.from_bytes(os.urandom(3), "big") << 24).__next__
+
+    def __call__(self) -> str:
+        """A new lowercase 8-4-4-4-12 id, unique within this process."""
+        return f"{self._prefix}{self._next() & 0xFFFFFFFFFFFF:012x}"
+
+
+def normalise_token(token: str) -> str:
+    """Lower-case hex with spaces and <> removed; rejects the truncated iOS 13 description form."""
+    if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
+        raise JobError("token_is_description", "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes")
+    t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
+    if not t:
+        raise JobError("missing_token", "token is empty")
+    if not _HEX.issuperset(t):
+        raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}")
+    n = len(t) // 2
+    if len(t) % 2 or not MIN_TOKEN_BYTES <= n <= MAX_TOKEN_BYTES:
+        raise JobError("bad_token_length", f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}")
+    return t
+
+
+def shorten(token: str) -> str:
+    """The first 8 characters of a token, for logs."""
+    return token[:8] + "…" if len(token) > 8 else token
+
+
+_decoder = msgspec.json.Decoder(JobSpec)
+_plain = msgspec.json.Decoder()
+
+
+class JobParser:
+    """Turns raw list elements into notifications for known apps, rejecting what cannot be sent."""
+
+    def __init__(self, limits: dict[str, tuple[str, int, int]], default_topics: dict[str, str]) -> None:
+        """``limits`` maps app name → (protocol, payload limit, voip payload limit)."""
+        self._limits = limits
+        self._topics = default_topics
+        self.new_id = ApnsIds()
+
+    def parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
+        """Validate one job; every token ends up either as a notification or a rejection."""
+        try:
+            spec = _decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return [], [self._reject_whole(raw, exc)]
+        except msgspec.DecodeError as exc:
+            return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
+        try:
+            payload = self._common(spec)
+        except JobError as exc:
+            return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+        tokens = [spec.token] if spec.tokens is None else spec.tokens
+        good: list[Notification] = []
+        bad: list[Rejected] = []
+        job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
+        for token in tokens:
+            try:
+                t = normalise_token(token)
+            except JobError as exc:
+                bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
+                continue
+            apns_id = job_uuid if job_uuid and len(tokens) == 1 else self.new_id()
+            good.append(Notification(t, bytes.fromhex(t), payload, spec.app, apns_id, spec.id, spec.priority,
+                                     spec.expiration, spec.push_type, spec.topic or self._topics.get(spec.app) or None,
+                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw))
+        return good, bad
+
+    def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:
+        try:
+            obj = _plain.decode(raw)
+        except msgspec.DecodeError as dexc:
+            return Rejected(raw, "not_json", f"job is not valid JSON: {dexc}", None)
+        if not isinstance(obj, dict):
+            return Rejected(raw, "not_object", f"job must be a JSON object, got {type(obj).__name__}", None)
+        app = obj.get("app") if isinstance(obj.get("app"), str) else None
+        return Rejected(raw, "bad_field", str(exc).replace("$.", ""), app)
+
+    def _common(self, spec: JobSpec) -> bytes:
+        """Checks shared by every token of a job; returns the encoded payload."""
+        if spec.app not in self._limits:
+            raise JobError("unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})")
+        if spec.token is None and not spec.tokens:
+            raise JobError("missing_token", "job has neither 'token' nor a non-empty 'tokens' list")
+        if spec.token is not None and spec.tokens is not None:
+            raise JobError("bad_field", "give 'token' or 'tokens', not both")
+        protocol, limit, voip_limit = self._limits[spec.app]
+        if spec.push_type is not None and spec.push_type not in PUSH_TYPE_SUFFIXES:
+            raise JobError("bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}")
+        if spec.priority is not None and spec.priority not in PRIORITIES:
+            raise JobError("bad_priority", f"priority must be 10, 5 or 1, got {spec.priority}")
+        if protocol == "binary" and spec.priority == 1:
+            raise JobError("bad_priority", "the binary protocol knows priorities 10 and 5 only")
+        if spec.expiration is not None and not 0 <= spec.expiration < 2**32:
+            raise JobError("bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}")
+        if spec.collapse_id is not None and len(spec.collapse_id.encode()) > MAX_COLLAPSE_ID:
+            raise JobError("bad_collapse_id", f"collapse_id is longer than {MAX_COLLAPSE_ID} bytes")
+        payload = decode_payload(spec.payload)
+        cap = voip_limit if spec.push_type == "voip" else limit
+        if len(payload) > cap:
+            payload = msgspec.json.encode(_plain.decode(payload))
+            if len(payload) > cap:
+                raise JobError("payload_too_large", f"payload is {len(payload)} bytes; the limit is {cap}")
+        return payload
+
+
+def decode_payload(raw: msgspec.Raw) -> bytes:
+    """The payload as JSON object bytes, whether pushed as an object or as a pre-encoded string."""
+    data = bytes(raw).strip()
+    if not data or data == b"null":
+        raise JobError("missing_payload", "job has no 'payload'")
+    if data[:1] == b'"':
+        text = _plain.decode(data)
+        try:
+            inner = _plain.decode(text)
+        except msgspec.DecodeError:
+            raise JobError("bad_payload", "payload string is not valid JSON") from None
+        if not isinstance(inner, dict):
+            raise JobError("bad_payload", "payload must be a JSON object")
+        return text.encode()
+    if data[:1] != b"{":
+        raise JobError("bad_payload", "payload must be a JSON object (or a string holding one)")
+    return data
+
+
+def retry_job(n: Notification, send_at: float) -> bytes:
+    """The job that sends ``n`` once more at ``send_at``, with its attempt count raised."""
+    obj: dict[str, Any] = _plain.decode(n.raw)
+    obj.pop("tokens", None)
+    obj.update(token=n.token, attempts=n.attempts + 1, send_at=send_at, id=n.job_id or n.apns_id)
+    return msgspec.json.encode(obj)
