@@ -1,0 +1,55 @@
+"""structlog configured once: JSON lines when not on a terminal, readable console output on one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Set up structlog for the whole process; ``fmt`` is auto, json or console."""
+    stream = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str, **bound: Any) -> Any:
+    """A logger for one component, with fields bound to every event it logs."""
+    return structlog.get_logger(component=name, **bound)
+
+
+class OnceLogger:
+    """Logs an outage once when it starts and once when it ends (with a count), not on every retry."""
+
+    def __init__(self, log: Any, event: str) -> None:
+        self._log, self._event = log, event
+        self.failures = 0
+
+    def failed(self, error: str) -> None:
+        """Note one failure; only the first of a run is logged."""
+        self.failures += 1
+        if self.failures == 1:
+            self._log.warning(self._event, error=error)
+
+    def recovered(self) -> None:
+        """Log the end of an outage with how many retries it took."""
+        if self.failures:
+            self._log.info(self._event + "_recovered", failed_attempts=self.failures)
+        self.failures = 0

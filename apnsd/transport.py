@@ -1,0 +1,209 @@
+"""The only socket user: TCP connect, TLS handshake (SNI, ALPN, verification), non-blocking I/O."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from collections.abc import Callable
+
+from OpenSSL import SSL
+
+from apnsd.errors import GatewayError, GatewayRejected
+
+READ_SIZE = 256 * 1024
+
+
+class TlsTransport:
+    """One TLS connection to a gateway; the thread that created it is its only reader and writer."""
+
+    def __init__(self, host: str, port: int, context: SSL.Context, *, alpn: bytes | None = None,
+                 timeout: float = 10.0, verify_host: Callable[[object, str], bool] | None = None) -> None:
+        self.host, self.port = host, port
+        self._context = context
+        self._alpn = alpn
+        self._timeout = timeout
+        self._verify_host = verify_host
+        self._sock: socket.socket | None = None
+        self._conn: SSL.Connection | None = None
+        self._out = bytearray()
+        self.closed = True
+        self.peer = f"{host}:{port}"
+
+    def connect(self) -> None:
+        """Open TCP and complete the TLS handshake within the timeout; raise GatewayError with the cause."""
+        deadline = time.monotonic() + self._timeout
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
+        except socket.timeout:
+            raise GatewayError(f"cannot reach {self.peer}: connection timed out (outgoing port {self.port} blocked?)") from None
+        except OSError as exc:
+            raise GatewayError(f"cannot reach {self.peer}: {exc.strerror or exc} (outgoing port {self.port} blocked?)") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        conn = SSL.Connection(self._context, sock)
+        if not _is_ip(self.host):
+            conn.set_tlsext_host_name(self.host.encode("idna"))
+        conn.set_connect_state()
+        self._sock, self._conn = sock, conn
+        try:
+            self._handshake(deadline)
+        except BaseException:
+            self._abort()
+            raise
+        self.closed = False
+
+    def _handshake(self, deadline: float) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._wait_io(deadline, write=False)
+            except SSL.WantWriteError:
+                self._wait_io(deadline, write=True)
+            except SSL.Error as exc:
+                raise GatewayRejected(f"TLS handshake with {self.peer} failed: {describe_ssl_error(exc)}") from None
+            except OSError as exc:
+                raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
+        if self._alpn is not None and conn.get_alpn_proto_negotiated() != self._alpn:
+            raise GatewayRejected(f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)")
+        cert = conn.get_peer_certificate(as_cryptography=True)
+        if self._verify_host is not None and (cert is None or not self._verify_host(cert, self.host)):
+            raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
+
+    def _wait_io(self, deadline: float, write: bool) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GatewayError(f"TLS handshake with {self.peer} timed out")
+        r, w, _ = select.select([] if write else [self._sock], [self._sock] if write else [], [], left)
+        if not r and not w:
+            raise GatewayError(f"TLS handshake with {self.peer} timed out")
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for the owner's selector."""
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def send(self, data: bytes | bytearray) -> None:
+        """Queue bytes; they leave on the next flush()."""
+        self._out += data
+
+    @property
+    def wants_write(self) -> bool:
+        """True while queued bytes have not all been written."""
+        return bool(self._out)
+
+    def flush(self) -> None:
+        """Write as much of the queued bytes as the socket takes now, without blocking."""
+        conn = self._conn
+        if conn is None or self.closed:
+            return
+        out = self._out
+        sent = 0
+        view = memoryview(out)
+        try:
+            while sent < len(out):
+                n = conn.send(view[sent:sent + 1024 * 1024])
+                sent += n
+        except (SSL.WantWriteError, SSL.WantReadError):
+            pass
+        except SSL.ZeroReturnError:
+            raise self._lost("peer closed the TLS session") from None
+        except SSL.SysCallError as exc:
+            raise self._lost(_syscall_reason(exc)) from None
+        except SSL.Error as exc:
+            raise self._lost(describe_ssl_error(exc)) from None
+        finally:
+            view.release()
+            del out[:sent]
+
+    def read(self) -> bytes:
+        """Every byte available now (b'' if none); raises GatewayError when the peer has closed."""
+        conn = self._conn
+        if conn is None or self.closed:
+            raise GatewayError(f"connection to {self.peer} is closed")
+        chunks: list[bytes] = []
+        try:
+            while True:
+                chunk = conn.recv(READ_SIZE)
+                if not chunk:
+                    raise self._lost("peer closed the connection")
+                chunks.append(chunk)
+        except SSL.WantReadError:
+            pass
+        except SSL.WantWriteError:
+            pass
+        except SSL.ZeroReturnError:
+            if chunks:
+                self.closed = True
+                return b"".join(chunks)
+            raise self._lost("peer closed the TLS session") from None
+        except SSL.SysCallError as exc:
+            if chunks:
+                self.closed = True
+                return b"".join(chunks)
+            raise self._lost(_syscall_reason(exc)) from None
+        except SSL.Error as exc:
+            raise self._lost(describe_ssl_error(exc)) from None
+        return b"".join(chunks)
+
+    def _lost(self, reason: str) -> GatewayError:
+        self._abort()
+        return GatewayError(f"connection to {self.peer} lost: {reason}")
+
+    def close(self) -> None:
+        """Send close_notify if possible and close the socket; never raises."""
+        if self._conn is not None and not self.closed:
+            try:
+                self._conn.shutdown()
+            except (SSL.Error, OSError):
+                pass
+        self._abort()
+
+    def _abort(self) -> None:
+        self.closed = True
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._conn = None
+        self._out.clear()
+
+
+def _is_ip(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _syscall_reason(exc: SSL.SysCallError) -> str:
+    code = exc.args[0] if exc.args else None
+    if code == -1 or code == 0:
+        return "peer closed the connection"
+    if isinstance(code, int) and code in errno.errorcode:
+        return f"{errno.errorcode[code]} ({code})"
+    return str(exc)
+
+
+def describe_ssl_error(exc: SSL.Error) -> str:
+    """Turn pyOpenSSL's nested error tuples into one readable line."""
+    parts = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and len(item) == 3:
+            parts.append(str(item[2]))
+    text = "; ".join(parts) or str(exc) or type(exc).__name__
+    if "alert" in text and ("certificate" in text or "handshake" in text or "unknown ca" in text):
+        text += " — the gateway rejected the client certificate (wrong environment, revoked or not an APNs certificate?)"
+    elif "certificate verify failed" in text:
+        text += " — the gateway's certificate is not trusted (set ca_file, or update the system CA store)"
+    return text
