@@ -69,6 +69,9 @@ class Notification:
     attempts: int
     enqueued_at: float | None
     raw: bytes = field(repr=False)
+    fanout: bool = False
+    batch: Any = field(default=None, repr=False)
+    losses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +125,9 @@ _plain = msgspec.json.Decoder()
 class JobParser:
     """Turns raw list elements into notifications for known apps, rejecting what cannot be sent."""
 
-    def __init__(self, limits: dict[str, tuple[str, int, int]], default_topics: dict[str, str]) -> None:
+    def __init__(self, limits: dict[str, tuple[str, int, int]]) -> None:
         """``limits`` maps app name → (protocol, payload limit, voip payload limit)."""
         self._limits = limits
-        self._topics = default_topics
         self.new_id = ApnsIds()
 
     def parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
@@ -152,8 +154,8 @@ class JobParser:
                 continue
             apns_id = job_uuid if job_uuid and len(tokens) == 1 else self.new_id()
             good.append(Notification(t, bytes.fromhex(t), payload, spec.app, apns_id, spec.id, spec.priority,
-                                     spec.expiration, spec.push_type, spec.topic or self._topics.get(spec.app) or None,
-                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw))
+                                     spec.expiration, spec.push_type, spec.topic,
+                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None))
         return good, bad
 
     def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:
@@ -213,9 +215,16 @@ def decode_payload(raw: msgspec.Raw) -> bytes:
     return data
 
 
-def retry_job(n: Notification, send_at: float) -> bytes:
-    """The job that sends ``n`` once more at ``send_at``, with its attempt count raised."""
+def single_job(n: Notification, **changes: Any) -> bytes:
+    """The job that sends just ``n`` (one token of a fan-out, or the whole job), with fields changed."""
+    if not n.fanout and not changes:
+        return n.raw
     obj: dict[str, Any] = _plain.decode(n.raw)
     obj.pop("tokens", None)
-    obj.update(token=n.token, attempts=n.attempts + 1, send_at=send_at, id=n.job_id or n.apns_id)
+    obj.update(token=n.token, id=n.job_id or n.apns_id, **changes)
     return msgspec.json.encode(obj)
+
+
+def retry_job(n: Notification, send_at: float) -> bytes:
+    """The job that sends ``n`` once more at ``send_at``, with its attempt count raised."""
+    return single_job(n, attempts=n.attempts + 1, send_at=send_at)

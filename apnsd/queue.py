@@ -144,7 +144,7 @@ class JobQueue:
         with redis_errors("writing outcomes"):
             p = self.client.pipeline(transaction=True)
             if c.requeue:
-                p.rpush(c.queue, *c.requeue)
+                p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
             if c.dead:
                 p.lpush(k.dead, *c.dead)
             if c.unregistered:
@@ -223,3 +223,72 @@ class JobQueue:
         """Check Redis answers."""
         with redis_errors("ping"):
             self.client.ping()
+
+    # --- inspection (stats, health, dead letters) -------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        """Jobs waiting in a queue."""
+        with redis_errors("reading queue depth"):
+            return int(self.client.llen(queue))
+
+    def scheduled_count(self, queue: str, until: float | None = None) -> int:
+        """Jobs in the scheduled set (due by ``until`` if given)."""
+        with redis_errors("counting scheduled jobs"):
+            key = self.keys.scheduled(queue)
+            return int(self.client.zcard(key) if until is None else self.client.zcount(key, "-inf", until))
+
+    def workers(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Registered workers with their last heartbeat status (None when it lapsed)."""
+        with redis_errors("listing workers"):
+            ids = sorted(w.decode() for w in self.client.smembers(self.keys.workers))
+            beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
+        return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats)]
+
+    def heartbeat_of(self, worker: str) -> dict[str, Any] | None:
+        """One worker's heartbeat status, or None if it lapsed."""
+        with redis_errors("reading heartbeat"):
+            raw = self.client.get(self.keys.heartbeat(worker))
+        return json.loads(raw) if raw else None
+
+    def counts(self) -> dict[str, int]:
+        """Dead letters, unregistered tokens and lifetime outcome totals."""
+        with redis_errors("reading counts"):
+            p = self.client.pipeline(transaction=False)
+            p.llen(self.keys.dead)
+            p.hlen(self.keys.unregistered)
+            p.hgetall(self.keys.stats)
+            dead, unreg, totals = p.execute()
+        out = {"dead": int(dead), "unregistered": int(unreg)}
+        out.update({f"total_{k.decode()}": int(v) for k, v in totals.items()})
+        return out
+
+    def dead_entries(self, count: int) -> list[dict[str, Any]]:
+        """The newest ``count`` dead-letter entries."""
+        with redis_errors("reading dead letters"):
+            return [json.loads(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
+
+    def requeue_dead(self, queue_for: dict[str, str], default_queue: str, limit: int, reason: str | None) -> int:
+        """Move up to ``limit`` dead entries (optionally only a reason prefix) back onto their app's queue."""
+        moved = 0
+        with redis_errors("requeueing dead letters"):
+            for raw in self.client.lrange(self.keys.dead, 0, -1):
+                if moved >= limit:
+                    break
+                entry = json.loads(raw)
+                if reason and not str(entry.get("reason", "")).startswith(reason):
+                    continue
+                p = self.client.pipeline(transaction=True)
+                p.lrem(self.keys.dead, 1, raw)
+                p.lpush(queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode())
+                if p.execute()[0]:
+                    moved += 1
+        return moved
+
+    def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Unregistered-token entries (all, or just the given tokens)."""
+        with redis_errors("reading unregistered tokens"):
+            if tokens is None:
+                items = self.client.hgetall(self.keys.unregistered).items()
+                return {k.decode(): json.loads(v) for k, v in items}
+            values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
+        return {t: json.loads(v) for t, v in zip(tokens, values) if v}

@@ -1,0 +1,89 @@
+"""Builds each configured app's session: credentials, TLS context, transport factory, protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from apnsd import logs, metrics
+from apnsd.config import AppConfig, Config
+from apnsd.credentials import (
+    EXPIRY_WARN_DAYS, ClientIdentity, TokenSigner, check_validity, client_context, load_identity, verify_hostname,
+)
+from apnsd.errors import CredentialsError
+from apnsd.jobs import JobParser
+from apnsd.session import Session
+from apnsd.transport import TlsTransport
+
+
+@dataclass
+class AppCredentials:
+    """What an app authenticates with: a client certificate, a token signer, or neither (mock gateways)."""
+
+    identity: ClientIdentity | None
+    signer: TokenSigner | None
+
+
+def load_credentials(name: str, app: AppConfig) -> AppCredentials:
+    """Load an app's certificate or .p8 key; CredentialsError says which app and file."""
+    try:
+        identity = load_identity(app.cert, app.key, app.pkcs12, app.passphrase) if (app.cert or app.pkcs12) else None
+        signer = (TokenSigner.from_p8(app.token_key, app.key_id, app.team_id, app.token_refresh)
+                  if app.token_key else None)
+    except CredentialsError as exc:
+        raise CredentialsError(f"app {name!r}: {exc}") from None
+    return AppCredentials(identity, signer)
+
+
+def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | None = None) -> str | None:
+    """Warn when the certificate expires within 30 days; return the reason when it has expired."""
+    if creds.identity is None:
+        return None
+    info = creds.identity.info
+    now = now or datetime.now(timezone.utc)
+    metrics.CERT_EXPIRY.labels(name).set(info.not_after.timestamp())
+    try:
+        check_validity(info, now, creds.identity.source)
+    except CredentialsError as exc:
+        return str(exc)
+    days = info.days_left(now)
+    if days < EXPIRY_WARN_DAYS:
+        log.warning("certificate_expires_soon", days_left=round(days, 1), not_after=info.not_after.isoformat())
+    return None
+
+
+def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
+    """The session for one app, connecting lazily on its first notification."""
+    http2 = app.protocol == "http2"
+    alpn = b"h2" if http2 else None
+    ctx = client_context(creds.identity, app.ca_file, [alpn] if alpn else None)
+    host, port = app.gateway()
+
+    def make_transport() -> TlsTransport:
+        return TlsTransport(host, port, ctx, alpn=alpn, timeout=app.connect_timeout, verify_host=verify_hostname)
+
+    log = logs.get("session", app=name, protocol=app.protocol)
+    if http2:
+        from apnsd.http2_session import Http2Session
+
+        return Http2Session(name, app, make_transport, log, signer=creds.signer,
+                            default_topic=default_topic(app, creds))
+    from apnsd.binary_session import BinarySession
+
+    return BinarySession(name, app, make_transport, log)
+
+
+def default_topic(app: AppConfig, creds: AppCredentials) -> str | None:
+    """The configured topic, else the certificate's bundle id (subject UID)."""
+    if app.topic:
+        return app.topic
+    if creds.identity is not None:
+        return creds.identity.info.bundle_id
+    return None
+
+
+def make_parser(config: Config) -> JobParser:
+    """A job parser that knows every app's protocol and payload limits."""
+    return JobParser({name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
+                      for name, app in config.apps.items()})

@@ -1,0 +1,187 @@
+"""The `apnsd` command: run, push, check, mock, stats, dead, health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from apnsd import __version__
+from apnsd.errors import ApnsdError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ApnsdError as exc:
+        print(f"apnsd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apnsd", description="Apple push notifications from a Redis list.")
+    p.add_argument("--version", action="version", version=f"apnsd {__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    def cmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if name != "mock":
+            sp.add_argument("--config", "-c", help="TOML config (default: $APNSD_CONFIG, then /etc/apnsd/apnsd.toml)")
+        return sp
+
+    r = cmd("run", _run, "Run the daemon (with nothing configured: a local demo with redis-server and the mock gateway).")
+    r.add_argument("--drain", action="store_true", help="exit 0 once the queue is empty and every job has its outcome")
+    r.add_argument("--demo-jobs", type=int, default=1000, help="sample jobs the demo enqueues (demo mode only)")
+
+    ps = cmd("push", _push, "Enqueue one notification job from the shell.")
+    ps.add_argument("--token", "-t", action="append", required=True, help="device token (hex); repeat to fan out")
+    ps.add_argument("--alert", "-a", help="alert text")
+    ps.add_argument("--badge", type=int)
+    ps.add_argument("--sound")
+    ps.add_argument("--payload", help="raw payload JSON (instead of --alert/--badge/--sound)")
+    ps.add_argument("--app", default="default")
+    ps.add_argument("--topic")
+    ps.add_argument("--push-type")
+    ps.add_argument("--priority", type=int)
+    ps.add_argument("--expiration", type=int)
+    ps.add_argument("--collapse-id")
+    ps.add_argument("--id")
+    ps.add_argument("--at", help="send later: unix seconds, or +SECONDS from now")
+
+    ck = cmd("check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match).")
+    ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
+
+    st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
+    st.add_argument("--json", action="store_true")
+
+    dd = cmd("dead", _dead, "List or requeue dead-lettered jobs.")
+    dd.add_argument("action", choices=["list", "requeue"])
+    dd.add_argument("--limit", type=int, default=20)
+    dd.add_argument("--reason", help="only entries with this reason (prefix match)")
+    dd.add_argument("--json", action="store_true")
+
+    cmd("health", _health, "Exit 0 when this host's worker is alive and its last connection attempt did not fail.")
+
+    from apnsd.mock_cli import add_mock_arguments
+
+    add_mock_arguments(cmd("mock", None, "Run a local fake APNs gateway (binary or HTTP/2) over TLS."))
+    return p
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from apnsd.config import find_config_path, load_config
+
+    return load_config(find_config_path(args.config, os.environ))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from apnsd import logs
+    from apnsd.config import find_config_path, has_env_overrides
+
+    path = find_config_path(args.config, os.environ)
+    if path is None and not has_env_overrides(os.environ):
+        from apnsd.demo import run_demo
+
+        return run_demo(args.demo_jobs, drain=args.drain)
+    from apnsd.config import load_config
+    from apnsd.daemon import Daemon
+
+    config = load_config(path)
+    logs.configure(config.log.format, config.log.level)
+    return Daemon(config, drain=args.drain).run()
+
+
+def _queue(config: Any) -> Any:
+    from apnsd.daemon import default_worker_id
+    from apnsd.queue import JobQueue, connect
+
+    return JobQueue(connect(config.redis.url, config.redis.socket_timeout), config.redis.prefix, "cli:" + default_worker_id())
+
+
+def _push(args: argparse.Namespace) -> int:
+    import msgspec
+
+    config = _load(args)
+    if args.app not in config.apps:
+        print(f"apnsd push: app {args.app!r} is not configured", file=sys.stderr)
+        return 2
+    if args.payload:
+        try:
+            payload = msgspec.json.decode(args.payload)
+        except msgspec.DecodeError as exc:
+            print(f"apnsd push: --payload is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    else:
+        aps = {k: v for k, v in (("alert", args.alert), ("badge", args.badge), ("sound", args.sound)) if v is not None}
+        payload = {"aps": aps}
+    job: dict[str, Any] = {"payload": payload, "app": args.app, "enqueued_at": time.time()}
+    job.update({"token": args.token[0]} if len(args.token) == 1 else {"tokens": args.token})
+    for key in ("topic", "push_type", "priority", "expiration", "collapse_id", "id"):
+        if getattr(args, key) is not None:
+            job[key] = getattr(args, key)
+    from apnsd.jobs import JobParser
+
+    app = config.apps[args.app]
+    good, bad = JobParser({args.app: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))}).parse(msgspec.json.encode(job))
+    if bad:
+        print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
+        return 2
+    q = _queue(config)
+    queue = config.queue_key(app)
+    if args.at:
+        at = time.time() + float(args.at[1:]) if args.at.startswith("+") else float(args.at)
+        job["send_at"] = at
+        q.schedule(queue, msgspec.json.encode(job), at)
+        print(f"scheduled 1 job on {q.keys.scheduled(queue)} for {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")
+    else:
+        depth = q.push(queue, [msgspec.json.encode(job)])
+        print(f"queued 1 job ({len(good)} notification(s)) on {queue}; depth now {depth}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from apnsd.doctor import run_check
+
+    return run_check(_load(args), args.connect, sys.stdout)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from apnsd.stats import collect, render
+
+    data = collect(_load(args), _queue)
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0
+
+
+def _dead(args: argparse.Namespace) -> int:
+    from apnsd.stats import dead_list, dead_requeue
+
+    config = _load(args)
+    if args.action == "list":
+        return dead_list(config, _queue(config), args.limit, args.reason, args.json)
+    return dead_requeue(config, _queue(config), args.limit, args.reason)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from apnsd.stats import health
+
+    ok, reason = health(_load(args), _queue)
+    print(reason)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

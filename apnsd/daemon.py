@@ -1,0 +1,230 @@
+"""Process lifecycle: build the loops, heartbeat, recover, promote scheduled jobs, signals, reload, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apnsd import logs, metrics
+from apnsd.apps import AppCredentials, build_session, expiry_problem, load_credentials, make_parser
+from apnsd.config import Config, load_config
+from apnsd.delivery import DeliveryLoop
+from apnsd.errors import ApnsdError, QueueError
+from apnsd.outcome_log import OutcomeRecorder
+from apnsd.queue import JobQueue, connect
+
+EXPIRY_CHECK_INTERVAL = 86_400.0
+DRAIN_HORIZON = 300.0  # --drain waits for scheduled jobs due within this many seconds
+
+
+def default_worker_id() -> str:
+    """host:pid, unique among live workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Daemon:
+    """One worker process: a delivery loop per queue, and the housekeeping around them."""
+
+    def __init__(self, config: Config, *, drain: bool = False) -> None:
+        self.config = config
+        self.drain = drain
+        self.worker_id = config.worker.id or default_worker_id()
+        self.log = logs.get("daemon", worker=self.worker_id)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.loops: list[DeliveryLoop] = []
+        self._threads: list[threading.Thread] = []
+        self.creds: dict[str, AppCredentials] = {}
+        self.health_path = Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or until drained with --drain); returns the exit code."""
+        cfg = self.config
+        self.creds = {name: load_credentials(name, app) for name, app in cfg.apps.items()}
+        client = connect(cfg.redis.url, cfg.redis.socket_timeout)
+        self.jq = JobQueue(client, cfg.redis.prefix, self.worker_id,
+                           cfg.redis.results_maxlen if cfg.redis.results_stream else 0)
+        self._build_loops()
+        if cfg.metrics.listen:
+            try:
+                metrics.serve(cfg.metrics.listen)
+            except OSError as exc:
+                self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
+        self._install_signals()
+        self.log.info("started", queues=[lp.queue for lp in self.loops], apps=sorted(cfg.apps),
+                      redis=_redact(cfg.redis.url), drain=self.drain)
+        self._heartbeat()
+        self._recover()
+        for lp in self.loops:
+            t = threading.Thread(target=lp.run, args=(cfg.worker.grace_period,), name=f"loop:{lp.queue}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._main_loop()
+        return self._shutdown()
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop (what SIGTERM does)."""
+        self._stop.set()
+
+    def _build_loops(self) -> None:
+        cfg = self.config
+        parser = make_parser(cfg)
+        recorder = OutcomeRecorder(dict(cfg.apps), cfg.redis.results_stream)
+        for queue, app_names in cfg.queues().items():
+            sessions = {}
+            for name in app_names:
+                s = build_session(name, cfg.apps[name], self.creds[name])
+                problem = expiry_problem(name, self.creds[name], s.log)
+                if problem:
+                    s.disable(problem)
+                sessions[name] = s
+            self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _main_loop(self) -> None:
+        w = self.config.worker
+        now = time.monotonic()
+        next_beat, next_recover, next_expiry = now + w.heartbeat_interval, now + w.recover_interval, now + EXPIRY_CHECK_INTERVAL
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            if any(not t.is_alive() for t in self._threads):
+                self.log.error("delivery_loop_died")
+                break
+            self._promote_scheduled()
+            if now >= next_beat:
+                next_beat = now + w.heartbeat_interval
+                self._heartbeat()
+            if now >= next_recover:
+                next_recover = now + w.recover_interval
+                self._recover()
+            if now >= next_expiry:
+                next_expiry = now + EXPIRY_CHECK_INTERVAL
+                self._check_expiry()
+            if self.drain and self._drained():
+                self.log.info("drained")
+                break
+
+    def _shutdown(self) -> int:
+        self.log.info("stopping", grace_period=self.config.worker.grace_period)
+        for lp in self.loops:
+            lp.stopping.set()
+        limit = time.monotonic() + self.config.worker.grace_period + self.config.worker.block_timeout + 5
+        for t in self._threads:
+            t.join(max(0.1, limit - time.monotonic()))
+        clean = not any(t.is_alive() for t in self._threads)
+        try:
+            if clean:
+                self.jq.retire()
+        except QueueError as exc:
+            self.log.warning("retire_failed", error=str(exc))
+        self.health_path.unlink(missing_ok=True)
+        self.log.info("stopped", clean=clean)
+        return 0 if clean else 1
+
+    # --- housekeeping ------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        w = self.config.worker
+        status: dict[str, Any] = {"worker": self.worker_id, "pid": os.getpid(), "time": time.time(), "redis": True,
+                                  "queues": {lp.queue: lp.stats() for lp in self.loops}}
+        try:
+            self.jq.heartbeat(w.heartbeat_ttl, status)
+        except QueueError as exc:
+            status["redis"] = False
+            status["redis_error"] = str(exc)
+        for lp in self.loops:
+            metrics.IN_FLIGHT.labels(lp.queue).set(lp.in_flight)
+        self._write_health(status)
+        self._update_depths()
+
+    def _write_health(self, status: dict[str, Any]) -> None:
+        try:
+            self.health_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.health_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(self.health_path)
+        except OSError as exc:
+            self.log.warning("health_file_unwritable", path=str(self.health_path), error=str(exc))
+
+    def _update_depths(self) -> None:
+        try:
+            for lp in self.loops:
+                metrics.QUEUE_DEPTH.labels(lp.queue).set(self.jq.depth(lp.queue))
+                metrics.SCHEDULED.labels(lp.queue).set(self.jq.scheduled_count(lp.queue))
+        except QueueError:
+            pass  # gauges are best effort; the outage is logged by the loops
+
+    def _recover(self) -> None:
+        try:
+            moved = self.jq.recover_dead([lp.queue for lp in self.loops])
+        except QueueError:
+            return
+        for worker, n in moved.items():
+            self.log.warning("recovered_dead_worker", dead_worker=worker, jobs=n)
+
+    def _promote_scheduled(self) -> None:
+        try:
+            for lp in self.loops:
+                while self.jq.promote_due(lp.queue, time.time()) >= 1000:
+                    pass
+        except QueueError:
+            pass
+
+    def _check_expiry(self) -> None:
+        for lp in self.loops:
+            for name, s in lp.sessions.items():
+                problem = expiry_problem(name, self.creds[name], s.log)
+                if problem and not s.disabled:
+                    lp.post(lambda s=s, p=problem: s.disable(p))
+
+    def _drained(self) -> bool:
+        try:
+            for lp in self.loops:
+                if self.jq.depth(lp.queue) or self.jq.scheduled_count(lp.queue, time.time() + DRAIN_HORIZON):
+                    return False
+        except QueueError:
+            return False
+        return all(lp.idle.is_set() and lp.in_flight == 0 for lp in self.loops)
+
+    def _do_reload(self) -> None:
+        """SIGHUP: re-read config and credentials; keep the old ones if the new ones are broken."""
+        try:
+            new = load_config(self.config.source or None)
+            creds = {name: load_credentials(name, app) for name, app in new.apps.items()}
+        except ApnsdError as exc:
+            self.log.error("reload_rejected", error=str(exc), keeping="previous config")
+            return
+        if set(new.apps) != set(self.config.apps) or new.queues() != self.config.queues() or new.redis != self.config.redis:
+            self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
+        for lp in self.loops:
+            for name in lp.sessions:
+                if name in new.apps:
+                    session = build_session(name, new.apps[name], creds[name])
+                    self.creds[name] = creds[name]
+                    lp.post(lambda lp=lp, n=name, s=session: lp.replace_session(n, s))
+        self.log.info("reloaded", config=self.config.source or "(environment)")
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -1,0 +1,272 @@
+"""One queue's delivery loop: take → dispatch to app sessions → read answers → commit outcomes."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from apnsd import logs, metrics
+from apnsd.config import WorkerConfig
+from apnsd.errors import QueueError
+from apnsd.jobs import JobParser, Notification, Rejected
+from apnsd.outcome_log import Batch, OutcomeRecorder
+from apnsd.outcomes import Kind, Outcome
+from apnsd.queue import Commit, JobQueue
+from apnsd.session import Session
+
+EXPIRED = Outcome(Kind.DEAD, None, "expired")
+IDLE_WAIT = 0.2  # longest the loop sleeps without a reason, so stop flags are seen promptly
+
+
+@dataclass
+class Taken:
+    """A batch handed from the feeder to the loop."""
+
+    batch: Batch
+    notes: list[Notification]
+    rejects: list[Rejected]
+
+
+class Feeder(threading.Thread):
+    """Moves batches from Redis into in-flight storage and parses them while the loop talks to gateways."""
+
+    def __init__(self, loop: DeliveryLoop) -> None:
+        super().__init__(name=f"feeder:{loop.queue}", daemon=True)
+        self.loop = loop
+        self.stop = threading.Event()
+        self.outage = logs.OnceLogger(loop.log, "redis_unavailable")
+
+    def run(self) -> None:
+        """Take while there is room under max_in_flight; block on Redis only when the queue is empty."""
+        loop, cfg = self.loop, self.loop.worker
+        while not self.stop.is_set():
+            with loop.room:
+                while loop.in_flight >= cfg.max_in_flight and not self.stop.is_set():
+                    loop.room.wait(IDLE_WAIT)
+            if self.stop.is_set():
+                return
+            try:
+                field, raws = loop.jq.take(loop.queue, cfg.batch_size)
+                if not raws:
+                    loop.jq.wait(loop.queue, cfg.block_timeout)
+                    self.outage.recovered()
+                    continue
+            except QueueError as exc:
+                self.outage.failed(str(exc))
+                self.stop.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
+                continue
+            self.outage.recovered()
+            loop.hand_over(self._parse(field, raws))
+
+    def _parse(self, field: str, raws: list[bytes]) -> Taken:
+        loop = self.loop
+        batch = Batch(Commit(loop.queue, field))
+        notes: list[Notification] = []
+        rejects: list[Rejected] = []
+        parse = loop.parser.parse
+        for raw in raws:
+            good, bad = parse(raw)
+            notes += good
+            rejects += bad
+        for n in notes:
+            n.batch = batch
+        batch.remaining = len(notes) + len(rejects)
+        metrics.JOBS_TAKEN.labels(loop.queue).inc(len(raws))
+        metrics.BATCH_SIZE.labels(loop.queue).observe(len(raws))
+        return Taken(batch, notes, rejects)
+
+
+class DeliveryLoop:
+    """Owns the sessions (and so the TLS connections) of the apps fed by one queue."""
+
+    def __init__(self, queue: str, sessions: dict[str, Session], jq: JobQueue, parser: JobParser,
+                 worker: WorkerConfig, recorder: OutcomeRecorder) -> None:
+        self.queue = queue
+        self.sessions = sessions
+        self.jq = jq
+        self.parser = parser
+        self.worker = worker
+        self.recorder = recorder
+        self.log = logs.get("delivery", queue=queue)
+        self.room = threading.Condition()
+        self.in_flight = 0
+        self._handoff: deque[Taken] = deque()
+        self._ready: deque[Batch] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.feeder = Feeder(self)
+        self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
+        self._next_commit_try = 0.0
+        self.stopping = threading.Event()
+        self.idle = threading.Event()
+        self._posted: deque[Callable[[], None]] = deque()
+        self._retiring: list[Session] = []
+
+    # --- feeder side ---------------------------------------------------------------------------
+
+    def hand_over(self, taken: Taken) -> None:
+        """Called by the feeder thread: count the batch as in flight and wake the loop."""
+        with self.room:
+            self.in_flight += taken.batch.remaining
+        self._handoff.append(taken)
+        os.write(self._wake_w, b"x")
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop's thread (the only one allowed to touch its sessions)."""
+        self._posted.append(fn)
+        os.write(self._wake_w, b"x")
+
+    # --- loop side -----------------------------------------------------------------------------
+
+    def replace_session(self, name: str, new: Session) -> None:
+        """Make-before-break: new work goes to ``new``; the old session finishes what it sent, then closes."""
+        old = self.sessions[name]
+        new.pending.extend(old.pending)
+        old.pending.clear()
+        old.rotating = True
+        self._retiring.append(old)
+        self.sessions[name] = new
+        self.log.info("session_replaced", app=name)
+
+    def _all_sessions(self) -> list[Session]:
+        return [*self.sessions.values(), *self._retiring]
+
+    def run(self, grace_period: float) -> None:
+        """Deliver until asked to stop, then drain for at most ``grace_period`` and return the rest."""
+        self.feeder.start()
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            while self._posted:
+                self._posted.popleft()()
+            self._dispatch_new(now)
+            for s in self._all_sessions():
+                self._record_all(s.step(now, False), now)
+            for r in self._retiring:
+                if r.pending:  # lost its connection before finishing: the replacement sends the rest
+                    self.sessions[r.app].pending.extend(r.pending)
+                    r.pending.clear()
+            for s in [r for r in self._retiring if not r.busy]:
+                s.close("replaced")
+                self._retiring.remove(s)
+            self._commit_ready(now)
+            if self.stopping.is_set():
+                if deadline is None:
+                    deadline = now + grace_period
+                    self.feeder.stop.set()
+                    with self.room:
+                        self.room.notify_all()
+                if not self.feeder.is_alive() and not self._handoff and self.in_flight == 0 and not self._ready:
+                    break
+                if now >= deadline and not self.feeder.is_alive():
+                    self._give_back(now)
+                    break
+            self.idle.set() if self.in_flight == 0 and not self._handoff else self.idle.clear()
+            self._wait(now, deadline)
+        for s in self._all_sessions():
+            s.close("shutdown")
+        self.log.info("delivery_stopped", in_flight=self.in_flight)
+
+    def _dispatch_new(self, now: float) -> None:
+        wall = time.time()
+        while self._handoff:
+            taken = self._handoff.popleft()
+            for r in taken.rejects:
+                self._completed(self.recorder.reject(taken.batch, r, wall))
+            for n in taken.notes:
+                s = self.sessions.get(n.app)
+                if s is None or s.disabled:
+                    reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
+                    self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
+                elif n.expiration and n.expiration < wall:
+                    self._completed(self.recorder.record(n, EXPIRED, wall))
+                else:
+                    s.pending.append(n)
+
+    def _record_all(self, resolved: list[tuple[Notification, Outcome]], now: float) -> None:
+        if not resolved:
+            return
+        wall = time.time()
+        record = self.recorder.record
+        for n, outcome in resolved:
+            self._completed(record(n, outcome, wall))
+
+    def _completed(self, batch: Batch | None) -> None:
+        if batch is not None:
+            self._ready.append(batch)
+
+    def _commit_ready(self, now: float) -> None:
+        if not self._ready or now < self._next_commit_try:
+            return
+        done = 0
+        while self._ready:
+            b = self._ready[0]
+            try:
+                self.jq.commit(b.commit)
+            except QueueError as exc:
+                self.commit_outage.failed(str(exc))
+                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
+                break
+            self._ready.popleft()
+            done += sum(b.commit.counts.values())
+        if done:
+            self.commit_outage.recovered()
+            with self.room:
+                self.in_flight -= done
+                self.room.notify_all()
+            metrics.IN_FLIGHT.labels(self.queue).set(self.in_flight)
+
+    def _wait(self, now: float, deadline: float | None) -> None:
+        timeout = IDLE_WAIT
+        rlist: list[int] = [self._wake_r]
+        wlist: list[int] = []
+        fds: dict[int, Session] = {}
+        for s in self._all_sessions():
+            timeout = min(timeout, s.deadline(now) - now)
+            fd = s.fileno()
+            if fd is not None:
+                fds[fd] = s
+                rlist.append(fd)
+                if s.wants_write:
+                    wlist.append(fd)
+        if self._ready:
+            timeout = min(timeout, max(0.0, self._next_commit_try - now))
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - now))
+        r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))
+        if not r:
+            return
+        if self._wake_r in r:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        later = time.monotonic()
+        for fd in r:
+            s = fds.get(fd)
+            if s is not None:
+                self._record_all(s.step(later, True), later)
+
+    def _give_back(self, now: float) -> None:
+        """Grace period over: write what is known and return every unanswered job to the queue."""
+        returned = 0
+        for s in self._all_sessions():
+            for n in s.unresolved():
+                self._completed(self.recorder.give_back(n))
+                returned += 1
+        self._commit_ready(now)
+        self.log.info("returned_to_queue", notifications=returned, in_flight_left=self.in_flight)
+
+    def stats(self) -> dict[str, Any]:
+        """Live numbers for the heartbeat and health file."""
+        return {"in_flight": self.in_flight, "apps": {a: {"connected": s.transport is not None,
+                                                          "last_connect_error": s.last_connect_error,
+                                                          "disabled": s.disabled} for a, s in self.sessions.items()}}
+

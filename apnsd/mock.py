@@ -1,0 +1,247 @@
+"""A fake APNs gateway over real TLS on loopback, for both protocols, built on the protocol cores."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from OpenSSL import SSL
+
+from apnsd import binary
+from apnsd.credentials import inspect_certificate, server_context
+from apnsd.errors import ProtocolError
+from apnsd.mockrecord import MockRecord, Received
+
+READ_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class BinaryFaults:
+    """Faults the binary mock injects: error responses for token prefixes, an abrupt close after N."""
+
+    fail_prefixes: tuple[tuple[str, int], ...] = ()
+    close_after: int = 0
+    once: bool = True
+
+
+@dataclass
+class _Counters:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    accepted: int = 0
+    closes: int = 0
+
+
+class MockGateway:
+    """Listens on loopback and serves each TLS connection in its own thread until stopped."""
+
+    def __init__(self, protocol: str, cert_file: str, key_file: str, client_ca_file: str | None, *,
+                 host: str = "127.0.0.1", port: int = 0, binary_faults: BinaryFaults = BinaryFaults(),
+                 http2_faults: Any = None, record: MockRecord | None = None,
+                 feedback: list[tuple[int, bytes]] | None = None, now: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.protocol = protocol
+        self.record = record or MockRecord()
+        self.binary_faults = binary_faults
+        self.http2_faults = http2_faults
+        self.feedback = list(feedback or [])
+        self._now = now or time.time
+        alpn = [b"h2"] if protocol == "http2" else None
+        self._ctx = server_context(cert_file, key_file, client_ca_file, alpn)
+        self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.host, self.port = host, self._listener.getsockname()[1]
+        self._feedback_listener: socket.socket | None = None
+        self.feedback_port = 0
+        self._threads: list[threading.Thread] = []
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._counters = _Counters()
+        self._h2_state: Any = None
+        if protocol == "http2":
+            from apnsd.http2_mock import FaultState, Http2Faults
+
+            self.http2_faults = http2_faults or Http2Faults()
+            self._h2_state = FaultState()
+        elif protocol != "binary":
+            raise ValueError(f"unknown protocol {protocol!r}")
+
+    def start(self, with_feedback: bool = False) -> MockGateway:
+        """Start accepting (and, for binary, the feedback service on its own port)."""
+        self._spawn(self._accept_loop, self._listener, self._serve)
+        if with_feedback:
+            self._feedback_listener = socket.create_server((self.host, 0))
+            self.feedback_port = self._feedback_listener.getsockname()[1]
+            self._spawn(self._accept_loop, self._feedback_listener, self._serve_feedback)
+        return self
+
+    def stop(self) -> None:
+        """Close the listeners and every open connection."""
+        self._stopped.set()
+        for lst in (self._listener, self._feedback_listener):
+            if lst is not None:
+                try:
+                    lst.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                lst.close()
+        with self._lock:
+            for s in list(self._conns):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> MockGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name=f"mock-{self.protocol}")
+        t.start()
+        self._threads.append(t)
+
+    def _accept_loop(self, listener: socket.socket, serve: Callable[[SSL.Connection], None]) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            self._spawn(self._handle, sock, serve)
+
+    def _handle(self, sock: socket.socket, serve: Callable[[SSL.Connection], None]) -> None:
+        with self._lock:
+            self._conns.add(sock)
+        conn = SSL.Connection(self._ctx, sock)
+        conn.set_accept_state()
+        try:
+            conn.do_handshake()
+            self.record.connected()
+            serve(conn)
+        except (SSL.Error, OSError, ProtocolError):
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # --- binary ------------------------------------------------------------------------------
+
+    def _serve(self, conn: SSL.Connection) -> None:
+        if self.protocol == "http2":
+            self._serve_http2(conn)
+        else:
+            self._serve_binary(conn)
+
+    def _serve_binary(self, conn: SSL.Connection) -> None:
+        buf = bytearray()
+        faults = self.binary_faults
+        while True:
+            data = conn.recv(READ_SIZE)
+            if not data:
+                return
+            buf += data
+            try:
+                frames, used = binary.decode_frames(buf)
+            except ProtocolError:
+                conn.sendall(binary.encode_error_response(128, 0))
+                _close_gracefully(conn)
+                return
+            del buf[:used]
+            accepted: list[Received] = []
+            for f in frames:
+                ident = f.identifier or 0
+                status = self._binary_status(f, faults)
+                if status is None and self._should_close(faults):
+                    self.record.add(accepted)
+                    return  # abrupt: no error response, no TLS goodbye
+                if status is not None:
+                    self.record.add(accepted + [Received(f.token.hex(), f.payload, str(ident), status)])
+                    conn.sendall(binary.encode_error_response(status, ident))
+                    _close_gracefully(conn)
+                    return
+                accepted.append(Received(f.token.hex(), f.payload if self.record.keep_payloads else b"", str(ident), 200))
+            self.record.add(accepted)
+
+    def _binary_status(self, f: binary.Frame, faults: BinaryFaults) -> int | None:
+        token = f.token.hex()
+        for prefix, status in faults.fail_prefixes:
+            if token.startswith(prefix):
+                return status
+        if not f.token:
+            return 2
+        if len(f.token) != 32:
+            return 5
+        if not f.payload:
+            return 4
+        if len(f.payload) > 2048:
+            return 7
+        return None
+
+    def _should_close(self, faults: BinaryFaults) -> bool:
+        if not faults.close_after:
+            return False
+        c = self._counters
+        with c.lock:
+            if faults.once and c.closes:
+                return False
+            c.accepted += 1
+            if c.accepted > faults.close_after:
+                c.closes += 1
+                c.accepted = 0
+                return True
+        return False
+
+    def _serve_feedback(self, conn: SSL.Connection) -> None:
+        with self._lock:
+            tuples, self.feedback = self.feedback, []
+        conn.sendall(b"".join(binary.encode_feedback(ts, tok) for ts, tok in tuples))
+        _close_gracefully(conn)
+
+    # --- http2 -------------------------------------------------------------------------------
+
+    def _serve_http2(self, conn: SSL.Connection) -> None:
+        from apnsd.http2_mock import Http2GatewayConnection
+
+        faults = self.http2_faults
+        cert = conn.get_peer_certificate(as_cryptography=True)
+        if cert is not None and not faults.allowed_topics and faults.jwt_public_key is None:
+            faults = replace(faults, allowed_topics=inspect_certificate(cert).topic_names())
+        h2c = Http2GatewayConnection(faults, self._h2_state, self.record, self._now)
+        conn.sendall(h2c.initiate())
+        while not h2c.closed:
+            data = conn.recv(READ_SIZE)
+            if not data:
+                return
+            out = h2c.receive(data)
+            if out:
+                conn.sendall(out)
+        if h2c.abrupt if hasattr(h2c, "abrupt") else False:
+            return
+        _close_gracefully(conn)
+
+
+def _close_gracefully(conn: SSL.Connection) -> None:
+    """TLS close_notify, then read and discard briefly so the peer gets our last bytes before any reset."""
+    try:
+        conn.shutdown()
+    except (SSL.Error, OSError):
+        return
+    sock = conn.get_socket() if hasattr(conn, "get_socket") else None
+    try:
+        if sock is not None:
+            sock.settimeout(0.5)
+        while conn.recv(READ_SIZE):
+            pass
+    except (SSL.Error, OSError):
+        pass

@@ -1,0 +1,98 @@
+"""Turns notification outcomes into the Redis writes of their batch (dead, unregistered, retries, receipts)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+
+from apnsd import metrics
+from apnsd.config import AppConfig
+from apnsd.jobs import Notification, Rejected, retry_job, single_job
+from apnsd.outcomes import Kind, Outcome
+from apnsd.pacing import retry_delay
+from apnsd.queue import Commit
+
+_json = msgspec.json.encode
+
+
+@dataclass(eq=False)
+class Batch:
+    """Jobs taken together from one queue; committed to Redis once every notification has an outcome."""
+
+    commit: Commit
+    remaining: int = 0
+    tally: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def dead_entry(raw: bytes, app: str | None, reason: str, status: int | None, detail: str,
+               attempts: int, token: str | None, now: float) -> bytes:
+    """One dead-letter list element: why, when, and the raw job so it can be requeued."""
+    return _json({"reason": reason, "status": status, "detail": detail, "attempts": attempts, "app": app,
+                  "token": token, "time": round(now, 3), "job": raw.decode("utf-8", "replace")})
+
+
+class OutcomeRecorder:
+    """Applies retry policy and writes each outcome into its batch's pending commit."""
+
+    def __init__(self, apps: dict[str, AppConfig], results: bool, rng: random.Random | None = None) -> None:
+        self.apps = apps
+        self.results = results
+        self.rng = rng or random.Random()
+
+    def record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
+        """Record one outcome; returns the batch when it just became complete."""
+        b: Batch = n.batch
+        c = b.commit
+        kind = outcome.kind
+        if kind is Kind.RETRY:
+            app = self.apps[n.app]
+            if n.attempts + 1 >= app.max_attempts:
+                outcome = Outcome(Kind.DEAD, outcome.status, outcome.reason, outcome.timestamp_ms)
+                kind = Kind.DEAD
+            else:
+                at = now + retry_delay(n.attempts, app.retry_backoff, self.rng)
+                c.scheduled[retry_job(n, at)] = at
+                metrics.RETRIED.labels(n.app, outcome.reason).inc()
+        if kind is Kind.UNREGISTERED:
+            c.unregistered[n.token] = _json({"app": n.app, "reason": outcome.reason, "status": outcome.status,
+                                             "timestamp_ms": outcome.timestamp_ms, "time": round(now, 3)})
+        elif kind is Kind.DEAD:
+            c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
+        if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
+            metrics.FAILED.labels(n.app, outcome.reason).inc()
+        if self.results:
+            c.results.append({"id": n.job_id or "", "apns_id": n.apns_id, "token": n.token, "app": n.app,
+                              "outcome": kind.value, "status": str(outcome.status or ""), "reason": outcome.reason,
+                              "time": f"{now:.3f}"})
+        if n.enqueued_at is not None and kind is Kind.DELIVERED:
+            metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
+        b.tally[(n.app, kind.value)] += 1
+        return self._done(b)
+
+    def reject(self, b: Batch, r: Rejected, now: float) -> Batch | None:
+        """Dead-letter a job (or one token of it) that failed validation."""
+        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now))
+        metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
+        b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
+        return self._done(b)
+
+    def give_back(self, n: Notification) -> Batch | None:
+        """Return an unanswered notification to the front of its queue (at shutdown)."""
+        b: Batch = n.batch
+        b.commit.requeue.append(single_job(n))
+        b.tally[(n.app, "returned")] += 1
+        return self._done(b)
+
+    def _done(self, b: Batch) -> Batch | None:
+        b.remaining -= 1
+        if b.remaining:
+            return None
+        counts: Counter[str] = Counter()
+        for (app, kind), k in b.tally.items():
+            metrics.NOTIFICATIONS.labels(app, kind).inc(k)
+            counts[kind] += k
+        b.commit.counts = dict(counts)
+        return b

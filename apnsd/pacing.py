@@ -1,0 +1,56 @@
+"""When a connection may be (re)opened: exponential backoff with jitter and a per-minute cap."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+
+class ConnectPacer:
+    """Spaces connection attempts so a failing gateway is never hammered (APNs treats churn as abuse)."""
+
+    def __init__(self, per_minute: int, initial: float, cap: float, rng: random.Random | None = None) -> None:
+        self._per_minute = per_minute
+        self._initial = initial
+        self._cap = cap
+        self._rng = rng or random.Random()
+        self._attempts: deque[float] = deque()
+        self._failures = 0
+        self._not_before = 0.0
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed attempts since the last success."""
+        return self._failures
+
+    def next_attempt(self, now: float) -> float:
+        """The earliest time the next attempt is allowed."""
+        while self._attempts and self._attempts[0] <= now - 60.0:
+            self._attempts.popleft()
+        at = self._not_before
+        if len(self._attempts) >= self._per_minute:
+            at = max(at, self._attempts[0] + 60.0)
+        return at
+
+    def attempted(self, now: float) -> None:
+        """Record that an attempt starts now."""
+        self._attempts.append(now)
+
+    def failed(self, now: float) -> float:
+        """Record a failure; returns the delay chosen before the next attempt (full jitter)."""
+        self._failures += 1
+        ceiling = min(self._cap, self._initial * 2 ** (self._failures - 1))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        self._not_before = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        """Record a success: the backoff starts from the beginning next time."""
+        self._failures = 0
+        self._not_before = 0.0
+
+
+def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 3600.0) -> float:
+    """Backoff before a notification's next attempt: base·2^attempts with jitter, capped."""
+    ceiling = min(cap, base * 2 ** attempts)
+    return rng.uniform(ceiling / 2, ceiling)
