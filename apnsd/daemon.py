@@ -128,7 +128,7 @@ class Daemon:
         limit = time.monotonic() + self.config.worker.grace_period + self.config.worker.block_timeout + 5
         for t in self._threads:
             t.join(max(0.1, limit - time.monotonic()))
-        clean = not any(t.is_alive() for t in self._threads)
+        clean = not any(t.is_alive() or lp.crashed for t, lp in zip(self._threads, self.loops))
         try:
             if clean:
                 self.jq.retire()

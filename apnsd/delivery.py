@@ -107,6 +107,7 @@ class DeliveryLoop:
         self.idle = threading.Event()
         self._posted: deque[Callable[[], None]] = deque()
         self._retiring: list[Session] = []
+        self.crashed = False
 
     # --- feeder side ---------------------------------------------------------------------------
 
@@ -138,7 +139,16 @@ class DeliveryLoop:
         return [*self.sessions.values(), *self._retiring]
 
     def run(self, grace_period: float) -> None:
-        """Deliver until asked to stop, then drain for at most ``grace_period`` and return the rest."""
+        """Deliver until asked to stop; a crash is logged (jobs stay in Redis for recovery) and re-raised."""
+        try:
+            self._run(grace_period)
+        except Exception:
+            self.crashed = True
+            self.log.exception("delivery_loop_crashed", note="in-flight jobs stay in Redis and are recovered after a restart")
+            self.feeder.stop.set()
+            raise
+
+    def _run(self, grace_period: float) -> None:
         self.feeder.start()
         deadline: float | None = None
         while True:

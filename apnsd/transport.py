@@ -100,26 +100,26 @@ class TlsTransport:
     def flush(self) -> None:
         """Write as much of the queued bytes as the socket takes now, without blocking."""
         conn = self._conn
-        if conn is None or self.closed:
+        if conn is None or self.closed or not self._out:
             return
         out = self._out
         sent = 0
-        view = memoryview(out)
-        try:
-            while sent < len(out):
-                n = conn.send(view[sent:sent + 1024 * 1024])
-                sent += n
-        except (SSL.WantWriteError, SSL.WantReadError):
-            pass
-        except SSL.ZeroReturnError:
-            raise self._lost("peer closed the TLS session") from None
-        except SSL.SysCallError as exc:
-            raise self._lost(_syscall_reason(exc)) from None
-        except SSL.Error as exc:
-            raise self._lost(describe_ssl_error(exc)) from None
-        finally:
-            view.release()
-            del out[:sent]
+        failure: str | None = None
+        with memoryview(out) as view:
+            try:
+                while sent < len(out):
+                    sent += conn.send(view[sent:sent + 1024 * 1024])
+            except (SSL.WantWriteError, SSL.WantReadError):
+                pass
+            except SSL.ZeroReturnError:
+                failure = "peer closed the TLS session"
+            except SSL.SysCallError as exc:
+                failure = _syscall_reason(exc)
+            except SSL.Error as exc:
+                failure = describe_ssl_error(exc)
+        del out[:sent]
+        if failure is not None:
+            raise GatewayError(f"connection to {self.peer} lost: {failure}")
 
     def read(self) -> bytes:
         """Every byte available now (b'' if none); raises GatewayError when the peer has closed."""
