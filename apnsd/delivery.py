@@ -125,7 +125,7 @@ class DeliveryLoop:
 
     # --- loop side -----------------------------------------------------------------------------
 
-    def replace_session(self, name: str, new: Session) -> None:
+    def replace_session(self, name: str, new: Session, why: str = "reload") -> None:
         """Make-before-break: new work goes to ``new``; the old session finishes what it sent, then closes."""
         old = self.sessions[name]
         new.pending.extend(old.pending)
@@ -133,7 +133,7 @@ class DeliveryLoop:
         old.rotating = True
         self._retiring.append(old)
         self.sessions[name] = new
-        self.log.info("session_replaced", app=name)
+        self.log.info("connection_rotation_started", app=name, reason=why)
 
     def _all_sessions(self) -> list[Session]:
         return [*self.sessions.values(), *self._retiring]
@@ -158,6 +158,9 @@ class DeliveryLoop:
             self._dispatch_new(now)
             for s in self._all_sessions():
                 self._record_all(s.step(now, False), now)
+            for name, s in list(self.sessions.items()):
+                if s.wants_replacement and not self.stopping.is_set():
+                    self.replace_session(name, s.clone(), "reconnect_interval")
             for r in self._retiring:
                 if r.pending:  # lost its connection before finishing: the replacement sends the rest
                     self.sessions[r.app].pending.extend(r.pending)

@@ -33,7 +33,7 @@ class Session:
         self.transport: TlsTransport | None = None
         self.connected_at = 0.0
         self.rotating = False
-        self.stopping = False
+        self.wants_replacement = False
         self.disabled: str | None = None
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
@@ -79,8 +79,7 @@ class Session:
             self._try_connect(now)
         if self.transport is not None:
             if not self.rotating and now - self.connected_at >= self.cfg.reconnect_interval:
-                self.rotating = True
-                self.log.info("connection_rotation_started", reason="reconnect_interval")
+                self.wants_replacement = True
             if self.rotating and self.unanswered_count() == 0:
                 self.close("scheduled_reconnect")
             else:
@@ -116,6 +115,12 @@ class Session:
         except GatewayError:
             pass
         self._drop(cause)
+
+    def clone(self) -> Session:
+        """A fresh session for the same app, sharing the connect pacing (for make-before-break)."""
+        new = type(self)(self.app, self.cfg, self.make_transport, self.log)
+        new.pacer = self.pacer
+        return new
 
     def disable(self, reason: str) -> None:
         """Stop this app: no more connects; its notifications are dead-lettered by the loop."""

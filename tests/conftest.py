@@ -1,0 +1,141 @@
+"""Shared fixtures: a real redis-server, a test PKI, mock gateways over real TLS, and daemon runners."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+
+from apnsd import logs
+from apnsd.config import Config, load_config
+from apnsd.daemon import Daemon
+from apnsd.embedded import RedisServer
+from apnsd.mock import BinaryFaults, MockGateway
+from apnsd.queue import JobQueue, connect
+
+pytest_plugins = ["tests.conftest_pki"]
+
+LOG = io.StringIO()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Logs go to an in-memory buffer as JSON, configured once for the whole session."""
+    logs.configure("json", "info", LOG)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session, on a free loopback port."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rdb(redis_server: RedisServer) -> redis.Redis:
+    """A client on a freshly flushed database."""
+    client = connect(redis_server.url)
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def jq(rdb: redis.Redis) -> JobQueue:
+    """A JobQueue handle for pushing and inspecting from tests."""
+    return JobQueue(rdb, "apnsd", "test-inspector")
+
+
+def job(token: str, **extra: Any) -> bytes:
+    """One job as an application would LPUSH it."""
+    return msgspec.json.encode({"token": token, "payload": {"aps": {"alert": "hello"}}, **extra})
+
+
+def push_all(q: JobQueue, jobs: list[bytes], queue: str = "apnsd:queue") -> None:
+    """LPUSH jobs in chunks of 1,000, oldest first."""
+    for i in range(0, len(jobs), 1000):
+        q.push(queue, jobs[i:i + 1000])
+
+
+@pytest.fixture
+def binary_mock(pki: Any) -> Iterator[Callable[..., MockGateway]]:
+    """Factory for started binary mock gateways; all are stopped at teardown."""
+    started: list[MockGateway] = []
+
+    def make(**faults: Any) -> MockGateway:
+        m = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert, binary_faults=BinaryFaults(**faults))
+        started.append(m.start(with_feedback=True))
+        return m
+
+    yield make
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def http2_mock(pki: Any) -> Iterator[Callable[..., MockGateway]]:
+    """Factory for started HTTP/2 mock gateways; all are stopped at teardown."""
+    from apnsd.http2_mock import Http2Faults
+
+    started: list[MockGateway] = []
+
+    def make(client_ca: bool = True, **faults: Any) -> MockGateway:
+        m = MockGateway("http2", pki.server_cert, pki.server_key, pki.ca_cert if client_ca else None,
+                        http2_faults=Http2Faults(**faults))
+        started.append(m.start())
+        return m
+
+    yield make
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def make_config(redis_server: RedisServer, pki: Any, tmp_path: Any) -> Callable[..., Config]:
+    """A Config for a mock gateway: ``protocol``, the mock, and extra APNSD_* overrides."""
+
+    def make(mock: MockGateway, **env: str) -> Config:
+        base = {"APNSD_REDIS_URL": redis_server.url, "APNSD_APP_DEFAULT_HOST": mock.host,
+                "APNSD_APP_DEFAULT_PORT": str(mock.port), "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
+                "APNSD_APP_DEFAULT_CERT": pki.client_pem, "APNSD_APP_DEFAULT_PROTOCOL": mock.protocol,
+                "APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "60", "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
+                "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2", "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
+                "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"), "APNSD_WORKER_GRACE_PERIOD": "5",
+                "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_METRICS_LISTEN": ""}
+        base.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in env.items()})
+        return load_config(None, base)
+
+    return make
+
+
+def run_drained(config: Config, timeout: float = 120.0) -> int:
+    """Run the daemon in-process (a thread) until the queue is drained; returns its exit code."""
+    result: list[int] = []
+    d = Daemon(config, drain=True)
+    t = threading.Thread(target=lambda: result.append(d.run()), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        d.request_stop()
+        t.join(30)
+        raise AssertionError(f"daemon did not drain within {timeout} s")
+    return result[0]
+
+
+def inflight_keys(rdb: redis.Redis) -> list[bytes]:
+    """Every in-flight storage key left in Redis."""
+    return list(rdb.scan_iter(match="*:inflight:*"))
+
+
+@pytest.fixture
+def env_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No APNSD_* variables from the outer environment leak into a test."""
+    for k in list(os.environ):
+        if k.startswith("APNSD_"):
+            monkeypatch.delenv(k)

@@ -1,0 +1,81 @@
+"""End to end over the binary protocol: real redis-server, real TLS, the mock gateway."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+from tests.conftest import inflight_keys, job, push_all, run_drained
+
+
+def test_ten_thousand_jobs_with_invalid_tokens_deliver_every_valid_one_exactly_once(jq, rdb, binary_mock, make_config):
+    """Invalid tokens at several positions are resolved as unregistered and everything else arrives once."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),))
+    positions = {0, 10, 500, 5000, 9999}
+    tokens = [("bad0" + os.urandom(30).hex()) if i in positions else os.urandom(32).hex() for i in range(10_000)]
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    valid = {t for i, t in enumerate(tokens) if i not in positions}
+    accepted = mock.record.accepted_tokens()
+    assert valid == set(accepted)
+    assert [1] == sorted(set(accepted.values()))
+    unregistered = jq.unregistered()
+    assert {tokens[i] for i in positions} == set(unregistered)
+    assert {"InvalidToken"} == {v["reason"] for v in unregistered.values()}
+    assert 0 == jq.depth("apnsd:queue")
+    assert [] == inflight_keys(rdb)
+
+
+def test_invalid_jobs_go_to_the_dead_letter_list_with_reasons(jq, rdb, binary_mock, make_config):
+    """Malformed, tokenless, description-form, oversized and unknown-app jobs are dead-lettered, not dropped."""
+    mock = binary_mock()
+    bad = {
+        b"{not json": "not_json",
+        b"[1, 2]": "not_object",
+        msgspec.json.encode({"payload": {"aps": {}}}): "missing_token",
+        job("zz" * 32): "bad_token",
+        job("ab" * 31): "bad_token_length",
+        job("{length = 32, bytes = 0x965b251e ... 376eab7c }"): "token_is_description",
+        msgspec.json.encode({"token": "ab" * 32, "payload": {"aps": {"alert": "x" * 2100}}}): "payload_too_large",
+        msgspec.json.encode({"token": "ab" * 32, "payload": [1]}): "bad_payload",
+        job("ab" * 32, app="nosuchapp"): "unknown_app",
+    }
+    push_all(jq, list(bad) + [job("cd" * 32)])
+
+    assert 0 == run_drained(make_config(mock))
+
+    dead = jq.dead_entries(100)
+    assert sorted(bad.values()) == sorted(e["reason"] for e in dead)
+    assert sorted(raw.decode() for raw in bad) == sorted(e["job"] for e in dead)
+    assert all(e["time"] > 0 and e["detail"] for e in dead)
+    assert {"cd" * 32: 1} == dict(mock.record.accepted_tokens())
+    assert [] == inflight_keys(rdb)
+
+
+def test_fan_out_job_gives_each_token_its_own_outcome(jq, rdb, binary_mock, make_config):
+    """A job with ``tokens`` becomes one notification per device, each resolved on its own."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),))
+    good = [os.urandom(32).hex() for _ in range(3)]
+    gone = "bad0" + os.urandom(30).hex()
+    push_all(jq, [msgspec.json.encode({"tokens": [good[0], gone, good[1], "xyz", good[2]],
+                                       "payload": {"aps": {"alert": "fan"}}})])
+
+    assert 0 == run_drained(make_config(mock))
+
+    assert set(good) == set(mock.record.accepted_tokens())
+    assert {gone} == set(jq.unregistered())
+    assert ["bad_token"] == [e["reason"] for e in jq.dead_entries(10)]
+
+
+def test_one_persistent_connection_carries_every_batch(jq, binary_mock, make_config):
+    """Without faults, many batches travel over a single TLS connection."""
+    mock = binary_mock()
+    push_all(jq, [job(os.urandom(32).hex()) for _ in range(5000)])
+
+    assert 0 == run_drained(make_config(mock, WORKER_BATCH_SIZE="100"))
+
+    assert 5000 == len(mock.record.accepted_tokens())
+    assert 1 == mock.record.connections
