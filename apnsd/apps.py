@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config
 from apnsd.credentials import (
-    EXPIRY_WARN_DAYS, ClientIdentity, TokenSigner, check_validity, client_context, load_identity, verify_hostname,
+    EXPIRY_WARN_DAYS, TokenSigner, check_validity, client_context, load_identity, verify_hostname,
 )
 from apnsd.errors import CredentialsError
+from apnsd.identity import AppCredentials
 from apnsd.jobs import JobParser
 from apnsd.session import Session
 from apnsd.transport import TlsTransport
-
-
-@dataclass
-class AppCredentials:
-    """What an app authenticates with: a client certificate, a token signer, or neither (mock gateways)."""
-
-    identity: ClientIdentity | None
-    signer: TokenSigner | None
 
 
 def load_credentials(name: str, app: AppConfig) -> AppCredentials:

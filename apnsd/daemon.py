@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.apps import AppCredentials, build_session, expiry_problem, load_credentials, make_parser
+from apnsd.apps import build_session, expiry_problem, load_credentials, make_parser
 from apnsd.config import Config, load_config
 from apnsd.delivery import DeliveryLoop
-from apnsd.errors import ApnsdError, QueueError
+from apnsd.identity import AppCredentials
+from apnsd.errors import ApnsdError, GatewayError, QueueError
+from apnsd.feedback import poll_feedback, unregistered_entries
 from apnsd.outcome_log import OutcomeRecorder
 from apnsd.queue import JobQueue, connect
 
@@ -41,6 +43,7 @@ class Daemon:
         self.loops: list[DeliveryLoop] = []
         self._threads: list[threading.Thread] = []
         self.creds: dict[str, AppCredentials] = {}
+        self._next_feedback: dict[str, float] = {}
         self.health_path = Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -114,6 +117,7 @@ class Daemon:
             if now >= next_recover:
                 next_recover = now + w.recover_interval
                 self._recover()
+            self._poll_feedback(now)
             if now >= next_expiry:
                 next_expiry = now + EXPIRY_CHECK_INTERVAL
                 self._check_expiry()
@@ -186,6 +190,20 @@ class Daemon:
                     pass
         except QueueError:
             pass
+
+    def _poll_feedback(self, now: float) -> None:
+        """Binary apps with feedback_interval: read the feedback service and record what it reports."""
+        for name, app in self.config.apps.items():
+            if app.protocol != "binary" or not app.feedback_interval or now < self._next_feedback.get(name, 0.0):
+                continue
+            self._next_feedback[name] = now + app.feedback_interval
+            try:
+                tuples = poll_feedback(app, self.creds[name])
+                self.jq.record_unregistered(unregistered_entries(name, tuples, time.time()))
+            except (GatewayError, QueueError) as exc:
+                self.log.warning("feedback_poll_failed", app=name, error=str(exc))
+                continue
+            self.log.info("feedback_polled", app=name, unregistered=len(tuples))
 
     def _check_expiry(self) -> None:
         for lp in self.loops:

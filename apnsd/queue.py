@@ -213,6 +213,12 @@ class JobQueue:
         with redis_errors("scheduling a job"):
             self.client.zadd(self.keys.scheduled(queue), {job: at})
 
+    def record_unregistered(self, entries: dict[str, bytes]) -> None:
+        """Write unregistered-token entries that did not come from a batch (feedback service)."""
+        if entries:
+            with redis_errors("recording unregistered tokens"):
+                self.client.hset(self.keys.unregistered, mapping=entries)
+
     def inflight_count(self, queue: str, worker: str) -> int:
         """How many jobs a worker holds in flight for a queue."""
         with redis_errors("counting in-flight jobs"):

@@ -79,3 +79,19 @@ def test_one_persistent_connection_carries_every_batch(jq, binary_mock, make_con
 
     assert 5000 == len(mock.record.accepted_tokens())
     assert 1 == mock.record.connections
+
+
+def test_feedback_service_tokens_land_in_the_unregistered_store(jq, rdb, binary_mock, make_config):
+    """The feedback poller records each token the service reports, with Apple's time in milliseconds."""
+    mock = binary_mock()
+    gone = [os.urandom(32) for _ in range(3)]
+    mock.feedback.extend((1_700_000_000 + i, t) for i, t in enumerate(gone))
+    push_all(jq, [job(os.urandom(32).hex())])
+    config = make_config(mock, APP_DEFAULT_FEEDBACK_INTERVAL="10", APP_DEFAULT_FEEDBACK_PORT=str(mock.feedback_port))
+
+    assert 0 == run_drained(config)
+
+    unregistered = jq.unregistered()
+    assert {t.hex() for t in gone} == set(unregistered)
+    assert {"Feedback"} == {v["reason"] for v in unregistered.values()}
+    assert sorted(1_700_000_000_000 + i * 1000 for i in range(3)) == sorted(v["timestamp_ms"] for v in unregistered.values())

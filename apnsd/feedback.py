@@ -1,0 +1,43 @@
+"""Polls the legacy binary feedback service and records the tokens it reports as unregistered."""
+
+from __future__ import annotations
+
+import select
+import time
+
+import msgspec
+
+from apnsd import binary
+from apnsd.config import AppConfig
+from apnsd.credentials import client_context, verify_hostname
+from apnsd.errors import GatewayError
+from apnsd.identity import AppCredentials
+from apnsd.transport import TlsTransport
+
+
+def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]]:
+    """Connect once, read every (timestamp, token) tuple until the service closes, and return them."""
+    host, port = app.feedback_gateway()
+    t = TlsTransport(host, port, client_context(creds.identity, app.ca_file), timeout=app.connect_timeout,
+                     verify_host=verify_hostname)
+    t.connect()
+    buf = bytearray()
+    deadline = time.monotonic() + app.connect_timeout
+    try:
+        while not t.closed and time.monotonic() < deadline:
+            select.select([t.fileno()], [], [], max(0.0, deadline - time.monotonic()))
+            try:
+                buf += t.read()
+            except GatewayError:
+                break
+    finally:
+        t.close()
+    tuples, _ = binary.parse_feedback(buf)
+    return [(ts, token.hex()) for ts, token in tuples]
+
+
+def unregistered_entries(app_name: str, tuples: list[tuple[int, str]], now: float) -> dict[str, bytes]:
+    """The unregistered-store values for feedback tuples (Apple's time in milliseconds)."""
+    return {token: msgspec.json.encode({"app": app_name, "reason": "Feedback", "status": None,
+                                        "timestamp_ms": ts * 1000, "time": round(now, 3)})
+            for ts, token in tuples}
