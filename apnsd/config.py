@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,11 +181,12 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
+    raw_apps = raw.pop("apps", None)
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(*_split_validation(str(exc))) from None
-    apps = {name: _resolve_paths(app, base) for name, app in config.apps.items()}
+    apps = {name: _resolve_paths(app, base) for name, app in _convert_apps(raw_apps, config.apps).items()}
     config = msgspec.structs.replace(config, apps=apps, source=path or "")
     validate(config)
     return config
@@ -211,12 +213,35 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         raw.setdefault(section, {})[key] = value
 
 
-def _split_validation(message: str) -> tuple[str, str]:
-    """Turn msgspec's 'problem - at `$.a.b`' into ('a.b', 'problem')."""
+def _convert_apps(raw_apps: Any, default: dict[str, AppConfig]) -> dict[str, AppConfig]:
+    """Validate each [apps.<name>] table on its own, so that errors name the app (msgspec hides dict keys)."""
+    if raw_apps is None:
+        return default
+    if not isinstance(raw_apps, dict):
+        raise ConfigError("apps", "must be a table of [apps.<name>] tables")
+    apps: dict[str, AppConfig] = {}
+    for name, table in raw_apps.items():
+        try:
+            apps[name] = msgspec.convert(table, AppConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(*_split_validation(str(exc), f"apps.{name}")) from None
+    return apps
+
+
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(.*)`$")
+
+
+def _split_validation(message: str, base: str = "") -> tuple[str, str]:
+    """Turn msgspec's 'problem - at `$.a.b`' into ('a.b', 'problem'); an unknown field is named in the key."""
     problem, sep, where = message.rpartition(" - at `")
     if not sep:
-        return ("config", message)
-    key = where.rstrip("`").removeprefix("$.").removeprefix("$")
+        problem, where = message, ""
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    unknown = _UNKNOWN_FIELD.match(problem)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        problem = "is not a known key"
+    key = ".".join(part for part in (base, path) if part)
     return (key or "config", problem)
 
 
