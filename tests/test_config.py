@@ -1,0 +1,309 @@
+"""Configuration: defaults, the TOML file, APNSD_* overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apnsd.config import AppConfig, load_config
+from apnsd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str, name: str = "apnsd.toml") -> str:
+    """Write a config file and return its path."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def config_error(path: str | None = None, env: dict[str, str] | None = None) -> ConfigError:
+    """The ConfigError that loading raises."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env or {})
+    return info.value
+
+
+def test_defaults_without_file_or_environment():
+    """With nothing configured there is one http2 production app named default and documented defaults."""
+    config = load_config(None, {})
+
+    assert ["default"] == list(config.apps)
+    assert AppConfig() == config.apps["default"]
+    assert "redis://127.0.0.1:6379/0" == config.redis.url
+    assert "apnsd" == config.redis.prefix
+    assert 1000 == config.worker.batch_size
+    assert "127.0.0.1:9464" == config.metrics.listen
+    assert ("auto", "info") == (config.log.format, config.log.level)
+    assert "apnsd:queue" == config.queue_key(config.apps["default"])
+    assert "" == config.source
+
+
+def test_documented_example_config_loads():
+    """config/apnsd.toml, the documented example, is a valid configuration."""
+    path = str(REPO / "config" / "apnsd.toml")
+
+    config = load_config(path, {})
+
+    assert path == config.source
+    assert "/run/secrets/apnsd/apns.pem" == config.apps["default"].cert
+    assert ("api.push.apple.com", 443) == config.apps["default"].gateway()
+
+
+def test_toml_file_sets_values(tmp_path):
+    """Values from the TOML file replace the defaults, section by section and app by app."""
+    path = write(tmp_path, """
+[redis]
+url = "redis://10.0.0.5:6380/2"
+prefix = "push"
+[worker]
+batch_size = 50
+[apps.default]
+protocol = "binary"
+environment = "sandbox"
+[apps.voip-app]
+queue = "push:voip"
+""")
+
+    config = load_config(path, {})
+
+    assert ("redis://10.0.0.5:6380/2", "push", 50) == (config.redis.url, config.redis.prefix, config.worker.batch_size)
+    assert ("binary", "sandbox") == (config.apps["default"].protocol, config.apps["default"].environment)
+    assert {"push:queue": ["default"], "push:voip": ["voip-app"]} == config.queues()
+
+
+def test_relative_credential_paths_resolve_against_the_config_folder(tmp_path):
+    """cert, key, pkcs12, ca_file and token_key given relative to the file become absolute from its folder."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = write(folder, """
+[apps.default]
+cert = "certs/apns.pem"
+key = "/abs/apns.key"
+ca_file = "ca.pem"
+[apps.p12]
+pkcs12 = "../secrets/apns.p12"
+[apps.token]
+token_key = "AuthKey_ABC123DEFG.p8"
+key_id = "ABC123DEFG"
+team_id = "DEF123GHIJ"
+topic = "com.example.app"
+""")
+
+    apps = load_config(path, {}).apps
+
+    assert str(folder / "certs/apns.pem") == apps["default"].cert
+    assert "/abs/apns.key" == apps["default"].key
+    assert str(folder / "ca.pem") == apps["default"].ca_file
+    assert str(folder / "../secrets/apns.p12") == apps["p12"].pkcs12
+    assert str(folder / "AuthKey_ABC123DEFG.p8") == apps["token"].token_key
+
+
+def test_environment_overrides_sections_and_wins_over_the_file(tmp_path):
+    """APNSD_<SECTION>_<KEY> overrides the file, with strings converted to the key's type."""
+    path = write(tmp_path, "[worker]\nbatch_size = 50\n")
+    env = {"APNSD_WORKER_BATCH_SIZE": "200", "APNSD_REDIS_URL": "redis://r:1/0", "APNSD_REDIS_RESULTS_STREAM": "true",
+           "APNSD_WORKER_GRACE_PERIOD": "7.5", "APNSD_METRICS_LISTEN": "", "APNSD_LOG_FORMAT": "json",
+           "APNSD_CONFIG": "/ignored/by/load_config.toml", "PATH": "/usr/bin"}
+
+    config = load_config(path, env)
+
+    assert (200, "redis://r:1/0", True) == (config.worker.batch_size, config.redis.url, config.redis.results_stream)
+    assert (7.5, "", "json") == (config.worker.grace_period, config.metrics.listen, config.log.format)
+
+
+def test_environment_overrides_app_keys_including_names_with_underscores():
+    """APNSD_APP_<NAME>_<KEY> sets an app key; app names and key names may both contain underscores."""
+    env = {"APNSD_APP_DEFAULT_PORT": "2197", "APNSD_APP_MY_APP_PROTOCOL": "binary",
+           "APNSD_APP_MY_APP_CONNECT_TIMEOUT": "3", "APNSD_APP_MY_APP_CA_FILE": "/etc/ca.pem",
+           "APNSD_APP_TOKEN_APP_TOKEN_KEY": "/k.p8", "APNSD_APP_TOKEN_APP_KEY_ID": "ABC123DEFG",
+           "APNSD_APP_TOKEN_APP_TEAM_ID": "DEF123GHIJ", "APNSD_APP_TOKEN_APP_TOPIC": "com.example.app"}
+
+    apps = load_config(None, env).apps
+
+    assert {"default", "my_app", "token_app"} == set(apps)
+    assert 2197 == apps["default"].port
+    assert ("binary", 3.0, "/etc/ca.pem") == (apps["my_app"].protocol, apps["my_app"].connect_timeout, apps["my_app"].ca_file)
+    assert ("/k.p8", "ABC123DEFG", "DEF123GHIJ") == (apps["token_app"].token_key, apps["token_app"].key_id, apps["token_app"].team_id)
+    assert "token" == apps["token_app"].auth
+
+
+def test_environment_override_of_an_app_from_the_file(tmp_path):
+    """An app defined in the file keeps its other keys when the environment overrides one of them."""
+    path = write(tmp_path, '[apps.default]\nenvironment = "sandbox"\ncert = "/c.pem"\n')
+
+    app = load_config(path, {"APNSD_APP_DEFAULT_CERT": "/other.pem"}).apps["default"]
+
+    assert ("sandbox", "/other.pem") == (app.environment, app.cert)
+
+
+@pytest.mark.parametrize("var", ["APNSD_NOPE_URL", "APNSD_REDIS", "APNSD_APP_DEFAULT_NOPE"])
+def test_unknown_environment_variable_is_named(var):
+    """An APNSD_* variable that matches no setting is an error naming the variable."""
+    assert var == config_error(None, {var: "1"}).key
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ("bogus = 1\n", "bogus"),
+    ("[worker]\nbatch_sise = 5\n", "worker.batch_sise"),
+    ("[apps.default]\ncertt = \"x\"\n", "apps.default.certt"),
+    ("[apps.second]\nreconect_interval = 60\n", "apps.second.reconect_interval"),
+])
+def test_unknown_key_in_the_file_is_named(tmp_path, toml, key):
+    """A misspelt key is an error whose key is the full dotted name of that key."""
+    err = config_error(write(tmp_path, toml))
+
+    assert key == err.key
+    assert key in str(err)
+
+
+@pytest.mark.parametrize(("env", "key"), [
+    ({"APNSD_WORKER_BATCH_SIZE": "many"}, "worker.batch_size"),
+    ({"APNSD_WORKER_BATCH_SIZE": "0"}, "worker.batch_size"),
+    ({"APNSD_WORKER_BATCH_SIZE": "10001"}, "worker.batch_size"),
+    ({"APNSD_WORKER_BATCH_SIZE": "100", "APNSD_WORKER_MAX_IN_FLIGHT": "50"}, "worker.max_in_flight"),
+    ({"APNSD_WORKER_HEARTBEAT_TTL": "1", "APNSD_WORKER_HEARTBEAT_INTERVAL": "5"}, "worker.heartbeat_ttl"),
+    ({"APNSD_LOG_LEVEL": "loud"}, "log.level"),
+    ({"APNSD_REDIS_URL": "http://localhost"}, "redis.url"),
+    ({"APNSD_REDIS_PREFIX": ""}, "redis.prefix"),
+    ({"APNSD_METRICS_LISTEN": "9464"}, "metrics.listen"),
+    ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
+    ({"APNSD_APP_DEFAULT_PORT": "70000"}, "apps.default.port"),
+    ({"APNSD_APP_DEFAULT_PROTOCOL": "spdy"}, "apps.default.protocol"),
+    ({"APNSD_APP_DEFAULT_ENVIRONMENT": "staging"}, "apps.default.environment"),
+    ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "10"}, "apps.default.reconnect_interval"),
+    ({"APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "0"}, "apps.default.max_connects_per_minute"),
+    ({"APNSD_APP_DEFAULT_BACKOFF_INITIAL": "10", "APNSD_APP_DEFAULT_BACKOFF_MAX": "5"}, "apps.default.backoff_max"),
+    ({"APNSD_APP_DEFAULT_MAX_ATTEMPTS": "0"}, "apps.default.max_attempts"),
+    ({"APNSD_APP_DEFAULT_PAYLOAD_LIMIT": "-1"}, "apps.default.payload_limit"),
+    ({"APNSD_APP_DEFAULT_FEEDBACK_INTERVAL": "5"}, "apps.default.feedback_interval"),
+    ({"APNSD_APP_OTHER_CONFIRM_DELAY": "soon"}, "apps.other.confirm_delay"),
+])
+def test_bad_values_name_the_key(env, key):
+    """A value of the wrong type or out of range is an error naming the dotted key."""
+    err = config_error(None, env)
+
+    assert key == err.key
+    assert f"config key {key!r}" in str(err)
+
+
+def test_bad_value_in_the_file_names_the_key(tmp_path):
+    """A wrongly typed value in the file names its dotted key, app name included."""
+    assert "apps.prod.port" == config_error(write(tmp_path, '[apps.prod]\nport = "https"\n')).key
+
+
+def test_app_names_must_be_lower_case(tmp_path):
+    """App names are lower case letters, digits, - and _; anything else is an error naming the app."""
+    assert "apps.Prod" == config_error(write(tmp_path, "[apps.Prod]\n")).key
+
+
+def test_at_least_one_app(tmp_path):
+    """An empty apps table is an error naming apps."""
+    assert "apps" == config_error(write(tmp_path, "[apps]\n")).key
+
+
+TOKEN_APP = {"APNSD_APP_DEFAULT_TOKEN_KEY": "/k.p8", "APNSD_APP_DEFAULT_KEY_ID": "ABC123DEFG",
+             "APNSD_APP_DEFAULT_TEAM_ID": "DEF123GHIJ", "APNSD_APP_DEFAULT_TOPIC": "com.example.app"}
+
+
+def test_complete_token_auth_is_accepted():
+    """A .p8 key with a 10-character key id and team id and a topic is valid token auth."""
+    assert "token" == load_config(None, TOKEN_APP).apps["default"].auth
+
+
+@pytest.mark.parametrize(("missing", "key"), [
+    ("APNSD_APP_DEFAULT_KEY_ID", "apps.default.key_id"),
+    ("APNSD_APP_DEFAULT_TEAM_ID", "apps.default.team_id"),
+    ("APNSD_APP_DEFAULT_TOPIC", "apps.default.topic"),
+])
+def test_token_auth_needs_key_id_team_id_and_topic(missing, key):
+    """Token auth without its key id, team id or topic is an error naming the missing key."""
+    env = {k: v for k, v in TOKEN_APP.items() if k != missing}
+
+    assert key == config_error(None, env).key
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"APNSD_APP_DEFAULT_KEY_ID": "SHORT"}, "apps.default.key_id"),
+    ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "600"}, "apps.default.token_refresh"),
+    ({"APNSD_APP_DEFAULT_PROTOCOL": "binary"}, "apps.default.token_key"),
+    ({"APNSD_APP_DEFAULT_CERT": "/c.pem"}, "apps.default.token_key"),
+])
+def test_token_auth_misconfigurations_name_the_key(extra, key):
+    """Bad key ids, refresh intervals, binary protocol or a certificate beside the .p8 key are refused."""
+    assert key == config_error(None, {**TOKEN_APP, **extra}).key
+
+
+def test_cert_and_pkcs12_together_are_rejected():
+    """Setting both a PEM certificate and a PKCS#12 file is an error naming pkcs12."""
+    assert "apps.default.pkcs12" == config_error(None, {"APNSD_APP_DEFAULT_CERT": "/c.pem",
+                                                          "APNSD_APP_DEFAULT_PKCS12": "/c.p12"}).key
+
+
+def test_key_without_cert_is_rejected():
+    """A private key file without a certificate file is an error naming key."""
+    assert "apps.default.key" == config_error(None, {"APNSD_APP_DEFAULT_KEY": "/k.pem"}).key
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (None, "does not exist"),
+    ("[worker\n", "is not valid TOML"),
+])
+def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
+    """A missing or syntactically broken file is an error about --config that says what is wrong."""
+    path = str(tmp_path / "apnsd.toml") if text is None else write(tmp_path, text)
+
+    err = config_error(path)
+
+    assert "--config" == err.key
+    assert problem in err.problem
+
+
+@pytest.mark.parametrize(("protocol", "environment", "expected"), [
+    ("http2", "production", ("api.push.apple.com", 443)),
+    ("http2", "sandbox", ("api.sandbox.push.apple.com", 443)),
+    ("binary", "production", ("gateway.push.apple.com", 2195)),
+    ("binary", "sandbox", ("gateway.sandbox.push.apple.com", 2195)),
+])
+def test_gateway_defaults_per_protocol_and_environment(protocol, environment, expected):
+    """Without host and port the app connects to Apple's gateway for its protocol and environment."""
+    assert expected == AppConfig(protocol=protocol, environment=environment).gateway()
+
+
+def test_gateway_host_and_port_are_overridable():
+    """A configured host and port replace Apple's, each on its own."""
+    assert ("127.0.0.1", 8443) == AppConfig(host="127.0.0.1", port=8443).gateway()
+    assert ("api.push.apple.com", 2197) == AppConfig(port=2197).gateway()
+    assert ("proxy", 2195) == AppConfig(protocol="binary", host="proxy").gateway()
+
+
+def test_feedback_gateway_defaults_and_overrides():
+    """The feedback service is Apple's for the environment on 2196, else the configured host and port."""
+    assert ("feedback.push.apple.com", 2196) == AppConfig(protocol="binary").feedback_gateway()
+    assert ("feedback.sandbox.push.apple.com", 2196) == AppConfig(protocol="binary", environment="sandbox").feedback_gateway()
+    assert ("mock", 2196) == AppConfig(protocol="binary", host="mock").feedback_gateway()
+    assert ("fb", 9) == AppConfig(protocol="binary", host="mock", feedback_host="fb", feedback_port=9).feedback_gateway()
+
+
+@pytest.mark.parametrize(("app", "push_type", "limit"), [
+    (AppConfig(), None, 4096),
+    (AppConfig(), "alert", 4096),
+    (AppConfig(), "voip", 5120),
+    (AppConfig(protocol="binary"), None, 2048),
+    (AppConfig(protocol="binary"), "voip", 2048),
+    (AppConfig(payload_limit=1000), None, 1000),
+    (AppConfig(payload_limit=1000), "voip", 1000),
+])
+def test_payload_limit_for_protocol_push_type_and_configuration(app, push_type, limit):
+    """The payload limit is 4096 for http2, 5120 for http2 VoIP, 2048 for binary, or the configured one."""
+    assert limit == app.payload_limit_for(push_type)
+
+
+def test_config_is_frozen():
+    """The validated configuration cannot be changed after loading."""
+    config = load_config(None, {})
+
+    with pytest.raises(AttributeError):
+        config.worker.batch_size = 5  # type: ignore[misc]
