@@ -40,7 +40,11 @@ class Feeder(threading.Thread):
         super().__init__(name=f"feeder:{loop.queue}", daemon=True)
         self.loop = loop
         self.stop = threading.Event()
+        # Held from the stop check until a taken batch is handed over, so that once the loop holds
+        # it after setting ``stop``, no batch can still be on its way out of Redis.
+        self.taking = threading.Lock()
         self.outage = logs.OnceLogger(loop.log, "redis_unavailable")
+        self._uncertain: str | None = None
 
     def run(self) -> None:
         """Take while there is room under max_in_flight; block on Redis only when the queue is empty."""
@@ -49,20 +53,34 @@ class Feeder(threading.Thread):
             with loop.room:
                 while loop.in_flight >= cfg.max_in_flight and not self.stop.is_set():
                     loop.room.wait(IDLE_WAIT)
-            if self.stop.is_set():
-                return
             try:
-                field, raws = loop.jq.take(loop.queue, cfg.batch_size)
+                with self.taking:
+                    if self.stop.is_set():
+                        return
+                    field, raws = self._take(cfg.batch_size)
+                    if raws:
+                        loop.hand_over(self._parse(field, raws))
                 if not raws:
                     loop.jq.wait(loop.queue, cfg.block_timeout)
-                    self.outage.recovered()
-                    continue
             except QueueError as exc:
                 self.outage.failed(str(exc))
                 self.stop.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
                 continue
             self.outage.recovered()
-            loop.hand_over(self._parse(field, raws))
+
+    def _take(self, count: int) -> tuple[str, list[bytes]]:
+        jq, queue = self.loop.jq, self.loop.queue
+        if self._uncertain is not None:
+            # A take failed without an answer: the script may have run. Claim that batch if it exists.
+            field, raws = self._uncertain, jq.claim(queue, self._uncertain)
+            self._uncertain = None
+            if raws:
+                return field, raws
+        field = jq.next_field()
+        self._uncertain = field
+        _, raws = jq.take(queue, count, field)
+        self._uncertain = None
+        return field, raws
 
     def _parse(self, field: str, raws: list[bytes]) -> Taken:
         loop = self.loop
@@ -175,9 +193,12 @@ class DeliveryLoop:
                     self.feeder.stop.set()
                     with self.room:
                         self.room.notify_all()
-                if not self.feeder.is_alive() and not self._handoff and self.in_flight == 0 and not self._ready:
+                    with self.feeder.taking:
+                        pass  # from here on the feeder takes nothing more
+                    continue
+                if not self._handoff and self.in_flight == 0 and not self._ready:
                     break
-                if now >= deadline and not self.feeder.is_alive():
+                if now >= deadline:
                     self._give_back(now)
                     break
             self.idle.set() if self.in_flight == 0 and not self._handoff else self.idle.clear()

@@ -130,13 +130,22 @@ class JobQueue:
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
             return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
 
-    def take(self, queue: str, count: int) -> tuple[str, list[bytes]]:
-        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
+    def next_field(self) -> str:
+        """A new in-flight batch field name, increasing for this worker."""
         self._seq += 1
-        batch = str(self._seq)
+        return str(self._seq)
+
+    def take(self, queue: str, count: int, field: str | None = None) -> tuple[str, list[bytes]]:
+        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
+        field = field or self.next_field()
         with redis_errors("taking jobs"):
-            jobs = self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, batch])
-        return batch, jobs
+            return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
+
+    def claim(self, queue: str, field: str) -> list[bytes]:
+        """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
+        with redis_errors("reading an in-flight batch"):
+            blob = self.client.hget(self.keys.inflight(queue, self.worker_id), field)
+        return list(msgspec.msgpack.decode(blob)) if blob else []
 
     def commit(self, c: Commit) -> None:
         """Write a batch's outcomes and drop it from in-flight storage, atomically, in one round trip."""
