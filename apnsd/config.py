@@ -46,7 +46,7 @@ class WorkerConfig(_Section):
 
     id: str = ""
     batch_size: int = 1000
-    max_in_flight: int = 10_000
+    max_in_flight: int = 50_000
     block_timeout: float = 1.0
     grace_period: float = 20.0
     heartbeat_interval: float = 5.0
@@ -95,7 +95,7 @@ class AppConfig(_Section):
     max_attempts: int = 5
     retry_backoff: float = 2.0
     ping_interval: float = 3600.0
-    confirm_delay: float = 0.5
+    confirm_delay: float = 0.3
     feedback_interval: float = 0.0
     feedback_host: str = ""
     feedback_port: int = 0

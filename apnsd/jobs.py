@@ -100,17 +100,25 @@ class ApnsIds:
 
 def normalise_token(token: str) -> str:
     """Lower-case hex with spaces and <> removed; rejects the truncated iOS 13 description form."""
+    return parse_token(token)[0]
+
+
+def parse_token(token: str) -> tuple[str, bytes]:
+    """Lower-case hex (spaces and <> removed) and its bytes; rejects the truncated iOS 13 description form."""
     if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
         raise JobError("token_is_description", "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes")
     t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
     if not t:
         raise JobError("missing_token", "token is empty")
-    if not _HEX.issuperset(t):
-        raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}")
-    n = len(t) // 2
-    if len(t) % 2 or not MIN_TOKEN_BYTES <= n <= MAX_TOKEN_BYTES:
+    try:
+        raw = bytes.fromhex(t)
+    except ValueError:
+        if len(t) % 2 == 0 or not _HEX.issuperset(t):
+            raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}") from None
+        raw = b""
+    if len(t) % 2 or not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
         raise JobError("bad_token_length", f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}")
-    return t
+    return t, raw
 
 
 def shorten(token: str) -> str:
@@ -148,12 +156,12 @@ class JobParser:
         job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
         for token in tokens:
             try:
-                t = normalise_token(token)
+                t, tb = parse_token(token)
             except JobError as exc:
                 bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
                 continue
             apns_id = job_uuid if job_uuid and len(tokens) == 1 else self.new_id()
-            good.append(Notification(t, bytes.fromhex(t), payload, spec.app, apns_id, spec.id, spec.priority,
+            good.append(Notification(t, tb, payload, spec.app, apns_id, spec.id, spec.priority,
                                      spec.expiration, spec.push_type, spec.topic,
                                      spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None))
         return good, bad

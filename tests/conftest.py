@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,6 +56,13 @@ def jq(rdb: redis.Redis) -> JobQueue:
 def job(token: str, **extra: Any) -> bytes:
     """One job as an application would LPUSH it."""
     return msgspec.json.encode({"token": token, "payload": {"aps": {"alert": "hello"}}, **extra})
+
+
+def good_tokens(n: int, seed: int = 1) -> list[str]:
+    """``n`` distinct valid tokens, deterministic per seed, all starting with "a" so that no fault
+    prefix ("bad0", "dead", …) can match one by chance."""
+    rng = random.Random(seed)
+    return [f"a{rng.getrandbits(252):063x}" for _ in range(n)]
 
 
 def push_all(q: JobQueue, jobs: list[bytes], queue: str = "apnsd:queue") -> None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 
 import msgspec
 
-from tests.conftest import inflight_keys, job, push_all, run_drained
+from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
 
 
 def test_ten_thousand_jobs_with_invalid_tokens_deliver_every_valid_one_exactly_once(jq, rdb, binary_mock, make_config):
     """Invalid tokens at several positions are resolved as unregistered and everything else arrives once."""
     mock = binary_mock(fail_prefixes=(("bad0", 8),))
     positions = {0, 10, 500, 5000, 9999}
-    tokens = [("bad0" + os.urandom(30).hex()) if i in positions else os.urandom(32).hex() for i in range(10_000)]
+    tokens = [("bad0" + t[4:]) if i in positions else t for i, t in enumerate(good_tokens(10_000))]
     push_all(jq, [job(t) for t in tokens])
 
     assert 0 == run_drained(make_config(mock))
@@ -58,8 +57,8 @@ def test_invalid_jobs_go_to_the_dead_letter_list_with_reasons(jq, rdb, binary_mo
 def test_fan_out_job_gives_each_token_its_own_outcome(jq, rdb, binary_mock, make_config):
     """A job with ``tokens`` becomes one notification per device, each resolved on its own."""
     mock = binary_mock(fail_prefixes=(("bad0", 8),))
-    good = [os.urandom(32).hex() for _ in range(3)]
-    gone = "bad0" + os.urandom(30).hex()
+    good = good_tokens(3)
+    gone = "bad0" + good_tokens(1, seed=2)[0][4:]
     push_all(jq, [msgspec.json.encode({"tokens": [good[0], gone, good[1], "xyz", good[2]],
                                        "payload": {"aps": {"alert": "fan"}}})])
 
@@ -73,7 +72,7 @@ def test_fan_out_job_gives_each_token_its_own_outcome(jq, rdb, binary_mock, make
 def test_one_persistent_connection_carries_every_batch(jq, binary_mock, make_config):
     """Without faults, many batches travel over a single TLS connection."""
     mock = binary_mock()
-    push_all(jq, [job(os.urandom(32).hex()) for _ in range(5000)])
+    push_all(jq, [job(t) for t in good_tokens(5000)])
 
     assert 0 == run_drained(make_config(mock, WORKER_BATCH_SIZE="100"))
 
@@ -84,9 +83,9 @@ def test_one_persistent_connection_carries_every_batch(jq, binary_mock, make_con
 def test_feedback_service_tokens_land_in_the_unregistered_store(jq, rdb, binary_mock, make_config):
     """The feedback poller records each token the service reports, with Apple's time in milliseconds."""
     mock = binary_mock()
-    gone = [os.urandom(32) for _ in range(3)]
+    gone = [bytes.fromhex(t) for t in good_tokens(3, seed=3)]
     mock.feedback.extend((1_700_000_000 + i, t) for i, t in enumerate(gone))
-    push_all(jq, [job(os.urandom(32).hex())])
+    push_all(jq, [job(good_tokens(1)[0])])
     config = make_config(mock, APP_DEFAULT_FEEDBACK_INTERVAL="10", APP_DEFAULT_FEEDBACK_PORT=str(mock.feedback_port))
 
     assert 0 == run_drained(config)
