@@ -43,11 +43,12 @@ return n
 """
 
 # Move due scheduled jobs (score <= now) to the consuming end of their queue, at most ARGV[2] at once.
+# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #due == 0 then return 0 end
 redis.call('ZREM', KEYS[1], unpack(due))
-redis.call('RPUSH', KEYS[2], unpack(due))
+for i = #due, 1, -1 do redis.call('RPUSH', KEYS[2], due[i]) end
 return #due
 """
 
