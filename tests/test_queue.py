@@ -1,0 +1,468 @@
+"""The Redis queue adapter against a real redis-server: take, commit, heartbeats, recovery, scheduling."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from apnsd.embedded import free_port
+from apnsd.errors import QueueError
+from apnsd.outcome_log import dead_entry
+from apnsd.queue import Commit, JobQueue, connect
+
+Q = "apnsd:queue"
+
+
+@pytest.fixture
+def worker(redis_server: Any, rdb: Any) -> Callable[[str], JobQueue]:
+    """Factory for JobQueue handles of named workers, each with its own Redis client."""
+
+    def make(worker_id: str) -> JobQueue:
+        return JobQueue(connect(redis_server.url), "apnsd", worker_id)
+
+    return make
+
+
+def jobs(n: int, tag: str = "j") -> list[bytes]:
+    """n distinct jobs, oldest first."""
+    return [msgspec.json.encode({"token": f"{i:064x}", "payload": {"aps": {}}, "tag": f"{tag}{i}"}) for i in range(n)]
+
+
+def lpush_each(jq: JobQueue, items: list[bytes], queue: str = Q) -> None:
+    """LPUSH one by one, oldest first, the way applications enqueue."""
+    for item in items:
+        jq.push(queue, [item])
+
+
+def take_all(jq: JobQueue, queue: str = Q) -> list[bytes]:
+    """Everything in the queue, in the order a consumer would take it."""
+    return jq.take(queue, 100_000)[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def command_calls(rdb: Any) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT."""
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in rdb.info("commandstats").items()}
+
+
+# --- take ----------------------------------------------------------------------------------------
+
+def test_take_moves_jobs_into_in_flight_storage_first_pushed_first(jq, worker):
+    """take moves jobs from the consuming end into the worker's in-flight hash, oldest first."""
+    items = jobs(5)
+    lpush_each(jq, items)
+    w = worker("w1")
+
+    batch, taken = w.take(Q, 3)
+
+    assert items[:3] == taken
+    assert 2 == jq.depth(Q)
+    assert 3 == jq.inflight_count(Q, "w1")
+    assert [i.decode() for i in items[:3]] == msgspec.msgpack.decode(jq.client.hget(w.keys.inflight(Q, "w1"), batch))
+
+
+def test_take_is_a_single_atomic_script_call(jq, rdb, worker):
+    """Moving jobs into in-flight storage happens in one server-side step, not a pop then a write."""
+    lpush_each(jq, jobs(3))
+    w = worker("w1")
+    w.take(Q, 1)  # load the script
+    rdb.config_resetstat()
+
+    w.take(Q, 2)
+
+    assert {"evalsha": 1, "rpop": 1, "hset": 1} == {c: n for c, n in command_calls(rdb).items() if not c.startswith("config")}
+
+
+def test_successive_takes_use_increasing_batch_fields(jq, worker):
+    """Each take is its own batch field, so batches can be committed independently."""
+    lpush_each(jq, jobs(4))
+    w = worker("w1")
+
+    first, _ = w.take(Q, 2)
+    second, _ = w.take(Q, 2)
+
+    assert int(first) < int(second)
+    assert 4 == jq.inflight_count(Q, "w1")
+
+
+def test_take_from_an_empty_queue_holds_nothing(jq, rdb, worker):
+    """Taking from an empty queue returns no jobs and creates no in-flight storage."""
+    _, taken = worker("w1").take(Q, 10)
+
+    assert [] == taken
+    assert [] == list(rdb.scan_iter(match="*:inflight:*"))
+
+
+def test_take_returns_fewer_when_fewer_are_waiting(jq, worker):
+    """A take larger than the queue returns what is there."""
+    items = jobs(2)
+    lpush_each(jq, items)
+
+    assert items == worker("w1").take(Q, 10)[1]
+    assert 0 == jq.depth(Q)
+
+
+# --- commit --------------------------------------------------------------------------------------
+
+def test_commit_writes_every_outcome_and_drops_the_batch(jq, rdb, worker):
+    """dead, unregistered, scheduled, requeue and counts are written and the batch leaves in-flight storage."""
+    items = jobs(6)
+    lpush_each(jq, items)
+    w = worker("w1")
+    batch, taken = w.take(Q, 5)
+    commit = Commit(Q, batch, dead=[b'{"reason":"x"}'], unregistered={"ab" * 32: b'{"reason":"Unregistered"}'},
+                    scheduled={taken[2]: 1_900_000_000.0}, requeue=[taken[3], taken[4]],
+                    counts={"delivered": 1, "dead": 1, "unregistered": 1, "retry": 1, "returned": 2})
+
+    w.commit(commit)
+
+    assert [b'{"reason":"x"}'] == rdb.lrange("apnsd:dead", 0, -1)
+    assert {b"ab" * 32: b'{"reason":"Unregistered"}'} == rdb.hgetall("apnsd:unregistered")
+    assert [(taken[2], 1_900_000_000.0)] == rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)
+    assert {"dead": 1, "unregistered": 1, "total_delivered": 1, "total_dead": 1, "total_unregistered": 1,
+            "total_retry": 1, "total_returned": 2} == jq.counts()
+    assert 0 == jq.inflight_count(Q, "w1")
+    assert [items[3], items[4], items[5]] == take_all(jq)
+
+
+def test_commit_is_one_transaction(jq, rdb, worker):
+    """A commit reaches Redis as one MULTI/EXEC transaction."""
+    lpush_each(jq, jobs(3))
+    w = worker("w1")
+    batch, taken = w.take(Q, 3)
+    rdb.config_resetstat()
+
+    w.commit(Commit(Q, batch, dead=[b"d"], unregistered={"t": b"u"}, scheduled={taken[0]: 1.0},
+                    requeue=[taken[1]], counts={"delivered": 1}))
+
+    calls = command_calls(rdb)
+    assert (1, 1) == (calls.get("multi"), calls.get("exec"))
+    assert {"rpush": 1, "lpush": 1, "hset": 1, "zadd": 1, "hincrby": 1, "hdel": 1} == {
+        c: calls.get(c) for c in ("rpush", "lpush", "hset", "zadd", "hincrby", "hdel")}
+
+
+def test_requeued_jobs_are_taken_again_first_taken_first(jq, worker):
+    """Jobs a commit returns go back to the consuming end in their original order, ahead of newer jobs."""
+    items = jobs(5)
+    lpush_each(jq, items)
+    w = worker("w1")
+    batch, taken = w.take(Q, 3)
+
+    w.commit(Commit(Q, batch, requeue=taken))
+
+    assert items == take_all(jq)
+
+
+def test_commit_of_results_writes_a_capped_stream(jq, rdb, redis_server):
+    """Receipts go to the results stream when the worker keeps one."""
+    w = JobQueue(connect(redis_server.url), "apnsd", "w1", results_maxlen=10)
+    lpush_each(jq, jobs(1))
+    batch, _ = w.take(Q, 1)
+
+    w.commit(Commit(Q, batch, results=[{"apns_id": "a", "outcome": "delivered"}]))
+
+    assert [{b"apns_id": b"a", b"outcome": b"delivered"}] == [fields for _, fields in rdb.xrange("apnsd:results")]
+
+
+# --- heartbeats and recovery ---------------------------------------------------------------------
+
+def test_heartbeat_sets_a_status_key_with_ttl_and_registers_the_worker(jq, rdb, worker):
+    """A heartbeat writes the status under the worker's key with the TTL and adds it to the registry."""
+    w = worker("w1")
+
+    w.heartbeat(30.0, {"time": 123.0, "pid": 9})
+
+    assert 0 < rdb.pttl("apnsd:worker:w1") <= 30_000
+    assert {b"w1"} == rdb.smembers("apnsd:workers")
+    assert {"time": 123.0, "pid": 9} == jq.heartbeat_of("w1")
+    assert [("w1", {"time": 123.0, "pid": 9})] == jq.workers()
+
+
+def test_heartbeat_lapses_after_its_ttl(jq, worker):
+    """Without a refresh the heartbeat key expires; the worker stays registered but shows as lapsed."""
+    worker("w1").heartbeat(0.05, {"time": 1.0})
+
+    wait_until(lambda: jq.heartbeat_of("w1") is None)
+    assert [("w1", None)] == jq.workers()
+
+
+def test_retire_removes_heartbeat_and_registration(jq, rdb, worker):
+    """A cleanly stopping worker leaves neither heartbeat nor registry entry."""
+    w = worker("w1")
+    w.heartbeat(30.0, {})
+
+    w.retire()
+
+    assert (None, set()) == (jq.heartbeat_of("w1"), rdb.smembers("apnsd:workers"))
+
+
+def _dead_worker_with_batches(jq: JobQueue, rdb: Any, make: Callable[[str], JobQueue], wid: str,
+                              items: list[bytes], sizes: list[int]) -> None:
+    """A registered worker that took ``sizes`` batches of ``items`` and then died (heartbeat gone)."""
+    lpush_each(jq, items)
+    w = make(wid)
+    w.heartbeat(30.0, {})
+    for size in sizes:
+        w.take(Q, size)
+    rdb.delete(w.keys.heartbeat(wid))
+
+
+def test_dead_workers_batches_return_to_the_consuming_end_oldest_first(jq, rdb, worker):
+    """Recovered jobs go back ahead of waiting jobs, in the order they were first taken."""
+    items = jobs(10)
+    _dead_worker_with_batches(jq, rdb, worker, "dead", items[:7], [3, 2, 2])
+    lpush_each(jq, items[7:])
+
+    moved = worker("rescuer").recover_dead([Q])
+
+    assert {"dead": 7} == moved
+    assert items == take_all(jq)
+    assert set() == rdb.smembers("apnsd:workers")
+    assert 0 == jq.inflight_count(Q, "dead")
+
+
+@pytest.mark.parametrize("round_", range(10))
+def test_racing_recoveries_move_each_job_exactly_once(jq, rdb, worker, round_):
+    """Two workers recovering the same dead worker at the same moment move every job exactly once."""
+    items = jobs(50, tag=f"r{round_}-")
+    _dead_worker_with_batches(jq, rdb, worker, "dead", items, [10, 10, 10, 10, 10])
+    rescuers = [worker("a"), worker("b")]
+    barrier = threading.Barrier(2)
+    results: list[dict[str, int]] = []
+
+    def recover(q: JobQueue) -> None:
+        barrier.wait()
+        results.append(q.recover_dead([Q]))
+
+    threads = [threading.Thread(target=recover, args=(q,)) for q in rescuers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    assert items == take_all(jq)
+    assert 50 == sum(r.get("dead", 0) for r in results)
+    assert 0 == jq.inflight_count(Q, "dead")
+
+
+def test_alive_workers_are_not_recovered(jq, rdb, worker):
+    """A worker whose heartbeat is present keeps its in-flight jobs."""
+    lpush_each(jq, jobs(3))
+    alive = worker("alive")
+    alive.heartbeat(30.0, {})
+    alive.take(Q, 3)
+
+    assert {} == worker("rescuer").recover_dead([Q])
+    assert 3 == jq.inflight_count(Q, "alive")
+    assert {b"alive"} == rdb.smembers("apnsd:workers")
+
+
+def test_a_worker_never_recovers_its_own_batches(jq, rdb, worker):
+    """recover_dead skips the calling worker even when its own heartbeat has lapsed."""
+    lpush_each(jq, jobs(2))
+    me = worker("me")
+    me.heartbeat(30.0, {})
+    me.take(Q, 2)
+    rdb.delete(me.keys.heartbeat("me"))
+
+    assert {} == me.recover_dead([Q])
+    assert 2 == jq.inflight_count(Q, "me")
+
+
+def test_recovery_covers_every_queue_given(jq, rdb, worker):
+    """A dead worker's batches are returned on each queue it took from."""
+    other = "apnsd:queue:other"
+    a, b = jobs(2, "a"), jobs(2, "b")
+    lpush_each(jq, a)
+    lpush_each(jq, b, other)
+    dead = worker("dead")
+    dead.heartbeat(30.0, {})
+    dead.take(Q, 2)
+    dead.take(other, 2)
+    rdb.delete(dead.keys.heartbeat("dead"))
+
+    assert {"dead": 4} == worker("rescuer").recover_dead([Q, other])
+    assert (a, b) == (take_all(jq), take_all(jq, other))
+
+
+def test_release_all_returns_every_batch_in_original_order(jq, rdb, worker):
+    """At shutdown a worker returns all its batches to the consuming end, first taken first."""
+    items = jobs(8)
+    lpush_each(jq, items)
+    w = worker("w1")
+    w.take(Q, 3)
+    w.take(Q, 2)
+
+    assert 5 == w.release_all(Q)
+    assert items == take_all(jq)
+    assert [] == list(rdb.scan_iter(match="*:inflight:w1"))
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+def test_promote_due_moves_only_due_jobs_earliest_first(jq, worker):
+    """Scheduled jobs whose time has come move to the consuming end, earliest due taken first."""
+    items = jobs(4)
+    w = worker("w1")
+    for item, at in zip(items, [300.0, 100.0, 200.0, 400.0]):
+        w.schedule(Q, item, at)
+    lpush_each(jq, jobs(1, "waiting"))
+
+    assert 2 == w.promote_due(Q, 250.0)
+    assert [items[1], items[2], *jobs(1, "waiting")] == take_all(jq)
+    assert (2, 1) == (jq.scheduled_count(Q), jq.scheduled_count(Q, until=300.0))
+    assert 0 == w.promote_due(Q, 250.0)
+
+
+def test_promote_due_respects_its_limit(jq, worker):
+    """At most ``limit`` due jobs move per call."""
+    w = worker("w1")
+    for i, item in enumerate(jobs(5)):
+        w.schedule(Q, item, float(i))
+
+    assert (2, 2, 1, 0) == tuple(w.promote_due(Q, 10.0, limit=2) for _ in range(4))
+
+
+def test_racing_promoters_move_each_job_once(jq, worker):
+    """Several workers promoting the same due jobs concurrently move every job exactly once."""
+    items = jobs(400)
+    w = worker("w1")
+    for i, item in enumerate(items):
+        w.schedule(Q, item, float(i))
+    promoters = [worker(f"p{i}") for i in range(4)]
+    barrier = threading.Barrier(len(promoters))
+    moved: list[int] = []
+
+    def promote(q: JobQueue) -> None:
+        barrier.wait()
+        while n := q.promote_due(Q, 1000.0, limit=25):
+            moved.append(n)
+
+    threads = [threading.Thread(target=promote, args=(q,)) for q in promoters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    taken = take_all(jq)
+    assert 400 == sum(moved)
+    assert sorted(items) == sorted(taken)
+    assert 400 == len(set(taken))
+    assert 0 == jq.scheduled_count(Q)
+
+
+def test_scheduled_key_per_queue(jq):
+    """The default queue's scheduled set is apnsd:scheduled; other queues get <queue>:scheduled."""
+    assert ("apnsd:scheduled", "apnsd:queue:voip:scheduled") == (jq.keys.scheduled(Q), jq.keys.scheduled("apnsd:queue:voip"))
+
+
+# --- wait ----------------------------------------------------------------------------------------
+
+def test_wait_on_an_empty_queue_times_out_false(jq):
+    """wait returns False when no job arrives within the timeout."""
+    assert False is jq.wait(Q, 0.05)
+
+
+def test_wait_returns_true_without_taking_the_job(jq):
+    """wait returns True when a job is there and leaves the queue exactly as it was."""
+    items = jobs(3)
+    lpush_each(jq, items)
+
+    assert True is jq.wait(Q, 1.0)
+    assert items == take_all(jq)
+
+
+def test_wait_wakes_when_a_job_arrives(jq, rdb, worker):
+    """A blocked wait returns True as soon as an application pushes a job."""
+    w = worker("w1")
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(w.wait(Q, 10.0)))
+    t.start()
+    wait_until(lambda: 1 == rdb.info("clients")["blocked_clients"])
+
+    lpush_each(jq, jobs(1))
+    t.join(5)
+
+    assert [True] == result
+    assert jobs(1) == take_all(jq)
+
+
+# --- dead letters and inspection -----------------------------------------------------------------
+
+def _dead(raw: bytes, app: str | None, reason: str) -> bytes:
+    return dead_entry(raw, app, reason, None, "detail", 0, None, 1.0)
+
+
+def test_requeue_dead_by_reason_prefix_to_each_apps_queue(jq, rdb):
+    """Dead letters whose reason starts with the prefix go back onto their app's queue; others stay."""
+    a, b, c, d = jobs(4)
+    rdb.lpush("apnsd:dead", _dead(a, "default", "bad_token"), _dead(b, "voip", "bad_payload"),
+              _dead(c, "default", "InvalidToken"), _dead(d, None, "bad_field"))
+
+    moved = jq.requeue_dead({"default": Q, "voip": "apnsd:queue:voip"}, Q, 100, "bad_")
+
+    assert 3 == moved
+    assert ["InvalidToken"] == [e["reason"] for e in jq.dead_entries(10)]
+    assert ({a, d}, [b]) == (set(take_all(jq)), take_all(jq, "apnsd:queue:voip"))
+
+
+def test_requeue_dead_respects_the_limit(jq, rdb):
+    """No more than ``limit`` dead letters are requeued."""
+    rdb.lpush("apnsd:dead", *[_dead(j, "default", "x") for j in jobs(5)])
+
+    assert 2 == jq.requeue_dead({"default": Q}, Q, 2, None)
+    assert (2, 3) == (jq.depth(Q), jq.counts()["dead"])
+
+
+def test_dead_entries_are_newest_first(jq, rdb):
+    """dead_entries lists the most recent dead letters first, up to count."""
+    rdb.lpush("apnsd:dead", *[_dead(j, "default", f"r{i}") for i, j in enumerate(jobs(3))])
+
+    assert ["r2", "r1"] == [e["reason"] for e in jq.dead_entries(2)]
+
+
+def test_counts_reports_dead_unregistered_and_lifetime_totals(jq, rdb):
+    """counts gives dead-letter and unregistered-token totals and every lifetime counter."""
+    rdb.lpush("apnsd:dead", b"{}", b"{}")
+    rdb.hset("apnsd:unregistered", mapping={"t1": "{}"})
+    rdb.hset("apnsd:stats", mapping={"delivered": 7, "dead": 2})
+
+    assert {"dead": 2, "unregistered": 1, "total_delivered": 7, "total_dead": 2} == jq.counts()
+
+
+def test_counts_of_an_empty_database_are_zero(jq):
+    """With nothing recorded, counts are zero and there are no totals."""
+    assert {"dead": 0, "unregistered": 0} == jq.counts()
+
+
+def test_unregistered_returns_all_or_the_asked_tokens(jq, rdb):
+    """unregistered returns every entry, or only the asked tokens that are present."""
+    entry = {"app": "default", "reason": "Unregistered", "timestamp_ms": 5}
+    rdb.hset("apnsd:unregistered", mapping={"t1": json.dumps(entry), "t2": json.dumps({**entry, "timestamp_ms": 6})})
+
+    assert {"t1", "t2"} == set(jq.unregistered())
+    assert {"t1": entry} == jq.unregistered(["t1", "missing"])
+    assert {} == jq.unregistered([])
+
+
+def test_redis_unreachable_is_a_queue_error():
+    """Without a Redis server every operation raises QueueError, which is retryable."""
+    q = JobQueue(connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5), "apnsd", "w1")
+
+    with pytest.raises(QueueError) as info:
+        q.take(Q, 1)
+    assert info.value.retryable
