@@ -113,9 +113,10 @@ def parse_token(token: str) -> tuple[str, bytes]:
     try:
         raw = bytes.fromhex(t)
     except ValueError:
-        if len(t) % 2 == 0 or not _HEX.issuperset(t):
-            raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}") from None
         raw = b""
+    # fromhex also skips tabs and newlines, so a token holding them decodes but is not hex
+    if 2 * len(raw) != len(t) and (len(t) % 2 == 0 or not _HEX.issuperset(t)):
+        raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}")
     if len(t) % 2 or not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
         raise JobError("bad_token_length", f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}")
     return t, raw
