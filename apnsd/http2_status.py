@@ -1,0 +1,82 @@
+"""Reads :status from a response header block in O(1), for a peer whose HPACK dynamic table is empty.
+
+The client advertises SETTINGS_HEADER_TABLE_SIZE = 0, so the server's encoder can keep nothing in
+its dynamic table: every entry it inserts is evicted at once, and no block can refer to an earlier
+one. The decoder therefore has no state to maintain, and since ``:status`` must be the first field
+of a response, the rest of the block can be skipped. Full HPACK decoding was the largest single
+cost per request at high rates.
+"""
+
+from __future__ import annotations
+
+from hpack.huffman_table import decode_huffman
+
+from apnsd.errors import ProtocolError
+
+STATIC_STATUS = {8: 200, 9: 204, 10: 206, 11: 304, 12: 400, 13: 404, 14: 500}
+STATUS_NAME_INDEXES = frozenset(STATIC_STATUS)
+STATIC_TABLE_SIZE = 61
+
+
+def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer with an N-bit prefix at ``pos``; returns (value, next position)."""
+    mask = (1 << prefix_bits) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        if pos >= len(block):
+            raise ProtocolError("truncated HPACK integer")
+        b = block[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+        if shift > 28:
+            raise ProtocolError("HPACK integer too large")
+
+
+def _string(block: bytes, pos: int) -> tuple[bytes, int]:
+    if pos >= len(block):
+        raise ProtocolError("truncated HPACK string")
+    huffman = block[pos] & 0x80
+    length, pos = _integer(block, pos, 7)
+    end = pos + length
+    if end > len(block):
+        raise ProtocolError("truncated HPACK string")
+    raw = block[pos:end]
+    return (decode_huffman(raw) if huffman else bytes(raw)), end
+
+
+def response_status(block: bytes | bytearray) -> int:
+    """The :status of a response header block (the first field, as RFC 9113 requires)."""
+    pos, n = 0, len(block)
+    while pos < n and block[pos] & 0xE0 == 0x20:  # dynamic table size updates
+        size, pos = _integer(block, pos, 5)
+        if size:
+            raise ProtocolError(f"server raised its HPACK table to {size} although we allowed 0")
+    if pos >= n:
+        raise ProtocolError("empty response header block")
+    first = block[pos]
+    if first & 0x80:
+        index, _ = _integer(block, pos, 7)
+        if index in STATIC_STATUS:
+            return STATIC_STATUS[index]
+        raise ProtocolError(f"response does not start with :status (indexed field {index})")
+    if first & 0x40:
+        index, pos = _integer(block, pos, 6)
+    else:
+        index, pos = _integer(block, pos, 4)
+    if index == 0:
+        name, pos = _string(block, pos)
+        if name != b":status":
+            raise ProtocolError(f"response does not start with :status ({name!r})")
+    elif index not in STATUS_NAME_INDEXES:
+        raise ProtocolError(f"response does not start with :status (name index {index})")
+    value, _ = _string(block, pos)
+    if len(value) != 3 or not value.isdigit():
+        raise ProtocolError(f"bad :status {value!r}")
+    return int(value)

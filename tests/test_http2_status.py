@@ -1,0 +1,54 @@
+"""The O(1) :status reader agrees with the hpack reference decoder on every block a table-less encoder makes."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apnsd.errors import ProtocolError
+from apnsd.http2_status import response_status
+
+statuses = st.sampled_from([200, 204, 206, 304, 400, 403, 404, 405, 410, 413, 429, 500, 503])
+header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=0, max_size=40)
+extra_headers = st.lists(st.tuples(st.sampled_from(["apns-id", "server", "date", "content-type", "x-custom"]),
+                                   header_values), max_size=4)
+
+
+def table_less_encoder() -> hpack.Encoder:
+    """An encoder bound by SETTINGS_HEADER_TABLE_SIZE = 0, as our client advertises."""
+    enc = hpack.Encoder()
+    enc.header_table_size = 0
+    return enc
+
+
+@given(status=statuses, extra=extra_headers, huffman=st.booleans(), sensitive=st.booleans())
+def test_status_matches_reference_decoder(status, extra, huffman, sensitive):
+    """For any response block, the fast reader returns the status hpack decodes."""
+    enc = table_less_encoder()
+    headers = [(":status", str(status), sensitive)] + [(k, v, False) for k, v in extra]
+    for _ in range(2):  # the second block has no table size update in front
+        block = enc.encode([hpack.HeaderTuple(k, v) if not s else hpack.NeverIndexedHeaderTuple(k, v)
+                            for k, v, s in headers], huffman=huffman)
+        expected = int(dict(_reference(block))[":status"])
+        assert expected == response_status(block)
+
+
+def _reference(block: bytes) -> list[tuple[str, str]]:
+    dec = hpack.Decoder()
+    dec.header_table_size = 0
+    return dec.decode(block)
+
+
+def test_literal_status_with_literal_name_is_read():
+    """A :status sent as a literal name and value (no static index) is understood."""
+    block = bytes([0x00, 7]) + b":status" + bytes([3]) + b"410"
+    assert 410 == response_status(block)
+
+
+@pytest.mark.parametrize("block", [b"", b"\x3f\xe1\x1f\x88", b"\xbe", b"\x82", b"\x00\x03abc\x03200", b"\x48\x05"])
+def test_blocks_a_table_less_peer_cannot_send_are_protocol_errors(block):
+    """Dynamic references, raised tables, missing or truncated :status are rejected, never guessed."""
+    with pytest.raises(ProtocolError):
+        response_status(block)
