@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--expiration", type=int)
     ps.add_argument("--collapse-id")
     ps.add_argument("--id")
-    ps.add_argument("--at", help="send later: unix seconds, or +SECONDS from now")
+    ps.add_argument("--at", type=_send_at, help="send later: unix seconds, or +SECONDS from now")
 
     ck = cmd("check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match).")
     ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
@@ -79,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
 
     add_mock_arguments(cmd("mock", None, "Run a local fake APNs gateway (binary or HTTP/2) over TLS."))
     return p
+
+
+def _send_at(text: str) -> float:
+    """--at as an absolute unix time: unix seconds, or +SECONDS from now."""
+    try:
+        at = time.time() + float(text[1:]) if text.startswith("+") else float(text)
+    except ValueError:
+        at = math.nan
+    if not math.isfinite(at):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither unix seconds nor +SECONDS")
+    return at
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -141,8 +153,8 @@ def _push(args: argparse.Namespace) -> int:
         return 2
     q = _queue(config)
     queue = config.queue_key(app)
-    if args.at:
-        at = time.time() + float(args.at[1:]) if args.at.startswith("+") else float(args.at)
+    if args.at is not None:
+        at = args.at
         job["send_at"] = at
         q.schedule(queue, msgspec.json.encode(job), at)
         print(f"scheduled 1 job on {q.keys.scheduled(queue)} for {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")
