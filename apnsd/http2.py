@@ -3,8 +3,8 @@
 A purpose-built client connection rather than ``h2.H2Connection``: APNs needs one request
 shape, so header blocks are assembled from cached HPACK byte strings, the open-stream count
 is a ``len()``, and incoming frames are parsed with ``struct`` in one loop. ``h2`` and
-``hpack`` stay the reference the tests hold these bytes against; ``hpack.Decoder`` decodes
-the server's header blocks because APNs uses its dynamic table.
+``hpack`` stay the reference the tests hold these bytes against. Responses are read for
+``:status`` alone, with the server's HPACK table held at size 0 by our SETTINGS.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import deque
 from typing import NoReturn
 
-import hpack
-
 from apnsd import http2_frames as f
+from apnsd.errors import ProtocolError
+from apnsd.http2_status import response_status
 from apnsd.http2_hpack import TABLE_SIZE_ZERO, RequestEncoder
 from apnsd.http2_events import (Event, GoAwayReceived, H2ProtocolError, NoStreamAvailable, PingAcked,
                                 RequestTemplate, ResponseReceived, SettingsChanged, StreamReset,
@@ -28,7 +28,7 @@ __all__ = ["Event", "GoAwayReceived", "H2ClientConnection", "H2ProtocolError", "
 # and topped up rarely; push is refused because APNs never pushes.
 LOCAL_INITIAL_WINDOW = 1 << 20
 LOCAL_CONNECTION_WINDOW = 1 << 24
-LOCAL_SETTINGS = {f.SETTINGS_HEADER_TABLE_SIZE: 4096, f.SETTINGS_ENABLE_PUSH: 0,
+LOCAL_SETTINGS = {f.SETTINGS_HEADER_TABLE_SIZE: 0, f.SETTINGS_ENABLE_PUSH: 0,
                   f.SETTINGS_INITIAL_WINDOW_SIZE: LOCAL_INITIAL_WINDOW}
 # Streams allowed before the server's first SETTINGS arrives. RFC 9113 leaves the limit
 # unbounded and some clients guess 100, but APNs may answer with 1 (token auth) and punishes
@@ -41,7 +41,7 @@ MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 class _Stream:
     """One request in flight: the body still to send and the response so far."""
 
-    __slots__ = ("id", "window", "body", "sent", "local_done", "remote_done", "status", "apns_id", "data",
+    __slots__ = ("id", "window", "body", "sent", "local_done", "remote_done", "status", "data",
                  "received")
 
     def __init__(self, stream_id: int, window: int, body: bytes | None) -> None:
@@ -52,7 +52,6 @@ class _Stream:
         self.local_done = body is None
         self.remote_done = False
         self.status: int | None = None
-        self.apns_id: str | None = None
         self.data: bytearray | None = None
         self.received = 0  # DATA bytes since our last WINDOW_UPDATE for this stream
 
@@ -64,7 +63,6 @@ class H2ClientConnection:
         self._out = bytearray()
         self._in = bytearray()
         self._events: list[Event] = []
-        self._decoder = hpack.Decoder()
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._peer_max_streams = STREAMS_BEFORE_SETTINGS
@@ -243,23 +241,21 @@ class H2ClientConnection:
             self._on_block(sid, block, self._block_end_stream)
 
     def _on_block(self, sid: int, block: bytes | bytearray, end_stream: bool) -> None:
-        """A complete response header block (or trailers) for ``sid``."""
-        try:  # always decode, even for streams we forgot: the HPACK table must stay in step
-            headers = self._decoder.decode(block)
-        except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
-            self._fail(f.COMPRESSION_ERROR, f"undecodable header block: {exc}")
+        """A complete response header block (or trailers) for ``sid``; only :status is read.
+
+        We advertise SETTINGS_HEADER_TABLE_SIZE = 0, so the server's HPACK table stays empty and a
+        block can be read without decoding the ones before it (see http2_status).
+        """
         if not self._known(sid):
             return
         s = self._streams[sid]
         if s.remote_done:
             self._fail(f.STREAM_CLOSED, f"HEADERS on stream {sid} after its response ended")
         if s.status is None:
-            status: int | None = None
-            for name, value in headers:
-                if name == ":status":
-                    status = int(value) if value.isascii() and value.isdigit() else None
-                elif name == "apns-id":
-                    s.apns_id = value
+            try:
+                status = response_status(block)
+            except ProtocolError as exc:
+                self._fail(f.COMPRESSION_ERROR, f"undecodable response header block: {exc}")
             if status is None:
                 self._fail(f.PROTOCOL_ERROR, f"response on stream {sid} without a valid :status")
             elif status < 200:  # informational; the final response follows
@@ -271,7 +267,7 @@ class H2ClientConnection:
     def _finish(self, s: _Stream) -> None:
         """The response on ``s`` is complete."""
         reason, ts = decode_response_reason(bytes(s.data)) if s.data else ("", None)
-        self._events.append(ResponseReceived(s.id, s.status or 0, s.apns_id, reason, ts))
+        self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts))
         s.remote_done = True
         if s.local_done:
             del self._streams[s.id]

@@ -21,11 +21,10 @@ class RequestTemplate:
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
-    """APNs answered a request: status, echoed apns-id, and the reason/timestamp of an error body."""
+    """APNs answered a request: status, and the reason/timestamp of an error body."""
 
     stream_id: int
     status: int
-    apns_id: str | None
     reason: str = ""
     timestamp_ms: int | None = None
 

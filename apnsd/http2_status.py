@@ -51,8 +51,12 @@ def _string(block: bytes, pos: int) -> tuple[bytes, int]:
     return (decode_huffman(raw) if huffman else bytes(raw)), end
 
 
-def response_status(block: bytes | bytearray) -> int:
-    """The :status of a response header block (the first field, as RFC 9113 requires)."""
+def response_status(block: bytes | bytearray) -> int | None:
+    """The :status of a response header block (its first field, as RFC 9113 requires).
+
+    None when the block is valid HPACK but does not start with a valid :status (a malformed
+    response); ProtocolError when it is not HPACK a table-less peer can send.
+    """
     pos, n = 0, len(block)
     while pos < n and block[pos] & 0xE0 == 0x20:  # dynamic table size updates
         size, pos = _integer(block, pos, 5)
@@ -63,9 +67,9 @@ def response_status(block: bytes | bytearray) -> int:
     first = block[pos]
     if first & 0x80:
         index, _ = _integer(block, pos, 7)
-        if index in STATIC_STATUS:
-            return STATIC_STATUS[index]
-        raise ProtocolError(f"response does not start with :status (indexed field {index})")
+        if index > STATIC_TABLE_SIZE:
+            raise ProtocolError(f"reference to dynamic table entry {index} although we allowed none")
+        return STATIC_STATUS.get(index)
     if first & 0x40:
         index, pos = _integer(block, pos, 6)
     else:
@@ -73,10 +77,10 @@ def response_status(block: bytes | bytearray) -> int:
     if index == 0:
         name, pos = _string(block, pos)
         if name != b":status":
-            raise ProtocolError(f"response does not start with :status ({name!r})")
+            return None
+    elif index > STATIC_TABLE_SIZE:
+        raise ProtocolError(f"reference to dynamic table entry {index} although we allowed none")
     elif index not in STATUS_NAME_INDEXES:
-        raise ProtocolError(f"response does not start with :status (name index {index})")
+        return None
     value, _ = _string(block, pos)
-    if len(value) != 3 or not value.isdigit():
-        raise ProtocolError(f"bad :status {value!r}")
-    return int(value)
+    return int(value) if len(value) == 3 and value.isdigit() else None

@@ -196,6 +196,9 @@ class JobParser:
             raise JobError("bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}")
         if spec.collapse_id is not None and len(spec.collapse_id.encode()) > MAX_COLLAPSE_ID:
             raise JobError("bad_collapse_id", f"collapse_id is longer than {MAX_COLLAPSE_ID} bytes")
+        for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):
+            if value is not None and (not value or not value.isprintable() or value != value.strip()):
+                raise JobError(f"bad_{name}", f"{name} must be non-empty printable text without surrounding spaces")
         payload = decode_payload(spec.payload)
         cap = voip_limit if spec.push_type == "voip" else limit
         if len(payload) > cap:

@@ -12,7 +12,7 @@ from OpenSSL import SSL
 
 from apnsd.errors import GatewayError, GatewayRejected
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this per recv call
 
 
 class TlsTransport:

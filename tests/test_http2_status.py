@@ -47,8 +47,14 @@ def test_literal_status_with_literal_name_is_read():
     assert 410 == response_status(block)
 
 
-@pytest.mark.parametrize("block", [b"", b"\x3f\xe1\x1f\x88", b"\xbe", b"\x82", b"\x00\x03abc\x03200", b"\x48\x05"])
+@pytest.mark.parametrize("block", [b"", b"\x3f\xe1\x1f\x88", b"\xbe", b"\x48\x05", b"\x7f\x01\x03200"])
 def test_blocks_a_table_less_peer_cannot_send_are_protocol_errors(block):
-    """Dynamic references, raised tables, missing or truncated :status are rejected, never guessed."""
+    """Empty blocks, dynamic references, raised tables and truncated strings are HPACK errors, never guessed."""
     with pytest.raises(ProtocolError):
         response_status(block)
+
+
+@pytest.mark.parametrize("block", [b"\x82", b"\x00\x03abc\x03200", b"\x48\x02ok"])
+def test_blocks_without_a_valid_status_first_give_none(block):
+    """Valid HPACK that does not open with a three-digit :status is a malformed response: None."""
+    assert None is response_status(block)
