@@ -1,0 +1,306 @@
+"""The binary mock gateway over real TLS, driven by a tiny pyOpenSSL client, and `apnsd mock` as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+
+from apnsd.binary import encode_frame
+from apnsd.credentials import client_context, load_identity
+from apnsd.mock import MockGateway
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = [bytes([0xA0 + i]) * 32 for i in range(5)]
+BAD = bytes.fromhex("bad0") + b"\x00" * 30
+PAYLOAD = b'{"aps":{"alert":"hi"}}'
+IO_TIMEOUT = 10.0
+
+
+class Client:
+    """A blocking-by-deadline TLS client for one connection to a mock gateway."""
+
+    def __init__(self, port: int, cert: str | None, ca_file: str) -> None:
+        ctx = client_context(load_identity(cert) if cert else None, ca_file)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
+        self.sock.setblocking(False)
+        self.conn = SSL.Connection(ctx, self.sock)
+        self.conn.set_connect_state()
+        self.deadline = time.monotonic() + IO_TIMEOUT
+        self._io(self.conn.do_handshake)
+
+    def _io(self, op: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                return op()
+            except SSL.WantReadError:
+                self._wait(read=True)
+            except SSL.WantWriteError:
+                self._wait(read=False)
+
+    def _wait(self, read: bool) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("mock gateway did not answer in time")
+        select.select([self.sock] if read else [], [] if read else [self.sock], [], left)
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        self._io(lambda: self.conn.sendall(data))
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        """Everything the gateway sends until it closes, and how it closed: close_notify, abrupt or alert."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                data = self._io(lambda: self.conn.recv(65536))
+            except SSL.ZeroReturnError:
+                return b"".join(chunks), "close_notify"
+            except SSL.SysCallError:
+                return b"".join(chunks), "abrupt"
+            except SSL.Error as exc:
+                return b"".join(chunks), f"alert: {exc}"
+            if not data:
+                return b"".join(chunks), "abrupt"
+            chunks.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def client(pki: Any) -> Iterator[Callable[..., Client]]:
+    """Factory for TLS clients presenting the PKI's APNs client certificate (or another, or none)."""
+    made: list[Client] = []
+
+    def make(port: int, cert: str | None = pki.client_pem) -> Client:
+        made.append(Client(port, cert, pki.ca_cert))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def frames(*tokens: bytes, first_id: int = 1) -> bytes:
+    """Command-2 frames for the tokens, with identifiers counting up from ``first_id``."""
+    return b"".join(encode_frame(t, PAYLOAD, first_id + i) for i, t in enumerate(tokens))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = IO_TIMEOUT) -> None:
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def answers(mock: MockGateway) -> list[tuple[str, str, int]]:
+    """(token, identifier, status) of everything the mock recorded, in order."""
+    return [(r.token, r.ident, r.status) for r in mock.record.received]
+
+
+# --- client certificates ---------------------------------------------------------------------------
+
+def test_client_with_the_apns_certificate_is_served_and_gets_no_reply(binary_mock, client):
+    """With a trusted client certificate, notifications are accepted silently, as APNs does."""
+    mock = binary_mock()
+    c = client(mock.port)
+
+    c.send(frames(GOOD[0], GOOD[1]))
+
+    wait_for(lambda: 2 == len(mock.record.received))
+    assert [(GOOD[0].hex(), "1", 200), (GOOD[1].hex(), "2", 200)] == answers(mock)
+    assert 1 == mock.record.connections
+
+
+def refusal(connect: Callable[[], Client]) -> tuple[bytes, str]:
+    """What a client gets from a gateway that refuses it: under TLS 1.3 the alert arrives after the
+    client's side of the handshake has completed, under TLS 1.2 during it."""
+    try:
+        return connect().read_to_end()
+    except SSL.Error as exc:
+        return b"", f"alert: {exc}"
+
+
+@pytest.mark.parametrize(("cert", "alert"), [(None, "certificate required"), ("untrusted_pem", "unknown ca")])
+def test_client_without_a_trusted_certificate_is_refused(binary_mock, client, pki, cert, alert):
+    """A client with no certificate, or one from another CA, is refused with a TLS alert and nothing is served."""
+    mock = binary_mock()
+
+    data, how = refusal(lambda: client(mock.port, getattr(pki, cert) if cert else None))
+
+    assert (b"", True) == (data, alert in how)
+    assert (0, []) == (mock.record.connections, mock.record.received)
+
+
+# --- faults ----------------------------------------------------------------------------------------
+
+def test_failing_prefix_gets_an_error_response_then_close(binary_mock, client):
+    """A token with a failing prefix gets command 8 with its status and identifier, then the gateway closes."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),))
+    c = client(mock.port)
+
+    c.send(frames(GOOD[0], BAD, GOOD[1], first_id=41))
+
+    assert (bytes.fromhex("08" "08" "0000002a"), "close_notify") == c.read_to_end()
+    assert [(GOOD[0].hex(), "41", 200), (BAD.hex(), "42", 8)] == answers(mock)
+
+
+@pytest.mark.parametrize("status", [1, 7, 10, 255])
+def test_failing_prefix_reports_the_configured_status(binary_mock, client, status):
+    """The error response carries whichever status the fault names."""
+    mock = binary_mock(fail_prefixes=(("bad0", status),))
+    c = client(mock.port)
+
+    c.send(frames(BAD, first_id=7))
+
+    assert (bytes([8, status, 0, 0, 0, 7]), "close_notify") == c.read_to_end()
+
+
+def test_invalid_notifications_get_apples_status_codes(binary_mock, client):
+    """A wrong token size is answered with status 5, an empty payload with status 4."""
+    mock = binary_mock()
+    c1, c2 = client(mock.port), client(mock.port)
+
+    c1.send(encode_frame(b"\x01" * 31, PAYLOAD, 3))
+    c2.send(encode_frame(GOOD[0], b"", 4))
+
+    assert (bytes.fromhex("08" "05" "00000003"), "close_notify") == c1.read_to_end()
+    assert (bytes.fromhex("08" "04" "00000004"), "close_notify") == c2.read_to_end()
+
+
+def test_unparseable_frame_gets_protocol_error_128(binary_mock, client):
+    """Bytes that are not a command-2 frame are answered with status 128 and the connection is closed."""
+    mock = binary_mock()
+    c = client(mock.port)
+
+    c.send(bytes.fromhex("01" "00000001" "00000000" "0020") + GOOD[0] + b"\x00\x02{}")
+
+    assert (bytes.fromhex("08" "80" "00000000"), "close_notify") == c.read_to_end()
+
+
+def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, client):
+    """close_after=N accepts N notifications, then drops the connection without an answer; later ones are served."""
+    mock = binary_mock(close_after=2)
+    first = client(mock.port)
+
+    first.send(frames(*GOOD[:3]))
+
+    assert (b"", "abrupt") == first.read_to_end()
+    assert [(GOOD[0].hex(), "1", 200), (GOOD[1].hex(), "2", 200)] == answers(mock)
+
+    second = client(mock.port)
+    second.send(frames(*GOOD[:4], first_id=10))
+    wait_for(lambda: 6 == len(mock.record.received))
+    assert [200] * 6 == [status for _, _, status in answers(mock)]
+
+
+# --- feedback --------------------------------------------------------------------------------------
+
+def test_feedback_port_streams_tuples_then_closes_and_forgets_them(pki, client):
+    """The feedback service sends every (timestamp, token) tuple and closes; the list is cleared once read."""
+    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert,
+                       feedback=[(1_600_000_000, GOOD[0]), (1_790_000_000, GOOD[1])]).start(with_feedback=True)
+    try:
+        expected = (bytes.fromhex("5f5e1000" "0020") + GOOD[0] + bytes.fromhex("6ab13b80" "0020") + GOOD[1])
+
+        assert (expected, "close_notify") == client(mock.feedback_port).read_to_end()
+        assert (b"", "close_notify") == client(mock.feedback_port).read_to_end()
+    finally:
+        mock.stop()
+
+
+def test_feedback_port_requires_the_client_certificate(pki, client):
+    """The feedback service refuses a client without a certificate, like the gateway port."""
+    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert,
+                       feedback=[(1_600_000_000, GOOD[0])]).start(with_feedback=True)
+    try:
+        data, how = refusal(lambda: client(mock.feedback_port, None))
+
+        assert (b"", True) == (data, "certificate required" in how)
+        assert [(1_600_000_000, GOOD[0])] == mock.feedback
+    finally:
+        mock.stop()
+
+
+# --- apnsd mock as a process -----------------------------------------------------------------------
+
+class Lines:
+    """A child's stdout read line by line on a helper thread, so each line can be awaited with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def next(self, timeout: float = 30.0) -> str:
+        """The next line ("" at end of output), failing if none arrives in time."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("apnsd mock printed nothing in time") from None
+
+    def rest(self, timeout: float = 30.0) -> list[str]:
+        """Every remaining line up to the end of output."""
+        out = []
+        while line := self.next(timeout):
+            out.append(line)
+        return out
+
+
+def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
+    """`apnsd mock --protocol binary` prints where it listens, serves TLS, and on SIGTERM prints a JSON summary and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env["PYTHONPATH"] = str(REPO)
+    pki_dir = tmp_path / "pki"
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "apnsd.cli", "mock", "--protocol", "binary",
+                                 "--pki-dir", str(pki_dir), "--fail-prefix", "bad0=8"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+    try:
+        lines = Lines(proc)
+        first = lines.next()
+        match = re.fullmatch(r"apnsd mock \(binary\) listening on 127\.0\.0\.1:(\d+), feedback on (\d+)\n", first)
+        assert match, first
+        assert f"  CA for clients (ca_file): {pki_dir / 'ca.pem'}\n" == lines.next()
+        assert f"  client certificate (cert): {pki_dir / 'client.pem'}\n" == lines.next()
+
+        c = Client(int(match.group(1)), str(pki_dir / "client.pem"), str(pki_dir / "ca.pem"))
+        c.send(frames(GOOD[0], BAD))
+        assert (bytes.fromhex("08" "08" "00000002"), "close_notify") == c.read_to_end()
+        c.close()
+
+        proc.send_signal(signal.SIGTERM)
+        rest = lines.rest()
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert (0, "") == (code, stderr.read_text())
+    assert [{"received": 2, "accepted": 1, "rejected": 1, "connections": 1, "max_concurrent_streams_seen": 0,
+             "concurrency_violations": 0}] == [json.loads(line) for line in rest]
