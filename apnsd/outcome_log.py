@@ -34,6 +34,16 @@ def dead_entry(raw: bytes, app: str | None, reason: str, status: int | None, det
                   "token": token, "time": round(now, 3), "job": raw.decode("utf-8", "replace")})
 
 
+def _job_id(raw: bytes) -> str:
+    """The application's id of a job that failed validation, when it has a readable one."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return ""
+    job_id = obj.get("id") if isinstance(obj, dict) else None
+    return job_id if isinstance(job_id, str) else ""
+
+
 class OutcomeRecorder:
     """Applies retry policy and writes each outcome into its batch's pending commit."""
 
@@ -75,6 +85,10 @@ class OutcomeRecorder:
     def reject(self, b: Batch, r: Rejected, now: float) -> Batch | None:
         """Dead-letter a job (or one token of it) that failed validation."""
         b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now))
+        if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
+            b.commit.results.append({"id": _job_id(r.raw), "apns_id": "", "token": r.token or "", "app": r.app or "",
+                                     "outcome": Kind.DEAD.value, "status": "", "reason": r.reason,
+                                     "time": f"{now:.3f}"})
         metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
         b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
         return self._done(b)
