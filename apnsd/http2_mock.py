@@ -137,6 +137,10 @@ class Http2GatewayConnection:
             self.closed = True  # h2 has queued a GOAWAY naming the error
             return self._h2.data_to_send()
         answered: list[Received] = []
+        # Requests completed by this read are answered after every stream it opened has been
+        # counted, as a server working on them concurrently would: a client that opens more
+        # streams than allowed in one burst is caught even though each request is answered at once.
+        complete: list[tuple[int, _Request]] = []
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self._open_stream(ev.stream_id, ev.headers)
@@ -148,7 +152,7 @@ class Http2GatewayConnection:
             elif isinstance(ev, h2.events.StreamEnded):
                 req = self._requests.pop(ev.stream_id, None)
                 if req is not None:
-                    answered.append(self._answer(ev.stream_id, req))
+                    complete.append((ev.stream_id, req))
             elif isinstance(ev, h2.events.StreamReset):
                 if self._requests.pop(ev.stream_id, None) is not None or self._unsent.pop(ev.stream_id, None):
                     self._open -= 1
@@ -158,6 +162,10 @@ class Http2GatewayConnection:
                 self.closed = True  # h2 sends nothing after the client's GOAWAY
             if self.closed:
                 break
+        for sid, req in complete:
+            if self.closed:
+                break
+            answered.append(self._answer(sid, req))
         if answered:
             self._record.add(answered)
         return self._h2.data_to_send()

@@ -1,0 +1,129 @@
+"""End to end over HTTP/2: real redis-server, real TLS with ALPN h2, the HTTP/2 mock gateway."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import msgspec
+import pytest
+
+from apnsd.credentials import load_public_key
+from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
+
+
+def test_ten_thousand_jobs_under_certificate_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config):
+    """Every job is accepted once, on one connection, without exceeding the advertised stream limit."""
+    mock = http2_mock(max_concurrent_streams=500)
+    tokens = good_tokens(10_000)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    accepted = mock.record.accepted_tokens()
+    assert set(tokens) == set(accepted)
+    assert [1] == sorted(set(accepted.values()))
+    assert (1, 0) == (mock.record.connections, mock.record.concurrency_violations)
+    assert [] == inflight_keys(rdb)
+
+
+def test_ten_thousand_jobs_under_token_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config, pki):
+    """With a .p8 key the daemon signs an ES256 provider token the gateway verifies, and everything arrives."""
+    mock = http2_mock(client_ca=False, jwt_public_key=load_public_key(pki.p8_public), jwt_key_id=pki.key_id,
+                      jwt_team_id=pki.team_id)
+    tokens = good_tokens(10_000, seed=7)
+    push_all(jq, [job(t) for t in tokens])
+    config = make_config(mock, APP_DEFAULT_CERT="", APP_DEFAULT_TOKEN_KEY=pki.p8_key,
+                         APP_DEFAULT_KEY_ID=pki.key_id, APP_DEFAULT_TEAM_ID=pki.team_id,
+                         APP_DEFAULT_TOPIC="com.example.app")
+
+    assert 0 == run_drained(config)
+
+    assert set(tokens) == set(mock.record.accepted_tokens())
+    assert 10_000 == sum(mock.record.accepted_tokens().values())
+    auth = {dict(r.headers).get("authorization", "")[:7] for r in mock.record.received}
+    assert {"bearer "} == auth
+    assert [] == inflight_keys(rdb)
+
+
+def test_rejections_go_to_the_right_store_with_the_right_reason(jq, http2_mock, make_config):
+    """410 and BadDeviceToken land in the unregistered store; BadTopic and other 4xx are dead letters."""
+    mock = http2_mock(reject_prefixes=(("dead", 410, "Unregistered"), ("bad0", 400, "BadDeviceToken")))
+    good = good_tokens(20)
+    gone, bad = "dead" + good[0][4:], "bad0" + good[1][4:]
+    wrong_topic = good[2]
+    push_all(jq, [job(t) for t in good[3:]] + [job(gone), job(bad), job(wrong_topic, topic="com.other.app")])
+
+    assert 0 == run_drained(make_config(mock))
+
+    unregistered = jq.unregistered()
+    assert {gone: "Unregistered", bad: "BadDeviceToken"} == {t: v["reason"] for t, v in unregistered.items()}
+    assert isinstance(unregistered[gone]["timestamp_ms"], int)
+    dead = jq.dead_entries(10)
+    assert [("TopicDisallowed", 400, wrong_topic)] == [(e["reason"], e["status"], e["token"]) for e in dead]
+    assert set(good[3:]) == set(mock.record.accepted_tokens())
+
+
+def test_transient_errors_are_retried_then_delivered(jq, http2_mock, make_config):
+    """A burst of 503s is retried with backoff through the scheduled set and then delivered once."""
+    mock = http2_mock(burst_status=(503, "ServiceUnavailable", 30))
+    tokens = good_tokens(100, seed=3)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    assert set(tokens) == set(mock.record.accepted_tokens())
+    assert [1] == sorted(set(mock.record.accepted_tokens().values()))
+    assert 0 == jq.counts()["dead"]
+    assert 30 == jq.counts()["total_retry"]
+
+
+def test_retries_stop_at_max_attempts_with_the_last_reason(jq, http2_mock, make_config):
+    """A notification that keeps getting 500 is dead-lettered after max_attempts with that reason."""
+    mock = http2_mock(burst_status=(500, "InternalServerError", 3))
+    push_all(jq, [job(good_tokens(1)[0])])
+
+    assert 0 == run_drained(make_config(mock, APP_DEFAULT_MAX_ATTEMPTS="3"))
+
+    assert [("InternalServerError", 500, 3)] == [(e["reason"], e["status"], e["attempts"]) for e in jq.dead_entries(5)]
+    assert 0 == len(mock.record.accepted_tokens())
+
+
+def test_stream_limit_is_obeyed_and_kept_full(jq, http2_mock, make_config):
+    """The client never opens more streams than advertised, starting from 1, and fills the window it is given."""
+    mock = http2_mock(max_concurrent_streams=50)
+    push_all(jq, [job(t) for t in good_tokens(3000, seed=4)])
+
+    assert 0 == run_drained(make_config(mock))
+
+    assert (0, 50) == (mock.record.concurrency_violations, mock.record.max_concurrent_seen)
+
+
+def test_background_push_defaults_to_priority_five(jq, http2_mock, make_config):
+    """Background pushes go out with apns-priority 5 (Apple rejects 10 for them) and their push type."""
+    mock = http2_mock()
+    push_all(jq, [msgspec.json.encode({"token": good_tokens(1)[0], "push_type": "background",
+                                       "payload": {"aps": {"content-available": 1}}})])
+
+    assert 0 == run_drained(make_config(mock))
+
+    headers = dict(mock.record.received[0].headers)
+    assert ("5", "background", 200) == (headers.get("apns-priority"), headers.get("apns-push-type"),
+                                        mock.record.received[0].status)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_a_client_certificate_gets_apple_answers(http2_mock, pki):
+    """An independent HTTP/2 client (curl) gets 200 for a valid request and Apple's JSON reason otherwise."""
+    mock = http2_mock()
+    base = ["curl", "-s", "--http2", "--cacert", pki.ca_cert, "--cert", pki.client_pem, "-o", "-",
+            "-w", "\n%{http_code} %{http_version}", "-H", "apns-topic: com.example.app", "-d", '{"aps":{"alert":"hi"}}']
+    url = f"https://127.0.0.1:{mock.port}/3/device/"
+
+    ok = subprocess.run(base + [url + good_tokens(1)[0]], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(base + [url + "nothex"], capture_output=True, text=True, timeout=30)
+
+    assert "200 2" == ok.stdout.strip()
+    body, status = bad.stdout.strip().rsplit("\n", 1)
+    assert ("400 2", "BadDeviceToken") == (status, json.loads(body)["reason"])
