@@ -21,6 +21,7 @@ from apnsd.queue import Commit, JobQueue
 from apnsd.session import Session
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
+SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 IDLE_WAIT = 0.2  # longest the loop sleeps without a reason, so stop flags are seen promptly
 
 
@@ -76,10 +77,14 @@ class Feeder(threading.Thread):
             self._uncertain = None
             if raws:
                 return field, raws
+            self.loop.held.discard(field)
         field = jq.next_field()
+        self.loop.held.add(field)  # before the take, so that an orphan sweep never sees it unheld
         self._uncertain = field
         _, raws = jq.take(queue, count, field)
         self._uncertain = None
+        if not raws:
+            self.loop.held.discard(field)
         return field, raws
 
     def _parse(self, field: str, raws: list[bytes]) -> Taken:
@@ -114,6 +119,7 @@ class DeliveryLoop:
         self.log = logs.get("delivery", queue=queue)
         self.room = threading.Condition()
         self.in_flight = 0
+        self.held: set[str] = set()  # in-flight batch fields this process holds, from take until commit
         self._handoff: deque[Taken] = deque()
         self._ready: deque[Batch] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -174,6 +180,8 @@ class DeliveryLoop:
             while self._posted:
                 self._posted.popleft()()
             self._dispatch_new(now)
+            if self.stopping.is_set():
+                self._return_unsent()
             for s in self._all_sessions():
                 self._record_all(s.step(now, False), now)
             for name, s in list(self.sessions.items()):
@@ -220,6 +228,8 @@ class DeliveryLoop:
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
                 elif n.expiration and n.expiration < wall:
                     self._completed(self.recorder.record(n, EXPIRED, wall))
+                elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
+                    self._completed(self.recorder.defer(n, n.send_at))
                 else:
                     s.pending.append(n)
 
@@ -248,6 +258,7 @@ class DeliveryLoop:
                 self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
                 break
             self._ready.popleft()
+            self.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
         if done:
             self.commit_outage.recovered()
@@ -287,6 +298,20 @@ class DeliveryLoop:
             s = fds.get(fd)
             if s is not None:
                 self._record_all(s.step(later, True), later)
+
+    def _return_unsent(self) -> None:
+        """Stopping: notifications not yet written go back to the queue at once instead of being sent.
+
+        Only what is already on the wire waits for its answer. Sending the backlog during the grace
+        period would leave whatever is unanswered at the deadline both delivered and returned.
+        """
+        returned = 0
+        for s in self._all_sessions():
+            while s.pending:
+                self._completed(self.recorder.give_back(s.pending.popleft()))
+                returned += 1
+        if returned:
+            self.log.info("returned_unsent", notifications=returned)
 
     def _give_back(self, now: float) -> None:
         """Grace period over: write what is known and return every unanswered job to the queue."""

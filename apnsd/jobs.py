@@ -70,6 +70,7 @@ class Notification:
     enqueued_at: float | None
     raw: bytes = field(repr=False)
     fanout: bool = False
+    send_at: float | None = None
     batch: Any = field(default=None, repr=False)
     losses: int = 0
 
@@ -164,7 +165,8 @@ class JobParser:
             apns_id = job_uuid if job_uuid and len(tokens) == 1 else self.new_id()
             good.append(Notification(t, tb, payload, spec.app, apns_id, spec.id, spec.priority,
                                      spec.expiration, spec.push_type, spec.topic,
-                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None))
+                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None,
+                                     spec.send_at))
         return good, bad
 
     def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:

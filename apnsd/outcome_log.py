@@ -93,6 +93,13 @@ class OutcomeRecorder:
         b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
         return self._done(b)
 
+    def defer(self, n: Notification, at: float) -> Batch | None:
+        """Park a notification whose send_at is still ahead in the scheduled set."""
+        b: Batch = n.batch
+        b.commit.scheduled[single_job(n)] = at
+        b.tally[(n.app, "scheduled")] += 1
+        return self._done(b)
+
     def give_back(self, n: Notification) -> Batch | None:
         """Return an unanswered notification to the front of its queue (at shutdown)."""
         b: Batch = n.batch

@@ -127,3 +127,18 @@ def test_curl_with_a_client_certificate_gets_apple_answers(http2_mock, pki):
     assert "200 2" == ok.stdout.strip()
     body, status = bad.stdout.strip().rsplit("\n", 1)
     assert ("400 2", "BadDeviceToken") == (status, json.loads(body)["reason"])
+
+
+def test_job_pushed_with_a_future_send_at_waits_in_the_scheduled_set(jq, http2_mock, make_config):
+    """A job LPUSHed with send_at ahead is parked in apnsd:scheduled, not sent, and counted nowhere else."""
+    import time
+
+    mock = http2_mock()
+    later = time.time() + 3600
+    push_all(jq, [job(good_tokens(1)[0], send_at=later), job(good_tokens(2)[1])])
+
+    assert 0 == run_drained(make_config(mock))
+
+    assert 1 == len(mock.record.accepted_tokens())
+    assert 1 == jq.scheduled_count("apnsd:queue")
+    assert 0 == jq.scheduled_count("apnsd:queue", until=later - 1)
