@@ -180,7 +180,7 @@ class DeliveryLoop:
             while self._posted:
                 self._posted.popleft()()
             self._dispatch_new(now)
-            if self.stopping.is_set():
+            if deadline is not None:  # stopping, and the feeder takes nothing more
                 self._return_unsent()
             for s in self._all_sessions():
                 self._record_all(s.step(now, False), now)
