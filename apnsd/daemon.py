@@ -219,7 +219,16 @@ class Daemon:
                     return False
         except QueueError:
             return False
-        return all(lp.idle.is_set() and lp.in_flight == 0 for lp in self.loops)
+        return all(lp.idle.is_set() and lp.in_flight == 0 for lp in self.loops) and not self._others_in_flight()
+
+    def _others_in_flight(self) -> bool:
+        """Another registered worker holds jobs of our queues: alive, it will resolve them; dead (kill -9),
+        they come back to the queue once its heartbeat lapses. Either way the drain is not finished."""
+        try:
+            return any(self.jq.inflight_count(lp.queue, w) for w, _ in self.jq.workers() if w != self.worker_id
+                       for lp in self.loops)
+        except QueueError:
+            return True
 
     def _do_reload(self) -> None:
         """SIGHUP: re-read config and credentials; keep the old ones if the new ones are broken."""
