@@ -42,7 +42,9 @@ class BinarySession(Session):
             window.append((ident, now, n))
             ident = (ident + 1) % ID_MOD
         self._next_id = ident
-        self.transport.send(b"".join(frames))
+        data = b"".join(frames)
+        self.transport.send(data)
+        self.log.debug("batch_written", notifications=len(frames), bytes=len(data))
 
     def on_bytes(self, data: bytes, now: float) -> Resolved:
         """Parse error responses; resolve the named notification and those before it."""

@@ -84,6 +84,7 @@ class Http2Session(Session):
                        collapse_id=note.collapse_id, topic=note.topic)
             streams[sid] = note
         self._last_activity = now
+        self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
 
     def _push(self) -> None:

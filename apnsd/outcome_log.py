@@ -25,6 +25,7 @@ class Batch:
     commit: Commit
     remaining: int = 0
     tally: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reasons: dict[str, int] = field(default_factory=dict)  # dead-letter and unregistered reasons, for the batch log line
 
 
 def dead_entry(raw: bytes, app: str | None, reason: str, status: int | None, detail: str,
@@ -73,6 +74,7 @@ class OutcomeRecorder:
             c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(n.app, outcome.reason).inc()
+            b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
         if self.results:
             c.results.append({"id": n.job_id or "", "apns_id": n.apns_id, "token": n.token, "app": n.app,
                               "outcome": kind.value, "status": str(outcome.status or ""), "reason": outcome.reason,
@@ -90,6 +92,7 @@ class OutcomeRecorder:
                                      "outcome": Kind.DEAD.value, "status": "", "reason": r.reason,
                                      "time": f"{now:.3f}"})
         metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
+        b.reasons[r.reason] = b.reasons.get(r.reason, 0) + 1
         b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
         return self._done(b)
 
