@@ -308,3 +308,10 @@ class JobQueue:
                 return {k.decode(): json.loads(v) for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
         return {t: json.loads(v) for t, v in zip(tokens, values) if v}
+
+    def forget_unregistered(self, tokens: list[str]) -> int:
+        """Remove tokens from the unregistered store (the application has pruned them); returns how many were there."""
+        if not tokens:
+            return 0
+        with redis_errors("forgetting unregistered tokens"):
+            return int(self.client.hdel(self.keys.unregistered, *tokens))

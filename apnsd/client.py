@@ -1,0 +1,155 @@
+"""What applications import to hand jobs to apnsd: validated enqueue, scheduling, the unregistered store.
+
+Every job is checked exactly as the daemon checks it (``JobParser``, with the app's payload limits)
+before anything reaches Redis, so a bad job fails in the caller with the reason code the daemon
+would have dead-lettered it with. Redis access goes through ``apnsd.queue``, its one home.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from apnsd.config import AppConfig
+from apnsd.errors import JobError
+from apnsd.jobs import JobParser, normalise_token
+from apnsd.queue import JobQueue, connect
+
+CHUNK = 1000  # jobs per LPUSH in enqueue_many
+# Keyword fields enqueue() accepts; anything else is a typo, not a field the daemon would read.
+FIELDS = frozenset({"id", "priority", "expiration", "push_type", "topic", "collapse_id", "send_at", "enqueued_at"})
+
+_encode = msgspec.json.encode
+
+
+class Client:
+    """Enqueues validated jobs for apnsd and reads what it reports back about tokens.
+
+    Without ``apps`` every app name is accepted, with HTTP/2 payload limits, and its jobs go to the
+    shared queue ``<prefix>:queue``. With ``apps`` (an apnsd config's ``apps`` table, see
+    ``from_config``) unknown apps are refused as ``unknown_app`` and each app's protocol limits and
+    own ``queue`` apply, as in the daemon.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "apnsd", *,
+                 apps: Mapping[str, AppConfig] | None = None, socket_timeout: float = 5.0) -> None:
+        self._jq = JobQueue(connect(url, socket_timeout), prefix, f"client:{socket.gethostname()}:{os.getpid()}")
+        self._apps = dict(apps) if apps is not None else None
+        self._default_queue = f"{prefix}:queue"
+        # Configured apps share one parser (unknown apps are refused); otherwise one per app name seen.
+        self._configured = _parser_for(apps) if apps is not None else None
+        self._parsers: dict[str, JobParser] = {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Client:
+        """A client for the Redis, prefix, apps and queues of an apnsd ``Config``."""
+        return cls(config.redis.url, config.redis.prefix, apps=config.apps, socket_timeout=config.redis.socket_timeout)
+
+    def enqueue(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, *, app: str = "default",
+                **fields: Any) -> None:
+        """Validate one job and LPUSH it (a list of tokens fans out); with ``send_at`` it is scheduled instead."""
+        job = self._job(token, payload, app, fields)
+        raw = self._validate(job)
+        if "send_at" in job:
+            self._jq.schedule(self.queue_for(app), raw, float(job["send_at"]))
+        else:
+            self._jq.push(self.queue_for(app), [raw])
+
+    def schedule(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, at: float, *,
+                 app: str = "default", **fields: Any) -> None:
+        """Validate one job and put it in the scheduled set, to be queued at unix time ``at``."""
+        self.enqueue(token, payload, app=app, send_at=float(at), **fields)
+
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> int:
+        """Validate every job (dicts in the README's job format), then LPUSH them, one command per 1,000.
+
+        Nothing is pushed unless every job is valid; a JobError names the first bad job's index.
+        Jobs with ``send_at`` go to the scheduled set. Returns how many jobs were enqueued.
+        """
+        now = time.time()
+        by_queue: dict[str, list[bytes]] = {}
+        scheduled: list[tuple[str, bytes, float]] = []
+        for i, spec in enumerate(jobs):
+            job = dict(spec)
+            job.setdefault("enqueued_at", now)
+            try:
+                raw = self._validate(job)
+            except JobError as exc:
+                raise JobError(exc.reason, f"job {i}: {exc.detail}") from None
+            queue = self.queue_for(job.get("app", "default"))
+            if "send_at" in job:
+                scheduled.append((queue, raw, float(job["send_at"])))
+            else:
+                by_queue.setdefault(queue, []).append(raw)
+        for queue, raws in by_queue.items():
+            for start in range(0, len(raws), CHUNK):
+                self._jq.push(queue, raws[start:start + CHUNK])
+        for queue, raw, at in scheduled:
+            self._jq.schedule(queue, raw, at)
+        return sum(map(len, by_queue.values())) + len(scheduled)
+
+    def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Tokens APNs reported gone: token → {app, reason, status, timestamp_ms, time}.
+
+        With ``tokens``, only those (in any form the daemon accepts), keyed as you passed them;
+        without, the whole store, keyed by normalised token.
+        """
+        if tokens is None:
+            return self._jq.unregistered()
+        normal = {normalise_token(t): t for t in tokens}
+        return {normal[t]: info for t, info in self._jq.unregistered(list(normal)).items()}
+
+    def forget_unregistered(self, tokens: Iterable[str]) -> int:
+        """Remove tokens from the unregistered store once your application has dealt with them."""
+        return self._jq.forget_unregistered([normalise_token(t) for t in tokens])
+
+    def queue_for(self, app: str) -> str:
+        """The Redis list an app's jobs go to."""
+        cfg = (self._apps or {}).get(app)
+        return (cfg.queue if cfg is not None and cfg.queue else None) or self._default_queue
+
+    # --- validation --------------------------------------------------------------------------
+
+    def _job(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, app: str,
+             fields: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(fields) - FIELDS)
+        if unknown:
+            raise JobError("bad_field", f"unknown job field(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
+        job: dict[str, Any] = {"token": token} if isinstance(token, str) else {"tokens": list(token)}
+        job.update(payload=payload, app=app)
+        job.update({k: v for k, v in fields.items() if v is not None})
+        job.setdefault("enqueued_at", time.time())
+        return job
+
+    def _validate(self, job: dict[str, Any]) -> bytes:
+        """The job as the bytes to push, or JobError with the daemon's reason for refusing it."""
+        try:
+            raw = _encode(job)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise JobError("bad_field", f"job cannot be encoded as JSON: {exc}") from None
+        good, bad = self._parser(job.get("app", "default")).parse(raw)
+        if bad:
+            raise JobError(bad[0].reason, bad[0].detail)
+        if not good:
+            raise JobError("missing_token", "job has no token")
+        return raw
+
+    def _parser(self, app: Any) -> JobParser:
+        if self._configured is not None:
+            return self._configured
+        name = app if isinstance(app, str) else "default"  # a non-string app is refused as bad_field
+        if name not in self._parsers:
+            self._parsers[name] = _parser_for({name: AppConfig()})
+        return self._parsers[name]
+
+
+def _parser_for(apps: Mapping[str, AppConfig]) -> JobParser:
+    """A parser with the daemon's per-app protocol and payload limits (as ``apnsd.apps.make_parser``)."""
+    return JobParser({name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
+                      for name, app in apps.items()})
+
