@@ -42,6 +42,14 @@ redis.call('DEL', KEYS[2])
 return n
 """
 
+# The jobs of one in-flight batch, unpacked by Redis so that they come back as the bytes that were taken
+# (msgpack str entries decoded in Python would be text, and not every job is valid UTF-8).
+_CLAIM = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return {} end
+return cmsgpack.unpack(held)
+"""
+
 # Move due scheduled jobs (score <= now) to the consuming end of their queue, at most ARGV[2] at once.
 # The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first.
 _PROMOTE = """
@@ -122,6 +130,7 @@ class JobQueue:
         self._take = client.register_script(_TAKE)
         self._recover = client.register_script(_RECOVER)
         self._promote = client.register_script(_PROMOTE)
+        self._claim = client.register_script(_CLAIM)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
@@ -145,8 +154,7 @@ class JobQueue:
     def claim(self, queue: str, field: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
         with redis_errors("reading an in-flight batch"):
-            blob = self.client.hget(self.keys.inflight(queue, self.worker_id), field)
-        return list(msgspec.msgpack.decode(blob)) if blob else []
+            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[field]))
 
     def commit(self, c: Commit) -> None:
         """Write a batch's outcomes and drop it from in-flight storage, atomically, in one round trip."""
