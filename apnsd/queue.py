@@ -73,6 +73,7 @@ class Commit:
     requeue: list[bytes] = field(default_factory=list)
     results: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    sent: bool = False  # an attempt went out: if its answer was lost, it may have run
 
 
 class Keys:
@@ -160,6 +161,11 @@ class JobQueue:
         """Write a batch's outcomes and drop it from in-flight storage, atomically, in one round trip."""
         k = self.keys
         with redis_errors("writing outcomes"):
+            # The batch's field goes in the same transaction as the writes: if an earlier attempt's
+            # answer was lost and the field is gone, that attempt ran and must not run a second time.
+            if c.sent and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
+                return
+            c.sent = True
             p = self.client.pipeline(transaction=True)
             if c.requeue:
                 p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
