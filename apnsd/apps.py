@@ -28,6 +28,17 @@ def load_credentials(name: str, app: AppConfig) -> AppCredentials:
     return AppCredentials(identity, signer)
 
 
+def validity_problem(creds: AppCredentials, now: datetime | None = None) -> str | None:
+    """Why the certificate cannot be used now (expired, not yet valid), or None; no log line, no metric."""
+    if creds.identity is None:
+        return None
+    try:
+        check_validity(creds.identity.info, now or datetime.now(timezone.utc), creds.identity.source)
+    except CredentialsError as exc:
+        return str(exc)
+    return None
+
+
 def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | None = None) -> str | None:
     """Warn when the certificate expires within 30 days; return the reason when it has expired."""
     if creds.identity is None:
@@ -35,10 +46,9 @@ def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | N
     info = creds.identity.info
     now = now or datetime.now(timezone.utc)
     metrics.CERT_EXPIRY.labels(name).set(info.not_after.timestamp())
-    try:
-        check_validity(info, now, creds.identity.source)
-    except CredentialsError as exc:
-        return str(exc)
+    problem = validity_problem(creds, now)
+    if problem:
+        return problem
     days = info.days_left(now)
     if days < EXPIRY_WARN_DAYS:
         log.warning("certificate_expires_soon", days_left=round(days, 1), not_after=info.not_after.isoformat())

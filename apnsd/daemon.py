@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.apps import build_session, expiry_problem, load_credentials, make_parser
+from apnsd.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
 from apnsd.config import Config, load_config
 from apnsd.delivery import DeliveryLoop
 from apnsd.identity import AppCredentials
@@ -76,6 +76,10 @@ class Daemon:
     def request_stop(self) -> None:
         """Ask for a graceful stop (what SIGTERM does)."""
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Ask for a reload of config and credentials (what SIGHUP does)."""
+        self._reload.set()
 
     def _build_loops(self) -> None:
         cfg = self.config
@@ -242,10 +246,20 @@ class Daemon:
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
             for name in lp.sessions:
-                if name in new.apps:
-                    session = build_session(name, new.apps[name], creds[name])
-                    self.creds[name] = creds[name]
-                    lp.post(lambda lp=lp, n=name, s=session: lp.replace_session(n, s))
+                if name not in new.apps:
+                    continue
+                # An expired certificate is a broken credential: keep what this app has (a disabled session
+                # stays disabled) rather than connecting with it. Other apps still reload.
+                problem = validity_problem(creds[name])
+                if problem:
+                    self.log.error("reload_rejected", app=name, error=problem, keeping="previous credentials")
+                    continue
+                session = build_session(name, new.apps[name], creds[name])
+                problem = expiry_problem(name, creds[name], session.log)  # metric, expires-soon warning
+                if problem:
+                    session.disable(problem)
+                self.creds[name] = creds[name]
+                lp.post(lambda lp=lp, n=name, s=session: lp.replace_session(n, s))
         self.log.info("reloaded", config=self.config.source or "(environment)")
 
 
