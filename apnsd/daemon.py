@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
+        self._stop_metrics: Callable[[], None] | None = None
         self.health_path = Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -58,7 +60,7 @@ class Daemon:
         self._build_loops()
         if cfg.metrics.listen:
             try:
-                metrics.serve(cfg.metrics.listen)
+                self._stop_metrics = metrics.serve(cfg.metrics.listen)
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
         self._install_signals()
@@ -143,6 +145,8 @@ class Daemon:
         except QueueError as exc:
             self.log.warning("retire_failed", error=str(exc))
         self.health_path.unlink(missing_ok=True)
+        if self._stop_metrics is not None:  # an in-process daemon must not leave the port and stale numbers behind
+            self._stop_metrics()
         self.log.info("stopped", clean=clean)
         return 0 if clean else 1
 

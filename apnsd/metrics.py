@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from apnsd import __version__
@@ -30,7 +32,14 @@ BUILD = Info("apnsd_build", "apnsd version.", registry=REGISTRY)
 BUILD.info({"version": __version__})
 
 
-def serve(listen: str) -> None:
-    """Start the /metrics endpoint on host:port in a background thread."""
+def serve(listen: str) -> Callable[[], None]:
+    """Start the /metrics endpoint on host:port in a background thread; returns the function that stops it."""
     host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+    server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
