@@ -134,6 +134,23 @@ def test_php_example_is_delivered(rdb, redis_server, binary_mock, make_config, s
     assert_delivered_once(make_config(mock), mock, rdb, token)
 
 
+@pytest.mark.timeout(60)
+def test_ruby_example_is_delivered(rdb, redis_server, http2_mock, make_config, schema):
+    """The redis-rb example, run by the real ruby, queues a job the daemon delivers."""
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby is not installed (apt-get install ruby ruby-redis to run this example)")
+    if subprocess.run(["ruby", "-e", "require 'redis'"], capture_output=True, timeout=10).returncode:
+        pytest.skip("redis-rb is missing (apt-get install ruby-redis, or gem install redis)")
+    token = good_tokens(1, seed=59)[0]
+    subprocess.run(["ruby", "-e", localised(doc_example("ruby"), redis_server.port, token)],
+                   check=True, capture_output=True, timeout=10)
+    jobs = queued(rdb)
+    assert [token] == [j["token"] for j in jobs]
+    schema.validate(jobs[0])
+    mock = http2_mock()
+    assert_delivered_once(make_config(mock), mock, rdb, token)
+
+
 # --- apnsd.client -----------------------------------------------------------------------------
 
 
