@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--reason", help="only entries with this reason (prefix match)")
     dd.add_argument("--json", action="store_true")
 
-    cmd("health", _health, "Exit 0 when this host's worker is alive and its last connection attempt did not fail.")
+    hc = cmd("health", _health, "Exit 0 when this host's worker is alive and its last connection attempt did not fail.")
+    hc.add_argument("--liveness", action="store_true",
+                    help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures")
 
     from apnsd.mock_cli import add_mock_arguments
 
@@ -190,7 +192,7 @@ def _dead(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from apnsd.stats import health
 
-    ok, reason = health(_load(args), _queue)
+    ok, reason = health(_load(args), _queue, liveness=args.liveness)
     print(reason)
     return 0 if ok else 1
 

@@ -69,8 +69,12 @@ def dead_requeue(config: Config, q: JobQueue, limit: int, reason: str | None) ->
     return 0
 
 
-def health(config: Config, open_queue: Callable[[Config], JobQueue]) -> tuple[bool, str]:
-    """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed."""
+def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
+    """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed.
+
+    ``liveness`` checks only that the process is alive (fresh status file, heartbeat in Redis) and ignores the
+    gateway side (failed connects, disabled apps): restarting the process fixes neither, it only adds churn.
+    """
     state = Path(config.worker.state_dir)
     ttl = config.worker.heartbeat_ttl
     now = time.time()
@@ -84,7 +88,7 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue]) -> tuple[bo
             fresh.append(status)
     if not fresh:
         return False, f"unhealthy: no worker has written a fresh status to {state} in the last {ttl:.0f} s"
-    for status in fresh:
+    for status in [] if liveness else fresh:
         if not status.get("redis", False):
             return False, f"unhealthy: worker {status['worker']} cannot reach Redis: {status.get('redis_error', '')}"
         for queue in status.get("queues", {}).values():

@@ -308,10 +308,10 @@ def test_every_yaml_file_in_deploy_parses(path: Path) -> None:
 
 
 def test_kubernetes_probes_call_apnsd_health() -> None:
-    """Both the liveness and the readiness probe run `apnsd health`."""
+    """Readiness runs the full `apnsd health`; liveness runs `apnsd health --liveness`, which ignores gateway outages."""
     container = apnsd_container()
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert ["apnsd", "health"] == container[probe]["exec"]["command"]
+    assert ["apnsd", "health"] == container["readinessProbe"]["exec"]["command"]
+    assert ["apnsd", "health", "--liveness"] == container["livenessProbe"]["exec"]["command"]
 
 
 def test_kubernetes_waits_longer_than_supervisord(supervisor: ServerOptions) -> None:
