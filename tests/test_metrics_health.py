@@ -1,0 +1,275 @@
+"""The Prometheus endpoint, `apnsd health` (full and --liveness), and certificate expiry at start and on reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from apnsd import __version__, cli
+from apnsd.config import Config, load_config
+from apnsd.daemon import Daemon
+from apnsd.embedded import free_port
+from apnsd.queue import JobQueue
+from tests import conftest
+from tests.conftest import inflight_keys, job, push_all
+from tests.supervised import wait_for
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass
+class Running:
+    """A daemon running on a thread, with the environment its config came from."""
+
+    daemon: Daemon
+    thread: threading.Thread
+    config: Config
+    env: dict[str, str]
+    result: list[int]
+
+    def stop(self) -> int:
+        """Graceful stop (what SIGTERM does); returns the exit code."""
+        self.daemon.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "daemon did not stop within 30 s"
+        return self.result[0]
+
+
+@pytest.fixture
+def app_env(redis_server: Any, pki: Any, tmp_path: Path, rdb: Any, env_clean: None,
+            monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, str]]:
+    """Factory: APNSD_* variables for one app named ``app`` (binary protocol), also set in os.environ for the CLI."""
+
+    def make(app: str, host: str, port: int, cert: str, **extra: str) -> dict[str, str]:
+        a = f"APNSD_APP_{app.upper()}_"
+        env = {"APNSD_REDIS_URL": redis_server.url, a + "HOST": host, a + "PORT": str(port), a + "CA_FILE": pki.ca_cert,
+               a + "CERT": cert, a + "PROTOCOL": "binary", a + "QUEUE": f"{app}:queue",
+               a + "MAX_CONNECTS_PER_MINUTE": "60", a + "BACKOFF_INITIAL": "0.05", a + "CONFIRM_DELAY": "0.2",
+               "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"), "APNSD_WORKER_GRACE_PERIOD": "5",
+               "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
+               "APNSD_WORKER_HEARTBEAT_TTL": "3", "APNSD_METRICS_LISTEN": ""}
+        env.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in extra.items()})
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return env
+
+    return make
+
+
+@pytest.fixture
+def start_daemon(binary_mock: Any) -> Iterator[Callable[[dict[str, str]], Running]]:
+    """Factory: run a Daemon on a thread from an APNSD_* environment; stopped at teardown, before the mocks."""
+    running: list[Running] = []
+
+    def start(env: dict[str, str]) -> Running:
+        config = load_config(None, env)
+        result: list[int] = []
+        d = Daemon(config)
+        t = threading.Thread(target=lambda: result.append(d.run()), daemon=True, name="daemon")
+        r = Running(d, t, config, env, result)
+        running.append(r)
+        t.start()
+        wait_for(lambda: d.health_path.exists() or not t.is_alive(), 10, "the worker's first status file")
+        return r
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()
+
+
+def health(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """Run `apnsd health [args]` in-process; returns its exit code and what it printed."""
+    capsys.readouterr()
+    code = cli.main(["health", *args])
+    return code, capsys.readouterr().out
+
+
+def scrape(port: int) -> Samples:
+    """GET /metrics and index every sample by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value, or None when it is not exported."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def log_mark() -> int:
+    """Where the session's log buffer ends now."""
+    return len(conftest.LOG.getvalue())
+
+
+def events_since(mark: int, name: str, **fields: Any) -> list[dict[str, Any]]:
+    """JSON log events named ``name`` (with the given field values) written after ``mark``."""
+    out = []
+    for line in conftest.LOG.getvalue()[mark:].splitlines():
+        if line.startswith("{"):
+            ev = json.loads(line)
+            if ev.get("event") == name and all(ev.get(k) == v for k, v in fields.items()):
+                out.append(ev)
+    return out
+
+
+def not_after(pem: str) -> float:
+    """A PEM certificate's expiry as a unix timestamp."""
+    return x509.load_pem_x509_certificate(Path(pem).read_bytes()).not_valid_after_utc.timestamp()
+
+
+def test_metrics_endpoint_exports_deliveries_failures_connection_and_certificate(
+        app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys) -> None:
+    """After delivered, unregistered and dead jobs, /metrics holds every documented metric with matching values."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8), ("dead", 7)))
+    port = free_port()
+    start_daemon(app_env("metrics", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
+    good = [os.urandom(32).hex() for _ in range(20)]
+    gone, broken = "bad0" + os.urandom(30).hex(), "dead" + os.urandom(30).hex()
+    push_all(jq, [job(t, app="metrics", enqueued_at=time.time())
+                  for t in good[:10] + [gone, broken] + good[10:]], queue="metrics:queue")
+
+    wait_for(lambda: set(good) == set(mock.record.accepted_tokens()) and len(jq.dead_entries(5)) == 1
+             and jq.unregistered() and not inflight_keys(rdb), 20, "every job resolved")
+    s = wait_for(lambda: (m := scrape(port)) and sample(m, "apnsd_in_flight", queue="metrics:queue") == 0
+                 and sample(m, "apnsd_queue_depth", queue="metrics:queue") == 0 and m, 10, "gauges settled")
+
+    assert 20 == sample(s, "apnsd_notifications_total", app="metrics", outcome="delivered")
+    assert 1 == sample(s, "apnsd_notifications_total", app="metrics", outcome="unregistered")
+    assert 1 == sample(s, "apnsd_notifications_total", app="metrics", outcome="dead")
+    assert 1 == sample(s, "apnsd_notifications_failed_total", app="metrics", reason="InvalidToken")
+    assert 1 == sample(s, "apnsd_notifications_failed_total", app="metrics", reason="InvalidPayloadSize")
+    assert 22 == sample(s, "apnsd_jobs_taken_total", queue="metrics:queue")
+    assert mock.record.connections == sample(s, "apnsd_connects_total", app="metrics")
+    assert 1 == sample(s, "apnsd_connection_up", app="metrics")
+    assert not_after(pki.client_pem) == sample(s, "apnsd_certificate_expiry_timestamp_seconds", app="metrics")
+    assert 20 == sample(s, "apnsd_delivery_latency_seconds_count", app="metrics")
+    assert 0 <= sample(s, "apnsd_delivery_latency_seconds_sum", app="metrics") < 20 * 60  # type: ignore[operator]
+    assert 1 == sample(s, "apnsd_build_info", version=__version__)
+    assert 0 == health(capsys)[0]
+
+
+def test_metrics_endpoint_closes_when_the_daemon_stops(app_env, start_daemon, binary_mock, pki) -> None:
+    """A stopped daemon no longer serves (stale) metrics and frees its port."""
+    mock = binary_mock()
+    port = free_port()
+    r = start_daemon(app_env("closing", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
+    assert 1 == sample(scrape(port), "apnsd_build_info", version=__version__)
+
+    assert 0 == r.stop()
+
+    with pytest.raises(OSError):
+        scrape(port)
+
+
+def test_health_is_1_without_a_worker_and_0_while_one_runs(app_env, start_daemon, binary_mock, pki, capsys) -> None:
+    """Before start and after a stop `apnsd health` (and --liveness) exit 1 with a reason; while running, 0."""
+    mock = binary_mock()
+    env = app_env("healthy", mock.host, mock.port, pki.client_pem)
+
+    before = health(capsys)
+    assert (1, 1) == (before[0], before[1].count("\n"))
+    assert before[1].startswith("unhealthy: no worker has written a fresh status")
+    assert 1 == health(capsys, "--liveness")[0]
+
+    r = start_daemon(env)
+    assert (0, f"healthy: 1 worker(s) alive\n") == health(capsys)
+    assert 0 == health(capsys, "--liveness")[0]
+
+    assert 0 == r.stop()
+    after = health(capsys)
+    assert (1, 1) == (after[0], after[1].count("\n"))
+    assert 1 == health(capsys, "--liveness")[0]
+
+
+def test_health_fails_on_gateway_connect_failures_but_liveness_passes(
+        app_env, start_daemon, pki, jq: JobQueue, capsys) -> None:
+    """With the gateway unreachable, readiness health exits 1 naming the failure; --liveness stays 0."""
+    mark = log_mark()
+    start_daemon(app_env("unreachable", "127.0.0.1", free_port(), pki.client_pem, WORKER_GRACE_PERIOD="0.5"))
+    push_all(jq, [job(os.urandom(32).hex(), app="unreachable")], queue="unreachable:queue")
+
+    code, out = wait_for(lambda: (h := health(capsys))[0] == 1 and h, 10, "health to report the failed connects")
+
+    assert out.startswith("unhealthy: app unreachable: last connection attempt failed: ")
+    assert 1 == out.count("\n")
+    assert (0, "healthy: 1 worker(s) alive\n") == health(capsys, "--liveness")
+    assert 1 == len(events_since(mark, "connect_failed", app="unreachable"))
+
+
+def test_expired_certificate_at_start_disables_the_app_and_dead_letters_its_jobs(
+        app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys) -> None:
+    """An expired certificate: app_disabled logged, jobs dead-lettered as app_disabled, no connection, health 1."""
+    mock = binary_mock()
+    mark = log_mark()
+    start_daemon(app_env("expired", mock.host, mock.port, pki.expired_pem))
+    push_all(jq, [job(os.urandom(32).hex(), app="expired") for _ in range(3)], queue="expired:queue")
+
+    dead = wait_for(lambda: len(d := jq.dead_entries(10)) == 3 and d, 10, "three dead letters")
+
+    assert [True] * 3 == [e["reason"].startswith("app_disabled: certificate ") for e in dead]
+    assert ["error"] == [e["level"] for e in events_since(mark, "app_disabled", app="expired")]
+    assert 0 == mock.record.connections
+    assert [] == inflight_keys(rdb)
+    code, out = health(capsys)
+    assert 1 == code
+    assert out.startswith("unhealthy: app expired is disabled: certificate ")
+    assert 0 == health(capsys, "--liveness")[0]
+
+
+def test_certificate_expiring_soon_is_logged_and_exported_and_still_used(
+        app_env, start_daemon, binary_mock, pki, jq: JobQueue, capsys) -> None:
+    """A certificate with 10 days left: certificate_expires_soon warning, expiry metric set, jobs delivered."""
+    mock = binary_mock()
+    port = free_port()
+    mark = log_mark()
+    start_daemon(app_env("expiring", mock.host, mock.port, pki.expiring_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
+    token = os.urandom(32).hex()
+    push_all(jq, [job(token, app="expiring")], queue="expiring:queue")
+
+    wait_for(lambda: token in mock.record.accepted_tokens(), 10, "the job delivered")
+
+    (warning,) = events_since(mark, "certificate_expires_soon", app="expiring")
+    assert ("warning", 10) == (warning["level"], round(warning["days_left"]))
+    assert not_after(pki.expiring_pem) == sample(scrape(port), "apnsd_certificate_expiry_timestamp_seconds", app="expiring")
+    assert 0 == health(capsys)[0]
+
+
+def test_reload_keeps_an_expired_app_disabled_and_enables_it_once_renewed(
+        app_env, start_daemon, binary_mock, pki, jq: JobQueue, monkeypatch, capsys) -> None:
+    """A reload with the certificate still expired keeps the app disabled; a reload with a renewed one delivers."""
+    mock = binary_mock()
+    r = start_daemon(app_env("renewed", mock.host, mock.port, pki.expired_pem))
+    mark = log_mark()
+
+    r.daemon.request_reload()
+    wait_for(lambda: events_since(mark, "reloaded"), 10, "the first reload")
+    (rejected,) = events_since(mark, "reload_rejected", app="renewed")
+    assert rejected["error"].startswith(f"certificate {pki.expired_pem} expired on ")
+    push_all(jq, [job(os.urandom(32).hex(), app="renewed")], queue="renewed:queue")
+    wait_for(lambda: len(jq.dead_entries(10)) == 1, 10, "the job dead-lettered")
+    assert 0 == mock.record.connections
+
+    monkeypatch.setenv("APNSD_APP_RENEWED_CERT", pki.client_pem)
+    mark = log_mark()
+    r.daemon.request_reload()
+    wait_for(lambda: events_since(mark, "reloaded"), 10, "the second reload")
+    assert [] == events_since(mark, "reload_rejected")
+    token = os.urandom(32).hex()
+    push_all(jq, [job(token, app="renewed")], queue="renewed:queue")
+
+    wait_for(lambda: token in mock.record.accepted_tokens(), 10, "delivery with the renewed certificate")
+    wait_for(lambda: health(capsys)[0] == 0, 10, "health back to 0")
+    assert ["app_disabled"] == [e["reason"].split(":")[0] for e in jq.dead_entries(10)]
