@@ -14,40 +14,58 @@ ID_MOD = 1 << 32
 
 class BinarySession(Session):
     """Binary APNs: silence means success, so a notification is delivered once ``confirm_delay`` passes
-    without an error response; an error names the failed one, and everything after it is sent again."""
+    without an error response; an error names the failed one, and everything after it is sent again.
+
+    The silence is counted from when a frame's last byte has left for the socket, not from when it was
+    queued: under a slow gateway frames can wait in the transport's buffer for seconds, and confirming
+    them there would record as delivered what a lost connection then throws away unsent."""
 
     protocol = "binary"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._window: deque[tuple[int, float, Notification]] = deque()
+        self._unwritten: deque[tuple[int, int, Notification]] = deque()  # (id, end offset, n), still buffered
+        self._window: deque[tuple[int, float, Notification]] = deque()  # (id, written at, n), awaiting silence
+        self._queued = 0  # bytes handed to the current transport
         self._next_id = 1
         self._rx = bytearray()
 
     def on_connected(self, now: float) -> None:
-        """Start identifiers afresh on each connection."""
+        """Start identifiers and byte offsets afresh on each connection."""
         self._next_id = 1
+        self._queued = 0
         self._rx.clear()
 
     def send_pending(self, now: float) -> None:
         """Encode every pending notification and hand them to the transport in one write."""
         if self.rotating or not self.pending or self.transport is None:
             return
-        pending, window, encode = self.pending, self._window, binary.encode_frame
-        ident = self._next_id
+        pending, unwritten, encode = self.pending, self._unwritten, binary.encode_frame
+        ident, queued = self._next_id, self._queued
         frames = []
         while pending:
             n = pending.popleft()
-            frames.append(encode(n.token_bytes, n.payload, ident, n.expiration or 0, n.priority or 10))
-            window.append((ident, now, n))
+            frame = encode(n.token_bytes, n.payload, ident, n.expiration or 0, n.priority or 10)
+            frames.append(frame)
+            queued += len(frame)
+            unwritten.append((ident, queued, n))
             ident = (ident + 1) % ID_MOD
-        self._next_id = ident
+        self._next_id, self._queued = ident, queued
         data = b"".join(frames)
         self.transport.send(data)
         self.log.debug("batch_written", notifications=len(frames), bytes=len(data))
 
+    def _written(self, now: float) -> None:
+        """Start the silence clock of frames whose bytes the transport has written since."""
+        unwritten, window = self._unwritten, self._window
+        written = self.transport.written if self.transport is not None else 0
+        while unwritten and unwritten[0][1] <= written:
+            ident, _, n = unwritten.popleft()
+            window.append((ident, now, n))
+
     def on_bytes(self, data: bytes, now: float) -> Resolved:
         """Parse error responses; resolve the named notification and those before it."""
+        self._written(now)  # an error can only name a frame the gateway received whole
         self._rx += data
         out: Resolved = []
         while len(self._rx) >= binary.ERROR_RESPONSE_SIZE:
@@ -84,7 +102,8 @@ class BinarySession(Session):
         return out
 
     def on_timer(self, now: float) -> Resolved:
-        """Confirm notifications that stayed unanswered for ``confirm_delay``."""
+        """Confirm notifications that stayed unanswered for ``confirm_delay`` after they were written."""
+        self._written(now)
         window, cutoff = self._window, now - self.cfg.confirm_delay
         out: Resolved = []
         while window and window[0][1] <= cutoff:
@@ -92,15 +111,19 @@ class BinarySession(Session):
         return out
 
     def timer_deadline(self, now: float) -> float:
-        """When the oldest unconfirmed notification will be confirmed."""
+        """When the oldest unconfirmed notification will be confirmed (now, if frames were written since)."""
+        t = self.transport
+        if self._unwritten and t is not None and self._unwritten[0][1] <= t.written:
+            return now
         return self._window[0][1] + self.cfg.confirm_delay if self._window else now + 3600.0
 
     def unanswered_count(self) -> int:
-        """Written but not yet confirmed."""
-        return len(self._window)
+        """Sent (written or still buffered) but not yet confirmed."""
+        return len(self._window) + len(self._unwritten)
 
     def take_unanswered(self) -> list[Notification]:
-        """Empty the window, oldest first."""
-        notes = [n for _, _, n in self._window]
+        """Empty the window and the unwritten frames, oldest first."""
+        notes = [n for _, _, n in self._window] + [n for _, _, n in self._unwritten]
         self._window.clear()
+        self._unwritten.clear()
         return notes

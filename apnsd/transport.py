@@ -28,6 +28,7 @@ class TlsTransport:
         self._sock: socket.socket | None = None
         self._conn: SSL.Connection | None = None
         self._out = bytearray()
+        self.written = 0  # bytes flush() has handed to the socket since connect
         self.closed = True
         self.peer = f"{host}:{port}"
 
@@ -118,6 +119,7 @@ class TlsTransport:
             except SSL.Error as exc:
                 failure = describe_ssl_error(exc)
         del out[:sent]
+        self.written += sent
         if failure is not None:
             raise GatewayError(f"connection to {self.peer} lost: {failure}")
 
