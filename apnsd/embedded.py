@@ -20,11 +20,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class RedisServer:
-    """A redis-server child process bound to 127.0.0.1, without persistence, stopped by its PID."""
+    """A redis-server child process bound to 127.0.0.1, stopped by its PID.
 
-    def __init__(self, port: int | None = None, *, persist_dir: str | None = None) -> None:
+    Without persistence by default; ``appendonly=True`` writes an append-only file in ``dir`` and
+    fsyncs every write before answering, so a restart on the same port and dir (outage tests) keeps
+    every acknowledged write.
+    """
+
+    def __init__(self, port: int | None = None, *, persist_dir: str | None = None, appendonly: bool = False) -> None:
         self.port = port or free_port()
         self.dir = persist_dir or tempfile.mkdtemp(prefix="apnsd-redis-")
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -37,8 +43,9 @@ class RedisServer:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(exe):
             raise QueueError("redis-server is not installed (run scripts/setup.sh, or apt-get install redis-server)")
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
              "--dir", self.dir, "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
