@@ -247,7 +247,8 @@ class JobQueue:
         """How many jobs a worker holds in flight for a queue."""
         with redis_errors("counting in-flight jobs"):
             blobs = self.client.hvals(self.keys.inflight(queue, worker))
-        return sum(len(msgspec.msgpack.decode(b)) for b in blobs)
+        # Count without decoding the jobs: they are msgpack str, and not every job is valid UTF-8.
+        return sum(len(msgspec.msgpack.decode(b, type=list[msgspec.Raw])) for b in blobs)
 
     def ping(self) -> None:
         """Check Redis answers."""
