@@ -508,3 +508,32 @@ def test_take_whose_answer_is_lost_delivers_its_batch_once(jq, rdb, redis_server
     assert_resolved(t)
     assert (2400, 0) == (t.delivered, t.duplicates)
     assert (bad["bad1"], 600) == (set(t.dead_by_token), t.dead)
+
+
+# --- 11. a worker that stops heartbeating while holding jobs ------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_drain_waits_for_a_stalled_worker_then_recovers_its_jobs(jq, rdb, http2_mock, make_config):
+    """A worker holding jobs (one of them not even UTF-8) stops heartbeating: a draining worker waits for
+    it instead of declaring itself done, recovers its jobs once the heartbeat lapses, and resolves each once."""
+    tokens, _ = make_tokens(seed=1212, n=1000)
+    garbage = b"\xff\xfe not json"
+    mock = http2_mock()
+    push_all(jq, [job(t) for t in tokens[:500]] + [garbage] + [job(t) for t in tokens[500:]])
+    peer = JobQueue(rdb, "apnsd", "stalled-peer")
+    peer.heartbeat(2.0, {"worker": "stalled-peer"})  # alive for two more seconds, then silent
+    _, held = peer.take(QUEUE, 600)
+    tap = LogTap()
+
+    config = make_config(mock, WORKER_HEARTBEAT_INTERVAL="0.5", WORKER_HEARTBEAT_TTL="2",
+                         WORKER_RECOVER_INTERVAL="0.5")
+    assert 0 == DaemonThread(config, drain=True).start().join(30)
+
+    t = tally(tokens, mock, jq, rdb)
+    recovered = [e["jobs"] for e in tap.events("recovered_dead_worker") if e["dead_worker"] == "stalled-peer"]
+    t.line("stalled_worker/http2", held_by_stalled=len(held), recovered="+".join(map(str, recovered)))
+    assert_resolved(t)
+    assert (1000, 0) == (t.delivered, t.duplicates)
+    assert [600] == recovered
+    assert ["not_json"] == [e["reason"] for e in jq.dead_entries(10)]
