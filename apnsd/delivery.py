@@ -258,10 +258,10 @@ class DeliveryLoop:
                 self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
                 break
             self._ready.popleft()
+            self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
         if done:
-            self.commit_outage.recovered()
             with self.room:
                 self.in_flight -= done
                 self.room.notify_all()
