@@ -258,7 +258,7 @@ def test_gateway_down_at_start_backs_off_then_delivers_when_it_comes_up(protocol
     assert 3 <= len(times) <= 9
     for k, gap in enumerate(gaps, start=1):  # after the k-th failure: full jitter in [c/2, c]
         ceiling = min(0.8, 0.2 * 2 ** (k - 1))
-        assert ceiling / 2 - 0.03 <= gap <= ceiling + 0.35, (k, gap)
+        assert ceiling / 2 - 0.03 <= gap <= ceiling + 0.6, (k, gap)  # upper: slack for a loaded machine
     failed = tap.events("connect_failed")
     assert [1] == [e["failures"] for e in failed]  # logged once, not on every retry
     assert 1 == len(tap.events("connect_recovered"))
@@ -361,8 +361,9 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(protocol, 
     tokens, _ = make_tokens(seed=707, n=JOBS_PER_PROCESS_TEST)
     mock = mock_for(protocol, binary_mock, http2_mock)
     push_all(jq, [job(t) for t in tokens])
+    # At most 5,000 taken ahead, so the queue still holds most jobs when the signal comes.
     env = daemon_env(redis_server.url, mock.host, mock.port, protocol, pki, tmp_path / "state",
-                     WORKER_GRACE_PERIOD="5")
+                     WORKER_GRACE_PERIOD="5", WORKER_MAX_IN_FLIGHT="5000")
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
         wait_for(lambda: received(mock) >= 10_000, 60, "the first 10,000 deliveries")
