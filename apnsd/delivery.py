@@ -52,8 +52,10 @@ class Feeder(threading.Thread):
         loop, cfg = self.loop, self.loop.worker
         while not self.stop.is_set():
             with loop.room:
-                while loop.in_flight >= cfg.max_in_flight and not self.stop.is_set():
+                while loop.full() and not self.stop.is_set():
+                    loop.feeder_waiting = True
                     loop.room.wait(IDLE_WAIT)
+                loop.feeder_waiting = False
             try:
                 with self.taking:
                     if self.stop.is_set():
@@ -119,6 +121,8 @@ class DeliveryLoop:
         self.log = logs.get("delivery", queue=queue)
         self.room = threading.Condition()
         self.in_flight = 0
+        self.unsent = 0  # notifications handed over by the feeder and not yet given to a session
+        self.feeder_waiting = False
         self.held: set[str] = set()  # in-flight batch fields this process holds, from take until commit
         self._handoff: deque[Taken] = deque()
         self._ready: deque[Batch] = deque()
@@ -135,10 +139,21 @@ class DeliveryLoop:
 
     # --- feeder side ---------------------------------------------------------------------------
 
+    def full(self) -> bool:
+        """True when the feeder should wait: too much in flight, or enough taken but not yet sent.
+
+        The second bound keeps memory flat on HTTP/2, where only the streams the server allows are
+        on the wire: taking far ahead of them would just park notifications in memory.
+        """
+        if self.in_flight >= self.worker.max_in_flight:
+            return True
+        return self.unsent + sum(len(s.pending) for s in self.sessions.values()) >= 4 * self.worker.batch_size
+
     def hand_over(self, taken: Taken) -> None:
         """Called by the feeder thread: count the batch as in flight and wake the loop."""
         with self.room:
             self.in_flight += taken.batch.remaining
+            self.unsent += len(taken.notes)
         self._handoff.append(taken)
         os.write(self._wake_w, b"x")
 
@@ -184,6 +199,9 @@ class DeliveryLoop:
                 self._return_unsent()
             for s in self._all_sessions():
                 self._record_all(s.step(now, False), now)
+            if self.feeder_waiting and not self.full():
+                with self.room:
+                    self.room.notify_all()
             for name, s in list(self.sessions.items()):
                 if s.wants_replacement and not self.stopping.is_set():
                     self.replace_session(name, s.clone(), "reconnect_interval")
@@ -219,6 +237,8 @@ class DeliveryLoop:
         wall = time.time()
         while self._handoff:
             taken = self._handoff.popleft()
+            with self.room:
+                self.unsent -= len(taken.notes)
             for r in taken.rejects:
                 self._completed(self.recorder.reject(taken.batch, r, wall))
             for n in taken.notes:
@@ -261,6 +281,8 @@ class DeliveryLoop:
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
+            self.log.info("batch_committed", batch=b.commit.field, **b.commit.counts,
+                          **({"reasons": b.reasons} if b.reasons else {}))
         if done:
             with self.room:
                 self.in_flight -= done
