@@ -106,6 +106,13 @@ def normalise_token(token: str) -> str:
 
 def parse_token(token: str) -> tuple[str, bytes]:
     """Lower-case hex (spaces and <> removed) and its bytes; rejects the truncated iOS 13 description form."""
+    try:
+        raw = bytes.fromhex(token)
+    except ValueError:
+        pass
+    else:  # plain hex, the common case: fromhex skipped no whitespace if the lengths agree
+        if len(raw) * 2 == len(token) and MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
+            return token.lower(), raw
     if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
         raise JobError("token_is_description", "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes")
     t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
@@ -181,13 +188,27 @@ class JobParser:
 
     def _common(self, spec: JobSpec) -> bytes:
         """Checks shared by every token of a job; returns the encoded payload."""
-        if spec.app not in self._limits:
+        limits = self._limits.get(spec.app)
+        if limits is None:
             raise JobError("unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})")
         if spec.token is None and not spec.tokens:
             raise JobError("missing_token", "job has neither 'token' nor a non-empty 'tokens' list")
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
-        protocol, limit, voip_limit = self._limits[spec.app]
+        protocol, limit, voip_limit = limits
+        if (spec.push_type is not None or spec.priority is not None or spec.expiration is not None
+                or spec.collapse_id is not None or spec.topic is not None):
+            self._options(spec, protocol)
+        payload = decode_payload(spec.payload)
+        cap = voip_limit if spec.push_type == "voip" else limit
+        if len(payload) > cap:
+            payload = msgspec.json.encode(_plain.decode(payload))
+            if len(payload) > cap:
+                raise JobError("payload_too_large", f"payload is {len(payload)} bytes; the limit is {cap}")
+        return payload
+
+    def _options(self, spec: JobSpec, protocol: str) -> None:
+        """Checks of the optional delivery fields (most jobs have none, so they are skipped)."""
         if spec.push_type is not None and spec.push_type not in PUSH_TYPE_SUFFIXES:
             raise JobError("bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}")
         if spec.priority is not None and spec.priority not in PRIORITIES:
@@ -201,13 +222,6 @@ class JobParser:
         for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):
             if value is not None and (not value or not value.isprintable() or value != value.strip()):
                 raise JobError(f"bad_{name}", f"{name} must be non-empty printable text without surrounding spaces")
-        payload = decode_payload(spec.payload)
-        cap = voip_limit if spec.push_type == "voip" else limit
-        if len(payload) > cap:
-            payload = msgspec.json.encode(_plain.decode(payload))
-            if len(payload) > cap:
-                raise JobError("payload_too_large", f"payload is {len(payload)} bytes; the limit is {cap}")
-        return payload
 
 
 def decode_payload(raw: msgspec.Raw) -> bytes:
