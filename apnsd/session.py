@@ -74,6 +74,10 @@ class Session:
                 if t.closed and self.transport is t:
                     out += self._lost(self._lost_cause or "gateway closed the connection", now)
         if self.transport is not None:
+            if self.pacer.failures and now - self.connected_at >= SHORT_LIVED:
+                # Only a connection that lasted resets the backoff: a gateway that accepts and then
+                # drops at once must not be reconnected to at full speed forever.
+                self.pacer.succeeded()
             out += self.on_timer(now)
         if self.transport is None and self.pending and not self.disabled:
             self._try_connect(now)
@@ -178,7 +182,6 @@ class Session:
             return
         if self.pacer.failures:
             self.log.info("connect_recovered", failed_attempts=self.pacer.failures)
-        self.pacer.succeeded()
         self.last_connect_error = None
         self.transport = transport
         self.connected_at = now
