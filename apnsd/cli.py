@@ -120,9 +120,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _queue(config: Any) -> Any:
     from apnsd.daemon import default_worker_id
-    from apnsd.queue import JobQueue, connect
+    from apnsd.queue import JobQueue, client_for
 
-    return JobQueue(connect(config.redis.url, config.redis.socket_timeout), config.redis.prefix, "cli:" + default_worker_id())
+    return JobQueue(client_for(config.redis), config.redis.prefix, "cli:" + default_worker_id())
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -154,7 +154,7 @@ def _push(args: argparse.Namespace) -> int:
         print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
         return 2
     q = _queue(config)
-    queue = config.queue_key(app)
+    queue = config.queue_key(app, args.token[0])
     if args.at is not None:
         at = args.at
         job["send_at"] = at

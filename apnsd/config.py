@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import typing
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -31,14 +33,34 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base for config sections: immutable, and unknown keys are an error rather than ignored."""
 
 
+def has_hash_tag(key: str) -> bool:
+    """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}`` (the first ``{`` and the next ``}``)."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
 class RedisConfig(_Section):
-    """Where the queue lives and how its keys are named."""
+    """Where the queue lives (one server, Sentinel or Cluster) and how its keys are named."""
 
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "apnsd"
     socket_timeout: float = 5.0
     results_stream: bool = False
     results_maxlen: int = 100_000
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    sentinels: tuple[str, ...] = ()
+    service: str = "mymaster"
+    sentinel_password: str = ""
+    cluster: bool = False
+    shards: int = 0
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix key names start with. In cluster mode it is wrapped as a hash tag (``{apnsd}``) so
+        that the shared keys (dead, unregistered, results, stats, workers, heartbeats) live in one slot."""
+        return f"{{{self.prefix}}}" if self.cluster and not has_hash_tag(self.prefix) else self.prefix
 
 
 class WorkerConfig(_Section):
@@ -134,20 +156,34 @@ class Config(_Section):
     apps: dict[str, AppConfig] = msgspec.field(default_factory=lambda: {"default": AppConfig()})
     source: str = ""
 
-    def queue_key(self, app: AppConfig) -> str:
-        """The Redis list an app's jobs are taken from."""
-        return app.queue or f"{self.redis.prefix}:queue"
+    def queue_keys(self, app: AppConfig) -> list[str]:
+        """Every Redis list an app's jobs are taken from: its own queue, the shared queue, or the
+        shard queues ``<prefix>:{0}:queue`` … (each shard its own hash tag, so its own cluster slot)."""
+        if app.queue:
+            return [app.queue]
+        if self.redis.shards:
+            bare = self.redis.prefix.replace("{", "").replace("}", "")
+            return [f"{bare}:{{{i}}}:queue" for i in range(self.redis.shards)]
+        return [f"{self.redis.key_prefix}:queue"]
+
+    def queue_key(self, app: AppConfig, token: str = "") -> str:
+        """The Redis list to push an app's job onto; with shards, picked by a hash of the token."""
+        keys = self.queue_keys(app)
+        return keys[zlib.crc32(token.encode()) % len(keys)] if token else keys[0]
 
     def queues(self) -> dict[str, list[str]]:
         """Map each queue key to the names of the apps that read it."""
         out: dict[str, list[str]] = {}
         for name, app in self.apps.items():
-            out.setdefault(self.queue_key(app), []).append(name)
+            for key in self.queue_keys(app):
+                out.setdefault(key, []).append(name)
         return out
 
 
 _SECTIONS = ("redis", "worker", "metrics", "log")
+_SECTION_TYPES: dict[str, type] = {"redis": RedisConfig, "worker": WorkerConfig, "metrics": MetricsConfig, "log": LogConfig}
 _PATH_KEYS = ("cert", "key", "pkcs12", "ca_file", "token_key")
+_REDIS_PATH_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
 
 def find_config_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
@@ -187,7 +223,8 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     except msgspec.ValidationError as exc:
         raise ConfigError(*_split_validation(str(exc))) from None
     apps = {name: _resolve_paths(app, base) for name, app in _convert_apps(raw_apps, config.apps).items()}
-    config = msgspec.structs.replace(config, apps=apps, source=path or "")
+    config = msgspec.structs.replace(config, redis=_resolve_paths(config.redis, base, _REDIS_PATH_KEYS),
+                                     apps=apps, source=path or "")
     validate(config)
     return config
 
@@ -205,12 +242,20 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             if key is None:
                 raise ConfigError(var, f"ends in no known app key (one of: {', '.join(sorted(app_keys))})")
             name = name_key[: -len(key) - 1]
-            raw.setdefault("apps", {}).setdefault(name, {})[key] = value
+            raw.setdefault("apps", {}).setdefault(name, {})[key] = _env_value(AppConfig, key, value)
             continue
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
             raise ConfigError(var, "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)")
-        raw.setdefault(section, {})[key] = value
+        raw.setdefault(section, {})[key] = _env_value(_SECTION_TYPES[section], key, value)
+
+
+def _env_value(section: type, key: str, value: str) -> str | list[str]:
+    """A list-typed key (``sentinels``) is written as comma-separated items in the environment."""
+    hint = typing.get_type_hints(section).get(key)
+    if typing.get_origin(hint) in (list, tuple):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 def _convert_apps(raw_apps: Any, default: dict[str, AppConfig]) -> dict[str, AppConfig]:
@@ -245,10 +290,13 @@ def _split_validation(message: str, base: str = "") -> tuple[str, str]:
     return (key or "config", problem)
 
 
-def _resolve_paths(app: AppConfig, base: Path) -> AppConfig:
+_S = typing.TypeVar("_S", bound=_Section)
+
+
+def _resolve_paths(section: _S, base: Path, keys: tuple[str, ...] = _PATH_KEYS) -> _S:
     """Make credential paths absolute, relative to the config file's folder."""
-    changes = {k: str(base / v) for k in _PATH_KEYS if (v := getattr(app, k)) and not os.path.isabs(v)}
-    return msgspec.structs.replace(app, **changes) if changes else app
+    changes = {k: str(base / v) for k in keys if (v := getattr(section, k)) and not os.path.isabs(v)}
+    return msgspec.structs.replace(section, **changes) if changes else section
 
 
 def _require(ok: bool, key: str, problem: str) -> None:
@@ -264,14 +312,40 @@ def validate(config: Config) -> None:
     _require(0.05 <= w.block_timeout <= 30, "worker.block_timeout", "must be between 0.05 and 30 seconds")
     _require(w.grace_period > 0, "worker.grace_period", "must be positive")
     _require(0 < w.heartbeat_interval < w.heartbeat_ttl, "worker.heartbeat_ttl", "must be larger than worker.heartbeat_interval")
-    _require(bool(config.redis.prefix), "redis.prefix", "must not be empty")
-    _require(config.redis.url.split("://")[0] in ("redis", "rediss", "unix"), "redis.url", "must start with redis://, rediss:// or unix://")
+    _validate_redis(config)
     if config.metrics.listen:
         host, sep, port = config.metrics.listen.rpartition(":")
         _require(bool(sep) and port.isdigit() and int(port) < 65536, "metrics.listen", "must be host:port, or empty to turn metrics off")
     _require(bool(config.apps), "apps", "at least one app must be configured")
     for name, app in config.apps.items():
         _validate_app(name, app)
+
+
+def _validate_redis(config: Config) -> None:
+    r = config.redis
+    scheme, _, rest = r.url.partition("://")
+    _require(bool(r.prefix), "redis.prefix", "must not be empty")
+    _require(scheme in ("redis", "rediss", "unix"), "redis.url", "must start with redis://, rediss:// or unix://")
+    for key in _REDIS_PATH_KEYS:
+        _require(not getattr(r, key) or scheme == "rediss", f"redis.{key}", "is used only with a rediss:// url")
+    _require(not (r.cluster and r.sentinels), "redis.cluster", "choose Sentinel (redis.sentinels) or Cluster, not both")
+    if r.sentinels:
+        _require(scheme != "unix", "redis.url", "with redis.sentinels, use a redis:// or rediss:// url (it gives the password, "
+                 "database and TLS for the master; its host is ignored)")
+        _require(bool(r.service), "redis.service", "must name the master the sentinels monitor (e.g. mymaster)")
+        for s in r.sentinels:
+            host, sep, port = s.rpartition(":")
+            _require(bool(host and sep) and port.isdigit() and 0 < int(port) < 65536, "redis.sentinels",
+                     f"{s!r} is not host:port")
+    if r.cluster:
+        _require(scheme != "unix", "redis.url", "with redis.cluster, use a redis:// or rediss:// url of any cluster node")
+        db = rest.partition("/")[2].partition("?")[0]
+        _require(db in ("", "0"), "redis.url", "Redis Cluster has only database 0")
+        for name, app in config.apps.items():
+            _require(not app.queue or has_hash_tag(app.queue), f"apps.{name}.queue",
+                     "with redis.cluster, needs a hash tag such as \"{push}:queue\" so that its in-flight and "
+                     "scheduled keys share its slot")
+    _require(0 <= r.shards <= 1024, "redis.shards", "must be between 0 (one queue) and 1024")
 
 
 def _validate_app(name: str, app: AppConfig) -> None:

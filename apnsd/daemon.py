@@ -20,7 +20,7 @@ from apnsd.identity import AppCredentials
 from apnsd.errors import ApnsdError, GatewayError, QueueError
 from apnsd.feedback import poll_feedback, unregistered_entries
 from apnsd.outcome_log import OutcomeRecorder
-from apnsd.queue import JobQueue, connect
+from apnsd.queue import JobQueue, client_for
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
 DRAIN_HORIZON = 300.0  # --drain waits for scheduled jobs due within this many seconds
@@ -54,7 +54,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or until drained with --drain); returns the exit code."""
         cfg = self.config
         self.creds = {name: load_credentials(name, app) for name, app in cfg.apps.items()}
-        client = connect(cfg.redis.url, cfg.redis.socket_timeout)
+        client = client_for(cfg.redis)
         self.jq = JobQueue(client, cfg.redis.prefix, self.worker_id,
                            cfg.redis.results_maxlen if cfg.redis.results_stream else 0)
         self._build_loops()
@@ -141,6 +141,11 @@ class Daemon:
         clean = not any(t.is_alive() or lp.crashed for t, lp in zip(self._threads, self.loops))
         try:
             if clean:
+                # Nothing is held any more: whatever is still in this worker's in-flight storage (a
+                # commit that failed at the end, a batch a failover resurrected) goes back to the queue
+                # before the worker leaves the registry, where no one would look for it.
+                for lp in self.loops:
+                    self.jq.release_all(lp.queue)
                 self.jq.retire()
         except QueueError as exc:
             self.log.warning("retire_failed", error=str(exc))
@@ -186,10 +191,14 @@ class Daemon:
     def _recover(self) -> None:
         try:
             moved = self.jq.recover_dead([lp.queue for lp in self.loops])
+            orphaned = {lp.queue: self.jq.release_orphans(lp.queue, lp.held.copy) for lp in self.loops}
         except QueueError:
             return
         for worker, n in moved.items():
             self.log.warning("recovered_dead_worker", dead_worker=worker, jobs=n)
+        for queue, n in orphaned.items():
+            if n:
+                self.log.warning("returned_orphaned_batches", queue=queue, jobs=n)
 
     def _promote_scheduled(self) -> None:
         try:
@@ -225,6 +234,8 @@ class Daemon:
             for lp in self.loops:
                 if self.jq.depth(lp.queue) or self.jq.scheduled_count(lp.queue, time.time() + DRAIN_HORIZON):
                     return False
+                if lp.in_flight == 0 and self.jq.inflight_batches(lp.queue):
+                    return False  # an orphaned batch (see release_orphans) is still to be delivered
         except QueueError:
             return False
         return all(lp.idle.is_set() and lp.in_flight == 0 for lp in self.loops) and not self._others_in_flight()

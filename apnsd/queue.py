@@ -1,44 +1,68 @@
-"""The only Redis user: take batches into in-flight storage, commit outcomes, heartbeats, recovery."""
+"""The only Redis user: take batches into in-flight storage, commit outcomes, heartbeats, recovery.
+
+Works against one server, a Sentinel-managed master or a Redis Cluster. Every script touches keys of
+one cluster slot: a queue shares its slot with its in-flight hashes and its scheduled set (the same
+hash tag), and the shared keys (dead, unregistered, results, stats, workers, heartbeats) share the
+prefix's slot. Where a step spans both slots it is split into per-slot steps, ordered so that a crash
+between them can only repeat an outcome, never lose a job.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 import redis
+import redis.cluster
+import redis.sentinel
+from redis.crc import key_slot
 
+from apnsd.config import RedisConfig, has_hash_tag
 from apnsd.errors import QueueError
 
+Client = Union[redis.Redis, redis.cluster.RedisCluster]
+WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
+
 # Move up to ARGV[1] jobs from the consuming (right) end of the queue into one field of this worker's
-# in-flight hash, in one atomic step, so no job ever lives only in process memory.
+# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a field
+# that already exists returns that batch instead: redis-py resends a command whose answer was lost
+# (timeout, dropped connection), and a second run must not overwrite the batch the first one took.
 _TAKE = """
+local held = redis.call('HGET', KEYS[2], ARGV[2])
+if held then return cmsgpack.unpack(held) end
 local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
 if not jobs then return {} end
 redis.call('HSET', KEYS[2], ARGV[2], cmsgpack.pack(jobs))
 return jobs
 """
 
-# Return a dead worker's in-flight jobs to the consuming end of the queue, oldest first, and only
-# if its heartbeat is still gone: the check and the move are one atomic step, so two workers racing
-# to recover the same dead worker move each job exactly once.
+# Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
+# given fields (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
+# the check and the move are one atomic step, so two workers racing to recover the same dead worker
+# move each job exactly once. (In cluster mode the heartbeat lives in another slot; see recover_dead.)
 _RECOVER = """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local fields = redis.call('HKEYS', KEYS[2])
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local fields = ARGV
+if #fields == 0 then fields = redis.call('HKEYS', KEYS[1]) end
 table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
 local n = 0
 for i = #fields, 1, -1 do
-  local jobs = cmsgpack.unpack(redis.call('HGET', KEYS[2], fields[i]))
-  for j = #jobs, 1, -1 do
-    redis.call('RPUSH', KEYS[3], jobs[j])
-    n = n + 1
+  local blob = redis.call('HGET', KEYS[1], fields[i])
+  if blob then
+    local jobs = cmsgpack.unpack(blob)
+    for j = #jobs, 1, -1 do
+      redis.call('RPUSH', KEYS[2], jobs[j])
+      n = n + 1
+    end
+    redis.call('HDEL', KEYS[1], fields[i])
   end
 end
-redis.call('DEL', KEYS[2])
 return n
 """
 
@@ -74,6 +98,7 @@ class Commit:
     results: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     sent: bool = False  # an attempt went out: if its answer was lost, it may have run
+    outcomes_written: bool = False  # cluster mode: the prefix-slot half is done (a retry skips it)
 
 
 class Keys:
@@ -100,6 +125,10 @@ class Keys:
         """The sorted set of jobs waiting for their send_at, for one queue."""
         return f"{self.prefix}:scheduled" if queue == self.default_queue else f"{queue}:scheduled"
 
+    def written(self, worker: str, queue: str, field: str) -> str:
+        """Cluster mode: marks that a batch's outcomes are written while its in-flight half is pending."""
+        return f"{self.prefix}:written:{worker}:{queue}:{field}"
+
 
 @contextmanager
 def redis_errors(what: str) -> Iterator[None]:
@@ -110,6 +139,8 @@ def redis_errors(what: str) -> Iterator[None]:
         raise QueueError(f"Redis refused {what}: {exc}") from None
     except redis.exceptions.RedisError as exc:
         raise QueueError(f"Redis unavailable during {what}: {exc}") from None
+    except redis.exceptions.RedisClusterException as exc:  # not a RedisError: "no reachable node", slot not covered
+        raise QueueError(f"Redis Cluster unavailable during {what}: {exc}") from None
     except OSError as exc:
         raise QueueError(f"Redis unavailable during {what}: {exc}") from None
 
@@ -120,14 +151,42 @@ def connect(url: str, socket_timeout: float = 5.0) -> redis.Redis:
                                 health_check_interval=30)
 
 
+def client_for(rc: RedisConfig) -> Client:
+    """The client for the configured deployment: one server, a Sentinel-managed master, or a Cluster.
+
+    Sentinel: every new connection asks the sentinels for the current master, and a connection to a
+    master that was demoted fails (READONLY becomes a connection error), so a failover is followed on
+    the next command; the loops retry a failed command with backoff until the new master answers.
+    """
+    timeouts: dict[str, Any] = {"socket_timeout": rc.socket_timeout, "socket_connect_timeout": rc.socket_timeout}
+    tls = {k: v for k, v in (("ssl_ca_certs", rc.ssl_ca_file), ("ssl_certfile", rc.ssl_cert_file),
+                             ("ssl_keyfile", rc.ssl_key_file)) if v}
+    with redis_errors("connecting"):
+        if rc.cluster:
+            return redis.cluster.RedisCluster.from_url(rc.url, **timeouts, **tls)
+        if rc.sentinels:
+            url = redis.connection.parse_url(rc.url)  # password, username, db and TLS for the master
+            master = {k: url[k] for k in ("username", "password", "db") if k in url}
+            if rc.url.startswith("rediss://"):
+                master.update(ssl=True, **tls)
+            sentinel_auth = {"password": rc.sentinel_password} if rc.sentinel_password else {}
+            nodes = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in rc.sentinels)]
+            sentinel = redis.sentinel.Sentinel(nodes, sentinel_kwargs={**timeouts, **sentinel_auth}, **timeouts)
+            return sentinel.master_for(rc.service, health_check_interval=30, **master)
+        return redis.Redis.from_url(rc.url, health_check_interval=30, **timeouts, **tls)
+
+
 class JobQueue:
     """One worker's view of the queues: atomic take, one-round-trip commits, heartbeats, recovery."""
 
-    def __init__(self, client: redis.Redis, prefix: str, worker_id: str, results_maxlen: int = 0) -> None:
+    def __init__(self, client: Client, prefix: str, worker_id: str, results_maxlen: int = 0) -> None:
         self.client = client
-        self.keys = Keys(prefix)
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        # Cluster mode keeps the shared keys in one slot: the same wrapping as RedisConfig.key_prefix.
+        self.keys = Keys(f"{{{prefix}}}" if self.cluster and not has_hash_tag(prefix) else prefix)
         self.worker_id = worker_id
         self.results_maxlen = results_maxlen
+        self._done_markers: deque[str] = deque()  # cluster: "written" markers of finished commits
         self._take = client.register_script(_TAKE)
         self._recover = client.register_script(_RECOVER)
         self._promote = client.register_script(_PROMOTE)
@@ -157,35 +216,89 @@ class JobQueue:
         with redis_errors("reading an in-flight batch"):
             return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[field]))
 
+    def _other_slot(self, key: str) -> bool:
+        """Cluster mode: does ``key`` live in another slot than the shared (prefix) keys?"""
+        return self.cluster and key_slot(key.encode()) != key_slot(self.keys.dead.encode())
+
     def commit(self, c: Commit) -> None:
-        """Write a batch's outcomes and drop it from in-flight storage, atomically, in one round trip."""
+        """Write a batch's outcomes and drop it from in-flight storage, atomically, in one round trip.
+
+        In cluster mode a queue outside the prefix's slot takes two transactions, outcomes first
+        (dead, unregistered, results, stats, and a short-lived "written" marker), then the queue's slot
+        (requeue, retries, in-flight HDEL). A retry after a lost answer skips the outcomes when the
+        marker says they were written. A crash between the two leaves the batch in flight: it is
+        recovered and resolved again, which can repeat an outcome record but never loses a job.
+        """
         k = self.keys
         with redis_errors("writing outcomes"):
             # The batch's field goes in the same transaction as the writes: if an earlier attempt's
             # answer was lost and the field is gone, that attempt ran and must not run a second time.
-            if c.sent and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
+            retry = c.sent
+            if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
                 return
             c.sent = True
             p = self.client.pipeline(transaction=True)
-            if c.requeue:
-                p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
-            if c.dead:
-                p.lpush(k.dead, *c.dead)
-            if c.unregistered:
-                p.hset(k.unregistered, mapping=c.unregistered)
-            if c.scheduled:
-                p.zadd(k.scheduled(c.queue), c.scheduled)
-            for r in c.results:
-                p.xadd(k.results, r, maxlen=self.results_maxlen or None, approximate=True)
-            for name, n in c.counts.items():
-                if n:
-                    p.hincrby(k.stats, name, n)
+            if self._other_slot(c.queue):
+                marker = k.written(self.worker_id, c.queue, c.field)
+                if not c.outcomes_written and not (retry and self.client.exists(marker)):
+                    self._outcome_writes(p, c)
+                    p.set(marker, b"1", ex=WRITTEN_MARKER_TTL)
+                    done = self._pop_done_markers()
+                    if done:
+                        p.delete(*done)
+                    p.execute()
+                c.outcomes_written = True
+                p = self.client.pipeline(transaction=True)
+                self._queue_writes(p, c)
+                p.hdel(k.inflight(c.queue, self.worker_id), c.field)
+                p.execute()
+                self._done_markers.append(marker)  # deleted with a later outcome write (else it expires)
+                return
+            self._outcome_writes(p, c)
+            self._queue_writes(p, c)
             p.hdel(k.inflight(c.queue, self.worker_id), c.field)
             p.execute()
 
+    def _queue_writes(self, p: Any, c: Commit) -> None:
+        """Queue the writes to the batch's queue slot (requeue, retries) on pipeline ``p``."""
+        if c.requeue:
+            p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
+        if c.scheduled:
+            p.zadd(self.keys.scheduled(c.queue), c.scheduled)
+
+    def _pop_done_markers(self, most: int = 100) -> list[str]:
+        """Markers of finished cluster commits, taken off the shared deque (loops commit on their own threads)."""
+        out: list[str] = []
+        while len(out) < most:
+            try:
+                out.append(self._done_markers.popleft())
+            except IndexError:
+                break
+        return out
+
+    def _outcome_writes(self, p: Any, c: Commit) -> None:
+        """Queue the writes to the shared keys (dead, unregistered, results, stats) on pipeline ``p``."""
+        k = self.keys
+        if c.dead:
+            p.lpush(k.dead, *c.dead)
+        if c.unregistered:
+            p.hset(k.unregistered, mapping=c.unregistered)
+        for r in c.results:
+            p.xadd(k.results, r, maxlen=self.results_maxlen or None, approximate=True)
+        for name, n in c.counts.items():
+            if n:
+                p.hincrby(k.stats, name, n)
+
     def heartbeat(self, ttl: float, status: dict[str, Any]) -> None:
-        """Refresh this worker's liveness key and registry entry."""
+        """Refresh this worker's liveness key and registry entry (and follow a Sentinel failover)."""
         with redis_errors("heartbeat"):
+            pool = self.client.connection_pool if not self.cluster else None
+            if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+                # Asking the sentinels drops idle connections to a master they no longer name. A
+                # deliberate failover leaves the old master up and writable until the sentinels
+                # demote it, which can take many seconds; writes there are discarded at demotion
+                # (taken jobs come back: duplicates, never losses), so move over as soon as we learn.
+                pool.get_master_address()
             p = self.client.pipeline(transaction=False)
             p.set(self.keys.heartbeat(self.worker_id), json.dumps(status), px=int(ttl * 1000))
             p.sadd(self.keys.workers, self.worker_id)
@@ -202,7 +315,23 @@ class JobQueue:
     def release_all(self, queue: str) -> int:
         """Return every batch still in this worker's in-flight storage to the front of the queue."""
         with redis_errors("returning in-flight jobs"):
-            return int(self._recover(keys=["", self.keys.inflight(queue, self.worker_id), queue], args=["0"]))
+            return int(self._recover(keys=[self.keys.inflight(queue, self.worker_id), queue]))
+
+    def release_orphans(self, queue: str, held: Callable[[], Collection[str]]) -> int:
+        """Return this worker's in-flight batches that its process no longer holds; returns jobs moved.
+
+        After a Sentinel failover the new master can lack writes the old one acknowledged: a batch
+        committed on the old master is back in flight on the new one, and nothing would ever resolve
+        it. ``held`` is read after the field list, and the loop adds a field before taking into it, so
+        a batch taken meanwhile is never seen as unheld; one committed meanwhile is simply gone.
+        """
+        key = self.keys.inflight(queue, self.worker_id)
+        with redis_errors("returning orphaned in-flight jobs"):
+            fields = {f.decode() for f in self.client.hkeys(key)}
+            if not fields:
+                return 0
+            orphans = sorted(fields - set(held()))
+            return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
     def recover_dead(self, queues: list[str]) -> dict[str, int]:
         """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker."""
@@ -212,9 +341,18 @@ class JobQueue:
                 wid = worker.decode()
                 if wid == self.worker_id:
                     continue
+                # Cluster: the heartbeat and a queue's in-flight hash are in different slots, so the
+                # check comes first and is not atomic with the move. Racing recoverers still move each
+                # job exactly once, because the move itself (read the hash, push, delete) is one
+                # script: the second finds the hash empty. A worker that revives between the check and
+                # the move has its batches delivered again by others: at least once, as with the atomic
+                # check when a worker comes back after its heartbeat lapsed.
+                if self.cluster and self.client.exists(self.keys.heartbeat(wid)):
+                    continue
                 total, alive = 0, False
                 for q in queues:
-                    n = int(self._recover(keys=[self.keys.heartbeat(wid), self.keys.inflight(q, wid), q], args=["1"]))
+                    keys = [self.keys.inflight(q, wid), q]
+                    n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
                     alive = alive or n < 0
                     total += max(n, 0)
                 if not alive:
@@ -242,6 +380,11 @@ class JobQueue:
         if entries:
             with redis_errors("recording unregistered tokens"):
                 self.client.hset(self.keys.unregistered, mapping=entries)
+
+    def inflight_batches(self, queue: str) -> int:
+        """How many batches this worker holds in Redis for a queue (one HLEN)."""
+        with redis_errors("counting in-flight batches"):
+            return int(self.client.hlen(self.keys.inflight(queue, self.worker_id)))
 
     def inflight_count(self, queue: str, worker: str) -> int:
         """How many jobs a worker holds in flight for a queue."""
@@ -308,9 +451,19 @@ class JobQueue:
                 entry = json.loads(raw)
                 if reason and not str(entry.get("reason", "")).startswith(reason):
                     continue
+                queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
+                if self._other_slot(queue):
+                    # No transaction across slots: push first, so a crash can only requeue twice;
+                    # if another requeuer removed the entry meanwhile, take our copy back.
+                    self.client.lpush(queue, job)
+                    if self.client.lrem(self.keys.dead, 1, raw):
+                        moved += 1
+                    else:
+                        self.client.lrem(queue, 1, job)
+                    continue
                 p = self.client.pipeline(transaction=True)
                 p.lrem(self.keys.dead, 1, raw)
-                p.lpush(queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode())
+                p.lpush(queue, job)
                 if p.execute()[0]:
                     moved += 1
         return moved

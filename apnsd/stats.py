@@ -64,7 +64,7 @@ def dead_list(config: Config, q: JobQueue, limit: int, reason: str | None, as_js
 def dead_requeue(config: Config, q: JobQueue, limit: int, reason: str | None) -> int:
     """Put dead letters back on their queue."""
     queue_for = {name: config.queue_key(app) for name, app in config.apps.items()}
-    moved = q.requeue_dead(queue_for, q.keys.default_queue, limit, reason)
+    moved = q.requeue_dead(queue_for, queue_for.get("default") or next(iter(config.queues())), limit, reason)
     print(f"requeued {moved} job(s)")
     return 0
 
