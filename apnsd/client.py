@@ -15,10 +15,10 @@ from typing import Any
 
 import msgspec
 
-from apnsd.config import AppConfig
+from apnsd.config import AppConfig, Config
 from apnsd.errors import JobError
 from apnsd.jobs import JobParser, normalise_token
-from apnsd.queue import JobQueue, connect
+from apnsd.queue import JobQueue, client_for, connect
 
 CHUNK = 1000  # jobs per LPUSH in enqueue_many
 # Keyword fields enqueue() accepts; anything else is a typo, not a field the daemon would read.
@@ -37,8 +37,11 @@ class Client:
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "apnsd", *,
-                 apps: Mapping[str, AppConfig] | None = None, socket_timeout: float = 5.0) -> None:
-        self._jq = JobQueue(connect(url, socket_timeout), prefix, f"client:{socket.gethostname()}:{os.getpid()}")
+                 apps: Mapping[str, AppConfig] | None = None, socket_timeout: float = 5.0,
+                 config: Config | None = None) -> None:
+        redis_client = client_for(config.redis) if config is not None else connect(url, socket_timeout)
+        self._jq = JobQueue(redis_client, prefix, f"client:{socket.gethostname()}:{os.getpid()}")
+        self._config = config
         self._apps = dict(apps) if apps is not None else None
         self._default_queue = f"{prefix}:queue"
         # Configured apps share one parser (unknown apps are refused); otherwise one per app name seen.
@@ -47,18 +50,21 @@ class Client:
 
     @classmethod
     def from_config(cls, config: Any) -> Client:
-        """A client for the Redis, prefix, apps and queues of an apnsd ``Config``."""
-        return cls(config.redis.url, config.redis.prefix, apps=config.apps, socket_timeout=config.redis.socket_timeout)
+        """A client for the Redis deployment (plain, Sentinel, Cluster), prefix, apps and queues (shards
+        included) of an apnsd ``Config``."""
+        return cls(config.redis.url, config.redis.prefix, apps=config.apps, socket_timeout=config.redis.socket_timeout,
+                   config=config)
 
     def enqueue(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, *, app: str = "default",
                 **fields: Any) -> None:
         """Validate one job and LPUSH it (a list of tokens fans out); with ``send_at`` it is scheduled instead."""
         job = self._job(token, payload, app, fields)
         raw = self._validate(job)
+        queue = self.queue_for(app, job.get("token", ""))
         if "send_at" in job:
-            self._jq.schedule(self.queue_for(app), raw, float(job["send_at"]))
+            self._jq.schedule(queue, raw, float(job["send_at"]))
         else:
-            self._jq.push(self.queue_for(app), [raw])
+            self._jq.push(queue, [raw])
 
     def schedule(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, at: float, *,
                  app: str = "default", **fields: Any) -> None:
@@ -81,7 +87,7 @@ class Client:
                 raw = self._validate(job)
             except JobError as exc:
                 raise JobError(exc.reason, f"job {i}: {exc.detail}") from None
-            queue = self.queue_for(job.get("app", "default"))
+            queue = self.queue_for(job.get("app", "default"), job.get("token", ""))
             if "send_at" in job:
                 scheduled.append((queue, raw, float(job["send_at"])))
             else:
@@ -108,9 +114,11 @@ class Client:
         """Remove tokens from the unregistered store once your application has dealt with them."""
         return self._jq.forget_unregistered([normalise_token(t) for t in tokens])
 
-    def queue_for(self, app: str) -> str:
-        """The Redis list an app's jobs go to."""
+    def queue_for(self, app: str, token: Any = "") -> str:
+        """The Redis list an app's jobs go to (with shards, the token picks the shard)."""
         cfg = (self._apps or {}).get(app)
+        if self._config is not None and cfg is not None:
+            return self._config.queue_key(cfg, token if isinstance(token, str) else "")
         return (cfg.queue if cfg is not None and cfg.queue else None) or self._default_queue
 
     # --- validation --------------------------------------------------------------------------

@@ -370,3 +370,21 @@ def test_queue_keys_and_scripts_stay_in_one_slot():
     shared = [keys.dead, keys.unregistered, keys.results, keys.stats, keys.workers, keys.heartbeat("w"),
               keys.default_queue, keys.scheduled(keys.default_queue), keys.inflight(keys.default_queue, "w")]
     assert 1 == len({key_slot(k.encode()) for k in shared})
+
+
+
+def test_python_client_from_config_pushes_onto_the_tokens_shard(cluster):
+    """apnsd.client.Client.from_config talks to the cluster and puts each job on its token's shard."""
+    from apnsd.client import Client
+
+    cluster.flush()
+    config = load_config(None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"})
+    client = Client.from_config(config)
+    tokens = good_tokens(30, seed=31)
+    for t in tokens:
+        client.enqueue(t, {"aps": {"alert": "hi"}})
+
+    q = JobQueue(client_for(config.redis), "apnsd", "inspector")
+    app = config.apps["default"]
+    expected = Counter(config.queue_key(app, t) for t in tokens)
+    assert expected == Counter({s: q.depth(s) for s in config.queues() if q.depth(s)})
