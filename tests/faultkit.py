@@ -24,21 +24,10 @@ from apnsd.metrics import REGISTRY
 from apnsd.mock import MockGateway
 from apnsd.queue import JobQueue
 from tests.conftest import LOG, inflight_keys
+from tests.supervised import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 LINES: list[str] = []  # one summary line per fault run, reported at the end of the module
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.01) -> Any:
-    """Poll ``cond`` until it returns something truthy (returned) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def make_tokens(seed: int, n: int, bad: dict[str, int] | None = None) -> tuple[list[str], dict[str, set[str]]]:

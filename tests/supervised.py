@@ -20,7 +20,7 @@ SUPERVISORD_CONF = ROOT / "deploy" / "supervisord.conf"
 VENV_BIN = Path(sys.executable).parent.resolve()  # holds apnsd, supervisord and supervisorctl
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str = "condition", interval: float = 0.01) -> T:
     """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
