@@ -226,7 +226,9 @@ class JobParser:
 
 def decode_payload(raw: msgspec.Raw) -> bytes:
     """The payload as JSON object bytes, whether pushed as an object or as a pre-encoded string."""
-    data = bytes(raw).strip()
+    data = bytes(raw)  # a Raw spans exactly the value: no surrounding whitespace to strip
+    if data[:1] == b"{":
+        return data
     if not data or data == b"null":
         raise JobError("missing_payload", "job has no 'payload'")
     if data[:1] == b'"':
