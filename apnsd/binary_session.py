@@ -10,6 +10,8 @@ from apnsd.outcomes import DELIVERED, binary_outcome
 from apnsd.session import Resolved, Session
 
 ID_MOD = 1 << 32
+SLOW_START = 256  # unconfirmed notifications allowed right after an abrupt loss; doubles per confirmation
+FULL_WINDOW = 65_536  # past this the cap is lifted
 
 
 class BinarySession(Session):
@@ -29,6 +31,10 @@ class BinarySession(Session):
         self._queued = 0  # bytes handed to the current transport
         self._next_id = 1
         self._rx = bytearray()
+        # After a connection died without an error response, the window of unconfirmed frames starts
+        # small and doubles as confirmations arrive: a gateway that keeps dropping the connection then
+        # costs a few hundred resends per drop, not the whole window each time.
+        self._cap: int | None = None
 
     def on_connected(self, now: float) -> None:
         """Start identifiers and byte offsets afresh on each connection."""
@@ -37,13 +43,18 @@ class BinarySession(Session):
         self._rx.clear()
 
     def send_pending(self, now: float) -> None:
-        """Encode every pending notification and hand them to the transport in one write."""
+        """Encode pending notifications (all, or what the slow-start cap allows) and write them at once."""
         if self.rotating or not self.pending or self.transport is None:
             return
         pending, unwritten, encode = self.pending, self._unwritten, binary.encode_frame
+        count = len(pending)
+        if self._cap is not None:
+            count = min(count, self._cap - self.unanswered_count())
+            if count <= 0:
+                return
         ident, queued = self._next_id, self._queued
         frames = []
-        while pending:
+        for _ in range(count):
             n = pending.popleft()
             frame = encode(n.token_bytes, n.payload, ident, n.expiration or 0, n.priority or 10)
             frames.append(frame)
@@ -108,7 +119,16 @@ class BinarySession(Session):
         out: Resolved = []
         while window and window[0][1] <= cutoff:
             out.append((window.popleft()[2], DELIVERED))
+        if out and self._cap is not None:
+            self._cap *= 2
+            if self._cap >= FULL_WINDOW:
+                self._cap = None
         return out
+
+    def after_loss(self, abrupt: bool) -> None:
+        """An abrupt loss (no error response) restarts the window small."""
+        if abrupt:
+            self._cap = SLOW_START
 
     def timer_deadline(self, now: float) -> float:
         """When the oldest unconfirmed notification will be confirmed (now, if frames were written since)."""

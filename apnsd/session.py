@@ -160,6 +160,9 @@ class Session:
         """Remove and return written-but-unanswered notifications, in send order."""
         raise NotImplementedError
 
+    def after_loss(self, abrupt: bool) -> None:
+        """Called when a connection was lost; ``abrupt`` when the gateway gave no reason."""
+
     def say_goodbye(self) -> None:
         """Queue the protocol's clean goodbye, if it has one."""
 
@@ -221,6 +224,7 @@ class Session:
             metrics.RESENT.labels(self.app).inc(len(again))
         if abrupt and now - self.connected_at < SHORT_LIVED:
             self.pacer.failed(now)
+        self.after_loss(abrupt)
         self._drop(cause, resent=len(again))
         return out
 

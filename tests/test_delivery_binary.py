@@ -94,3 +94,22 @@ def test_feedback_service_tokens_land_in_the_unregistered_store(jq, rdb, binary_
     assert {t.hex() for t in gone} == set(unregistered)
     assert {"Feedback"} == {v["reason"] for v in unregistered.values()}
     assert sorted(1_700_000_000_000 + i * 1000 for i in range(3)) == sorted(v["timestamp_ms"] for v in unregistered.values())
+
+
+def test_a_gateway_that_keeps_dropping_the_connection_costs_few_resends(jq, rdb, binary_mock, make_config):
+    """After each abrupt close the unconfirmed window restarts small, so repeated drops neither
+    multiply duplicates nor dead-letter delivered notifications as lost."""
+    mock = binary_mock(close_after=3000, once=False)
+    tokens = good_tokens(10_000, seed=9)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    accepted = mock.record.accepted_tokens()
+    duplicates = sum(accepted.values()) - len(accepted)
+    assert set(tokens) == set(accepted)
+    assert [] == jq.dead_entries(10)
+    drops = mock.record.connections - 1
+    assert drops <= 8, drops  # ~10,000 / 3,000 drops plus slack; resending whole windows needed 30
+    assert duplicates <= drops * 3000, (duplicates, drops)
+    assert [] == inflight_keys(rdb)
