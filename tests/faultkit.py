@@ -319,7 +319,7 @@ class RedisCutter:
                         with self._lock:
                             self.cuts += 1
                         break
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the proxy closed the socket under select()
             pass
         finally:
             for s in (client, server):
