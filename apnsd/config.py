@@ -121,6 +121,7 @@ class AppConfig(_Section):
     feedback_interval: float = 0.0
     feedback_host: str = ""
     feedback_port: int = 0
+    connections: int = 1
 
     @property
     def auth(self) -> Literal["token", "certificate"]:
@@ -367,6 +368,7 @@ def _validate_app(name: str, app: AppConfig) -> None:
     _require(1 <= app.max_connects_per_minute <= 60, k + "max_connects_per_minute", "must be between 1 and 60")
     _require(0 < app.backoff_initial <= app.backoff_max, k + "backoff_max", "must be at least backoff_initial, which must be positive")
     _require(app.max_attempts >= 1, k + "max_attempts", "must be at least 1")
+    _require(1 <= app.connections <= 16, k + "connections", "must be between 1 and 16")
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")

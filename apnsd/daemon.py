@@ -90,11 +90,12 @@ class Daemon:
         for queue, app_names in cfg.queues().items():
             sessions = {}
             for name in app_names:
-                s = build_session(name, cfg.apps[name], self.creds[name])
-                problem = expiry_problem(name, self.creds[name], s.log)
-                if problem:
-                    s.disable(problem)
-                sessions[name] = s
+                for i in range(cfg.apps[name].connections):
+                    s = build_session(name, cfg.apps[name], self.creds[name])
+                    problem = expiry_problem(name, self.creds[name], s.log)
+                    if problem:
+                        s.disable(problem)
+                    sessions[name if i == 0 else f"{name}#{i + 1}"] = s
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
 
     def _install_signals(self) -> None:
@@ -224,8 +225,8 @@ class Daemon:
 
     def _check_expiry(self) -> None:
         for lp in self.loops:
-            for name, s in lp.sessions.items():
-                problem = expiry_problem(name, self.creds[name], s.log)
+            for s in lp.sessions.values():
+                problem = expiry_problem(s.app, self.creds[s.app], s.log)
                 if problem and not s.disabled:
                     lp.post(lambda s=s, p=problem: s.disable(p))
 
@@ -260,7 +261,8 @@ class Daemon:
         if set(new.apps) != set(self.config.apps) or new.queues() != self.config.queues() or new.redis != self.config.redis:
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
-            for name in lp.sessions:
+            for key, old in lp.sessions.items():
+                name = old.app
                 if name not in new.apps:
                     continue
                 # An expired certificate is a broken credential: keep what this app has (a disabled session
@@ -274,7 +276,7 @@ class Daemon:
                 if problem:
                     session.disable(problem)
                 self.creds[name] = creds[name]
-                lp.post(lambda lp=lp, n=name, s=session: lp.replace_session(n, s))
+                lp.post(lambda lp=lp, k=key, s=session: lp.replace_session(k, s))
         self.log.info("reloaded", config=self.config.source or "(environment)")
 
 

@@ -94,7 +94,8 @@ class DeliveryLoop:
     def __init__(self, queue: str, sessions: dict[str, Session], jq: JobQueue, parser: JobParser,
                  worker: WorkerConfig, recorder: OutcomeRecorder) -> None:
         self.queue = queue
-        self.sessions = sessions
+        self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
+        self._routes = _routes(sessions)
         self.jq = jq
         self.parser = parser
         self.worker = worker
@@ -156,6 +157,7 @@ class DeliveryLoop:
         old.rotating = True
         self._retiring.append(old)
         self.sessions[name] = new
+        self._routes = _routes(self.sessions)
         self.log.info("connection_rotation_started", app=name, reason=why)
 
     def _all_sessions(self) -> list[Session]:
@@ -191,7 +193,7 @@ class DeliveryLoop:
                     self.replace_session(name, s.clone(), "reconnect_interval")
             for r in self._retiring:
                 if r.pending:  # lost its connection before finishing: the replacement sends the rest
-                    self.sessions[r.app].pending.extend(r.pending)
+                    self._routes[r.app][0].pending.extend(r.pending)
                     r.pending.clear()
             for s in [r for r in self._retiring if not r.busy]:
                 s.close("replaced")
@@ -223,8 +225,10 @@ class DeliveryLoop:
             batch, notes, rejects = self._parse(self._handoff.popleft())
             for r in rejects:
                 self._completed(self.recorder.reject(batch, r, wall))
+            routes = self._routes
             for n in notes:
-                s = self.sessions.get(n.app)
+                choices = routes.get(n.app)
+                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=_backlog)
                 if s is None or s.disabled:
                     reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
@@ -353,3 +357,15 @@ class DeliveryLoop:
                                                           "last_connect_error": s.last_connect_error,
                                                           "disabled": s.disabled} for a, s in self.sessions.items()}}
 
+
+def _routes(sessions: dict[str, Session]) -> dict[str, list[Session]]:
+    """App name → the sessions (connections) that carry its notifications."""
+    out: dict[str, list[Session]] = {}
+    for s in sessions.values():
+        out.setdefault(s.app, []).append(s)
+    return out
+
+
+def _backlog(s: Session) -> int:
+    """Notifications a session still has to send: new work goes to the connection with the least."""
+    return len(s.pending)

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from apnsd.credentials import load_public_key
-from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
+from tests.conftest import LOG, good_tokens, inflight_keys, job, push_all, run_drained
 
 
 def test_ten_thousand_jobs_under_certificate_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config):
@@ -142,3 +142,45 @@ def test_job_pushed_with_a_future_send_at_waits_in_the_scheduled_set(jq, http2_m
     assert 1 == len(mock.record.accepted_tokens())
     assert 1 == jq.scheduled_count("apnsd:queue")
     assert 0 == jq.scheduled_count("apnsd:queue", until=later - 1)
+
+
+def test_an_app_with_several_connections_spreads_work_over_them(jq, rdb, http2_mock, make_config):
+    """connections = 3 opens three TLS connections for one app, and each job still arrives exactly once."""
+    mock = http2_mock(max_concurrent_streams=20)
+    tokens = good_tokens(6000, seed=21)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock, APP_DEFAULT_CONNECTIONS="3"))
+
+    assert {t: 1 for t in tokens} == dict(mock.record.accepted_tokens())
+    assert 3 == mock.record.connections
+    assert [] == inflight_keys(rdb)
+
+
+def test_scheduled_reconnect_is_make_before_break(jq, rdb, http2_mock, make_config):
+    """When reconnect_interval is up, a second connection takes new work while the first finishes its
+    streams: two handshakes in all, every job exactly once."""
+    import threading
+    import time
+
+    from apnsd.daemon import Daemon
+
+    mock = http2_mock(max_concurrent_streams=50)
+    tokens = good_tokens(20_000, seed=22)
+    push_all(jq, [job(t) for t in tokens])
+    daemon = Daemon(make_config(mock), drain=True)
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(mock.record.received) < 2000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop = daemon.loops[0]
+    session = loop.sessions["default"]
+    loop.post(lambda: setattr(session, "connected_at", session.connected_at - session.cfg.reconnect_interval))
+    t.join(60)
+
+    assert not t.is_alive()
+    assert {tok: 1 for tok in tokens} == dict(mock.record.accepted_tokens())
+    assert 2 == mock.record.connections
+    assert "connection_rotation_started" in LOG.getvalue()
+    assert [] == inflight_keys(rdb)
