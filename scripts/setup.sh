@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine: redis-server from Debian's packages if missing,
 # then a virtual environment in .venv with apnsd and its test dependencies installed.
+# With --test it also installs what the tests drive besides Python: curl (an independent HTTP/2
+# client), and PHP and Ruby with their Redis clients (the documented one-liners are run for real).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ "${1:-}" = "--test" ]; then
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v php >/dev/null 2>&1 && php -r 'exit(class_exists("Redis") ? 0 : 1);' 2>/dev/null || need_apt+=(php-cli php-redis)
+  command -v ruby >/dev/null 2>&1 && ruby -e 'require "redis"' 2>/dev/null || need_apt+=(ruby ruby-redis)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: ${need_apt[*]} missing; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2
