@@ -34,6 +34,7 @@ class Http2Session(Session):
         self._last_activity = 0.0
         self._ping_sent: float | None = None
         host, port = self.cfg.gateway()
+        host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
 
     def clone(self) -> Http2Session:

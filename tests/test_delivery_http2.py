@@ -184,3 +184,18 @@ def test_scheduled_reconnect_is_make_before_break(jq, rdb, http2_mock, make_conf
     assert 2 == mock.record.connections
     assert "connection_rotation_started" in LOG.getvalue()
     assert [] == inflight_keys(rdb)
+
+
+def test_ipv6_loopback_gateway(jq, rdb, pki, make_config):
+    """A gateway on [::1] is reached over IPv6, its certificate checked against the IP, :authority bracketed."""
+    from apnsd.http2_mock import Http2Faults
+    from apnsd.mock import MockGateway
+
+    tokens = good_tokens(50, seed=23)
+    push_all(jq, [job(t) for t in tokens])
+    with MockGateway("http2", pki.server_cert, pki.server_key, pki.ca_cert, host="::1", http2_faults=Http2Faults()) as mock:
+        assert 0 == run_drained(make_config(mock))
+        authorities = {dict(r.headers).get(":authority") for r in mock.record.received}
+
+    assert set(tokens) == set(mock.record.accepted_tokens())
+    assert {f"[::1]:{mock.port}"} == authorities
