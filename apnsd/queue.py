@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Union
 
 import msgspec
@@ -25,110 +24,10 @@ from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, has_hash_tag
 from apnsd.errors import QueueError
+from apnsd.queue_layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
 
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
-
-# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one field of this worker's
-# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a field
-# that already exists returns that batch instead: redis-py resends a command whose answer was lost
-# (timeout, dropped connection), and a second run must not overwrite the batch the first one took.
-_TAKE = """
-local held = redis.call('HGET', KEYS[2], ARGV[2])
-if held then return cmsgpack.unpack(held) end
-local jobs = redis.call('RPOP', KEYS[1], ARGV[1])
-if not jobs then return {} end
-redis.call('HSET', KEYS[2], ARGV[2], cmsgpack.pack(jobs))
-return jobs
-"""
-
-# Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
-# given fields (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
-# the check and the move are one atomic step, so two workers racing to recover the same dead worker
-# move each job exactly once. (In cluster mode the heartbeat lives in another slot; see recover_dead.)
-_RECOVER = """
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local fields = ARGV
-if #fields == 0 then fields = redis.call('HKEYS', KEYS[1]) end
-table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
-local n = 0
-for i = #fields, 1, -1 do
-  local blob = redis.call('HGET', KEYS[1], fields[i])
-  if blob then
-    local jobs = cmsgpack.unpack(blob)
-    for j = #jobs, 1, -1 do
-      redis.call('RPUSH', KEYS[2], jobs[j])
-      n = n + 1
-    end
-    redis.call('HDEL', KEYS[1], fields[i])
-  end
-end
-return n
-"""
-
-# The jobs of one in-flight batch, unpacked by Redis so that they come back as the bytes that were taken
-# (msgpack str entries decoded in Python would be text, and not every job is valid UTF-8).
-_CLAIM = """
-local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return {} end
-return cmsgpack.unpack(held)
-"""
-
-# Move due scheduled jobs (score <= now) to the consuming end of their queue, at most ARGV[2] at once.
-# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first.
-_PROMOTE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due == 0 then return 0 end
-redis.call('ZREM', KEYS[1], unpack(due))
-for i = #due, 1, -1 do redis.call('RPUSH', KEYS[2], due[i]) end
-return #due
-"""
-
-
-@dataclass
-class Commit:
-    """Everything one batch resolves to, written to Redis in a single transaction."""
-
-    queue: str
-    field: str
-    dead: list[bytes] = field(default_factory=list)
-    unregistered: dict[str, bytes] = field(default_factory=dict)
-    scheduled: dict[bytes, float] = field(default_factory=dict)
-    requeue: list[bytes] = field(default_factory=list)
-    results: list[dict[str, str]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    sent: bool = False  # an attempt went out: if its answer was lost, it may have run
-    outcomes_written: bool = False  # cluster mode: the prefix-slot half is done (a retry skips it)
-
-
-class Keys:
-    """Every Redis key name apnsd uses, derived from the prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.dead = f"{prefix}:dead"
-        self.unregistered = f"{prefix}:unregistered"
-        self.results = f"{prefix}:results"
-        self.workers = f"{prefix}:workers"
-        self.stats = f"{prefix}:stats"
-        self.default_queue = f"{prefix}:queue"
-
-    def inflight(self, queue: str, worker: str) -> str:
-        """The hash holding one worker's in-flight batches taken from one queue."""
-        return f"{queue}:inflight:{worker}"
-
-    def heartbeat(self, worker: str) -> str:
-        """The worker's liveness key (expires unless refreshed)."""
-        return f"{self.prefix}:worker:{worker}"
-
-    def scheduled(self, queue: str) -> str:
-        """The sorted set of jobs waiting for their send_at, for one queue."""
-        return f"{self.prefix}:scheduled" if queue == self.default_queue else f"{queue}:scheduled"
-
-    def written(self, worker: str, queue: str, field: str) -> str:
-        """Cluster mode: marks that a batch's outcomes are written while its in-flight half is pending."""
-        return f"{self.prefix}:written:{worker}:{queue}:{field}"
-
 
 @contextmanager
 def redis_errors(what: str) -> Iterator[None]:
@@ -187,10 +86,10 @@ class JobQueue:
         self.worker_id = worker_id
         self.results_maxlen = results_maxlen
         self._done_markers: deque[str] = deque()  # cluster: "written" markers of finished commits
-        self._take = client.register_script(_TAKE)
-        self._recover = client.register_script(_RECOVER)
-        self._promote = client.register_script(_PROMOTE)
-        self._claim = client.register_script(_CLAIM)
+        self._take = client.register_script(TAKE_SCRIPT)
+        self._recover = client.register_script(RECOVER_SCRIPT)
+        self._promote = client.register_script(PROMOTE_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
