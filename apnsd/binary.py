@@ -15,7 +15,6 @@ MAX_FRAME_LENGTH = 65_536
 
 _FRAME_HEAD = struct.Struct(">BI")
 _ITEM_HEAD = struct.Struct(">BH")
-_TAIL = struct.Struct(">BHIBHIBHB")  # items 3, 4, 5
 _ERROR = struct.Struct(">BBI")
 _FEEDBACK_HEAD = struct.Struct(">IH")
 
@@ -42,12 +41,20 @@ class ErrorResponse:
 def encode_frame(token: bytes, payload: bytes, identifier: int, expiry: int = 0, priority: int = 10) -> bytes:
     """One command-2 notification with all five items, in the order 1, 2, 3, 4, 5."""
     tl, pl = len(token), len(payload)
-    length = 3 + tl + 3 + pl + 7 + 7 + 4
-    return b"".join((
-        _FRAME_HEAD.pack(COMMAND_FRAME, length), _ITEM_HEAD.pack(ITEM_TOKEN, tl), token,
-        _ITEM_HEAD.pack(ITEM_PAYLOAD, pl), payload,
-        _TAIL.pack(ITEM_ID, 4, identifier, ITEM_EXPIRY, 4, expiry, ITEM_PRIORITY, 1, priority),
-    ))
+    layout = _LAYOUTS.get((tl, pl)) or _layout(tl, pl)
+    return layout.pack(COMMAND_FRAME, tl + pl + 24, ITEM_TOKEN, tl, token, ITEM_PAYLOAD, pl, payload,
+                       ITEM_ID, 4, identifier, ITEM_EXPIRY, 4, expiry, ITEM_PRIORITY, 1, priority)
+
+
+_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _layout(token_length: int, payload_length: int) -> struct.Struct:
+    """The whole frame as one struct for these lengths (one C call per frame; cached, few distinct)."""
+    layout = struct.Struct(f">BIBH{token_length}sBH{payload_length}sBHIBHIBHB")
+    if len(_LAYOUTS) < 4096:
+        _LAYOUTS[(token_length, payload_length)] = layout
+    return layout
 
 
 def decode_frames(buf: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:

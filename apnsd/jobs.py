@@ -104,15 +104,21 @@ def normalise_token(token: str) -> str:
     return parse_token(token)[0]
 
 
-def parse_token(token: str) -> tuple[str, bytes]:
-    """Lower-case hex (spaces and <> removed) and its bytes; rejects the truncated iOS 13 description form."""
+def _plain_hex(token: str) -> bytes | None:
+    """The token's bytes when it is plain hex of a valid length (the common case), else None."""
     try:
         raw = bytes.fromhex(token)
     except ValueError:
-        pass
-    else:  # plain hex, the common case: fromhex skipped no whitespace if the lengths agree
-        if len(raw) * 2 == len(token) and MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
-            return token.lower(), raw
+        return None
+    # fromhex skips whitespace: only if the lengths agree was there none
+    return raw if len(raw) * 2 == len(token) and MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES else None
+
+
+def parse_token(token: str) -> tuple[str, bytes]:
+    """Lower-case hex (spaces and <> removed) and its bytes; rejects the truncated iOS 13 description form."""
+    raw = _plain_hex(token)
+    if raw is not None:
+        return token.lower(), raw
     if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
         raise JobError("token_is_description", "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes")
     t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
@@ -156,7 +162,7 @@ class JobParser:
         except msgspec.DecodeError as exc:
             return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
         try:
-            payload = self._common(spec)
+            payload, protocol = self._common(spec)
         except JobError as exc:
             return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
         tokens = [spec.token] if spec.tokens is None else spec.tokens
@@ -164,12 +170,19 @@ class JobParser:
         bad: list[Rejected] = []
         job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
         for token in tokens:
-            try:
-                t, tb = parse_token(token)
-            except JobError as exc:
-                bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
-                continue
-            apns_id = job_uuid if job_uuid and len(tokens) == 1 else self.new_id()
+            tb = _plain_hex(token)
+            if tb is not None:
+                t = token.lower()
+            else:
+                try:
+                    t, tb = parse_token(token)
+                except JobError as exc:
+                    bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
+                    continue
+            if job_uuid and len(tokens) == 1:
+                apns_id = job_uuid
+            else:  # the binary protocol has no apns-id: its frames carry a per-connection number
+                apns_id = self.new_id() if protocol == "http2" else ""
             good.append(Notification(t, tb, payload, spec.app, apns_id, spec.id, spec.priority,
                                      spec.expiration, spec.push_type, spec.topic,
                                      spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None,
@@ -186,8 +199,8 @@ class JobParser:
         app = obj.get("app") if isinstance(obj.get("app"), str) else None
         return Rejected(raw, "bad_field", str(exc).replace("$.", ""), app)
 
-    def _common(self, spec: JobSpec) -> bytes:
-        """Checks shared by every token of a job; returns the encoded payload."""
+    def _common(self, spec: JobSpec) -> tuple[bytes, str]:
+        """Checks shared by every token of a job; returns the encoded payload and the app's protocol."""
         limits = self._limits.get(spec.app)
         if limits is None:
             raise JobError("unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})")
@@ -205,7 +218,7 @@ class JobParser:
             payload = msgspec.json.encode(_plain.decode(payload))
             if len(payload) > cap:
                 raise JobError("payload_too_large", f"payload is {len(payload)} bytes; the limit is {cap}")
-        return payload
+        return payload, protocol
 
     def _options(self, spec: JobSpec, protocol: str) -> None:
         """Checks of the optional delivery fields (most jobs have none, so they are skipped)."""
@@ -251,7 +264,7 @@ def single_job(n: Notification, **changes: Any) -> bytes:
         return n.raw
     obj: dict[str, Any] = _plain.decode(n.raw)
     obj.pop("tokens", None)
-    obj.update(token=n.token, id=n.job_id or n.apns_id, **changes)
+    obj.update(token=n.token, id=n.job_id or n.apns_id or None, **changes)
     return msgspec.json.encode(obj)
 
 

@@ -239,4 +239,4 @@ class Session:
 
     def describe(self, n: Notification) -> str:
         """A short, log-safe name for a notification."""
-        return f"{shorten(n.token)}#{n.apns_id[-6:]}"
+        return f"{shorten(n.token)}#{n.apns_id[-6:]}" if n.apns_id else shorten(n.token)
