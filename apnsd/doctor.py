@@ -37,16 +37,20 @@ class _Report:
         self.out, self.errors, self.warnings = out, 0, 0
 
     def info(self, label: str, value: str) -> None:
+        """One fact about the app, aligned under its label."""
         self.out.write(f"  {label:<14}{value}\n")
 
     def ok(self, message: str) -> None:
+        """A check that passed."""
         self.out.write(f"ok     {message}\n")
 
     def warn(self, message: str) -> None:
+        """A problem that does not stop delivery (yet)."""
         self.warnings += 1
         self.out.write(f"WARN   {message}\n")
 
     def error(self, message: str) -> None:
+        """A problem that makes `apnsd check` exit 1."""
         self.errors += 1
         self.out.write(f"ERROR  {message}\n")
 
