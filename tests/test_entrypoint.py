@@ -6,7 +6,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,11 +53,35 @@ def _can_run(argv: list[str]) -> str:
     return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
 
 
-def venv_unusable_as(uid: int, gid: int) -> str:
-    """'' if uid:gid can run this venv's interpreter (the same Python) and import apnsd's daemon, else why not."""
-    probe = f"import sys; assert sys.version == {sys.version!r}, 'runs Python ' + sys.version; import apnsd.daemon"
-    return _can_run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", str(VENV_BIN / "python"),
-                     "-c", probe])
+def venv_unusable_as(bin_dir: Path, uid: int, gid: int) -> str:
+    """'' if uid:gid can run that venv's interpreter and import apnsd's daemon, else why not."""
+    return _can_run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", str(bin_dir / "python"),
+                     "-c", "import apnsd.daemon, supervisor"])
+
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHONS = ("/usr/local/bin/python3.11", "/usr/bin/python3.11", "/usr/bin/python3")
+
+
+@pytest.fixture(scope="module")
+def image_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """apnsd installed as the Dockerfile installs it (``pip install .``, not editable) into a venv built
+    from a system Python that any user can read, like the image's; returns its bin directory.
+
+    The test venv cannot stand in for it as a non-root user: its interpreter lives under /root here."""
+    python = next((p for p in SYSTEM_PYTHONS if os.access(p, os.X_OK)), None)
+    assert python is not None, f"no system Python 3 found ({', '.join(SYSTEM_PYTHONS)})"
+    base = Path(tempfile.mkdtemp(prefix="apnsd-image-venv-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
+    venv = base / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True,
+                          timeout=600, cwd=base)
+    assert 0 == done.returncode, done.stderr[-2000:]
+    for path in (base, *base.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o055 | (0o011 if path.is_dir() else 0))
+    yield venv / "bin"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -130,23 +153,22 @@ def container(request: pytest.FixtureRequest, pki: Any, redis_server: Any, binar
     """A fresh container layout for the image's user (uid from USER) or for root, with a binary mock gateway."""
     as_root = os.geteuid() == 0
     user: tuple[int, int] | None = None
+    bin_dir = VENV_BIN
     if request.param == "image-user":
         if as_root:
             uid, gid = image_user()
-            why = venv_unusable_as(uid, gid)
-            if why:
-                pytest.skip(f"uid {uid} cannot use this venv (its interpreter or libraries are not readable "
-                            f"by that user here, so the image user variant cannot run): {why}")
+            bin_dir = request.getfixturevalue("image_install")
+            assert "" == venv_unusable_as(bin_dir, uid, gid)
             user = (uid, gid)
     elif not as_root:
         pytest.skip("the tests do not run as root, so there is no root variant to run")
-    private_tmp = (as_root and not VENV_BIN.is_relative_to("/tmp")  # the venv must stay visible
+    private_tmp = (as_root and not bin_dir.is_relative_to("/tmp")  # the venv must stay visible
                    and not _can_run(["unshare", "--mount", "--propagation", "private", "true"]))
     base = Path(tempfile.mkdtemp(prefix="apnsd-image-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     mock = binary_mock()
     c = setup_container(base, user, private_tmp, pki)
     secrets = base / "run" / "secrets" / "apnsd"
-    c.env = {**image_env(), "PATH": f"{VENV_BIN}:{DOCKER_PATH}", "HOME": "/nonexistent" if user else "/root",
+    c.env = {**image_env(), "PATH": f"{bin_dir}:{DOCKER_PATH}", "HOME": "/nonexistent" if user else "/root",
              # what `docker run -e ...` adds; metrics moved off 0.0.0.0 as the Dockerfile comment says to
              "APNSD_REDIS_URL": redis_server.url, "APNSD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
              "APNSD_APP_DEFAULT_HOST": mock.host, "APNSD_APP_DEFAULT_PORT": str(mock.port),
