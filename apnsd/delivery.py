@@ -65,6 +65,8 @@ class Feeder(threading.Thread):
                 if not raws:
                     loop.jq.wait(loop.queue, cfg.block_timeout)
             except QueueError as exc:
+                if self.stop.is_set():
+                    return  # stopping: the blocking wait may outlive the Redis connection, not an outage
                 self.outage.failed(str(exc))
                 self.stop.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
                 continue
