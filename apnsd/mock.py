@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,8 +42,6 @@ class MockGateway:
                  host: str = "127.0.0.1", port: int = 0, binary_faults: BinaryFaults = BinaryFaults(),
                  http2_faults: Any = None, record: MockRecord | None = None,
                  feedback: list[tuple[int, bytes]] | None = None, now: Callable[[], float] | None = None) -> None:
-        import time
-
         self.protocol = protocol
         self.record = record or MockRecord()
         self.binary_faults = binary_faults
@@ -226,21 +225,16 @@ class MockGateway:
             out = h2c.receive(data)
             if out:
                 conn.sendall(out)
-        if h2c.abrupt if hasattr(h2c, "abrupt") else False:
+        if h2c.abrupt:
             return
         _close_gracefully(conn)
 
 
 def _close_gracefully(conn: SSL.Connection) -> None:
-    """TLS close_notify, then read and discard briefly so the peer gets our last bytes before any reset."""
+    """TLS close_notify, then read and discard until the peer closes (or the mock stops), so the peer
+    gets our last bytes (an error response) before any reset could destroy them."""
     try:
         conn.shutdown()
-    except (SSL.Error, OSError):
-        return
-    sock = conn.get_socket() if hasattr(conn, "get_socket") else None
-    try:
-        if sock is not None:
-            sock.settimeout(0.5)
         while conn.recv(READ_SIZE):
             pass
     except (SSL.Error, OSError):
