@@ -13,7 +13,6 @@ class Kind(enum.Enum):
     UNREGISTERED = "unregistered"
     DEAD = "dead"
     RETRY = "retry"  # counted attempt, sent again later with backoff
-    RESEND = "resend"  # never reached the gateway's judgement; sent again on the next connection, not counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +26,6 @@ class Outcome:
 
 
 DELIVERED = Outcome(Kind.DELIVERED, 200)
-RESEND = Outcome(Kind.RESEND, None, "connection_lost")
 
 BINARY_STATUS_REASONS = {
     0: "NoErrors",

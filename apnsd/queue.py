@@ -292,11 +292,6 @@ class JobQueue:
         # Count without decoding the jobs: they are msgpack str, and not every job is valid UTF-8.
         return sum(len(msgspec.msgpack.decode(b, type=list[msgspec.Raw])) for b in blobs)
 
-    def ping(self) -> None:
-        """Check Redis answers."""
-        with redis_errors("ping"):
-            self.client.ping()
-
     # --- inspection (stats, health, dead letters) -------------------------------------------
 
     def depth(self, queue: str) -> int:
