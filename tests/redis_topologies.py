@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from apnsd.embedded import free_port
+from apnsd.embedded import free_port, kill_process, stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -102,20 +102,12 @@ class Node:
 
     def kill(self) -> None:
         """SIGKILL by PID: a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         self.proc = None
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL if it does not go."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

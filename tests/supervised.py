@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+from apnsd.embedded import stop_process
 
 T = TypeVar("T")
 
@@ -74,14 +75,7 @@ class OutputReader:
 
 def stop_by_pid(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
     """SIGTERM the process by its PID, wait, SIGKILL if it does not go; returns its exit code."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
+    return stop_process(proc, timeout)
 
 
 def supervisorctl(conf: Path, *args: str, env: dict[str, str] | None = None,
