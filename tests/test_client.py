@@ -77,6 +77,14 @@ def queued(rdb: Any, queue: str = "apnsd:queue") -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in reversed(rdb.lrange(queue, 0, -1))]
 
 
+def queued_job(rdb: Any, schema: Any, token: str) -> dict[str, Any]:
+    """The one job an example queued: for ``token``, and valid against the job schema."""
+    jobs = queued(rdb)
+    assert [token] == [j["token"] for j in jobs]
+    schema.validate(jobs[0])
+    return jobs[0]
+
+
 def assert_delivered_once(config: Any, mock: Any, rdb: Any, token: str) -> None:
     """Run the daemon until drained and check the gateway accepted ``token`` exactly once."""
     assert 0 == run_drained(config)
@@ -95,10 +103,7 @@ def test_redis_cli_example_is_delivered(rdb, redis_server, http2_mock, make_conf
     token = good_tokens(1, seed=61)[0]
     subprocess.run(["bash", "-c", localised(doc_example("redis-cli"), redis_server.port, token)],
                    check=True, capture_output=True, timeout=10)
-    jobs = queued(rdb)
-    assert [token] == [j["token"] for j in jobs]
-    assert abs(time.time() - jobs[0]["enqueued_at"]) < 5
-    schema.validate(jobs[0])
+    assert abs(time.time() - queued_job(rdb, schema, token)["enqueued_at"]) < 5
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
 
@@ -109,9 +114,7 @@ def test_python_example_is_delivered(rdb, redis_server, http2_mock, make_config,
     token = good_tokens(1, seed=62)[0]
     subprocess.run([sys.executable, "-c", localised(doc_example("python"), redis_server.port, token)],
                    check=True, capture_output=True, timeout=30, cwd=ROOT)
-    jobs = queued(rdb)
-    assert [token] == [j["token"] for j in jobs]
-    schema.validate(jobs[0])
+    queued_job(rdb, schema, token)
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
 
@@ -127,9 +130,7 @@ def test_php_example_is_delivered(rdb, redis_server, binary_mock, make_config, s
     script = tmp_path / "push.php"
     script.write_text("<?php\n" + localised(doc_example("php"), redis_server.port, token) + "\n")
     subprocess.run(["php", str(script)], check=True, capture_output=True, timeout=10)
-    jobs = queued(rdb)
-    assert [token] == [j["token"] for j in jobs]
-    schema.validate(jobs[0])
+    queued_job(rdb, schema, token)
     mock = binary_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
 
@@ -144,9 +145,7 @@ def test_ruby_example_is_delivered(rdb, redis_server, http2_mock, make_config, s
     token = good_tokens(1, seed=59)[0]
     subprocess.run(["ruby", "-e", localised(doc_example("ruby"), redis_server.port, token)],
                    check=True, capture_output=True, timeout=10)
-    jobs = queued(rdb)
-    assert [token] == [j["token"] for j in jobs]
-    schema.validate(jobs[0])
+    queued_job(rdb, schema, token)
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
 

@@ -470,41 +470,23 @@ def test_two_workers_recovering_the_same_dead_worker_deliver_each_job_once(proto
 
 
 @pytest.mark.timeout(60)
-def test_commit_whose_answer_is_lost_is_not_written_twice(jq, rdb, redis_server, http2_mock, make_config):
-    """The Redis connection drops right after a commit ran (its answer never arrives): retrying that
-    commit must not write its dead letters a second time."""
-    tokens, bad = make_tokens(seed=1010, n=3000, bad={"bad1": 600})
+@pytest.mark.parametrize("step, seed", [("commit", 1010), ("take", 1111)])
+def test_redis_answer_lost_after_the_command_ran_resolves_every_job_once(step, seed, jq, rdb, redis_server,
+                                                                        http2_mock, make_config):
+    """The Redis connection drops right after a commit (or a take) ran and its answer never arrives: a
+    retried commit must not write its dead letters twice, and a taken batch is still delivered once."""
+    tokens, bad = make_tokens(seed=seed, n=3000, bad={"bad1": 600})
     mock = http2_mock(reject_prefixes=(("bad1", 400, "BadTopic"),))
     push_all(jq, [job(t) for t in tokens])
-    cutter = RedisCutter(redis_server.port, EXEC, cut={2, 5, 9, 14})
+    marker = EXEC if step == "commit" else jq._take.sha.encode()
+    cutter = RedisCutter(redis_server.port, marker, cut={2, 5, 9, 14})
     try:
         assert 0 == run_drained(make_config(mock, REDIS_URL=cutter.url, WORKER_BATCH_SIZE="100"))
     finally:
         cutter.close()
 
     t = tally(tokens, mock, jq, rdb)
-    t.line("redis_commit_answer_lost/http2", commits_cut=cutter.cuts)
-    assert 4 == cutter.cuts
-    assert_resolved(t)
-    assert (2400, 0) == (t.delivered, t.duplicates)
-    assert (bad["bad1"], 600) == (set(t.dead_by_token), t.dead)
-
-
-@pytest.mark.timeout(60)
-def test_take_whose_answer_is_lost_delivers_its_batch_once(jq, rdb, redis_server, http2_mock, make_config):
-    """The Redis connection drops right after a take ran (its batch moved to in-flight storage, the answer
-    never arrives): that batch is still delivered, once, and its dead letters written once."""
-    tokens, bad = make_tokens(seed=1111, n=3000, bad={"bad1": 600})
-    mock = http2_mock(reject_prefixes=(("bad1", 400, "BadTopic"),))
-    push_all(jq, [job(t) for t in tokens])
-    cutter = RedisCutter(redis_server.port, jq._take.sha.encode(), cut={2, 5, 9, 14})
-    try:
-        assert 0 == run_drained(make_config(mock, REDIS_URL=cutter.url, WORKER_BATCH_SIZE="100"))
-    finally:
-        cutter.close()
-
-    t = tally(tokens, mock, jq, rdb)
-    t.line("redis_take_answer_lost/http2", takes_cut=cutter.cuts)
+    t.line(f"redis_{step}_answer_lost/http2", cut=cutter.cuts)
     assert 4 == cutter.cuts
     assert_resolved(t)
     assert (2400, 0) == (t.delivered, t.duplicates)
