@@ -44,10 +44,9 @@ def redis_errors(what: str) -> Iterator[None]:
         raise QueueError(f"Redis unavailable during {what}: {exc}") from None
 
 
-def connect(url: str, socket_timeout: float = 5.0) -> redis.Redis:
-    """A Redis client for a redis://, rediss:// or unix:// URL."""
-    return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                                health_check_interval=30)
+def connect(url: str, socket_timeout: float = 5.0) -> Client:
+    """A Redis client for a plain redis://, rediss:// or unix:// URL (no Sentinel, no Cluster)."""
+    return client_for(RedisConfig(url=url, socket_timeout=socket_timeout))
 
 
 def client_for(rc: RedisConfig) -> Client:
