@@ -247,6 +247,16 @@ class DaemonProcess:
         self._log.close()
 
 
+def drain_with_a_new_worker(env: dict[str, str], log_path: Path, timeout: float = 90) -> DaemonProcess:
+    """Start another `apnsd run --drain` on the same Redis and wait for it to finish with exit 0."""
+    worker = DaemonProcess(env, log_path, drain=True)
+    try:
+        assert 0 == worker.wait(timeout), worker.tail()
+    finally:
+        worker.kill()
+    return worker
+
+
 # --- a cut between daemon and Redis -------------------------------------------------------------
 
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"

@@ -22,7 +22,8 @@ from apnsd.mock import BinaryFaults, MockGateway
 from apnsd.queue import JobQueue, connect
 from tests.conftest import job, push_all, run_drained
 from tests.faultkit import (EXEC, LINES, DaemonProcess, DaemonThread, LogTap, RedisCutter, StallingBinaryGateway,
-                            assert_resolved, connect_failures, daemon_env, make_tokens, resent_on_abrupt_loss, tally,
+                            assert_resolved, connect_failures, daemon_env, drain_with_a_new_worker, make_tokens,
+                            resent_on_abrupt_loss, tally,
                             wait_for)
 
 QUEUE = "apnsd:queue"
@@ -381,11 +382,7 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(protocol, 
         assert mid.delivered < JOBS_PER_PROCESS_TEST  # it was stopped mid-stream
         assert [True] == [e["clean"] for e in first.events("stopped")]
 
-        second = DaemonProcess(env, tmp_path / "second.log", drain=True)
-        try:
-            assert 0 == second.wait(90), second.tail()
-        finally:
-            second.kill()
+        second = drain_with_a_new_worker(env, tmp_path / "second.log")
     finally:
         first.kill()
 
@@ -417,11 +414,7 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(protocol, jq, rdb
         assert -signal.SIGKILL == first.wait(10)
         held = jq.inflight_count(QUEUE, first.worker_id)
 
-        second = DaemonProcess(env, tmp_path / "second.log", drain=True)
-        try:
-            assert 0 == second.wait(90), second.tail()
-        finally:
-            second.kill()
+        second = drain_with_a_new_worker(env, tmp_path / "second.log")
     finally:
         first.kill()
 
