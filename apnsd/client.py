@@ -2,7 +2,7 @@
 
 Every job is checked exactly as the daemon checks it (``JobParser``, with the app's payload limits)
 before anything reaches Redis, so a bad job fails in the caller with the reason code the daemon
-would have dead-lettered it with. Redis access goes through ``apnsd.queue``, its one home.
+would have dead-lettered it with. Redis access goes through ``apnsd.store.queue``, its one home.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import msgspec
 
 from apnsd.config import AppConfig, Config
 from apnsd.errors import JobError
-from apnsd.jobs import JobParser, normalise_token
-from apnsd.queue import JobQueue, client_for, connect
+from apnsd.core.jobs import JobParser, normalise_token
+from apnsd.store.queue import JobQueue, client_for, connect
 
 CHUNK = 1000  # jobs per LPUSH in enqueue_many
 # Keyword fields enqueue() accepts; anything else is a typo, not a field the daemon would read.
@@ -157,7 +157,7 @@ class Client:
 
 
 def _parser_for(apps: Mapping[str, AppConfig]) -> JobParser:
-    """A parser with the daemon's per-app protocol and payload limits (as ``apnsd.apps.make_parser``)."""
+    """A parser with the daemon's per-app protocol and payload limits (as ``apnsd.gateway.apps.make_parser``)."""
     return JobParser({name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
                       for name, app in apps.items()})
 

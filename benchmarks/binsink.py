@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from apnsd.devpki import make_dev_pki
+from apnsd.testing.devpki import make_dev_pki
 
 READ = 1 << 20
 _lock = threading.Lock()

@@ -12,8 +12,8 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from apnsd import binary
-from apnsd.devpki import DevPki
+from apnsd.wire import binary
+from apnsd.testing.devpki import DevPki
 
 from benchmarks.workload import PAYLOAD, token_hex
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import redis
 
-from apnsd.devpki import BUNDLE_ID, make_dev_pki
-from apnsd.embedded import RedisServer
+from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
+from apnsd.testing.redis_server import RedisServer
 
 from benchmarks import ceilings, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for

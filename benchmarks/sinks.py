@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from apnsd.devpki import DevPki
-from apnsd.embedded import free_port
+from apnsd.testing.devpki import DevPki
+from apnsd.testing.redis_server import free_port
 
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 

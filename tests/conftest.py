@@ -15,10 +15,10 @@ import redis
 
 from apnsd import logs
 from apnsd.config import Config, load_config
-from apnsd.daemon import Daemon
-from apnsd.embedded import RedisServer
-from apnsd.mock import BinaryFaults, MockGateway
-from apnsd.queue import JobQueue, connect
+from apnsd.worker.daemon import Daemon
+from apnsd.testing.redis_server import RedisServer
+from apnsd.testing.mock import BinaryFaults, MockGateway
+from apnsd.store.queue import JobQueue, connect
 
 pytest_plugins = ["tests.conftest_pki"]
 
@@ -89,7 +89,7 @@ def binary_mock(pki: Any) -> Iterator[Callable[..., MockGateway]]:
 @pytest.fixture
 def http2_mock(pki: Any) -> Iterator[Callable[..., MockGateway]]:
     """Factory for started HTTP/2 mock gateways; all are stopped at teardown."""
-    from apnsd.http2_mock import Http2Faults
+    from apnsd.testing.http2_mock import Http2Faults
 
     started: list[MockGateway] = []
 

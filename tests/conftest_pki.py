@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 from OpenSSL import SSL
 
-from apnsd.credentials import server_context
-from apnsd.devpki import DevPki, make_dev_pki
+from apnsd.gateway.credentials import server_context
+from apnsd.testing.devpki import DevPki, make_dev_pki
 
 H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 

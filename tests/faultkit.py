@@ -19,10 +19,10 @@ from typing import Any
 import redis
 
 from apnsd.config import Config
-from apnsd.daemon import Daemon
+from apnsd.worker.daemon import Daemon
 from apnsd.metrics import REGISTRY
-from apnsd.mock import MockGateway
-from apnsd.queue import JobQueue
+from apnsd.testing.mock import MockGateway
+from apnsd.store.queue import JobQueue
 from tests.conftest import LOG, inflight_keys
 from tests.supervised import wait_for
 
@@ -373,8 +373,8 @@ class StallingBinaryGateway:
     def __init__(self, pki: Any, stall: float) -> None:
         import socket
 
-        from apnsd.credentials import server_context
-        from apnsd.mockrecord import MockRecord
+        from apnsd.gateway.credentials import server_context
+        from apnsd.testing.record import MockRecord
 
         self.record = MockRecord(keep_payloads=False)
         self._ctx = server_context(pki.server_cert, pki.server_key, pki.ca_cert)
@@ -397,8 +397,8 @@ class StallingBinaryGateway:
     def _serve(self, sock: Any) -> None:
         from OpenSSL import SSL
 
-        from apnsd import binary
-        from apnsd.mockrecord import Received
+        from apnsd.wire import binary
+        from apnsd.testing.record import Received
 
         conn = SSL.Connection(self._ctx, sock)
         conn.set_accept_state()

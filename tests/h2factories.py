@@ -11,9 +11,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from apnsd.http2 import Event, H2ClientConnection, RequestTemplate
-from apnsd.http2_mock import FaultState, Http2Faults, Http2GatewayConnection
-from apnsd.mockrecord import MockRecord
+from apnsd.wire.http2.connection import Event, H2ClientConnection, RequestTemplate
+from apnsd.testing.http2_mock import FaultState, Http2Faults, Http2GatewayConnection
+from apnsd.testing.record import MockRecord
 
 TOKEN = "ab" * 32
 APNS_ID = "123e4567-e89b-42d3-a456-426614174000"

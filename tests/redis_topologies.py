@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from apnsd.embedded import free_port, kill_process, stop_process
+from apnsd.testing.redis_server import free_port, kill_process, stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"

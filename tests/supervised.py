@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from apnsd.embedded import stop_process
+from apnsd.testing.redis_server import stop_process
 
 T = TypeVar("T")
 

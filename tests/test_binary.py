@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apnsd.binary import (
+from apnsd.wire.binary import (
     ErrorResponse, Frame, decode_frames, encode_error_response, encode_feedback, encode_frame, parse_error_response,
     parse_feedback,
 )

@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.cli import main
-from apnsd.daemon import Daemon
-from apnsd.embedded import free_port
-from apnsd.outcome_log import dead_entry
+from apnsd.cli.main import main
+from apnsd.worker.daemon import Daemon
+from apnsd.testing.redis_server import free_port
+from apnsd.worker.outcome_log import dead_entry
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"

@@ -15,11 +15,11 @@ import jsonschema
 import msgspec
 import pytest
 
-from apnsd import cli
+from apnsd.cli import main as cli
 from apnsd.client import Client
-from apnsd.demo import sample_jobs
+from apnsd.cli.demo import sample_jobs
 from apnsd.errors import JobError
-from apnsd.jobs import MAX_COLLAPSE_ID, PRIORITIES, PUSH_TYPE_SUFFIXES
+from apnsd.core.jobs import MAX_COLLAPSE_ID, PRIORITIES, PUSH_TYPE_SUFFIXES
 from tests.conftest import good_tokens, inflight_keys, run_drained
 
 ROOT = Path(__file__).resolve().parent.parent

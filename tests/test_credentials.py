@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from apnsd.certinfo import parse_topics
-from apnsd.credentials import (
+from apnsd.gateway.certinfo import parse_topics
+from apnsd.gateway.credentials import (
     TokenSigner, check_validity, client_context, inspect_certificate, load_identity, load_public_key, server_context,
     verify_hostname, verify_token,
 )
-from apnsd.devpki import DevPki, make_dev_pki, topics_extension
+from apnsd.testing.devpki import DevPki, make_dev_pki, topics_extension
 from apnsd.errors import CredentialsError
 
 TOPICS = (("com.example.app", "app"), ("com.example.app.voip", "voip"), ("com.example.app.complication", "complication"))

@@ -9,7 +9,7 @@ import subprocess
 import msgspec
 import pytest
 
-from apnsd.credentials import load_public_key
+from apnsd.gateway.credentials import load_public_key
 from tests.conftest import LOG, good_tokens, inflight_keys, job, push_all, run_drained
 
 
@@ -163,7 +163,7 @@ def test_scheduled_reconnect_is_make_before_break(jq, rdb, http2_mock, make_conf
     import threading
     import time
 
-    from apnsd.daemon import Daemon
+    from apnsd.worker.daemon import Daemon
 
     mock = http2_mock(max_concurrent_streams=50)
     tokens = good_tokens(20_000, seed=22)
@@ -188,8 +188,8 @@ def test_scheduled_reconnect_is_make_before_break(jq, rdb, http2_mock, make_conf
 
 def test_ipv6_loopback_gateway(jq, rdb, pki, make_config):
     """A gateway on [::1] is reached over IPv6, its certificate checked against the IP, :authority bracketed."""
-    from apnsd.http2_mock import Http2Faults
-    from apnsd.mock import MockGateway
+    from apnsd.testing.http2_mock import Http2Faults
+    from apnsd.testing.mock import MockGateway
 
     tokens = good_tokens(50, seed=23)
     push_all(jq, [job(t) for t in tokens])

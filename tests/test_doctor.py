@@ -7,8 +7,8 @@ import socket
 from collections.abc import Callable
 
 from apnsd.config import load_config
-from apnsd.devpki import DevPki
-from apnsd.doctor import run_check
+from apnsd.testing.devpki import DevPki
+from apnsd.cli.check import run_check
 from tests.conftest_pki import OneShotServer
 
 ENV = "APNSD_APP_DEFAULT_"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from apnsd.embedded import free_port
-from apnsd.queue import JobQueue
+from apnsd.testing.redis_server import free_port
+from apnsd.store.queue import JobQueue
 from tests.conftest import job, push_all
 from tests.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid, wait_for
 from tests.test_deploy import copied_to, exec_form, instructions
@@ -56,7 +56,7 @@ def _can_run(argv: list[str]) -> str:
 def venv_unusable_as(bin_dir: Path, uid: int, gid: int) -> str:
     """'' if uid:gid can run that venv's interpreter and import apnsd's daemon, else why not."""
     return _can_run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", str(bin_dir / "python"),
-                     "-c", "import apnsd.daemon, supervisor"])
+                     "-c", "import apnsd.worker.daemon, supervisor"])
 
 
 REPO = Path(__file__).resolve().parent.parent

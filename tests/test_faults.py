@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.embedded import RedisServer, free_port
-from apnsd.mock import BinaryFaults, MockGateway
-from apnsd.queue import JobQueue, connect
+from apnsd.testing.redis_server import RedisServer, free_port
+from apnsd.testing.mock import BinaryFaults, MockGateway
+from apnsd.store.queue import JobQueue, connect
 from tests.conftest import job, push_all, run_drained
 from tests.faultkit import (EXEC, LINES, DaemonProcess, DaemonThread, LogTap, RedisCutter, StallingBinaryGateway,
                             assert_resolved, connect_failures, daemon_env, drain_with_a_new_worker, make_tokens,
@@ -51,7 +51,7 @@ def gateway_later(pki: Any) -> Iterator[Callable[..., MockGateway]]:
     started: list[MockGateway] = []
 
     def start(protocol: str, port: int, **faults: Any) -> MockGateway:
-        from apnsd.http2_mock import Http2Faults
+        from apnsd.testing.http2_mock import Http2Faults
 
         m = MockGateway(protocol, pki.server_cert, pki.server_key, pki.ca_cert, port=port,
                         binary_faults=BinaryFaults(**faults) if protocol == "binary" else BinaryFaults(),

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apnsd import http2_frames as f
-from apnsd.http2 import (GoAwayReceived, H2ClientConnection, H2ProtocolError, NoStreamAvailable, PingAcked,
+from apnsd.wire.http2 import frames as f
+from apnsd.wire.http2.connection import (GoAwayReceived, H2ClientConnection, H2ProtocolError, NoStreamAvailable, PingAcked,
                          RequestTemplate, ResponseReceived, SettingsChanged, StreamReset, decode_response_reason,
                          effective_priority)
 from apnsd.errors import JobError
-from apnsd.jobs import PUSH_TYPE_SUFFIXES
+from apnsd.core.jobs import PUSH_TYPE_SUFFIXES
 from tests.h2factories import (APNS_ID, TEMPLATE, TOPIC, apns_id, client_pair, expected_headers, frames_in,
                                h2_server, raw_frame, send)
 

@@ -9,11 +9,11 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from apnsd.credentials import TokenSigner
-from apnsd.http2_frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
-from apnsd.http2 import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
-from apnsd.http2_mock import FaultState, Http2Faults
-from apnsd.mockrecord import Received
+from apnsd.gateway.credentials import TokenSigner
+from apnsd.wire.http2.frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
+from apnsd.wire.http2.connection import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
+from apnsd.testing.http2_mock import FaultState, Http2Faults
+from apnsd.testing.record import Received
 from tests.h2factories import (APNS_ID, NOW, PAYLOAD, TOKEN, TOPIC, Answer, apns_id, frames_in, gateway,
                                our_client, raw_frame, ref_client, request_headers)
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apnsd.errors import ProtocolError
-from apnsd.http2_status import response_status
+from apnsd.wire.http2.status import response_status
 
 statuses = st.sampled_from([200, 204, 206, 304, 400, 403, 404, 405, 410, 413, 429, 500, 503])
 header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=0, max_size=40)

@@ -9,16 +9,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.apps import make_parser
+from apnsd.gateway.apps import make_parser
 from apnsd.config import load_config
 from apnsd.errors import JobError
-from apnsd.jobs import ApnsIds, JobParser, Notification, Rejected, normalise_token, retry_job, single_job
+from apnsd.core.jobs import ApnsIds, JobParser, Notification, Rejected, normalise_token, retry_job, single_job
 
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 OTHER = "ab" * 32
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-# app → (protocol, payload limit, voip payload limit), as apnsd.apps.make_parser builds it from config
+# app → (protocol, payload limit, voip payload limit), as apnsd.gateway.apps.make_parser builds it from config
 LIMITS = {"default": ("http2", 4096, 5120), "legacy": ("binary", 2048, 2048)}
 
 

@@ -11,10 +11,10 @@ import pytest
 
 from apnsd.client import Client
 from apnsd.config import Config, load_config
-from apnsd.credentials import load_public_key
-from apnsd.daemon import Daemon
-from apnsd.mock import MockGateway
-from apnsd.queue import JobQueue
+from apnsd.gateway.credentials import load_public_key
+from apnsd.worker.daemon import Daemon
+from apnsd.testing.mock import MockGateway
+from apnsd.store.queue import JobQueue
 from tests.conftest import good_tokens, inflight_keys, run_drained
 
 ALERT = {"aps": {"alert": "hello"}}
@@ -64,7 +64,7 @@ def test_three_workers_share_one_queue_and_deliver_each_job_exactly_once(jq, rdb
                 taken[self.worker_id] += len(raws)
             return raws
 
-    monkeypatch.setattr("apnsd.daemon.JobQueue", CountingQueue)
+    monkeypatch.setattr("apnsd.worker.daemon.JobQueue", CountingQueue)
     mock = http2_mock()
     mock.record.keep_payloads = False
     tokens = good_tokens(100_000, seed=11)

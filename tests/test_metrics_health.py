@@ -16,11 +16,12 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from apnsd import __version__, cli
+from apnsd import __version__
+from apnsd.cli import main as cli
 from apnsd.config import Config, load_config
-from apnsd.daemon import Daemon
-from apnsd.embedded import free_port
-from apnsd.queue import JobQueue
+from apnsd.worker.daemon import Daemon
+from apnsd.testing.redis_server import free_port
+from apnsd.store.queue import JobQueue
 from tests import conftest
 from tests.conftest import inflight_keys, job, push_all
 from tests.supervised import wait_for

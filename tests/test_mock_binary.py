@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from apnsd.binary import encode_frame
-from apnsd.credentials import client_context, load_identity
-from apnsd.mock import MockGateway
+from apnsd.wire.binary import encode_frame
+from apnsd.gateway.credentials import client_context, load_identity
+from apnsd.testing.mock import MockGateway
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = [bytes([0xA0 + i]) * 32 for i in range(5)]

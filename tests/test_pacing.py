@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from apnsd.pacing import ConnectPacer, retry_delay
+from apnsd.core.pacing import ConnectPacer, retry_delay
 
 
 class Highest(random.Random):

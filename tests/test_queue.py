@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.embedded import free_port
+from apnsd.testing.redis_server import free_port
 from apnsd.errors import QueueError
-from apnsd.outcome_log import dead_entry
-from apnsd.queue import Commit, JobQueue, connect
+from apnsd.worker.outcome_log import dead_entry
+from apnsd.store.queue import Commit, JobQueue, connect
 
 Q = "apnsd:queue"
 

@@ -14,9 +14,9 @@ import redis
 from redis.crc import key_slot
 
 from apnsd.config import load_config
-from apnsd.daemon import Daemon
+from apnsd.worker.daemon import Daemon
 from apnsd.errors import ConfigError, QueueError
-from apnsd.queue import Commit, JobQueue, Keys, client_for, connect
+from apnsd.store.queue import Commit, JobQueue, Keys, client_for, connect
 from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.redis_topologies import ClusterSetup, Node, SentinelSetup, wait_for
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from apnsd.embedded import free_port
-from apnsd.mock import MockGateway
-from apnsd.queue import JobQueue
+from apnsd.testing.redis_server import free_port
+from apnsd.testing.mock import MockGateway
+from apnsd.store.queue import JobQueue
 from tests.conftest import inflight_keys, job, push_all
 from tests.supervised import (
     SUPERVISORD_CONF, VENV_BIN, OutputReader, clean_env, program_state, stop_by_pid, supervisorctl, wait_for,

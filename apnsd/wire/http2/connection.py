@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections import deque
 from typing import NoReturn
 
-from apnsd import http2_frames as f
+from apnsd.wire.http2 import frames as f
 from apnsd.errors import ProtocolError
-from apnsd.http2_status import response_status
-from apnsd.http2_hpack import TABLE_SIZE_ZERO, RequestEncoder
-from apnsd.http2_events import (Event, GoAwayReceived, H2ProtocolError, NoStreamAvailable, PingAcked,
+from apnsd.wire.http2.status import response_status
+from apnsd.wire.http2.hpack import TABLE_SIZE_ZERO, RequestEncoder
+from apnsd.wire.http2.events import (Event, GoAwayReceived, H2ProtocolError, NoStreamAvailable, PingAcked,
                                 RequestTemplate, ResponseReceived, SettingsChanged, StreamReset,
                                 decode_response_reason, effective_priority)
 

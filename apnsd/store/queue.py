@@ -24,7 +24,7 @@ from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, has_hash_tag
 from apnsd.errors import QueueError
-from apnsd.queue_layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
+from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
 
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete

@@ -11,10 +11,10 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from apnsd import binary
-from apnsd.credentials import inspect_certificate, server_context
+from apnsd.wire import binary
+from apnsd.gateway.credentials import inspect_certificate, server_context
 from apnsd.errors import ProtocolError
-from apnsd.mockrecord import MockRecord, Received
+from apnsd.testing.record import MockRecord, Received
 
 READ_SIZE = 256 * 1024
 
@@ -61,7 +61,7 @@ class MockGateway:
         self._counters = _Counters()
         self._h2_state: Any = None
         if protocol == "http2":
-            from apnsd.http2_mock import FaultState, Http2Faults
+            from apnsd.testing.http2_mock import FaultState, Http2Faults
 
             self.http2_faults = http2_faults or Http2Faults()
             self._h2_state = FaultState()
@@ -210,7 +210,7 @@ class MockGateway:
     # --- http2 -------------------------------------------------------------------------------
 
     def _serve_http2(self, conn: SSL.Connection) -> None:
-        from apnsd.http2_mock import Http2GatewayConnection
+        from apnsd.testing.http2_mock import Http2GatewayConnection
 
         faults = self.http2_faults
         cert = conn.get_peer_certificate(as_cryptography=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apnsd.credentials import ClientIdentity, TokenSigner
+from apnsd.gateway.credentials import ClientIdentity, TokenSigner
 
 
 @dataclass

@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 from apnsd import metrics
-from apnsd.credentials import TokenSigner
-from apnsd.http2 import (GoAwayReceived, H2ClientConnection, H2ProtocolError, PingAcked, RequestTemplate,
+from apnsd.gateway.credentials import TokenSigner
+from apnsd.wire.http2.connection import (GoAwayReceived, H2ClientConnection, H2ProtocolError, PingAcked, RequestTemplate,
                          ResponseReceived, SettingsChanged, StreamReset, effective_priority)
-from apnsd.jobs import Notification
-from apnsd.outcomes import Kind, Outcome, http2_outcome
-from apnsd.session import Resolved, Session
+from apnsd.core.jobs import Notification
+from apnsd.core.outcomes import Kind, Outcome, http2_outcome
+from apnsd.gateway.session import Resolved, Session
 
 REFUSED_STREAM = 7
 PING_TIMEOUT = 30.0

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     hc.add_argument("--liveness", action="store_true",
                     help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures")
 
-    from apnsd.mock_cli import add_mock_arguments
+    from apnsd.cli.mock import add_mock_arguments
 
     add_mock_arguments(cmd("mock", None, "Run a local fake APNs gateway (binary or HTTP/2) over TLS."))
     return p
@@ -107,11 +107,11 @@ def _run(args: argparse.Namespace) -> int:
 
     path = find_config_path(args.config, os.environ)
     if path is None and not has_env_overrides(os.environ):
-        from apnsd.demo import run_demo
+        from apnsd.cli.demo import run_demo
 
         return run_demo(args.demo_jobs, drain=args.drain)
     from apnsd.config import load_config
-    from apnsd.daemon import Daemon
+    from apnsd.worker.daemon import Daemon
 
     config = load_config(path)
     logs.configure(config.log.format, config.log.level)
@@ -119,8 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _queue(config: Any) -> Any:
-    from apnsd.daemon import default_worker_id
-    from apnsd.queue import JobQueue, client_for
+    from apnsd.worker.daemon import default_worker_id
+    from apnsd.store.queue import JobQueue, client_for
 
     return JobQueue(client_for(config.redis), config.redis.prefix, "cli:" + default_worker_id())
 
@@ -146,7 +146,7 @@ def _push(args: argparse.Namespace) -> int:
     for key in ("topic", "push_type", "priority", "expiration", "collapse_id", "id"):
         if getattr(args, key) is not None:
             job[key] = getattr(args, key)
-    from apnsd.jobs import JobParser
+    from apnsd.core.jobs import JobParser
 
     app = config.apps[args.app]
     good, bad = JobParser({args.app: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))}).parse(msgspec.json.encode(job))
@@ -167,13 +167,13 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from apnsd.doctor import run_check
+    from apnsd.cli.check import run_check
 
     return run_check(_load(args), args.connect, sys.stdout)
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from apnsd.stats import collect, render
+    from apnsd.cli.stats import collect, render
 
     data = collect(_load(args), _queue)
     print(json.dumps(data, indent=2) if args.json else render(data))
@@ -181,7 +181,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _dead(args: argparse.Namespace) -> int:
-    from apnsd.stats import dead_list, dead_requeue
+    from apnsd.cli.stats import dead_list, dead_requeue
 
     config = _load(args)
     if args.action == "list":
@@ -190,7 +190,7 @@ def _dead(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from apnsd.stats import health
+    from apnsd.cli.stats import health
 
     ok, reason = health(_load(args), _queue, liveness=args.liveness)
     print(reason)

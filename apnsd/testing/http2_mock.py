@@ -5,7 +5,7 @@ in a MockRecord, advertises one stream until the first accepted request like APN
 injects faults (rejected token prefixes, error bursts, GOAWAY, abrupt close). Reasons APNs
 does not document, chosen here: a body that is not a JSON object gets 400 ``BadPayload``; a
 topic without the suffix its push type needs gets 400 ``BadTopic``. The socket server that
-drives it lives in ``apnsd.mock``.
+drives it lives in ``apnsd.testing.mock``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import h2.exceptions
 import h2.settings
 import msgspec
 
-from apnsd.jobs import MAX_COLLAPSE_ID, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, PUSH_TYPE_SUFFIXES
-from apnsd.mockrecord import MockRecord, Received
+from apnsd.core.jobs import MAX_COLLAPSE_ID, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, PUSH_TYPE_SUFFIXES
+from apnsd.testing.record import MockRecord, Received
 
 PAYLOAD_LIMIT, VOIP_PAYLOAD_LIMIT = 4096, 5120
 REFUSED_STREAM = 0x7
@@ -302,7 +302,7 @@ class Http2GatewayConnection:
         token, second, verdict = self._jwt_seen
         if token == jwt and second == int(now):
             return verdict  # ES256 verification costs more than the rest of a request
-        from apnsd.credentials import decode_token, verify_token  # pyOpenSSL & co. only under token auth
+        from apnsd.gateway.credentials import decode_token, verify_token  # pyOpenSSL & co. only under token auth
 
         faults = self._faults
         ok, verdict = verify_token(jwt, faults.jwt_public_key, now, key_id=faults.jwt_key_id)  # type: ignore[arg-type]

@@ -7,14 +7,14 @@ from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config
-from apnsd.credentials import (
+from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS, TokenSigner, check_validity, client_context, load_identity, verify_hostname,
 )
 from apnsd.errors import CredentialsError
-from apnsd.identity import AppCredentials
-from apnsd.jobs import JobParser
-from apnsd.session import Session
-from apnsd.transport import TlsTransport
+from apnsd.gateway.identity import AppCredentials
+from apnsd.core.jobs import JobParser
+from apnsd.gateway.session import Session
+from apnsd.gateway.transport import TlsTransport
 
 
 def load_credentials(name: str, app: AppConfig) -> AppCredentials:
@@ -67,11 +67,11 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
 
     log = logs.get("session", app=name, protocol=app.protocol)
     if http2:
-        from apnsd.http2_session import Http2Session
+        from apnsd.gateway.http2_session import Http2Session
 
         return Http2Session(name, app, make_transport, log, signer=creds.signer,
                             default_topic=default_topic(app, creds))
-    from apnsd.binary_session import BinarySession
+    from apnsd.gateway.binary_session import BinarySession
 
     return BinarySession(name, app, make_transport, log)
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from apnsd.certinfo import PRODUCTION_OID, SANDBOX_OID, TOPICS_OID, verify_hostname
+from apnsd.gateway.certinfo import PRODUCTION_OID, SANDBOX_OID, TOPICS_OID, verify_hostname
 
 BUNDLE_ID = "com.example.app"
 TEAM_ID = "TEAM123456"

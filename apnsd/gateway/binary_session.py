@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from apnsd import binary
-from apnsd.jobs import Notification
-from apnsd.outcomes import DELIVERED, binary_outcome
-from apnsd.session import Resolved, Session
+from apnsd.wire import binary
+from apnsd.core.jobs import Notification
+from apnsd.core.outcomes import DELIVERED, binary_outcome
+from apnsd.gateway.session import Resolved, Session
 
 ID_MOD = 1 << 32
 SLOW_START = 256  # unconfirmed notifications allowed right after an abrupt loss; doubles per confirmation

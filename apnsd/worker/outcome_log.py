@@ -10,10 +10,10 @@ import msgspec
 
 from apnsd import metrics
 from apnsd.config import AppConfig
-from apnsd.jobs import Notification, Rejected, retry_job, single_job
-from apnsd.outcomes import DELIVERED, Kind, Outcome
-from apnsd.pacing import retry_delay
-from apnsd.queue import Commit
+from apnsd.core.jobs import Notification, Rejected, retry_job, single_job
+from apnsd.core.outcomes import DELIVERED, Kind, Outcome
+from apnsd.core.pacing import retry_delay
+from apnsd.store.queue import Commit
 
 _DELIVERED = Kind.DELIVERED.value
 

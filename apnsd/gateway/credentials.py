@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import pkcs12
 from OpenSSL import SSL, crypto
 
-from apnsd.certinfo import (
+from apnsd.gateway.certinfo import (
     EXPIRY_WARN_DAYS, CertificateInfo, check_validity, inspect_certificate, read_der, verify_hostname,
 )
 from apnsd.errors import CredentialsError

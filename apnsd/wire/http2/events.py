@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import msgspec
 
 from apnsd.errors import GatewayError, ProtocolError
-from apnsd.http2_frames import ERROR_NAMES
+from apnsd.wire.http2.frames import ERROR_NAMES
 
 
 @dataclass(frozen=True, slots=True)

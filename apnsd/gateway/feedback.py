@@ -7,12 +7,12 @@ import time
 
 import msgspec
 
-from apnsd import binary
+from apnsd.wire import binary
 from apnsd.config import AppConfig
-from apnsd.credentials import client_context, verify_hostname
+from apnsd.gateway.credentials import client_context, verify_hostname
 from apnsd.errors import GatewayError
-from apnsd.identity import AppCredentials
-from apnsd.transport import TlsTransport
+from apnsd.gateway.identity import AppCredentials
+from apnsd.gateway.transport import TlsTransport
 
 
 def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]]:

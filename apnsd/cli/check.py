@@ -14,7 +14,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from apnsd.config import AppConfig, Config
-from apnsd.credentials import (
+from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS, CertificateInfo, ClientIdentity, TokenSigner, check_validity, client_context, decode_token,
     load_ca_certificates, load_identity, load_public_key, verify_hostname, verify_token,
 )

@@ -10,7 +10,7 @@ from typing import Any
 
 from apnsd.config import Config
 from apnsd.errors import QueueError
-from apnsd.queue import JobQueue
+from apnsd.store.queue import JobQueue
 
 
 def collect(config: Config, open_queue: Callable[[Config], JobQueue]) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from typing import Any
 from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
 from apnsd.errors import QueueError
-from apnsd.jobs import JobParser, Notification, Rejected
-from apnsd.outcome_log import Batch, OutcomeRecorder
-from apnsd.outcomes import Kind, Outcome
-from apnsd.queue import Commit, JobQueue
-from apnsd.session import Session
+from apnsd.core.jobs import JobParser, Notification, Rejected
+from apnsd.worker.outcome_log import Batch, OutcomeRecorder
+from apnsd.core.outcomes import Kind, Outcome
+from apnsd.store.queue import Commit, JobQueue
+from apnsd.gateway.session import Session
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set

@@ -12,11 +12,11 @@ import msgspec
 
 from apnsd import logs
 from apnsd.config import load_config
-from apnsd.daemon import Daemon
-from apnsd.devpki import make_dev_pki
-from apnsd.embedded import RedisServer, free_port
-from apnsd.mock import MockGateway
-from apnsd.queue import JobQueue, connect
+from apnsd.worker.daemon import Daemon
+from apnsd.testing.devpki import make_dev_pki
+from apnsd.testing.redis_server import RedisServer, free_port
+from apnsd.testing.mock import MockGateway
+from apnsd.store.queue import JobQueue, connect
 
 UNREGISTERED_PREFIX = "dead"
 
@@ -34,7 +34,7 @@ def sample_jobs(count: int) -> list[bytes]:
 
 def run_demo(count: int, drain: bool) -> int:
     """Run the daemon against throwaway local Redis and mock gateway; with ``drain``, stop when done."""
-    from apnsd.http2_mock import Http2Faults
+    from apnsd.testing.http2_mock import Http2Faults
 
     logs.configure("auto", "info", sys.stderr)
     home = Path(tempfile.gettempdir()) / "apnsd-demo"

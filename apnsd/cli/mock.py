@@ -46,9 +46,9 @@ def _prefixes(items: list[str]) -> list[tuple[str, int, str]]:
 
 def build_mock(args: argparse.Namespace) -> Any:
     """The MockGateway the options describe (not started)."""
-    from apnsd.credentials import load_public_key
-    from apnsd.devpki import make_dev_pki
-    from apnsd.mock import BinaryFaults, MockGateway
+    from apnsd.gateway.credentials import load_public_key
+    from apnsd.testing.devpki import make_dev_pki
+    from apnsd.testing.mock import BinaryFaults, MockGateway
 
     pki = make_dev_pki(args.pki_dir)
     client_ca = None if args.no_client_cert or args.jwt_key else (args.client_ca or pki.ca_cert)
@@ -57,7 +57,7 @@ def build_mock(args: argparse.Namespace) -> Any:
     if args.protocol == "binary":
         kwargs["binary_faults"] = BinaryFaults(tuple((p, s) for p, s, _ in prefixes), args.close_after)
     else:
-        from apnsd.http2_mock import Http2Faults
+        from apnsd.testing.http2_mock import Http2Faults
 
         burst = None
         if args.burst:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from apnsd.errors import JobError
 
 if TYPE_CHECKING:
-    from apnsd.http2_events import RequestTemplate
+    from apnsd.wire.http2.events import RequestTemplate
 
 INDEXED_METHOD_POST = b"\x83"  # static index 3
 INDEXED_SCHEME_HTTPS = b"\x87"  # static index 7

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
+from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
 from apnsd.config import Config, load_config
-from apnsd.delivery import DeliveryLoop
-from apnsd.identity import AppCredentials
+from apnsd.worker.delivery import DeliveryLoop
+from apnsd.gateway.identity import AppCredentials
 from apnsd.errors import ApnsdError, GatewayError, QueueError
-from apnsd.feedback import poll_feedback, unregistered_entries
-from apnsd.outcome_log import OutcomeRecorder
-from apnsd.queue import JobQueue, client_for
+from apnsd.gateway.feedback import poll_feedback, unregistered_entries
+from apnsd.worker.outcome_log import OutcomeRecorder
+from apnsd.store.queue import JobQueue, client_for
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
 DRAIN_HORIZON = 300.0  # --drain waits for scheduled jobs due within this many seconds

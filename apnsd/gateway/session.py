@@ -9,10 +9,10 @@ from typing import Any
 from apnsd import metrics
 from apnsd.config import AppConfig
 from apnsd.errors import GatewayError, GatewayRejected
-from apnsd.jobs import Notification, shorten
-from apnsd.outcomes import Kind, Outcome
-from apnsd.pacing import ConnectPacer
-from apnsd.transport import TlsTransport
+from apnsd.core.jobs import Notification, shorten
+from apnsd.core.outcomes import Kind, Outcome
+from apnsd.core.pacing import ConnectPacer
+from apnsd.gateway.transport import TlsTransport
 
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
