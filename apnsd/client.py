@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 
 from apnsd.config import AppConfig, Config
-from apnsd.errors import JobError
 from apnsd.core.jobs import JobParser, normalise_token
+from apnsd.errors import JobError
 from apnsd.store.queue import JobQueue, client_for, connect
 
 CHUNK = 1000  # jobs per LPUSH in enqueue_many
@@ -36,9 +36,15 @@ class Client:
     own ``queue`` apply, as in the daemon.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "apnsd", *,
-                 apps: Mapping[str, AppConfig] | None = None, socket_timeout: float = 5.0,
-                 config: Config | None = None) -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "apnsd",
+        *,
+        apps: Mapping[str, AppConfig] | None = None,
+        socket_timeout: float = 5.0,
+        config: Config | None = None,
+    ) -> None:
         redis_client = client_for(config.redis) if config is not None else connect(url, socket_timeout)
         self._jq = JobQueue(redis_client, prefix, f"client:{socket.gethostname()}:{os.getpid()}")
         self._config = config
@@ -52,11 +58,17 @@ class Client:
     def from_config(cls, config: Any) -> Client:
         """A client for the Redis deployment (plain, Sentinel, Cluster), prefix, apps and queues (shards
         included) of an apnsd ``Config``."""
-        return cls(config.redis.url, config.redis.prefix, apps=config.apps, socket_timeout=config.redis.socket_timeout,
-                   config=config)
+        return cls(
+            config.redis.url,
+            config.redis.prefix,
+            apps=config.apps,
+            socket_timeout=config.redis.socket_timeout,
+            config=config,
+        )
 
-    def enqueue(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, *, app: str = "default",
-                **fields: Any) -> None:
+    def enqueue(
+        self, token: str | Sequence[str], payload: Mapping[str, Any] | str, *, app: str = "default", **fields: Any
+    ) -> None:
         """Validate one job and LPUSH it (a list of tokens fans out); with ``send_at`` it is scheduled instead."""
         job = self._job(token, payload, app, fields)
         raw = self._validate(job)
@@ -66,8 +78,15 @@ class Client:
         else:
             self._jq.push(queue, [raw])
 
-    def schedule(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, at: float, *,
-                 app: str = "default", **fields: Any) -> None:
+    def schedule(
+        self,
+        token: str | Sequence[str],
+        payload: Mapping[str, Any] | str,
+        at: float,
+        *,
+        app: str = "default",
+        **fields: Any,
+    ) -> None:
         """Validate one job and put it in the scheduled set, to be queued at unix time ``at``."""
         self.enqueue(token, payload, app=app, send_at=float(at), **fields)
 
@@ -94,7 +113,7 @@ class Client:
                 by_queue.setdefault(queue, []).append(raw)
         for queue, raws in by_queue.items():
             for start in range(0, len(raws), CHUNK):
-                self._jq.push(queue, raws[start:start + CHUNK])
+                self._jq.push(queue, raws[start : start + CHUNK])
         for queue, raw, at in scheduled:
             self._jq.schedule(queue, raw, at)
         return sum(map(len, by_queue.values())) + len(scheduled)
@@ -123,11 +142,14 @@ class Client:
 
     # --- validation --------------------------------------------------------------------------
 
-    def _job(self, token: str | Sequence[str], payload: Mapping[str, Any] | str, app: str,
-             fields: Mapping[str, Any]) -> dict[str, Any]:
+    def _job(
+        self, token: str | Sequence[str], payload: Mapping[str, Any] | str, app: str, fields: Mapping[str, Any]
+    ) -> dict[str, Any]:
         unknown = sorted(set(fields) - FIELDS)
         if unknown:
-            raise JobError("bad_field", f"unknown job field(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
+            raise JobError(
+                "bad_field", f"unknown job field(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
+            )
         job: dict[str, Any] = {"token": token} if isinstance(token, str) else {"tokens": list(token)}
         job.update(payload=payload, app=app)
         job.update({k: v for k, v in fields.items() if v is not None})
@@ -158,6 +180,6 @@ class Client:
 
 def _parser_for(apps: Mapping[str, AppConfig]) -> JobParser:
     """A parser with the daemon's per-app protocol and payload limits (as ``apnsd.gateway.apps.make_parser``)."""
-    return JobParser({name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
-                      for name, app in apps.items()})
-
+    return JobParser(
+        {name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip")) for name, app in apps.items()}
+    )

@@ -182,7 +182,12 @@ class Config(_Section):
 
 
 _SECTIONS = ("redis", "worker", "metrics", "log")
-_SECTION_TYPES: dict[str, type] = {"redis": RedisConfig, "worker": WorkerConfig, "metrics": MetricsConfig, "log": LogConfig}
+_SECTION_TYPES: dict[str, type] = {
+    "redis": RedisConfig,
+    "worker": WorkerConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
+}
 _PATH_KEYS = ("cert", "key", "pkcs12", "ca_file", "token_key")
 _REDIS_PATH_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
@@ -224,8 +229,9 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     except msgspec.ValidationError as exc:
         raise ConfigError(*_split_validation(str(exc))) from None
     apps = {name: _resolve_paths(app, base) for name, app in _convert_apps(raw_apps, config.apps).items()}
-    config = msgspec.structs.replace(config, redis=_resolve_paths(config.redis, base, _REDIS_PATH_KEYS),
-                                     apps=apps, source=path or "")
+    config = msgspec.structs.replace(
+        config, redis=_resolve_paths(config.redis, base, _REDIS_PATH_KEYS), apps=apps, source=path or ""
+    )
     validate(config)
     return config
 
@@ -236,9 +242,9 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     for var, value in env.items():
         if not var.startswith("APNSD_") or var == "APNSD_CONFIG":
             continue
-        rest = var[len("APNSD_"):].lower()
+        rest = var[len("APNSD_") :].lower()
         if rest.startswith("app_"):
-            name_key = rest[len("app_"):]
+            name_key = rest[len("app_") :]
             key = next((k for k in app_keys if name_key.endswith("_" + k)), None)
             if key is None:
                 raise ConfigError(var, f"ends in no known app key (one of: {', '.join(sorted(app_keys))})")
@@ -247,7 +253,10 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             continue
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
-            raise ConfigError(var, "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)")
+            raise ConfigError(
+                var,
+                "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)",
+            )
         raw.setdefault(section, {})[key] = _env_value(_SECTION_TYPES[section], key, value)
 
 
@@ -312,11 +321,19 @@ def validate(config: Config) -> None:
     _require(w.max_in_flight >= w.batch_size, "worker.max_in_flight", "must be at least worker.batch_size")
     _require(0.05 <= w.block_timeout <= 30, "worker.block_timeout", "must be between 0.05 and 30 seconds")
     _require(w.grace_period > 0, "worker.grace_period", "must be positive")
-    _require(0 < w.heartbeat_interval < w.heartbeat_ttl, "worker.heartbeat_ttl", "must be larger than worker.heartbeat_interval")
+    _require(
+        0 < w.heartbeat_interval < w.heartbeat_ttl,
+        "worker.heartbeat_ttl",
+        "must be larger than worker.heartbeat_interval",
+    )
     _validate_redis(config)
     if config.metrics.listen:
-        host, sep, port = config.metrics.listen.rpartition(":")
-        _require(bool(sep) and port.isdigit() and int(port) < 65536, "metrics.listen", "must be host:port, or empty to turn metrics off")
+        _host, sep, port = config.metrics.listen.rpartition(":")
+        _require(
+            bool(sep) and port.isdigit() and int(port) < 65536,
+            "metrics.listen",
+            "must be host:port, or empty to turn metrics off",
+        )
     _require(bool(config.apps), "apps", "at least one app must be configured")
     for name, app in config.apps.items():
         _validate_app(name, app)
@@ -331,45 +348,81 @@ def _validate_redis(config: Config) -> None:
         _require(not getattr(r, key) or scheme == "rediss", f"redis.{key}", "is used only with a rediss:// url")
     _require(not (r.cluster and r.sentinels), "redis.cluster", "choose Sentinel (redis.sentinels) or Cluster, not both")
     if r.sentinels:
-        _require(scheme != "unix", "redis.url", "with redis.sentinels, use a redis:// or rediss:// url (it gives the password, "
-                 "database and TLS for the master; its host is ignored)")
+        _require(
+            scheme != "unix",
+            "redis.url",
+            "with redis.sentinels, use a redis:// or rediss:// url (it gives the password, "
+            "database and TLS for the master; its host is ignored)",
+        )
         _require(bool(r.service), "redis.service", "must name the master the sentinels monitor (e.g. mymaster)")
         for s in r.sentinels:
             host, sep, port = s.rpartition(":")
-            _require(bool(host and sep) and port.isdigit() and 0 < int(port) < 65536, "redis.sentinels",
-                     f"{s!r} is not host:port")
+            _require(
+                bool(host and sep) and port.isdigit() and 0 < int(port) < 65536,
+                "redis.sentinels",
+                f"{s!r} is not host:port",
+            )
     if r.cluster:
-        _require(scheme != "unix", "redis.url", "with redis.cluster, use a redis:// or rediss:// url of any cluster node")
+        _require(
+            scheme != "unix", "redis.url", "with redis.cluster, use a redis:// or rediss:// url of any cluster node"
+        )
         db = rest.partition("/")[2].partition("?")[0]
         _require(db in ("", "0"), "redis.url", "Redis Cluster has only database 0")
         for name, app in config.apps.items():
-            _require(not app.queue or has_hash_tag(app.queue), f"apps.{name}.queue",
-                     "with redis.cluster, needs a hash tag such as \"{push}:queue\" so that its in-flight and "
-                     "scheduled keys share its slot")
+            _require(
+                not app.queue or has_hash_tag(app.queue),
+                f"apps.{name}.queue",
+                'with redis.cluster, needs a hash tag such as "{push}:queue" so that its in-flight and '
+                "scheduled keys share its slot",
+            )
     _require(0 <= r.shards <= 1024, "redis.shards", "must be between 0 (one queue) and 1024")
 
 
 def _validate_app(name: str, app: AppConfig) -> None:
     k = f"apps.{name}."
-    _require(name.replace("-", "").replace("_", "").isalnum() and name == name.lower(), f"apps.{name}", "app names are lower case letters, digits, - and _")
+    _require(
+        name.replace("-", "").replace("_", "").isalnum() and name == name.lower(),
+        f"apps.{name}",
+        "app names are lower case letters, digits, - and _",
+    )
     _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
     if app.token_key:
-        _require(app.protocol == "http2", k + "token_key", "token (.p8) auth exists only for protocol = \"http2\"")
+        _require(app.protocol == "http2", k + "token_key", 'token (.p8) auth exists only for protocol = "http2"')
         _require(not (app.cert or app.pkcs12), k + "token_key", "choose token auth or certificate auth, not both")
-        _require(len(app.key_id) == 10 and app.key_id.isalnum(), k + "key_id", "must be the 10-character key id of the .p8 key")
+        _require(
+            len(app.key_id) == 10 and app.key_id.isalnum(),
+            k + "key_id",
+            "must be the 10-character key id of the .p8 key",
+        )
         _require(len(app.team_id) == 10 and app.team_id.isalnum(), k + "team_id", "must be the 10-character team id")
         _require(bool(app.topic), k + "topic", "token auth needs the app's bundle id as topic")
-        _require(1200 <= app.token_refresh <= 3600, k + "token_refresh", "Apple allows refreshing between 20 and 60 minutes (1200-3600 s)")
+        _require(
+            1200 <= app.token_refresh <= 3600,
+            k + "token_refresh",
+            "Apple allows refreshing between 20 and 60 minutes (1200-3600 s)",
+        )
     _require(not (app.cert and app.pkcs12), k + "pkcs12", "set cert (PEM) or pkcs12, not both")
     _require(not (app.key and not app.cert), k + "key", "a key file needs a cert file")
     _require(0 <= app.payload_limit <= 65536, k + "payload_limit", "must be between 0 (protocol default) and 65536")
     _require(app.connect_timeout > 0, k + "connect_timeout", "must be positive")
-    _require(app.reconnect_interval >= 60, k + "reconnect_interval", "must be at least 60 seconds (APNs treats churn as abuse)")
+    _require(
+        app.reconnect_interval >= 60,
+        k + "reconnect_interval",
+        "must be at least 60 seconds (APNs treats churn as abuse)",
+    )
     _require(1 <= app.max_connects_per_minute <= 60, k + "max_connects_per_minute", "must be between 1 and 60")
-    _require(0 < app.backoff_initial <= app.backoff_max, k + "backoff_max", "must be at least backoff_initial, which must be positive")
+    _require(
+        0 < app.backoff_initial <= app.backoff_max,
+        k + "backoff_max",
+        "must be at least backoff_initial, which must be positive",
+    )
     _require(app.max_attempts >= 1, k + "max_attempts", "must be at least 1")
     _require(1 <= app.connections <= 16, k + "connections", "must be between 1 and 16")
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
-    _require(app.feedback_interval == 0 or app.feedback_interval >= 10, k + "feedback_interval", "must be 0 (off) or at least 10 seconds")
+    _require(
+        app.feedback_interval == 0 or app.feedback_interval >= 10,
+        k + "feedback_interval",
+        "must be 0 (off) or at least 10 seconds",
+    )

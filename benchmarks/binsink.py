@@ -69,7 +69,7 @@ def serve(conn: ssl.SSLSocket, number: int) -> None:
                 if data[p] != 2:
                     sentinel = True
                     break
-                p += 5 + int.from_bytes(data[p + 1:p + 5], "big")
+                p += 5 + int.from_bytes(data[p + 1 : p + 5], "big")
                 frames += 1
             if sentinel:
                 conn.sendall(bytes((8, 128, 0, 0, 0, 0)))
@@ -90,8 +90,17 @@ def serve(conn: ssl.SSLSocket, number: int) -> None:
             _totals["frames"] += frames
             _totals["bytes"] += nbytes
             _totals["sentinels"] += int(sentinel)
-        emit({"event": "closed", "conn": number, "frames": frames, "bytes": nbytes, "t_first": t_first,
-              "t_last": t_last, "sentinel": sentinel})
+        emit(
+            {
+                "event": "closed",
+                "conn": number,
+                "frames": frames,
+                "bytes": nbytes,
+                "t_first": t_first,
+                "t_last": t_last,
+                "sentinel": sentinel,
+            }
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

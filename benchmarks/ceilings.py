@@ -12,9 +12,8 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from apnsd.wire import binary
 from apnsd.testing.devpki import DevPki
-
+from apnsd.wire import binary
 from benchmarks.workload import PAYLOAD, token_hex
 
 SENTINEL = b"\x99\x00\x00\x00\x00"  # not a command-2 frame: both binary sinks answer it with an error response
@@ -36,30 +35,60 @@ def h2load_version() -> str:
     return out.stdout.strip()
 
 
-def run_h2load(port: int, requests: int, workdir: str, connections: int = 1, streams: int = 1000,
-               timeout: float = 600.0) -> dict[str, Any]:
+def run_h2load(
+    port: int, requests: int, workdir: str, connections: int = 1, streams: int = 1000, timeout: float = 600.0
+) -> dict[str, Any]:
     """h2load -c<connections> -m<streams> POSTing the job payload to /3/device/<token>; returns req/s and counts."""
     body = os.path.join(workdir, "h2load-body.json")
     with open(body, "wb") as fh:
         fh.write(PAYLOAD)
-    argv = ["h2load", "-c", str(connections), "-t", "1", "-m", str(streams), "-n", str(requests), "-d", body,
-            "-H", "apns-topic: com.example.app", "-H", "apns-push-type: alert", "-H", "apns-priority: 10",
-            "-H", "content-type: application/json",
-            f"https://127.0.0.1:{port}/3/device/{token_hex(1)}"]
+    argv = [
+        "h2load",
+        "-c",
+        str(connections),
+        "-t",
+        "1",
+        "-m",
+        str(streams),
+        "-n",
+        str(requests),
+        "-d",
+        body,
+        "-H",
+        "apns-topic: com.example.app",
+        "-H",
+        "apns-push-type: alert",
+        "-H",
+        "apns-priority: 10",
+        "-H",
+        "content-type: application/json",
+        f"https://127.0.0.1:{port}/3/device/{token_hex(1)}",
+    ]
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
     text = out.stdout + out.stderr
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
-    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    done = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text
+    )
     status = re.search(r"status codes: (\d+) 2xx", text)
     if not m or not done:
         raise RuntimeError(f"h2load output not understood (exit {out.returncode}):\n{text[-2000:]}")
     seconds = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
-    return {"rate": float(m.group(3)), "seconds": seconds, "wall": wall, "requests": requests,
-            "succeeded": int(done.group(4)), "failed": int(done.group(5)), "errored": int(done.group(6)),
-            "status_2xx": int(status.group(1)) if status else None, "connections": connections, "streams": streams,
-            "argv": " ".join(argv)}
+    return {
+        "rate": float(m.group(3)),
+        "seconds": seconds,
+        "wall": wall,
+        "requests": requests,
+        "succeeded": int(done.group(4)),
+        "failed": int(done.group(5)),
+        "errored": int(done.group(6)),
+        "status_2xx": int(status.group(1)) if status else None,
+        "connections": connections,
+        "streams": streams,
+        "argv": " ".join(argv),
+    }
 
 
 def prebuilt_frames(count: int) -> bytes:
@@ -68,8 +97,9 @@ def prebuilt_frames(count: int) -> bytes:
     return b"".join(encode(bytes.fromhex(token_hex(i)), PAYLOAD, i + 1, 0, 10) for i in range(count))
 
 
-def raw_binary_ceiling(port: int, pki: DevPki, frames: int, block: bytes, block_frames: int,
-                       chunk: int = 1 << 20, timeout: float = 120.0) -> dict[str, Any]:
+def raw_binary_ceiling(
+    port: int, pki: DevPki, frames: int, block: bytes, block_frames: int, chunk: int = 1 << 20, timeout: float = 120.0
+) -> dict[str, Any]:
     """Write ``frames`` pre-built frames over one TLS connection (pyOpenSSL, dev client cert) in 1 MB sendall
     chunks, then the sentinel; the sink's error response to the sentinel means it has read everything.
     Rate = frames / (sentinel answer time - first byte written), handshake excluded."""
@@ -95,7 +125,7 @@ def raw_binary_ceiling(port: int, pki: DevPki, frames: int, block: bytes, block_
     sent = 0
     for _ in range(repeats):
         for off in range(0, len(block), chunk):
-            conn.sendall(view[off:off + chunk])
+            conn.sendall(view[off : off + chunk])
         sent += len(block)
     if tail:
         conn.sendall(tail)
@@ -122,12 +152,18 @@ def raw_binary_ceiling(port: int, pki: DevPki, frames: int, block: bytes, block_
     finally:
         sock.close()
     ok = answer[:1] == b"\x08"
-    return {"rate": frames / (t1 - t0), "seconds": t1 - t0, "write_seconds": t_written - t0, "frames": frames,
-            "bytes": sent, "answered": ok}
+    return {
+        "rate": frames / (t1 - t0),
+        "seconds": t1 - t0,
+        "write_seconds": t_written - t0,
+        "frames": frames,
+        "bytes": sent,
+        "answered": ok,
+    }
 
 
 def _frames_prefix(block: bytes, count: int) -> tuple[int, int]:
     pos = 0
     for _ in range(count):
-        pos += 5 + int.from_bytes(block[pos + 1:pos + 5], "big")
+        pos += 5 + int.from_bytes(block[pos + 1 : pos + 5], "big")
     return count, pos

@@ -28,7 +28,6 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-
 from benchmarks import ceilings, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
@@ -72,9 +71,14 @@ def machine_info(python: str, nginx: NginxSink | None) -> dict[str, Any]:
     except OSError:
         pass
     commit = _cmd(["git", "-C", REPO, "rev-parse", "HEAD"])
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "apnsd"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "-C", REPO, "status", "--porcelain", "--", "apnsd"], capture_output=True, text=True
+    ).stdout
     return {
-        "nproc": os.cpu_count(), "cpu_model": model, "mem_total": mem, "kernel": platform.release(),
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total": mem,
+        "kernel": platform.release(),
         "python": _cmd([python, "-c", "import sys; print(sys.version.split()[0])"]),
         "redis": _cmd(["redis-server", "--version"]),
         "nginx": nginx.version() if nginx else _cmd(["nginx", "-v"]),
@@ -124,31 +128,63 @@ class Bench:
         with RedisServer() as rs:
             for k in range(processes):
                 env = workload.daemon_env(
-                    rs.url, os.path.join(self.workdir, "state"), protocol="http2", port=port, ca_file=self.pki.ca_cert,
-                    cert="" if token_auth else self.pki.client_pem, token=self.token if token_auth else None,
-                    worker_id=f"bench-{name}-{k}" if processes > 1 else "", extra=self.args.daemon_env)
+                    rs.url,
+                    os.path.join(self.workdir, "state"),
+                    protocol="http2",
+                    port=port,
+                    ca_file=self.pki.ca_cert,
+                    cert="" if token_auth else self.pki.client_pem,
+                    token=self.token if token_auth else None,
+                    worker_id=f"bench-{name}-{k}" if processes > 1 else "",
+                    extra=self.args.daemon_env,
+                )
                 specs.append(workload.DaemonSpec(f"{name}-{k}", env))
             return self._drain(rs, specs, lambda: self.nginx.connections(port), nginx=True)
 
-    def _drain(self, rs: RedisServer, specs: list[workload.DaemonSpec], handshakes: Any, nginx: bool = False,
-               jobs: int | None = None, sample_memory: bool = False) -> dict[str, Any]:
+    def _drain(
+        self,
+        rs: RedisServer,
+        specs: list[workload.DaemonSpec],
+        handshakes: Any,
+        nginx: bool = False,
+        jobs: int | None = None,
+        sample_memory: bool = False,
+    ) -> dict[str, Any]:
         n = jobs or self.n
         r = redis.Redis.from_url(rs.url)
         load_s = workload.preload(r, n)
         before = handshakes()
         counters0 = self.nginx.counters() if nginx and self.nginx else (0, 0)
         cpu0 = self.nginx.cpu() if nginx and self.nginx else 0.0
-        res = workload.drain(r, n, specs, self.python, REPO, self.workdir, stall_timeout=self.args.stall_timeout,
-                             sample_memory=sample_memory)
+        res = workload.drain(
+            r,
+            n,
+            specs,
+            self.python,
+            REPO,
+            self.workdir,
+            stall_timeout=self.args.stall_timeout,
+            sample_memory=sample_memory,
+        )
         out: dict[str, Any] = {
-            "jobs": n, "ok": res.ok, "rate": res.rate, "steady_rate": res.steady_rate, "seconds": res.seconds,
-            "exit_seconds": res.exit_seconds, "cpu_seconds": res.cpu, "cpu_per_10k": res.cpu / n * 10_000,
-            "cpu_user": sum(c.cpu_user for c in res.children), "cpu_sys": sum(c.cpu_sys for c in res.children),
+            "jobs": n,
+            "ok": res.ok,
+            "rate": res.rate,
+            "steady_rate": res.steady_rate,
+            "seconds": res.seconds,
+            "exit_seconds": res.exit_seconds,
+            "cpu_seconds": res.cpu,
+            "cpu_per_10k": res.cpu / n * 10_000,
+            "cpu_user": sum(c.cpu_user for c in res.children),
+            "cpu_sys": sum(c.cpu_sys for c in res.children),
             "peak_rss_mb": max(c.hwm_kb for c in res.children) / 1024,
             "ru_maxrss_kb": max(c.maxrss_kb for c in res.children),  # polluted by the fork image: not reported
             "handshakes": handshakes() - before,
-            "stats": res.stats, "exit_codes": [c.status for c in res.children], "stalled": res.stalled,
-            "preload_seconds": load_s, "processes": len(specs),
+            "stats": res.stats,
+            "exit_codes": [c.status for c in res.children],
+            "stalled": res.stalled,
+            "preload_seconds": load_s,
+            "processes": len(specs),
         }
         if nginx and self.nginx:
             accepts, requests = self.nginx.counters()
@@ -189,8 +225,9 @@ class Bench:
         mock = MockBinarySink(REPO, self.python, self.pki.dir)
         try:
             block, count = self.frames()
-            res = ceilings.raw_binary_ceiling(mock.port, self.pki, min(200_000, max(self.n, 100_000)), block, count,
-                                              timeout=300)
+            res = ceilings.raw_binary_ceiling(
+                mock.port, self.pki, min(200_000, max(self.n, 100_000)), block, count, timeout=300
+            )
         finally:
             res_summary = mock.summary()
         res["mock_summary"] = res_summary
@@ -200,8 +237,15 @@ class Bench:
         with RedisServer() as rs:
             if self.binary_sink_choice.get("used") == "mock":
                 mock = MockBinarySink(REPO, self.python, self.pki.dir)
-                env = workload.daemon_env(rs.url, os.path.join(self.workdir, "state"), protocol="binary", port=mock.port,
-                                          ca_file=self.pki.ca_cert, cert=self.pki.client_pem, extra=self.args.daemon_env)
+                env = workload.daemon_env(
+                    rs.url,
+                    os.path.join(self.workdir, "state"),
+                    protocol="binary",
+                    port=mock.port,
+                    ca_file=self.pki.ca_cert,
+                    cert=self.pki.client_pem,
+                    extra=self.args.daemon_env,
+                )
                 try:
                     out = self._drain(rs, [workload.DaemonSpec("binary", env)], lambda: 0)
                 finally:
@@ -211,8 +255,15 @@ class Bench:
                 return out
             assert self.binsink
             sink = self.binsink
-            env = workload.daemon_env(rs.url, os.path.join(self.workdir, "state"), protocol="binary", port=sink.port,
-                                      ca_file=self.pki.ca_cert, cert=self.pki.client_pem, extra=self.args.daemon_env)
+            env = workload.daemon_env(
+                rs.url,
+                os.path.join(self.workdir, "state"),
+                protocol="binary",
+                port=sink.port,
+                ca_file=self.pki.ca_cert,
+                cert=self.pki.client_pem,
+                extra=self.args.daemon_env,
+            )
             return self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections)
 
     # --- latency ---------------------------------------------------------------------------------
@@ -224,24 +275,40 @@ class Bench:
         port = self.nginx.cert_port
         with RedisServer() as rs:
             r = redis.Redis.from_url(rs.url)
-            env = workload.daemon_env(rs.url, os.path.join(self.workdir, "state"), protocol="http2", port=port,
-                                      ca_file=self.pki.ca_cert, cert=self.pki.client_pem,
-                                      extra={"APNSD_REDIS_RESULTS_STREAM": "true",
-                                             "APNSD_REDIS_RESULTS_MAXLEN": str(total + 10_000), **self.args.daemon_env})
+            env = workload.daemon_env(
+                rs.url,
+                os.path.join(self.workdir, "state"),
+                protocol="http2",
+                port=port,
+                ca_file=self.pki.ca_cert,
+                cert=self.pki.client_pem,
+                extra={
+                    "APNSD_REDIS_RESULTS_STREAM": "true",
+                    "APNSD_REDIS_RESULTS_MAXLEN": str(total + 10_000),
+                    **self.args.daemon_env,
+                },
+            )
             before = self.nginx.connections(port)
-            child = workload.start_daemon(workload.DaemonSpec("latency", env, drain=False), self.python, REPO, self.workdir)
+            child = workload.start_daemon(
+                workload.DaemonSpec("latency", env, drain=False), self.python, REPO, self.workdir
+            )
             try:
                 warm = 200
                 r.lpush(workload.QUEUE, *[workload.job(i, "W") for i in range(warm)])
                 if not workload.wait_resolved(r, warm, self.args.stall_timeout, alive=lambda: not child.reap()):
-                    return {"ok": False, "error": f"warm-up did not finish: {workload.outcomes(r)}\n{child.stderr_tail()}"}
+                    return {
+                        "ok": False,
+                        "error": f"warm-up did not finish: {workload.outcomes(r)}\n{child.stderr_tail()}",
+                    }
                 last = r.xrevrange(workload.RESULTS, count=1)
                 watcher = workload.ResultsWatcher(rs.url, last[0][0] if last else "0-0")
                 watcher.start()
                 t0 = time.monotonic()
                 sent = workload.load_generator(r, rate, seconds)
                 offered_s = time.monotonic() - t0
-                finished = workload.wait_resolved(r, warm + len(sent), self.args.stall_timeout, alive=lambda: not child.reap())
+                finished = workload.wait_resolved(
+                    r, warm + len(sent), self.args.stall_timeout, alive=lambda: not child.reap()
+                )
                 time.sleep(0.3)
                 watcher.stop()
             finally:
@@ -258,19 +325,40 @@ class Bench:
                     if jid in watcher.seen:
                         vis.append(watcher.seen[jid] - sent[jid])
             stats = workload.outcomes(r)
-        out: dict[str, Any] = {"ok": finished and len(lat) == len(sent), "offered_rate": rate, "seconds": seconds,
-                               "jobs": len(sent), "achieved_offer_rate": len(sent) / offered_s, "answered": len(lat),
-                               "outcomes": outcomes, "stats": stats, "handshakes": self.nginx.connections(port) - before,
-                               "cpu_seconds": child.cpu_user + child.cpu_sys}
+        out: dict[str, Any] = {
+            "ok": finished and len(lat) == len(sent),
+            "offered_rate": rate,
+            "seconds": seconds,
+            "jobs": len(sent),
+            "achieved_offer_rate": len(sent) / offered_s,
+            "answered": len(lat),
+            "outcomes": outcomes,
+            "stats": stats,
+            "handshakes": self.nginx.connections(port) - before,
+            "cpu_seconds": child.cpu_user + child.cpu_sys,
+        }
         if lat:
             ms = [x * 1000 for x in lat]
-            out.update({"p50_ms": workload.percentile(ms, 50), "p90_ms": workload.percentile(ms, 90),
-                        "p99_ms": workload.percentile(ms, 99), "max_ms": max(ms), "min_ms": min(ms),
-                        "mean_ms": statistics.fmean(ms)})
+            out.update(
+                {
+                    "p50_ms": workload.percentile(ms, 50),
+                    "p90_ms": workload.percentile(ms, 90),
+                    "p99_ms": workload.percentile(ms, 99),
+                    "max_ms": max(ms),
+                    "min_ms": min(ms),
+                    "mean_ms": statistics.fmean(ms),
+                }
+            )
         if vis:
             ms = [x * 1000 for x in vis]
-            out.update({"visible_count": len(vis), "visible_p50_ms": workload.percentile(ms, 50),
-                        "visible_p99_ms": workload.percentile(ms, 99), "visible_max_ms": max(ms)})
+            out.update(
+                {
+                    "visible_count": len(vis),
+                    "visible_p50_ms": workload.percentile(ms, 50),
+                    "visible_p99_ms": workload.percentile(ms, 99),
+                    "visible_max_ms": max(ms),
+                }
+            )
         if not out["ok"]:
             out["error"] = f"answered {len(lat)} of {len(sent)}; stats={stats}\n{child.stderr_tail()}"
         return out
@@ -282,10 +370,23 @@ class Bench:
         m = self.args.memory_jobs
         port = self.nginx.cert_port
         with RedisServer() as rs:
-            env = workload.daemon_env(rs.url, os.path.join(self.workdir, "state"), protocol="http2", port=port,
-                                      ca_file=self.pki.ca_cert, cert=self.pki.client_pem, extra=self.args.daemon_env)
-            out = self._drain(rs, [workload.DaemonSpec("memory", env)], lambda: self.nginx.connections(port),
-                              nginx=True, jobs=m, sample_memory=True)
+            env = workload.daemon_env(
+                rs.url,
+                os.path.join(self.workdir, "state"),
+                protocol="http2",
+                port=port,
+                ca_file=self.pki.ca_cert,
+                cert=self.pki.client_pem,
+                extra=self.args.daemon_env,
+            )
+            out = self._drain(
+                rs,
+                [workload.DaemonSpec("memory", env)],
+                lambda: self.nginx.connections(port),
+                nginx=True,
+                jobs=m,
+                sample_memory=True,
+            )
         samples = out.pop("_samples")
         marks: dict[str, float | None] = {}
         for pct in (25, 50, 75):
@@ -303,28 +404,35 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         only = a.only
-        need_nginx = any(f in only for f in HTTP2 + ("latency", "memory"))
+        need_nginx = any(f in only for f in (*HTTP2, "latency", "memory"))
         started = time.time()
         load_start = os.getloadavg()
         if load_start[0] > (os.cpu_count() or 1):
-            self.notes.append(f"machine busy at start: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs "
-                              "(other processes compete with the daemon and the sinks: expect wide run-to-run spread)")
+            self.notes.append(
+                f"machine busy at start: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs "
+                "(other processes compete with the daemon and the sinks: expect wide run-to-run spread)"
+            )
         try:
             if need_nginx:
                 self.nginx = NginxSink(self.workdir, self.pki).start()
-                log(f"nginx sink: pid {self.nginx.proc.pid}, client-cert port {self.nginx.cert_port}, "
-                    f"no-client-cert port {self.nginx.open_port}")
+                log(
+                    f"nginx sink: pid {self.nginx.proc.pid}, client-cert port {self.nginx.cert_port}, "
+                    f"no-client-cert port {self.nginx.open_port}"
+                )
                 if "latency" in only:
-                    self.notes.append("latency = receipt 'time' (apnsd:results, recorded when the daemon processes the "
-                                      "gateway's answer, millisecond resolution) minus the job's enqueued_at "
-                                      "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on apnsd:results saw the "
-                                      "receipt (µs clock; includes the batch's commit). Arrivals: one LPUSH per job, "
-                                      "evenly spaced with random jitter inside each slot; 200 warm-up jobs first, not counted.")
+                    self.notes.append(
+                        "latency = receipt 'time' (apnsd:results, recorded when the daemon processes the "
+                        "gateway's answer, millisecond resolution) minus the job's enqueued_at "
+                        "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on apnsd:results saw the "
+                        "receipt (µs clock; includes the batch's commit). Arrivals: one LPUSH per job, "
+                        "evenly spaced with random jitter inside each slot; 200 warm-up jobs first, not counted."
+                    )
                 if not ceilings.h2load_can_present_client_cert():
-                    self.notes.append("h2load (%s) has no client-certificate option: the HTTP/2 ceiling runs "
-                                      "against nginx's server block without client verification (same nginx, same "
-                                      "locations); the cert-auth figure runs against the block that requires one."
-                                      % ceilings.h2load_version().split()[-1])
+                    self.notes.append(
+                        f"h2load ({ceilings.h2load_version().split()[-1]}) has no client-certificate option: the HTTP/2 ceiling runs "
+                        "against nginx's server block without client verification (same nginx, same "
+                        "locations); the cert-auth figure runs against the block that requires one."
+                    )
             if "binary" in only:
                 self.binsink = CountingBinarySink(REPO, self.python, self.pki.dir)
                 log(f"binary counting sink: pid {self.binsink.pid}, port {self.binsink.port}")
@@ -334,8 +442,14 @@ class Bench:
                 if any(f in only for f in HTTP2):
                     c = self.h2load(1)
                     self.add(self.ceil, "h2load-c1", c)
-                    log(f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s ({c['succeeded']:,}/{c['requests']:,} ok)")
-                for name, procs, token in (("http2-cert", 1, False), ("http2-token", 1, True), ("http2-2proc", 2, False)):
+                    log(
+                        f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s ({c['succeeded']:,}/{c['requests']:,} ok)"
+                    )
+                for name, procs, token in (
+                    ("http2-cert", 1, False),
+                    ("http2-token", 1, True),
+                    ("http2-2proc", 2, False),
+                ):
                     if name not in only:
                         continue
                     if procs == 2:
@@ -364,18 +478,23 @@ class Bench:
                     res = self.latency()
                     self.add(self.runs, "latency", res)
                     if "p50_ms" in res:
-                        log(f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: p50 {res['p50_ms']:.1f} ms, "
+                        log(
+                            f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: p50 {res['p50_ms']:.1f} ms, "
                             f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms ({res['answered']:,} answered); visible in "
                             f"Redis: p50 {res.get('visible_p50_ms', 0):.2f} ms, p99 {res.get('visible_p99_ms', 0):.1f} ms"
-                            + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:500]))
+                            + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:500])
+                        )
                     else:
                         log(f"{tag} latency FAILED: {res.get('error', '')[:1000]}")
             if "memory" in only:
                 res = self.memory()
                 self.add(self.runs, "memory", res)
-                log(f"memory: {a.memory_jobs:,} jobs: peak RSS {res['peak_rss_mb']:.1f} MB; RSS at 25/50/75%: "
+                log(
+                    f"memory: {a.memory_jobs:,} jobs: peak RSS {res['peak_rss_mb']:.1f} MB; RSS at 25/50/75%: "
                     + " / ".join(_mb(res.get(f"rss_{p}_mb")) for p in (25, 50, 75))
-                    + f"; {res['rate']:,.0f} notif/s" + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1000]))
+                    + f"; {res['rate']:,.0f} notif/s"
+                    + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1000])
+                )
         finally:
             info = machine_info(self.python, self.nginx)
             info["loadavg_start"] = [round(x, 2) for x in load_start]
@@ -388,10 +507,16 @@ class Bench:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:
                 log(f"work directory kept: {self.workdir}")
-        return {"started_utc": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
-                "duration_seconds": round(time.time() - started, 1), "machine": info,
-                "args": {k: v for k, v in vars(a).items()}, "binary_sink": self.binary_sink_choice,
-                "notes": self.notes, "ceilings": self.ceil, "runs": self.runs}
+        return {
+            "started_utc": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+            "duration_seconds": round(time.time() - started, 1),
+            "machine": info,
+            "args": dict(vars(a).items()),
+            "binary_sink": self.binary_sink_choice,
+            "notes": self.notes,
+            "ceilings": self.ceil,
+            "runs": self.runs,
+        }
 
     def choose_binary_sink(self) -> None:
         """Measure the project's mock's raw intake beside the counting sink's; use the mock only if it keeps up."""
@@ -403,24 +528,33 @@ class Bench:
             mock = self.measure_mock_intake()
             choice["mock_raw_rate"] = mock["rate"]
             choice["mock_summary"] = mock.get("mock_summary")
-            log(f"binary sink intake (raw writer, one connection): mock {mock['rate']:,.0f} frames/s, "
-                f"counting sink {counting['rate']:,.0f} frames/s")
-        if self.args.binary_sink == "mock" or (self.args.binary_sink == "auto" and choice["mock_raw_rate"] >= 0.9 * counting["rate"]):
+            log(
+                f"binary sink intake (raw writer, one connection): mock {mock['rate']:,.0f} frames/s, "
+                f"counting sink {counting['rate']:,.0f} frames/s"
+            )
+        if self.args.binary_sink == "mock" or (
+            self.args.binary_sink == "auto" and choice["mock_raw_rate"] >= 0.9 * counting["rate"]
+        ):
             choice["used"] = "mock"
             choice["why"] = "requested" if self.args.binary_sink == "mock" else "the mock keeps up with the raw writer"
         else:
             choice["used"] = "counting"
-            choice["why"] = ("requested" if self.args.binary_sink == "count" else
-                             f"the mock reads {choice['mock_raw_rate']:,.0f} frames/s, under the raw writer's "
-                             f"{counting['rate']:,.0f}/s into the counting sink: it would cap the ceiling")
+            choice["why"] = (
+                "requested"
+                if self.args.binary_sink == "count"
+                else f"the mock reads {choice['mock_raw_rate']:,.0f} frames/s, under the raw writer's "
+                f"{counting['rate']:,.0f}/s into the counting sink: it would cap the ceiling"
+            )
         self.binary_sink_choice = choice
         log(f"binary sink used: {choice['used']} ({choice['why']})")
 
     def report_drain(self, tag: str, name: str, res: dict[str, Any]) -> None:
         steady = f", steady {res['steady_rate']:,.0f}/s" if res.get("steady_rate") else ""
-        log(f"{tag} {name}: {res['rate']:,.0f} notif/s ({res['jobs']:,} in {res['seconds']:.2f} s{steady}), "
+        log(
+            f"{tag} {name}: {res['rate']:,.0f} notif/s ({res['jobs']:,} in {res['seconds']:.2f} s{steady}), "
             f"CPU {res['cpu_per_10k']:.2f} s/10k, handshakes {res['handshakes']}"
-            + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500]))
+            + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500])
+        )
 
 
 def _mb(v: float | None) -> str:
@@ -450,31 +584,55 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
         cs = ceil.get(CEILING_OF[name], [])
         value = median([r["rate"] for r in good])
         ceiling = median([c["rate"] for c in cs])
-        ratios = [r["rate"] / c["rate"] for r, c in zip(rs, cs) if r["ok"] and c["rate"]] if len(cs) == len(rs) else []
-        rows.append({
-            "figure": name, "label": LABELS[name], "unit": "notifications/s", "value": value,
-            "runs": [round(r["rate"]) for r in rs], "failed_runs": len(rs) - len(good),
-            "steady_rate": median([r.get("steady_rate") for r in good]),
-            "ceiling": ceiling, "ceiling_name": CEILING_OF[name], "ceiling_runs": [round(c["rate"]) for c in cs],
-            "ratio": median(ratios) if ratios else (value / ceiling if value and ceiling else None),
-            "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
-            "handshakes": sorted({r["handshakes"] for r in rs}),
-        })
+        ratios = [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["rate"]] if len(cs) == len(rs) else []
+        rows.append(
+            {
+                "figure": name,
+                "label": LABELS[name],
+                "unit": "notifications/s",
+                "value": value,
+                "runs": [round(r["rate"]) for r in rs],
+                "failed_runs": len(rs) - len(good),
+                "steady_rate": median([r.get("steady_rate") for r in good]),
+                "ceiling": ceiling,
+                "ceiling_name": CEILING_OF[name],
+                "ceiling_runs": [round(c["rate"]) for c in cs],
+                "ratio": median(ratios) if ratios else (value / ceiling if value and ceiling else None),
+                "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
+                "handshakes": sorted({r["handshakes"] for r in rs}),
+            }
+        )
     if "latency" in runs:
         good = [r for r in runs["latency"] if r.get("ok")]
-        rows.append({
-            "figure": "latency", "label": f"latency @ {report['args']['latency_rate']:g}/s, enqueue→answer",
-            "p50_ms": median([r["p50_ms"] for r in good]), "p99_ms": median([r["p99_ms"] for r in good]),
-            "max_ms": median([r["max_ms"] for r in good]),
-            "visible_p50_ms": median([r.get("visible_p50_ms") for r in good]),
-            "visible_p99_ms": median([r.get("visible_p99_ms") for r in good]), "runs_p99_ms": [round(r.get("p99_ms", 0), 1) for r in runs["latency"]],
-            "failed_runs": len(runs["latency"]) - len(good), "handshakes": sorted({r.get("handshakes") for r in runs["latency"]}),
-        })
+        rows.append(
+            {
+                "figure": "latency",
+                "label": f"latency @ {report['args']['latency_rate']:g}/s, enqueue→answer",
+                "p50_ms": median([r["p50_ms"] for r in good]),
+                "p99_ms": median([r["p99_ms"] for r in good]),
+                "max_ms": median([r["max_ms"] for r in good]),
+                "visible_p50_ms": median([r.get("visible_p50_ms") for r in good]),
+                "visible_p99_ms": median([r.get("visible_p99_ms") for r in good]),
+                "runs_p99_ms": [round(r.get("p99_ms", 0), 1) for r in runs["latency"]],
+                "failed_runs": len(runs["latency"]) - len(good),
+                "handshakes": sorted({r.get("handshakes") for r in runs["latency"]}),
+            }
+        )
     if "memory" in runs:
         m = runs["memory"][0]
-        rows.append({"figure": "memory", "label": f"peak RSS draining {m['jobs']:,} jobs (HTTP/2)",
-                     "peak_rss_mb": m["peak_rss_mb"], "rss_25_mb": m.get("rss_25_mb"), "rss_50_mb": m.get("rss_50_mb"),
-                     "rss_75_mb": m.get("rss_75_mb"), "rate": m["rate"], "ok": m["ok"], "handshakes": [m["handshakes"]]})
+        rows.append(
+            {
+                "figure": "memory",
+                "label": f"peak RSS draining {m['jobs']:,} jobs (HTTP/2)",
+                "peak_rss_mb": m["peak_rss_mb"],
+                "rss_25_mb": m.get("rss_25_mb"),
+                "rss_50_mb": m.get("rss_50_mb"),
+                "rss_75_mb": m.get("rss_75_mb"),
+                "rate": m["rate"],
+                "ok": m["ok"],
+                "handshakes": [m["handshakes"]],
+            }
+        )
     return rows
 
 
@@ -492,24 +650,36 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
             hs = ",".join(str(h) for h in r["handshakes"])
             lines.append(f"{r['label']:<42} {val:>18} {ceiling:>22} {ratio:>6} {cpu:>9} {hs:>9}")
         elif r["figure"] == "latency":
-            val = (f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
-                   if r["p50_ms"] is not None else "FAILED")
+            val = (
+                f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
+                if r["p50_ms"] is not None
+                else "FAILED"
+            )
             lines.append(f"{r['label']:<42} {val}   (TLS conns {','.join(str(h) for h in r['handshakes'])})")
             if r.get("visible_p50_ms") is not None:
-                lines.append(f"{'  … outcome visible in Redis (XREAD)':<42} p50 {r['visible_p50_ms']:.1f} ms, "
-                             f"p99 {r['visible_p99_ms']:.1f} ms")
+                lines.append(
+                    f"{'  … outcome visible in Redis (XREAD)':<42} p50 {r['visible_p50_ms']:.1f} ms, "
+                    f"p99 {r['visible_p99_ms']:.1f} ms"
+                )
         elif r["figure"] == "memory":
-            val = (f"{r['peak_rss_mb']:.1f} MB peak; at 25/50/75%: "
-                   + " / ".join(_mb(r.get(f'rss_{p}_mb')) for p in (25, 50, 75)) + ("" if r["ok"] else "  (FAILED)"))
+            val = (
+                f"{r['peak_rss_mb']:.1f} MB peak; at 25/50/75%: "
+                + " / ".join(_mb(r.get(f"rss_{p}_mb")) for p in (25, 50, 75))
+                + ("" if r["ok"] else "  (FAILED)")
+            )
             lines.append(f"{r['label']:<42} {val}")
     lines.append("")
-    lines.append("value = median of runs (notifications/s from daemon start to the last outcome in Redis); ceiling = "
-                 "median raw rate into the same sink in the same session; ratio = median of per-repeat ratios.")
+    lines.append(
+        "value = median of runs (notifications/s from daemon start to the last outcome in Redis); ceiling = "
+        "median raw rate into the same sink in the same session; ratio = median of per-repeat ratios."
+    )
     for r in rows:
         if "runs" in r:
-            lines.append(f"  {r['figure']}: runs {r['runs']}  ceiling runs {r['ceiling_runs']}"
-                         + (f"  steady {r['steady_rate']:,.0f}/s" if r.get("steady_rate") else "")
-                         + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else ""))
+            lines.append(
+                f"  {r['figure']}: runs {r['runs']}  ceiling runs {r['ceiling_runs']}"
+                + (f"  steady {r['steady_rate']:,.0f}/s" if r.get("steady_rate") else "")
+                + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else "")
+            )
     bs = report.get("binary_sink")
     if bs:
         lines.append(f"  binary sink: {bs.get('used')} — {bs.get('why')}")
@@ -526,12 +696,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 20,000 jobs, 5 s latency, 100,000-job memory run")
     p.add_argument("--latency-seconds", type=float, default=None, help="steady-load duration (default 30; --quick 5)")
     p.add_argument("--latency-rate", type=float, default=1000.0, help="offered jobs/s in the latency run")
-    p.add_argument("--memory-jobs", type=int, default=None, help="backlog for the memory run (default 1,000,000; --quick 100,000)")
-    p.add_argument("--binary-sink", choices=["auto", "count", "mock"], default="auto",
-                   help="auto: measure the project's mock's intake and use it only if it keeps up with raw writes")
-    p.add_argument("--min-ceiling-requests", type=int, default=50_000, help="at least this many requests per ceiling run")
+    p.add_argument(
+        "--memory-jobs", type=int, default=None, help="backlog for the memory run (default 1,000,000; --quick 100,000)"
+    )
+    p.add_argument(
+        "--binary-sink",
+        choices=["auto", "count", "mock"],
+        default="auto",
+        help="auto: measure the project's mock's intake and use it only if it keeps up with raw writes",
+    )
+    p.add_argument(
+        "--min-ceiling-requests", type=int, default=50_000, help="at least this many requests per ceiling run"
+    )
     p.add_argument("--stall-timeout", type=float, default=60.0, help="give up a run after this long without progress")
-    p.add_argument("--daemon-env", action="append", default=[], metavar="APNSD_X=V", help="extra daemon setting (repeatable)")
+    p.add_argument(
+        "--daemon-env", action="append", default=[], metavar="APNSD_X=V", help="extra daemon setting (repeatable)"
+    )
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--no-save", action="store_true", help="print only, write no results file")
     p.add_argument("--keep-workdir", action="store_true")
@@ -562,8 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = rows
     few = [r["handshakes"] for r in report["runs"].get("http2-2proc", []) if r["handshakes"] < 2]
     if few:
-        report["notes"].append(f"http2-2proc: {len(few)} run(s) saw fewer than 2 TLS connections: a daemon connects "
-                               "only when it has work, and one found the queue already empty (small --jobs).")
+        report["notes"].append(
+            f"http2-2proc: {len(few)} run(s) saw fewer than 2 TLS connections: a daemon connects "
+            "only when it has work, and one found the queue already empty (small --jobs)."
+        )
     print()
     print(render(rows, report), flush=True)
     if not args.no_save:

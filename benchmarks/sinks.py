@@ -151,14 +151,26 @@ class NginxSink:
             if len({self.cert_port, self.open_port, self.status_port}) < 3:
                 continue
             conf = os.path.join(self.dir, "nginx.conf")
-            Path(conf).write_text(NGINX_CONF.format(
-                echo_module=ECHO_MODULE, dir=self.dir, cert_port=self.cert_port, open_port=self.open_port,
-                status_port=self.status_port, server_cert=self.pki.server_cert, server_key=self.pki.server_key,
-                ca=self.pki.ca_cert, locations=LOCATIONS))
+            Path(conf).write_text(
+                NGINX_CONF.format(
+                    echo_module=ECHO_MODULE,
+                    dir=self.dir,
+                    cert_port=self.cert_port,
+                    open_port=self.open_port,
+                    status_port=self.status_port,
+                    server_cert=self.pki.server_cert,
+                    server_key=self.pki.server_key,
+                    ca=self.pki.ca_cert,
+                    locations=LOCATIONS,
+                )
+            )
             for port in (self.cert_port, self.open_port):
                 Path(self.log_path(port)).write_text("")
-            self.proc = subprocess.Popen([exe, "-p", self.dir + "/", "-c", conf, "-e", os.path.join(self.dir, "error.log")],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [exe, "-p", self.dir + "/", "-c", conf, "-e", os.path.join(self.dir, "error.log")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 for port in (self.cert_port, self.open_port, self.status_port):
                     wait_port(port, self.proc, "nginx")
@@ -209,7 +221,9 @@ class _LineProcess:
     """A child process printing lines; a thread collects them so we can wait for events."""
 
     def __init__(self, argv: list[str], cwd: str) -> None:
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
         self.lines: list[str] = []
         self.cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -229,7 +243,7 @@ class _LineProcess:
                     if pred(line):
                         return line
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not any(pred(x) for x in self.lines[start:]):
+                if left <= 0 or (self.proc.poll() is not None and not any(pred(x) for x in self.lines[start:])):
                     err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
                     raise RuntimeError(f"{self.proc.args[:4]}: expected output did not come; stderr: {err[-2000:]}")
                 self.cond.wait(min(left, 0.2))
@@ -281,8 +295,9 @@ class MockBinarySink(_LineProcess):
 
     def __init__(self, repo: str, python: str, pki_dir: str) -> None:
         port = free_port()
-        super().__init__([python, "-m", "apnsd.cli", "mock", "--protocol", "binary", "--port", str(port),
-                          "--pki-dir", pki_dir], repo)
+        super().__init__(
+            [python, "-m", "apnsd.cli", "mock", "--protocol", "binary", "--port", str(port), "--pki-dir", pki_dir], repo
+        )
         self.wait_line(lambda s: "listening on" in s)
         self.port = port
 

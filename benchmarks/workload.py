@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -32,7 +31,13 @@ def token_hex(i: int) -> str:
 def job(i: int, prefix: str = "b", enqueued_at: float | None = None) -> bytes:
     """One ~210-byte job."""
     extra = f',"enqueued_at":{enqueued_at:.6f}' if enqueued_at is not None else ""
-    return b'{"token":"%s","id":"%s%d"%s,"payload":%s}' % (token_hex(i).encode(), prefix.encode(), i, extra.encode(), PAYLOAD)
+    return b'{"token":"%s","id":"%s%d"%s,"payload":%s}' % (
+        token_hex(i).encode(),
+        prefix.encode(),
+        i,
+        extra.encode(),
+        PAYLOAD,
+    )
 
 
 def preload(r: redis.Redis, count: int, prefix: str = "b", per_command: int = 1000, per_pipeline: int = 20) -> float:
@@ -75,26 +80,44 @@ class DaemonSpec:
     drain: bool = True
 
 
-def daemon_env(redis_url: str, state_dir: str, *, protocol: str, port: int, ca_file: str, cert: str = "",
-               token: tuple[str, str, str, str] | None = None, worker_id: str = "", extra: dict[str, str] | None = None) -> dict[str, str]:
+def daemon_env(
+    redis_url: str,
+    state_dir: str,
+    *,
+    protocol: str,
+    port: int,
+    ca_file: str,
+    cert: str = "",
+    token: tuple[str, str, str, str] | None = None,
+    worker_id: str = "",
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """APNSD_* overrides for one app 'default' against 127.0.0.1:port."""
     env = clean_env()
-    env.update({
-        "APNSD_REDIS_URL": redis_url,
-        "APNSD_APP_DEFAULT_HOST": "127.0.0.1",
-        "APNSD_APP_DEFAULT_PORT": str(port),
-        "APNSD_APP_DEFAULT_CA_FILE": ca_file,
-        "APNSD_APP_DEFAULT_PROTOCOL": protocol,
-        "APNSD_METRICS_LISTEN": "",
-        "APNSD_LOG_LEVEL": "warning",
-        "APNSD_WORKER_STATE_DIR": state_dir,
-    })
+    env.update(
+        {
+            "APNSD_REDIS_URL": redis_url,
+            "APNSD_APP_DEFAULT_HOST": "127.0.0.1",
+            "APNSD_APP_DEFAULT_PORT": str(port),
+            "APNSD_APP_DEFAULT_CA_FILE": ca_file,
+            "APNSD_APP_DEFAULT_PROTOCOL": protocol,
+            "APNSD_METRICS_LISTEN": "",
+            "APNSD_LOG_LEVEL": "warning",
+            "APNSD_WORKER_STATE_DIR": state_dir,
+        }
+    )
     if cert:
         env["APNSD_APP_DEFAULT_CERT"] = cert
     if token:
         key, key_id, team_id, topic = token
-        env.update({"APNSD_APP_DEFAULT_TOKEN_KEY": key, "APNSD_APP_DEFAULT_KEY_ID": key_id,
-                    "APNSD_APP_DEFAULT_TEAM_ID": team_id, "APNSD_APP_DEFAULT_TOPIC": topic})
+        env.update(
+            {
+                "APNSD_APP_DEFAULT_TOKEN_KEY": key,
+                "APNSD_APP_DEFAULT_KEY_ID": key_id,
+                "APNSD_APP_DEFAULT_TEAM_ID": team_id,
+                "APNSD_APP_DEFAULT_TOPIC": topic,
+            }
+        )
     if worker_id:
         env["APNSD_WORKER_ID"] = worker_id
     env.update(extra or {})
@@ -190,12 +213,20 @@ class DrainResult:
 
     @property
     def ok(self) -> bool:
-        return (not self.stalled and self.all_outcomes is not None and self.stats.get("delivered", 0) == self.jobs
-                and all(c.status == 0 for c in self.children))
+        return (
+            not self.stalled
+            and self.all_outcomes is not None
+            and self.stats.get("delivered", 0) == self.jobs
+            and all(c.status == 0 for c in self.children)
+        )
 
     @property
     def seconds(self) -> float:
-        end = self.all_outcomes if self.all_outcomes is not None else max(c.exited or time.monotonic() for c in self.children)
+        end = (
+            self.all_outcomes
+            if self.all_outcomes is not None
+            else max(c.exited or time.monotonic() for c in self.children)
+        )
         return end - self.started
 
     @property
@@ -217,9 +248,19 @@ class DrainResult:
         return max((c.exited or 0.0) for c in self.children) - self.started
 
 
-def drain(r: redis.Redis, jobs: int, specs: list[DaemonSpec], python: str, repo: str, workdir: str, *,
-          stall_timeout: float = 60.0, poll: float = 0.02, on_sample: Callable[[DrainResult], None] | None = None,
-          sample_memory: bool = False) -> DrainResult:
+def drain(
+    r: redis.Redis,
+    jobs: int,
+    specs: list[DaemonSpec],
+    python: str,
+    repo: str,
+    workdir: str,
+    *,
+    stall_timeout: float = 60.0,
+    poll: float = 0.02,
+    on_sample: Callable[[DrainResult], None] | None = None,
+    sample_memory: bool = False,
+) -> DrainResult:
     """Start the daemons on a preloaded queue; time until every job has its outcome; reap them at exit."""
     children = [start_daemon(s, python, repo, workdir) for s in specs]
     res = DrainResult(jobs, children[0].started, None, None, children)
@@ -324,7 +365,9 @@ class ResultsWatcher(threading.Thread):
         self.join(timeout=5)
 
 
-def wait_resolved(r: redis.Redis, target: int, stall_timeout: float = 60.0, alive: Callable[[], bool] | None = None) -> bool:
+def wait_resolved(
+    r: redis.Redis, target: int, stall_timeout: float = 60.0, alive: Callable[[], bool] | None = None
+) -> bool:
     """Poll apnsd:stats until `target` jobs are resolved; False on stall or if the daemon died."""
     last, last_t = -1, time.monotonic()
     while True:

@@ -15,10 +15,10 @@ import redis
 
 from apnsd import logs
 from apnsd.config import Config, load_config
-from apnsd.worker.daemon import Daemon
-from apnsd.testing.redis_server import RedisServer
-from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.store.queue import JobQueue, connect
+from apnsd.testing.mock import BinaryFaults, MockGateway
+from apnsd.testing.redis_server import RedisServer
+from apnsd.worker.daemon import Daemon
 
 pytest_plugins = ["tests.conftest_pki"]
 
@@ -68,7 +68,7 @@ def good_tokens(n: int, seed: int = 1) -> list[str]:
 def push_all(q: JobQueue, jobs: list[bytes], queue: str = "apnsd:queue") -> None:
     """LPUSH jobs in chunks of 1,000, oldest first."""
     for i in range(0, len(jobs), 1000):
-        q.push(queue, jobs[i:i + 1000])
+        q.push(queue, jobs[i : i + 1000])
 
 
 @pytest.fixture
@@ -94,8 +94,13 @@ def http2_mock(pki: Any) -> Iterator[Callable[..., MockGateway]]:
     started: list[MockGateway] = []
 
     def make(client_ca: bool = True, **faults: Any) -> MockGateway:
-        m = MockGateway("http2", pki.server_cert, pki.server_key, pki.ca_cert if client_ca else None,
-                        http2_faults=Http2Faults(**faults))
+        m = MockGateway(
+            "http2",
+            pki.server_cert,
+            pki.server_key,
+            pki.ca_cert if client_ca else None,
+            http2_faults=Http2Faults(**faults),
+        )
         started.append(m.start())
         return m
 
@@ -109,13 +114,22 @@ def make_config(redis_server: RedisServer, pki: Any, tmp_path: Any) -> Callable[
     """A Config for a mock gateway: ``protocol``, the mock, and extra APNSD_* overrides."""
 
     def make(mock: MockGateway, **env: str) -> Config:
-        base = {"APNSD_REDIS_URL": redis_server.url, "APNSD_APP_DEFAULT_HOST": mock.host,
-                "APNSD_APP_DEFAULT_PORT": str(mock.port), "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
-                "APNSD_APP_DEFAULT_CERT": pki.client_pem, "APNSD_APP_DEFAULT_PROTOCOL": mock.protocol,
-                "APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "60", "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
-                "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2", "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
-                "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"), "APNSD_WORKER_GRACE_PERIOD": "5",
-                "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_METRICS_LISTEN": ""}
+        base = {
+            "APNSD_REDIS_URL": redis_server.url,
+            "APNSD_APP_DEFAULT_HOST": mock.host,
+            "APNSD_APP_DEFAULT_PORT": str(mock.port),
+            "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
+            "APNSD_APP_DEFAULT_CERT": pki.client_pem,
+            "APNSD_APP_DEFAULT_PROTOCOL": mock.protocol,
+            "APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "60",
+            "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
+            "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2",
+            "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
+            "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
+            "APNSD_WORKER_GRACE_PERIOD": "5",
+            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
+            "APNSD_METRICS_LISTEN": "",
+        }
         base.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in env.items()})
         return load_config(None, base)
 

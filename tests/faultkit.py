@@ -9,9 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from typing import Any
 import redis
 
 from apnsd.config import Config
-from apnsd.worker.daemon import Daemon
 from apnsd.metrics import REGISTRY
-from apnsd.testing.mock import MockGateway
 from apnsd.store.queue import JobQueue
+from apnsd.testing.mock import MockGateway
+from apnsd.worker.daemon import Daemon
 from tests.conftest import LOG, inflight_keys
-from tests.supervised import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 LINES: list[str] = []  # one summary line per fault run, reported at the end of the module
@@ -43,7 +41,7 @@ def make_tokens(seed: int, n: int, bad: dict[str, int] | None = None) -> tuple[l
     for prefix, k in (bad or {}).items():
         chosen, positions = positions[:k], positions[k:]
         for i in chosen:
-            tokens[i] = prefix + tokens[i][len(prefix):]
+            tokens[i] = prefix + tokens[i][len(prefix) :]
         by_prefix[prefix] = {tokens[i] for i in chosen}
     assert len(set(tokens)) == n
     return tokens, by_prefix
@@ -69,21 +67,29 @@ class Tally:
 
     def line(self, fault: str, **extra: object) -> str:
         """The one-line summary printed for a fault (and kept for the end-of-module report)."""
-        text = (f"fault={fault} jobs={self.jobs} delivered={self.delivered} duplicates={self.duplicates} "
-                f"dead={self.dead} unregistered={self.unregistered} lost={len(self.lost)}")
+        text = (
+            f"fault={fault} jobs={self.jobs} delivered={self.delivered} duplicates={self.duplicates} "
+            f"dead={self.dead} unregistered={self.unregistered} lost={len(self.lost)}"
+        )
         text += "".join(f" {k}={v}" for k, v in extra.items())
         print(text)
         LINES.append(text)
         return text
 
 
-def tally(tokens: Iterable[str], mock: MockGateway, jq: JobQueue, rdb: redis.Redis,
-          queue: str = "apnsd:queue", queued_ok: bool = False) -> Tally:
+def tally(
+    tokens: Iterable[str],
+    mock: MockGateway,
+    jq: JobQueue,
+    rdb: redis.Redis,
+    queue: str = "apnsd:queue",
+    queued_ok: bool = False,
+) -> Tally:
     """Count outcomes per token; a job still queued counts as lost unless ``queued_ok`` (it is then 'queued')."""
     tokens = list(tokens)
     accepted = mock.record.accepted_tokens()
     unregistered = jq.unregistered()
-    dead_entries = [e for e in jq.dead_entries(1_000_000)]
+    dead_entries = list(jq.dead_entries(1_000_000))
     dead_count = Counter(e["token"] for e in dead_entries)
     dead_by_token = {e["token"]: e for e in dead_entries}
     queued_tokens: Counter[str] = Counter()
@@ -98,12 +104,21 @@ def tally(tokens: Iterable[str], mock: MockGateway, jq: JobQueue, rdb: redis.Red
             conflicts.append(t)
     known = set(tokens)
     delivered = sum(1 for t in accepted if t in known)
-    return Tally(jobs=len(tokens), delivered=delivered,
-                 duplicates=sum(c - 1 for t, c in accepted.items() if t in known),
-                 dead=sum(dead_count[t] for t in known), unregistered=sum(1 for t in unregistered if t in known),
-                 lost=lost, conflicts=conflicts, dead_by_token=dead_by_token, unregistered_by_token=unregistered,
-                 accepted=accepted, queued=jq.depth(queue), scheduled=jq.scheduled_count(queue),
-                 inflight=len(inflight_keys(rdb)))
+    return Tally(
+        jobs=len(tokens),
+        delivered=delivered,
+        duplicates=sum(c - 1 for t, c in accepted.items() if t in known),
+        dead=sum(dead_count[t] for t in known),
+        unregistered=sum(1 for t in unregistered if t in known),
+        lost=lost,
+        conflicts=conflicts,
+        dead_by_token=dead_by_token,
+        unregistered_by_token=unregistered,
+        accepted=accepted,
+        queued=jq.depth(queue),
+        scheduled=jq.scheduled_count(queue),
+        inflight=len(inflight_keys(rdb)),
+    )
 
 
 def assert_resolved(t: Tally) -> None:
@@ -125,7 +140,7 @@ class LogTap:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Events logged since the tap was made, optionally only those with one event name."""
-        return parse_events(LOG.getvalue()[self.start:], name)
+        return parse_events(LOG.getvalue()[self.start :], name)
 
 
 def parse_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -185,17 +200,30 @@ class DaemonThread:
         return self.code
 
 
-def daemon_env(redis_url: str, mock_host: str, mock_port: int, protocol: str, pki: Any, state_dir: Path,
-               **extra: str) -> dict[str, str]:
+def daemon_env(
+    redis_url: str, mock_host: str, mock_port: int, protocol: str, pki: Any, state_dir: Path, **extra: str
+) -> dict[str, str]:
     """The APNSD_* environment of a daemon subprocess talking to a mock gateway."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
-    env.update({"APNSD_REDIS_URL": redis_url, "APNSD_APP_DEFAULT_HOST": mock_host,
-                "APNSD_APP_DEFAULT_PORT": str(mock_port), "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
-                "APNSD_APP_DEFAULT_CERT": pki.client_pem, "APNSD_APP_DEFAULT_PROTOCOL": protocol,
-                "APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "60", "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
-                "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2", "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
-                "APNSD_WORKER_STATE_DIR": str(state_dir), "APNSD_WORKER_GRACE_PERIOD": "5",
-                "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_METRICS_LISTEN": "", "APNSD_LOG_FORMAT": "json"})
+    env.update(
+        {
+            "APNSD_REDIS_URL": redis_url,
+            "APNSD_APP_DEFAULT_HOST": mock_host,
+            "APNSD_APP_DEFAULT_PORT": str(mock_port),
+            "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
+            "APNSD_APP_DEFAULT_CERT": pki.client_pem,
+            "APNSD_APP_DEFAULT_PROTOCOL": protocol,
+            "APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "60",
+            "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
+            "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2",
+            "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
+            "APNSD_WORKER_STATE_DIR": str(state_dir),
+            "APNSD_WORKER_GRACE_PERIOD": "5",
+            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
+            "APNSD_METRICS_LISTEN": "",
+            "APNSD_LOG_FORMAT": "json",
+        }
+    )
     env.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in extra.items()})
     return env
 
@@ -319,7 +347,7 @@ class RedisCutter:
                         break
                     server.sendall(data)
                     seen = (tail + data).count(self._marker)
-                    tail = (tail + data)[-(len(self._marker) - 1):]  # a marker split across reads
+                    tail = (tail + data)[-(len(self._marker) - 1) :]  # a marker split across reads
                     with self._lock:
                         first = self.seen + 1
                         self.seen += seen
@@ -397,8 +425,8 @@ class StallingBinaryGateway:
     def _serve(self, sock: Any) -> None:
         from OpenSSL import SSL
 
-        from apnsd.wire import binary
         from apnsd.testing.record import Received
+        from apnsd.wire import binary
 
         conn = SSL.Connection(self._ctx, sock)
         conn.set_accept_state()

@@ -11,9 +11,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from apnsd.wire.http2.connection import Event, H2ClientConnection, RequestTemplate
 from apnsd.testing.http2_mock import FaultState, Http2Faults, Http2GatewayConnection
 from apnsd.testing.record import MockRecord
+from apnsd.wire.http2.connection import Event, H2ClientConnection, RequestTemplate
 
 TOKEN = "ab" * 32
 APNS_ID = "123e4567-e89b-42d3-a456-426614174000"
@@ -108,23 +108,45 @@ def client_pair(**server_settings: int) -> ClientPair:
     return pair
 
 
-def send(client: H2ClientConnection, n: int = 0, token: str = TOKEN, payload: bytes = PAYLOAD,
-         template: RequestTemplate = TEMPLATE, **options: Any) -> int:
+def send(
+    client: H2ClientConnection,
+    n: int = 0,
+    token: str = TOKEN,
+    payload: bytes = PAYLOAD,
+    template: RequestTemplate = TEMPLATE,
+    **options: Any,
+) -> int:
     """Queue request number ``n`` with defaults for everything not given."""
     return client.send_request(template, token, apns_id(n), payload, **options)
 
 
-def expected_headers(template: RequestTemplate = TEMPLATE, token: str = TOKEN, ident: str = APNS_ID,
-                     length: int = len(PAYLOAD), *, push_type: str | None = None, priority: int | None = None,
-                     expiration: int | None = None, collapse_id: str | None = None,
-                     topic: str | None = None) -> list[tuple[str, str]]:
+def expected_headers(
+    template: RequestTemplate = TEMPLATE,
+    token: str = TOKEN,
+    ident: str = APNS_ID,
+    length: int = len(PAYLOAD),
+    *,
+    push_type: str | None = None,
+    priority: int | None = None,
+    expiration: int | None = None,
+    collapse_id: str | None = None,
+    topic: str | None = None,
+) -> list[tuple[str, str]]:
     """The header list an h2 server must decode from our request, in order."""
-    headers = [(":method", "POST"), (":scheme", "https"), (":authority", template.authority),
-               (":path", f"/3/device/{token}")]
+    headers = [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", template.authority),
+        (":path", f"/3/device/{token}"),
+    ]
     if (topic or template.topic) is not None:
         headers.append(("apns-topic", topic or template.topic or ""))
-    for name, value in (("apns-push-type", push_type), ("apns-priority", priority),
-                        ("apns-expiration", expiration), ("apns-collapse-id", collapse_id)):
+    for name, value in (
+        ("apns-push-type", push_type),
+        ("apns-priority", priority),
+        ("apns-expiration", expiration),
+        ("apns-collapse-id", collapse_id),
+    ):
         if value is not None:
             headers.append((name, str(value)))
     headers += [("apns-id", ident), ("content-length", str(length))]
@@ -159,19 +181,33 @@ class GatewayPair:
     state: FaultState
 
 
-def gateway(faults: Http2Faults | None = None, state: FaultState | None = None,
-            record: MockRecord | None = None, now: float = NOW) -> GatewayPair:
+def gateway(
+    faults: Http2Faults | None = None,
+    state: FaultState | None = None,
+    record: MockRecord | None = None,
+    now: float = NOW,
+) -> GatewayPair:
     """A fresh gateway connection; pass ``state`` to share burst/once counters between connections."""
     record = record or MockRecord()
     state = state or FaultState()
     return GatewayPair(Http2GatewayConnection(faults or Http2Faults(), state, record, lambda: now), record, state)
 
 
-def request_headers(token: str = TOKEN, *, method: str = "POST", path: str | None = None, topic: str | None = TOPIC,
-                    extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
+def request_headers(
+    token: str = TOKEN,
+    *,
+    method: str = "POST",
+    path: str | None = None,
+    topic: str | None = TOPIC,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> list[tuple[str, str]]:
     """Request headers for the h2 reference client; ``topic=None`` leaves apns-topic out."""
-    headers = [(":method", method), (":scheme", "https"), (":authority", "api.push.apple.com"),
-               (":path", path if path is not None else f"/3/device/{token}")]
+    headers = [
+        (":method", method),
+        (":scheme", "https"),
+        (":authority", "api.push.apple.com"),
+        (":path", path if path is not None else f"/3/device/{token}"),
+    ]
     if topic is not None:
         headers.append(("apns-topic", topic))
     return headers + list(extra)

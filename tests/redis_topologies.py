@@ -53,19 +53,39 @@ def free_cluster_port() -> int:
 class Node:
     """One redis-server (or sentinel) process with its own config file and folder."""
 
-    def __init__(self, folder: Path, lines: list[str], *, port: int = 0, unix: bool = False, sentinel: bool = False,
-                 tls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        lines: list[str],
+        *,
+        port: int = 0,
+        unix: bool = False,
+        sentinel: bool = False,
+        tls: dict[str, str] | None = None,
+    ) -> None:
         self.dir = folder
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port if port or unix else free_port()
         self.socket = str(self.dir / "redis.sock") if unix else ""
         self.sentinel = sentinel
-        self.tls = tls  # server_cert, server_key, ca_cert, client_cert, client_key: TLS only, client certificates required
-        base = [f"port {0 if tls else self.port}", "bind 127.0.0.1", f"dir {self.dir}", "loglevel warning",
-                f"logfile {self.dir / 'redis.log'}"]
+        self.tls = (
+            tls  # server_cert, server_key, ca_cert, client_cert, client_key: TLS only, client certificates required
+        )
+        base = [
+            f"port {0 if tls else self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.dir}",
+            "loglevel warning",
+            f"logfile {self.dir / 'redis.log'}",
+        ]
         if tls:
-            base += [f"tls-port {self.port}", f"tls-cert-file {tls['server_cert']}", f"tls-key-file {tls['server_key']}",
-                     f"tls-ca-cert-file {tls['ca_cert']}", "tls-auth-clients yes"]
+            base += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {tls['server_cert']}",
+                f"tls-key-file {tls['server_key']}",
+                f"tls-ca-cert-file {tls['ca_cert']}",
+                "tls-auth-clients yes",
+            ]
         if not sentinel:
             base += ['save ""', "appendonly no"]
         if unix:
@@ -84,8 +104,15 @@ class Node:
         if self.socket:
             return redis.Redis(unix_socket_path=self.socket, socket_timeout=2)
         if self.tls:
-            return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, ssl=True, ssl_ca_certs=self.tls["ca_cert"],
-                               ssl_certfile=self.tls["client_cert"], ssl_keyfile=self.tls["client_key"])
+            return redis.Redis(
+                host="127.0.0.1",
+                port=self.port,
+                socket_timeout=2,
+                ssl=True,
+                ssl_ca_certs=self.tls["ca_cert"],
+                ssl_certfile=self.tls["client_cert"],
+                ssl_keyfile=self.tls["client_key"],
+            )
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
     def start(self) -> Node:
@@ -117,12 +144,19 @@ class SentinelSetup:
     def __init__(self, folder: Path) -> None:
         self.master = Node(folder / "master", [])
         self.replica = Node(folder / "replica", [f"replicaof 127.0.0.1 {self.master.port}"])
-        self.sentinels = [Node(folder / f"sentinel{i}", [
-            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
-            f"sentinel down-after-milliseconds {SERVICE} 1000",
-            f"sentinel failover-timeout {SERVICE} 10000",
-            f"sentinel parallel-syncs {SERVICE} 1",
-        ], sentinel=True) for i in range(3)]
+        self.sentinels = [
+            Node(
+                folder / f"sentinel{i}",
+                [
+                    f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
+                    f"sentinel down-after-milliseconds {SERVICE} 1000",
+                    f"sentinel failover-timeout {SERVICE} 10000",
+                    f"sentinel parallel-syncs {SERVICE} 1",
+                ],
+                sentinel=True,
+            )
+            for i in range(3)
+        ]
 
     @property
     def addrs(self) -> list[str]:
@@ -159,15 +193,21 @@ class SentinelSetup:
         old = self.current_master()
         new = self.replica if old is self.master else self.master
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
-        wait_for("every sentinel names the new master",
-                 lambda: all(self.master_port(i) == new.port for i in range(len(self.sentinels))), timeout)
+        wait_for(
+            "every sentinel names the new master",
+            lambda: all(self.master_port(i) == new.port for i in range(len(self.sentinels))),
+            timeout,
+        )
         return old, new
 
     def wait_demoted(self, timeout: float = 30.0) -> None:
         """Until the node the sentinels do not name as master is an in-sync replica (after a failover)."""
         other = self.replica if self.current_master() is self.master else self.master
-        wait_for("old master demoted and in sync",
-                 lambda: other.client().info("replication").get("master_link_status") == "up", timeout)
+        wait_for(
+            "old master demoted and in sync",
+            lambda: other.client().info("replication").get("master_link_status") == "up",
+            timeout,
+        )
 
     def stop(self) -> None:
         """Stop every process by PID."""
@@ -179,9 +219,14 @@ class ClusterSetup:
     """Three cluster-enabled masters on loopback, slots split by ``redis-cli --cluster create``."""
 
     def __init__(self, folder: Path, masters: int = 3) -> None:
-        self.nodes = [Node(folder / f"node{i}", port=free_cluster_port(), lines=["cluster-enabled yes", "cluster-config-file nodes.conf",
-                                                                       "cluster-node-timeout 5000"])
-                      for i in range(masters)]
+        self.nodes = [
+            Node(
+                folder / f"node{i}",
+                port=free_cluster_port(),
+                lines=["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"],
+            )
+            for i in range(masters)
+        ]
 
     @property
     def url(self) -> str:
@@ -192,8 +237,20 @@ class ClusterSetup:
         """Start the nodes, create the cluster and wait until every node reports it healthy."""
         for n in self.nodes:
             n.start()
-        subprocess.run([REDIS_CLI, "--cluster", "create", *(n.addr for n in self.nodes), "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(n.addr for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         for n in self.nodes:
             wait_for("cluster_state:ok", lambda n=n: n.client().cluster("info")["cluster_state"] == "ok", timeout=30)
         return self

@@ -78,11 +78,17 @@ def stop_by_pid(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | N
     return stop_process(proc, timeout)
 
 
-def supervisorctl(conf: Path, *args: str, env: dict[str, str] | None = None,
-                  prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def supervisorctl(
+    conf: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run ``supervisorctl -c conf args...`` (optionally behind a command prefix) and capture its output."""
-    return subprocess.run([*prefix, str(VENV_BIN / "supervisorctl"), "-c", str(conf), *args],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [*prefix, str(VENV_BIN / "supervisorctl"), "-c", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def program_state(conf: Path, name: str = "apnsd", **kw: Any) -> str:

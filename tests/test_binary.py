@@ -10,11 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apnsd.errors import ProtocolError
 from apnsd.wire.binary import (
-    ErrorResponse, Frame, decode_frames, encode_error_response, encode_feedback, encode_frame, parse_error_response,
+    ErrorResponse,
+    Frame,
+    decode_frames,
+    encode_error_response,
+    encode_feedback,
+    encode_frame,
+    parse_error_response,
     parse_feedback,
 )
-from apnsd.errors import ProtocolError
 
 TOKEN_HEX = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 TOKEN = bytes.fromhex(TOKEN_HEX)
@@ -24,21 +30,25 @@ EXPIRY = 1_790_000_000  # 0x6AB13B80
 
 # command 2, frame length 56 + 70 = 126 = 0x7e, then items 1..5, each: id (1), length (2, BE), data.
 VECTOR = (
-    bytes.fromhex("02" "0000007e")
-    + bytes.fromhex("01" "0020") + bytes.fromhex(TOKEN_HEX)
-    + bytes.fromhex("02" "0046") + PAYLOAD
-    + bytes.fromhex("03" "0004" "01020304")
-    + bytes.fromhex("04" "0004" "6ab13b80")
-    + bytes.fromhex("05" "0001" "0a")
+    bytes.fromhex("020000007e")
+    + bytes.fromhex("010020")
+    + bytes.fromhex(TOKEN_HEX)
+    + bytes.fromhex("020046")
+    + PAYLOAD
+    + bytes.fromhex("03000401020304")
+    + bytes.fromhex("0400046ab13b80")
+    + bytes.fromhex("0500010a")
 )
 
 # A second, differently shaped frame as Pushy 0.4 sent it: identifier first, expiry and priority omitted.
 OTHER_TOKEN = bytes(range(32))
 SHORT_FRAME = (
-    bytes.fromhex("02" "0000002f")  # 7 + 35 + 5 = 47
-    + bytes.fromhex("03" "0004" "0000002a")
-    + bytes.fromhex("01" "0020") + OTHER_TOKEN
-    + bytes.fromhex("02" "0002") + b"{}"
+    bytes.fromhex("020000002f")  # 7 + 35 + 5 = 47
+    + bytes.fromhex("0300040000002a")
+    + bytes.fromhex("010020")
+    + OTHER_TOKEN
+    + bytes.fromhex("020002")
+    + b"{}"
 )
 
 
@@ -57,7 +67,7 @@ def test_frame_sizes_follow_the_fact_sheet_formula():
 
 def test_encoder_defaults_are_store_nothing_and_immediate():
     """Without expiry and priority the frame carries expiry 0 (do not store) and priority 10."""
-    expected = VECTOR[:-18] + bytes.fromhex("03" "0004" "01020304" "04" "0004" "00000000" "05" "0001" "0a")
+    expected = VECTOR[:-18] + bytes.fromhex("03000401020304040004000000000500010a")
 
     assert expected == encode_frame(TOKEN, PAYLOAD, IDENT)
 
@@ -78,8 +88,11 @@ def test_several_concatenated_frames_decode_in_order():
 
     frames, used = decode_frames(buf)
 
-    assert [Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10), Frame(OTHER_TOKEN, b"{}", 42, None, None),
-            Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10)] == frames
+    assert [
+        Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10),
+        Frame(OTHER_TOKEN, b"{}", 42, None, None),
+        Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10),
+    ] == frames
     assert len(buf) == used
 
 
@@ -104,21 +117,21 @@ def test_decoder_accepts_memoryview_and_bytearray():
     assert expected == decode_frames(memoryview(VECTOR))
 
 
-TOKEN_ITEM = bytes.fromhex("01" "0020") + TOKEN
-PAYLOAD_ITEM = bytes.fromhex("02" "0002") + b"{}"
+TOKEN_ITEM = bytes.fromhex("010020") + TOKEN
+PAYLOAD_ITEM = bytes.fromhex("020002") + b"{}"
 
 MALFORMED = {
-    "enhanced format (command 1)": bytes.fromhex("01" "00000001" "00000000" "0020") + TOKEN + bytes.fromhex("0002") + b"{}",
-    "simple format (command 0)": bytes.fromhex("00" "0020") + TOKEN + bytes.fromhex("0002") + b"{}",
-    "frame length over 64 KiB": bytes.fromhex("02" "00010001"),
-    "truncated item header": bytes.fromhex("02" "00000002" "0100"),
-    "item overruns its frame": bytes.fromhex("02" "00000005" "010020" "aabb"),
-    "token item twice": bytes.fromhex("02" "0000004a") + TOKEN_ITEM + TOKEN_ITEM + PAYLOAD_ITEM,
-    "no payload": bytes.fromhex("02" "00000023") + TOKEN_ITEM,
-    "no token": bytes.fromhex("02" "00000005") + PAYLOAD_ITEM,
-    "3-byte identifier": bytes.fromhex("02" "0000002e") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("03" "0003" "000001"),
-    "5-byte expiry": bytes.fromhex("02" "00000030") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("04" "0005" "0000000000"),
-    "2-byte priority": bytes.fromhex("02" "0000002d") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("05" "0002" "000a"),
+    "enhanced format (command 1)": bytes.fromhex("0100000001000000000020") + TOKEN + bytes.fromhex("0002") + b"{}",
+    "simple format (command 0)": bytes.fromhex("000020") + TOKEN + bytes.fromhex("0002") + b"{}",
+    "frame length over 64 KiB": bytes.fromhex("0200010001"),
+    "truncated item header": bytes.fromhex("02000000020100"),
+    "item overruns its frame": bytes.fromhex("0200000005010020aabb"),
+    "token item twice": bytes.fromhex("020000004a") + TOKEN_ITEM + TOKEN_ITEM + PAYLOAD_ITEM,
+    "no payload": bytes.fromhex("0200000023") + TOKEN_ITEM,
+    "no token": bytes.fromhex("0200000005") + PAYLOAD_ITEM,
+    "3-byte identifier": bytes.fromhex("020000002e") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("030003000001"),
+    "5-byte expiry": bytes.fromhex("0200000030") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("0400050000000000"),
+    "2-byte priority": bytes.fromhex("020000002d") + TOKEN_ITEM + PAYLOAD_ITEM + bytes.fromhex("050002000a"),
 }
 
 
@@ -137,29 +150,32 @@ def test_malformed_frame_after_good_ones_is_still_an_error():
 
 def test_error_response_packet_parses():
     """Command 8, status 8 (invalid token) and the 4-byte identifier parse from the 6-byte packet."""
-    assert ErrorResponse(8, 0x01020304) == parse_error_response(bytes.fromhex("08" "08" "01020304"))
+    assert ErrorResponse(8, 0x01020304) == parse_error_response(bytes.fromhex("080801020304"))
 
 
-@pytest.mark.parametrize(("status", "identifier", "packet"), [
-    (8, 42, "08" "08" "0000002a"),
-    (10, 7, "08" "0a" "00000007"),
-    (128, 0, "08" "80" "00000000"),
-    (255, 0xFFFFFFFF, "08" "ff" "ffffffff"),
-])
+@pytest.mark.parametrize(
+    ("status", "identifier", "packet"),
+    [
+        (8, 42, "08080000002a"),
+        (10, 7, "080a00000007"),
+        (128, 0, "088000000000"),
+        (255, 0xFFFFFFFF, "08ffffffffff"),
+    ],
+)
 def test_error_response_packet_encodes(status, identifier, packet):
     """The gateway's error packet is command 8, one status byte, and the identifier big-endian."""
     assert bytes.fromhex(packet) == encode_error_response(status, identifier)
 
 
-@pytest.mark.parametrize("packet", ["", "08", "0808000000", "02" "08" "00000001", "00" "00" "00000000"])
+@pytest.mark.parametrize("packet", ["", "08", "0808000000", "020800000001", "000000000000"])
 def test_truncated_or_foreign_error_response_is_a_protocol_error(packet):
     """Fewer than 6 bytes, or a command other than 8, is not an error response."""
     with pytest.raises(ProtocolError):
         parse_error_response(bytes.fromhex(packet))
 
 
-FEEDBACK_1 = bytes.fromhex("5f5e1000" "0020") + TOKEN  # 1600000000
-FEEDBACK_2 = bytes.fromhex("6ab13b80" "0020") + OTHER_TOKEN  # 1790000000
+FEEDBACK_1 = bytes.fromhex("5f5e10000020") + TOKEN  # 1600000000
+FEEDBACK_2 = bytes.fromhex("6ab13b800020") + OTHER_TOKEN  # 1790000000
 
 
 def test_feedback_tuple_encodes_to_the_hand_written_bytes():
@@ -170,7 +186,9 @@ def test_feedback_tuple_encodes_to_the_hand_written_bytes():
 def test_feedback_stream_parses_whole_tuples_and_counts_consumed_bytes():
     """Whole tuples parse in order; a trailing partial tuple is left for the next read."""
     for partial in (b"", FEEDBACK_1[:3], FEEDBACK_1[:6], FEEDBACK_1[:-1]):
-        assert ([(1_600_000_000, TOKEN), (1_790_000_000, OTHER_TOKEN)], 76) == parse_feedback(FEEDBACK_1 + FEEDBACK_2 + partial)
+        assert ([(1_600_000_000, TOKEN), (1_790_000_000, OTHER_TOKEN)], 76) == parse_feedback(
+            FEEDBACK_1 + FEEDBACK_2 + partial
+        )
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -207,7 +225,7 @@ def test_concatenated_stream_split_anywhere_decodes_to_the_same_frames(frames, d
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12)))
     buf = bytearray()
     out: list[Frame] = []
-    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=False):
         buf += wire[start:end]
         got, used = decode_frames(buf)
         del buf[:used]
@@ -218,8 +236,9 @@ def test_concatenated_stream_split_anywhere_decodes_to_the_same_frames(frames, d
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(min_size=0, max_size=100)), max_size=10),
-       st.integers(0, 5))
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(min_size=0, max_size=100)), max_size=10), st.integers(0, 5)
+)
 def test_feedback_tuples_round_trip(tuples, tail):
     """Encoded feedback tuples parse back unchanged, and a cut-off tail is not consumed."""
     wire = b"".join(encode_feedback(ts, tok) for ts, tok in tuples)

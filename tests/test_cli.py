@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from apnsd.cli.main import main
-from apnsd.worker.daemon import Daemon
 from apnsd.testing.redis_server import free_port
+from apnsd.worker.daemon import Daemon
 from apnsd.worker.outcome_log import dead_entry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,35 +55,61 @@ def add_dead(rdb: Any, token: str, reason: str, app: str = "default") -> bytes:
 
 # --- push ------------------------------------------------------------------------------------------
 
+
 def test_push_enqueues_a_valid_job(cli_env, rdb, capsys):
     """`apnsd push` LPUSHes one job with the token, the built payload and the app."""
-    code, out, err = run(capsys, "push", "--token", TOKEN, "--alert", "Server down", "--badge", "1", "--sound", "default")
+    code, out, err = run(
+        capsys, "push", "--token", TOKEN, "--alert", "Server down", "--badge", "1", "--sound", "default"
+    )
 
     assert (0, "") == (code, err)
     [job] = queued(rdb)
     assert (TOKEN, {"aps": {"alert": "Server down", "badge": 1, "sound": "default"}}, "default") == (
-        job["token"], job["payload"], job["app"])
+        job["token"],
+        job["payload"],
+        job["app"],
+    )
     assert "queued 1 job (1 notification(s)) on apnsd:queue; depth now 1\n" == out
 
 
 def test_push_with_several_tokens_fans_out(cli_env, rdb, capsys):
     """Repeating --token makes one fan-out job with a tokens list."""
-    code, _, _ = run(capsys, "push", "--token", TOKEN, "--token", OTHER, "--payload", '{"aps":{"alert":"hi"}}',
-                     "--priority", "5", "--collapse-id", "c1")
+    code, _, _ = run(
+        capsys,
+        "push",
+        "--token",
+        TOKEN,
+        "--token",
+        OTHER,
+        "--payload",
+        '{"aps":{"alert":"hi"}}',
+        "--priority",
+        "5",
+        "--collapse-id",
+        "c1",
+    )
 
     assert 0 == code
     [job] = queued(rdb)
-    assert ([TOKEN, OTHER], {"aps": {"alert": "hi"}}, 5, "c1") == (job["tokens"], job["payload"], job["priority"], job["collapse_id"])
+    assert ([TOKEN, OTHER], {"aps": {"alert": "hi"}}, 5, "c1") == (
+        job["tokens"],
+        job["payload"],
+        job["priority"],
+        job["collapse_id"],
+    )
 
 
-@pytest.mark.parametrize(("argv", "reason"), [
-    (["--token", "zz" * 32, "--alert", "x"], "bad_token"),
-    (["--token", "{length = 32, bytes = 0x965b251e ... 376eab7c }", "--alert", "x"], "token_is_description"),
-    (["--token", TOKEN, "--priority", "7"], "bad_priority"),
-    (["--token", TOKEN, "--payload", "[1]"], "bad_payload"),
-    (["--token", TOKEN, "--payload", "{oops"], "--payload is not valid JSON"),
-    (["--token", TOKEN, "--app", "nosuchapp"], "app 'nosuchapp' is not configured"),
-])
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--token", "zz" * 32, "--alert", "x"], "bad_token"),
+        (["--token", "{length = 32, bytes = 0x965b251e ... 376eab7c }", "--alert", "x"], "token_is_description"),
+        (["--token", TOKEN, "--priority", "7"], "bad_priority"),
+        (["--token", TOKEN, "--payload", "[1]"], "bad_payload"),
+        (["--token", TOKEN, "--payload", "{oops"], "--payload is not valid JSON"),
+        (["--token", TOKEN, "--app", "nosuchapp"], "app 'nosuchapp' is not configured"),
+    ],
+)
 def test_push_rejects_invalid_jobs_with_exit_2_and_the_reason(cli_env, rdb, capsys, argv, reason):
     """An invalid job is refused before it reaches Redis: exit 2 and the reason on stderr."""
     code, out, err = run(capsys, "push", *argv)
@@ -126,6 +152,7 @@ def test_push_at_with_a_bad_time_exits_2_with_a_message(cli_env, rdb, capsys, at
 
 
 # --- stats and dead letters ------------------------------------------------------------------------
+
 
 def test_stats_json_shows_depth_dead_and_unregistered(cli_env, rdb, capsys):
     """`apnsd stats --json` reports queue depth, scheduled jobs, dead letters and unregistered tokens."""
@@ -183,6 +210,7 @@ def test_dead_requeue_by_reason_puts_jobs_back_on_the_queue(cli_env, rdb, capsys
 
 # --- health ----------------------------------------------------------------------------------------
 
+
 def test_health_without_a_worker_exits_1_with_a_reason(cli_env, capsys):
     """`apnsd health` fails with a one-line reason when no worker has reported."""
     code, out, _ = run(capsys, "health")
@@ -214,12 +242,16 @@ def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, caps
 
 # --- errors and help -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"APNSD_WORKER_BATCH_SIZE": "0"}, "worker.batch_size"),
-    ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "5"}, "apps.default.reconnect_interval"),
-    ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
-    ({"APNSD_WORKER_BATCHSIZE": "5"}, "worker.batchsize"),
-])
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"APNSD_WORKER_BATCH_SIZE": "0"}, "worker.batch_size"),
+        ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "5"}, "apps.default.reconnect_interval"),
+        ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
+        ({"APNSD_WORKER_BATCHSIZE": "5"}, "worker.batchsize"),
+    ],
+)
 def test_bad_config_exits_2_naming_the_key_without_a_traceback(cli_env, monkeypatch, capsys, env, key):
     """A bad setting makes every command exit 2 with the key's name on stderr and no traceback."""
     for k, v in env.items():
@@ -272,8 +304,14 @@ def test_push_with_a_bad_token_as_a_process_prints_one_line_and_no_traceback(red
     env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
     env.update(APNSD_REDIS_URL=redis_server.url, PYTHONPATH=str(REPO))
 
-    proc = subprocess.run([sys.executable, "-m", "apnsd.cli", "push", "--token", "zz" * 32, "--alert", "x"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "apnsd.cli", "push", "--token", "zz" * 32, "--alert", "x"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert (2, "") == (proc.returncode, proc.stdout)
     assert 1 == len(proc.stderr.strip().splitlines())

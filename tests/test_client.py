@@ -16,10 +16,10 @@ import msgspec
 import pytest
 
 from apnsd.cli import main as cli
-from apnsd.client import Client
 from apnsd.cli.demo import sample_jobs
-from apnsd.errors import JobError
+from apnsd.client import Client
 from apnsd.core.jobs import MAX_COLLAPSE_ID, PRIORITIES, PUSH_TYPE_SUFFIXES
+from apnsd.errors import JobError
 from tests.conftest import good_tokens, inflight_keys, run_drained
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +101,12 @@ def test_redis_cli_example_is_delivered(rdb, redis_server, http2_mock, make_conf
     if shutil.which("redis-cli") is None:
         pytest.skip("redis-cli is not installed (it comes with redis-server: apt-get install redis-tools)")
     token = good_tokens(1, seed=61)[0]
-    subprocess.run(["bash", "-c", localised(doc_example("redis-cli"), redis_server.port, token)],
-                   check=True, capture_output=True, timeout=10)
+    subprocess.run(
+        ["bash", "-c", localised(doc_example("redis-cli"), redis_server.port, token)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
     assert abs(time.time() - queued_job(rdb, schema, token)["enqueued_at"]) < 5
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
@@ -112,8 +116,13 @@ def test_redis_cli_example_is_delivered(rdb, redis_server, http2_mock, make_conf
 def test_python_example_is_delivered(rdb, redis_server, http2_mock, make_config, schema):
     """The apnsd.client example, run in a fresh interpreter, queues a job the daemon delivers."""
     token = good_tokens(1, seed=62)[0]
-    subprocess.run([sys.executable, "-c", localised(doc_example("python"), redis_server.port, token)],
-                   check=True, capture_output=True, timeout=30, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-c", localised(doc_example("python"), redis_server.port, token)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     queued_job(rdb, schema, token)
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
@@ -124,7 +133,9 @@ def test_php_example_is_delivered(rdb, redis_server, binary_mock, make_config, s
     """The phpredis example, run by the real php, queues a job the daemon delivers (here over the binary protocol)."""
     if shutil.which("php") is None:
         pytest.skip("php is not installed (apt-get install php-cli php-redis to run this example)")
-    if subprocess.run(["php", "-r", "exit(class_exists('Redis') ? 0 : 1);"], capture_output=True, timeout=10).returncode:
+    if subprocess.run(
+        ["php", "-r", "exit(class_exists('Redis') ? 0 : 1);"], capture_output=True, timeout=10
+    ).returncode:
         pytest.skip("php's redis extension (phpredis) is missing (apt-get install php-redis)")
     token = good_tokens(1, seed=63)[0]
     script = tmp_path / "push.php"
@@ -143,8 +154,12 @@ def test_ruby_example_is_delivered(rdb, redis_server, http2_mock, make_config, s
     if subprocess.run(["ruby", "-e", "require 'redis'"], capture_output=True, timeout=10).returncode:
         pytest.skip("redis-rb is missing (apt-get install ruby-redis, or gem install redis)")
     token = good_tokens(1, seed=59)[0]
-    subprocess.run(["ruby", "-e", localised(doc_example("ruby"), redis_server.port, token)],
-                   check=True, capture_output=True, timeout=10)
+    subprocess.run(
+        ["ruby", "-e", localised(doc_example("ruby"), redis_server.port, token)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
     queued_job(rdb, schema, token)
     mock = http2_mock()
     assert_delivered_once(make_config(mock), mock, rdb, token)
@@ -153,7 +168,9 @@ def test_ruby_example_is_delivered(rdb, redis_server, http2_mock, make_config, s
 # --- apnsd.client -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bad", "reason"), [(b, r) for b, r, _ in BAD_JOBS], ids=[f"{r}-{i}" for i, (_, r, _) in enumerate(BAD_JOBS)])
+@pytest.mark.parametrize(
+    ("bad", "reason"), [(b, r) for b, r, _ in BAD_JOBS], ids=[f"{r}-{i}" for i, (_, r, _) in enumerate(BAD_JOBS)]
+)
 def test_client_refuses_a_bad_job_before_redis_with_the_daemons_reason(rdb, jq, http2_mock, make_config, bad, reason):
     """A job the daemon would dead-letter raises JobError with the same reason, and nothing is queued."""
     client = Client.from_config(make_config(http2_mock()))
@@ -199,22 +216,36 @@ def test_enqueue_adds_enqueued_at_and_fans_out(rdb, redis_server, http2_mock, ma
     for j in jobs:
         schema.validate(j)
     assert before <= jobs[0].pop("enqueued_at") <= time.time()
-    assert {"token": single, "payload": ALERT, "app": "default", "id": "one", "priority": 5, "collapse_id": "c1",
-            "push_type": "alert"} == jobs[0]
-    assert {"tokens": fan, "payload": json.dumps(ALERT), "app": "default", "id": "fan",
-            "enqueued_at": 1_700_000_000.5} == jobs[1]
+    assert {
+        "token": single,
+        "payload": ALERT,
+        "app": "default",
+        "id": "one",
+        "priority": 5,
+        "collapse_id": "c1",
+        "push_type": "alert",
+    } == jobs[0]
+    assert {
+        "tokens": fan,
+        "payload": json.dumps(ALERT),
+        "app": "default",
+        "id": "fan",
+        "enqueued_at": 1_700_000_000.5,
+    } == jobs[1]
     mock = http2_mock()
 
     assert 0 == run_drained(make_config(mock))
 
-    assert {t: 1 for t in (single, *fan)} == dict(mock.record.accepted_tokens())
+    assert dict.fromkeys((single, *fan), 1) == dict(mock.record.accepted_tokens())
 
 
 def test_enqueue_many_uses_one_lpush_per_thousand_jobs_and_keeps_order(rdb, redis_server):
     """2,500 jobs take three LPUSH commands and are taken first-in, first-out."""
     tokens = good_tokens(2500, seed=65)
     rdb.config_resetstat()
-    pushed = Client(redis_server.url).enqueue_many({"token": t, "payload": ALERT, "id": f"j-{i}"} for i, t in enumerate(tokens))
+    pushed = Client(redis_server.url).enqueue_many(
+        {"token": t, "payload": ALERT, "id": f"j-{i}"} for i, t in enumerate(tokens)
+    )
     calls = rdb.info("commandstats")["cmdstat_lpush"]["calls"]
     assert (2500, 3) == (pushed, calls)
     assert [f"j-{i}" for i in range(2500)] == [j["id"] for j in queued(rdb)]
@@ -240,7 +271,10 @@ def test_schedule_holds_a_job_until_it_is_due(rdb, jq, redis_server, http2_mock,
     client.schedule(later, ALERT, at, id="later")
     client.enqueue(due, ALERT, id="due", send_at=time.time() - 1)
     assert (0, 2) == (jq.depth("apnsd:queue"), jq.scheduled_count("apnsd:queue"))
-    entries = {json.loads(raw)["id"]: (json.loads(raw), score) for raw, score in rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)}
+    entries = {
+        json.loads(raw)["id"]: (json.loads(raw), score)
+        for raw, score in rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)
+    }
     assert (at, at) == (entries["later"][0]["send_at"], entries["later"][1])
     for j, _ in entries.values():
         schema.validate(j)
@@ -254,8 +288,9 @@ def test_schedule_holds_a_job_until_it_is_due(rdb, jq, redis_server, http2_mock,
 
 def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_config, pki):
     """A client made from the config refuses unknown apps, applies binary limits and routes to an app's own queue."""
-    config = make_config(http2_mock(), APP_LEGACY_PROTOCOL="binary", APP_LEGACY_QUEUE="apnsd:legacy",
-                         APP_LEGACY_CERT=pki.client_pem)
+    config = make_config(
+        http2_mock(), APP_LEGACY_PROTOCOL="binary", APP_LEGACY_QUEUE="apnsd:legacy", APP_LEGACY_CERT=pki.client_pem
+    )
     client = Client.from_config(config)
     big = {"aps": {"alert": "x" * 3000}}
     reasons = []
@@ -266,7 +301,10 @@ def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_c
     client.enqueue(T, big)
     client.enqueue(T, ALERT, app="legacy", priority=5)
     assert ["payload_too_large", "bad_priority", "unknown_app"] == reasons
-    assert (["default"], ["legacy"]) == ([j["app"] for j in queued(rdb)], [j["app"] for j in queued(rdb, "apnsd:legacy")])
+    assert (["default"], ["legacy"]) == (
+        [j["app"] for j in queued(rdb)],
+        [j["app"] for j in queued(rdb, "apnsd:legacy")],
+    )
 
 
 @pytest.mark.timeout(60)
@@ -297,7 +335,10 @@ def test_schema_enums_match_the_daemon():
     doc = json.loads((ROOT / "docs" / "job.schema.json").read_text())
     props = doc["properties"]
     assert (sorted(PRIORITIES), sorted(PUSH_TYPE_SUFFIXES), MAX_COLLAPSE_ID) == (
-        sorted(props["priority"]["enum"]), sorted(props["push_type"]["enum"]), props["collapse_id"]["maxLength"])
+        sorted(props["priority"]["enum"]),
+        sorted(props["push_type"]["enum"]),
+        props["collapse_id"]["maxLength"],
+    )
 
 
 def test_demo_jobs_validate_except_the_deliberately_bad_ones(schema):
@@ -314,11 +355,40 @@ def test_apnsd_push_jobs_validate(rdb, redis_server, schema, env_clean, monkeypa
     """Every job `apnsd push` writes (single, fan-out, every option, scheduled) fits the schema."""
     monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
     a, b = good_tokens(2, seed=70)
-    runs = [["--token", a, "--alert", "hi"],
-            ["--token", a, "--token", b.upper(), "--payload", '{"aps": {"content-available": 1}}', "--push-type", "background"],
-            ["--token", a, "--alert", "hi", "--badge", "3", "--sound", "default", "--topic", "com.example.app",
-             "--priority", "5", "--expiration", "1900000000", "--collapse-id", "c", "--id", "x1"],
-            ["--token", a, "--alert", "later", "--at", "+3600"]]
+    runs = [
+        ["--token", a, "--alert", "hi"],
+        [
+            "--token",
+            a,
+            "--token",
+            b.upper(),
+            "--payload",
+            '{"aps": {"content-available": 1}}',
+            "--push-type",
+            "background",
+        ],
+        [
+            "--token",
+            a,
+            "--alert",
+            "hi",
+            "--badge",
+            "3",
+            "--sound",
+            "default",
+            "--topic",
+            "com.example.app",
+            "--priority",
+            "5",
+            "--expiration",
+            "1900000000",
+            "--collapse-id",
+            "c",
+            "--id",
+            "x1",
+        ],
+        ["--token", a, "--alert", "later", "--at", "+3600"],
+    ]
     for args in runs:
         assert 0 == cli.main(["push", *args])
     jobs = queued(rdb) + [json.loads(raw) for raw in rdb.zrange("apnsd:scheduled", 0, -1)]

@@ -54,7 +54,9 @@ def test_documented_example_config_loads():
 
 def test_toml_file_sets_values(tmp_path):
     """Values from the TOML file replace the defaults, section by section and app by app."""
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [redis]
 url = "redis://10.0.0.5:6380/2"
 prefix = "push"
@@ -65,7 +67,8 @@ protocol = "binary"
 environment = "sandbox"
 [apps.voip-app]
 queue = "push:voip"
-""")
+""",
+    )
 
     config = load_config(path, {})
 
@@ -78,7 +81,9 @@ def test_relative_credential_paths_resolve_against_the_config_folder(tmp_path):
     """cert, key, pkcs12, ca_file and token_key given relative to the file become absolute from its folder."""
     folder = tmp_path / "etc"
     folder.mkdir()
-    path = write(folder, """
+    path = write(
+        folder,
+        """
 [apps.default]
 cert = "certs/apns.pem"
 key = "/abs/apns.key"
@@ -90,7 +95,8 @@ token_key = "AuthKey_ABC123DEFG.p8"
 key_id = "ABC123DEFG"
 team_id = "DEF123GHIJ"
 topic = "com.example.app"
-""")
+""",
+    )
 
     apps = load_config(path, {}).apps
 
@@ -104,9 +110,16 @@ topic = "com.example.app"
 def test_environment_overrides_sections_and_wins_over_the_file(tmp_path):
     """APNSD_<SECTION>_<KEY> overrides the file, with strings converted to the key's type."""
     path = write(tmp_path, "[worker]\nbatch_size = 50\n")
-    env = {"APNSD_WORKER_BATCH_SIZE": "200", "APNSD_REDIS_URL": "redis://r:1/0", "APNSD_REDIS_RESULTS_STREAM": "true",
-           "APNSD_WORKER_GRACE_PERIOD": "7.5", "APNSD_METRICS_LISTEN": "", "APNSD_LOG_FORMAT": "json",
-           "APNSD_CONFIG": "/ignored/by/load_config.toml", "PATH": "/usr/bin"}
+    env = {
+        "APNSD_WORKER_BATCH_SIZE": "200",
+        "APNSD_REDIS_URL": "redis://r:1/0",
+        "APNSD_REDIS_RESULTS_STREAM": "true",
+        "APNSD_WORKER_GRACE_PERIOD": "7.5",
+        "APNSD_METRICS_LISTEN": "",
+        "APNSD_LOG_FORMAT": "json",
+        "APNSD_CONFIG": "/ignored/by/load_config.toml",
+        "PATH": "/usr/bin",
+    }
 
     config = load_config(path, env)
 
@@ -116,17 +129,31 @@ def test_environment_overrides_sections_and_wins_over_the_file(tmp_path):
 
 def test_environment_overrides_app_keys_including_names_with_underscores():
     """APNSD_APP_<NAME>_<KEY> sets an app key; app names and key names may both contain underscores."""
-    env = {"APNSD_APP_DEFAULT_PORT": "2197", "APNSD_APP_MY_APP_PROTOCOL": "binary",
-           "APNSD_APP_MY_APP_CONNECT_TIMEOUT": "3", "APNSD_APP_MY_APP_CA_FILE": "/etc/ca.pem",
-           "APNSD_APP_TOKEN_APP_TOKEN_KEY": "/k.p8", "APNSD_APP_TOKEN_APP_KEY_ID": "ABC123DEFG",
-           "APNSD_APP_TOKEN_APP_TEAM_ID": "DEF123GHIJ", "APNSD_APP_TOKEN_APP_TOPIC": "com.example.app"}
+    env = {
+        "APNSD_APP_DEFAULT_PORT": "2197",
+        "APNSD_APP_MY_APP_PROTOCOL": "binary",
+        "APNSD_APP_MY_APP_CONNECT_TIMEOUT": "3",
+        "APNSD_APP_MY_APP_CA_FILE": "/etc/ca.pem",
+        "APNSD_APP_TOKEN_APP_TOKEN_KEY": "/k.p8",
+        "APNSD_APP_TOKEN_APP_KEY_ID": "ABC123DEFG",
+        "APNSD_APP_TOKEN_APP_TEAM_ID": "DEF123GHIJ",
+        "APNSD_APP_TOKEN_APP_TOPIC": "com.example.app",
+    }
 
     apps = load_config(None, env).apps
 
     assert {"default", "my_app", "token_app"} == set(apps)
     assert 2197 == apps["default"].port
-    assert ("binary", 3.0, "/etc/ca.pem") == (apps["my_app"].protocol, apps["my_app"].connect_timeout, apps["my_app"].ca_file)
-    assert ("/k.p8", "ABC123DEFG", "DEF123GHIJ") == (apps["token_app"].token_key, apps["token_app"].key_id, apps["token_app"].team_id)
+    assert ("binary", 3.0, "/etc/ca.pem") == (
+        apps["my_app"].protocol,
+        apps["my_app"].connect_timeout,
+        apps["my_app"].ca_file,
+    )
+    assert ("/k.p8", "ABC123DEFG", "DEF123GHIJ") == (
+        apps["token_app"].token_key,
+        apps["token_app"].key_id,
+        apps["token_app"].team_id,
+    )
     assert "token" == apps["token_app"].auth
 
 
@@ -145,12 +172,15 @@ def test_unknown_environment_variable_is_named(var):
     assert var == config_error(None, {var: "1"}).key
 
 
-@pytest.mark.parametrize(("toml", "key"), [
-    ("bogus = 1\n", "bogus"),
-    ("[worker]\nbatch_sise = 5\n", "worker.batch_sise"),
-    ("[apps.default]\ncertt = \"x\"\n", "apps.default.certt"),
-    ("[apps.second]\nreconect_interval = 60\n", "apps.second.reconect_interval"),
-])
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("bogus = 1\n", "bogus"),
+        ("[worker]\nbatch_sise = 5\n", "worker.batch_sise"),
+        ('[apps.default]\ncertt = "x"\n', "apps.default.certt"),
+        ("[apps.second]\nreconect_interval = 60\n", "apps.second.reconect_interval"),
+    ],
+)
 def test_unknown_key_in_the_file_is_named(tmp_path, toml, key):
     """A misspelt key is an error whose key is the full dotted name of that key."""
     err = config_error(write(tmp_path, toml))
@@ -159,28 +189,31 @@ def test_unknown_key_in_the_file_is_named(tmp_path, toml, key):
     assert key in str(err)
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"APNSD_WORKER_BATCH_SIZE": "many"}, "worker.batch_size"),
-    ({"APNSD_WORKER_BATCH_SIZE": "0"}, "worker.batch_size"),
-    ({"APNSD_WORKER_BATCH_SIZE": "10001"}, "worker.batch_size"),
-    ({"APNSD_WORKER_BATCH_SIZE": "100", "APNSD_WORKER_MAX_IN_FLIGHT": "50"}, "worker.max_in_flight"),
-    ({"APNSD_WORKER_HEARTBEAT_TTL": "1", "APNSD_WORKER_HEARTBEAT_INTERVAL": "5"}, "worker.heartbeat_ttl"),
-    ({"APNSD_LOG_LEVEL": "loud"}, "log.level"),
-    ({"APNSD_REDIS_URL": "http://localhost"}, "redis.url"),
-    ({"APNSD_REDIS_PREFIX": ""}, "redis.prefix"),
-    ({"APNSD_METRICS_LISTEN": "9464"}, "metrics.listen"),
-    ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
-    ({"APNSD_APP_DEFAULT_PORT": "70000"}, "apps.default.port"),
-    ({"APNSD_APP_DEFAULT_PROTOCOL": "spdy"}, "apps.default.protocol"),
-    ({"APNSD_APP_DEFAULT_ENVIRONMENT": "staging"}, "apps.default.environment"),
-    ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "10"}, "apps.default.reconnect_interval"),
-    ({"APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "0"}, "apps.default.max_connects_per_minute"),
-    ({"APNSD_APP_DEFAULT_BACKOFF_INITIAL": "10", "APNSD_APP_DEFAULT_BACKOFF_MAX": "5"}, "apps.default.backoff_max"),
-    ({"APNSD_APP_DEFAULT_MAX_ATTEMPTS": "0"}, "apps.default.max_attempts"),
-    ({"APNSD_APP_DEFAULT_PAYLOAD_LIMIT": "-1"}, "apps.default.payload_limit"),
-    ({"APNSD_APP_DEFAULT_FEEDBACK_INTERVAL": "5"}, "apps.default.feedback_interval"),
-    ({"APNSD_APP_OTHER_CONFIRM_DELAY": "soon"}, "apps.other.confirm_delay"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"APNSD_WORKER_BATCH_SIZE": "many"}, "worker.batch_size"),
+        ({"APNSD_WORKER_BATCH_SIZE": "0"}, "worker.batch_size"),
+        ({"APNSD_WORKER_BATCH_SIZE": "10001"}, "worker.batch_size"),
+        ({"APNSD_WORKER_BATCH_SIZE": "100", "APNSD_WORKER_MAX_IN_FLIGHT": "50"}, "worker.max_in_flight"),
+        ({"APNSD_WORKER_HEARTBEAT_TTL": "1", "APNSD_WORKER_HEARTBEAT_INTERVAL": "5"}, "worker.heartbeat_ttl"),
+        ({"APNSD_LOG_LEVEL": "loud"}, "log.level"),
+        ({"APNSD_REDIS_URL": "http://localhost"}, "redis.url"),
+        ({"APNSD_REDIS_PREFIX": ""}, "redis.prefix"),
+        ({"APNSD_METRICS_LISTEN": "9464"}, "metrics.listen"),
+        ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
+        ({"APNSD_APP_DEFAULT_PORT": "70000"}, "apps.default.port"),
+        ({"APNSD_APP_DEFAULT_PROTOCOL": "spdy"}, "apps.default.protocol"),
+        ({"APNSD_APP_DEFAULT_ENVIRONMENT": "staging"}, "apps.default.environment"),
+        ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "10"}, "apps.default.reconnect_interval"),
+        ({"APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "0"}, "apps.default.max_connects_per_minute"),
+        ({"APNSD_APP_DEFAULT_BACKOFF_INITIAL": "10", "APNSD_APP_DEFAULT_BACKOFF_MAX": "5"}, "apps.default.backoff_max"),
+        ({"APNSD_APP_DEFAULT_MAX_ATTEMPTS": "0"}, "apps.default.max_attempts"),
+        ({"APNSD_APP_DEFAULT_PAYLOAD_LIMIT": "-1"}, "apps.default.payload_limit"),
+        ({"APNSD_APP_DEFAULT_FEEDBACK_INTERVAL": "5"}, "apps.default.feedback_interval"),
+        ({"APNSD_APP_OTHER_CONFIRM_DELAY": "soon"}, "apps.other.confirm_delay"),
+    ],
+)
 def test_bad_values_name_the_key(env, key):
     """A value of the wrong type or out of range is an error naming the dotted key."""
     err = config_error(None, env)
@@ -204,8 +237,12 @@ def test_at_least_one_app(tmp_path):
     assert "apps" == config_error(write(tmp_path, "[apps]\n")).key
 
 
-TOKEN_APP = {"APNSD_APP_DEFAULT_TOKEN_KEY": "/k.p8", "APNSD_APP_DEFAULT_KEY_ID": "ABC123DEFG",
-             "APNSD_APP_DEFAULT_TEAM_ID": "DEF123GHIJ", "APNSD_APP_DEFAULT_TOPIC": "com.example.app"}
+TOKEN_APP = {
+    "APNSD_APP_DEFAULT_TOKEN_KEY": "/k.p8",
+    "APNSD_APP_DEFAULT_KEY_ID": "ABC123DEFG",
+    "APNSD_APP_DEFAULT_TEAM_ID": "DEF123GHIJ",
+    "APNSD_APP_DEFAULT_TOPIC": "com.example.app",
+}
 
 
 def test_complete_token_auth_is_accepted():
@@ -213,11 +250,14 @@ def test_complete_token_auth_is_accepted():
     assert "token" == load_config(None, TOKEN_APP).apps["default"].auth
 
 
-@pytest.mark.parametrize(("missing", "key"), [
-    ("APNSD_APP_DEFAULT_KEY_ID", "apps.default.key_id"),
-    ("APNSD_APP_DEFAULT_TEAM_ID", "apps.default.team_id"),
-    ("APNSD_APP_DEFAULT_TOPIC", "apps.default.topic"),
-])
+@pytest.mark.parametrize(
+    ("missing", "key"),
+    [
+        ("APNSD_APP_DEFAULT_KEY_ID", "apps.default.key_id"),
+        ("APNSD_APP_DEFAULT_TEAM_ID", "apps.default.team_id"),
+        ("APNSD_APP_DEFAULT_TOPIC", "apps.default.topic"),
+    ],
+)
 def test_token_auth_needs_key_id_team_id_and_topic(missing, key):
     """Token auth without its key id, team id or topic is an error naming the missing key."""
     env = {k: v for k, v in TOKEN_APP.items() if k != missing}
@@ -225,12 +265,15 @@ def test_token_auth_needs_key_id_team_id_and_topic(missing, key):
     assert key == config_error(None, env).key
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    ({"APNSD_APP_DEFAULT_KEY_ID": "SHORT"}, "apps.default.key_id"),
-    ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "600"}, "apps.default.token_refresh"),
-    ({"APNSD_APP_DEFAULT_PROTOCOL": "binary"}, "apps.default.token_key"),
-    ({"APNSD_APP_DEFAULT_CERT": "/c.pem"}, "apps.default.token_key"),
-])
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"APNSD_APP_DEFAULT_KEY_ID": "SHORT"}, "apps.default.key_id"),
+        ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "600"}, "apps.default.token_refresh"),
+        ({"APNSD_APP_DEFAULT_PROTOCOL": "binary"}, "apps.default.token_key"),
+        ({"APNSD_APP_DEFAULT_CERT": "/c.pem"}, "apps.default.token_key"),
+    ],
+)
 def test_token_auth_misconfigurations_name_the_key(extra, key):
     """Bad key ids, refresh intervals, binary protocol or a certificate beside the .p8 key are refused."""
     assert key == config_error(None, {**TOKEN_APP, **extra}).key
@@ -238,8 +281,10 @@ def test_token_auth_misconfigurations_name_the_key(extra, key):
 
 def test_cert_and_pkcs12_together_are_rejected():
     """Setting both a PEM certificate and a PKCS#12 file is an error naming pkcs12."""
-    assert "apps.default.pkcs12" == config_error(None, {"APNSD_APP_DEFAULT_CERT": "/c.pem",
-                                                          "APNSD_APP_DEFAULT_PKCS12": "/c.p12"}).key
+    assert (
+        "apps.default.pkcs12"
+        == config_error(None, {"APNSD_APP_DEFAULT_CERT": "/c.pem", "APNSD_APP_DEFAULT_PKCS12": "/c.p12"}).key
+    )
 
 
 def test_key_without_cert_is_rejected():
@@ -247,10 +292,13 @@ def test_key_without_cert_is_rejected():
     assert "apps.default.key" == config_error(None, {"APNSD_APP_DEFAULT_KEY": "/k.pem"}).key
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    (None, "does not exist"),
-    ("[worker\n", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (None, "does not exist"),
+        ("[worker\n", "is not valid TOML"),
+    ],
+)
 def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     """A missing or syntactically broken file is an error about --config that says what is wrong."""
     path = str(tmp_path / "apnsd.toml") if text is None else write(tmp_path, text)
@@ -261,12 +309,15 @@ def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     assert problem in err.problem
 
 
-@pytest.mark.parametrize(("protocol", "environment", "expected"), [
-    ("http2", "production", ("api.push.apple.com", 443)),
-    ("http2", "sandbox", ("api.sandbox.push.apple.com", 443)),
-    ("binary", "production", ("gateway.push.apple.com", 2195)),
-    ("binary", "sandbox", ("gateway.sandbox.push.apple.com", 2195)),
-])
+@pytest.mark.parametrize(
+    ("protocol", "environment", "expected"),
+    [
+        ("http2", "production", ("api.push.apple.com", 443)),
+        ("http2", "sandbox", ("api.sandbox.push.apple.com", 443)),
+        ("binary", "production", ("gateway.push.apple.com", 2195)),
+        ("binary", "sandbox", ("gateway.sandbox.push.apple.com", 2195)),
+    ],
+)
 def test_gateway_defaults_per_protocol_and_environment(protocol, environment, expected):
     """Without host and port the app connects to Apple's gateway for its protocol and environment."""
     assert expected == AppConfig(protocol=protocol, environment=environment).gateway()
@@ -282,20 +333,27 @@ def test_gateway_host_and_port_are_overridable():
 def test_feedback_gateway_defaults_and_overrides():
     """The feedback service is Apple's for the environment on 2196, else the configured host and port."""
     assert ("feedback.push.apple.com", 2196) == AppConfig(protocol="binary").feedback_gateway()
-    assert ("feedback.sandbox.push.apple.com", 2196) == AppConfig(protocol="binary", environment="sandbox").feedback_gateway()
+    assert ("feedback.sandbox.push.apple.com", 2196) == AppConfig(
+        protocol="binary", environment="sandbox"
+    ).feedback_gateway()
     assert ("mock", 2196) == AppConfig(protocol="binary", host="mock").feedback_gateway()
-    assert ("fb", 9) == AppConfig(protocol="binary", host="mock", feedback_host="fb", feedback_port=9).feedback_gateway()
+    assert ("fb", 9) == AppConfig(
+        protocol="binary", host="mock", feedback_host="fb", feedback_port=9
+    ).feedback_gateway()
 
 
-@pytest.mark.parametrize(("app", "push_type", "limit"), [
-    (AppConfig(), None, 4096),
-    (AppConfig(), "alert", 4096),
-    (AppConfig(), "voip", 5120),
-    (AppConfig(protocol="binary"), None, 2048),
-    (AppConfig(protocol="binary"), "voip", 2048),
-    (AppConfig(payload_limit=1000), None, 1000),
-    (AppConfig(payload_limit=1000), "voip", 1000),
-])
+@pytest.mark.parametrize(
+    ("app", "push_type", "limit"),
+    [
+        (AppConfig(), None, 4096),
+        (AppConfig(), "alert", 4096),
+        (AppConfig(), "voip", 5120),
+        (AppConfig(protocol="binary"), None, 2048),
+        (AppConfig(protocol="binary"), "voip", 2048),
+        (AppConfig(payload_limit=1000), None, 1000),
+        (AppConfig(payload_limit=1000), "voip", 1000),
+    ],
+)
 def test_payload_limit_for_protocol_push_type_and_configuration(app, push_type, limit):
     """The payload limit is 4096 for http2, 5120 for http2 VoIP, 2048 for binary, or the configured one."""
     assert limit == app.payload_limit_for(push_type)

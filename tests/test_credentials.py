@@ -14,15 +14,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from apnsd.errors import CredentialsError
 from apnsd.gateway.certinfo import parse_topics
 from apnsd.gateway.credentials import (
-    TokenSigner, check_validity, client_context, inspect_certificate, load_identity, load_public_key, server_context,
-    verify_hostname, verify_token,
+    TokenSigner,
+    check_validity,
+    client_context,
+    inspect_certificate,
+    load_identity,
+    load_public_key,
+    server_context,
+    verify_hostname,
+    verify_token,
 )
 from apnsd.testing.devpki import DevPki, make_dev_pki, topics_extension
-from apnsd.errors import CredentialsError
 
-TOPICS = (("com.example.app", "app"), ("com.example.app.voip", "voip"), ("com.example.app.complication", "complication"))
+TOPICS = (
+    ("com.example.app", "app"),
+    ("com.example.app.voip", "voip"),
+    ("com.example.app.complication", "complication"),
+)
 
 
 def load_cert(path: str) -> x509.Certificate:
@@ -32,8 +43,13 @@ def load_cert(path: str) -> x509.Certificate:
 def encrypted_key_file(pki: DevPki, tmp_path: Path, passphrase: bytes) -> str:
     key = serialization.load_pem_private_key(Path(pki.client_key).read_bytes(), None)
     path = tmp_path / "encrypted-key.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(passphrase)))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
     return str(path)
 
 
@@ -50,7 +66,11 @@ def b64json(part: str) -> dict[str, object]:
 def test_pem_with_cert_and_key_in_one_file(pki: DevPki) -> None:
     """A single PEM holding certificate and key loads, and its subject facts come out."""
     identity = load_identity(cert=pki.client_pem)
-    assert ("com.example.app", "TEAM123456", TOPICS) == (identity.info.bundle_id, identity.info.team_id, identity.info.topics)
+    assert ("com.example.app", "TEAM123456", TOPICS) == (
+        identity.info.bundle_id,
+        identity.info.team_id,
+        identity.info.topics,
+    )
     assert pki.client_pem == identity.source
 
 
@@ -131,7 +151,9 @@ def test_encrypted_key_with_right_passphrase(pki: DevPki, tmp_path: Path) -> Non
 
 def test_wrong_pkcs12_passphrase(pki: DevPki) -> None:
     """A wrong PKCS#12 passphrase is reported as such, naming the file."""
-    assert f"wrong passphrase for PKCS#12 file {pki.client_p12}" == credentials_error(pkcs12=pki.client_p12, passphrase="x")
+    assert f"wrong passphrase for PKCS#12 file {pki.client_p12}" == credentials_error(
+        pkcs12=pki.client_p12, passphrase="x"
+    )
 
 
 def test_pkcs12_without_passphrase(pki: DevPki) -> None:
@@ -205,27 +227,49 @@ def test_days_left(pki: DevPki) -> None:
     assert 2.5 == info.days_left(info.not_after - timedelta(days=2, hours=12))
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    ("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True), ("LOCALHOST.", True),
-    ("127.0.0.2", False), ("example.com", False), ("local", False),
-])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("127.0.0.2", False),
+        ("example.com", False),
+        ("local", False),
+    ],
+)
 def test_verify_hostname_on_gateway_certificate(pki: DevPki, host: str, expected: bool) -> None:
     """IP and DNS subjectAltNames of the dev gateway certificate match exactly."""
     assert expected == verify_hostname(load_cert(pki.server_cert), host)
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    ("api.push.example.com", True), ("push.example.com", False), ("a.api.push.example.com", False), ("apipush.example.com", False),
-])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("api.push.example.com", True),
+        ("push.example.com", False),
+        ("a.api.push.example.com", False),
+        ("apipush.example.com", False),
+    ],
+)
 def test_verify_hostname_wildcard(host: str, expected: bool) -> None:
     """A wildcard stands for exactly one leftmost label."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wildcard")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.push.example.com")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.push.example.com")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     assert expected == verify_hostname(cert, host)
 
 
@@ -251,7 +295,10 @@ def test_token_header_claims_and_signature(pki: DevPki) -> None:
     jwt = TokenSigner.from_p8(pki.p8_key, pki.key_id, pki.team_id).token(1_700_000_000.7)
     header, claims, signature = jwt.split(".")
     raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
-    assert ({"alg": "ES256", "kid": "ABC123DEFG"}, {"iss": "TEAM123456", "iat": 1_700_000_000}) == (b64json(header), b64json(claims))
+    assert ({"alg": "ES256", "kid": "ABC123DEFG"}, {"iss": "TEAM123456", "iat": 1_700_000_000}) == (
+        b64json(header),
+        b64json(claims),
+    )
     assert (64, False) == (len(raw), "=" in jwt)
     public = load_public_key(pki.p8_public)
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -281,10 +328,15 @@ def test_p8_errors(pki: DevPki, tmp_path: Path) -> None:
     """A missing file, a non-PEM file and a non-P-256 key each get their own message."""
     (tmp_path / "text.p8").write_text("hello")
     p384 = ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (tmp_path / "p384.p8").write_bytes(p384)
-    cases = {f"{tmp_path}/none.p8": "does not exist", f"{tmp_path}/text.p8": "is not a PEM PKCS#8 private key",
-             f"{tmp_path}/p384.p8": "is not an EC P-256 key", pki.rsa_pem: "is not an EC P-256 key"}
+    cases = {
+        f"{tmp_path}/none.p8": "does not exist",
+        f"{tmp_path}/text.p8": "is not a PEM PKCS#8 private key",
+        f"{tmp_path}/p384.p8": "is not an EC P-256 key",
+        pki.rsa_pem: "is not an EC P-256 key",
+    }
     for path, message in cases.items():
         with pytest.raises(CredentialsError, match=message):
             TokenSigner.from_p8(path, pki.key_id, pki.team_id)
@@ -332,10 +384,15 @@ def test_dev_pki_regenerated_for_other_hosts(tmp_path: Path) -> None:
     """Asking for host names the gateway certificate lacks regenerates it."""
     make_dev_pki(str(tmp_path))
     pki = make_dev_pki(str(tmp_path), hosts=("127.0.0.1", "gateway.test"))
-    assert (True, False) == (verify_hostname(load_cert(pki.server_cert), "gateway.test"), verify_hostname(load_cert(pki.server_cert), "::1"))
+    assert (True, False) == (
+        verify_hostname(load_cert(pki.server_cert), "gateway.test"),
+        verify_hostname(load_cert(pki.server_cert), "::1"),
+    )
 
 
 def test_dev_pki_keys_are_private(pki: DevPki) -> None:
     """Files holding private keys are readable by the owner only."""
-    modes = {Path(p).stat().st_mode & 0o777 for p in (pki.ca_key, pki.client_pem, pki.client_key, pki.client_p12, pki.p8_key)}
+    modes = {
+        Path(p).stat().st_mode & 0o777 for p in (pki.ca_key, pki.client_pem, pki.client_key, pki.client_p12, pki.p8_key)
+    }
     assert {0o600} == modes

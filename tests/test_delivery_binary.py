@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import msgspec
 
 from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
@@ -42,7 +41,7 @@ def test_invalid_jobs_go_to_the_dead_letter_list_with_reasons(jq, rdb, binary_mo
         msgspec.json.encode({"token": "ab" * 32, "payload": [1]}): "bad_payload",
         job("ab" * 32, app="nosuchapp"): "unknown_app",
     }
-    push_all(jq, list(bad) + [job("cd" * 32)])
+    push_all(jq, [*list(bad), job("cd" * 32)])
 
     assert 0 == run_drained(make_config(mock))
 
@@ -59,8 +58,14 @@ def test_fan_out_job_gives_each_token_its_own_outcome(jq, rdb, binary_mock, make
     mock = binary_mock(fail_prefixes=(("bad0", 8),))
     good = good_tokens(3)
     gone = "bad0" + good_tokens(1, seed=2)[0][4:]
-    push_all(jq, [msgspec.json.encode({"tokens": [good[0], gone, good[1], "xyz", good[2]],
-                                       "payload": {"aps": {"alert": "fan"}}})])
+    push_all(
+        jq,
+        [
+            msgspec.json.encode(
+                {"tokens": [good[0], gone, good[1], "xyz", good[2]], "payload": {"aps": {"alert": "fan"}}}
+            )
+        ],
+    )
 
     assert 0 == run_drained(make_config(mock))
 
@@ -93,7 +98,9 @@ def test_feedback_service_tokens_land_in_the_unregistered_store(jq, rdb, binary_
     unregistered = jq.unregistered()
     assert {t.hex() for t in gone} == set(unregistered)
     assert {"Feedback"} == {v["reason"] for v in unregistered.values()}
-    assert sorted(1_700_000_000_000 + i * 1000 for i in range(3)) == sorted(v["timestamp_ms"] for v in unregistered.values())
+    assert sorted(1_700_000_000_000 + i * 1000 for i in range(3)) == sorted(
+        v["timestamp_ms"] for v in unregistered.values()
+    )
 
 
 def test_a_gateway_that_keeps_dropping_the_connection_costs_few_resends(jq, rdb, binary_mock, make_config):

@@ -180,9 +180,20 @@ def dockerignored(path: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    ["apns.pem", "config/apns.pem", "deploy/secrets/apns.pem", "secrets/anything", "AuthKey_ABC123DEFG.p8",
-     "certs/push.p12", "push.key", ".git/config", ".venv/bin/python", "apnsd/__pycache__/x.cpython-311.pyc",
-     "benchmarks/results/run.json", ".pytest_cache/v/cache"],
+    [
+        "apns.pem",
+        "config/apns.pem",
+        "deploy/secrets/apns.pem",
+        "secrets/anything",
+        "AuthKey_ABC123DEFG.p8",
+        "certs/push.p12",
+        "push.key",
+        ".git/config",
+        ".venv/bin/python",
+        "apnsd/__pycache__/x.cpython-311.pyc",
+        "benchmarks/results/run.json",
+        ".pytest_cache/v/cache",
+    ],
 )
 def test_dockerignore_keeps_secrets_and_clutter_out(path: str) -> None:
     """Credentials, version control, virtualenvs, caches and benchmark results never reach the build context."""
@@ -385,7 +396,9 @@ def test_compose_runs_apnsd_against_its_redis() -> None:
     apnsd = services["apnsd"]
     assert "redis:7-alpine" == services["redis"]["image"]
     assert ["CMD", "redis-cli", "ping"] == services["redis"]["healthcheck"]["test"]
-    assert (DEPLOY / apnsd["build"]["context"] / apnsd["build"].get("dockerfile", "Dockerfile")).resolve() == ROOT / "Dockerfile"
+    assert (
+        DEPLOY / apnsd["build"]["context"] / apnsd["build"].get("dockerfile", "Dockerfile")
+    ).resolve() == ROOT / "Dockerfile"
     assert "service_healthy" == apnsd["depends_on"]["redis"]["condition"]
     assert apnsd["environment"]["APNSD_REDIS_URL"].startswith("redis://redis:")
 

@@ -6,9 +6,9 @@ import io
 import socket
 from collections.abc import Callable
 
+from apnsd.cli.check import run_check
 from apnsd.config import load_config
 from apnsd.testing.devpki import DevPki
-from apnsd.cli.check import run_check
 from tests.conftest_pki import OneShotServer
 
 ENV = "APNSD_APP_DEFAULT_"
@@ -35,7 +35,10 @@ def test_good_certificate(pki: DevPki) -> None:
     """A valid universal certificate with its key passes with no errors or warnings."""
     code, report = check(cert=pki.client_pem, topic="com.example.app")
     assert (0, []) == (code, problems(report))
-    assert "  topics        com.example.app (app), com.example.app.voip (voip), com.example.app.complication (complication)" in report
+    assert (
+        "  topics        com.example.app (app), com.example.app.voip (voip), com.example.app.complication (complication)"
+        in report
+    )
 
 
 def test_report_shows_gateway_and_subject(pki: DevPki) -> None:
@@ -63,7 +66,9 @@ def test_sandbox_certificate_against_production(pki: DevPki) -> None:
     """A sandbox-only certificate configured for production is an error."""
     code, report = check(cert=pki.sandbox_pem, environment="production")
     assert 1 == code
-    assert problems(report)[0].startswith("ERROR  sandbox-only certificate used against production gateway api.push.apple.com")
+    assert problems(report)[0].startswith(
+        "ERROR  sandbox-only certificate used against production gateway api.push.apple.com"
+    )
 
 
 def test_sandbox_certificate_against_sandbox(pki: DevPki) -> None:
@@ -75,7 +80,10 @@ def test_sandbox_certificate_against_sandbox(pki: DevPki) -> None:
 def test_mismatched_key(pki: DevPki) -> None:
     """A key from another pair is an error naming both files."""
     code, report = check(cert=pki.mismatched_cert, key=pki.mismatched_key)
-    assert (1, [f"ERROR  private key in {pki.mismatched_key} does not match the certificate in {pki.mismatched_cert}"]) == (code, problems(report))
+    assert (
+        1,
+        [f"ERROR  private key in {pki.mismatched_key} does not match the certificate in {pki.mismatched_cert}"],
+    ) == (code, problems(report))
 
 
 def test_pkcs12_with_right_passphrase(pki: DevPki) -> None:
@@ -93,7 +101,10 @@ def test_pkcs12_with_wrong_passphrase(pki: DevPki) -> None:
 def test_pem_without_key(pki: DevPki) -> None:
     """A PEM with a certificate but no key is an error that names the key setting."""
     code, report = check(cert=pki.cert_only_pem)
-    assert (1, [f"ERROR  {pki.cert_only_pem} contains a certificate but no private key; set key = <key file>"]) == (code, problems(report))
+    assert (1, [f"ERROR  {pki.cert_only_pem} contains a certificate but no private key; set key = <key file>"]) == (
+        code,
+        problems(report),
+    )
 
 
 def test_unknown_topic(pki: DevPki) -> None:
@@ -140,13 +151,17 @@ def test_connect_http2(pki: DevPki, tls_server: Callable[..., OneShotServer]) ->
     code, report = check(True, cert=pki.client_pem, host="127.0.0.1", port=server.port, ca_file=pki.ca_cert)
     assert (0, []) == (code, problems(report))
     assert "ok     ALPN selected h2" in report and "HTTP/2 SETTINGS received" in report
-    assert ["C=US,O=Example Inc.,OU=TEAM123456,CN=Apple Push Services: com.example.app,UID=com.example.app"] == server.client_certs
+    assert [
+        "C=US,O=Example Inc.,OU=TEAM123456,CN=Apple Push Services: com.example.app,UID=com.example.app"
+    ] == server.client_certs
 
 
 def test_connect_binary(pki: DevPki, tls_server: Callable[..., OneShotServer]) -> None:
     """A binary gateway that stays silent after the handshake counts as having accepted the certificate."""
     server = tls_server(client_ca=pki.ca_cert)
-    code, report = check(True, cert=pki.client_pem, protocol="binary", host="localhost", port=server.port, ca_file=pki.ca_cert)
+    code, report = check(
+        True, cert=pki.client_pem, protocol="binary", host="localhost", port=server.port, ca_file=pki.ca_cert
+    )
     assert (0, []) == (code, problems(report))
     assert "ok     server certificate is trusted and names localhost" in report
 
@@ -154,8 +169,16 @@ def test_connect_binary(pki: DevPki, tls_server: Callable[..., OneShotServer]) -
 def test_connect_token_auth(pki: DevPki, tls_server: Callable[..., OneShotServer]) -> None:
     """Token auth connects without a client certificate."""
     server = tls_server(alpn=[b"h2"], h2=True)
-    code, report = check(True, token_key=pki.p8_key, key_id=pki.key_id, team_id=pki.team_id, topic="com.example.app",
-                         host="127.0.0.1", port=server.port, ca_file=pki.ca_cert)
+    code, report = check(
+        True,
+        token_key=pki.p8_key,
+        key_id=pki.key_id,
+        team_id=pki.team_id,
+        topic="com.example.app",
+        host="127.0.0.1",
+        port=server.port,
+        ca_file=pki.ca_cert,
+    )
     assert (0, [], [""]) == (code, problems(report), server.client_certs)
 
 
@@ -163,7 +186,10 @@ def test_connect_to_closed_port(pki: DevPki) -> None:
     """A refused connection suggests the outgoing port may be blocked."""
     port = closed_port()
     code, report = check(True, cert=pki.client_pem, host="127.0.0.1", port=port, ca_file=pki.ca_cert)
-    assert (1, [f"ERROR  cannot reach 127.0.0.1:{port}: Connection refused — outgoing port {port} blocked?"]) == (code, problems(report))
+    assert (1, [f"ERROR  cannot reach 127.0.0.1:{port}: Connection refused — outgoing port {port} blocked?"]) == (
+        code,
+        problems(report),
+    )
 
 
 def test_gateway_rejects_certificate_from_other_ca(pki: DevPki, tls_server: Callable[..., OneShotServer]) -> None:
@@ -178,7 +204,10 @@ def test_gateway_without_alpn_h2(pki: DevPki, tls_server: Callable[..., OneShotS
     """An HTTP/2 app whose gateway does not select ALPN h2 fails."""
     server = tls_server(client_ca=pki.ca_cert)
     code, report = check(True, cert=pki.client_pem, host="127.0.0.1", port=server.port, ca_file=pki.ca_cert)
-    assert (1, ["ERROR  gateway did not select ALPN h2 (selected: nothing); not an HTTP/2 gateway?"]) == (code, problems(report))
+    assert (1, ["ERROR  gateway did not select ALPN h2 (selected: nothing); not an HTTP/2 gateway?"]) == (
+        code,
+        problems(report),
+    )
 
 
 def test_untrusted_server_certificate(pki: DevPki, tls_server: Callable[..., OneShotServer]) -> None:

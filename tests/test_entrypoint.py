@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from apnsd.testing.redis_server import free_port
 from apnsd.store.queue import JobQueue
+from apnsd.testing.redis_server import free_port
 from tests.conftest import job, push_all
 from tests.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid, wait_for
 from tests.test_deploy import copied_to, exec_form, instructions
@@ -55,8 +55,17 @@ def _can_run(argv: list[str]) -> str:
 
 def venv_unusable_as(bin_dir: Path, uid: int, gid: int) -> str:
     """'' if uid:gid can run that venv's interpreter and import apnsd's daemon, else why not."""
-    return _can_run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", str(bin_dir / "python"),
-                     "-c", "import apnsd.worker.daemon, supervisor"])
+    return _can_run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            str(bin_dir / "python"),
+            "-c",
+            "import apnsd.worker.daemon, supervisor",
+        ]
+    )
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,8 +83,9 @@ def image_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="apnsd-image-venv-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     venv = base / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True,
-                          timeout=600, cwd=base)
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True, timeout=600, cwd=base
+    )
     assert 0 == done.returncode, done.stderr[-2000:]
     for path in (base, *base.rglob("*")):
         if not path.is_symlink():
@@ -105,9 +115,19 @@ class Container:
             uid, gid = self.user
             command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *command]
         if self.private_tmp:
-            command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                       'mount --bind "$0" /tmp && cd "$1" && shift && exec "$@"',
-                       str(self.tmp), image_workdir(), *command]
+            command = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                'mount --bind "$0" /tmp && cd "$1" && shift && exec "$@"',
+                str(self.tmp),
+                image_workdir(),
+                *command,
+            ]
         return command
 
     def run(self, command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -148,8 +168,9 @@ def setup_container(base: Path, user: tuple[int, int] | None, private_tmp: bool,
 
 
 @pytest.fixture(params=["image-user", "root"])
-def container(request: pytest.FixtureRequest, pki: Any, redis_server: Any, binary_mock: Any,
-              rdb: Any) -> Iterator[tuple[Container, Any]]:
+def container(
+    request: pytest.FixtureRequest, pki: Any, redis_server: Any, binary_mock: Any, rdb: Any
+) -> Iterator[tuple[Container, Any]]:
     """A fresh container layout for the image's user (uid from USER) or for root, with a binary mock gateway."""
     as_root = os.geteuid() == 0
     user: tuple[int, int] | None = None
@@ -162,18 +183,28 @@ def container(request: pytest.FixtureRequest, pki: Any, redis_server: Any, binar
             user = (uid, gid)
     elif not as_root:
         pytest.skip("the tests do not run as root, so there is no root variant to run")
-    private_tmp = (as_root and not bin_dir.is_relative_to("/tmp")  # the venv must stay visible
-                   and not _can_run(["unshare", "--mount", "--propagation", "private", "true"]))
+    private_tmp = (
+        as_root
+        and not bin_dir.is_relative_to("/tmp")  # the venv must stay visible
+        and not _can_run(["unshare", "--mount", "--propagation", "private", "true"])
+    )
     base = Path(tempfile.mkdtemp(prefix="apnsd-image-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     mock = binary_mock()
     c = setup_container(base, user, private_tmp, pki)
     secrets = base / "run" / "secrets" / "apnsd"
-    c.env = {**image_env(), "PATH": f"{bin_dir}:{DOCKER_PATH}", "HOME": "/nonexistent" if user else "/root",
-             # what `docker run -e ...` adds; metrics moved off 0.0.0.0 as the Dockerfile comment says to
-             "APNSD_REDIS_URL": redis_server.url, "APNSD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-             "APNSD_APP_DEFAULT_HOST": mock.host, "APNSD_APP_DEFAULT_PORT": str(mock.port),
-             "APNSD_APP_DEFAULT_PROTOCOL": "binary", "APNSD_APP_DEFAULT_CERT": str(secrets / Path(pki.client_pem).name),
-             "APNSD_APP_DEFAULT_CA_FILE": str(secrets / Path(pki.ca_cert).name)}
+    c.env = {
+        **image_env(),
+        "PATH": f"{bin_dir}:{DOCKER_PATH}",
+        "HOME": "/nonexistent" if user else "/root",
+        # what `docker run -e ...` adds; metrics moved off 0.0.0.0 as the Dockerfile comment says to
+        "APNSD_REDIS_URL": redis_server.url,
+        "APNSD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "APNSD_APP_DEFAULT_HOST": mock.host,
+        "APNSD_APP_DEFAULT_PORT": str(mock.port),
+        "APNSD_APP_DEFAULT_PROTOCOL": "binary",
+        "APNSD_APP_DEFAULT_CERT": str(secrets / Path(pki.client_pem).name),
+        "APNSD_APP_DEFAULT_CA_FILE": str(secrets / Path(pki.ca_cert).name),
+    }
     if not private_tmp:
         c.env["APNSD_WORKER_STATE_DIR"] = str(c.tmp / "apnsd")
     yield c, mock
@@ -189,8 +220,9 @@ def start_entrypoint(c: Container) -> tuple[subprocess.Popen[bytes], OutputReade
     read_end, write_end = os.pipe()
     if c.user is not None:  # container runtimes hand the process a stdout its user owns
         os.fchown(write_end, *c.user)
-    proc = subprocess.Popen(c.argv(argv), stdout=write_end, stderr=write_end, env=c.env,
-                            cwd=None if c.private_tmp else c.tmp)
+    proc = subprocess.Popen(
+        c.argv(argv), stdout=write_end, stderr=write_end, env=c.env, cwd=None if c.private_tmp else c.tmp
+    )
     os.close(write_end)
     return proc, OutputReader(os.fdopen(read_end, "rb"))
 
@@ -204,8 +236,9 @@ def test_entrypoint_runs_the_worker_and_healthcheck_follows_it(container: tuple[
 
     proc, output = start_entrypoint(c)
     try:
-        code, out = wait_for(lambda: (h := c.healthcheck())[0] == 0 and h or proc.poll() is not None and h,
-                             30, "the HEALTHCHECK to pass")
+        code, out = wait_for(
+            lambda: ((h := c.healthcheck())[0] == 0 and h) or (proc.poll() is not None and h), 30, "the HEALTHCHECK to pass"
+        )
         assert (0, "healthy: 1 worker(s) alive\n") == (code, out), output.text()
         token = os.urandom(32).hex()
         push_all(jq, [job(token)])

@@ -8,6 +8,7 @@ from the mock gateway's record. One summary line per fault is printed and repeat
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,14 +18,27 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.testing.redis_server import RedisServer, free_port
-from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.store.queue import JobQueue, connect
+from apnsd.testing.mock import BinaryFaults, MockGateway
+from apnsd.testing.redis_server import RedisServer, free_port
 from tests.conftest import job, push_all, run_drained
-from tests.faultkit import (EXEC, LINES, DaemonProcess, DaemonThread, LogTap, RedisCutter, StallingBinaryGateway,
-                            assert_resolved, connect_failures, daemon_env, drain_with_a_new_worker, make_tokens,
-                            resent_on_abrupt_loss, tally,
-                            wait_for)
+from tests.faultkit import (
+    EXEC,
+    LINES,
+    DaemonProcess,
+    DaemonThread,
+    LogTap,
+    RedisCutter,
+    StallingBinaryGateway,
+    assert_resolved,
+    connect_failures,
+    daemon_env,
+    drain_with_a_new_worker,
+    make_tokens,
+    resent_on_abrupt_loss,
+    tally,
+    wait_for,
+)
 
 QUEUE = "apnsd:queue"
 PROTOCOLS = ["binary", "http2"]
@@ -53,9 +67,15 @@ def gateway_later(pki: Any) -> Iterator[Callable[..., MockGateway]]:
     def start(protocol: str, port: int, **faults: Any) -> MockGateway:
         from apnsd.testing.http2_mock import Http2Faults
 
-        m = MockGateway(protocol, pki.server_cert, pki.server_key, pki.ca_cert, port=port,
-                        binary_faults=BinaryFaults(**faults) if protocol == "binary" else BinaryFaults(),
-                        http2_faults=Http2Faults(**faults) if protocol == "http2" else None)
+        m = MockGateway(
+            protocol,
+            pki.server_cert,
+            pki.server_key,
+            pki.ca_cert,
+            port=port,
+            binary_faults=BinaryFaults(**faults) if protocol == "binary" else BinaryFaults(),
+            http2_faults=Http2Faults(**faults) if protocol == "http2" else None,
+        )
         started.append(m.start())
         return m
 
@@ -64,8 +84,9 @@ def gateway_later(pki: Any) -> Iterator[Callable[..., MockGateway]]:
         m.stop()
 
 
-def mock_for(protocol: str, binary_mock: Callable[..., MockGateway], http2_mock: Callable[..., MockGateway],
-             **faults: Any) -> MockGateway:
+def mock_for(
+    protocol: str, binary_mock: Callable[..., MockGateway], http2_mock: Callable[..., MockGateway], **faults: Any
+) -> MockGateway:
     """A started mock gateway of the given protocol."""
     return binary_mock(**faults) if protocol == "binary" else http2_mock(**faults)
 
@@ -75,8 +96,9 @@ def mock_for(protocol: str, binary_mock: Callable[..., MockGateway], http2_mock:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_error_responses_at_random_positions_resolve_each_job_once(protocol, jq, rdb, binary_mock, http2_mock,
-                                                                    make_config):
+def test_error_responses_at_random_positions_resolve_each_job_once(
+    protocol, jq, rdb, binary_mock, http2_mock, make_config
+):
     """Rejected tokens at seeded random positions become unregistered or dead; every other job arrives once."""
     tokens, bad = make_tokens(seed=101, n=10_000, bad={"bad0": 6, "bad1": 6})
     if protocol == "binary":
@@ -151,8 +173,7 @@ BURSTS = [(429, "TooManyRequests"), (500, "InternalServerError"), (503, "Service
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("status,reason", BURSTS)
-def test_error_burst_is_retried_through_the_schedule_then_delivered(status, reason, jq, rdb, http2_mock,
-                                                                      make_config):
+def test_error_burst_is_retried_through_the_schedule_then_delivered(status, reason, jq, rdb, http2_mock, make_config):
     """The first 50 requests answered with a retryable error are scheduled again and then delivered once."""
     tokens, _ = make_tokens(seed=404, n=2000)
     mock = http2_mock(burst_status=(status, reason, 50))
@@ -170,8 +191,9 @@ def test_error_burst_is_retried_through_the_schedule_then_delivered(status, reas
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("status,reason", BURSTS)
-def test_error_burst_with_one_attempt_is_dead_lettered_with_the_reason(status, reason, jq, rdb, http2_mock,
-                                                                         make_config):
+def test_error_burst_with_one_attempt_is_dead_lettered_with_the_reason(
+    status, reason, jq, rdb, http2_mock, make_config
+):
     """With max_attempts = 1, the 50 notifications answered with a retryable error are dead letters naming it."""
     tokens, _ = make_tokens(seed=405, n=2000)
     mock = http2_mock(burst_status=(status, reason, 50))
@@ -231,13 +253,15 @@ def attempt_times(start: float, duration: float, before: float) -> list[float]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_gateway_down_at_start_backs_off_then_delivers_when_it_comes_up(protocol, jq, rdb, make_config,
-                                                                        gateway_later):
+def test_gateway_down_at_start_backs_off_then_delivers_when_it_comes_up(protocol, jq, rdb, make_config, gateway_later):
     """With nothing listening the daemon retries with growing, jittered delays and keeps every job; once a
     gateway listens on that port everything is delivered once."""
     port = free_port()
-    config = make_config(SimpleNamespace(host="127.0.0.1", port=port, protocol=protocol),
-                         APP_DEFAULT_BACKOFF_INITIAL="0.2", APP_DEFAULT_BACKOFF_MAX="0.8")
+    config = make_config(
+        SimpleNamespace(host="127.0.0.1", port=port, protocol=protocol),
+        APP_DEFAULT_BACKOFF_INITIAL="0.2",
+        APP_DEFAULT_BACKOFF_MAX="0.8",
+    )
     tokens, _ = make_tokens(seed=505, n=1000)
     push_all(jq, [job(t) for t in tokens])
     tap = LogTap()
@@ -250,9 +274,12 @@ def test_gateway_down_at_start_backs_off_then_delivers_when_it_comes_up(protocol
     assert 0 == d.join(60)
 
     t = tally(tokens, mock, jq, rdb)
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    t.line(f"gateway_down_at_start/{protocol}", connect_attempts_while_down=len(times),
-           gaps="/".join(f"{g:.2f}" for g in gaps))
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    t.line(
+        f"gateway_down_at_start/{protocol}",
+        connect_attempts_while_down=len(times),
+        gaps="/".join(f"{g:.2f}" for g in gaps),
+    )
     assert_resolved(t)
     assert (1000, 0, 0) == (t.delivered, t.duplicates, t.dead)
     assert 1000 == held  # while the gateway was down every job stayed in Redis, none dead
@@ -269,9 +296,13 @@ def test_gateway_down_at_start_backs_off_then_delivers_when_it_comes_up(protocol
 def test_gateway_down_connects_at_most_max_connects_per_minute(jq, rdb, make_config):
     """Even with a tiny backoff, no more than max_connects_per_minute attempts are made, and a stop returns
     every job to the queue."""
-    config = make_config(SimpleNamespace(host="127.0.0.1", port=free_port(), protocol="http2"),
-                         APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="3", APP_DEFAULT_BACKOFF_INITIAL="0.05",
-                         APP_DEFAULT_BACKOFF_MAX="0.05", WORKER_GRACE_PERIOD="0.5")
+    config = make_config(
+        SimpleNamespace(host="127.0.0.1", port=free_port(), protocol="http2"),
+        APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="3",
+        APP_DEFAULT_BACKOFF_INITIAL="0.05",
+        APP_DEFAULT_BACKOFF_MAX="0.05",
+        WORKER_GRACE_PERIOD="0.5",
+    )
     tokens, _ = make_tokens(seed=506, n=500)
     push_all(jq, [job(t) for t in tokens])
     queued = sorted(rdb.lrange(QUEUE, 0, -1))
@@ -282,8 +313,10 @@ def test_gateway_down_connects_at_most_max_connects_per_minute(jq, rdb, make_con
     d.stop()
     assert 0 == d.join(15)
 
-    line = (f"fault=connect_cap jobs=500 delivered=0 duplicates=0 dead={len(jq.dead_entries(10))} unregistered=0 "
-            f"lost={500 - jq.depth(QUEUE)} connect_attempts_in_2s={len(times)}")
+    line = (
+        f"fault=connect_cap jobs=500 delivered=0 duplicates=0 dead={len(jq.dead_entries(10))} unregistered=0 "
+        f"lost={500 - jq.depth(QUEUE)} connect_attempts_in_2s={len(times)}"
+    )
     print(line)
     LINES.append(line)
     assert 3 == len(times)
@@ -313,18 +346,25 @@ def test_redis_restart_mid_stream_loses_nothing(protocol, own_redis, binary_mock
     client = connect(own_redis.url)
     jq = JobQueue(client, "apnsd", "test-inspector")
     tokens, bad = make_tokens(seed=606, n=20_000, bad={"bad0": 5, "bad1": 5})
-    faults = ({"fail_prefixes": (("bad0", 8), ("bad1", 7))} if protocol == "binary"
-              else {"reject_prefixes": (("bad0", 410, "Unregistered"), ("bad1", 400, "BadTopic"))})
+    faults = (
+        {"fail_prefixes": (("bad0", 8), ("bad1", 7))}
+        if protocol == "binary"
+        else {"reject_prefixes": (("bad0", 410, "Unregistered"), ("bad1", 400, "BadTopic"))}
+    )
     mock = mock_for(protocol, binary_mock, http2_mock, **faults)
     push_all(jq, [job(t) for t in tokens])
     tap = LogTap()
-    d = DaemonThread(make_config(mock, REDIS_URL=own_redis.url, WORKER_BATCH_SIZE="200",
-                                 WORKER_MAX_IN_FLIGHT="2000"), drain=True).start()
+    d = DaemonThread(
+        make_config(mock, REDIS_URL=own_redis.url, WORKER_BATCH_SIZE="200", WORKER_MAX_IN_FLIGHT="2000"), drain=True
+    ).start()
 
     wait_for(lambda: len(mock.record.received) >= 4000, 30, "the first deliveries")
     own_redis.kill()
-    wait_for(lambda: [e for e in tap.events() if e["event"].startswith("redis_unavailable")], 10,
-             "the daemon to notice the outage")
+    wait_for(
+        lambda: [e for e in tap.events() if e["event"].startswith("redis_unavailable")],
+        10,
+        "the daemon to notice the outage",
+    )
     time.sleep(0.5)  # the outage lasts a while: deliveries in flight finish and their commits must wait
     own_redis.start()
     assert 0 == d.join(60)
@@ -355,16 +395,25 @@ def received(mock: MockGateway) -> int:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(protocol, jq, rdb, redis_server, pki,
-                                                                       binary_mock, http2_mock, tmp_path):
+def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(
+    protocol, jq, rdb, redis_server, pki, binary_mock, http2_mock, tmp_path
+):
     """SIGTERM while streaming: exit 0 within the grace period, every job delivered or back in the queue
     (none in flight, none lost); a second run with --drain delivers the rest, each job once."""
     tokens, _ = make_tokens(seed=707, n=JOBS_PER_PROCESS_TEST)
     mock = mock_for(protocol, binary_mock, http2_mock)
     push_all(jq, [job(t) for t in tokens])
     # At most 5,000 taken ahead, so the queue still holds most jobs when the signal comes.
-    env = daemon_env(redis_server.url, mock.host, mock.port, protocol, pki, tmp_path / "state",
-                     WORKER_GRACE_PERIOD="5", WORKER_MAX_IN_FLIGHT="5000")
+    env = daemon_env(
+        redis_server.url,
+        mock.host,
+        mock.port,
+        protocol,
+        pki,
+        tmp_path / "state",
+        WORKER_GRACE_PERIOD="5",
+        WORKER_MAX_IN_FLIGHT="5000",
+    )
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
         wait_for(lambda: received(mock) >= 10_000, 60, "the first 10,000 deliveries")
@@ -382,13 +431,19 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(protocol, 
         assert mid.delivered < JOBS_PER_PROCESS_TEST  # it was stopped mid-stream
         assert [True] == [e["clean"] for e in first.events("stopped")]
 
-        second = drain_with_a_new_worker(env, tmp_path / "second.log")
+        drain_with_a_new_worker(env, tmp_path / "second.log")
     finally:
         first.kill()
 
     t = tally(tokens, mock, jq, rdb)
-    t.line(f"sigterm/{protocol}", delivered_before_stop=mid.delivered, queued_after_stop=mid.queued,
-           returned_unsent=unsent, returned_unanswered_at_deadline=returned, stop_seconds=f"{took:.2f}")
+    t.line(
+        f"sigterm/{protocol}",
+        delivered_before_stop=mid.delivered,
+        queued_after_stop=mid.queued,
+        returned_unsent=unsent,
+        returned_unanswered_at_deadline=returned,
+        stop_seconds=f"{took:.2f}",
+    )
     assert_resolved(t)
     assert (JOBS_PER_PROCESS_TEST, 0) == (t.delivered, t.duplicates)
 
@@ -398,15 +453,25 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(protocol, 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(protocol, jq, rdb, redis_server, pki, binary_mock,
-                                                                http2_mock, tmp_path):
+def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
+    protocol, jq, rdb, redis_server, pki, binary_mock, http2_mock, tmp_path
+):
     """After kill -9 a new worker recovers the dead worker's in-flight jobs once its heartbeat lapses: every
     job is delivered, duplicates only among what the dead worker held in flight."""
     tokens, _ = make_tokens(seed=808, n=JOBS_PER_PROCESS_TEST)
     mock = mock_for(protocol, binary_mock, http2_mock)
     push_all(jq, [job(t) for t in tokens])
-    env = daemon_env(redis_server.url, mock.host, mock.port, protocol, pki, tmp_path / "state",
-                     WORKER_HEARTBEAT_TTL="2", WORKER_HEARTBEAT_INTERVAL="0.5", WORKER_RECOVER_INTERVAL="0.5")
+    env = daemon_env(
+        redis_server.url,
+        mock.host,
+        mock.port,
+        protocol,
+        pki,
+        tmp_path / "state",
+        WORKER_HEARTBEAT_TTL="2",
+        WORKER_HEARTBEAT_INTERVAL="0.5",
+        WORKER_RECOVER_INTERVAL="0.5",
+    )
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
         wait_for(lambda: received(mock) >= 10_000, 60, "the first 10,000 deliveries")
@@ -433,8 +498,9 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(protocol, jq, rdb
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_two_workers_recovering_the_same_dead_worker_deliver_each_job_once(protocol, jq, rdb, binary_mock,
-                                                                           http2_mock, make_config):
+def test_two_workers_recovering_the_same_dead_worker_deliver_each_job_once(
+    protocol, jq, rdb, binary_mock, http2_mock, make_config
+):
     """Two daemons starting together both try to recover a dead worker's batches; each job arrives once."""
     tokens, _ = make_tokens(seed=909, n=8000)
     mock = mock_for(protocol, binary_mock, http2_mock)
@@ -464,8 +530,9 @@ def test_two_workers_recovering_the_same_dead_worker_deliver_each_job_once(proto
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("step, seed", [("commit", 1010), ("take", 1111)])
-def test_redis_answer_lost_after_the_command_ran_resolves_every_job_once(step, seed, jq, rdb, redis_server,
-                                                                        http2_mock, make_config):
+def test_redis_answer_lost_after_the_command_ran_resolves_every_job_once(
+    step, seed, jq, rdb, redis_server, http2_mock, make_config
+):
     """The Redis connection drops right after a commit (or a take) ran and its answer never arrives: a
     retried commit must not write its dead letters twice, and a taken batch is still delivered once."""
     tokens, bad = make_tokens(seed=seed, n=3000, bad={"bad1": 600})
@@ -502,8 +569,7 @@ def test_drain_waits_for_a_stalled_worker_then_recovers_its_jobs(jq, rdb, http2_
     _, held = peer.take(QUEUE, 600)
     tap = LogTap()
 
-    config = make_config(mock, WORKER_HEARTBEAT_INTERVAL="0.5", WORKER_HEARTBEAT_TTL="2",
-                         WORKER_RECOVER_INTERVAL="0.5")
+    config = make_config(mock, WORKER_HEARTBEAT_INTERVAL="0.5", WORKER_HEARTBEAT_TTL="2", WORKER_RECOVER_INTERVAL="0.5")
     assert 0 == DaemonThread(config, drain=True).start().join(30)
 
     t = tally(tokens, mock, jq, rdb)

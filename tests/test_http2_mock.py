@@ -10,12 +10,25 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from apnsd.gateway.credentials import TokenSigner
-from apnsd.wire.http2.frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
-from apnsd.wire.http2.connection import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
 from apnsd.testing.http2_mock import FaultState, Http2Faults
 from apnsd.testing.record import Received
-from tests.h2factories import (APNS_ID, NOW, PAYLOAD, TOKEN, TOPIC, Answer, apns_id, frames_in, gateway,
-                               our_client, raw_frame, ref_client, request_headers)
+from apnsd.wire.http2.connection import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
+from apnsd.wire.http2.frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
+from tests.h2factories import (
+    APNS_ID,
+    NOW,
+    PAYLOAD,
+    TOKEN,
+    TOPIC,
+    Answer,
+    apns_id,
+    frames_in,
+    gateway,
+    our_client,
+    raw_frame,
+    ref_client,
+    request_headers,
+)
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 OPEN = Http2Faults(initial_streams=100, max_concurrent_streams=100)
@@ -47,8 +60,10 @@ def test_accepted_request_gets_200_apns_id_and_no_body() -> None:
     ref = ref_client(gw)
     sid = ref.request(headers)
     ref.pump()
-    assert ({sid: Answer(200, {"apns-id": APNS_ID})}, [Received(TOKEN, PAYLOAD, APNS_ID, 200, "", tuple(headers))]) \
-        == (ref.answers(), gw.record.received)
+    assert ({sid: Answer(200, {"apns-id": APNS_ID})}, [Received(TOKEN, PAYLOAD, APNS_ID, 200, "", tuple(headers))]) == (
+        ref.answers(),
+        gw.record.received,
+    )
 
 
 def test_apns_id_generated_when_absent() -> None:
@@ -62,45 +77,69 @@ CERT_TOPICS = Http2Faults(allowed_topics=(TOPIC, TOPIC + ".voip"))
 ONE_TOPIC = Http2Faults(allowed_topics=(TOPIC,))
 
 
-@pytest.mark.parametrize(("faults", "headers", "body", "expected"), [
-    (Http2Faults(), request_headers(method="PUT"), PAYLOAD, (405, "MethodNotAllowed")),
-    (Http2Faults(), request_headers(path=f"/2/device/{TOKEN}"), PAYLOAD, (404, "BadPath")),
-    (Http2Faults(), request_headers(path="/3/device/"), PAYLOAD, (400, "MissingDeviceToken")),
-    (Http2Faults(), request_headers("zz" * 32), PAYLOAD, (400, "BadDeviceToken")),
-    (Http2Faults(), request_headers("ab" * 31), PAYLOAD, (400, "BadDeviceToken")),
-    (Http2Faults(), request_headers("abc" * 21), PAYLOAD, (400, "BadDeviceToken")),
-    (Http2Faults(), request_headers(extra=(("apns-topic", TOPIC),)), PAYLOAD, (400, "DuplicateHeaders")),
-    (Http2Faults(), request_headers(extra=(("apns-push-type", "banner"),)), PAYLOAD, (400, "InvalidPushType")),
-    (Http2Faults(), request_headers(extra=(("apns-push-type", "voip"),)), PAYLOAD, (400, "BadTopic")),
-    (Http2Faults(), request_headers(topic=""), PAYLOAD, (400, "BadTopic")),
-    (ONE_TOPIC, request_headers(topic="com.other.app"), PAYLOAD, (400, "TopicDisallowed")),
-    (CERT_TOPICS, request_headers(topic=None), PAYLOAD, (400, "MissingTopic")),
-    (ONE_TOPIC, request_headers(topic=None, extra=(("apns-push-type", "voip"),)), PAYLOAD, (400, "BadTopic")),
-    (Http2Faults(), request_headers(extra=(("apns-priority", "7"),)), PAYLOAD, (400, "BadPriority")),
-    (Http2Faults(), request_headers(extra=(("apns-push-type", "background"), ("apns-priority", "10"))), PAYLOAD,
-     (400, "BadPriority")),
-    (Http2Faults(), request_headers(extra=(("apns-expiration", "soon"),)), PAYLOAD, (400, "BadExpirationDate")),
-    (Http2Faults(), request_headers(extra=(("apns-collapse-id", LONG),)), PAYLOAD, (400, "BadCollapseId")),
-    (Http2Faults(), request_headers(extra=(("apns-id", APNS_ID.upper()),)), PAYLOAD, (400, "BadMessageId")),
-    (Http2Faults(), request_headers(), b"", (400, "PayloadEmpty")),
-    (Http2Faults(), request_headers(), b'{"a":"' + b"x" * 4090 + b'"}', (413, "PayloadTooLarge")),
-    (Http2Faults(), request_headers(), b"not json", (400, "BadPayload")),
-    (Http2Faults(), request_headers(), b"[1,2]", (400, "BadPayload")),
-])
-def test_validation_reasons(faults: Http2Faults, headers: list[tuple[str, str]], body: bytes,
-                            expected: tuple[int, str]) -> None:
+@pytest.mark.parametrize(
+    ("faults", "headers", "body", "expected"),
+    [
+        (Http2Faults(), request_headers(method="PUT"), PAYLOAD, (405, "MethodNotAllowed")),
+        (Http2Faults(), request_headers(path=f"/2/device/{TOKEN}"), PAYLOAD, (404, "BadPath")),
+        (Http2Faults(), request_headers(path="/3/device/"), PAYLOAD, (400, "MissingDeviceToken")),
+        (Http2Faults(), request_headers("zz" * 32), PAYLOAD, (400, "BadDeviceToken")),
+        (Http2Faults(), request_headers("ab" * 31), PAYLOAD, (400, "BadDeviceToken")),
+        (Http2Faults(), request_headers("abc" * 21), PAYLOAD, (400, "BadDeviceToken")),
+        (Http2Faults(), request_headers(extra=(("apns-topic", TOPIC),)), PAYLOAD, (400, "DuplicateHeaders")),
+        (Http2Faults(), request_headers(extra=(("apns-push-type", "banner"),)), PAYLOAD, (400, "InvalidPushType")),
+        (Http2Faults(), request_headers(extra=(("apns-push-type", "voip"),)), PAYLOAD, (400, "BadTopic")),
+        (Http2Faults(), request_headers(topic=""), PAYLOAD, (400, "BadTopic")),
+        (ONE_TOPIC, request_headers(topic="com.other.app"), PAYLOAD, (400, "TopicDisallowed")),
+        (CERT_TOPICS, request_headers(topic=None), PAYLOAD, (400, "MissingTopic")),
+        (ONE_TOPIC, request_headers(topic=None, extra=(("apns-push-type", "voip"),)), PAYLOAD, (400, "BadTopic")),
+        (Http2Faults(), request_headers(extra=(("apns-priority", "7"),)), PAYLOAD, (400, "BadPriority")),
+        (
+            Http2Faults(),
+            request_headers(extra=(("apns-push-type", "background"), ("apns-priority", "10"))),
+            PAYLOAD,
+            (400, "BadPriority"),
+        ),
+        (Http2Faults(), request_headers(extra=(("apns-expiration", "soon"),)), PAYLOAD, (400, "BadExpirationDate")),
+        (Http2Faults(), request_headers(extra=(("apns-collapse-id", LONG),)), PAYLOAD, (400, "BadCollapseId")),
+        (Http2Faults(), request_headers(extra=(("apns-id", APNS_ID.upper()),)), PAYLOAD, (400, "BadMessageId")),
+        (Http2Faults(), request_headers(), b"", (400, "PayloadEmpty")),
+        (Http2Faults(), request_headers(), b'{"a":"' + b"x" * 4090 + b'"}', (413, "PayloadTooLarge")),
+        (Http2Faults(), request_headers(), b"not json", (400, "BadPayload")),
+        (Http2Faults(), request_headers(), b"[1,2]", (400, "BadPayload")),
+    ],
+)
+def test_validation_reasons(
+    faults: Http2Faults, headers: list[tuple[str, str]], body: bytes, expected: tuple[int, str]
+) -> None:
     """Each malformed request gets APNs's status and JSON reason."""
     assert expected == reason_of(ask(faults, headers, body))
 
 
-@pytest.mark.parametrize(("faults", "headers", "body"), [
-    (Http2Faults(), request_headers(topic=TOPIC + ".voip", extra=(("apns-push-type", "voip"),)),
-     b'{"a":"' + b"x" * 5110 + b'"}'),
-    (ONE_TOPIC, request_headers(topic=None), PAYLOAD),
-    (CERT_TOPICS, request_headers(topic=TOPIC + ".voip", extra=(("apns-push-type", "voip"),)), PAYLOAD),
-    (Http2Faults(), request_headers(extra=(("apns-push-type", "background"), ("apns-priority", "5"),
-                                           ("apns-expiration", "0"), ("apns-collapse-id", "c" * 64))), PAYLOAD),
-])
+@pytest.mark.parametrize(
+    ("faults", "headers", "body"),
+    [
+        (
+            Http2Faults(),
+            request_headers(topic=TOPIC + ".voip", extra=(("apns-push-type", "voip"),)),
+            b'{"a":"' + b"x" * 5110 + b'"}',
+        ),
+        (ONE_TOPIC, request_headers(topic=None), PAYLOAD),
+        (CERT_TOPICS, request_headers(topic=TOPIC + ".voip", extra=(("apns-push-type", "voip"),)), PAYLOAD),
+        (
+            Http2Faults(),
+            request_headers(
+                extra=(
+                    ("apns-push-type", "background"),
+                    ("apns-priority", "5"),
+                    ("apns-expiration", "0"),
+                    ("apns-collapse-id", "c" * 64),
+                )
+            ),
+            PAYLOAD,
+        ),
+    ],
+)
 def test_valid_edge_cases_accepted(faults: Http2Faults, headers: list[tuple[str, str]], body: bytes) -> None:
     """A 5,120-byte VoIP payload, a single-topic default, a 64-byte collapse id are all accepted."""
     assert 200 == ask(faults, headers, body).status
@@ -115,8 +154,9 @@ def test_rejected_prefix_410_carries_timestamp() -> None:
 
 def test_reject_prefixes_with_our_client() -> None:
     """Prefix rules answer matching tokens with their status while others are accepted."""
-    faults = Http2Faults(reject_prefixes=(("dead", 410, "Unregistered"), ("bad0", 400, "BadDeviceToken")),
-                         initial_streams=100)
+    faults = Http2Faults(
+        reject_prefixes=(("dead", 410, "Unregistered"), ("bad0", 400, "BadDeviceToken")), initial_streams=100
+    )
     ours = our_client(gateway(faults))
     for n, token in enumerate(("dead" + "ab" * 30, "bad0" + "ab" * 30, TOKEN)):
         ours.push(n, token=token)
@@ -130,7 +170,10 @@ def test_stream_limit_raised_after_first_accepted_request() -> None:
     before = ours.client.available_streams
     events = ours.push()
     assert (1, [ResponseReceived(1, 200), SettingsChanged(1000, 65_535, 16_384)], 1000) == (
-        before, events, ours.client.available_streams)
+        before,
+        events,
+        ours.client.available_streams,
+    )
 
 
 def test_rejected_first_request_keeps_one_stream() -> None:
@@ -148,7 +191,11 @@ def test_stream_beyond_limit_refused_and_recorded() -> None:
     second = ref.request(request_headers(), end=False)
     ref.pump()
     assert ((1, 3), {second: Answer(0, {}, reset=7)}, 1, 2) == (
-        (first, second), ref.answers(), gw.record.concurrency_violations, gw.record.max_concurrent_seen)
+        (first, second),
+        ref.answers(),
+        gw.record.concurrency_violations,
+        gw.record.max_concurrent_seen,
+    )
 
 
 def test_burst_is_shared_across_connections() -> None:
@@ -159,8 +206,7 @@ def test_burst_is_shared_across_connections() -> None:
     for ours in (first, second, first, second):
         ours.push()
     answers = [(e.status, e.reason) for o in (first, second) for e in o.events if isinstance(e, ResponseReceived)]
-    assert [(503, "ServiceUnavailable"), (503, "ServiceUnavailable"),
-            (503, "ServiceUnavailable"), (200, "")] == answers
+    assert [(503, "ServiceUnavailable"), (503, "ServiceUnavailable"), (503, "ServiceUnavailable"), (200, "")] == answers
 
 
 def test_goaway_after_n_answers() -> None:
@@ -170,8 +216,12 @@ def test_goaway_after_n_answers() -> None:
     for n in range(5):
         ours.client.send_request(RequestTemplate("api.push.apple.com", TOPIC), TOKEN, apns_id(n), PAYLOAD)
     events = ours.pump()
-    assert [ResponseReceived(1, 200), ResponseReceived(3, 200),
-            ResponseReceived(5, 200), GoAwayReceived(5, 0, "Shutdown")] == events
+    assert [
+        ResponseReceived(1, 200),
+        ResponseReceived(3, 200),
+        ResponseReceived(5, 200),
+        GoAwayReceived(5, 0, "Shutdown"),
+    ] == events
     assert (True, False, 3) == (gw.gateway.closed, gw.gateway.abrupt, len(gw.record.received))
 
 
@@ -204,7 +254,10 @@ def test_close_after_drops_connection_without_goaway() -> None:
         ours.client.send_request(RequestTemplate("api.push.apple.com", TOPIC), TOKEN, apns_id(n), PAYLOAD)
     events = ours.pump()
     assert ([ResponseReceived(1, 200), ResponseReceived(3, 200)], True, True) == (
-        events, gw.gateway.closed, gw.gateway.abrupt)
+        events,
+        gw.gateway.closed,
+        gw.gateway.abrupt,
+    )
 
 
 def test_client_goaway_closes_the_gateway() -> None:
@@ -258,22 +311,26 @@ OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
 TOKEN_AUTH = Http2Faults(jwt_public_key=KEY.public_key(), jwt_key_id="KEY1234567", jwt_team_id="TEAM123456")
 
 
-def bearer(key: ec.EllipticCurvePrivateKey = KEY, kid: str = "KEY1234567", team: str = "TEAM123456",
-           issued: float = NOW) -> str:
+def bearer(
+    key: ec.EllipticCurvePrivateKey = KEY, kid: str = "KEY1234567", team: str = "TEAM123456", issued: float = NOW
+) -> str:
     """An authorization header value holding a freshly signed provider token."""
     return "bearer " + TokenSigner(key, kid, team).token(issued)
 
 
-@pytest.mark.parametrize(("authorization", "topic", "expected"), [
-    (bearer(), TOPIC, (200, "")),
-    (None, TOPIC, (403, "MissingProviderToken")),
-    ("basic abc", TOPIC, (403, "InvalidProviderToken")),
-    (bearer(OTHER_KEY), TOPIC, (403, "InvalidProviderToken")),
-    (bearer(issued=NOW - 3601), TOPIC, (403, "ExpiredProviderToken")),
-    (bearer(kid="OTHERKEY00"), TOPIC, (403, "InvalidProviderToken")),
-    (bearer(team="OTHERTEAM0"), TOPIC, (403, "InvalidProviderToken")),
-    (bearer(), None, (400, "MissingTopic")),
-])
+@pytest.mark.parametrize(
+    ("authorization", "topic", "expected"),
+    [
+        (bearer(), TOPIC, (200, "")),
+        (None, TOPIC, (403, "MissingProviderToken")),
+        ("basic abc", TOPIC, (403, "InvalidProviderToken")),
+        (bearer(OTHER_KEY), TOPIC, (403, "InvalidProviderToken")),
+        (bearer(issued=NOW - 3601), TOPIC, (403, "ExpiredProviderToken")),
+        (bearer(kid="OTHERKEY00"), TOPIC, (403, "InvalidProviderToken")),
+        (bearer(team="OTHERTEAM0"), TOPIC, (403, "InvalidProviderToken")),
+        (bearer(), None, (400, "MissingTopic")),
+    ],
+)
 def test_token_auth(authorization: str | None, topic: str | None, expected: tuple[int, str]) -> None:
     """Under token auth the gateway verifies the ES256 JWT, its key id, team and age, and wants a topic."""
     ours = our_client(gateway(TOKEN_AUTH))

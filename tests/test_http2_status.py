@@ -12,8 +12,9 @@ from apnsd.wire.http2.status import response_status
 
 statuses = st.sampled_from([200, 204, 206, 304, 400, 403, 404, 405, 410, 413, 429, 500, 503])
 header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=0, max_size=40)
-extra_headers = st.lists(st.tuples(st.sampled_from(["apns-id", "server", "date", "content-type", "x-custom"]),
-                                   header_values), max_size=4)
+extra_headers = st.lists(
+    st.tuples(st.sampled_from(["apns-id", "server", "date", "content-type", "x-custom"]), header_values), max_size=4
+)
 
 
 def table_less_encoder() -> hpack.Encoder:
@@ -29,8 +30,10 @@ def test_status_matches_reference_decoder(status, extra, huffman, sensitive):
     enc = table_less_encoder()
     headers = [(":status", str(status), sensitive)] + [(k, v, False) for k, v in extra]
     for _ in range(2):  # the second block has no table size update in front
-        block = enc.encode([hpack.HeaderTuple(k, v) if not s else hpack.NeverIndexedHeaderTuple(k, v)
-                            for k, v, s in headers], huffman=huffman)
+        block = enc.encode(
+            [hpack.HeaderTuple(k, v) if not s else hpack.NeverIndexedHeaderTuple(k, v) for k, v, s in headers],
+            huffman=huffman,
+        )
         expected = int(dict(_reference(block))[":status"])
         assert expected == response_status(block)
 

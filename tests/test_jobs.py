@@ -9,10 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.gateway.apps import make_parser
 from apnsd.config import load_config
-from apnsd.errors import JobError
 from apnsd.core.jobs import ApnsIds, JobParser, Notification, Rejected, normalise_token, retry_job, single_job
+from apnsd.errors import JobError
+from apnsd.gateway.apps import make_parser
 
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 OTHER = "ab" * 32
@@ -57,23 +57,30 @@ def sized_payload(size: int) -> dict[str, Any]:
 
 # --- tokens ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("given", [
-    TOKEN,
-    TOKEN.upper(),
-    "<c9d4c07c fbbc26d6 ef87a44d 53e16983 1096a5d5 fd825475 56659ddd f715defc>",
-    "C9D4C07C FBBC26D6 EF87A44D 53E16983 1096A5D5 FD825475 56659DDD F715DEFC",
-    " " + TOKEN + " ",
-])
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        TOKEN,
+        TOKEN.upper(),
+        "<c9d4c07c fbbc26d6 ef87a44d 53e16983 1096a5d5 fd825475 56659ddd f715defc>",
+        "C9D4C07C FBBC26D6 EF87A44D 53E16983 1096A5D5 FD825475 56659DDD F715DEFC",
+        " " + TOKEN + " ",
+    ],
+)
 def test_token_forms_normalise_to_lowercase_hex(given):
     """Upper case, spaces and the <…> of -[NSData description] are normalised to lowercase hex."""
     assert TOKEN == normalise_token(given)
 
 
-@pytest.mark.parametrize("given", [
-    "{length = 32, bytes = 0x965b251e 3c3d5f2f ... 376eab7c }",
-    "{length = 32, bytes = 0x965b251e 3c3d5f2f … 376eab7c }",
-    "{length=32,bytes=0x965b251e3c3d5f2f}",
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "{length = 32, bytes = 0x965b251e 3c3d5f2f ... 376eab7c }",
+        "{length = 32, bytes = 0x965b251e 3c3d5f2f … 376eab7c }",
+        "{length=32,bytes=0x965b251e3c3d5f2f}",
+    ],
+)
 def test_ios13_description_is_rejected_not_sanitised(given):
     """The truncated iOS 13 description form is refused with token_is_description."""
     with pytest.raises(JobError) as info:
@@ -81,19 +88,22 @@ def test_ios13_description_is_rejected_not_sanitised(given):
     assert "token_is_description" == info.value.reason
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("", "missing_token"),
-    ("   ", "missing_token"),
-    ("zz" * 32, "bad_token"),
-    (TOKEN[:-1] + "g", "bad_token"),
-    ("0x" + TOKEN[2:], "bad_token"),
-    (TOKEN[:32] + "\t\t" + TOKEN[32:], "bad_token"),
-    (TOKEN[:32] + "\r\n" + TOKEN[32:], "bad_token"),
-    (TOKEN + "\n", "bad_token"),
-    ("ab" * 31, "bad_token_length"),
-    (TOKEN + "a", "bad_token_length"),
-    ("ab" * 101, "bad_token_length"),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("", "missing_token"),
+        ("   ", "missing_token"),
+        ("zz" * 32, "bad_token"),
+        (TOKEN[:-1] + "g", "bad_token"),
+        ("0x" + TOKEN[2:], "bad_token"),
+        (TOKEN[:32] + "\t\t" + TOKEN[32:], "bad_token"),
+        (TOKEN[:32] + "\r\n" + TOKEN[32:], "bad_token"),
+        (TOKEN + "\n", "bad_token"),
+        ("ab" * 31, "bad_token_length"),
+        (TOKEN + "a", "bad_token_length"),
+        ("ab" * 101, "bad_token_length"),
+    ],
+)
 def test_bad_tokens_are_rejected_with_a_reason(given, expected):
     """Empty, non-hex, odd-length, too short and too long tokens each get their own reason."""
     with pytest.raises(JobError) as info:
@@ -114,19 +124,22 @@ def test_notification_carries_normalised_token_and_its_bytes():
     assert (TOKEN, bytes.fromhex(TOKEN)) == (n.token, n.token_bytes)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b"{not json", "not_json"),
-    (b"", "not_json"),
-    (b"[1, 2]", "not_object"),
-    (b'"just a string"', "not_object"),
-    (msgspec.json.encode({"token": 123, "payload": {"aps": {}}}), "bad_field"),
-    (msgspec.json.encode({"tokens": "abc", "payload": {"aps": {}}}), "bad_field"),
-    (msgspec.json.encode({"payload": {"aps": {}}}), "missing_token"),
-    (msgspec.json.encode({"tokens": [], "payload": {"aps": {}}}), "missing_token"),
-    (raw_job(tokens=[OTHER]), "bad_field"),
-    (raw_job(token="zz" * 32), "bad_token"),
-    (raw_job(token="{length = 32, bytes = 0x965b251e ... 376eab7c }"), "token_is_description"),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"{not json", "not_json"),
+        (b"", "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"just a string"', "not_object"),
+        (msgspec.json.encode({"token": 123, "payload": {"aps": {}}}), "bad_field"),
+        (msgspec.json.encode({"tokens": "abc", "payload": {"aps": {}}}), "bad_field"),
+        (msgspec.json.encode({"payload": {"aps": {}}}), "missing_token"),
+        (msgspec.json.encode({"tokens": [], "payload": {"aps": {}}}), "missing_token"),
+        (raw_job(tokens=[OTHER]), "bad_field"),
+        (raw_job(token="zz" * 32), "bad_token"),
+        (raw_job(token="{length = 32, bytes = 0x965b251e ... 376eab7c }"), "token_is_description"),
+    ],
+)
 def test_unparseable_or_tokenless_jobs_are_rejected_with_a_reason(raw, expected):
     """Jobs that are not JSON objects, have wrongly typed fields or no usable token are rejected, not dropped."""
     assert expected == reason(raw)
@@ -143,6 +156,7 @@ def test_rejection_keeps_the_raw_job_app_and_token():
 
 
 # --- fan-out -----------------------------------------------------------------------------------
+
 
 def test_fan_out_gives_one_notification_per_token_and_one_rejection_per_bad_token():
     """A ``tokens`` list becomes a notification per valid device and a rejection per invalid one."""
@@ -165,6 +179,7 @@ def test_fan_out_shares_one_payload_check():
 
 # --- payload -----------------------------------------------------------------------------------
 
+
 def test_payload_object_and_pre_encoded_string_give_the_same_bytes():
     """A payload pushed as an object and the same payload pushed as a JSON string send identical bytes."""
     payload = {"aps": {"alert": "Server down", "badge": 1}, "server": {"serverId": 1}}
@@ -176,26 +191,32 @@ def test_payload_object_and_pre_encoded_string_give_the_same_bytes():
     assert as_object == as_string
 
 
-@pytest.mark.parametrize(("payload", "expected"), [
-    (..., "missing_payload"),
-    (None, "missing_payload"),
-    ([1, 2], "bad_payload"),
-    (42, "bad_payload"),
-    ("not json", "bad_payload"),
-    ("[1, 2]", "bad_payload"),
-])
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (..., "missing_payload"),
+        (None, "missing_payload"),
+        ([1, 2], "bad_payload"),
+        (42, "bad_payload"),
+        ("not json", "bad_payload"),
+        ("[1, 2]", "bad_payload"),
+    ],
+)
 def test_missing_or_non_object_payloads_are_rejected(payload, expected):
     """A payload must be a JSON object, or a string holding one."""
     assert expected == reason(raw_job(payload=payload))
 
 
-@pytest.mark.parametrize(("app", "push_type", "limit"), [
-    ("default", None, 4096),
-    ("default", "alert", 4096),
-    ("default", "voip", 5120),
-    ("legacy", None, 2048),
-    ("legacy", "voip", 2048),
-])
+@pytest.mark.parametrize(
+    ("app", "push_type", "limit"),
+    [
+        ("default", None, 4096),
+        ("default", "alert", 4096),
+        ("default", "voip", 5120),
+        ("legacy", None, 2048),
+        ("legacy", "voip", 2048),
+    ],
+)
 def test_payload_limit_is_inclusive_per_protocol_and_push_type(app, push_type, limit):
     """A payload of exactly the limit passes and one byte more is payload_too_large."""
     extra = {} if push_type is None else {"push_type": push_type}
@@ -239,18 +260,22 @@ def test_payload_size_counts_utf8_bytes_not_characters():
 
 # --- other fields ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({"priority": 7}, "bad_priority"),
-    ({"priority": 0}, "bad_priority"),
-    ({"app": "legacy", "priority": 1}, "bad_priority"),
-    ({"expiration": -1}, "bad_expiration"),
-    ({"expiration": 2**32}, "bad_expiration"),
-    ({"collapse_id": "c" * 65}, "bad_collapse_id"),
-    ({"collapse_id": "é" * 33}, "bad_collapse_id"),
-    ({"push_type": "silent"}, "bad_push_type"),
-    ({"priority": "high"}, "bad_field"),
-    ({"app": "nosuchapp"}, "unknown_app"),
-])
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"priority": 7}, "bad_priority"),
+        ({"priority": 0}, "bad_priority"),
+        ({"app": "legacy", "priority": 1}, "bad_priority"),
+        ({"expiration": -1}, "bad_expiration"),
+        ({"expiration": 2**32}, "bad_expiration"),
+        ({"collapse_id": "c" * 65}, "bad_collapse_id"),
+        ({"collapse_id": "é" * 33}, "bad_collapse_id"),
+        ({"push_type": "silent"}, "bad_push_type"),
+        ({"priority": "high"}, "bad_field"),
+        ({"app": "nosuchapp"}, "unknown_app"),
+    ],
+)
 def test_invalid_fields_are_rejected_with_their_reason(fields, expected):
     """Priorities other than 10/5/1 (binary: 10/5), out-of-range expiry, long collapse ids and unknown push types are refused."""
     assert expected == reason(raw_job(**fields))
@@ -264,11 +289,21 @@ def test_unknown_app_rejection_names_the_app():
     assert "nosuchapp" in rejected.detail
 
 
-@pytest.mark.parametrize("fields", [
-    {"priority": 10}, {"priority": 5}, {"priority": 1}, {"app": "legacy", "priority": 5},
-    {"expiration": 0}, {"expiration": 2**32 - 1}, {"collapse_id": "c" * 64},
-    {"push_type": "background", "priority": 5}, {"push_type": "liveactivity"}, {"push_type": "controls"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"priority": 10},
+        {"priority": 5},
+        {"priority": 1},
+        {"app": "legacy", "priority": 5},
+        {"expiration": 0},
+        {"expiration": 2**32 - 1},
+        {"collapse_id": "c" * 64},
+        {"push_type": "background", "priority": 5},
+        {"push_type": "liveactivity"},
+        {"push_type": "controls"},
+    ],
+)
 def test_valid_fields_are_accepted(fields):
     """Valid priorities, expirations, 64-byte collapse ids and known push types pass validation."""
     n = one(raw_job(**fields))
@@ -279,11 +314,25 @@ def test_valid_fields_are_accepted(fields):
 
 def test_optional_fields_are_carried_onto_the_notification():
     """Topic, collapse id, expiration, attempts and enqueue time reach the notification unchanged."""
-    n = one(raw_job(topic="com.example.app", collapse_id="server-1", expiration=1790000000, attempts=2,
-                    enqueued_at=1700000000.5, app="default"))
+    n = one(
+        raw_job(
+            topic="com.example.app",
+            collapse_id="server-1",
+            expiration=1790000000,
+            attempts=2,
+            enqueued_at=1700000000.5,
+            app="default",
+        )
+    )
 
     assert ("com.example.app", "server-1", 1790000000, 2, 1700000000.5, "default") == (
-        n.topic, n.collapse_id, n.expiration, n.attempts, n.enqueued_at, n.app)
+        n.topic,
+        n.collapse_id,
+        n.expiration,
+        n.attempts,
+        n.enqueued_at,
+        n.app,
+    )
 
 
 def test_unknown_job_keys_are_ignored():
@@ -293,6 +342,7 @@ def test_unknown_job_keys_are_ignored():
 
 # --- apns-id -----------------------------------------------------------------------------------
 
+
 def test_uuid_job_id_becomes_the_apns_id_in_canonical_lowercase():
     """A job id that is a UUID is used as the apns-id, lower-cased."""
     n = one(raw_job(id="9A0C5B1E-2D3F-4A5B-8C6D-7E8F9A0B1C2D"))
@@ -300,7 +350,9 @@ def test_uuid_job_id_becomes_the_apns_id_in_canonical_lowercase():
     assert ("9a0c5b1e-2d3f-4a5b-8c6d-7e8f9a0b1c2d", "9A0C5B1E-2D3F-4A5B-8C6D-7E8F9A0B1C2D") == (n.apns_id, n.job_id)
 
 
-@pytest.mark.parametrize("job_id", [None, "order-1234", "9a0c5b1e2d3f4a5b8c6d7e8f9a0b1c2d", "{9a0c5b1e-2d3f-4a5b-8c6d-7e8f9a0b1c2d}"])
+@pytest.mark.parametrize(
+    "job_id", [None, "order-1234", "9a0c5b1e2d3f4a5b8c6d7e8f9a0b1c2d", "{9a0c5b1e-2d3f-4a5b-8c6d-7e8f9a0b1c2d}"]
+)
 def test_non_uuid_job_id_gets_a_generated_apns_id(job_id):
     """Without a canonical UUID job id the apns-id is generated, and the job id is kept as given."""
     n = one(raw_job(id=job_id if job_id is not None else ...))
@@ -329,6 +381,7 @@ def test_generated_apns_ids_are_unique_canonical_lowercase_uuids():
 
 
 # --- single_job / retry_job ----------------------------------------------------------------------
+
 
 def test_single_job_of_a_plain_job_is_the_raw_job_itself():
     """Re-sending a single-token job unchanged uses the exact bytes the application pushed."""

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from apnsd import __version__
 from apnsd.cli import main as cli
 from apnsd.config import Config, load_config
-from apnsd.worker.daemon import Daemon
-from apnsd.testing.redis_server import free_port
 from apnsd.store.queue import JobQueue
+from apnsd.testing.redis_server import free_port
+from apnsd.worker.daemon import Daemon
 from tests import conftest
 from tests.conftest import inflight_keys, job, push_all
 from tests.supervised import wait_for
@@ -48,18 +48,31 @@ class Running:
 
 
 @pytest.fixture
-def app_env(redis_server: Any, pki: Any, tmp_path: Path, rdb: Any, env_clean: None,
-            monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, str]]:
+def app_env(
+    redis_server: Any, pki: Any, tmp_path: Path, rdb: Any, env_clean: None, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., dict[str, str]]:
     """Factory: APNSD_* variables for one app named ``app`` (binary protocol), also set in os.environ for the CLI."""
 
     def make(app: str, host: str, port: int, cert: str, **extra: str) -> dict[str, str]:
         a = f"APNSD_APP_{app.upper()}_"
-        env = {"APNSD_REDIS_URL": redis_server.url, a + "HOST": host, a + "PORT": str(port), a + "CA_FILE": pki.ca_cert,
-               a + "CERT": cert, a + "PROTOCOL": "binary", a + "QUEUE": f"{app}:queue",
-               a + "MAX_CONNECTS_PER_MINUTE": "60", a + "BACKOFF_INITIAL": "0.05", a + "CONFIRM_DELAY": "0.2",
-               "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"), "APNSD_WORKER_GRACE_PERIOD": "5",
-               "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
-               "APNSD_WORKER_HEARTBEAT_TTL": "3", "APNSD_METRICS_LISTEN": ""}
+        env = {
+            "APNSD_REDIS_URL": redis_server.url,
+            a + "HOST": host,
+            a + "PORT": str(port),
+            a + "CA_FILE": pki.ca_cert,
+            a + "CERT": cert,
+            a + "PROTOCOL": "binary",
+            a + "QUEUE": f"{app}:queue",
+            a + "MAX_CONNECTS_PER_MINUTE": "60",
+            a + "BACKOFF_INITIAL": "0.05",
+            a + "CONFIRM_DELAY": "0.2",
+            "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
+            "APNSD_WORKER_GRACE_PERIOD": "5",
+            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
+            "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
+            "APNSD_WORKER_HEARTBEAT_TTL": "3",
+            "APNSD_METRICS_LISTEN": "",
+        }
         env.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in extra.items()})
         for k, v in env.items():
             monkeypatch.setenv(k, v)
@@ -101,8 +114,11 @@ def scrape(port: int) -> Samples:
     """GET /metrics and index every sample by name and labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float | None:
@@ -132,20 +148,40 @@ def not_after(pem: str) -> float:
 
 
 def test_metrics_endpoint_exports_deliveries_failures_connection_and_certificate(
-        app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys) -> None:
+    app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys
+) -> None:
     """After delivered, unregistered and dead jobs, /metrics holds every documented metric with matching values."""
     mock = binary_mock(fail_prefixes=(("bad0", 8), ("dead", 7)))
     port = free_port()
     start_daemon(app_env("metrics", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
     good = [os.urandom(32).hex() for _ in range(20)]
     gone, broken = "bad0" + os.urandom(30).hex(), "dead" + os.urandom(30).hex()
-    push_all(jq, [job(t, app="metrics", enqueued_at=time.time())
-                  for t in good[:10] + [gone, broken] + good[10:]], queue="metrics:queue")
+    push_all(
+        jq,
+        [job(t, app="metrics", enqueued_at=time.time()) for t in [*good[:10], gone, broken, *good[10:]]],
+        queue="metrics:queue",
+    )
 
-    wait_for(lambda: set(good) == set(mock.record.accepted_tokens()) and len(jq.dead_entries(5)) == 1
-             and jq.unregistered() and not inflight_keys(rdb), 20, "every job resolved")
-    s = wait_for(lambda: (m := scrape(port)) and sample(m, "apnsd_in_flight", queue="metrics:queue") == 0
-                 and sample(m, "apnsd_queue_depth", queue="metrics:queue") == 0 and m, 10, "gauges settled")
+    wait_for(
+        lambda: (
+            set(good) == set(mock.record.accepted_tokens())
+            and len(jq.dead_entries(5)) == 1
+            and jq.unregistered()
+            and not inflight_keys(rdb)
+        ),
+        20,
+        "every job resolved",
+    )
+    s = wait_for(
+        lambda: (
+            (m := scrape(port))
+            and sample(m, "apnsd_in_flight", queue="metrics:queue") == 0
+            and sample(m, "apnsd_queue_depth", queue="metrics:queue") == 0
+            and m
+        ),
+        10,
+        "gauges settled",
+    )
 
     assert 20 == sample(s, "apnsd_notifications_total", app="metrics", outcome="delivered")
     assert 1 == sample(s, "apnsd_notifications_total", app="metrics", outcome="unregistered")
@@ -186,7 +222,7 @@ def test_health_is_1_without_a_worker_and_0_while_one_runs(app_env, start_daemon
     assert 1 == health(capsys, "--liveness")[0]
 
     r = start_daemon(env)
-    assert (0, f"healthy: 1 worker(s) alive\n") == health(capsys)
+    assert (0, "healthy: 1 worker(s) alive\n") == health(capsys)
     assert 0 == health(capsys, "--liveness")[0]
 
     assert 0 == r.stop()
@@ -196,13 +232,14 @@ def test_health_is_1_without_a_worker_and_0_while_one_runs(app_env, start_daemon
 
 
 def test_health_fails_on_gateway_connect_failures_but_liveness_passes(
-        app_env, start_daemon, pki, jq: JobQueue, capsys) -> None:
+    app_env, start_daemon, pki, jq: JobQueue, capsys
+) -> None:
     """With the gateway unreachable, readiness health exits 1 naming the failure; --liveness stays 0."""
     mark = log_mark()
     start_daemon(app_env("unreachable", "127.0.0.1", free_port(), pki.client_pem, WORKER_GRACE_PERIOD="0.5"))
     push_all(jq, [job(os.urandom(32).hex(), app="unreachable")], queue="unreachable:queue")
 
-    code, out = wait_for(lambda: (h := health(capsys))[0] == 1 and h, 10, "health to report the failed connects")
+    _code, out = wait_for(lambda: (h := health(capsys))[0] == 1 and h, 10, "health to report the failed connects")
 
     assert out.startswith("unhealthy: app unreachable: last connection attempt failed: ")
     assert 1 == out.count("\n")
@@ -211,7 +248,8 @@ def test_health_fails_on_gateway_connect_failures_but_liveness_passes(
 
 
 def test_expired_certificate_at_start_disables_the_app_and_dead_letters_its_jobs(
-        app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys) -> None:
+    app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb, capsys
+) -> None:
     """An expired certificate: app_disabled logged, jobs dead-lettered as app_disabled, no connection, health 1."""
     mock = binary_mock()
     mark = log_mark()
@@ -231,7 +269,8 @@ def test_expired_certificate_at_start_disables_the_app_and_dead_letters_its_jobs
 
 
 def test_certificate_expiring_soon_is_logged_and_exported_and_still_used(
-        app_env, start_daemon, binary_mock, pki, jq: JobQueue, capsys) -> None:
+    app_env, start_daemon, binary_mock, pki, jq: JobQueue, capsys
+) -> None:
     """A certificate with 10 days left: certificate_expires_soon warning, expiry metric set, jobs delivered."""
     mock = binary_mock()
     port = free_port()
@@ -244,12 +283,15 @@ def test_certificate_expiring_soon_is_logged_and_exported_and_still_used(
 
     (warning,) = events_since(mark, "certificate_expires_soon", app="expiring")
     assert ("warning", 10) == (warning["level"], round(warning["days_left"]))
-    assert not_after(pki.expiring_pem) == sample(scrape(port), "apnsd_certificate_expiry_timestamp_seconds", app="expiring")
+    assert not_after(pki.expiring_pem) == sample(
+        scrape(port), "apnsd_certificate_expiry_timestamp_seconds", app="expiring"
+    )
     assert 0 == health(capsys)[0]
 
 
 def test_reload_keeps_an_expired_app_disabled_and_enables_it_once_renewed(
-        app_env, start_daemon, binary_mock, pki, jq: JobQueue, monkeypatch, capsys) -> None:
+    app_env, start_daemon, binary_mock, pki, jq: JobQueue, monkeypatch, capsys
+) -> None:
     """A reload with the certificate still expired keeps the app disabled; a reload with a renewed one delivers."""
     mock = binary_mock()
     r = start_daemon(app_env("renewed", mock.host, mock.port, pki.expired_pem))

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from apnsd.wire.binary import encode_frame
 from apnsd.gateway.credentials import client_context, load_identity
 from apnsd.testing.mock import MockGateway
+from apnsd.wire.binary import encode_frame
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = [bytes([0xA0 + i]) * 32 for i in range(5)]
@@ -117,6 +117,7 @@ def answers(mock: MockGateway) -> list[tuple[str, str, int]]:
 
 # --- client certificates ---------------------------------------------------------------------------
 
+
 def test_client_with_the_apns_certificate_is_served_and_gets_no_reply(binary_mock, client):
     """With a trusted client certificate, notifications are accepted silently, as APNs does."""
     mock = binary_mock()
@@ -151,6 +152,7 @@ def test_client_without_a_trusted_certificate_is_refused(binary_mock, client, pk
 
 # --- faults ----------------------------------------------------------------------------------------
 
+
 def test_failing_prefix_gets_an_error_response_then_close(binary_mock, client):
     """A token with a failing prefix gets command 8 with its status and identifier, then the gateway closes."""
     mock = binary_mock(fail_prefixes=(("bad0", 8),))
@@ -158,7 +160,7 @@ def test_failing_prefix_gets_an_error_response_then_close(binary_mock, client):
 
     c.send(frames(GOOD[0], BAD, GOOD[1], first_id=41))
 
-    assert (bytes.fromhex("08" "08" "0000002a"), "close_notify") == c.read_to_end()
+    assert (bytes.fromhex("08080000002a"), "close_notify") == c.read_to_end()
     assert [(GOOD[0].hex(), "41", 200), (BAD.hex(), "42", 8)] == answers(mock)
 
 
@@ -181,8 +183,8 @@ def test_invalid_notifications_get_apples_status_codes(binary_mock, client):
     c1.send(encode_frame(b"\x01" * 31, PAYLOAD, 3))
     c2.send(encode_frame(GOOD[0], b"", 4))
 
-    assert (bytes.fromhex("08" "05" "00000003"), "close_notify") == c1.read_to_end()
-    assert (bytes.fromhex("08" "04" "00000004"), "close_notify") == c2.read_to_end()
+    assert (bytes.fromhex("080500000003"), "close_notify") == c1.read_to_end()
+    assert (bytes.fromhex("080400000004"), "close_notify") == c2.read_to_end()
 
 
 def test_unparseable_frame_gets_protocol_error_128(binary_mock, client):
@@ -190,9 +192,9 @@ def test_unparseable_frame_gets_protocol_error_128(binary_mock, client):
     mock = binary_mock()
     c = client(mock.port)
 
-    c.send(bytes.fromhex("01" "00000001" "00000000" "0020") + GOOD[0] + b"\x00\x02{}")
+    c.send(bytes.fromhex("0100000001000000000020") + GOOD[0] + b"\x00\x02{}")
 
-    assert (bytes.fromhex("08" "80" "00000000"), "close_notify") == c.read_to_end()
+    assert (bytes.fromhex("088000000000"), "close_notify") == c.read_to_end()
 
 
 def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, client):
@@ -213,12 +215,18 @@ def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, clien
 
 # --- feedback --------------------------------------------------------------------------------------
 
+
 def test_feedback_port_streams_tuples_then_closes_and_forgets_them(pki, client):
     """The feedback service sends every (timestamp, token) tuple and closes; the list is cleared once read."""
-    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert,
-                       feedback=[(1_600_000_000, GOOD[0]), (1_790_000_000, GOOD[1])]).start(with_feedback=True)
+    mock = MockGateway(
+        "binary",
+        pki.server_cert,
+        pki.server_key,
+        pki.ca_cert,
+        feedback=[(1_600_000_000, GOOD[0]), (1_790_000_000, GOOD[1])],
+    ).start(with_feedback=True)
     try:
-        expected = (bytes.fromhex("5f5e1000" "0020") + GOOD[0] + bytes.fromhex("6ab13b80" "0020") + GOOD[1])
+        expected = bytes.fromhex("5f5e10000020") + GOOD[0] + bytes.fromhex("6ab13b800020") + GOOD[1]
 
         assert (expected, "close_notify") == client(mock.feedback_port).read_to_end()
         assert (b"", "close_notify") == client(mock.feedback_port).read_to_end()
@@ -228,8 +236,9 @@ def test_feedback_port_streams_tuples_then_closes_and_forgets_them(pki, client):
 
 def test_feedback_port_requires_the_client_certificate(pki, client):
     """The feedback service refuses a client without a certificate, like the gateway port."""
-    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert,
-                       feedback=[(1_600_000_000, GOOD[0])]).start(with_feedback=True)
+    mock = MockGateway(
+        "binary", pki.server_cert, pki.server_key, pki.ca_cert, feedback=[(1_600_000_000, GOOD[0])]
+    ).start(with_feedback=True)
     try:
         data, how = refusal(lambda: client(mock.feedback_port, None))
 
@@ -240,6 +249,7 @@ def test_feedback_port_requires_the_client_certificate(pki, client):
 
 
 # --- apnsd mock as a process -----------------------------------------------------------------------
+
 
 class Lines:
     """A child's stdout read line by line on a helper thread, so each line can be awaited with a deadline."""
@@ -277,9 +287,25 @@ def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
     pki_dir = tmp_path / "pki"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err_file:
-        proc = subprocess.Popen([sys.executable, "-m", "apnsd.cli", "mock", "--protocol", "binary",
-                                 "--pki-dir", str(pki_dir), "--fail-prefix", "bad0=8"],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "apnsd.cli",
+                "mock",
+                "--protocol",
+                "binary",
+                "--pki-dir",
+                str(pki_dir),
+                "--fail-prefix",
+                "bad0=8",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
     try:
         lines = Lines(proc)
         first = lines.next()
@@ -290,7 +316,7 @@ def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
 
         c = Client(int(match.group(1)), str(pki_dir / "client.pem"), str(pki_dir / "ca.pem"))
         c.send(frames(GOOD[0], BAD))
-        assert (bytes.fromhex("08" "08" "00000002"), "close_notify") == c.read_to_end()
+        assert (bytes.fromhex("080800000002"), "close_notify") == c.read_to_end()
         c.close()
 
         proc.send_signal(signal.SIGTERM)
@@ -302,5 +328,13 @@ def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
             proc.wait()
 
     assert (0, "") == (code, stderr.read_text())
-    assert [{"received": 2, "accepted": 1, "rejected": 1, "connections": 1, "max_concurrent_streams_seen": 0,
-             "concurrency_violations": 0}] == [json.loads(line) for line in rest]
+    assert [
+        {
+            "received": 2,
+            "accepted": 1,
+            "rejected": 1,
+            "connections": 1,
+            "max_concurrent_streams_seen": 0,
+            "concurrency_violations": 0,
+        }
+    ] == [json.loads(line) for line in rest]

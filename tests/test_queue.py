@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.testing.redis_server import free_port
 from apnsd.errors import QueueError
-from apnsd.worker.outcome_log import dead_entry
 from apnsd.store.queue import Commit, JobQueue, connect
+from apnsd.testing.redis_server import free_port
+from apnsd.worker.outcome_log import dead_entry
 
 Q = "apnsd:queue"
 
@@ -60,6 +60,7 @@ def command_calls(rdb: Any) -> dict[str, int]:
 
 
 # --- take ----------------------------------------------------------------------------------------
+
 
 def test_take_moves_jobs_into_in_flight_storage_first_pushed_first(jq, worker):
     """take moves jobs from the consuming end into the worker's in-flight hash, oldest first."""
@@ -119,23 +120,37 @@ def test_take_returns_fewer_when_fewer_are_waiting(jq, worker):
 
 # --- commit --------------------------------------------------------------------------------------
 
+
 def test_commit_writes_every_outcome_and_drops_the_batch(jq, rdb, worker):
     """dead, unregistered, scheduled, requeue and counts are written and the batch leaves in-flight storage."""
     items = jobs(6)
     lpush_each(jq, items)
     w = worker("w1")
     batch, taken = w.take(Q, 5)
-    commit = Commit(Q, batch, dead=[b'{"reason":"x"}'], unregistered={"ab" * 32: b'{"reason":"Unregistered"}'},
-                    scheduled={taken[2]: 1_900_000_000.0}, requeue=[taken[3], taken[4]],
-                    counts={"delivered": 1, "dead": 1, "unregistered": 1, "retry": 1, "returned": 2})
+    commit = Commit(
+        Q,
+        batch,
+        dead=[b'{"reason":"x"}'],
+        unregistered={"ab" * 32: b'{"reason":"Unregistered"}'},
+        scheduled={taken[2]: 1_900_000_000.0},
+        requeue=[taken[3], taken[4]],
+        counts={"delivered": 1, "dead": 1, "unregistered": 1, "retry": 1, "returned": 2},
+    )
 
     w.commit(commit)
 
     assert [b'{"reason":"x"}'] == rdb.lrange("apnsd:dead", 0, -1)
     assert {b"ab" * 32: b'{"reason":"Unregistered"}'} == rdb.hgetall("apnsd:unregistered")
     assert [(taken[2], 1_900_000_000.0)] == rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)
-    assert {"dead": 1, "unregistered": 1, "total_delivered": 1, "total_dead": 1, "total_unregistered": 1,
-            "total_retry": 1, "total_returned": 2} == jq.counts()
+    assert {
+        "dead": 1,
+        "unregistered": 1,
+        "total_delivered": 1,
+        "total_dead": 1,
+        "total_unregistered": 1,
+        "total_retry": 1,
+        "total_returned": 2,
+    } == jq.counts()
     assert 0 == jq.inflight_count(Q, "w1")
     assert [items[3], items[4], items[5]] == take_all(jq)
 
@@ -147,13 +162,23 @@ def test_commit_is_one_transaction(jq, rdb, worker):
     batch, taken = w.take(Q, 3)
     rdb.config_resetstat()
 
-    w.commit(Commit(Q, batch, dead=[b"d"], unregistered={"t": b"u"}, scheduled={taken[0]: 1.0},
-                    requeue=[taken[1]], counts={"delivered": 1}))
+    w.commit(
+        Commit(
+            Q,
+            batch,
+            dead=[b"d"],
+            unregistered={"t": b"u"},
+            scheduled={taken[0]: 1.0},
+            requeue=[taken[1]],
+            counts={"delivered": 1},
+        )
+    )
 
     calls = command_calls(rdb)
     assert (1, 1) == (calls.get("multi"), calls.get("exec"))
     assert {"rpush": 1, "lpush": 1, "hset": 1, "zadd": 1, "hincrby": 1, "hdel": 1} == {
-        c: calls.get(c) for c in ("rpush", "lpush", "hset", "zadd", "hincrby", "hdel")}
+        c: calls.get(c) for c in ("rpush", "lpush", "hset", "zadd", "hincrby", "hdel")
+    }
 
 
 def test_requeued_jobs_are_taken_again_first_taken_first(jq, worker):
@@ -180,6 +205,7 @@ def test_commit_of_results_writes_a_capped_stream(jq, rdb, redis_server):
 
 
 # --- heartbeats and recovery ---------------------------------------------------------------------
+
 
 def test_heartbeat_sets_a_status_key_with_ttl_and_registers_the_worker(jq, rdb, worker):
     """A heartbeat writes the status under the worker's key with the TTL and adds it to the registry."""
@@ -211,8 +237,9 @@ def test_retire_removes_heartbeat_and_registration(jq, rdb, worker):
     assert (None, set()) == (jq.heartbeat_of("w1"), rdb.smembers("apnsd:workers"))
 
 
-def _dead_worker_with_batches(jq: JobQueue, rdb: Any, make: Callable[[str], JobQueue], wid: str,
-                              items: list[bytes], sizes: list[int]) -> None:
+def _dead_worker_with_batches(
+    jq: JobQueue, rdb: Any, make: Callable[[str], JobQueue], wid: str, items: list[bytes], sizes: list[int]
+) -> None:
     """A registered worker that took ``sizes`` batches of ``items`` and then died (heartbeat gone)."""
     lpush_each(jq, items)
     w = make(wid)
@@ -315,11 +342,12 @@ def test_release_all_returns_every_batch_in_original_order(jq, rdb, worker):
 
 # --- scheduling ----------------------------------------------------------------------------------
 
+
 def test_promote_due_moves_only_due_jobs_earliest_first(jq, worker):
     """Scheduled jobs whose time has come move to the consuming end, earliest due taken first."""
     items = jobs(4)
     w = worker("w1")
-    for item, at in zip(items, [300.0, 100.0, 200.0, 400.0]):
+    for item, at in zip(items, [300.0, 100.0, 200.0, 400.0], strict=False):
         w.schedule(Q, item, at)
     lpush_each(jq, jobs(1, "waiting"))
 
@@ -368,10 +396,14 @@ def test_racing_promoters_move_each_job_once(jq, worker):
 
 def test_scheduled_key_per_queue(jq):
     """The default queue's scheduled set is apnsd:scheduled; other queues get <queue>:scheduled."""
-    assert ("apnsd:scheduled", "apnsd:queue:voip:scheduled") == (jq.keys.scheduled(Q), jq.keys.scheduled("apnsd:queue:voip"))
+    assert ("apnsd:scheduled", "apnsd:queue:voip:scheduled") == (
+        jq.keys.scheduled(Q),
+        jq.keys.scheduled("apnsd:queue:voip"),
+    )
 
 
 # --- wait ----------------------------------------------------------------------------------------
+
 
 def test_wait_on_an_empty_queue_times_out_false(jq):
     """wait returns False when no job arrives within the timeout."""
@@ -404,6 +436,7 @@ def test_wait_wakes_when_a_job_arrives(jq, rdb, worker):
 
 # --- dead letters and inspection -----------------------------------------------------------------
 
+
 def _dead(raw: bytes, app: str | None, reason: str) -> bytes:
     return dead_entry(raw, app, reason, None, "detail", 0, None, 1.0)
 
@@ -411,8 +444,13 @@ def _dead(raw: bytes, app: str | None, reason: str) -> bytes:
 def test_requeue_dead_by_reason_prefix_to_each_apps_queue(jq, rdb):
     """Dead letters whose reason starts with the prefix go back onto their app's queue; others stay."""
     a, b, c, d = jobs(4)
-    rdb.lpush("apnsd:dead", _dead(a, "default", "bad_token"), _dead(b, "voip", "bad_payload"),
-              _dead(c, "default", "InvalidToken"), _dead(d, None, "bad_field"))
+    rdb.lpush(
+        "apnsd:dead",
+        _dead(a, "default", "bad_token"),
+        _dead(b, "voip", "bad_payload"),
+        _dead(c, "default", "InvalidToken"),
+        _dead(d, None, "bad_field"),
+    )
 
     moved = jq.requeue_dead({"default": Q, "voip": "apnsd:queue:voip"}, Q, 100, "bad_")
 

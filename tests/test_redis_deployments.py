@@ -14,9 +14,9 @@ import redis
 from redis.crc import key_slot
 
 from apnsd.config import load_config
-from apnsd.worker.daemon import Daemon
 from apnsd.errors import ConfigError, QueueError
 from apnsd.store.queue import Commit, JobQueue, Keys, client_for, connect
+from apnsd.worker.daemon import Daemon
 from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.redis_topologies import ClusterSetup, Node, SentinelSetup, wait_for
 
@@ -44,9 +44,12 @@ def sentinel_env(setup: SentinelSetup) -> dict[str, str]:
 
 # --- configuration -------------------------------------------------------------------------------
 
+
 def test_sentinels_come_from_a_comma_separated_environment_variable():
     """APNSD_REDIS_SENTINELS="h:p,h:p" becomes the list of sentinel addresses."""
-    config = load_config(None, {"APNSD_REDIS_SENTINELS": "127.0.0.1:26379, 127.0.0.1:26380", "APNSD_REDIS_SERVICE": "pushes"})
+    config = load_config(
+        None, {"APNSD_REDIS_SENTINELS": "127.0.0.1:26379, 127.0.0.1:26380", "APNSD_REDIS_SERVICE": "pushes"}
+    )
 
     assert (("127.0.0.1:26379", "127.0.0.1:26380"), "pushes") == (config.redis.sentinels, config.redis.service)
 
@@ -68,15 +71,18 @@ def test_shards_give_each_queue_its_own_hash_tag():
     assert 3 == len({config.queue_key(app, t) for t in good_tokens(50)})
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"APNSD_REDIS_SENTINELS": "127.0.0.1"}, "redis.sentinels"),
-    ({"APNSD_REDIS_SENTINELS": "127.0.0.1:1", "APNSD_REDIS_CLUSTER": "true"}, "redis.cluster"),
-    ({"APNSD_REDIS_SENTINELS": "127.0.0.1:1", "APNSD_REDIS_URL": "unix:///tmp/r.sock"}, "redis.url"),
-    ({"APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_URL": "redis://127.0.0.1:7000/3"}, "redis.url"),
-    ({"APNSD_REDIS_CLUSTER": "true", "APNSD_APP_DEFAULT_QUEUE": "pushes"}, "apps.default.queue"),
-    ({"APNSD_REDIS_SSL_CA_FILE": "/ca.pem"}, "redis.ssl_ca_file"),
-    ({"APNSD_REDIS_SHARDS": "-1"}, "redis.shards"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"APNSD_REDIS_SENTINELS": "127.0.0.1"}, "redis.sentinels"),
+        ({"APNSD_REDIS_SENTINELS": "127.0.0.1:1", "APNSD_REDIS_CLUSTER": "true"}, "redis.cluster"),
+        ({"APNSD_REDIS_SENTINELS": "127.0.0.1:1", "APNSD_REDIS_URL": "unix:///tmp/r.sock"}, "redis.url"),
+        ({"APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_URL": "redis://127.0.0.1:7000/3"}, "redis.url"),
+        ({"APNSD_REDIS_CLUSTER": "true", "APNSD_APP_DEFAULT_QUEUE": "pushes"}, "apps.default.queue"),
+        ({"APNSD_REDIS_SSL_CA_FILE": "/ca.pem"}, "redis.ssl_ca_file"),
+        ({"APNSD_REDIS_SHARDS": "-1"}, "redis.shards"),
+    ],
+)
 def test_impossible_redis_settings_fail_naming_the_key(env, key):
     """Sentinel, cluster and TLS settings that cannot work are refused at start with the key's name."""
     with pytest.raises(ConfigError) as err:
@@ -86,6 +92,7 @@ def test_impossible_redis_settings_fail_naming_the_key(env, key):
 
 
 # --- queue behaviour any deployment relies on ------------------------------------------------------
+
 
 def test_a_repeated_take_into_the_same_field_returns_that_batch_and_takes_nothing_more(jq):
     """A take resent after a lost answer gives back the batch it took, instead of overwriting it."""
@@ -117,6 +124,7 @@ def test_batches_the_process_no_longer_holds_go_back_to_the_queue(jq):
 
 # --- unix socket ---------------------------------------------------------------------------------
 
+
 def test_unix_socket_url_delivers_end_to_end(tmp_path, jq, rdb, http2_mock, make_config):
     """A unix:// URL works for the daemon and for applications pushing jobs."""
     server = Node(tmp_path / "unix", [], unix=True).start()
@@ -128,7 +136,7 @@ def test_unix_socket_url_delivers_end_to_end(tmp_path, jq, rdb, http2_mock, make
 
         assert 0 == run_drained(make_config(mock, REDIS_URL=url))
 
-        assert {t: 1 for t in tokens} == dict(mock.record.accepted_tokens())
+        assert dict.fromkeys(tokens, 1) == dict(mock.record.accepted_tokens())
         assert 0 == server.client().llen("apnsd:queue")
         assert [] == inflight_keys(server.client())
         assert 0 == rdb.dbsize()  # nothing went to the TCP test server
@@ -139,25 +147,36 @@ def test_unix_socket_url_delivers_end_to_end(tmp_path, jq, rdb, http2_mock, make
 def test_rediss_url_with_client_certificate_delivers_end_to_end(tmp_path, pki, http2_mock, make_config):
     """rediss:// with redis.ssl_ca_file, ssl_cert_file and ssl_key_file reaches a TLS-only server that
     requires client certificates."""
-    tls = {"server_cert": pki.server_cert, "server_key": pki.server_key, "ca_cert": pki.ca_cert,
-           "client_cert": pki.client_cert, "client_key": pki.client_key}
+    tls = {
+        "server_cert": pki.server_cert,
+        "server_key": pki.server_key,
+        "ca_cert": pki.ca_cert,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
+    }
     server = Node(tmp_path / "tls", [], tls=tls).start()
     try:
         mock = http2_mock()
-        config = make_config(mock, REDIS_URL=f"rediss://127.0.0.1:{server.port}/0", REDIS_SSL_CA_FILE=pki.ca_cert,
-                             REDIS_SSL_CERT_FILE=pki.client_cert, REDIS_SSL_KEY_FILE=pki.client_key)
+        config = make_config(
+            mock,
+            REDIS_URL=f"rediss://127.0.0.1:{server.port}/0",
+            REDIS_SSL_CA_FILE=pki.ca_cert,
+            REDIS_SSL_CERT_FILE=pki.client_cert,
+            REDIS_SSL_KEY_FILE=pki.client_key,
+        )
         tokens = good_tokens(300, seed=17)
         push_all(JobQueue(client_for(config.redis), "apnsd", "app"), [job(t) for t in tokens])
 
         assert 0 == run_drained(config)
 
-        assert {t: 1 for t in tokens} == dict(mock.record.accepted_tokens())
+        assert dict.fromkeys(tokens, 1) == dict(mock.record.accepted_tokens())
         assert (0, []) == (server.client().llen("apnsd:queue"), inflight_keys(server.client()))
     finally:
         server.stop()
 
 
 # --- Sentinel ------------------------------------------------------------------------------------
+
 
 def test_sentinel_master_delivers_end_to_end(sentinel_setup, http2_mock, make_config):
     """With redis.sentinels the daemon finds the master through the sentinels and delivers everything once."""
@@ -170,18 +189,26 @@ def test_sentinel_master_delivers_end_to_end(sentinel_setup, http2_mock, make_co
 
     assert 0 == run_drained(config)
 
-    assert {t: 1 for t in tokens} == dict(mock.record.accepted_tokens())
+    assert dict.fromkeys(tokens, 1) == dict(mock.record.accepted_tokens())
     master = sentinel_setup.current_master().client()
     assert (0, []) == (master.llen("apnsd:queue"), inflight_keys(master))
 
 
-def deliver_through(setup: SentinelSetup, mock: Any, make_config: Any, seed: int,
-                    fail_over: Callable[[], Node]) -> tuple[Counter[str], list[str], int, Node]:
+def deliver_through(
+    setup: SentinelSetup, mock: Any, make_config: Any, seed: int, fail_over: Callable[[], Node]
+) -> tuple[Counter[str], list[str], int, Node]:
     """Stream 1,500 jobs through a draining daemon and call ``fail_over`` once a third is delivered;
     returns (accepted per token, the tokens, deliveries before the failover, the new master)."""
-    config = make_config(mock, **sentinel_env(setup), WORKER_BATCH_SIZE="50", WORKER_MAX_IN_FLIGHT="50",
-                         WORKER_HEARTBEAT_INTERVAL="0.5", WORKER_HEARTBEAT_TTL="5", WORKER_RECOVER_INTERVAL="0.5",
-                         REDIS_SOCKET_TIMEOUT="2")
+    config = make_config(
+        mock,
+        **sentinel_env(setup),
+        WORKER_BATCH_SIZE="50",
+        WORKER_MAX_IN_FLIGHT="50",
+        WORKER_HEARTBEAT_INTERVAL="0.5",
+        WORKER_HEARTBEAT_TTL="5",
+        WORKER_RECOVER_INTERVAL="0.5",
+        REDIS_SOCKET_TIMEOUT="2",
+    )
     q = JobQueue(client_for(config.redis), "apnsd", "app")
     q.client.flushall()
     tokens = good_tokens(1500, seed=seed)
@@ -200,8 +227,10 @@ def deliver_through(setup: SentinelSetup, mock: Any, make_config: Any, seed: int
         daemon.request_stop()
         runner.join(30)
     accepted = mock.record.accepted_tokens()
-    print(f"failover after {at_failover} deliveries; {len(accepted)} tokens delivered, "
-          f"{sum(n - 1 for n in accepted.values())} duplicates")
+    print(
+        f"failover after {at_failover} deliveries; {len(accepted)} tokens delivered, "
+        f"{sum(n - 1 for n in accepted.values())} duplicates"
+    )
     assert [0] == result
     assert sum(accepted.values()) > at_failover
     return accepted, tokens, at_failover, new
@@ -219,7 +248,9 @@ def test_sentinel_failover_mid_stream_loses_no_job(sentinel_setup, binary_mock, 
     the new master; every job is delivered at least once and nothing is left queued or in flight."""
     mock = binary_mock()
 
-    accepted, tokens, _, new = deliver_through(sentinel_setup, mock, make_config, 13, lambda: sentinel_setup.failover()[1])
+    accepted, tokens, _, new = deliver_through(
+        sentinel_setup, mock, make_config, 13, lambda: sentinel_setup.failover()[1]
+    )
 
     assert set(tokens) == set(accepted)
     assert_nothing_left(new)
@@ -246,6 +277,7 @@ def test_sentinel_master_killed_mid_stream_loses_no_job(sentinel_setup, binary_m
 
 # --- Cluster -------------------------------------------------------------------------------------
 
+
 def cluster_env(cluster: ClusterSetup, shards: int) -> dict[str, str]:
     """The APNSD_* settings for the test cluster with ``shards`` queues."""
     return {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "REDIS_SHARDS": str(shards)}
@@ -270,11 +302,17 @@ def test_sharded_queues_spread_over_the_cluster_deliver_every_job_exactly_once(c
 
     assert 0 == run_drained(config)
 
-    assert {t: 1 for t in tokens} == dict(mock.record.accepted_tokens())
+    assert dict.fromkeys(tokens, 1) == dict(mock.record.accepted_tokens())
     assert set(gone) == set(q.unregistered())
     assert ["bad_token", "not_json"] == sorted(e["reason"] for e in q.dead_entries(10))
-    assert {"dead": 2, "unregistered": 5, "total_delivered": 2000, "total_dead": 2, "total_unregistered": 5,
-            "total_retry": 30} == q.counts()
+    assert {
+        "dead": 2,
+        "unregistered": 5,
+        "total_delivered": 2000,
+        "total_dead": 2,
+        "total_unregistered": 5,
+        "total_retry": 30,
+    } == q.counts()
     assert all(0 == q.depth(s) == q.scheduled_count(s) for s in shards)
     assert [] == cluster.keys("*:inflight:*")
 
@@ -283,7 +321,9 @@ def test_a_dead_workers_batches_on_every_shard_are_recovered_once(cluster):
     """recover_dead checks the heartbeat (prefix slot) and then moves each shard's in-flight jobs in its own
     slot; two racing rescuers together move every job exactly once."""
     cluster.flush()
-    config = load_config(None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"})
+    config = load_config(
+        None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"}
+    )
     shards = list(config.queues())
     dead = JobQueue(client_for(config.redis), "apnsd", "dead-worker")
     for i, s in enumerate(shards):
@@ -314,12 +354,16 @@ def test_a_commit_across_slots_that_fails_halfway_is_finished_without_repeating_
     """In cluster mode outcomes are written first, with a marker; a retry after the queue-slot half failed
     skips them, even when the answer to the outcome half was lost too."""
     cluster.flush()
-    config = load_config(None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "2"})
+    config = load_config(
+        None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "2"}
+    )
     shard = list(config.queues())[1]
     q = JobQueue(client_for(config.redis), "apnsd", "w1")
     q.push(shard, [job(t) for t in good_tokens(2)])
     field, _ = q.take(shard, 2)
-    c = Commit(shard, field, dead=[b'{"reason":"x"}'], scheduled={job("cd" * 32): 1e10}, counts={"delivered": 1, "dead": 1})
+    c = Commit(
+        shard, field, dead=[b'{"reason":"x"}'], scheduled={job("cd" * 32): 1e10}, counts={"delivered": 1, "dead": 1}
+    )
     monkeypatch.setattr(q, "_queue_writes", connection_lost)  # the link drops between the two transactions
     with pytest.raises(QueueError):
         q.commit(c)
@@ -350,8 +394,9 @@ def test_a_cluster_without_a_reachable_node_is_a_retryable_queue_error(tmp_path)
     """redis-py's cluster errors that are not RedisErrors ("no reachable node") still become QueueError,
     which the loops retry with backoff, instead of ending a delivery thread."""
     down = ClusterSetup(tmp_path / "down").start()
-    q = JobQueue(client_for(load_config(None, {"APNSD_REDIS_URL": down.url, "APNSD_REDIS_CLUSTER": "true"}).redis),
-                 "apnsd", "w1")
+    q = JobQueue(
+        client_for(load_config(None, {"APNSD_REDIS_URL": down.url, "APNSD_REDIS_CLUSTER": "true"}).redis), "apnsd", "w1"
+    )
     down.stop()
 
     with pytest.raises(QueueError) as err:
@@ -366,11 +411,21 @@ def test_queue_keys_and_scripts_stay_in_one_slot():
     keys = Keys(config.redis.key_prefix)
 
     for shard in config.queues():
-        assert {key_slot(shard.encode())} == {key_slot(k.encode()) for k in (keys.inflight(shard, "w"), keys.scheduled(shard))}
-    shared = [keys.dead, keys.unregistered, keys.results, keys.stats, keys.workers, keys.heartbeat("w"),
-              keys.default_queue, keys.scheduled(keys.default_queue), keys.inflight(keys.default_queue, "w")]
+        assert {key_slot(shard.encode())} == {
+            key_slot(k.encode()) for k in (keys.inflight(shard, "w"), keys.scheduled(shard))
+        }
+    shared = [
+        keys.dead,
+        keys.unregistered,
+        keys.results,
+        keys.stats,
+        keys.workers,
+        keys.heartbeat("w"),
+        keys.default_queue,
+        keys.scheduled(keys.default_queue),
+        keys.inflight(keys.default_queue, "w"),
+    ]
     assert 1 == len({key_slot(k.encode()) for k in shared})
-
 
 
 def test_python_client_from_config_pushes_onto_the_tokens_shard(cluster):
@@ -378,7 +433,9 @@ def test_python_client_from_config_pushes_onto_the_tokens_shard(cluster):
     from apnsd.client import Client
 
     cluster.flush()
-    config = load_config(None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"})
+    config = load_config(
+        None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"}
+    )
     client = Client.from_config(config)
     tokens = good_tokens(30, seed=31)
     for t in tokens:

@@ -16,12 +16,19 @@ from typing import Any
 
 import pytest
 
-from apnsd.testing.redis_server import free_port
-from apnsd.testing.mock import MockGateway
 from apnsd.store.queue import JobQueue
+from apnsd.testing.mock import MockGateway
+from apnsd.testing.redis_server import free_port
 from tests.conftest import inflight_keys, job, push_all
 from tests.supervised import (
-    SUPERVISORD_CONF, VENV_BIN, OutputReader, clean_env, program_state, stop_by_pid, supervisorctl, wait_for,
+    SUPERVISORD_CONF,
+    VENV_BIN,
+    OutputReader,
+    clean_env,
+    program_state,
+    stop_by_pid,
+    supervisorctl,
+    wait_for,
 )
 
 
@@ -49,8 +56,9 @@ class Supervised:
 def write_conf(directory: Path) -> Path:
     """deploy/supervisord.conf with only the pid file and control socket moved into ``directory``."""
     text = SUPERVISORD_CONF.read_text(encoding="utf-8")
-    text = (text.replace("/tmp/apnsd-supervisord.pid", str(directory / "supervisord.pid"))
-                .replace("/tmp/apnsd-supervisor.sock", str(directory / "supervisor.sock")))
+    text = text.replace("/tmp/apnsd-supervisord.pid", str(directory / "supervisord.pid")).replace(
+        "/tmp/apnsd-supervisor.sock", str(directory / "supervisor.sock")
+    )
     assert "/tmp/apnsd-supervisor" not in text
     conf = directory / "supervisord.conf"
     conf.write_text(text, encoding="utf-8")
@@ -58,7 +66,9 @@ def write_conf(directory: Path) -> Path:
 
 
 @pytest.fixture
-def supervise(rdb: Any, redis_server: Any, pki: Any, tmp_path: Path, binary_mock: Any) -> Iterator[Callable[..., Supervised]]:
+def supervise(
+    rdb: Any, redis_server: Any, pki: Any, tmp_path: Path, binary_mock: Any
+) -> Iterator[Callable[..., Supervised]]:
     """Factory: start supervisord (APNSD_* config in its environment) for a mock; stopped by PID at teardown.
 
     Depends on ``binary_mock`` so that the mocks outlive supervisord at teardown.
@@ -68,19 +78,34 @@ def supervise(rdb: Any, redis_server: Any, pki: Any, tmp_path: Path, binary_mock
 
     def start(mock: MockGateway, **overrides: str) -> Supervised:
         env = clean_env(
-            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", PYTHONUNBUFFERED="1",
-            APNSD_REDIS_URL=redis_server.url, APNSD_APP_DEFAULT_HOST=mock.host,
-            APNSD_APP_DEFAULT_PORT=str(mock.port), APNSD_APP_DEFAULT_CA_FILE=pki.ca_cert,
-            APNSD_APP_DEFAULT_CERT=pki.client_pem, APNSD_APP_DEFAULT_PROTOCOL=mock.protocol,
-            APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="60", APNSD_APP_DEFAULT_BACKOFF_INITIAL="0.05",
-            APNSD_APP_DEFAULT_CONFIRM_DELAY="0.2", APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
-            APNSD_WORKER_GRACE_PERIOD="5", APNSD_WORKER_BLOCK_TIMEOUT="0.2", APNSD_WORKER_HEARTBEAT_INTERVAL="0.5",
-            APNSD_WORKER_HEARTBEAT_TTL="2", APNSD_WORKER_RECOVER_INTERVAL="0.5",
-            APNSD_METRICS_LISTEN=f"127.0.0.1:{free_port()}")
+            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            PYTHONUNBUFFERED="1",
+            APNSD_REDIS_URL=redis_server.url,
+            APNSD_APP_DEFAULT_HOST=mock.host,
+            APNSD_APP_DEFAULT_PORT=str(mock.port),
+            APNSD_APP_DEFAULT_CA_FILE=pki.ca_cert,
+            APNSD_APP_DEFAULT_CERT=pki.client_pem,
+            APNSD_APP_DEFAULT_PROTOCOL=mock.protocol,
+            APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="60",
+            APNSD_APP_DEFAULT_BACKOFF_INITIAL="0.05",
+            APNSD_APP_DEFAULT_CONFIRM_DELAY="0.2",
+            APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
+            APNSD_WORKER_GRACE_PERIOD="5",
+            APNSD_WORKER_BLOCK_TIMEOUT="0.2",
+            APNSD_WORKER_HEARTBEAT_INTERVAL="0.5",
+            APNSD_WORKER_HEARTBEAT_TTL="2",
+            APNSD_WORKER_RECOVER_INTERVAL="0.5",
+            APNSD_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+        )
         env.update({f"APNSD_{k}": v for k, v in overrides.items()})
         conf = write_conf(short)
-        proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "-c", str(conf)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, cwd=short)
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "supervisord"), "-c", str(conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=short,
+        )
         s = Supervised(conf, proc, OutputReader(proc.stdout))  # type: ignore[arg-type]
         started.append(s)
         wait_for(lambda: s.state() == "RUNNING" or proc.poll() is not None, 20, "apnsd RUNNING under supervisord")
@@ -159,7 +184,9 @@ def test_sighup_through_supervisorctl_reloads_and_delivery_continues(supervise, 
     assert "RUNNING" == sv.state()
 
 
-def test_sigkill_restarts_the_worker_and_its_in_flight_jobs_are_recovered(supervise, binary_mock, jq: JobQueue, rdb) -> None:
+def test_sigkill_restarts_the_worker_and_its_in_flight_jobs_are_recovered(
+    supervise, binary_mock, jq: JobQueue, rdb
+) -> None:
     """After kill -9 supervisord starts a new worker, which recovers the dead one's in-flight jobs: nothing is lost."""
     mock = binary_mock()
     sv = supervise(mock, WORKER_BATCH_SIZE="50", WORKER_MAX_IN_FLIGHT="100")

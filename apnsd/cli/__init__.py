@@ -1,2 +1,1 @@
-"""The `apnsd` command line: one module per verb group; the top layer, imported by nothing.
-"""
+"""The `apnsd` command line: one module per verb group; the top layer, imported by nothing."""

@@ -14,18 +14,31 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from apnsd.config import AppConfig, Config
-from apnsd.gateway.credentials import (
-    EXPIRY_WARN_DAYS, CertificateInfo, ClientIdentity, TokenSigner, check_validity, client_context, decode_token,
-    load_ca_certificates, load_identity, load_public_key, verify_hostname, verify_token,
-)
 from apnsd.errors import CredentialsError
+from apnsd.gateway.credentials import (
+    EXPIRY_WARN_DAYS,
+    CertificateInfo,
+    ClientIdentity,
+    TokenSigner,
+    check_validity,
+    client_context,
+    decode_token,
+    load_ca_certificates,
+    load_identity,
+    load_public_key,
+    verify_hostname,
+    verify_token,
+)
 
 T = TypeVar("T")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 BINARY_SETTLE = 1.0  # a binary gateway answers an accepted certificate with silence, a rejected one with an alert
 _VERIFY_ERRORS = {
-    9: "it is not valid yet", 10: "it has expired", 18: "it is self-signed",
-    19: "its chain ends in a root that is not trusted", 20: "its issuer is not in the trust store",
+    9: "it is not valid yet",
+    10: "it has expired",
+    18: "it is self-signed",
+    19: "its chain ends in a root that is not trusted",
+    20: "its issuer is not in the trust store",
     21: "its issuer is not in the trust store",
 }
 
@@ -64,7 +77,7 @@ def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None =
         out.write(f"app {name}: {app.protocol}, {app.environment}, gateway {host}:{port}\n")
         try:
             _check_app(app, connect, report, now)
-        except Exception as exc:  # noqa: BLE001 -- a diagnostic tool reports every failure and goes on to the next app
+        except Exception as exc:
             report.error(f"unexpected {type(exc).__name__} while checking app {name}: {exc}")
         out.write("\n")
     verdict = "check failed" if report.errors else "all checks passed"
@@ -74,7 +87,11 @@ def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None =
 
 def _check_app(app: AppConfig, connect: bool, report: _Report, now: datetime) -> None:
     identity: ClientIdentity | None = None
-    usable = _check_token(app, report, now) if app.auth == "token" else bool(identity := _check_certificate(app, report, now))
+    usable = (
+        _check_token(app, report, now)
+        if app.auth == "token"
+        else bool(identity := _check_certificate(app, report, now))
+    )
     if app.ca_file:
         try:
             report.ok(f"ca_file {app.ca_file} holds {len(load_ca_certificates(app.ca_file))} certificate(s)")
@@ -98,8 +115,11 @@ def _check_certificate(app: AppConfig, report: _Report, now: datetime) -> Client
     report.info("team id", info.team_id or "(none: the subject has no OU)")
     report.info("topics", ", ".join(f"{t} ({k})" if k else t for t, k in info.topics) or "(none)")
     report.info("environments", f"{', '.join(sorted(info.environments)) or '(none)'} (configured: {app.environment})")
-    report.info("valid", f"{info.not_before:%Y-%m-%d %H:%M} to {info.not_after:%Y-%m-%d %H:%M} UTC "
-                         f"({info.days_left(now):.1f} days left)")
+    report.info(
+        "valid",
+        f"{info.not_before:%Y-%m-%d %H:%M} to {info.not_after:%Y-%m-%d %H:%M} UTC "
+        f"({info.days_left(now):.1f} days left)",
+    )
     if app.pkcs12:
         report.ok(f"passphrase opens PKCS#12 file {app.pkcs12}")
     report.ok("private key matches the certificate")
@@ -124,11 +144,15 @@ def _check_expiry(info: CertificateInfo, source: str, report: _Report, now: date
 
 def _check_environment(info: CertificateInfo, app: AppConfig, report: _Report) -> None:
     if not info.environments:
-        report.warn("certificate has no APNs environment extension (1.2.840.113635.100.6.3.1/.2); is it a push certificate?")
+        report.warn(
+            "certificate has no APNs environment extension (1.2.840.113635.100.6.3.1/.2); is it a push certificate?"
+        )
     elif app.environment not in info.environments:
         only = next(iter(info.environments))
-        report.error(f"{only}-only certificate used against {app.environment} gateway {app.gateway()[0]}; "
-                     f"set environment = \"{only}\" or use a {app.environment} certificate")
+        report.error(
+            f"{only}-only certificate used against {app.environment} gateway {app.gateway()[0]}; "
+            f'set environment = "{only}" or use a {app.environment} certificate'
+        )
     else:
         report.ok(f"certificate is allowed on the {app.environment} gateway")
 
@@ -136,10 +160,15 @@ def _check_environment(info: CertificateInfo, app: AppConfig, report: _Report) -
 def _check_topic(topic: str, info: CertificateInfo | None, report: _Report) -> None:
     allowed = info.topic_names() if info else ()
     if "*" in topic:
-        report.error(f"topic {topic!r} is a wildcard; APNs needs an exact topic" + (f", one of: {', '.join(allowed)}" if allowed else ""))
+        report.error(
+            f"topic {topic!r} is a wildcard; APNs needs an exact topic"
+            + (f", one of: {', '.join(allowed)}" if allowed else "")
+        )
     elif not topic:
         if info and info.bundle_id:
-            report.ok(f"no topic configured: APNs uses the certificate's bundle id {info.bundle_id} unless a job sets one")
+            report.ok(
+                f"no topic configured: APNs uses the certificate's bundle id {info.bundle_id} unless a job sets one"
+            )
         else:
             report.warn("no topic configured and the certificate names no bundle id (UID); set topic")
     elif info is not None and topic not in allowed:
@@ -224,7 +253,9 @@ def _ssl_reason(exc: SSL.Error | OSError) -> str:
     return "; ".join(str(d[-1]) for d in details) or str(exc) or type(exc).__name__
 
 
-def _explain(exc: SSL.Error | OSError, handshake_done: bool, verify_failures: list[int], client_cert: bool, ca_file: str) -> str:
+def _explain(
+    exc: SSL.Error | OSError, handshake_done: bool, verify_failures: list[int], client_cert: bool, ca_file: str
+) -> str:
     """Turn a failed TLS exchange into what most likely went wrong."""
     reason = _ssl_reason(exc)
     if verify_failures:
@@ -236,8 +267,10 @@ def _explain(exc: SSL.Error | OSError, handshake_done: bool, verify_failures: li
     dropped = handshake_done and any(word in reason.lower() for word in ("closed", "reset", "eof"))
     if "alert" in reason or dropped:
         if client_cert:
-            return (f"gateway rejected the certificate ({reason}): it does not trust its issuer, "
-                    "or it is revoked, expired or for the other environment")
+            return (
+                f"gateway rejected the certificate ({reason}): it does not trust its issuer, "
+                "or it is revoked, expired or for the other environment"
+            )
         return f"gateway refused the connection ({reason}); does it want a client certificate?"
     return f"TLS {'after' if handshake_done else 'during'} the handshake failed: {reason}"
 
@@ -309,7 +342,9 @@ def _check_server(conn: SSL.Connection, host: str, http2: bool, report: _Report)
     if http2:
         selected = conn.get_alpn_proto_negotiated()
         if selected != b"h2":
-            report.error(f"gateway did not select ALPN h2 (selected: {selected.decode() or 'nothing'}); not an HTTP/2 gateway?")
+            report.error(
+                f"gateway did not select ALPN h2 (selected: {selected.decode() or 'nothing'}); not an HTTP/2 gateway?"
+            )
             return False
         report.ok("ALPN selected h2")
     return True

@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--config", "-c", help="TOML config (default: $APNSD_CONFIG, then /etc/apnsd/apnsd.toml)")
         return sp
 
-    r = cmd("run", _run, "Run the daemon (with nothing configured: a local demo with redis-server and the mock gateway).")
+    r = cmd(
+        "run", _run, "Run the daemon (with nothing configured: a local demo with redis-server and the mock gateway)."
+    )
     r.add_argument("--drain", action="store_true", help="exit 0 once the queue is empty and every job has its outcome")
     r.add_argument("--demo-jobs", type=int, default=1000, help="sample jobs the demo enqueues (demo mode only)")
 
@@ -62,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--id")
     ps.add_argument("--at", type=_send_at, help="send later: unix seconds, or +SECONDS from now")
 
-    ck = cmd("check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match).")
+    ck = cmd(
+        "check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match)."
+    )
     ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
 
     st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
@@ -75,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     dd.add_argument("--json", action="store_true")
 
     hc = cmd("health", _health, "Exit 0 when this host's worker is alive and its last connection attempt did not fail.")
-    hc.add_argument("--liveness", action="store_true",
-                    help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures")
+    hc.add_argument(
+        "--liveness",
+        action="store_true",
+        help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures",
+    )
 
     from apnsd.cli.mock import add_mock_arguments
 
@@ -119,8 +126,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _queue(config: Any) -> Any:
-    from apnsd.worker.daemon import default_worker_id
     from apnsd.store.queue import JobQueue, client_for
+    from apnsd.worker.daemon import default_worker_id
 
     return JobQueue(client_for(config.redis), config.redis.prefix, "cli:" + default_worker_id())
 
@@ -149,7 +156,9 @@ def _push(args: argparse.Namespace) -> int:
     from apnsd.core.jobs import JobParser
 
     app = config.apps[args.app]
-    good, bad = JobParser({args.app: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))}).parse(msgspec.json.encode(job))
+    good, bad = JobParser({args.app: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))}).parse(
+        msgspec.json.encode(job)
+    )
     if bad:
         print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
         return 2
@@ -159,7 +168,9 @@ def _push(args: argparse.Namespace) -> int:
         at = args.at
         job["send_at"] = at
         q.schedule(queue, msgspec.json.encode(job), at)
-        print(f"scheduled 1 job on {q.keys.scheduled(queue)} for {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")
+        print(
+            f"scheduled 1 job on {q.keys.scheduled(queue)} for {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}"
+        )
     else:
         depth = q.push(queue, [msgspec.json.encode(job)])
         print(f"queued 1 job ({len(good)} notification(s)) on {queue}; depth now {depth}")

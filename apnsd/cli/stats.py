@@ -20,22 +20,37 @@ def collect(config: Config, open_queue: Callable[[Config], JobQueue]) -> dict[st
     workers = []
     for wid, status in q.workers():
         inflight = {name: q.inflight_count(name, wid) for name in queues}
-        workers.append({"id": wid, "alive": status is not None, "in_flight": sum(inflight.values()),
-                        "last_heartbeat": status.get("time") if status else None})
-    return {"queues": {name: {"depth": q.depth(name), "scheduled": q.scheduled_count(name),
-                              "apps": config.queues()[name]} for name in queues},
-            "workers": workers, **q.counts()}
+        workers.append(
+            {
+                "id": wid,
+                "alive": status is not None,
+                "in_flight": sum(inflight.values()),
+                "last_heartbeat": status.get("time") if status else None,
+            }
+        )
+    return {
+        "queues": {
+            name: {"depth": q.depth(name), "scheduled": q.scheduled_count(name), "apps": config.queues()[name]}
+            for name in queues
+        },
+        "workers": workers,
+        **q.counts(),
+    }
 
 
 def render(data: dict[str, Any]) -> str:
     """The human-readable form of collect()'s result."""
     lines = []
     for name, qd in data["queues"].items():
-        lines.append(f"queue {name}: {qd['depth']} waiting, {qd['scheduled']} scheduled (apps: {', '.join(qd['apps'])})")
+        lines.append(
+            f"queue {name}: {qd['depth']} waiting, {qd['scheduled']} scheduled (apps: {', '.join(qd['apps'])})"
+        )
     live = [w for w in data["workers"] if w["alive"]]
     lines.append(f"workers: {len(live)} alive, {len(data['workers']) - len(live)} dead")
     for w in data["workers"]:
-        lines.append(f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, {w['in_flight']} in flight")
+        lines.append(
+            f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, {w['in_flight']} in flight"
+        )
     lines.append(f"dead letters: {data['dead']}    unregistered tokens: {data['unregistered']}")
     totals = {k[6:]: v for k, v in data.items() if k.startswith("total_")}
     if totals:
@@ -45,17 +60,23 @@ def render(data: dict[str, Any]) -> str:
 
 def dead_list(config: Config, q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int:
     """Print the newest dead letters."""
-    entries = [e for e in q.dead_entries(limit if not reason else 10_000)
-               if not reason or str(e.get("reason", "")).startswith(reason)][:limit]
+    entries = [
+        e
+        for e in q.dead_entries(limit if not reason else 10_000)
+        if not reason or str(e.get("reason", "")).startswith(reason)
+    ][:limit]
     for e in entries:
         if as_json:
             print(json.dumps(e))
         else:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time") or 0))
             token = (e.get("token") or "")[:8]
-            print(f"{when}  {e.get('app') or '-':<10} {e.get('reason')}"
-                  + (f" (status {e['status']})" if e.get("status") else "")
-                  + (f" token {token}…" if token else "") + (f": {e['detail']}" if e.get("detail") else ""))
+            print(
+                f"{when}  {e.get('app') or '-':<10} {e.get('reason')}"
+                + (f" (status {e['status']})" if e.get("status") else "")
+                + (f" token {token}…" if token else "")
+                + (f": {e['detail']}" if e.get("detail") else "")
+            )
     if not as_json:
         print(f"({len(entries)} shown, {q.counts()['dead']} in {q.keys.dead})")
     return 0

@@ -120,7 +120,10 @@ def parse_token(token: str) -> tuple[str, bytes]:
     if raw is not None:
         return token.lower(), raw
     if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
-        raise JobError("token_is_description", "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes")
+        raise JobError(
+            "token_is_description",
+            "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes",
+        )
     t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
     if not t:
         raise JobError("missing_token", "token is empty")
@@ -132,7 +135,10 @@ def parse_token(token: str) -> tuple[str, bytes]:
     if 2 * len(raw) != len(t) and (len(t) % 2 == 0 or not _HEX.issuperset(t)):
         raise JobError("bad_token", f"token is not hexadecimal: {shorten(t)}")
     if len(t) % 2 or not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
-        raise JobError("bad_token_length", f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}")
+        raise JobError(
+            "bad_token_length",
+            f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}",
+        )
     return t, raw
 
 
@@ -183,10 +189,26 @@ class JobParser:
                 apns_id = job_uuid
             else:  # the binary protocol has no apns-id: its frames carry a per-connection number
                 apns_id = self.new_id() if protocol == "http2" else ""
-            good.append(Notification(t, tb, payload, spec.app, apns_id, spec.id, spec.priority,
-                                     spec.expiration, spec.push_type, spec.topic,
-                                     spec.collapse_id, spec.attempts, spec.enqueued_at, raw, spec.tokens is not None,
-                                     spec.send_at))
+            good.append(
+                Notification(
+                    t,
+                    tb,
+                    payload,
+                    spec.app,
+                    apns_id,
+                    spec.id,
+                    spec.priority,
+                    spec.expiration,
+                    spec.push_type,
+                    spec.topic,
+                    spec.collapse_id,
+                    spec.attempts,
+                    spec.enqueued_at,
+                    raw,
+                    spec.tokens is not None,
+                    spec.send_at,
+                )
+            )
         return good, bad
 
     def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:
@@ -203,14 +225,21 @@ class JobParser:
         """Checks shared by every token of a job; returns the encoded payload and the app's protocol."""
         limits = self._limits.get(spec.app)
         if limits is None:
-            raise JobError("unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})")
+            raise JobError(
+                "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
+            )
         if spec.token is None and not spec.tokens:
             raise JobError("missing_token", "job has neither 'token' nor a non-empty 'tokens' list")
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
-        if (spec.push_type is not None or spec.priority is not None or spec.expiration is not None
-                or spec.collapse_id is not None or spec.topic is not None):
+        if (
+            spec.push_type is not None
+            or spec.priority is not None
+            or spec.expiration is not None
+            or spec.collapse_id is not None
+            or spec.topic is not None
+        ):
             self._options(spec, protocol)
         payload = decode_payload(spec.payload)
         cap = voip_limit if spec.push_type == "voip" else limit
@@ -223,13 +252,17 @@ class JobParser:
     def _options(self, spec: JobSpec, protocol: str) -> None:
         """Checks of the optional delivery fields (most jobs have none, so they are skipped)."""
         if spec.push_type is not None and spec.push_type not in PUSH_TYPE_SUFFIXES:
-            raise JobError("bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}")
+            raise JobError(
+                "bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}"
+            )
         if spec.priority is not None and spec.priority not in PRIORITIES:
             raise JobError("bad_priority", f"priority must be 10, 5 or 1, got {spec.priority}")
         if protocol == "binary" and spec.priority == 1:
             raise JobError("bad_priority", "the binary protocol knows priorities 10 and 5 only")
         if spec.expiration is not None and not 0 <= spec.expiration < 2**32:
-            raise JobError("bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}")
+            raise JobError(
+                "bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}"
+            )
         if spec.collapse_id is not None and len(spec.collapse_id.encode()) > MAX_COLLAPSE_ID:
             raise JobError("bad_collapse_id", f"collapse_id is longer than {MAX_COLLAPSE_ID} bytes")
         for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):

@@ -55,8 +55,17 @@ def binary_outcome(status: int) -> Outcome:
 
 
 UNREGISTERED_REASONS = frozenset({"Unregistered", "ExpiredToken", "BadDeviceToken"})
-RETRY_REASONS = frozenset({"ExpiredProviderToken", "TooManyProviderTokenUpdates", "TooManyRequests",
-                           "InternalServerError", "ServiceUnavailable", "Shutdown", "IdleTimeout"})
+RETRY_REASONS = frozenset(
+    {
+        "ExpiredProviderToken",
+        "TooManyProviderTokenUpdates",
+        "TooManyRequests",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "Shutdown",
+        "IdleTimeout",
+    }
+)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 

@@ -52,5 +52,5 @@ class ConnectPacer:
 
 def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 3600.0) -> float:
     """Backoff before a notification's next attempt: base·2^attempts with jitter, capped."""
-    ceiling = min(cap, base * 2 ** attempts)
+    ceiling = min(cap, base * 2**attempts)
     return rng.uniform(ceiling / 2, ceiling)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config
-from apnsd.gateway.credentials import (
-    EXPIRY_WARN_DAYS, TokenSigner, check_validity, client_context, load_identity, verify_hostname,
-)
-from apnsd.errors import CredentialsError
-from apnsd.gateway.identity import AppCredentials
 from apnsd.core.jobs import JobParser
+from apnsd.errors import CredentialsError
+from apnsd.gateway.credentials import (
+    EXPIRY_WARN_DAYS,
+    TokenSigner,
+    check_validity,
+    client_context,
+    load_identity,
+    verify_hostname,
+)
+from apnsd.gateway.identity import AppCredentials
 from apnsd.gateway.session import Session
 from apnsd.gateway.transport import TlsTransport
 
@@ -21,8 +26,9 @@ def load_credentials(name: str, app: AppConfig) -> AppCredentials:
     """Load an app's certificate or .p8 key; CredentialsError says which app and file."""
     try:
         identity = load_identity(app.cert, app.key, app.pkcs12, app.passphrase) if (app.cert or app.pkcs12) else None
-        signer = (TokenSigner.from_p8(app.token_key, app.key_id, app.team_id, app.token_refresh)
-                  if app.token_key else None)
+        signer = (
+            TokenSigner.from_p8(app.token_key, app.key_id, app.team_id, app.token_refresh) if app.token_key else None
+        )
     except CredentialsError as exc:
         raise CredentialsError(f"app {name!r}: {exc}") from None
     return AppCredentials(identity, signer)
@@ -33,7 +39,7 @@ def validity_problem(creds: AppCredentials, now: datetime | None = None) -> str 
     if creds.identity is None:
         return None
     try:
-        check_validity(creds.identity.info, now or datetime.now(timezone.utc), creds.identity.source)
+        check_validity(creds.identity.info, now or datetime.now(UTC), creds.identity.source)
     except CredentialsError as exc:
         return str(exc)
     return None
@@ -44,7 +50,7 @@ def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | N
     if creds.identity is None:
         return None
     info = creds.identity.info
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     metrics.CERT_EXPIRY.labels(name).set(info.not_after.timestamp())
     problem = validity_problem(creds, now)
     if problem:
@@ -69,8 +75,9 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
     if http2:
         from apnsd.gateway.http2_session import Http2Session
 
-        return Http2Session(name, app, make_transport, log, signer=creds.signer,
-                            default_topic=default_topic(app, creds))
+        return Http2Session(
+            name, app, make_transport, log, signer=creds.signer, default_topic=default_topic(app, creds)
+        )
     from apnsd.gateway.binary_session import BinarySession
 
     return BinarySession(name, app, make_transport, log)
@@ -87,5 +94,9 @@ def default_topic(app: AppConfig, creds: AppCredentials) -> str | None:
 
 def make_parser(config: Config) -> JobParser:
     """A job parser that knows every app's protocol and payload limits."""
-    return JobParser({name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
-                      for name, app in config.apps.items()})
+    return JobParser(
+        {
+            name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
+            for name, app in config.apps.items()
+        }
+    )

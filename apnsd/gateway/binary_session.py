@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from apnsd.wire import binary
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import DELIVERED, binary_outcome
 from apnsd.gateway.session import Resolved, Session
+from apnsd.wire import binary
 
 ID_MOD = 1 << 32
 SLOW_START = 256  # unconfirmed notifications allowed right after an abrupt loss; doubles per confirmation
@@ -80,8 +80,8 @@ class BinarySession(Session):
         self._rx += data
         out: Resolved = []
         while len(self._rx) >= binary.ERROR_RESPONSE_SIZE:
-            err = binary.parse_error_response(bytes(self._rx[:binary.ERROR_RESPONSE_SIZE]))
-            del self._rx[:binary.ERROR_RESPONSE_SIZE]
+            err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
+            del self._rx[: binary.ERROR_RESPONSE_SIZE]
             out += self._on_error(err)
         return out
 
@@ -95,7 +95,9 @@ class BinarySession(Session):
         if idx >= len(window):
             # The named notification was confirmed already (or never ours): everything still in the
             # window came after it, so the gateway discarded all of it and it must all be resent.
-            self.log.warning("error_response_late", status=err.status, identifier=err.identifier, unconfirmed=len(window))
+            self.log.warning(
+                "error_response_late", status=err.status, identifier=err.identifier, unconfirmed=len(window)
+            )
             self._lost_cause = f"error response {err.status}"
             return out
         for _ in range(idx):
@@ -107,8 +109,14 @@ class BinarySession(Session):
         else:
             n = window.popleft()[2]
             out.append((n, outcome))
-            self.log.info("error_response", status=err.status, reason=outcome.reason, notification=self.describe(n),
-                          outcome=outcome.kind.value, resend=len(window))
+            self.log.info(
+                "error_response",
+                status=err.status,
+                reason=outcome.reason,
+                notification=self.describe(n),
+                outcome=outcome.kind.value,
+                resend=len(window),
+            )
         self._lost_cause = f"error response {err.status} ({outcome.reason})"
         return out
 

@@ -55,11 +55,11 @@ def read_der(data: bytes) -> list[tuple[int, bytes]]:
             count = length & 0x7F
             if count == 0 or count > 4 or pos + count > len(data):
                 raise ValueError("unsupported DER length")
-            length = int.from_bytes(data[pos:pos + count], "big")
+            length = int.from_bytes(data[pos : pos + count], "big")
             pos += count
         if pos + length > len(data):
             raise ValueError("DER value runs past the end")
-        items.append((tag, data[pos:pos + length]))
+        items.append((tag, data[pos : pos + length]))
         pos += length
     return items
 
@@ -81,7 +81,7 @@ def _extension_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> byte
 
 def parse_topics(der: bytes) -> tuple[tuple[str, str], ...]:
     """Decode the .6.3.6 extension: a SEQUENCE of topic strings, each followed by SEQUENCE{kind}."""
-    (outer_tag, body), = read_der(der)
+    ((outer_tag, body),) = read_der(der)
     if outer_tag != _SEQUENCE:
         raise ValueError("topics extension is not a SEQUENCE")
     topics: list[tuple[str, str]] = []
@@ -107,7 +107,8 @@ def inspect_certificate(cert: x509.Certificate) -> CertificateInfo:
     if bundle_id and bundle_id not in (t for t, _ in topics):
         topics = ((bundle_id, "app"), *topics)
     environments = frozenset(
-        env for env, oid in (("sandbox", SANDBOX_OID), ("production", PRODUCTION_OID))
+        env
+        for env, oid in (("sandbox", SANDBOX_OID), ("production", PRODUCTION_OID))
         if _extension_value(cert, oid) is not None
     )
     return CertificateInfo(

@@ -17,15 +17,31 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import pkcs12
 from OpenSSL import SSL, crypto
 
-from apnsd.gateway.certinfo import (
-    EXPIRY_WARN_DAYS, CertificateInfo, check_validity, inspect_certificate, read_der, verify_hostname,
-)
 from apnsd.errors import CredentialsError
+from apnsd.gateway.certinfo import (
+    EXPIRY_WARN_DAYS,
+    CertificateInfo,
+    check_validity,
+    inspect_certificate,
+    read_der,
+    verify_hostname,
+)
 
 __all__ = [
-    "EXPIRY_WARN_DAYS", "CertificateInfo", "ClientIdentity", "TokenSigner", "check_validity", "client_context",
-    "decode_token", "inspect_certificate", "load_ca_certificates", "load_identity", "load_public_key", "server_context",
-    "verify_hostname", "verify_token",
+    "EXPIRY_WARN_DAYS",
+    "CertificateInfo",
+    "ClientIdentity",
+    "TokenSigner",
+    "check_validity",
+    "client_context",
+    "decode_token",
+    "inspect_certificate",
+    "load_ca_certificates",
+    "load_identity",
+    "load_public_key",
+    "server_context",
+    "verify_hostname",
+    "verify_token",
 ]
 
 _KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL)
@@ -86,7 +102,7 @@ def _pem_private_key(data: bytes, passphrase: str, path: str) -> PrivateKeyTypes
 def _looks_like_pkcs12(data: bytes) -> bool:
     """PFX ::= SEQUENCE { version INTEGER (3), authSafe ContentInfo, ... } spanning the whole file."""
     try:
-        (tag, body), = read_der(data)
+        ((tag, body),) = read_der(data)
         return tag == 0x30 and read_der(body)[0] == (0x02, b"\x03")
     except ValueError:
         return False
@@ -136,7 +152,9 @@ def load_identity(cert: str = "", key: str = "", pkcs12: str = "", passphrase: s
     else:
         raise CredentialsError("no client certificate configured (set cert or pkcs12)")
     if _spki(private_key.public_key()) != _spki(leaf.public_key()):
-        raise CredentialsError(f"private key in {key or pkcs12 or cert} does not match the certificate in {cert or pkcs12}")
+        raise CredentialsError(
+            f"private key in {key or pkcs12 or cert} does not match the certificate in {cert or pkcs12}"
+        )
     return ClientIdentity(leaf, private_key, tuple(chain), inspect_certificate(leaf), source)
 
 
@@ -171,7 +189,9 @@ def client_context(identity: ClientIdentity | None, ca_file: str = "", alpn: lis
     return ctx
 
 
-def server_context(cert_file: str, key_file: str, client_ca_file: str | None, alpn: list[bytes] | None = None) -> SSL.Context:
+def server_context(
+    cert_file: str, key_file: str, client_ca_file: str | None, alpn: list[bytes] | None = None
+) -> SSL.Context:
     """A server context for mock gateways; with client_ca_file it demands a client certificate issued by that CA."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -211,7 +231,9 @@ def _p256(key: object, path: str) -> None:
 class TokenSigner:
     """ES256 provider tokens from a .p8 key; one token shared until it is refresh_after seconds old."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str, refresh_after: float = 3000.0) -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str, refresh_after: float = 3000.0
+    ) -> None:
         self.key_id = key_id
         self.team_id = team_id
         self.refresh_after = refresh_after
@@ -265,7 +287,9 @@ def decode_token(jwt: str) -> tuple[dict[str, object], dict[str, object], bytes]
     return header, claims, _unb64(signature_b64)
 
 
-def verify_token(jwt: str, public_key: PublicKeyTypes, now: float, max_age: float = 3600, key_id: str | None = None) -> tuple[bool, str]:
+def verify_token(
+    jwt: str, public_key: PublicKeyTypes, now: float, max_age: float = 3600, key_id: str | None = None
+) -> tuple[bool, str]:
     """Check a provider token as APNs does: (True, "") or (False, "InvalidProviderToken" | "ExpiredProviderToken")."""
     invalid = (False, "InvalidProviderToken")
     try:

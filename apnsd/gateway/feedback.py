@@ -7,19 +7,24 @@ import time
 
 import msgspec
 
-from apnsd.wire import binary
 from apnsd.config import AppConfig
-from apnsd.gateway.credentials import client_context, verify_hostname
 from apnsd.errors import GatewayError
+from apnsd.gateway.credentials import client_context, verify_hostname
 from apnsd.gateway.identity import AppCredentials
 from apnsd.gateway.transport import TlsTransport
+from apnsd.wire import binary
 
 
 def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]]:
     """Connect once, read every (timestamp, token) tuple until the service closes, and return them."""
     host, port = app.feedback_gateway()
-    t = TlsTransport(host, port, client_context(creds.identity, app.ca_file), timeout=app.connect_timeout,
-                     verify_host=verify_hostname)
+    t = TlsTransport(
+        host,
+        port,
+        client_context(creds.identity, app.ca_file),
+        timeout=app.connect_timeout,
+        verify_host=verify_hostname,
+    )
     t.connect()
     buf = bytearray()
     deadline = time.monotonic() + app.connect_timeout
@@ -38,6 +43,9 @@ def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]
 
 def unregistered_entries(app_name: str, tuples: list[tuple[int, str]], now: float) -> dict[str, bytes]:
     """The unregistered-store values for feedback tuples (Apple's time in milliseconds)."""
-    return {token: msgspec.json.encode({"app": app_name, "reason": "Feedback", "status": None,
-                                        "timestamp_ms": ts * 1000, "time": round(now, 3)})
-            for ts, token in tuples}
+    return {
+        token: msgspec.json.encode(
+            {"app": app_name, "reason": "Feedback", "status": None, "timestamp_ms": ts * 1000, "time": round(now, 3)}
+        )
+        for ts, token in tuples
+    }

@@ -6,12 +6,21 @@ import time
 from typing import Any
 
 from apnsd import metrics
-from apnsd.gateway.credentials import TokenSigner
-from apnsd.wire.http2.connection import (GoAwayReceived, H2ClientConnection, H2ProtocolError, PingAcked, RequestTemplate,
-                         ResponseReceived, SettingsChanged, StreamReset, effective_priority)
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
+from apnsd.gateway.credentials import TokenSigner
 from apnsd.gateway.session import Resolved, Session
+from apnsd.wire.http2.connection import (
+    GoAwayReceived,
+    H2ClientConnection,
+    H2ProtocolError,
+    PingAcked,
+    RequestTemplate,
+    ResponseReceived,
+    SettingsChanged,
+    StreamReset,
+    effective_priority,
+)
 
 REFUSED_STREAM = 7
 PING_TIMEOUT = 30.0
@@ -22,8 +31,9 @@ class Http2Session(Session):
 
     protocol = "http2"
 
-    def __init__(self, *args: Any, signer: TokenSigner | None = None, default_topic: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, signer: TokenSigner | None = None, default_topic: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.signer = signer
         self.default_topic = default_topic
@@ -39,8 +49,9 @@ class Http2Session(Session):
 
     def clone(self) -> Http2Session:
         """A fresh session for the same app (make-before-break rotation); shares the token signer."""
-        new = Http2Session(self.app, self.cfg, self.make_transport, self.log, signer=self.signer,
-                           default_topic=self.default_topic)
+        new = Http2Session(
+            self.app, self.cfg, self.make_transport, self.log, signer=self.signer, default_topic=self.default_topic
+        )
         new.pacer = self.pacer
         return new
 
@@ -80,9 +91,17 @@ class Http2Session(Session):
         pending, streams, send = self.pending, self._streams, h2.send_request
         for _ in range(n):
             note = pending.popleft()
-            sid = send(template, note.token, note.apns_id, note.payload, push_type=note.push_type,
-                       priority=effective_priority(note.push_type, note.priority), expiration=note.expiration,
-                       collapse_id=note.collapse_id, topic=note.topic)
+            sid = send(
+                template,
+                note.token,
+                note.apns_id,
+                note.payload,
+                push_type=note.push_type,
+                priority=effective_priority(note.push_type, note.priority),
+                expiration=note.expiration,
+                collapse_id=note.collapse_id,
+                topic=note.topic,
+            )
             streams[sid] = note
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
@@ -147,8 +166,14 @@ class Http2Session(Session):
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
         self._lost_cause = f"GOAWAY {ev.reason or ev.error_code}"
-        self.log.warning("goaway", reason=ev.reason, error_code=ev.error_code, last_stream_id=ev.last_stream_id,
-                         resend=len(again), awaiting=len(self._streams))
+        self.log.warning(
+            "goaway",
+            reason=ev.reason,
+            error_code=ev.error_code,
+            last_stream_id=ev.last_stream_id,
+            resend=len(again),
+            awaiting=len(self._streams),
+        )
         return []
 
     def on_timer(self, now: float) -> Resolved:

@@ -8,10 +8,10 @@ from typing import Any
 
 from apnsd import metrics
 from apnsd.config import AppConfig
-from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import Kind, Outcome
 from apnsd.core.pacing import ConnectPacer
+from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.gateway.transport import TlsTransport
 
 Resolved = list[tuple[Notification, Outcome]]

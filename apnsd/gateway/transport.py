@@ -18,8 +18,16 @@ READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this 
 class TlsTransport:
     """One TLS connection to a gateway; the thread that created it is its only reader and writer."""
 
-    def __init__(self, host: str, port: int, context: SSL.Context, *, alpn: bytes | None = None,
-                 timeout: float = 10.0, verify_host: Callable[[object, str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: SSL.Context,
+        *,
+        alpn: bytes | None = None,
+        timeout: float = 10.0,
+        verify_host: Callable[[object, str], bool] | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self._context = context
         self._alpn = alpn
@@ -37,10 +45,14 @@ class TlsTransport:
         deadline = time.monotonic() + self._timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
-        except socket.timeout:
-            raise GatewayError(f"cannot reach {self.peer}: connection timed out (outgoing port {self.port} blocked?)") from None
+        except TimeoutError:
+            raise GatewayError(
+                f"cannot reach {self.peer}: connection timed out (outgoing port {self.port} blocked?)"
+            ) from None
         except OSError as exc:
-            raise GatewayError(f"cannot reach {self.peer}: {exc.strerror or exc} (outgoing port {self.port} blocked?)") from None
+            raise GatewayError(
+                f"cannot reach {self.peer}: {exc.strerror or exc} (outgoing port {self.port} blocked?)"
+            ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         conn = SSL.Connection(self._context, sock)
@@ -71,7 +83,9 @@ class TlsTransport:
             except OSError as exc:
                 raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
         if self._alpn is not None and conn.get_alpn_proto_negotiated() != self._alpn:
-            raise GatewayRejected(f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)")
+            raise GatewayRejected(
+                f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)"
+            )
         cert = conn.get_peer_certificate(as_cryptography=True)
         if self._verify_host is not None and (cert is None or not self._verify_host(cert, self.host)):
             raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
@@ -109,7 +123,7 @@ class TlsTransport:
         with memoryview(out) as view:
             try:
                 while sent < len(out):
-                    sent += conn.send(view[sent:sent + 1024 * 1024])
+                    sent += conn.send(view[sent : sent + 1024 * 1024])
             except (SSL.WantWriteError, SSL.WantReadError):
                 pass
             except SSL.ZeroReturnError:
@@ -205,7 +219,9 @@ def describe_ssl_error(exc: SSL.Error) -> str:
             parts.append(str(item[2]))
     text = "; ".join(parts) or str(exc) or type(exc).__name__
     if "alert" in text and ("certificate" in text or "handshake" in text or "unknown ca" in text):
-        text += " — the gateway rejected the client certificate (wrong environment, revoked or not an APNs certificate?)"
+        text += (
+            " — the gateway rejected the client certificate (wrong environment, revoked or not an APNs certificate?)"
+        )
     elif "certificate verify failed" in text:
         text += " — the gateway's certificate is not trusted (set ca_file, or update the system CA store)"
     return text

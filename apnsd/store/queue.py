@@ -29,6 +29,7 @@ from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAK
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
 
+
 @contextmanager
 def redis_errors(what: str) -> Iterator[None]:
     """Translate redis-py exceptions into QueueError, in this one place."""
@@ -57,8 +58,15 @@ def client_for(rc: RedisConfig) -> Client:
     the next command; the loops retry a failed command with backoff until the new master answers.
     """
     timeouts: dict[str, Any] = {"socket_timeout": rc.socket_timeout, "socket_connect_timeout": rc.socket_timeout}
-    tls = {k: v for k, v in (("ssl_ca_certs", rc.ssl_ca_file), ("ssl_certfile", rc.ssl_cert_file),
-                             ("ssl_keyfile", rc.ssl_key_file)) if v}
+    tls = {
+        k: v
+        for k, v in (
+            ("ssl_ca_certs", rc.ssl_ca_file),
+            ("ssl_certfile", rc.ssl_cert_file),
+            ("ssl_keyfile", rc.ssl_key_file),
+        )
+        if v
+    }
     with redis_errors("connecting"):
         if rc.cluster:
             return redis.cluster.RedisCluster.from_url(rc.url, **timeouts, **tls)
@@ -309,7 +317,7 @@ class JobQueue:
         with redis_errors("listing workers"):
             ids = sorted(w.decode() for w in self.client.smembers(self.keys.workers))
             beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
-        return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats)]
+        return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats, strict=False)]
 
     def heartbeat_of(self, worker: str) -> dict[str, Any] | None:
         """One worker's heartbeat status, or None if it lapsed."""
@@ -368,7 +376,7 @@ class JobQueue:
                 items = self.client.hgetall(self.keys.unregistered).items()
                 return {k.decode(): json.loads(v) for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
-        return {t: json.loads(v) for t, v in zip(tokens, values) if v}
+        return {t: json.loads(v) for t, v in zip(tokens, values, strict=False) if v}
 
     def forget_unregistered(self, tokens: list[str]) -> int:
         """Remove tokens from the unregistered store (the application has pruned them); returns how many were there."""

@@ -111,8 +111,9 @@ class Http2GatewayConnection:
         self._faulty = not faults.once or index == 0
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self._h2 = _ServerConnection(config=config)
-        self._h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: faults.initial_streams})
+        self._h2.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: faults.initial_streams}
+        )
         self._requests: dict[int, _Request] = {}
         self._unsent: dict[int, bytes] = {}  # response bodies waiting for the client's window
         self._open = 0
@@ -200,14 +201,15 @@ class Http2GatewayConnection:
             self._open -= 1
         if status == 200 and not self._raised:
             self._raised = True
-            self._h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
-                                      self._faults.max_concurrent_streams})
+            self._h2.update_settings(
+                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._faults.max_concurrent_streams}
+            )
         self._answered += 1
         if self._answered % _GC_EVERY == 0:
             self._h2.sweep_closed_streams()
         self._apply_connection_faults(sid)
         path = h.get(":path", "")
-        token = path[len(_PATH_PREFIX):] if path.startswith(_PATH_PREFIX) else ""
+        token = path[len(_PATH_PREFIX) :] if path.startswith(_PATH_PREFIX) else ""
         if not self._record.keep_payloads:  # long benchmark runs keep only the verdicts
             return Received(token, b"", ident, status, reason)
         return Received(token, body, ident, status, reason, tuple(req.headers))
@@ -220,7 +222,7 @@ class Http2GatewayConnection:
         burst = self._faults.burst_status
         if burst is not None and self._state.take_burst(burst[2]):
             return burst[0], burst[1]
-        token = h[":path"][len(_PATH_PREFIX):].lower()
+        token = h[":path"][len(_PATH_PREFIX) :].lower()
         for prefix, status, reason in self._faults.reject_prefixes:
             if token.startswith(prefix.lower()):
                 return status, reason
@@ -233,7 +235,7 @@ class Http2GatewayConnection:
         path = h.get(":path", "")
         if not path.startswith(_PATH_PREFIX):
             return 404, "BadPath"
-        token = path[len(_PATH_PREFIX):]
+        token = path[len(_PATH_PREFIX) :]
         if not token:
             return 400, "MissingDeviceToken"
         if len(token) % 2 or not 2 * MIN_TOKEN_BYTES <= len(token) <= 2 * MAX_TOKEN_BYTES or not _HEX.issuperset(token):
@@ -321,8 +323,15 @@ class Http2GatewayConnection:
         if status == 410:
             error["timestamp"] = int(self._now() * 1000)
         body = msgspec.json.encode(error)
-        self._h2.send_headers(sid, [(":status", str(status)), ("apns-id", ident),
-                                    ("content-type", "application/json"), ("content-length", str(len(body)))])
+        self._h2.send_headers(
+            sid,
+            [
+                (":status", str(status)),
+                ("apns-id", ident),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+            ],
+        )
         self._unsent[sid] = body
         self._send_body(sid)
 
@@ -354,6 +363,7 @@ class Http2GatewayConnection:
             # stream below all of them, so the client may safely resend everything above it.
             pending = [s for s in self._requests if s < sid]
             last = min(pending) - 2 if pending else sid
-            self._h2.close_connection(error_code=0, additional_data=b'{"reason":"Shutdown"}',
-                                      last_stream_id=max(last, 0))
+            self._h2.close_connection(
+                error_code=0, additional_data=b'{"reason":"Shutdown"}', last_stream_id=max(last, 0)
+            )
             self.closed = True

@@ -11,10 +11,10 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from apnsd.wire import binary
-from apnsd.gateway.credentials import inspect_certificate, server_context
 from apnsd.errors import ProtocolError
+from apnsd.gateway.credentials import inspect_certificate, server_context
 from apnsd.testing.record import MockRecord, Received
+from apnsd.wire import binary
 
 READ_SIZE = 256 * 1024
 
@@ -38,10 +38,21 @@ class _Counters:
 class MockGateway:
     """Listens on loopback and serves each TLS connection in its own thread until stopped."""
 
-    def __init__(self, protocol: str, cert_file: str, key_file: str, client_ca_file: str | None, *,
-                 host: str = "127.0.0.1", port: int = 0, binary_faults: BinaryFaults = BinaryFaults(),
-                 http2_faults: Any = None, record: MockRecord | None = None,
-                 feedback: list[tuple[int, bytes]] | None = None, now: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        cert_file: str,
+        key_file: str,
+        client_ca_file: str | None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        binary_faults: BinaryFaults = BinaryFaults(),
+        http2_faults: Any = None,
+        record: MockRecord | None = None,
+        feedback: list[tuple[int, bytes]] | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
         self.protocol = protocol
         self.record = record or MockRecord()
         self.binary_faults = binary_faults
@@ -165,11 +176,13 @@ class MockGateway:
                     self.record.add(accepted)
                     return  # abrupt: no error response, no TLS goodbye
                 if status is not None:
-                    self.record.add(accepted + [Received(f.token.hex(), f.payload, str(ident), status)])
+                    self.record.add([*accepted, Received(f.token.hex(), f.payload, str(ident), status)])
                     conn.sendall(binary.encode_error_response(status, ident))
                     _close_gracefully(conn)
                     return
-                accepted.append(Received(f.token.hex(), f.payload if self.record.keep_payloads else b"", str(ident), 200))
+                accepted.append(
+                    Received(f.token.hex(), f.payload if self.record.keep_payloads else b"", str(ident), 200)
+                )
             self.record.add(accepted)
 
     def _binary_status(self, f: binary.Frame, faults: BinaryFaults) -> int | None:

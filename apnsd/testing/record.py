@@ -56,6 +56,11 @@ class MockRecord:
         """Counts for the CLI and tests."""
         with self._lock:
             accepted = sum(1 for r in self.received if r.status == 200)
-            return {"received": len(self.received), "accepted": accepted, "rejected": len(self.received) - accepted,
-                    "connections": self.connections, "max_concurrent_streams_seen": self.max_concurrent_seen,
-                    "concurrency_violations": self.concurrency_violations}
+            return {
+                "received": len(self.received),
+                "accepted": accepted,
+                "rejected": len(self.received) - accepted,
+                "connections": self.connections,
+                "max_concurrent_streams_seen": self.max_concurrent_seen,
+                "concurrency_violations": self.concurrency_violations,
+            }

@@ -42,8 +42,25 @@ def encode_frame(token: bytes, payload: bytes, identifier: int, expiry: int = 0,
     """One command-2 notification with all five items, in the order 1, 2, 3, 4, 5."""
     tl, pl = len(token), len(payload)
     layout = _LAYOUTS.get((tl, pl)) or _layout(tl, pl)
-    return layout.pack(COMMAND_FRAME, tl + pl + 24, ITEM_TOKEN, tl, token, ITEM_PAYLOAD, pl, payload,
-                       ITEM_ID, 4, identifier, ITEM_EXPIRY, 4, expiry, ITEM_PRIORITY, 1, priority)
+    return layout.pack(
+        COMMAND_FRAME,
+        tl + pl + 24,
+        ITEM_TOKEN,
+        tl,
+        token,
+        ITEM_PAYLOAD,
+        pl,
+        payload,
+        ITEM_ID,
+        4,
+        identifier,
+        ITEM_EXPIRY,
+        4,
+        expiry,
+        ITEM_PRIORITY,
+        1,
+        priority,
+    )
 
 
 _LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
@@ -70,7 +87,7 @@ def decode_frames(buf: bytes | bytearray | memoryview) -> tuple[list[Frame], int
             raise ProtocolError(f"frame length {length} is too large")
         if end - pos - 5 < length:
             break
-        frames.append(_decode_items(view[pos + 5:pos + 5 + length]))
+        frames.append(_decode_items(view[pos + 5 : pos + 5 + length]))
         pos += 5 + length
     return frames, pos
 
@@ -87,7 +104,7 @@ def _decode_items(items: memoryview) -> Frame:
             raise ProtocolError(f"item {item} overruns its frame")
         if item in fields:
             raise ProtocolError(f"item {item} appears twice")
-        fields[item] = bytes(items[pos:pos + size])
+        fields[item] = bytes(items[pos : pos + size])
         pos += size
     if ITEM_TOKEN not in fields or ITEM_PAYLOAD not in fields:
         raise ProtocolError("frame lacks a device token or a payload")
@@ -95,10 +112,13 @@ def _decode_items(items: memoryview) -> Frame:
     for name, value, size in (("identifier", ident, 4), ("expiry", expiry, 4), ("priority", prio, 1)):
         if value is not None and len(value) != size:
             raise ProtocolError(f"{name} item has {len(value)} bytes, expected {size}")
-    return Frame(fields[ITEM_TOKEN], fields[ITEM_PAYLOAD],
-                 int.from_bytes(ident, "big") if ident is not None else None,
-                 int.from_bytes(expiry, "big") if expiry is not None else None,
-                 prio[0] if prio is not None else None)
+    return Frame(
+        fields[ITEM_TOKEN],
+        fields[ITEM_PAYLOAD],
+        int.from_bytes(ident, "big") if ident is not None else None,
+        int.from_bytes(expiry, "big") if expiry is not None else None,
+        prio[0] if prio is not None else None,
+    )
 
 
 def encode_error_response(status: int, identifier: int) -> bytes:
@@ -129,6 +149,6 @@ def parse_feedback(buf: bytes | bytearray) -> tuple[list[tuple[int, bytes]], int
         ts, size = _FEEDBACK_HEAD.unpack_from(buf, pos)
         if len(buf) - pos - 6 < size:
             break
-        out.append((ts, bytes(buf[pos + 6:pos + 6 + size])))
+        out.append((ts, bytes(buf[pos + 6 : pos + 6 + size])))
         pos += 6 + size
     return out, pos

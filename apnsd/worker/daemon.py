@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
 from apnsd.config import Config, load_config
-from apnsd.worker.delivery import DeliveryLoop
-from apnsd.gateway.identity import AppCredentials
 from apnsd.errors import ApnsdError, GatewayError, QueueError
+from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
-from apnsd.worker.outcome_log import OutcomeRecorder
+from apnsd.gateway.identity import AppCredentials
 from apnsd.store.queue import JobQueue, client_for
+from apnsd.worker.delivery import DeliveryLoop
+from apnsd.worker.outcome_log import OutcomeRecorder
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
 DRAIN_HORIZON = 300.0  # --drain waits for scheduled jobs due within this many seconds
@@ -46,7 +46,9 @@ class Daemon:
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
-        self.health_path = Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
+        self.health_path = (
+            Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -55,8 +57,9 @@ class Daemon:
         cfg = self.config
         self.creds = {name: load_credentials(name, app) for name, app in cfg.apps.items()}
         client = client_for(cfg.redis)
-        self.jq = JobQueue(client, cfg.redis.prefix, self.worker_id,
-                           cfg.redis.results_maxlen if cfg.redis.results_stream else 0)
+        self.jq = JobQueue(
+            client, cfg.redis.prefix, self.worker_id, cfg.redis.results_maxlen if cfg.redis.results_stream else 0
+        )
         self._build_loops()
         if cfg.metrics.listen:
             try:
@@ -64,8 +67,13 @@ class Daemon:
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
         self._install_signals()
-        self.log.info("started", queues=[lp.queue for lp in self.loops], apps=sorted(cfg.apps),
-                      redis=_redact(cfg.redis.url), drain=self.drain)
+        self.log.info(
+            "started",
+            queues=[lp.queue for lp in self.loops],
+            apps=sorted(cfg.apps),
+            redis=_redact(cfg.redis.url),
+            drain=self.drain,
+        )
         self._heartbeat()
         self._recover()
         for lp in self.loops:
@@ -108,7 +116,11 @@ class Daemon:
     def _main_loop(self) -> None:
         w = self.config.worker
         now = time.monotonic()
-        next_beat, next_recover, next_expiry = now + w.heartbeat_interval, now + w.recover_interval, now + EXPIRY_CHECK_INTERVAL
+        next_beat, next_recover, next_expiry = (
+            now + w.heartbeat_interval,
+            now + w.recover_interval,
+            now + EXPIRY_CHECK_INTERVAL,
+        )
         while not self._stop.wait(0.25):
             now = time.monotonic()
             if self._reload.is_set():
@@ -139,7 +151,7 @@ class Daemon:
         limit = time.monotonic() + self.config.worker.grace_period + self.config.worker.block_timeout + 5
         for t in self._threads:
             t.join(max(0.1, limit - time.monotonic()))
-        clean = not any(t.is_alive() or lp.crashed for t, lp in zip(self._threads, self.loops))
+        clean = not any(t.is_alive() or lp.crashed for t, lp in zip(self._threads, self.loops, strict=False))
         try:
             if clean:
                 # Nothing is held any more: whatever is still in this worker's in-flight storage (a
@@ -160,8 +172,13 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         w = self.config.worker
-        status: dict[str, Any] = {"worker": self.worker_id, "pid": os.getpid(), "time": time.time(), "redis": True,
-                                  "queues": {lp.queue: lp.stats() for lp in self.loops}}
+        status: dict[str, Any] = {
+            "worker": self.worker_id,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "redis": True,
+            "queues": {lp.queue: lp.stats() for lp in self.loops},
+        }
         try:
             self.jq.heartbeat(w.heartbeat_ttl, status)
         except QueueError as exc:
@@ -245,8 +262,12 @@ class Daemon:
         """Another registered worker holds jobs of our queues: alive, it will resolve them; dead (kill -9),
         they come back to the queue once its heartbeat lapses. Either way the drain is not finished."""
         try:
-            return any(self.jq.inflight_count(lp.queue, w) for w, _ in self.jq.workers() if w != self.worker_id
-                       for lp in self.loops)
+            return any(
+                self.jq.inflight_count(lp.queue, w)
+                for w, _ in self.jq.workers()
+                if w != self.worker_id
+                for lp in self.loops
+            )
         except QueueError:
             return True
 
@@ -258,7 +279,11 @@ class Daemon:
         except ApnsdError as exc:
             self.log.error("reload_rejected", error=str(exc), keeping="previous config")
             return
-        if set(new.apps) != set(self.config.apps) or new.queues() != self.config.queues() or new.redis != self.config.redis:
+        if (
+            set(new.apps) != set(self.config.apps)
+            or new.queues() != self.config.queues()
+            or new.redis != self.config.redis
+        ):
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
             for key, old in lp.sessions.items():

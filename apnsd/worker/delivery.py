@@ -13,12 +13,12 @@ from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
-from apnsd.errors import QueueError
 from apnsd.core.jobs import JobParser, Notification, Rejected
-from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 from apnsd.core.outcomes import Kind, Outcome
-from apnsd.store.queue import Commit, JobQueue
+from apnsd.errors import QueueError
 from apnsd.gateway.session import Session
+from apnsd.store.queue import Commit, JobQueue
+from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
@@ -90,11 +90,19 @@ class Feeder(threading.Thread):
             self.loop.held.discard(field)
         return field, raws
 
+
 class DeliveryLoop:
     """Owns the sessions (and so the TLS connections) of the apps fed by one queue."""
 
-    def __init__(self, queue: str, sessions: dict[str, Session], jq: JobQueue, parser: JobParser,
-                 worker: WorkerConfig, recorder: OutcomeRecorder) -> None:
+    def __init__(
+        self,
+        queue: str,
+        sessions: dict[str, Session],
+        jq: JobQueue,
+        parser: JobParser,
+        worker: WorkerConfig,
+        recorder: OutcomeRecorder,
+    ) -> None:
         self.queue = queue
         self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
         self._routes = _routes(sessions)
@@ -171,7 +179,9 @@ class DeliveryLoop:
             self._run(grace_period)
         except Exception:
             self.crashed = True
-            self.log.exception("delivery_loop_crashed", note="in-flight jobs stay in Redis and are recovered after a restart")
+            self.log.exception(
+                "delivery_loop_crashed", note="in-flight jobs stay in Redis and are recovered after a restart"
+            )
             self.feeder.stop.set()
             raise
 
@@ -289,8 +299,12 @@ class DeliveryLoop:
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
-            self.log.info("batch_committed", batch=b.commit.field, **b.commit.counts,
-                          **({"reasons": b.reasons} if b.reasons else {}))
+            self.log.info(
+                "batch_committed",
+                batch=b.commit.field,
+                **b.commit.counts,
+                **({"reasons": b.reasons} if b.reasons else {}),
+            )
         if done:
             with self.room:
                 self.in_flight -= done
@@ -355,9 +369,17 @@ class DeliveryLoop:
 
     def stats(self) -> dict[str, Any]:
         """Live numbers for the heartbeat and health file."""
-        return {"in_flight": self.in_flight, "apps": {a: {"connected": s.transport is not None,
-                                                          "last_connect_error": s.last_connect_error,
-                                                          "disabled": s.disabled} for a, s in self.sessions.items()}}
+        return {
+            "in_flight": self.in_flight,
+            "apps": {
+                a: {
+                    "connected": s.transport is not None,
+                    "last_connect_error": s.last_connect_error,
+                    "disabled": s.disabled,
+                }
+                for a, s in self.sessions.items()
+            },
+        }
 
 
 def _routes(sessions: dict[str, Session]) -> dict[str, list[Session]]:

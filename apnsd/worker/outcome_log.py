@@ -27,14 +27,34 @@ class Batch:
     commit: Commit
     remaining: int = 0
     tally: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reasons: dict[str, int] = field(default_factory=dict)  # dead-letter and unregistered reasons, for the batch log line
+    reasons: dict[str, int] = field(
+        default_factory=dict
+    )  # dead-letter and unregistered reasons, for the batch log line
 
 
-def dead_entry(raw: bytes, app: str | None, reason: str, status: int | None, detail: str,
-               attempts: int, token: str | None, now: float) -> bytes:
+def dead_entry(
+    raw: bytes,
+    app: str | None,
+    reason: str,
+    status: int | None,
+    detail: str,
+    attempts: int,
+    token: str | None,
+    now: float,
+) -> bytes:
     """One dead-letter list element: why, when, and the raw job so it can be requeued."""
-    return _json({"reason": reason, "status": status, "detail": detail, "attempts": attempts, "app": app,
-                  "token": token, "time": round(now, 3), "job": raw.decode("utf-8", "replace")})
+    return _json(
+        {
+            "reason": reason,
+            "status": status,
+            "detail": detail,
+            "attempts": attempts,
+            "app": app,
+            "token": token,
+            "time": round(now, 3),
+            "job": raw.decode("utf-8", "replace"),
+        }
+    )
 
 
 def _job_id(raw: bytes) -> str:
@@ -75,17 +95,33 @@ class OutcomeRecorder:
                 c.scheduled[retry_job(n, at)] = at
                 metrics.RETRIED.labels(n.app, outcome.reason).inc()
         if kind is Kind.UNREGISTERED:
-            c.unregistered[n.token] = _json({"app": n.app, "reason": outcome.reason, "status": outcome.status,
-                                             "timestamp_ms": outcome.timestamp_ms, "time": round(now, 3)})
+            c.unregistered[n.token] = _json(
+                {
+                    "app": n.app,
+                    "reason": outcome.reason,
+                    "status": outcome.status,
+                    "timestamp_ms": outcome.timestamp_ms,
+                    "time": round(now, 3),
+                }
+            )
         elif kind is Kind.DEAD:
             c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(n.app, outcome.reason).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
         if self.results:
-            c.results.append({"id": n.job_id or "", "apns_id": n.apns_id, "token": n.token, "app": n.app,
-                              "outcome": kind.value, "status": str(outcome.status or ""), "reason": outcome.reason,
-                              "time": f"{now:.3f}"})
+            c.results.append(
+                {
+                    "id": n.job_id or "",
+                    "apns_id": n.apns_id,
+                    "token": n.token,
+                    "app": n.app,
+                    "outcome": kind.value,
+                    "status": str(outcome.status or ""),
+                    "reason": outcome.reason,
+                    "time": f"{now:.3f}",
+                }
+            )
         if n.enqueued_at is not None and kind is Kind.DELIVERED:
             metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
         b.tally[(n.app, kind.value)] += 1
@@ -95,9 +131,18 @@ class OutcomeRecorder:
         """Dead-letter a job (or one token of it) that failed validation."""
         b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now))
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
-            b.commit.results.append({"id": _job_id(r.raw), "apns_id": "", "token": r.token or "", "app": r.app or "",
-                                     "outcome": Kind.DEAD.value, "status": "", "reason": r.reason,
-                                     "time": f"{now:.3f}"})
+            b.commit.results.append(
+                {
+                    "id": _job_id(r.raw),
+                    "apns_id": "",
+                    "token": r.token or "",
+                    "app": r.app or "",
+                    "outcome": Kind.DEAD.value,
+                    "status": "",
+                    "reason": r.reason,
+                    "time": f"{now:.3f}",
+                }
+            )
         metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
         b.reasons[r.reason] = b.reasons.get(r.reason, 0) + 1
         b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1

@@ -12,24 +12,48 @@ from __future__ import annotations
 from collections import deque
 from typing import NoReturn
 
-from apnsd.wire.http2 import frames as f
 from apnsd.errors import ProtocolError
-from apnsd.wire.http2.status import response_status
+from apnsd.wire.http2 import frames as f
+from apnsd.wire.http2.events import (
+    Event,
+    GoAwayReceived,
+    H2ProtocolError,
+    NoStreamAvailable,
+    PingAcked,
+    RequestTemplate,
+    ResponseReceived,
+    SettingsChanged,
+    StreamReset,
+    decode_response_reason,
+    effective_priority,
+)
 from apnsd.wire.http2.hpack import TABLE_SIZE_ZERO, RequestEncoder
-from apnsd.wire.http2.events import (Event, GoAwayReceived, H2ProtocolError, NoStreamAvailable, PingAcked,
-                                RequestTemplate, ResponseReceived, SettingsChanged, StreamReset,
-                                decode_response_reason, effective_priority)
+from apnsd.wire.http2.status import response_status
 
-__all__ = ["Event", "GoAwayReceived", "H2ClientConnection", "H2ProtocolError", "NoStreamAvailable", "PingAcked",
-           "RequestTemplate", "ResponseReceived", "SettingsChanged", "StreamReset", "decode_response_reason",
-           "effective_priority"]
+__all__ = [
+    "Event",
+    "GoAwayReceived",
+    "H2ClientConnection",
+    "H2ProtocolError",
+    "NoStreamAvailable",
+    "PingAcked",
+    "RequestTemplate",
+    "ResponseReceived",
+    "SettingsChanged",
+    "StreamReset",
+    "decode_response_reason",
+    "effective_priority",
+]
 
 # What we tell the server. Responses are tiny, so the receive windows are made large once
 # and topped up rarely; push is refused because APNs never pushes.
 LOCAL_INITIAL_WINDOW = 1 << 20
 LOCAL_CONNECTION_WINDOW = 1 << 24
-LOCAL_SETTINGS = {f.SETTINGS_HEADER_TABLE_SIZE: 0, f.SETTINGS_ENABLE_PUSH: 0,
-                  f.SETTINGS_INITIAL_WINDOW_SIZE: LOCAL_INITIAL_WINDOW}
+LOCAL_SETTINGS = {
+    f.SETTINGS_HEADER_TABLE_SIZE: 0,
+    f.SETTINGS_ENABLE_PUSH: 0,
+    f.SETTINGS_INITIAL_WINDOW_SIZE: LOCAL_INITIAL_WINDOW,
+}
 # Streams allowed before the server's first SETTINGS arrives. RFC 9113 leaves the limit
 # unbounded and some clients guess 100, but APNs may answer with 1 (token auth) and punishes
 # excess with a GOAWAY that kills every in-flight stream; waiting costs one round trip once.
@@ -41,8 +65,7 @@ MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 class _Stream:
     """One request in flight: the body still to send and the response so far."""
 
-    __slots__ = ("id", "window", "body", "sent", "local_done", "remote_done", "status", "data",
-                 "received")
+    __slots__ = ("body", "data", "id", "local_done", "received", "remote_done", "sent", "status", "window")
 
     def __init__(self, stream_id: int, window: int, body: bytes | None) -> None:
         self.id = stream_id
@@ -125,14 +148,25 @@ class H2ClientConnection:
         waiting = (*self._ready, *self._stalled.values())
         return sum(len(s.body) - s.sent for s in waiting if s.body is not None)
 
-    def send_request(self, template: RequestTemplate, token_hex: str, apns_id: str, payload: bytes, *,
-                     push_type: str | None = None, priority: int | None = None, expiration: int | None = None,
-                     collapse_id: str | None = None, topic: str | None = None) -> int:
+    def send_request(
+        self,
+        template: RequestTemplate,
+        token_hex: str,
+        apns_id: str,
+        payload: bytes,
+        *,
+        push_type: str | None = None,
+        priority: int | None = None,
+        expiration: int | None = None,
+        collapse_id: str | None = None,
+        topic: str | None = None,
+    ) -> int:
         """Queue one POST /3/device/<token>; returns its stream id."""
         if self.available_streams <= 0:
             raise NoStreamAvailable("no HTTP/2 stream available on this connection")
-        block = self._encoder.block(template, token_hex, apns_id, len(payload), push_type, priority, expiration,
-                                    collapse_id, topic)
+        block = self._encoder.block(
+            template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
+        )
         if self._table_update_due:
             # Size 0 keeps the server's decoder table empty whatever SETTINGS_HEADER_TABLE_SIZE it
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
@@ -185,8 +219,10 @@ class H2ClientConnection:
             word, flags, sid = unpack(buf, pos)
             length, ftype = word >> 8, word & 0xFF
             if not self._settings_seen and ftype != f.SETTINGS:
-                self._fail(f.PROTOCOL_ERROR, f"expected the server's SETTINGS first, got frame type {ftype}"
-                           " (is this an HTTP/2 server?)")
+                self._fail(
+                    f.PROTOCOL_ERROR,
+                    f"expected the server's SETTINGS first, got frame type {ftype} (is this an HTTP/2 server?)",
+                )
             if length > MAX_INBOUND_FRAME:
                 self._fail(f.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds {MAX_INBOUND_FRAME}")
             start = pos + 9
@@ -301,7 +337,7 @@ class H2ClientConnection:
             return payload
         if not payload or payload[0] >= len(payload):
             self._fail(f.PROTOCOL_ERROR, "padding longer than the frame")
-        return payload[1:len(payload) - payload[0]]
+        return payload[1 : len(payload) - payload[0]]
 
     def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes | bytearray) -> None:
         """Every frame type but HEADERS and DATA."""
@@ -425,7 +461,7 @@ class H2ClientConnection:
             n = min(left, self._send_window, s.window, self._peer_max_frame)
             end = n == left
             out += f.FRAME_HEAD.pack(n << 8 | f.DATA, f.FLAG_END_STREAM if end else 0, s.id)
-            out += s.body[s.sent:s.sent + n]
+            out += s.body[s.sent : s.sent + n]
             s.sent += n
             s.window -= n
             self._send_window -= n
@@ -434,4 +470,3 @@ class H2ClientConnection:
                 s.body, s.local_done = None, True
                 if s.remote_done:
                     del self._streams[s.id]
-

@@ -88,8 +88,7 @@ def decode_response_reason(body: bytes) -> tuple[str, int | None]:
     if not isinstance(obj, dict):
         return "", None
     reason, ts = obj.get("reason"), obj.get("timestamp")
-    return (reason if isinstance(reason, str) else "",
-            ts if isinstance(ts, int) and not isinstance(ts, bool) else None)
+    return (reason if isinstance(reason, str) else "", ts if isinstance(ts, int) and not isinstance(ts, bool) else None)
 
 
 class H2ProtocolError(ProtocolError):

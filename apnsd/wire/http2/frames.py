@@ -21,10 +21,16 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x9
-ERROR_NAMES = {NO_ERROR: "NO_ERROR", PROTOCOL_ERROR: "PROTOCOL_ERROR", INTERNAL_ERROR: "INTERNAL_ERROR",
-               FLOW_CONTROL_ERROR: "FLOW_CONTROL_ERROR", STREAM_CLOSED: "STREAM_CLOSED",
-               FRAME_SIZE_ERROR: "FRAME_SIZE_ERROR", REFUSED_STREAM: "REFUSED_STREAM",
-               COMPRESSION_ERROR: "COMPRESSION_ERROR"}
+ERROR_NAMES = {
+    NO_ERROR: "NO_ERROR",
+    PROTOCOL_ERROR: "PROTOCOL_ERROR",
+    INTERNAL_ERROR: "INTERNAL_ERROR",
+    FLOW_CONTROL_ERROR: "FLOW_CONTROL_ERROR",
+    STREAM_CLOSED: "STREAM_CLOSED",
+    FRAME_SIZE_ERROR: "FRAME_SIZE_ERROR",
+    REFUSED_STREAM: "REFUSED_STREAM",
+    COMPRESSION_ERROR: "COMPRESSION_ERROR",
+}
 
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
@@ -70,7 +76,7 @@ def header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame_size
     flags = FLAG_END_STREAM if end_stream else 0
     if len(block) <= max_frame_size:
         return frame(HEADERS, flags | FLAG_END_HEADERS, stream_id, block)
-    chunks = [block[i:i + max_frame_size] for i in range(0, len(block), max_frame_size)]
+    chunks = [block[i : i + max_frame_size] for i in range(0, len(block), max_frame_size)]
     out = [frame(HEADERS, flags, stream_id, chunks[0])]
     out.extend(frame(CONTINUATION, 0, stream_id, c) for c in chunks[1:-1])
     out.append(frame(CONTINUATION, FLAG_END_HEADERS, stream_id, chunks[-1]))

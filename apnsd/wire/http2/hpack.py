@@ -89,9 +89,18 @@ class RequestEncoder:
         self._topics: dict[str, bytes] = {}
         self._push_types: dict[str, bytes] = {}
 
-    def block(self, template: RequestTemplate, token_hex: str, apns_id: str, length: int,
-              push_type: str | None, priority: int | None, expiration: int | None, collapse_id: str | None,
-              topic: str | None) -> bytes:
+    def block(
+        self,
+        template: RequestTemplate,
+        token_hex: str,
+        apns_id: str,
+        length: int,
+        push_type: str | None,
+        priority: int | None,
+        expiration: int | None,
+        collapse_id: str | None,
+        topic: str | None,
+    ) -> bytes:
         """The header block: pseudo-headers, apns-* headers, content-length, then authorization."""
         if template is not self._template:
             self._use(template)
@@ -100,16 +109,14 @@ class RequestEncoder:
             topic_field = self._topics.get(topic) or self._cached(self._topics, "apns-topic", topic)
         parts = [self._pseudo, _PATH, encode_str(_PATH_PREFIX + token_hex.encode()), topic_field]
         if push_type is not None:
-            parts.append(self._push_types.get(push_type) or self._cached(self._push_types, "apns-push-type",
-                                                                          push_type))
+            parts.append(self._push_types.get(push_type) or self._cached(self._push_types, "apns-push-type", push_type))
         if priority is not None:
             parts.append(_PRIORITIES.get(priority) or literal("apns-priority", str(priority)))
         if expiration is not None:
             parts += (_EXPIRATION, encode_str(str(expiration).encode()))
         if collapse_id is not None:
             parts += (_COLLAPSE_ID, encode_str(checked("apns-collapse-id", collapse_id).encode()))
-        parts += (_APNS_ID, encode_str(apns_id.encode()), _CONTENT_LENGTH, encode_str(str(length).encode()),
-                  self._auth)
+        parts += (_APNS_ID, encode_str(apns_id.encode()), _CONTENT_LENGTH, encode_str(str(length).encode()), self._auth)
         return b"".join(parts)
 
     def _use(self, t: RequestTemplate) -> None:
@@ -118,8 +125,11 @@ class RequestEncoder:
         pseudo = INDEXED_METHOD_POST + INDEXED_SCHEME_HTTPS + authority
         topic = literal("apns-topic", checked("apns-topic", t.topic)) if t.topic is not None else b""
         # never-indexed asks intermediaries, too, never to keep the bearer token in a table
-        auth = literal(STATIC_AUTHORIZATION, checked("authorization", t.authorization), never_indexed=True) \
-            if t.authorization else b""
+        auth = (
+            literal(STATIC_AUTHORIZATION, checked("authorization", t.authorization), never_indexed=True)
+            if t.authorization
+            else b""
+        )
         self._template, self._pseudo, self._topic, self._auth = t, pseudo, topic, auth
 
     @staticmethod
