@@ -23,7 +23,7 @@ from apnsd.wire.http2.connection import (
     decode_response_reason,
     effective_priority,
 )
-from tests.h2factories import (
+from tests.support.h2factories import (
     APNS_ID,
     TEMPLATE,
     TOPIC,

@@ -15,7 +15,7 @@ from apnsd.gateway.credentials import load_public_key
 from apnsd.store.queue import JobQueue
 from apnsd.testing.mock import MockGateway
 from apnsd.worker.daemon import Daemon
-from tests.conftest import good_tokens, inflight_keys, run_drained
+from tests.support.jobs import good_tokens, inflight_keys, run_drained
 
 ALERT = {"aps": {"alert": "hello"}}
 BASE_ENV = {"APNSD_WORKER_GRACE_PERIOD": "5", "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_METRICS_LISTEN": ""}

@@ -24,7 +24,7 @@ from apnsd.gateway.credentials import client_context, load_identity
 from apnsd.testing.mock import MockGateway
 from apnsd.wire.binary import encode_frame
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GOOD = [bytes([0xA0 + i]) * 32 for i in range(5)]
 BAD = bytes.fromhex("bad0") + b"\x00" * 30
 PAYLOAD = b'{"aps":{"alert":"hi"}}'

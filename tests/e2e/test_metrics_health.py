@@ -23,8 +23,8 @@ from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from tests import conftest
-from tests.conftest import inflight_keys, job, push_all
-from tests.supervised import wait_for
+from tests.support.jobs import inflight_keys, job, push_all
+from tests.support.supervised import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -20,9 +20,9 @@ from apnsd.cli.demo import sample_jobs
 from apnsd.client import Client
 from apnsd.core.jobs import MAX_COLLAPSE_ID, PRIORITIES, PUSH_TYPE_SUFFIXES
 from apnsd.errors import JobError
-from tests.conftest import good_tokens, inflight_keys, run_drained
+from tests.support.jobs import good_tokens, inflight_keys, run_drained
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC_TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 ALERT = {"aps": {"alert": "hello"}}
 T = good_tokens(1, seed=60)[0]

@@ -16,7 +16,7 @@ from apnsd.testing.redis_server import stop_process
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUPERVISORD_CONF = ROOT / "deploy" / "supervisord.conf"
 VENV_BIN = Path(sys.executable).parent.resolve()  # holds apnsd, supervisord and supervisorctl
 

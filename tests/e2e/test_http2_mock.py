@@ -14,7 +14,7 @@ from apnsd.testing.http2_mock import FaultState, Http2Faults
 from apnsd.testing.record import Received
 from apnsd.wire.http2.connection import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
 from apnsd.wire.http2.frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
-from tests.h2factories import (
+from tests.support.h2factories import (
     APNS_ID,
     NOW,
     PAYLOAD,

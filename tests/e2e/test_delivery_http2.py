@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from apnsd.gateway.credentials import load_public_key
-from tests.conftest import LOG, good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
 
 
 def test_ten_thousand_jobs_under_certificate_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config):

@@ -17,8 +17,8 @@ from apnsd.config import load_config
 from apnsd.errors import ConfigError, QueueError
 from apnsd.store.queue import Commit, JobQueue, Keys, client_for, connect
 from apnsd.worker.daemon import Daemon
-from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
-from tests.redis_topologies import ClusterSetup, Node, SentinelSetup, wait_for
+from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.redis_topologies import ClusterSetup, Node, SentinelSetup, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from apnsd.cli.check import run_check
 from apnsd.config import load_config
 from apnsd.testing.devpki import DevPki
-from tests.conftest_pki import OneShotServer
+from tests.support.pki import OneShotServer
 
 ENV = "APNSD_APP_DEFAULT_"
 

@@ -22,9 +22,9 @@ from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue
 from apnsd.testing.mock import MockGateway
 from apnsd.worker.daemon import Daemon
-from tests.conftest import LOG, inflight_keys
+from tests.support.jobs import LOG, inflight_keys
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LINES: list[str] = []  # one summary line per fault run, reported at the end of the module
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import free_port
-from tests.conftest import job, push_all
-from tests.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid, wait_for
-from tests.test_deploy import copied_to, exec_form, instructions
+from tests.e2e.test_deploy import copied_to, exec_form, instructions
+from tests.support.jobs import job, push_all
+from tests.support.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid, wait_for
 
 DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the python base image's PATH
 
@@ -68,7 +68,7 @@ def venv_unusable_as(bin_dir: Path, uid: int, gid: int) -> str:
     )
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHONS = ("/usr/local/bin/python3.11", "/usr/bin/python3.11", "/usr/bin/python3")
 
 
@@ -237,7 +237,9 @@ def test_entrypoint_runs_the_worker_and_healthcheck_follows_it(container: tuple[
     proc, output = start_entrypoint(c)
     try:
         code, out = wait_for(
-            lambda: ((h := c.healthcheck())[0] == 0 and h) or (proc.poll() is not None and h), 30, "the HEALTHCHECK to pass"
+            lambda: ((h := c.healthcheck())[0] == 0 and h) or (proc.poll() is not None and h),
+            30,
+            "the HEALTHCHECK to pass",
         )
         assert (0, "healthy: 1 worker(s) alive\n") == (code, out), output.text()
         token = os.urandom(32).hex()

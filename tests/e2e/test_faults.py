@@ -21,8 +21,7 @@ import pytest
 from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer, free_port
-from tests.conftest import job, push_all, run_drained
-from tests.faultkit import (
+from tests.support.faultkit import (
     EXEC,
     LINES,
     DaemonProcess,
@@ -37,8 +36,9 @@ from tests.faultkit import (
     make_tokens,
     resent_on_abrupt_loss,
     tally,
-    wait_for,
 )
+from tests.support.jobs import job, push_all, run_drained
+from tests.support.supervised import wait_for
 
 QUEUE = "apnsd:queue"
 PROTOCOLS = ["binary", "http2"]

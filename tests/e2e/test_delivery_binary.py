@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from tests.conftest import good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 
 
 def test_ten_thousand_jobs_with_invalid_tokens_deliver_every_valid_one_exactly_once(jq, rdb, binary_mock, make_config):

@@ -9,7 +9,7 @@ import pytest
 from apnsd.config import AppConfig, load_config
 from apnsd.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "apnsd.toml") -> str:

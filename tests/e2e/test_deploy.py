@@ -18,7 +18,7 @@ from supervisor.options import ServerOptions
 
 from apnsd.config import WorkerConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SUPERVISORD_CONF = DEPLOY / "supervisord.conf"
 K8S = DEPLOY / "kubernetes"

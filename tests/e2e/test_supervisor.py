@@ -19,8 +19,8 @@ import pytest
 from apnsd.store.queue import JobQueue
 from apnsd.testing.mock import MockGateway
 from apnsd.testing.redis_server import free_port
-from tests.conftest import inflight_keys, job, push_all
-from tests.supervised import (
+from tests.support.jobs import inflight_keys, job, push_all
+from tests.support.supervised import (
     SUPERVISORD_CONF,
     VENV_BIN,
     OutputReader,

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real redis-server, real TLS, the mock gateways and real processes."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: jobs, PKI, fault tooling, HTTP/2 factories, Redis topologies, supervisord."""

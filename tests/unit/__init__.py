@@ -1,0 +1,1 @@
+"""Fast unit tests: no sockets, no Redis, no processes; milliseconds each."""
