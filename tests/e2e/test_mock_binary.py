@@ -23,6 +23,7 @@ from OpenSSL import SSL
 from apnsd.gateway.credentials import client_context, load_identity
 from apnsd.testing.mock import MockGateway
 from apnsd.wire.binary import encode_frame
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = [bytes([0xA0 + i]) * 32 for i in range(5)]
@@ -101,15 +102,6 @@ def frames(*tokens: bytes, first_id: int = 1) -> bytes:
     return b"".join(encode_frame(t, PAYLOAD, first_id + i) for i, t in enumerate(tokens))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = IO_TIMEOUT) -> None:
-    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-
-
 def answers(mock: MockGateway) -> list[tuple[str, str, int]]:
     """(token, identifier, status) of everything the mock recorded, in order."""
     return [(r.token, r.ident, r.status) for r in mock.record.received]
@@ -125,7 +117,7 @@ def test_client_with_the_apns_certificate_is_served_and_gets_no_reply(binary_moc
 
     c.send(frames(GOOD[0], GOOD[1]))
 
-    wait_for(lambda: 2 == len(mock.record.received))
+    wait_for(lambda: 2 == len(mock.record.received), IO_TIMEOUT)
     assert [(GOOD[0].hex(), "1", 200), (GOOD[1].hex(), "2", 200)] == answers(mock)
     assert 1 == mock.record.connections
 
@@ -209,7 +201,7 @@ def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, clien
 
     second = client(mock.port)
     second.send(frames(*GOOD[:4], first_id=10))
-    wait_for(lambda: 6 == len(mock.record.received))
+    wait_for(lambda: 6 == len(mock.record.received), IO_TIMEOUT)
     assert [200] * 6 == [status for _, _, status in answers(mock)]
 
 

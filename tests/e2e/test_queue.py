@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from apnsd.errors import QueueError
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.outcome_log import dead_entry
+from tests.support.wait import wait_for
 
 Q = "apnsd:queue"
 
@@ -43,15 +43,6 @@ def lpush_each(jq: JobQueue, items: list[bytes], queue: str = Q) -> None:
 def take_all(jq: JobQueue, queue: str = Q) -> list[bytes]:
     """Everything in the queue, in the order a consumer would take it."""
     return jq.take(queue, 100_000)[1]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def command_calls(rdb: Any) -> dict[str, int]:
@@ -223,7 +214,7 @@ def test_heartbeat_lapses_after_its_ttl(jq, worker):
     """Without a refresh the heartbeat key expires; the worker stays registered but shows as lapsed."""
     worker("w1").heartbeat(0.05, {"time": 1.0})
 
-    wait_until(lambda: jq.heartbeat_of("w1") is None)
+    wait_for(lambda: jq.heartbeat_of("w1") is None, 5.0)
     assert [("w1", None)] == jq.workers()
 
 
@@ -425,7 +416,7 @@ def test_wait_wakes_when_a_job_arrives(jq, rdb, worker):
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(w.wait(Q, 10.0)))
     t.start()
-    wait_until(lambda: 1 == rdb.info("clients")["blocked_clients"])
+    wait_for(lambda: 1 == rdb.info("clients")["blocked_clients"], 5.0)
 
     lpush_each(jq, jobs(1))
     t.join(5)

@@ -18,7 +18,8 @@ from apnsd.errors import ConfigError, QueueError
 from apnsd.store.queue import Commit, JobQueue, Keys, client_for, connect
 from apnsd.worker.daemon import Daemon
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
-from tests.support.redis_topologies import ClusterSetup, Node, SentinelSetup, wait_for
+from tests.support.redis_topologies import REDIS_ERRORS, ClusterSetup, Node, SentinelSetup
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,9 @@ def deliver_through(
     runner = threading.Thread(target=lambda: result.append(daemon.run()), daemon=True)
     runner.start()
     try:
-        wait_for("a third delivered", lambda: sum(mock.record.accepted_tokens().values()) >= 500, timeout=30)
+        wait_for(
+            lambda: sum(mock.record.accepted_tokens().values()) >= 500, 30, "a third delivered", ignore=REDIS_ERRORS
+        )
         new = fail_over()
         at_failover = sum(mock.record.accepted_tokens().values())
         runner.join(60)
@@ -266,7 +269,12 @@ def test_sentinel_master_killed_mid_stream_loses_no_job(sentinel_setup, binary_m
         old = sentinel_setup.current_master()
         old.kill()
         new = sentinel_setup.replica if old is sentinel_setup.master else sentinel_setup.master
-        wait_for("the sentinels promote the replica", lambda: sentinel_setup.master_port() == new.port, timeout=30)
+        wait_for(
+            lambda: sentinel_setup.master_port() == new.port,
+            30,
+            "the sentinels promote the replica",
+            ignore=REDIS_ERRORS,
+        )
         return new
 
     accepted, tokens, _, new = deliver_through(sentinel_setup, mock, make_config, 16, kill_master)
@@ -330,7 +338,7 @@ def test_a_dead_workers_batches_on_every_shard_are_recovered_once(cluster):
         dead.push(s, [job(t) for t in good_tokens(20, seed=20 + i)])
         dead.take(s, 15)
     dead.heartbeat(0.2, {"worker": "dead-worker"})
-    wait_for("heartbeat lapsed", lambda: dead.heartbeat_of("dead-worker") is None)
+    wait_for(lambda: dead.heartbeat_of("dead-worker") is None, 15.0, "heartbeat lapsed", ignore=REDIS_ERRORS)
     rescuers = [JobQueue(client_for(config.redis), "apnsd", f"rescuer{i}") for i in range(2)]
     moved: list[dict[str, int]] = []
     threads = [threading.Thread(target=lambda r=r: moved.append(r.recover_dead(shards))) for r in rescuers]

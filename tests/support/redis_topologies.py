@@ -7,33 +7,17 @@ import random
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from apnsd.testing.redis_server import free_port, kill_process, stop_process
+from tests.support.wait import wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_ERRORS = (redis.RedisError, OSError)
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 SERVICE = "mymaster"
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``condition`` (exceptions count as not yet) until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s (last error: {last})")
 
 
 def free_cluster_port() -> int:
@@ -119,7 +103,12 @@ class Node:
         """Start and wait until it answers PING."""
         args = [REDIS_SERVER, str(self.conf)] + (["--sentinel"] if self.sentinel else [])
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(f"redis node {self.addr or self.socket} up", lambda: self._alive() and self.client().ping())
+        wait_for(
+            lambda: self._alive() and self.client().ping(),
+            15.0,
+            f"redis node {self.addr or self.socket} up",
+            ignore=REDIS_ERRORS,
+        )
         return self
 
     def _alive(self) -> bool:
@@ -167,11 +156,16 @@ class SentinelSetup:
         """Start everything and wait until the sentinels see the replica and each other."""
         self.master.start()
         self.replica.start()
-        wait_for("replica in sync", lambda: self.replica.client().info("replication")["master_link_status"] == "up")
+        wait_for(
+            lambda: self.replica.client().info("replication")["master_link_status"] == "up",
+            15.0,
+            "replica in sync",
+            ignore=REDIS_ERRORS,
+        )
         for s in self.sentinels:
             s.start()
         for s in self.sentinels:
-            wait_for("sentinel sees the replica", lambda s=s: self._sees_replica(s.client()), timeout=30)
+            wait_for(lambda s=s: self._sees_replica(s.client()), 30, "sentinel sees the replica", ignore=REDIS_ERRORS)
         return self
 
     @staticmethod
@@ -194,9 +188,10 @@ class SentinelSetup:
         new = self.replica if old is self.master else self.master
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
         wait_for(
-            "every sentinel names the new master",
             lambda: all(self.master_port(i) == new.port for i in range(len(self.sentinels))),
             timeout,
+            "every sentinel names the new master",
+            ignore=REDIS_ERRORS,
         )
         return old, new
 
@@ -204,9 +199,10 @@ class SentinelSetup:
         """Until the node the sentinels do not name as master is an in-sync replica (after a failover)."""
         other = self.replica if self.current_master() is self.master else self.master
         wait_for(
-            "old master demoted and in sync",
             lambda: other.client().info("replication").get("master_link_status") == "up",
             timeout,
+            "old master demoted and in sync",
+            ignore=REDIS_ERRORS,
         )
 
     def stop(self) -> None:
@@ -252,7 +248,12 @@ class ClusterSetup:
             timeout=60,
         )
         for n in self.nodes:
-            wait_for("cluster_state:ok", lambda n=n: n.client().cluster("info")["cluster_state"] == "ok", timeout=30)
+            wait_for(
+                lambda n=n: n.client().cluster("info")["cluster_state"] == "ok",
+                30,
+                "cluster_state:ok",
+                ignore=REDIS_ERRORS,
+            )
         return self
 
     def node_of_slot(self, slot: int) -> str:

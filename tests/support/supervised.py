@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -19,18 +17,6 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 SUPERVISORD_CONF = ROOT / "deploy" / "supervisord.conf"
 VENV_BIN = Path(sys.executable).parent.resolve()  # holds apnsd, supervisord and supervisorctl
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str = "condition", interval: float = 0.01) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class OutputReader:
