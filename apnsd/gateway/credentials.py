@@ -178,7 +178,7 @@ def client_context(identity: ClientIdentity | None, ca_file: str = "", alpn: lis
             ctx.set_default_verify_paths()
         if identity is not None:
             ctx.use_certificate(identity.certificate)
-            ctx.use_privatekey(identity.private_key)
+            ctx.use_privatekey(identity.private_key)  # type: ignore[arg-type]  # our loaders yield only RSA or EC keys
             for extra in identity.chain:
                 ctx.add_extra_chain_cert(extra)
             ctx.check_privatekey()
@@ -208,7 +208,7 @@ def server_context(
     if alpn:
         preferred = list(alpn)
 
-        def select(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        def select(_conn: SSL.Connection, offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
             return next((p for p in preferred if p in offered), SSL.NO_OVERLAPPING_PROTOCOLS)
 
         ctx.set_alpn_select_callback(select)

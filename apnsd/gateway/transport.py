@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from cryptography import x509
 from OpenSSL import SSL
 
 from apnsd.errors import GatewayError, GatewayRejected
@@ -26,7 +27,7 @@ class TlsTransport:
         *,
         alpn: bytes | None = None,
         timeout: float = 10.0,
-        verify_host: Callable[[object, str], bool] | None = None,
+        verify_host: Callable[[x509.Certificate, str], bool] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._context = context
@@ -91,6 +92,7 @@ class TlsTransport:
             raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
 
     def _wait_io(self, deadline: float, write: bool) -> None:
+        assert self._sock is not None
         left = deadline - time.monotonic()
         if left <= 0:
             raise GatewayError(f"TLS handshake with {self.peer} timed out")

@@ -189,7 +189,7 @@ def _paths(directory: str) -> DevPki:
 
 
 def _reusable(pki: DevPki, hosts: tuple[str, ...], now: datetime) -> bool:
-    """True when every file exists, the CA is valid, the 'expiring' cert is not yet expired and the server fits hosts."""
+    """True when every file exists, the CA is valid, the 'expiring' cert has not expired and the server fits hosts."""
     if not all(os.path.isfile(getattr(pki, f.name)) for f in fields(pki) if f.name in _FILES):
         return False
     try:

@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -144,7 +145,8 @@ class Http2GatewayConnection:
         complete: list[tuple[int, _Request]] = []
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self._open_stream(ev.stream_id, ev.headers)
+                # header_encoding='utf-8' makes h2 hand over (str, str) pairs.
+                self._open_stream(ev.stream_id, cast(list[tuple[str, str]], ev.headers))
             elif isinstance(ev, h2.events.DataReceived):
                 self._h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 req = self._requests.get(ev.stream_id)
@@ -155,7 +157,10 @@ class Http2GatewayConnection:
                 if req is not None:
                     complete.append((ev.stream_id, req))
             elif isinstance(ev, h2.events.StreamReset):
-                if self._requests.pop(ev.stream_id, None) is not None or self._unsent.pop(ev.stream_id, None):
+                if (
+                    self._requests.pop(ev.stream_id, None) is not None
+                    or self._unsent.pop(ev.stream_id, None) is not None
+                ):
                     self._open -= 1
             elif isinstance(ev, h2.events.WindowUpdated):
                 self._flush_bodies()

@@ -212,7 +212,8 @@ class H2ClientConnection:
             buf: bytes | bytearray = self._in
         else:
             buf = data
-        self._events = events = []
+        events: list[Event] = []
+        self._events = events
         pos, end = 0, len(buf)
         unpack = f.FRAME_HEAD.unpack_from
         while end - pos >= 9:

@@ -18,7 +18,7 @@ STATUS_NAME_INDEXES = frozenset(STATIC_STATUS)
 STATIC_TABLE_SIZE = 61
 
 
-def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+def _integer(block: bytes | bytearray, pos: int, prefix_bits: int) -> tuple[int, int]:
     """An HPACK integer with an N-bit prefix at ``pos``; returns (value, next position)."""
     mask = (1 << prefix_bits) - 1
     value = block[pos] & mask
@@ -39,7 +39,7 @@ def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
             raise ProtocolError("HPACK integer too large")
 
 
-def _string(block: bytes, pos: int) -> tuple[bytes, int]:
+def _string(block: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     if pos >= len(block):
         raise ProtocolError("truncated HPACK string")
     huffman = block[pos] & 0x80
