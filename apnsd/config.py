@@ -122,6 +122,10 @@ class AppConfig(_Section):
     feedback_host: str = ""
     feedback_port: int = 0
     connections: int = 1
+    proxy: str = ""
+    mismatch_guard_answers: int = 100
+    mismatch_guard_window: float = 300.0
+    mismatch_guard_park: float = 15.0
 
     @property
     def auth(self) -> Literal["token", "certificate"]:
@@ -421,6 +425,15 @@ def _validate_app(name: str, app: AppConfig) -> None:
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
+    _require(
+        app.mismatch_guard_answers == 0 or app.mismatch_guard_answers >= 10,
+        k + "mismatch_guard_answers",
+        "must be 0 (guard off) or at least 10 answers",
+    )
+    _require(
+        0 < app.mismatch_guard_window <= 86_400, k + "mismatch_guard_window", "must be between 0 and 86400 seconds"
+    )
+    _require(0.5 <= app.mismatch_guard_park <= 3600, k + "mismatch_guard_park", "must be between 0.5 and 3600 seconds")
     _require(
         app.feedback_interval == 0 or app.feedback_interval >= 10,
         k + "feedback_interval",

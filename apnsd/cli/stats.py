@@ -116,6 +116,8 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
             for app, a in queue.get("apps", {}).items():
                 if a.get("disabled"):
                     return False, f"unhealthy: app {app} is disabled: {a['disabled']}"
+                if a.get("suspended"):
+                    return False, f"unhealthy: app {app} is suspended: {a['suspended']}"
                 if a.get("last_connect_error"):
                     return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
     try:

@@ -72,6 +72,7 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
         return TlsTransport(host, port, ctx, alpn=alpn, timeout=app.connect_timeout, verify_host=verify_hostname)
 
     log = logs.get("session", app=name, protocol=app.protocol)
+    metrics.SUSPENDED.labels(name).set(0)  # a new session (start, reload) starts unsuspended
     if http2:
         from apnsd.gateway.http2_session import Http2Session
 
