@@ -227,6 +227,9 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
+    log = raw.get("log")
+    if isinstance(log, dict) and isinstance(log.get("level"), str):
+        log["level"] = log["level"].lower()  # DEBUG, Info and debug are the same level
     raw_apps = raw.pop("apps", None)
     try:
         config = msgspec.convert(raw, Config, strict=False)
