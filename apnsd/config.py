@@ -193,6 +193,9 @@ _SECTION_TYPES: dict[str, type] = {
     "log": LogConfig,
 }
 _PATH_KEYS = ("cert", "key", "pkcs12", "ca_file", "token_key")
+# Keys whose value is a secret: each may instead be read from a file, ``<key>_file`` in TOML or
+# APNSD_…_<KEY>_FILE in the environment, as container platforms mount secrets.
+SECRET_KEYS: dict[str, tuple[str, ...]] = {"redis": ("url", "sentinel_password"), "apps": ("passphrase", "proxy")}
 _REDIS_PATH_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
 
@@ -227,6 +230,7 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
+    _read_secret_files(raw, base)
     log = raw.get("log")
     if isinstance(log, dict) and isinstance(log.get("level"), str):
         log["level"] = log["level"].lower()  # DEBUG, Info and debug are the same level
@@ -252,11 +256,13 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         rest = var[len("APNSD_") :].lower()
         if rest.startswith("app_"):
             name_key = rest[len("app_") :]
-            key = next((k for k in app_keys if name_key.endswith("_" + k)), None)
+            secret = _secret_file_key(name_key, SECRET_KEYS["apps"])
+            key = secret or next((k for k in app_keys if name_key.endswith("_" + k)), None)
             if key is None:
                 raise ConfigError(var, f"ends in no known app key (one of: {', '.join(sorted(app_keys))})")
             name = name_key[: -len(key) - 1]
-            raw.setdefault("apps", {}).setdefault(name, {})[key] = _env_value(AppConfig, key, value)
+            table = raw.setdefault("apps", {}).setdefault(name, {})
+            _set_env(table, key, value if secret else _env_value(AppConfig, key, value))
             continue
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
@@ -264,7 +270,51 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 var,
                 "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)",
             )
-        raw.setdefault(section, {})[key] = _env_value(_SECTION_TYPES[section], key, value)
+        secret = _secret_file_key("_" + key, SECRET_KEYS.get(section, ()))
+        table = raw.setdefault(section, {})
+        _set_env(table, key, value if secret else _env_value(_SECTION_TYPES[section], key, value))
+
+
+def _secret_file_key(name_key: str, secrets: tuple[str, ...]) -> str | None:
+    """``passphrase_file`` when ``name_key`` (e.g. ``default_passphrase_file``) names a secret's file key."""
+    return next((f"{k}_file" for k in secrets if name_key.endswith(f"_{k}_file")), None)
+
+
+def _set_env(table: dict[str, Any], key: str, value: Any) -> None:
+    """Set a key from the environment; a secret and its ``_file`` twin replace each other (the environment wins)."""
+    if not isinstance(table, dict):
+        return  # a malformed TOML table: conversion names it
+    secret = key.removesuffix("_file")
+    if secret in (*SECRET_KEYS["redis"], *SECRET_KEYS["apps"]):
+        table.pop(secret if key.endswith("_file") else f"{key}_file", None)
+    table[key] = value
+
+
+def _read_secret_files(raw: dict[str, Any], base: Path) -> None:
+    """Replace each ``<secret>_file`` key by the file's content (without its trailing newline)."""
+    tables: list[tuple[str, Any, tuple[str, ...]]] = [("redis", raw.get("redis"), SECRET_KEYS["redis"])]
+    apps = raw.get("apps")
+    if isinstance(apps, dict):
+        tables += [(f"apps.{name}", table, SECRET_KEYS["apps"]) for name, table in apps.items()]
+    for where, table, secrets in tables:
+        if not isinstance(table, dict):
+            continue
+        for key in secrets:
+            path = table.pop(f"{key}_file", None)
+            if path is None:
+                continue
+            name = f"{where}.{key}_file"
+            _require(isinstance(path, str) and bool(path), name, "must be the path of a file")
+            _require(not table.get(key), name, f"set {key} or {key}_file, not both")
+            file = base / path
+            try:
+                value = file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(name, f"{file} is not UTF-8 text") from None
+            _require(bool(value), name, f"{file} is empty")
+            table[key] = value
 
 
 def _env_value(section: type, key: str, value: str) -> str | list[str]:
