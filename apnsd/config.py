@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from apnsd.errors import ConfigError
+from apnsd.proxy import parse_proxy, proxy_from_env
 
 GATEWAYS = {
     ("http2", "production"): ("api.push.apple.com", 443),
@@ -239,7 +240,9 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(*_split_validation(str(exc))) from None
-    apps = {name: _resolve_paths(app, base) for name, app in _convert_apps(raw_apps, config.apps).items()}
+    apps = {
+        name: _env_proxy(_resolve_paths(app, base), env) for name, app in _convert_apps(raw_apps, config.apps).items()
+    }
     config = msgspec.structs.replace(
         config, redis=_resolve_paths(config.redis, base, _REDIS_PATH_KEYS), apps=apps, source=path or ""
     )
@@ -357,6 +360,20 @@ def _split_validation(message: str, base: str = "") -> tuple[str, str]:
     return (key or "config", problem)
 
 
+def _env_proxy(app: AppConfig, env: Mapping[str, str]) -> AppConfig:
+    """An app without its own ``proxy`` uses HTTPS_PROXY unless NO_PROXY exempts its gateway host."""
+    if app.proxy:
+        return app
+    proxy = proxy_from_env(*app.gateway(), env)
+    if not proxy:
+        return app
+    try:
+        parse_proxy(proxy)
+    except ValueError as exc:
+        raise ConfigError("HTTPS_PROXY", str(exc)) from None
+    return msgspec.structs.replace(app, proxy=proxy)
+
+
 _S = typing.TypeVar("_S", bound=_Section)
 
 
@@ -443,6 +460,11 @@ def _validate_app(name: str, app: AppConfig) -> None:
         "app names are lower case letters, digits, - and _",
     )
     _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
+    if app.proxy:
+        try:
+            parse_proxy(app.proxy)
+        except ValueError as exc:
+            raise ConfigError(k + "proxy", str(exc)) from None
     if app.token_key:
         _require(app.protocol == "http2", k + "token_key", 'token (.p8) auth exists only for protocol = "http2"')
         _require(not (app.cert or app.pkcs12), k + "token_key", "choose token auth or certificate auth, not both")

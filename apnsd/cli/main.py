@@ -80,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
         "check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match)."
     )
     ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
+    ck.add_argument(
+        "--probe",
+        action="store_true",
+        help="also send one real request with a dummy token per app: 400 BadDeviceToken proves the credentials work",
+    )
+
+    from apnsd.cli.send import add_send_arguments
+
+    add_send_arguments(
+        cmd("send", _send, "Send one notification straight to the gateway with an app's credentials (no Redis).")
+    )
 
     st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
     st.add_argument("--json", action="store_true")
@@ -206,7 +217,17 @@ def _push(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from apnsd.cli.check import run_check
 
-    return run_check(_load(args), args.connect, sys.stdout)
+    if args.probe:
+        from apnsd import logs
+
+        logs.configure("console", "error", sys.stderr)
+    return run_check(_load(args), args.connect, sys.stdout, probe=args.probe)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from apnsd.cli.send import run_send
+
+    return run_send(args, _load(args))
 
 
 def _stats(args: argparse.Namespace) -> int:
