@@ -17,6 +17,7 @@ READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this 
 MAX_PROXY_RESPONSE = 16 * 1024  # a CONNECT answer is a status line and a few headers
 _PROXY_HINTS = {
     407: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
+    401: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
     403: " (the proxy's rules forbid this destination or port; tinyproxy needs ConnectPort 443)",
 }
 
