@@ -467,7 +467,12 @@ def _validate_app(name: str, app: AppConfig) -> None:
             raise ConfigError(k + "proxy", str(exc)) from None
     if app.token_key:
         _require(app.protocol == "http2", k + "token_key", 'token (.p8) auth exists only for protocol = "http2"')
-        _require(not (app.cert or app.pkcs12), k + "token_key", "choose token auth or certificate auth, not both")
+        _require(
+            not (app.cert or app.pkcs12),
+            k + "token_key",
+            "choose token auth or certificate auth, not both: remove cert/pkcs12 for a .p8 key "
+            "(config/token-auth.toml is a token-auth example)",
+        )
         _require(
             len(app.key_id) == 10 and app.key_id.isalnum(),
             k + "key_id",

@@ -52,6 +52,13 @@ def test_documented_example_config_loads():
     assert ("api.push.apple.com", 443) == config.apps["default"].gateway()
 
 
+def test_token_auth_example_config_loads_as_token_auth():
+    """config/token-auth.toml, the .p8 example, is a valid token-auth configuration for the sandbox."""
+    app = load_config(str(REPO / "config" / "token-auth.toml"), {}).apps["default"]
+
+    assert ("token", "sandbox", "", "com.example.app") == (app.auth, app.environment, app.cert, app.topic)
+
+
 def test_toml_file_sets_values(tmp_path):
     """Values from the TOML file replace the defaults, section by section and app by app."""
     path = write(
