@@ -345,7 +345,8 @@ def test_help_exits_0_and_lists_the_commands(capsys):
 
     out = capsys.readouterr().out
     assert 0 == info.value.code
-    assert [] == [c for c in ("run", "push", "check", "mock", "stats", "dead", "health") if c not in out]
+    commands = ("run", "demo", "push", "send", "check", "mock", "stats", "dead", "health")
+    assert [] == [c for c in commands if c not in out]
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
