@@ -156,8 +156,8 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from apnsd.cli.demo import run_demo
 
-    if args.jobs < 0:
-        print("apnsd demo: --jobs must not be negative", file=sys.stderr)
+    if not 0 <= args.jobs <= 1_000_000:
+        print("apnsd demo: --jobs must be between 0 and 1000000", file=sys.stderr)
         return 2
     return run_demo(args.jobs, drain=args.drain)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -50,7 +51,18 @@ def add_send_arguments(p: argparse.ArgumentParser) -> None:
     env = p.add_mutually_exclusive_group()
     env.add_argument("--sandbox", action="store_const", const="sandbox", dest="environment", help="Apple's sandbox")
     env.add_argument("--production", action="store_const", const="production", dest="environment")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the answer (default 15)")
+    p.add_argument("--timeout", type=_seconds, default=15.0, help="seconds to wait for the answer (default 15)")
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a finite number of seconds between 0.1 and 300."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 300:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0.1 and 300")
+    return value
 
 
 def pick_app(config: Config, name: str | None) -> tuple[str, AppConfig]:

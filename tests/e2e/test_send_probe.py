@@ -168,6 +168,16 @@ def test_send_refuses_bad_input_with_exit_2_and_sends_nothing(cli, config_file, 
     assert 0 == mock.record.connections
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "abc"])
+def test_send_refuses_a_timeout_that_is_not_a_sane_number(cli, config_file, http2_mock, pki, timeout):
+    """--timeout must be a finite number of seconds: argparse exits 2 before anything is sent."""
+    mock = http2_mock()
+    with pytest.raises(SystemExit) as info:
+        cli("send", "-c", config_file(mock, cert=pki.client_pem), "--token", TOKEN, "--timeout", timeout)
+
+    assert (2, 0) == (info.value.code, mock.record.connections)
+
+
 # --- check --probe -----------------------------------------------------------------------------------
 
 
