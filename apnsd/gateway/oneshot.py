@@ -29,6 +29,7 @@ class _Recorder:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.times: dict[str, float] = {}  # event → monotonic time it was first logged
 
     def bind(self, **kw: Any) -> _Recorder:
         """Loggers may be re-bound; the recorder stays the same."""
@@ -36,6 +37,7 @@ class _Recorder:
 
     def _log(self, level: str, event: str, **kw: Any) -> None:
         self.events.append((event, kw))
+        self.times.setdefault(event, time.monotonic())
         getattr(self.inner, level)(event, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:
@@ -67,13 +69,11 @@ def send_one(session: Session, note: Notification, timeout: float) -> OneShot:
     start = time.monotonic()
     deadline = start + timeout
     readable = False
-    connected_at: float | None = None
     try:
         while True:
             now = time.monotonic()
             resolved = session.step(now, readable)
-            if session.transport is not None and connected_at is None:
-                connected_at = now
+            connected_at = log.times.get("connected")
             if resolved:
                 outcome = resolved[0][1]
                 return OneShot(outcome, note.apns_id, time.monotonic() - start, _since(start, connected_at))
