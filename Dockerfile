@@ -11,7 +11,8 @@
 # Mount points (bind-mount these; no VOLUME instruction, because VOLUME would create
 # anonymous volumes on every run and could never be removed in a derived image):
 #   /etc/apnsd/apnsd.toml  the config, read-only. An annotated example is in the
-#                          image at /etc/apnsd/apnsd.toml.example. Optional: without
+#                          image at /etc/apnsd/apnsd.toml.example (token auth:
+#                          /etc/apnsd/token-auth.toml.example). Optional: without
 #                          it, apnsd is configured from APNSD_* variables alone.
 #   /run/secrets/apnsd/    credentials (PEM, .p12, .p8), read-only, readable by uid
 #                          10001. Nothing secret is ever baked into this image.
@@ -63,6 +64,7 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
 COPY deploy/supervisord.conf /etc/apnsd/supervisord.conf
 # Only an example: the real config is mounted at /etc/apnsd/apnsd.toml.
 COPY config/apnsd.toml /etc/apnsd/apnsd.toml.example
+COPY config/token-auth.toml /etc/apnsd/token-auth.toml.example
 
 # APNSD_CONFIG is deliberately not set. apnsd already falls back to
 # /etc/apnsd/apnsd.toml when that file exists. Setting the variable would make the

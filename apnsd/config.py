@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from apnsd.errors import ConfigError
+from apnsd.proxy import parse_proxy, proxy_from_env
 
 GATEWAYS = {
     ("http2", "production"): ("api.push.apple.com", 443),
@@ -122,6 +123,10 @@ class AppConfig(_Section):
     feedback_host: str = ""
     feedback_port: int = 0
     connections: int = 1
+    proxy: str = ""
+    mismatch_guard_answers: int = 100
+    mismatch_guard_window: float = 300.0
+    mismatch_guard_park: float = 15.0
 
     @property
     def auth(self) -> Literal["token", "certificate"]:
@@ -189,6 +194,9 @@ _SECTION_TYPES: dict[str, type] = {
     "log": LogConfig,
 }
 _PATH_KEYS = ("cert", "key", "pkcs12", "ca_file", "token_key")
+# Keys whose value is a secret: each may instead be read from a file, ``<key>_file`` in TOML or
+# APNSD_…_<KEY>_FILE in the environment, as container platforms mount secrets.
+SECRET_KEYS: dict[str, tuple[str, ...]] = {"redis": ("url", "sentinel_password"), "apps": ("passphrase", "proxy")}
 _REDIS_PATH_KEYS = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
 
 
@@ -223,12 +231,18 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
+    _read_secret_files(raw, base)
+    log = raw.get("log")
+    if isinstance(log, dict) and isinstance(log.get("level"), str):
+        log["level"] = log["level"].lower()  # DEBUG, Info and debug are the same level
     raw_apps = raw.pop("apps", None)
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(*_split_validation(str(exc))) from None
-    apps = {name: _resolve_paths(app, base) for name, app in _convert_apps(raw_apps, config.apps).items()}
+    apps = {
+        name: _env_proxy(_resolve_paths(app, base), env) for name, app in _convert_apps(raw_apps, config.apps).items()
+    }
     config = msgspec.structs.replace(
         config, redis=_resolve_paths(config.redis, base, _REDIS_PATH_KEYS), apps=apps, source=path or ""
     )
@@ -245,11 +259,13 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         rest = var[len("APNSD_") :].lower()
         if rest.startswith("app_"):
             name_key = rest[len("app_") :]
-            key = next((k for k in app_keys if name_key.endswith("_" + k)), None)
+            secret = _secret_file_key(name_key, SECRET_KEYS["apps"])
+            key = secret or next((k for k in app_keys if name_key.endswith("_" + k)), None)
             if key is None:
                 raise ConfigError(var, f"ends in no known app key (one of: {', '.join(sorted(app_keys))})")
             name = name_key[: -len(key) - 1]
-            raw.setdefault("apps", {}).setdefault(name, {})[key] = _env_value(AppConfig, key, value)
+            table = raw.setdefault("apps", {}).setdefault(name, {})
+            _set_env(table, key, value if secret else _env_value(AppConfig, key, value))
             continue
         section, _, key = rest.partition("_")
         if section not in _SECTIONS or not key:
@@ -257,7 +273,51 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 var,
                 "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)",
             )
-        raw.setdefault(section, {})[key] = _env_value(_SECTION_TYPES[section], key, value)
+        secret = _secret_file_key("_" + key, SECRET_KEYS.get(section, ()))
+        table = raw.setdefault(section, {})
+        _set_env(table, key, value if secret else _env_value(_SECTION_TYPES[section], key, value))
+
+
+def _secret_file_key(name_key: str, secrets: tuple[str, ...]) -> str | None:
+    """``passphrase_file`` when ``name_key`` (e.g. ``default_passphrase_file``) names a secret's file key."""
+    return next((f"{k}_file" for k in secrets if name_key.endswith(f"_{k}_file")), None)
+
+
+def _set_env(table: dict[str, Any], key: str, value: Any) -> None:
+    """Set a key from the environment; a secret and its ``_file`` twin replace each other (the environment wins)."""
+    if not isinstance(table, dict):
+        return  # a malformed TOML table: conversion names it
+    secret = key.removesuffix("_file")
+    if secret in (*SECRET_KEYS["redis"], *SECRET_KEYS["apps"]):
+        table.pop(secret if key.endswith("_file") else f"{key}_file", None)
+    table[key] = value
+
+
+def _read_secret_files(raw: dict[str, Any], base: Path) -> None:
+    """Replace each ``<secret>_file`` key by the file's content (without its trailing newline)."""
+    tables: list[tuple[str, Any, tuple[str, ...]]] = [("redis", raw.get("redis"), SECRET_KEYS["redis"])]
+    apps = raw.get("apps")
+    if isinstance(apps, dict):
+        tables += [(f"apps.{name}", table, SECRET_KEYS["apps"]) for name, table in apps.items()]
+    for where, table, secrets in tables:
+        if not isinstance(table, dict):
+            continue
+        for key in secrets:
+            path = table.pop(f"{key}_file", None)
+            if path is None:
+                continue
+            name = f"{where}.{key}_file"
+            _require(isinstance(path, str) and bool(path), name, "must be the path of a file")
+            _require(not table.get(key), name, f"set {key} or {key}_file, not both")
+            file = base / path
+            try:
+                value = file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(name, f"{file} is not UTF-8 text") from None
+            _require(bool(value), name, f"{file} is empty")
+            table[key] = value
 
 
 def _env_value(section: type, key: str, value: str) -> str | list[str]:
@@ -298,6 +358,20 @@ def _split_validation(message: str, base: str = "") -> tuple[str, str]:
         problem = "is not a known key"
     key = ".".join(part for part in (base, path) if part)
     return (key or "config", problem)
+
+
+def _env_proxy(app: AppConfig, env: Mapping[str, str]) -> AppConfig:
+    """An app without its own ``proxy`` uses HTTPS_PROXY unless NO_PROXY exempts its gateway host."""
+    if app.proxy:
+        return app
+    proxy = proxy_from_env(*app.gateway(), env)
+    if not proxy:
+        return app
+    try:
+        parse_proxy(proxy)
+    except ValueError as exc:
+        raise ConfigError("HTTPS_PROXY", str(exc)) from None
+    return msgspec.structs.replace(app, proxy=proxy)
 
 
 _S = typing.TypeVar("_S", bound=_Section)
@@ -386,9 +460,19 @@ def _validate_app(name: str, app: AppConfig) -> None:
         "app names are lower case letters, digits, - and _",
     )
     _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
+    if app.proxy:
+        try:
+            parse_proxy(app.proxy)
+        except ValueError as exc:
+            raise ConfigError(k + "proxy", str(exc)) from None
     if app.token_key:
         _require(app.protocol == "http2", k + "token_key", 'token (.p8) auth exists only for protocol = "http2"')
-        _require(not (app.cert or app.pkcs12), k + "token_key", "choose token auth or certificate auth, not both")
+        _require(
+            not (app.cert or app.pkcs12),
+            k + "token_key",
+            "choose token auth or certificate auth, not both: remove cert/pkcs12 for a .p8 key "
+            "(config/token-auth.toml is a token-auth example)",
+        )
         _require(
             len(app.key_id) == 10 and app.key_id.isalnum(),
             k + "key_id",
@@ -421,6 +505,15 @@ def _validate_app(name: str, app: AppConfig) -> None:
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
+    _require(
+        app.mismatch_guard_answers == 0 or app.mismatch_guard_answers >= 10,
+        k + "mismatch_guard_answers",
+        "must be 0 (guard off) or at least 10 answers",
+    )
+    _require(
+        0 < app.mismatch_guard_window <= 86_400, k + "mismatch_guard_window", "must be between 0 and 86400 seconds"
+    )
+    _require(0.5 <= app.mismatch_guard_park <= 3600, k + "mismatch_guard_park", "must be between 0.5 and 3600 seconds")
     _require(
         app.feedback_interval == 0 or app.feedback_interval >= 10,
         k + "feedback_interval",

@@ -35,6 +35,12 @@ IN_FLIGHT = Gauge(
     "apnsd_in_flight", "Notifications taken and not yet resolved by this worker.", ["queue"], registry=REGISTRY
 )
 CONNECTED = Gauge("apnsd_connection_up", "1 while the app's gateway connection is open.", ["app"], registry=REGISTRY)
+SUSPENDED = Gauge(
+    "apnsd_app_suspended",
+    "1 while the app is suspended by the environment-mismatch guard (most answers BadDeviceToken).",
+    ["app"],
+    registry=REGISTRY,
+)
 CONNECTS = Counter("apnsd_connects", "TLS connections opened to the gateway.", ["app"], registry=REGISTRY)
 CONNECT_FAILURES = Counter("apnsd_connect_failures", "Failed connection attempts.", ["app"], registry=REGISTRY)
 DISCONNECTS = Counter("apnsd_disconnects", "Connections closed, by cause.", ["app", "cause"], registry=REGISTRY)

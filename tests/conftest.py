@@ -16,7 +16,7 @@ from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer
 from tests.support.jobs import LOG
 
-pytest_plugins = ["tests.support.pki"]
+pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy"]
 
 
 @pytest.fixture(scope="session", autouse=True)

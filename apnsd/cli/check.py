@@ -14,7 +14,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from apnsd.config import AppConfig, Config
-from apnsd.errors import CredentialsError
+from apnsd.errors import CredentialsError, GatewayError
 from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS,
     CertificateInfo,
@@ -29,6 +29,8 @@ from apnsd.gateway.credentials import (
     verify_hostname,
     verify_token,
 )
+from apnsd.gateway.transport import open_tcp
+from apnsd.proxy import redact
 
 T = TypeVar("T")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
@@ -68,15 +70,23 @@ class _Report:
         self.out.write(f"ERROR  {message}\n")
 
 
-def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None = None) -> int:
-    """Check every app's credentials (and with connect, the gateway); 0 when no check failed, else 1."""
+def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None = None, probe: bool = False) -> int:
+    """Check every app's credentials (with connect, the gateway; with probe, one real request);
+    0 when no check failed, else 1."""
     now = now or datetime.now(UTC)
     report = _Report(out)
     for name, app in config.apps.items():
         host, port = app.gateway()
         out.write(f"app {name}: {app.protocol}, {app.environment}, gateway {host}:{port}\n")
         try:
+            errors = report.errors
             _check_app(app, connect, report, now)
+            if probe and report.errors == errors:
+                from apnsd.cli.probe import probe_app
+
+                probe_app(config, name, report)
+            elif probe:
+                report.warn("probe skipped: fix the errors above first")
         except Exception as exc:
             report.error(f"unexpected {type(exc).__name__} while checking app {name}: {exc}")
         out.write("\n")
@@ -208,21 +218,31 @@ def _probe(app: AppConfig, identity: ClientIdentity | None, usable: bool, report
     """Resolve, connect and handshake like the daemon would, printing each step's outcome and time."""
     host, port = app.gateway()
     start = time.perf_counter()
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        report.error(f"cannot resolve {host}: {exc.strerror}")
-        return
-    report.info("addresses", f"{', '.join(dict.fromkeys(str(a[4][0]) for a in addresses))} (DNS {_ms(start)})")
-    start = time.perf_counter()
-    try:
-        sock = socket.create_connection((host, port), timeout=app.connect_timeout)
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        report.error(f"cannot reach {host}:{port}: {reason} — outgoing port {port} blocked?")
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # honest timings, without Nagle's 40 ms stalls
-    report.ok(f"TCP connection to {host}:{port} ({_ms(start)})")
+    if app.proxy:
+        report.info("proxy", f"{redact(app.proxy)} (HTTP CONNECT; the proxy resolves {host})")
+        try:
+            sock = open_tcp(host, port, app.connect_timeout, app.proxy)
+        except GatewayError as exc:
+            report.error(str(exc))
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        report.ok(f"tunnel to {host}:{port} through the proxy ({_ms(start)})")
+    else:
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            report.error(f"cannot resolve {host}: {exc.strerror}")
+            return
+        report.info("addresses", f"{', '.join(dict.fromkeys(str(a[4][0]) for a in addresses))} (DNS {_ms(start)})")
+        start = time.perf_counter()
+        try:
+            sock = socket.create_connection((host, port), timeout=app.connect_timeout)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            report.error(f"cannot reach {host}:{port}: {reason} — outgoing port {port} blocked?")
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # honest timings, without Nagle's 40 ms stalls
+        report.ok(f"TCP connection to {host}:{port} ({_ms(start)})")
     with sock:
         if not usable:
             report.warn("TLS handshake skipped: fix the credentials above first")

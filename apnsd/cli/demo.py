@@ -1,5 +1,5 @@
-"""The embedded default: with nothing configured, `apnsd run` starts a local redis-server and the mock
-gateway, enqueues sample jobs and delivers them, so a fresh machine shows the whole path working."""
+"""`apnsd demo`: starts a throwaway local redis-server and the mock gateway, enqueues sample jobs and
+delivers them, so a fresh machine shows the whole path working without touching Apple or real data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `apnsd` command: run, push, check, mock, stats, dead, health."""
+"""The `apnsd` command: run, demo, push, send, check, mock, stats, dead, health."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 from apnsd import __version__
 from apnsd.errors import ApnsdError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,11 +45,21 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--config", "-c", help="TOML config (default: $APNSD_CONFIG, then /etc/apnsd/apnsd.toml)")
         return sp
 
-    r = cmd(
-        "run", _run, "Run the daemon (with nothing configured: a local demo with redis-server and the mock gateway)."
-    )
+    r = cmd("run", _run, "Run the daemon (refuses to start without a config file or APNSD_* variables).")
     r.add_argument("--drain", action="store_true", help="exit 0 once the queue is empty and every job has its outcome")
-    r.add_argument("--demo-jobs", type=int, default=1000, help="sample jobs the demo enqueues (demo mode only)")
+    r.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, help="override log.level (any case: DEBUG, info, ...)"
+    )
+
+    dm = sub.add_parser(
+        "demo",
+        help="A throwaway local redis-server and mock gateway, sample jobs delivered by the daemon.",
+        description="A throwaway local redis-server and mock gateway, sample jobs delivered by the daemon. "
+        "Never touches your configuration or Apple.",
+    )
+    dm.set_defaults(func=_demo)
+    dm.add_argument("--drain", action="store_true", help="stop and print a summary once every job has its outcome")
+    dm.add_argument("--jobs", type=int, default=1000, help="sample jobs to enqueue (plus three deliberately bad ones)")
 
     ps = cmd("push", _push, "Enqueue one notification job from the shell.")
     ps.add_argument("--token", "-t", action="append", required=True, help="device token (hex); repeat to fan out")
@@ -68,15 +80,24 @@ def _parser() -> argparse.ArgumentParser:
         "check", _check, "Check config and credentials (certificate subject, topics, environment, expiry, key match)."
     )
     ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
+    ck.add_argument(
+        "--probe",
+        action="store_true",
+        help="also send one real request with a dummy token per app: 400 BadDeviceToken proves the credentials work",
+    )
+
+    from apnsd.cli.send import add_send_arguments
+
+    add_send_arguments(
+        cmd("send", _send, "Send one notification straight to the gateway with an app's credentials (no Redis).")
+    )
 
     st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
     st.add_argument("--json", action="store_true")
 
-    dd = cmd("dead", _dead, "List or requeue dead-lettered jobs.")
-    dd.add_argument("action", choices=["list", "requeue"])
-    dd.add_argument("--limit", type=int, default=20)
-    dd.add_argument("--reason", help="only entries with this reason (prefix match)")
-    dd.add_argument("--json", action="store_true")
+    from apnsd.cli.dead import add_dead_arguments
+
+    add_dead_arguments(cmd("dead", _dead, "List, requeue or purge dead-lettered jobs."))
 
     hc = cmd("health", _health, "Exit 0 when this host's worker is alive and its last connection attempt did not fail.")
     hc.add_argument(
@@ -108,21 +129,37 @@ def _load(args: argparse.Namespace) -> Any:
     return load_config(find_config_path(args.config, os.environ))
 
 
+NO_CONFIG = """apnsd run: no configuration found: no --config, no $APNSD_CONFIG, no /etc/apnsd/apnsd.toml
+and no APNSD_* variables. Write a config file (config/apnsd.toml for certificates and
+config/token-auth.toml for a .p8 key are ready examples) and pass it with --config.
+To see apnsd work without Apple or your own Redis: apnsd demo --drain"""
+
+
 def _run(args: argparse.Namespace) -> int:
+    import msgspec
+
     from apnsd import logs
-    from apnsd.config import find_config_path, has_env_overrides
+    from apnsd.config import find_config_path, has_env_overrides, load_config
+    from apnsd.worker.daemon import Daemon
 
     path = find_config_path(args.config, os.environ)
     if path is None and not has_env_overrides(os.environ):
-        from apnsd.cli.demo import run_demo
-
-        return run_demo(args.demo_jobs, drain=args.drain)
-    from apnsd.config import load_config
-    from apnsd.worker.daemon import Daemon
-
+        print(NO_CONFIG, file=sys.stderr)
+        return 2
     config = load_config(path)
+    if args.log_level:
+        config = msgspec.structs.replace(config, log=msgspec.structs.replace(config.log, level=args.log_level))
     logs.configure(config.log.format, config.log.level)
     return Daemon(config, drain=args.drain).run()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from apnsd.cli.demo import run_demo
+
+    if not 0 <= args.jobs <= 1_000_000:
+        print("apnsd demo: --jobs must be between 0 and 1000000", file=sys.stderr)
+        return 2
+    return run_demo(args.jobs, drain=args.drain)
 
 
 def _queue(config: Any) -> Any:
@@ -180,7 +217,17 @@ def _push(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from apnsd.cli.check import run_check
 
-    return run_check(_load(args), args.connect, sys.stdout)
+    if args.probe:
+        from apnsd import logs
+
+        logs.configure("console", "error", sys.stderr)
+    return run_check(_load(args), args.connect, sys.stdout, probe=args.probe)
+
+
+def _send(args: argparse.Namespace) -> int:
+    from apnsd.cli.send import run_send
+
+    return run_send(args, _load(args))
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -192,12 +239,14 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _dead(args: argparse.Namespace) -> int:
-    from apnsd.cli.stats import dead_list, dead_requeue
+    from apnsd.cli.dead import run_dead, usage_problem
 
+    problem = usage_problem(args)
+    if problem:
+        print(f"apnsd dead: {problem}", file=sys.stderr)
+        return 2
     config = _load(args)
-    if args.action == "list":
-        return dead_list(config, _queue(config), args.limit, args.reason, args.json)
-    return dead_requeue(config, _queue(config), args.limit, args.reason)
+    return run_dead(args, config, _queue(config))
 
 
 def _health(args: argparse.Namespace) -> int:

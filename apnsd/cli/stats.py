@@ -1,4 +1,4 @@
-"""What `apnsd stats`, `apnsd dead` and `apnsd health` show, read through the queue adapter."""
+"""What `apnsd stats` and `apnsd health` show, read through the queue adapter."""
 
 from __future__ import annotations
 
@@ -58,38 +58,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def dead_list(config: Config, q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int:
-    """Print the newest dead letters."""
-    entries = [
-        e
-        for e in q.dead_entries(limit if not reason else 10_000)
-        if not reason or str(e.get("reason", "")).startswith(reason)
-    ][:limit]
-    for e in entries:
-        if as_json:
-            print(json.dumps(e))
-        else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time") or 0))
-            token = (e.get("token") or "")[:8]
-            print(
-                f"{when}  {e.get('app') or '-':<10} {e.get('reason')}"
-                + (f" (status {e['status']})" if e.get("status") else "")
-                + (f" token {token}…" if token else "")
-                + (f": {e['detail']}" if e.get("detail") else "")
-            )
-    if not as_json:
-        print(f"({len(entries)} shown, {q.counts()['dead']} in {q.keys.dead})")
-    return 0
-
-
-def dead_requeue(config: Config, q: JobQueue, limit: int, reason: str | None) -> int:
-    """Put dead letters back on their queue."""
-    queue_for = {name: config.queue_key(app) for name, app in config.apps.items()}
-    moved = q.requeue_dead(queue_for, queue_for.get("default") or next(iter(config.queues())), limit, reason)
-    print(f"requeued {moved} job(s)")
-    return 0
-
-
 def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
     """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed.
 
@@ -116,6 +84,8 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
             for app, a in queue.get("apps", {}).items():
                 if a.get("disabled"):
                     return False, f"unhealthy: app {app} is disabled: {a['disabled']}"
+                if a.get("suspended"):
+                    return False, f"unhealthy: app {app} is suspended: {a['suspended']}"
                 if a.get("last_connect_error"):
                     return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
     try:

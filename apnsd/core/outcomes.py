@@ -54,7 +54,11 @@ def binary_outcome(status: int) -> Outcome:
     return Outcome(Kind.DEAD, status, reason)
 
 
-UNREGISTERED_REASONS = frozenset({"Unregistered", "ExpiredToken", "BadDeviceToken"})
+# Only answers that say the token itself is gone. 400 BadDeviceToken is not one of them: Apple also gives it
+# for a token of the other environment (every Xcode debug build registers a sandbox token), and an
+# application that prunes what lands in the unregistered store would delete valid tokens.
+UNREGISTERED_REASONS = frozenset({"Unregistered", "ExpiredToken"})
+BAD_DEVICE_TOKEN = "BadDeviceToken"
 RETRY_REASONS = frozenset(
     {
         "ExpiredProviderToken",

@@ -69,9 +69,12 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
     host, port = app.gateway()
 
     def make_transport() -> TlsTransport:
-        return TlsTransport(host, port, ctx, alpn=alpn, timeout=app.connect_timeout, verify_host=verify_hostname)
+        return TlsTransport(
+            host, port, ctx, alpn=alpn, timeout=app.connect_timeout, verify_host=verify_hostname, proxy=app.proxy
+        )
 
     log = logs.get("session", app=name, protocol=app.protocol)
+    metrics.SUSPENDED.labels(name).set(0)  # a new session (start, reload) starts unsuspended
     if http2:
         from apnsd.gateway.http2_session import Http2Session
 

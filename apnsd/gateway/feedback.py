@@ -24,6 +24,7 @@ def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]
         client_context(creds.identity, app.ca_file),
         timeout=app.connect_timeout,
         verify_host=verify_hostname,
+        proxy=app.proxy,
     )
     t.connect()
     buf = bytearray()

@@ -8,8 +8,9 @@ from typing import Any
 
 from apnsd import metrics
 from apnsd.config import AppConfig
+from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
-from apnsd.core.outcomes import Kind, Outcome
+from apnsd.core.outcomes import BAD_DEVICE_TOKEN, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer
 from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.gateway.transport import TlsTransport
@@ -35,6 +36,8 @@ class Session:
         self.rotating = False
         self.wants_replacement = False
         self.disabled: str | None = None
+        self.suspended: str | None = None  # set by the mismatch guard; jobs are parked, not sent, until a reload
+        self.guard = MismatchGuard(cfg.mismatch_guard_answers, cfg.mismatch_guard_window)
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
         self._lost_cause = ""
@@ -79,7 +82,9 @@ class Session:
                 # drops at once must not be reconnected to at full speed forever.
                 self.pacer.succeeded()
             out += self.on_timer(now)
-        if self.transport is None and self.pending and not self.disabled:
+        if out and self.guard.min_answers:
+            out = self._watch_answers(out, now)
+        if self.transport is None and self.pending and not self.disabled and not self.suspended:
             self._try_connect(now)
         if self.transport is not None:
             if not self.rotating and now - self.connected_at >= self.cfg.reconnect_interval:
@@ -87,7 +92,8 @@ class Session:
             if self.rotating and self.unanswered_count() == 0:
                 self.close("scheduled_reconnect")
             else:
-                self.send_pending(now)
+                if not self.suspended:
+                    self.send_pending(now)
                 try:
                     self.transport.flush()
                 except GatewayError as exc:
@@ -124,12 +130,26 @@ class Session:
         """A fresh session for the same app, sharing the connect pacing (for make-before-break)."""
         new = type(self)(self.app, self.cfg, self.make_transport, self.log)
         new.pacer = self.pacer
+        new.guard, new.suspended = self.guard, self.suspended
         return new
 
     def disable(self, reason: str) -> None:
         """Stop this app: no more connects; its notifications are dead-lettered by the loop."""
         self.disabled = reason
         self.log.error("app_disabled", reason=reason)
+
+    def _watch_answers(self, out: Resolved, now: float) -> Resolved:
+        """Feed the mismatch guard; once suspended, BadDeviceToken answers are parked with the pending jobs."""
+        if self.suspended:
+            parked = [n for n, o in out if o.reason == BAD_DEVICE_TOKEN]
+            self.pending.extend(parked)
+            return [(n, o) for n, o in out if o.reason != BAD_DEVICE_TOKEN] if parked else out
+        bad = sum(1 for _, o in out if o.reason == BAD_DEVICE_TOKEN)
+        if self.guard.observe(len(out), bad, now) and self.guard.tripped is not None:
+            self.suspended = mismatch_message(self.cfg.environment, *self.guard.tripped)
+            metrics.SUSPENDED.labels(self.app).set(1)
+            self.log.error("app_suspended", reason=self.suspended, environment=self.cfg.environment)
+        return out
 
     # --- protocol hooks -----------------------------------------------------------------------
 

@@ -12,8 +12,77 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from apnsd.errors import GatewayError, GatewayRejected
+from apnsd.proxy import parse_proxy
 
 READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this per recv call
+MAX_PROXY_RESPONSE = 16 * 1024  # a CONNECT answer is a status line and a few headers
+_PROXY_HINTS = {
+    407: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
+    401: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
+    403: " (the proxy's rules forbid this destination or port; tinyproxy needs ConnectPort 443)",
+}
+
+
+def open_tcp(host: str, port: int, timeout: float, proxy: str = "") -> socket.socket:
+    """A TCP connection to host:port, directly or through an HTTP CONNECT tunnel; GatewayError with the cause."""
+    target = f"{host}:{port}"
+    if not proxy:
+        return _dial(host, port, timeout, target, f"outgoing port {port} blocked?")
+    p = parse_proxy(proxy)
+    sock = _dial(p.host, p.port, timeout, f"proxy {p}", "is the proxy running and reachable?")
+    try:
+        _connect_tunnel(sock, host, port, p.authorization(), str(p), time.monotonic() + timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _dial(host: str, port: int, timeout: float, what: str, hint: str) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise GatewayError(f"cannot reach {what}: connection timed out ({hint})") from None
+    except OSError as exc:
+        raise GatewayError(f"cannot reach {what}: {exc.strerror or exc} ({hint})") from None
+
+
+def _connect_tunnel(
+    sock: socket.socket, host: str, port: int, authorization: str | None, shown: str, deadline: float
+) -> None:
+    """Ask the proxy for a tunnel to host:port and read its answer; anything but 2xx is a GatewayError."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if authorization:
+        request += f"Proxy-Authorization: {authorization}\r\n"
+    answer = bytearray()
+    try:
+        sock.sendall((request + "\r\n").encode("idna" if not host.isascii() else "ascii"))
+        while b"\r\n\r\n" not in answer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+            if len(answer) > MAX_PROXY_RESPONSE:
+                break
+    except TimeoutError:
+        raise GatewayError(f"proxy {shown} did not answer CONNECT {authority} in time") from None
+    except OSError as exc:
+        raise GatewayError(f"proxy {shown} dropped CONNECT {authority}: {exc.strerror or exc}") from None
+    head, sep, rest = bytes(answer).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    shown_line = "".join(c if c.isprintable() else "?" for c in status_line)[:200] or "(no answer)"
+    parts = status_line.split(" ", 2)
+    code = int(parts[1]) if len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1].isdigit() else 0
+    if not sep or not 200 <= code < 300:
+        raise GatewayError(f"proxy {shown} refused CONNECT {authority}: {shown_line}{_PROXY_HINTS.get(code, '')}")
+    if rest:
+        raise GatewayError(f"proxy {shown} sent data after its CONNECT answer; not a plain HTTP proxy?")
+    sock.settimeout(None)
 
 
 class TlsTransport:
@@ -28,8 +97,10 @@ class TlsTransport:
         alpn: bytes | None = None,
         timeout: float = 10.0,
         verify_host: Callable[[x509.Certificate, str], bool] | None = None,
+        proxy: str = "",
     ) -> None:
         self.host, self.port = host, port
+        self._proxy = proxy
         self._context = context
         self._alpn = alpn
         self._timeout = timeout
@@ -39,21 +110,12 @@ class TlsTransport:
         self._out = bytearray()
         self.written = 0  # bytes flush() has handed to the socket since connect
         self.closed = True
-        self.peer = f"{host}:{port}"
+        self.peer = f"{host}:{port}" + (f" via proxy {parse_proxy(proxy)}" if proxy else "")
 
     def connect(self) -> None:
         """Open TCP and complete the TLS handshake within the timeout; raise GatewayError with the cause."""
         deadline = time.monotonic() + self._timeout
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
-        except TimeoutError:
-            raise GatewayError(
-                f"cannot reach {self.peer}: connection timed out (outgoing port {self.port} blocked?)"
-            ) from None
-        except OSError as exc:
-            raise GatewayError(
-                f"cannot reach {self.peer}: {exc.strerror or exc} (outgoing port {self.port} blocked?)"
-            ) from None
+        sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         conn = SSL.Connection(self._context, sock)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, Union
@@ -342,32 +342,77 @@ class JobQueue:
         with redis_errors("reading dead letters"):
             return [json.loads(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
 
-    def requeue_dead(self, queue_for: dict[str, str], default_queue: str, limit: int, reason: str | None) -> int:
-        """Move up to ``limit`` dead entries (optionally only a reason prefix) back onto their app's queue."""
+    def _select_dead(self, limit: int | None, reason: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Dead entries, newest first, whose reason starts with ``reason``; at most ``limit`` (None: all)."""
+        if limit is not None and limit <= 0:
+            return
+        found = 0
+        for raw in self.client.lrange(self.keys.dead, 0, -1):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                entry = {"reason": "(unreadable dead letter)"}
+            if not isinstance(entry, dict):
+                entry = {"reason": "(unreadable dead letter)"}
+            if reason and not str(entry.get("reason", "")).startswith(reason):
+                continue
+            yield raw, entry
+            found += 1
+            if limit is not None and found >= limit:
+                return
+
+    def purge_dead(
+        self, limit: int | None, reason: str | None, dry_run: bool = False, reasons: Counter[str] | None = None
+    ) -> int:
+        """Delete up to ``limit`` (None: all) dead entries with a reason prefix; counts them by reason."""
+        removed = 0
+        with redis_errors("purging dead letters"):
+            for raw, entry in list(self._select_dead(limit, reason)):
+                if dry_run or self.client.lrem(self.keys.dead, 1, raw):
+                    removed += 1
+                    if reasons is not None:
+                        reasons[str(entry.get("reason", ""))] += 1
+        return removed
+
+    def requeue_dead(
+        self,
+        queue_for: dict[str, str],
+        default_queue: str,
+        limit: int | None,
+        reason: str | None,
+        dry_run: bool = False,
+        reasons: Counter[str] | None = None,
+    ) -> int:
+        """Move up to ``limit`` (None: all) dead entries (optionally only a reason prefix) back onto their app's
+        queue; with ``dry_run`` only count them. Counts by reason go into ``reasons``."""
         moved = 0
         with redis_errors("requeueing dead letters"):
-            for raw in self.client.lrange(self.keys.dead, 0, -1):
-                if moved >= limit:
+            for raw, entry in list(self._select_dead(None, reason)):
+                if limit is not None and moved >= limit:
                     break
-                entry = json.loads(raw)
-                if reason and not str(entry.get("reason", "")).startswith(reason):
-                    continue
-                queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
-                if self._other_slot(queue):
-                    # No transaction across slots: push first, so a crash can only requeue twice;
-                    # if another requeuer removed the entry meanwhile, take our copy back.
-                    self.client.lpush(queue, job)
-                    if self.client.lrem(self.keys.dead, 1, raw):
-                        moved += 1
-                    else:
-                        self.client.lrem(queue, 1, job)
-                    continue
-                p = self.client.pipeline(transaction=True)
-                p.lrem(self.keys.dead, 1, raw)
-                p.lpush(queue, job)
-                if p.execute()[0]:
+                if not isinstance(entry.get("job"), str):
+                    continue  # nothing to requeue: leave it for `dead list` and `dead purge`
+                if dry_run or self._requeue_one(raw, entry, queue_for, default_queue):
                     moved += 1
+                    if reasons is not None:
+                        reasons[str(entry.get("reason", ""))] += 1
         return moved
+
+    def _requeue_one(self, raw: Any, entry: dict[str, Any], queue_for: dict[str, str], default_queue: str) -> bool:
+        """Move one dead entry's job onto its app's queue; False when another requeuer took it first."""
+        queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
+        if self._other_slot(queue):
+            # No transaction across slots: push first, so a crash can only requeue twice;
+            # if another requeuer removed the entry meanwhile, take our copy back.
+            self.client.lpush(queue, job)
+            if self.client.lrem(self.keys.dead, 1, raw):
+                return True
+            self.client.lrem(queue, 1, job)
+            return False
+        p = self.client.pipeline(transaction=True)
+        p.lrem(self.keys.dead, 1, raw)
+        p.lpush(queue, job)
+        return bool(p.execute()[0])
 
     def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Unregistered-token entries (all, or just the given tokens)."""

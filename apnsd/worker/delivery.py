@@ -197,6 +197,8 @@ class DeliveryLoop:
                 self._return_unsent()
             for s in self._all_sessions():
                 self._record_all(s.step(now, False), now)
+                if s.suspended and s.pending:
+                    self._park(s)
             if self.feeder_waiting and not self.full():
                 with self.room:
                     self.room.notify_all()
@@ -244,12 +246,20 @@ class DeliveryLoop:
                 if s is None or s.disabled:
                     reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
+                elif s.suspended:
+                    self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
                 elif n.expiration and n.expiration < wall:
                     self._completed(self.recorder.record(n, EXPIRED, wall))
                 elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
                     self._completed(self.recorder.defer(n, n.send_at))
                 else:
                     s.pending.append(n)
+
+    def _park(self, s: Session) -> None:
+        """A suspended app's notifications wait in the scheduled set: not sent, not dead, no attempt counted."""
+        at = time.time() + s.cfg.mismatch_guard_park
+        while s.pending:
+            self._completed(self.recorder.defer(s.pending.popleft(), at))
 
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
@@ -376,6 +386,7 @@ class DeliveryLoop:
                     "connected": s.transport is not None,
                     "last_connect_error": s.last_connect_error,
                     "disabled": s.disabled,
+                    "suspended": s.suspended,
                 }
                 for a, s in self.sessions.items()
             },

@@ -197,15 +197,70 @@ def test_dead_list_shows_newest_entries(cli_env, rdb, capsys):
 
 
 def test_dead_requeue_by_reason_puts_jobs_back_on_the_queue(cli_env, rdb, capsys):
-    """`apnsd dead requeue --reason X` moves only the dead letters with that reason back onto the queue."""
+    """`apnsd dead requeue --reason X --all` moves only the dead letters with that reason back onto the queue."""
     job = add_dead(rdb, TOKEN, "bad_payload")
     add_dead(rdb, OTHER, "InvalidToken")
 
-    code, out, _ = run(capsys, "dead", "requeue", "--reason", "bad_payload")
+    code, out, _ = run(capsys, "dead", "requeue", "--reason", "bad_payload", "--all")
 
-    assert (0, "requeued 1 job(s)\n") == (code, out)
+    assert (0, "requeued 1 job(s), by reason:\n         1  bad_payload\n") == (code, out)
     assert [job] == rdb.lrange("apnsd:queue", 0, -1)
     assert ["InvalidToken"] == [json.loads(e)["reason"] for e in rdb.lrange("apnsd:dead", 0, -1)]
+
+
+@pytest.mark.parametrize("action", ["requeue", "purge"])
+@pytest.mark.parametrize("selectors", [[], ["--all", "--limit", "3"], ["--limit", "0"]])
+def test_dead_requeue_and_purge_need_exactly_one_selector(cli_env, rdb, capsys, action, selectors):
+    """Without --all or --limit N (or with both, or a limit below 1) nothing moves and the exit status is 2."""
+    add_dead(rdb, TOKEN, "app_disabled")
+
+    code, out, err = run(capsys, "dead", action, *selectors)
+
+    assert (2, "") == (code, out)
+    assert err.startswith("apnsd dead: ")
+    assert (1, 0) == (rdb.llen("apnsd:dead"), rdb.llen("apnsd:queue"))
+
+
+def test_dead_requeue_all_moves_every_entry_not_just_twenty(cli_env, rdb, capsys):
+    """`--all` requeues every matching dead letter (the certificate-renewal recipe), with counts by reason."""
+    for i in range(25):
+        add_dead(rdb, f"{i:064x}", "app_disabled: certificate expired")
+    add_dead(rdb, TOKEN, "BadDeviceToken")
+
+    code, out, _ = run(capsys, "dead", "requeue", "--reason", "app_disabled", "--all")
+
+    assert (0, "requeued 25 job(s), by reason:\n        25  app_disabled: certificate expired\n") == (code, out)
+    assert (1, 25) == (rdb.llen("apnsd:dead"), rdb.llen("apnsd:queue"))
+
+
+def test_dead_dry_run_counts_by_reason_and_changes_nothing(cli_env, rdb, capsys):
+    """`--dry-run` prints what requeue and purge would do, by reason, and leaves Redis alone."""
+    add_dead(rdb, TOKEN, "BadDeviceToken")
+    add_dead(rdb, OTHER, "BadDeviceToken")
+    add_dead(rdb, "cd" * 32, "TopicDisallowed")
+
+    requeue = run(capsys, "dead", "requeue", "--all", "--dry-run")
+    purge = run(capsys, "dead", "purge", "--limit", "2", "--dry-run")
+
+    assert (0, "would requeue 3 job(s), by reason:\n         2  BadDeviceToken\n         1  TopicDisallowed\n") == (
+        requeue[:2]
+    )
+    assert (0, "would delete 2 job(s), by reason:\n         1  TopicDisallowed\n         1  BadDeviceToken\n") == (
+        purge[:2]
+    )
+    assert (3, 0) == (rdb.llen("apnsd:dead"), rdb.llen("apnsd:queue"))
+
+
+def test_dead_purge_deletes_the_selected_entries(cli_env, rdb, capsys):
+    """`apnsd dead purge --reason X --all` deletes only those dead letters and requeues nothing."""
+    add_dead(rdb, TOKEN, "bad_payload")
+    add_dead(rdb, OTHER, "InvalidToken")
+
+    code, out, _ = run(capsys, "dead", "purge", "--reason", "bad_", "--all")
+
+    assert (0, "deleted 1 job(s), by reason:\n         1  bad_payload\n") == (code, out)
+    assert ["InvalidToken"] == [json.loads(e)["reason"] for e in rdb.lrange("apnsd:dead", 0, -1)]
+    assert 0 == rdb.llen("apnsd:queue")
 
 
 # --- health ----------------------------------------------------------------------------------------
@@ -290,7 +345,8 @@ def test_help_exits_0_and_lists_the_commands(capsys):
 
     out = capsys.readouterr().out
     assert 0 == info.value.code
-    assert [] == [c for c in ("run", "push", "check", "mock", "stats", "dead", "health") if c not in out]
+    commands = ("run", "demo", "push", "send", "check", "mock", "stats", "dead", "health")
+    assert [] == [c for c in commands if c not in out]
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
@@ -317,3 +373,71 @@ def test_push_with_a_bad_token_as_a_process_prints_one_line_and_no_traceback(red
     assert 1 == len(proc.stderr.strip().splitlines())
     assert proc.stderr.startswith("apnsd push: bad_token: ")
     assert "Traceback" not in proc.stderr
+
+
+# --- run and demo ----------------------------------------------------------------------------------
+
+
+def test_run_without_any_configuration_exits_2_and_points_to_the_demo(env_clean, capsys, tmp_path, monkeypatch):
+    """`apnsd run` with no config file and no APNSD_* variables refuses to start instead of running a demo."""
+    monkeypatch.chdir(tmp_path)
+    if Path("/etc/apnsd/apnsd.toml").is_file():
+        pytest.fail("/etc/apnsd/apnsd.toml exists on this machine: the no-configuration case cannot be tested")
+
+    code, out, err = run(capsys, "run", "--drain")
+
+    assert (2, "") == (code, out)
+    assert err.startswith("apnsd run: no configuration found")
+    assert "apnsd demo --drain" in err
+
+
+def test_demo_drain_as_a_process_delivers_the_samples_and_prints_a_summary(env_clean):
+    """`apnsd demo --drain` (the quick start) runs its own Redis and mock, delivers, summarises and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env["PYTHONPATH"] = str(REPO)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "apnsd.cli", "demo", "--drain", "--jobs", "20"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert 0 == proc.returncode, proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert "gateway accepted 20 notifications" in summary
+    assert "delivered 20, dead-lettered 2, unregistered 1." in summary
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "Warning", "error"])
+def test_log_level_names_are_case_insensitive(env_clean, monkeypatch, level):
+    """APNSD_LOG_LEVEL=DEBUG (any case) is accepted and stored in lower case."""
+    from apnsd.config import load_config
+
+    assert level.lower() == load_config(None, {"APNSD_LOG_LEVEL": level}).log.level
+
+
+def test_run_log_level_option_overrides_the_config(cli_env, rdb, capsys, binary_mock, pki, monkeypatch):
+    """`apnsd run --log-level DEBUG` configures logging at debug although the config says info."""
+    from apnsd import logs
+
+    mock = binary_mock()
+    for key, value in {
+        "HOST": mock.host,
+        "PORT": str(mock.port),
+        "PROTOCOL": "binary",
+        "CERT": pki.client_pem,
+        "CA_FILE": pki.ca_cert,
+        "CONFIRM_DELAY": "0.2",
+    }.items():
+        monkeypatch.setenv(f"APNSD_APP_DEFAULT_{key}", value)
+    levels: list[str] = []
+    monkeypatch.setattr(logs, "configure", lambda fmt, level, stream=None: levels.append(level))
+    rdb.lpush("apnsd:queue", msgspec.json.encode({"token": TOKEN, "payload": {"aps": {"alert": "x"}}}))
+
+    code, _, _ = run(capsys, "run", "--drain", "--log-level", "DEBUG")
+
+    assert (0, ["debug"]) == (code, levels)
+    assert [TOKEN] == list(mock.record.accepted_tokens())

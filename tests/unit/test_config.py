@@ -52,6 +52,13 @@ def test_documented_example_config_loads():
     assert ("api.push.apple.com", 443) == config.apps["default"].gateway()
 
 
+def test_token_auth_example_config_loads_as_token_auth():
+    """config/token-auth.toml, the .p8 example, is a valid token-auth configuration for the sandbox."""
+    app = load_config(str(REPO / "config" / "token-auth.toml"), {}).apps["default"]
+
+    assert ("token", "sandbox", "", "com.example.app") == (app.auth, app.environment, app.cert, app.topic)
+
+
 def test_toml_file_sets_values(tmp_path):
     """Values from the TOML file replace the defaults, section by section and app by app."""
     path = write(
@@ -365,3 +372,63 @@ def test_config_is_frozen():
 
     with pytest.raises(AttributeError):
         config.worker.batch_size = 5  # type: ignore[misc]
+
+
+# --- secrets from files ----------------------------------------------------------------------------
+
+
+def test_secret_keys_read_from_files_in_toml_relative_to_the_config(tmp_path):
+    """passphrase_file, proxy_file, url_file and sentinel_password_file hold the secret, without the newline."""
+    (tmp_path / "pass").write_text("s3cret\n")
+    (tmp_path / "proxy").write_text("http://user:pw@127.0.0.1:3128\n")
+    (tmp_path / "url").write_text("redis://:pw@127.0.0.1:6379/0\n")
+    (tmp_path / "sentinel").write_text("sentinel-pw")
+    path = write(
+        tmp_path,
+        """
+[redis]
+url_file = "url"
+sentinel_password_file = "sentinel"
+[apps.default]
+pkcs12 = "apns.p12"
+passphrase_file = "pass"
+proxy_file = "proxy"
+""",
+    )
+    config = load_config(path, {})
+    app = config.apps["default"]
+    assert ("s3cret", "http://user:pw@127.0.0.1:3128") == (app.passphrase, app.proxy)
+    assert ("redis://:pw@127.0.0.1:6379/0", "sentinel-pw") == (config.redis.url, config.redis.sentinel_password)
+
+
+def test_secret_files_from_the_environment(tmp_path):
+    """APNSD_APP_<NAME>_PASSPHRASE_FILE and APNSD_REDIS_URL_FILE read the secret from the file named."""
+    (tmp_path / "pass").write_text("from-file\n")
+    (tmp_path / "url").write_text("redis://:pw@10.0.0.1:6379/1")
+    env = {"APNSD_APP_MY_APP_PASSPHRASE_FILE": str(tmp_path / "pass"), "APNSD_REDIS_URL_FILE": str(tmp_path / "url")}
+    config = load_config(None, env)
+    assert ("from-file", "redis://:pw@10.0.0.1:6379/1") == (config.apps["my_app"].passphrase, config.redis.url)
+
+
+def test_environment_secret_wins_over_a_file_in_toml(tmp_path):
+    """APNSD_APP_DEFAULT_PASSPHRASE replaces passphrase_file from the config file (the environment wins)."""
+    path = write(tmp_path, '[apps.default]\npassphrase_file = "missing"\n')
+    assert "env" == load_config(path, {"APNSD_APP_DEFAULT_PASSPHRASE": "env"}).apps["default"].passphrase
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "problem"),
+    [
+        ('[apps.default]\npassphrase_file = "nope"\n', "apps.default.passphrase_file", "cannot read"),
+        ('[apps.default]\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "is empty"),
+        ('[apps.default]\npassphrase = "x"\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "not both"),
+        ("[redis]\nurl_file = 3\n", "redis.url_file", "must be the path of a file"),
+    ],
+)
+def test_bad_secret_files_name_the_key(tmp_path, toml, key, problem):
+    """A missing, empty or doubly-set secret file is a config error naming the *_file key."""
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, toml), {})
+    assert key == info.value.key
+    assert problem in info.value.problem

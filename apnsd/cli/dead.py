@@ -1,0 +1,76 @@
+"""`apnsd dead list | requeue | purge`: inspect dead letters, put them back on their queue, or delete them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+from apnsd.config import Config
+from apnsd.store.queue import JobQueue
+
+
+def add_dead_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `apnsd dead`."""
+    p.add_argument("action", choices=["list", "requeue", "purge"])
+    p.add_argument("--reason", help="only entries whose reason starts with this (e.g. app_disabled, BadDeviceToken)")
+    p.add_argument("--limit", type=int, help="list: how many to show (default 20); requeue/purge: at most this many")
+    p.add_argument("--all", action="store_true", help="requeue/purge: every matching entry")
+    p.add_argument("--dry-run", action="store_true", help="requeue/purge: only count what would be moved or deleted")
+    p.add_argument("--json", action="store_true", help="list: one JSON entry per line")
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """Why the options do not make sense together (requeue/purge need --all or --limit N), or None."""
+    if args.limit is not None and args.limit < 1:
+        return "--limit must be at least 1"
+    if args.action != "list" and args.all == (args.limit is not None):
+        return f"{args.action} needs exactly one of --all or --limit N (add --dry-run to only count)"
+    if args.action == "list" and (args.all or args.dry_run):
+        return "--all and --dry-run are for requeue and purge"
+    return None
+
+
+def run_dead(args: argparse.Namespace, config: Config, q: JobQueue) -> int:
+    """Carry out one `apnsd dead` action (options already checked by usage_problem)."""
+    if args.action == "list":
+        return dead_list(q, args.limit or 20, args.reason, args.json)
+    limit = None if args.all else args.limit
+    reasons: Counter[str] = Counter()
+    if args.action == "requeue":
+        queue_for = {name: config.queue_key(app) for name, app in config.apps.items()}
+        default = queue_for.get("default") or next(iter(config.queues()))
+        count = q.requeue_dead(queue_for, default, limit, args.reason, args.dry_run, reasons)
+        verb = "would requeue" if args.dry_run else "requeued"
+    else:
+        count = q.purge_dead(limit, args.reason, args.dry_run, reasons)
+        verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {count} job(s)" + (", by reason:" if reasons else ""))
+    for reason, n in reasons.most_common():
+        print(f"  {n:>8}  {reason}")
+    return 0
+
+
+def dead_list(q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int:
+    """Print the newest dead letters."""
+    entries = [
+        e
+        for e in q.dead_entries(limit if not reason else 10_000)
+        if not reason or str(e.get("reason", "")).startswith(reason)
+    ][:limit]
+    for e in entries:
+        if as_json:
+            print(json.dumps(e))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time") or 0))
+            token = (e.get("token") or "")[:8]
+            print(
+                f"{when}  {e.get('app') or '-':<10} {e.get('reason')}"
+                + (f" (status {e['status']})" if e.get("status") else "")
+                + (f" token {token}…" if token else "")
+                + (f": {e['detail']}" if e.get("detail") else "")
+            )
+    if not as_json:
+        print(f"({len(entries)} shown, {q.counts()['dead']} in {q.keys.dead})")
+    return 0
