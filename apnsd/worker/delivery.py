@@ -164,7 +164,7 @@ class DeliveryLoop:
         old = self.sessions[name]
         new.pending.extend(old.pending)
         old.pending.clear()
-        old.rotating = True
+        old.retire()
         self._retiring.append(old)
         self.sessions[name] = new
         self._routes = _routes(self.sessions)
