@@ -1,19 +1,21 @@
 """The one meeting point of a queue's three threads: taken batches, posted calls, room to take, wake-up.
 
-Thread protocol (the only state a delivery loop shares is in ``Handoff``):
+Thread protocol (besides the ``LoopStatus`` value the loop publishes, this is all a loop shares):
 
-* The **feeder** thread takes batches from Redis. It waits for ``room`` before each take, names the
-  batch in ``held`` before taking it, and ``give``s each non-empty batch; all of that inside
-  ``taking()``, which ends the feeder once the hand-over is closed.
-* The **loop** thread owns the sessions and everything they hold. It ``receive``s batches, runs
-  ``posted`` calls, counts what it parses (``parsed``) and commits (``resolved``), publishes its
-  session ``backlog`` and wakes a feeder that waits for room. It watches ``fileno()`` in its select.
-* Any other thread (the daemon) ``post``s calls to run on the loop thread, instead of touching sessions.
-* Stopping: the loop calls ``close()``. It returns once no take is on its way out of Redis, so from
-  then on every batch this process took is in ``batches`` (or already with the loop).
+* The **feeder** thread takes batches from Redis. Before each take it waits for room
+  (``wait_for_room``); it names the batch in ``held`` before taking it and ``give``s each
+  non-empty batch, all inside ``taking()``, which ends the feeder once the hand-over is closed.
+* The **loop** thread owns the sessions and everything they hold. It pops ``batches``, runs the
+  ``posted`` calls, counts what it parses (``parsed``) and commits (``resolved``; a committed
+  batch leaves ``held``), publishes its sessions' ``backlog`` and wakes a feeder that waits for
+  room (``wake_feeder``). It watches ``fileno()`` in its select.
+* Any other thread (the daemon) ``post``s calls to run on the loop thread instead of touching
+  sessions, and reads ``held`` (a copy) for its orphan sweep.
+* Stopping: the loop calls ``close()``, which returns once no take is on its way out of Redis:
+  from then on every batch this process took is in ``batches`` or already with the loop.
 
-Every write to the wake-up pipe is one byte per batch or call; the loop empties the pipe with
-``drain_wakeups()`` before reading the queues, so nothing handed over is left unnoticed.
+Each ``give`` and ``post`` writes one byte to the wake-up pipe; the loop empties it after its
+select wakes and reads the queues on its next turn, so nothing handed over goes unnoticed.
 """
 
 from __future__ import annotations
