@@ -6,7 +6,7 @@ from collections import deque
 
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import DELIVERED, binary_outcome
-from apnsd.gateway.session import Resolved, Session
+from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire import binary
 
 ID_MOD = 1 << 32
@@ -44,7 +44,7 @@ class BinarySession(Session):
 
     def send_pending(self, now: float) -> None:
         """Encode pending notifications (all, or what the slow-start cap allows) and write them at once."""
-        if self.rotating or not self.pending or self.transport is None:
+        if self.state is not State.OPEN or not self.pending or self.transport is None:
             return
         pending, unwritten, encode = self.pending, self._unwritten, binary.encode_frame
         count = len(pending)
@@ -98,7 +98,7 @@ class BinarySession(Session):
             self.log.warning(
                 "error_response_late", status=err.status, identifier=err.identifier, unconfirmed=len(window)
             )
-            self._lost_cause = f"error response {err.status}"
+            self.explanation = f"error response {err.status}"
             return out
         for _ in range(idx):
             out.append((window.popleft()[2], DELIVERED))
@@ -117,7 +117,7 @@ class BinarySession(Session):
                 outcome=outcome.kind.value,
                 resend=len(window),
             )
-        self._lost_cause = f"error response {err.status} ({outcome.reason})"
+        self.explanation = f"error response {err.status} ({outcome.reason})"
         return out
 
     def on_timer(self, now: float) -> Resolved:
@@ -133,9 +133,9 @@ class BinarySession(Session):
                 self._cap = None
         return out
 
-    def after_loss(self, abrupt: bool) -> None:
+    def after_loss(self, loss: Loss) -> None:
         """An abrupt loss (no error response) restarts the window small."""
-        if abrupt:
+        if loss is Loss.ABRUPT:
             self._cap = SLOW_START
 
     def timer_deadline(self, now: float) -> float:

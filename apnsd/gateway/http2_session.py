@@ -9,7 +9,7 @@ from apnsd import metrics
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
 from apnsd.gateway.credentials import TokenSigner
-from apnsd.gateway.session import Resolved, Session
+from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire.http2.connection import (
     GoAwayReceived,
     H2ClientConnection,
@@ -81,7 +81,7 @@ class Http2Session(Session):
     def send_pending(self, now: float) -> None:
         """Open as many streams as the server allows for pending notifications."""
         h2 = self._h2
-        if h2 is None or self.rotating or not self.pending:
+        if h2 is None or self.state is not State.OPEN or not self.pending:
             return
         n = min(h2.available_streams, len(self.pending))
         if n <= 0:
@@ -148,8 +148,8 @@ class Http2Session(Session):
                 self._ping_sent = None
         self._push()
         if failure is not None:
-            self._lost_cause = f"HTTP/2 protocol error: {failure}"
-            out += self._lost(self._lost_cause, now)
+            self.explanation = f"HTTP/2 protocol error: {failure}"
+            out += self._lost(self.explanation, now)
         return out
 
     def _outcome(self, ev: ResponseReceived) -> Outcome:
@@ -166,7 +166,7 @@ class Http2Session(Session):
         self.pending.extendleft(reversed(again))
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
-        self._lost_cause = f"GOAWAY {ev.reason or ev.error_code}"
+        self.explanation = f"GOAWAY {ev.reason or ev.error_code}"
         self.log.warning(
             "goaway",
             reason=ev.reason,
@@ -183,11 +183,10 @@ class Http2Session(Session):
         if h2 is None or self.transport is None:
             return []
         if h2.goaway is not None and not self._streams:
-            self.close(self._lost_cause or "goaway")
+            self.close(self.explanation or "goaway")
             return []
         if self._ping_sent is not None and now - self._ping_sent > PING_TIMEOUT:
-            self._lost_cause = ""
-            return self._lost("PING unanswered", now)
+            return self._lost("PING unanswered", now, Loss.ABRUPT)
         if self._ping_sent is None and now - self._last_activity >= self.cfg.ping_interval:
             h2.ping()
             self._ping_sent = now

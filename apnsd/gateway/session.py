@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from apnsd import metrics
 from apnsd.config import AppConfig
@@ -13,11 +14,43 @@ from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer
 from apnsd.errors import GatewayError, GatewayRejected
-from apnsd.gateway.transport import TlsTransport
 
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
+
+
+class State(Enum):
+    """A session's connection. DISCONNECTED exactly when it has no transport."""
+
+    DISCONNECTED = "disconnected"  # connects lazily, when work is pending and the pacer allows
+    OPEN = "open"  # sends pending work as fast as the protocol allows
+    DRAINING = "draining"  # replaced: sends nothing new, closes once everything sent is answered
+
+
+class Loss(Enum):
+    """How a connection ended, which decides what its unanswered notifications cost."""
+
+    ABRUPT = "abrupt"  # no reason given: each unanswered one rides a loss; binary restarts with a small window
+    EXPLAINED = "explained"  # the gateway said why first (error response, GOAWAY, protocol error): no loss counted
+
+
+class Transport(Protocol):
+    """What a session needs of its connection (``TlsTransport``; a scripted fake in the unit tests)."""
+
+    peer: str
+    closed: bool
+    written: int
+
+    def connect(self) -> None: ...
+    def fileno(self) -> int: ...
+    def send(self, data: bytes | bytearray) -> None: ...
+    def flush(self) -> None: ...
+    def read(self) -> bytes: ...
+    def close(self) -> None: ...
+
+    @property
+    def wants_write(self) -> bool: ...
 
 
 class Session:
@@ -25,22 +58,22 @@ class Session:
 
     protocol = ""
 
-    def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], TlsTransport], log: Any) -> None:
+    def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: Any) -> None:
         self.app = app
         self.cfg = cfg
         self.make_transport = make_transport
         self.log = log
         self.pending: deque[Notification] = deque()
-        self.transport: TlsTransport | None = None
+        self.transport: Transport | None = None
+        self.state = State.DISCONNECTED
         self.connected_at = 0.0
-        self.rotating = False
         self.wants_replacement = False
         self.disabled: str | None = None
         self.suspended: str | None = None  # set by the mismatch guard; jobs are parked, not sent, until a reload
         self.guard = MismatchGuard(cfg.mismatch_guard_answers, cfg.mismatch_guard_window)
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
-        self._lost_cause = ""
+        self.explanation: str | None = None  # why the gateway said it is ending this connection, if it did
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -65,40 +98,59 @@ class Session:
     def step(self, now: float, readable: bool) -> Resolved:
         """Read, time out, connect, send: everything due now; returns notifications that got an outcome."""
         out: Resolved = []
-        t = self.transport
-        if t is not None and readable:
-            try:
-                data = t.read()
-            except GatewayError as exc:
-                out += self._lost(str(exc), now)
-            else:
-                if data:
-                    out += self.on_bytes(data, now)
-                if t.closed and self.transport is t:
-                    out += self._lost(self._lost_cause or "gateway closed the connection", now)
+        if readable and self.transport is not None:
+            out += self._read(now)
         if self.transport is not None:
-            if self.pacer.failures and now - self.connected_at >= SHORT_LIVED:
-                # Only a connection that lasted resets the backoff: a gateway that accepts and then
-                # drops at once must not be reconnected to at full speed forever.
-                self.pacer.succeeded()
-            out += self.on_timer(now)
+            out += self._tick(now)
         if out and self.guard.min_answers:
             out = self._watch_answers(out, now)
         if self.transport is None and self.pending and not self.disabled and not self.suspended:
             self._try_connect(now)
         if self.transport is not None:
-            if not self.rotating and now - self.connected_at >= self.cfg.reconnect_interval:
-                self.wants_replacement = True
-            if self.rotating and self.unanswered_count() == 0:
-                self.close("scheduled_reconnect")
-            else:
-                if not self.suspended:
-                    self.send_pending(now)
-                try:
-                    self.transport.flush()
-                except GatewayError as exc:
-                    out += self._read_remaining(now)
-                    out += self._lost(str(exc), now)
+            out += self._write(now)
+        return out
+
+    def _read(self, now: float) -> Resolved:
+        """Take in what the gateway sent; a closed or failed connection is lost."""
+        t = self.transport
+        assert t is not None
+        try:
+            data = t.read()
+        except GatewayError as exc:
+            return self._lost(str(exc), now)
+        out = self.on_bytes(data, now) if data else []
+        if t.closed and self.transport is t:
+            out += self._lost(self.explanation or "gateway closed the connection", now)
+        return out
+
+    def _tick(self, now: float) -> Resolved:
+        """Connection-age bookkeeping, then what time alone resolves (the protocol's timers)."""
+        if self.pacer.failures and now - self.connected_at >= SHORT_LIVED:
+            # Only a connection that lasted resets the backoff: a gateway that accepts and then
+            # drops at once must not be reconnected to at full speed forever.
+            self.pacer.succeeded()
+        return self.on_timer(now)
+
+    def _write(self, now: float) -> Resolved:
+        """Ask for rotation when due; send pending work, or close a drained connection once all is answered."""
+        if self.state is State.OPEN and now - self.connected_at >= self.cfg.reconnect_interval:
+            self.wants_replacement = True
+        if self.state is State.DRAINING and self.unanswered_count() == 0:
+            self.close("scheduled_reconnect")
+            return []
+        if not self.suspended:
+            self.send_pending(now)
+        assert self.transport is not None
+        try:
+            self.transport.flush()
+        except GatewayError as exc:
+            return self._write_failed(exc, now)
+        return []
+
+    def _write_failed(self, exc: GatewayError, now: float) -> Resolved:
+        """A write failed: pick up what the gateway said before it went (e.g. an error response), then lose it."""
+        out = self._read_remaining(now)
+        out += self._lost(str(exc), now)
         return out
 
     def deadline(self, now: float) -> float:
@@ -125,6 +177,11 @@ class Session:
         except GatewayError:
             pass
         self._drop(cause)
+
+    def retire(self) -> None:
+        """Replaced by a new session: send nothing new, close once everything sent is answered."""
+        if self.state is State.OPEN:
+            self.state = State.DRAINING
 
     def clone(self) -> Session:
         """A fresh session for the same app, sharing the connect pacing (for make-before-break)."""
@@ -180,8 +237,8 @@ class Session:
         """Remove and return written-but-unanswered notifications, in send order."""
         raise NotImplementedError
 
-    def after_loss(self, abrupt: bool) -> None:
-        """Called when a connection was lost; ``abrupt`` when the gateway gave no reason."""
+    def after_loss(self, loss: Loss) -> None:
+        """Called when a connection was lost, with how it ended."""
 
     def say_goodbye(self) -> None:
         """Queue the protocol's clean goodbye, if it has one."""
@@ -207,9 +264,9 @@ class Session:
             self.log.info("connect_recovered", failed_attempts=self.pacer.failures)
         self.last_connect_error = None
         self.transport = transport
+        self.state = State.OPEN
         self.connected_at = now
-        self.rotating = False
-        self._lost_cause = ""
+        self.explanation = None
         metrics.CONNECTS.labels(self.app).inc()
         metrics.CONNECTED.labels(self.app).set(1)
         self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
@@ -226,12 +283,16 @@ class Session:
             return []
         return self.on_bytes(data, now) if data else []
 
-    def _lost(self, cause: str, now: float) -> Resolved:
-        """The connection is gone: unanswered notifications go back to the front of the queue."""
+    def _lost(self, cause: str, now: float, loss: Loss | None = None) -> Resolved:
+        """The connection is gone: unanswered notifications go back to the front of the queue.
+
+        Without an explicit ``loss``, it is EXPLAINED when the gateway said why before it went."""
+        if loss is None:
+            loss = Loss.ABRUPT if self.explanation is None else Loss.EXPLAINED
+        abrupt = loss is Loss.ABRUPT
         out: Resolved = []
         notes = self.take_unanswered()
         again: list[Notification] = []
-        abrupt = not self._lost_cause
         for n in notes:
             if abrupt:
                 n.losses += 1
@@ -244,7 +305,7 @@ class Session:
             metrics.RESENT.labels(self.app).inc(len(again))
         if abrupt and now - self.connected_at < SHORT_LIVED:
             self.pacer.failed(now)
-        self.after_loss(abrupt)
+        self.after_loss(loss)
         self._drop(cause, resent=len(again))
         return out
 
@@ -252,7 +313,7 @@ class Session:
         if self.transport is not None:
             self.transport.close()
         self.transport = None
-        self.rotating = False
+        self.state = State.DISCONNECTED
         metrics.CONNECTED.labels(self.app).set(0)
         metrics.DISCONNECTS.labels(self.app, cause.split(":")[0][:40]).inc()
         self.log.info("disconnected", reason=cause, resend=resent)

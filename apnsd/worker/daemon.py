@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,11 @@ class Daemon:
     def _shutdown(self) -> int:
         self.log.info("stopping", grace_period=self.config.worker.grace_period)
         for lp in self.loops:
-            lp.stopping.set()
+            lp.request_stop()
         limit = time.monotonic() + self.config.worker.grace_period + self.config.worker.block_timeout + 5
         for t in self._threads:
             t.join(max(0.1, limit - time.monotonic()))
-        clean = not any(t.is_alive() or lp.crashed for t, lp in zip(self._threads, self.loops, strict=False))
+        clean = not any(t.is_alive() or lp.status.crashed for t, lp in zip(self._threads, self.loops, strict=False))
         try:
             if clean:
                 # Nothing is held any more: whatever is still in this worker's in-flight storage (a
@@ -177,7 +178,7 @@ class Daemon:
             "pid": os.getpid(),
             "time": time.time(),
             "redis": True,
-            "queues": {lp.queue: lp.stats() for lp in self.loops},
+            "queues": {lp.queue: lp.status.heartbeat() for lp in self.loops},
         }
         try:
             self.jq.heartbeat(w.heartbeat_ttl, status)
@@ -185,7 +186,7 @@ class Daemon:
             status["redis"] = False
             status["redis_error"] = str(exc)
         for lp in self.loops:
-            metrics.IN_FLIGHT.labels(lp.queue).set(lp.in_flight)
+            metrics.IN_FLIGHT.labels(lp.queue).set(lp.status.in_flight)
         self._write_health(status)
         self._update_depths()
 
@@ -209,7 +210,7 @@ class Daemon:
     def _recover(self) -> None:
         try:
             moved = self.jq.recover_dead([lp.queue for lp in self.loops])
-            orphaned = {lp.queue: self.jq.release_orphans(lp.queue, lp.held.copy) for lp in self.loops}
+            orphaned = {lp.queue: self.jq.release_orphans(lp.queue, lp.handoff.held.copy) for lp in self.loops}
         except QueueError:
             return
         for worker, n in moved.items():
@@ -241,22 +242,22 @@ class Daemon:
             self.log.info("feedback_polled", app=name, unregistered=len(tuples))
 
     def _check_expiry(self) -> None:
-        for lp in self.loops:
-            for s in lp.sessions.values():
-                problem = expiry_problem(s.app, self.creds[s.app], s.log)
-                if problem and not s.disabled:
-                    lp.post(lambda s=s, p=problem: s.disable(p))
+        for name, app in self.config.apps.items():
+            problem = expiry_problem(name, self.creds[name], logs.get("session", app=name, protocol=app.protocol))
+            if problem:
+                for lp in self.loops:
+                    lp.post(partial(lp.disable_app, name, problem))
 
     def _drained(self) -> bool:
         try:
             for lp in self.loops:
                 if self.jq.depth(lp.queue) or self.jq.scheduled_count(lp.queue, time.time() + DRAIN_HORIZON):
                     return False
-                if lp.in_flight == 0 and self.jq.inflight_batches(lp.queue):
+                if lp.status.in_flight == 0 and self.jq.inflight_batches(lp.queue):
                     return False  # an orphaned batch (see release_orphans) is still to be delivered
         except QueueError:
             return False
-        return all(lp.idle.is_set() and lp.in_flight == 0 for lp in self.loops) and not self._others_in_flight()
+        return all(lp.status.idle for lp in self.loops) and not self._others_in_flight()
 
     def _others_in_flight(self) -> bool:
         """Another registered worker holds jobs of our queues: alive, it will resolve them; dead (kill -9),
@@ -286,8 +287,7 @@ class Daemon:
         ):
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
-            for key, old in lp.sessions.items():
-                name = old.app
+            for key, name in lp.apps_by_key.items():
                 if name not in new.apps:
                     continue
                 # An expired certificate is a broken credential: keep what this app has (a disabled session
@@ -301,7 +301,7 @@ class Daemon:
                 if problem:
                     session.disable(problem)
                 self.creds[name] = creds[name]
-                lp.post(lambda lp=lp, k=key, s=session: lp.replace_session(k, s))
+                lp.post(partial(lp.replace_session, key, session))
         self.log.info("reloaded", config=self.config.source or "(environment)")
 
 

@@ -1,14 +1,18 @@
-"""One queue's delivery loop: take → dispatch to app sessions → read answers → commit outcomes."""
+"""One queue's delivery loop: take → dispatch to app sessions → read answers → commit outcomes.
+
+The loop thread is the only one that touches its sessions (and so their TLS connections). What it
+shares with its feeder and with the daemon lives in one ``Handoff`` (see ``worker/handoff.py`` for
+the thread protocol); what other threads may know about it, it publishes as a ``LoopStatus``.
+"""
 
 from __future__ import annotations
 
-import os
 import select
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 from apnsd import logs, metrics
@@ -16,79 +20,38 @@ from apnsd.config import WorkerConfig
 from apnsd.core.jobs import JobParser, Notification, Rejected
 from apnsd.core.outcomes import Kind, Outcome
 from apnsd.errors import QueueError
-from apnsd.gateway.session import Session
+from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
+from apnsd.worker.feeder import Feeder
+from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
 from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
-IDLE_WAIT = 0.2  # longest the loop sleeps without a reason, so stop flags are seen promptly
+APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
 
 
-@dataclass
-class Taken:
-    """A batch handed from the feeder to the loop: its in-flight field and the raw jobs."""
+class Phase(Enum):
+    """Where a delivery loop is in its life."""
 
-    field: str
-    raws: list[bytes]
+    RUNNING = "running"  # taking, sending, committing
+    STOPPING = "stopping"  # the feeder is closed; unsent work goes back; what is on the wire awaits its answer
+    DONE = "done"  # everything committed or returned to the queue; connections closed
 
 
-class Feeder(threading.Thread):
-    """Moves batches from Redis into in-flight storage and parses them while the loop talks to gateways."""
+@dataclass(frozen=True)
+class LoopStatus:
+    """What a loop publishes for other threads, which never read its sessions themselves."""
 
-    def __init__(self, loop: DeliveryLoop) -> None:
-        super().__init__(name=f"feeder:{loop.queue}", daemon=True)
-        self.loop = loop
-        self.stop = threading.Event()
-        # Held from the stop check until a taken batch is handed over, so that once the loop holds
-        # it after setting ``stop``, no batch can still be on its way out of Redis.
-        self.taking = threading.Lock()
-        self.outage = logs.OnceLogger(loop.log, "redis_unavailable")
-        self._uncertain: str | None = None
+    phase: Phase
+    in_flight: int
+    idle: bool  # nothing in flight and nothing handed over: a drain may end here
+    crashed: bool
+    apps: Mapping[str, Mapping[str, Any]]  # per connection: connected, last_connect_error, disabled
 
-    def run(self) -> None:
-        """Take while there is room under max_in_flight; block on Redis only when the queue is empty."""
-        loop, cfg = self.loop, self.loop.worker
-        while not self.stop.is_set():
-            with loop.room:
-                while loop.full() and not self.stop.is_set():
-                    loop.feeder_waiting = True
-                    loop.room.wait(IDLE_WAIT)
-                loop.feeder_waiting = False
-            try:
-                with self.taking:
-                    if self.stop.is_set():
-                        return
-                    field, raws = self._take(cfg.batch_size)
-                    if raws:
-                        loop.hand_over(Taken(field, raws))
-                if not raws:
-                    loop.jq.wait(loop.queue, cfg.block_timeout)
-            except QueueError as exc:
-                if self.stop.is_set():
-                    return  # stopping: the blocking wait may outlive the Redis connection, not an outage
-                self.outage.failed(str(exc))
-                self.stop.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
-                continue
-            self.outage.recovered()
-
-    def _take(self, count: int) -> tuple[str, list[bytes]]:
-        jq, queue = self.loop.jq, self.loop.queue
-        if self._uncertain is not None:
-            # A take failed without an answer: the script may have run. Claim that batch if it exists.
-            field, raws = self._uncertain, jq.claim(queue, self._uncertain)
-            self._uncertain = None
-            if raws:
-                return field, raws
-            self.loop.held.discard(field)
-        field = jq.next_field()
-        self.loop.held.add(field)  # before the take, so that an orphan sweep never sees it unheld
-        self._uncertain = field
-        _, raws = jq.take(queue, count, field)
-        self._uncertain = None
-        if not raws:
-            self.loop.held.discard(field)
-        return field, raws
+    def heartbeat(self) -> dict[str, Any]:
+        """The live numbers for the heartbeat and the health file."""
+        return {"in_flight": self.in_flight, "apps": dict(self.apps)}
 
 
 class DeliveryLoop:
@@ -105,138 +68,99 @@ class DeliveryLoop:
     ) -> None:
         self.queue = queue
         self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
+        self.apps_by_key = {key: s.app for key, s in sessions.items()}  # fixed: other threads may read it
         self._routes = _routes(sessions)
         self.jq = jq
         self.parser = parser
         self.worker = worker
         self.recorder = recorder
         self.log = logs.get("delivery", queue=queue)
-        self.room = threading.Condition()
-        self.in_flight = 0
-        self.unsent = 0  # notifications handed over by the feeder and not yet given to a session
-        self.feeder_waiting = False
-        self.held: set[str] = set()  # in-flight batch fields this process holds, from take until commit
-        self._handoff: deque[Taken] = deque()
-        self._ready: deque[Batch] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self.feeder = Feeder(self)
+        self.handoff = Handoff(worker.max_in_flight, worker.batch_size)
+        self.feeder = Feeder(queue, jq, self.handoff, worker, self.log)
+        self.phase = Phase.RUNNING
+        self.grace_period = 0.0
+        self._deadline = 0.0  # when STOPPING: the end of the grace period
+        self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
         self._next_commit_try = 0.0
-        self.stopping = threading.Event()
-        self.idle = threading.Event()
-        self._posted: deque[Callable[[], None]] = deque()
         self._retiring: list[Session] = []
-        self.crashed = False
+        self._next_app_status = 0.0
+        self.status = LoopStatus(Phase.RUNNING, 0, False, False, self._app_status())
 
-    # --- feeder side ---------------------------------------------------------------------------
-
-    def full(self) -> bool:
-        """True when the feeder should wait: too much in flight, or enough taken but not yet sent.
-
-        The second bound keeps memory flat on HTTP/2, where only the streams the server allows are
-        on the wire: taking far ahead of them would just park notifications in memory.
-        """
-        if self.in_flight >= self.worker.max_in_flight:
-            return True
-        return self.unsent + sum(len(s.pending) for s in self.sessions.values()) >= 4 * self.worker.batch_size
-
-    def hand_over(self, taken: Taken) -> None:
-        """Called by the feeder thread: queue the raw batch for the loop and wake it.
-
-        Parsing happens on the loop's thread, not here: the feeder then mostly waits on Redis
-        with the GIL released, instead of holding it for milliseconds while the loop needs it.
-        """
-        with self.room:
-            self.unsent += len(taken.raws)
-        self._handoff.append(taken)
-        os.write(self._wake_w, b"x")
+    # --- what other threads call -----------------------------------------------------------------
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop's thread (the only one allowed to touch its sessions)."""
-        self._posted.append(fn)
-        os.write(self._wake_w, b"x")
+        self.handoff.post(fn)
 
-    # --- loop side -----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop: it returns unsent work, awaits answers for ``grace_period``, then ends."""
+        self.handoff.post(self._begin_stop)
 
-    def replace_session(self, name: str, new: Session, why: str = "reload") -> None:
-        """Make-before-break: new work goes to ``new``; the old session finishes what it sent, then closes."""
-        old = self.sessions[name]
-        new.pending.extend(old.pending)
-        old.pending.clear()
-        old.rotating = True
-        self._retiring.append(old)
-        self.sessions[name] = new
-        self._routes = _routes(self.sessions)
-        self.log.info("connection_rotation_started", app=name, reason=why)
-
-    def _all_sessions(self) -> list[Session]:
-        return [*self.sessions.values(), *self._retiring]
+    # --- the loop --------------------------------------------------------------------------------
 
     def run(self, grace_period: float) -> None:
         """Deliver until asked to stop; a crash is logged (jobs stay in Redis for recovery) and re-raised."""
+        self.grace_period = grace_period
         try:
-            self._run(grace_period)
+            self.feeder.start()
+            while self.phase is not Phase.DONE:
+                self._iterate()
+            for s in self._all_sessions():
+                s.close("shutdown")
         except Exception:
-            self.crashed = True
+            self.status = replace(self.status, crashed=True)
+            self.handoff.closed.set()
             self.log.exception(
                 "delivery_loop_crashed", note="in-flight jobs stay in Redis and are recovered after a restart"
             )
-            self.feeder.stop.set()
             raise
+        self.log.info("delivery_stopped", in_flight=self.handoff.in_flight)
 
-    def _run(self, grace_period: float) -> None:
-        self.feeder.start()
-        deadline: float | None = None
-        while True:
-            now = time.monotonic()
-            while self._posted:
-                self._posted.popleft()()
-            self._dispatch_new(now)
-            if deadline is not None:  # stopping, and the feeder takes nothing more
-                self._return_unsent()
-            for s in self._all_sessions():
-                self._record_all(s.step(now, False), now)
-                if s.suspended and s.pending:
-                    self._park(s)
-            if self.feeder_waiting and not self.full():
-                with self.room:
-                    self.room.notify_all()
-            for name, s in list(self.sessions.items()):
-                if s.wants_replacement and not self.stopping.is_set():
-                    self.replace_session(name, s.clone(), "reconnect_interval")
-            for r in self._retiring:
-                if r.pending:  # lost its connection before finishing: the replacement sends the rest
-                    self._routes[r.app][0].pending.extend(r.pending)
-                    r.pending.clear()
-            for s in [r for r in self._retiring if not r.busy]:
-                s.close("replaced")
-                self._retiring.remove(s)
-            self._commit_ready(now)
-            if self.stopping.is_set():
-                if deadline is None:
-                    deadline = now + grace_period
-                    self.feeder.stop.set()
-                    with self.room:
-                        self.room.notify_all()
-                    with self.feeder.taking:
-                        pass  # from here on the feeder takes nothing more
-                    continue
-                if not self._handoff and self.in_flight == 0 and not self._ready:
-                    break
-                if now >= deadline:
-                    self._give_back(now)
-                    break
-            self.idle.set() if self.in_flight == 0 and not self._handoff else self.idle.clear()
-            self._wait(now, deadline)
-        for s in self._all_sessions():
-            s.close("shutdown")
-        self.log.info("delivery_stopped", in_flight=self.in_flight)
+    def _iterate(self) -> None:
+        """One turn of the loop: each step in order, then wait for a socket, a wake-up or a deadline."""
+        now = time.monotonic()
+        self.handoff.run_posted()  # first: a posted stop closes the feeder before the batches are read
+        self._dispatch_new()
+        if self.phase is Phase.STOPPING:
+            self._return_unsent()  # after dispatch: a batch handed over just before the stop goes back too
+        self._step_sessions(now)
+        self._wake_feeder()
+        self._rotate()
+        self._retire()
+        self._commit_ready(now)
+        if self.phase is Phase.STOPPING:
+            self._finish_stopping(now)
+        self._publish(now)
+        if self.phase is not Phase.DONE:
+            self._wait(now)
 
-    def _dispatch_new(self, now: float) -> None:
+    def _begin_stop(self) -> None:
+        """RUNNING → STOPPING: close the hand-over (nothing more is taken) and start the grace period."""
+        if self.phase is not Phase.RUNNING:
+            return
+        self.phase = Phase.STOPPING
+        self._deadline = time.monotonic() + self.grace_period
+        self.handoff.close()  # from here on every batch this process took is in handoff.batches
+
+    def _finish_stopping(self, now: float) -> None:
+        """STOPPING → DONE once everything is committed, or at the deadline with the rest returned."""
+        if not self.handoff.batches and self.handoff.in_flight == 0 and not self._ready:
+            self.phase = Phase.DONE
+        elif now >= self._deadline:
+            self._give_back(now)
+            self.phase = Phase.DONE
+
+    # --- the steps of one turn -------------------------------------------------------------------
+
+    def _dispatch_new(self) -> None:
+        """Parse the batches the feeder handed over and route each notification to a session."""
+        batches = self.handoff.batches
+        if not batches:
+            return
         wall = time.time()
-        while self._handoff:
-            batch, notes, rejects = self._parse(self._handoff.popleft())
+        while batches:
+            batch, notes, rejects = self._parse(batches.popleft())
             for r in rejects:
                 self._completed(self.recorder.reject(batch, r, wall))
             routes = self._routes
@@ -274,84 +198,10 @@ class DeliveryLoop:
         for n in notes:
             n.batch = batch
         batch.remaining = len(notes) + len(rejects)
-        with self.room:
-            self.in_flight += batch.remaining
-            self.unsent -= len(taken.raws)
+        self.handoff.parsed(len(taken.raws), batch.remaining)
         metrics.JOBS_TAKEN.labels(self.queue).inc(len(taken.raws))
         metrics.BATCH_SIZE.labels(self.queue).observe(len(taken.raws))
         return batch, notes, rejects
-
-    def _record_all(self, resolved: list[tuple[Notification, Outcome]], now: float) -> None:
-        if not resolved:
-            return
-        wall = time.time()
-        record = self.recorder.record
-        for n, outcome in resolved:
-            self._completed(record(n, outcome, wall))
-
-    def _completed(self, batch: Batch | None) -> None:
-        if batch is not None:
-            self._ready.append(batch)
-
-    def _commit_ready(self, now: float) -> None:
-        if not self._ready or now < self._next_commit_try:
-            return
-        done = 0
-        while self._ready:
-            b = self._ready[0]
-            try:
-                self.jq.commit(b.commit)
-            except QueueError as exc:
-                self.commit_outage.failed(str(exc))
-                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
-                break
-            self._ready.popleft()
-            self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
-            self.held.discard(b.commit.field)
-            done += sum(b.commit.counts.values())
-            self.log.info(
-                "batch_committed",
-                batch=b.commit.field,
-                **b.commit.counts,
-                **({"reasons": b.reasons} if b.reasons else {}),
-            )
-        if done:
-            with self.room:
-                self.in_flight -= done
-                self.room.notify_all()
-            metrics.IN_FLIGHT.labels(self.queue).set(self.in_flight)
-
-    def _wait(self, now: float, deadline: float | None) -> None:
-        timeout = IDLE_WAIT
-        rlist: list[int] = [self._wake_r]
-        wlist: list[int] = []
-        fds: dict[int, Session] = {}
-        for s in self._all_sessions():
-            timeout = min(timeout, s.deadline(now) - now)
-            fd = s.fileno()
-            if fd is not None:
-                fds[fd] = s
-                rlist.append(fd)
-                if s.wants_write:
-                    wlist.append(fd)
-        if self._ready:
-            timeout = min(timeout, max(0.0, self._next_commit_try - now))
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - now))
-        r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))
-        if not r:
-            return
-        if self._wake_r in r:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-        later = time.monotonic()
-        for fd in r:
-            s = fds.get(fd)
-            if s is not None:
-                self._record_all(s.step(later, True), later)
 
     def _return_unsent(self) -> None:
         """Stopping: notifications not yet written go back to the queue at once instead of being sent.
@@ -367,6 +217,151 @@ class DeliveryLoop:
         if returned:
             self.log.info("returned_unsent", notifications=returned)
 
+    def _step_sessions(self, now: float) -> None:
+        """Let every session do what is due without a readable socket: time-outs, connects, writes."""
+        for s in self._all_sessions():
+            self._record_all(s.step(now, False))
+            if s.suspended and s.pending:
+                self._park(s)
+
+    def _wake_feeder(self) -> None:
+        """Tell the feeder how much waits in the sessions; it takes more once there is room."""
+        self.handoff.wake_feeder(sum(len(s.pending) for s in self.sessions.values()))
+
+    def _rotate(self) -> None:
+        """Replace connections that asked for it (reconnect_interval, stream ids used up) — not when stopping."""
+        if self.phase is not Phase.RUNNING:
+            return
+        for name, s in list(self.sessions.items()):
+            if s.wants_replacement:
+                self.replace_session(name, s.clone(), "reconnect_interval")
+
+    def replace_session(self, name: str, new: Session, why: str = "reload") -> None:
+        """Make-before-break: new work goes to ``new``; the old session finishes what it sent, then closes."""
+        old = self.sessions[name]
+        new.pending.extend(old.pending)
+        old.pending.clear()
+        old.retire()
+        self._retiring.append(old)
+        self.sessions[name] = new
+        self._routes = _routes(self.sessions)
+        self.log.info("connection_rotation_started", app=name, reason=why)
+
+    def _retire(self) -> None:
+        """Replaced sessions: hand back what a lost connection left unsent; close those with nothing left."""
+        if not self._retiring:
+            return
+        for r in self._retiring:
+            if r.pending:  # lost its connection before finishing: the replacement sends the rest
+                self._routes[r.app][0].pending.extend(r.pending)
+                r.pending.clear()
+        for s in [r for r in self._retiring if not r.busy]:
+            s.close("replaced")
+            self._retiring.remove(s)
+
+    def _commit_ready(self, now: float) -> None:
+        """Write complete batches to Redis, oldest first; on an outage, back off and keep them."""
+        if not self._ready or now < self._next_commit_try:
+            return
+        done = 0
+        while self._ready:
+            b = self._ready[0]
+            try:
+                self.jq.commit(b.commit)
+            except QueueError as exc:
+                self.commit_outage.failed(str(exc))
+                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
+                break
+            self._ready.popleft()
+            self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
+            self.handoff.held.discard(b.commit.field)
+            done += sum(b.commit.counts.values())
+            self.log.info(
+                "batch_committed",
+                batch=b.commit.field,
+                **b.commit.counts,
+                **({"reasons": b.reasons} if b.reasons else {}),
+            )
+        if done:
+            self.handoff.resolved(done)
+            metrics.IN_FLIGHT.labels(self.queue).set(self.handoff.in_flight)
+
+    def _publish(self, now: float) -> None:
+        """Publish a fresh LoopStatus; the per-connection part only every APP_STATUS_INTERVAL."""
+        st = self.status
+        apps = st.apps
+        if now >= self._next_app_status or self.phase is Phase.DONE:
+            self._next_app_status = now + APP_STATUS_INTERVAL
+            apps = self._app_status()
+        in_flight = self.handoff.in_flight
+        idle = in_flight == 0 and not self.handoff.batches
+        if st.in_flight != in_flight or st.idle != idle or st.phase is not self.phase or st.apps is not apps:
+            self.status = LoopStatus(self.phase, in_flight, idle, False, apps)
+
+    def _app_status(self) -> dict[str, dict[str, Any]]:
+        return {
+            key: {
+                "connected": s.state is not State.DISCONNECTED,
+                "last_connect_error": s.last_connect_error,
+                "disabled": s.disabled,
+                "suspended": s.suspended,
+            }
+            for key, s in self.sessions.items()
+        }
+
+    def _wait(self, now: float) -> None:
+        """Sleep until a socket is readable (or writable when bytes wait), a wake-up, or the next deadline."""
+        timeout = IDLE_WAIT
+        wake = self.handoff.fileno()
+        rlist: list[int] = [wake]
+        wlist: list[int] = []
+        fds: dict[int, Session] = {}
+        for s in self._all_sessions():
+            timeout = min(timeout, s.deadline(now) - now)
+            fd = s.fileno()
+            if fd is not None:
+                fds[fd] = s
+                rlist.append(fd)
+                if s.wants_write:
+                    wlist.append(fd)
+        if self._ready:
+            timeout = min(timeout, max(0.0, self._next_commit_try - now))
+        if self.phase is Phase.STOPPING:
+            timeout = min(timeout, max(0.0, self._deadline - now))
+        r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))
+        if not r:
+            return
+        if wake in r:
+            self.handoff.drain_wakeups()
+        later = time.monotonic()
+        for fd in r:
+            ready = fds.get(fd)
+            if ready is not None:
+                self._record_all(ready.step(later, True))
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def disable_app(self, app: str, reason: str) -> None:
+        """Stop an app's connections (its certificate expired); later notifications are dead-lettered."""
+        for s in self.sessions.values():
+            if s.app == app and not s.disabled:
+                s.disable(reason)
+
+    def _all_sessions(self) -> list[Session]:
+        return [*self.sessions.values(), *self._retiring]
+
+    def _record_all(self, resolved: list[tuple[Notification, Outcome]]) -> None:
+        if not resolved:
+            return
+        wall = time.time()
+        record = self.recorder.record
+        for n, outcome in resolved:
+            self._completed(record(n, outcome, wall))
+
+    def _completed(self, batch: Batch | None) -> None:
+        if batch is not None:
+            self._ready.append(batch)
+
     def _give_back(self, now: float) -> None:
         """Grace period over: write what is known and return every unanswered job to the queue."""
         returned = 0
@@ -375,22 +370,7 @@ class DeliveryLoop:
                 self._completed(self.recorder.give_back(n))
                 returned += 1
         self._commit_ready(now)
-        self.log.info("returned_to_queue", notifications=returned, in_flight_left=self.in_flight)
-
-    def stats(self) -> dict[str, Any]:
-        """Live numbers for the heartbeat and health file."""
-        return {
-            "in_flight": self.in_flight,
-            "apps": {
-                a: {
-                    "connected": s.transport is not None,
-                    "last_connect_error": s.last_connect_error,
-                    "disabled": s.disabled,
-                    "suspended": s.suspended,
-                }
-                for a, s in self.sessions.items()
-            },
-        }
+        self.log.info("returned_to_queue", notifications=returned, in_flight_left=self.handoff.in_flight)
 
 
 def _routes(sessions: dict[str, Session]) -> dict[str, list[Session]]:
