@@ -139,6 +139,7 @@ def test_supervisord_runs_apnsd_and_its_jobs_are_delivered(supervise, binary_moc
     wait_for(lambda: set(sent) <= set(mock.record.accepted_tokens()), 20, "every job delivered")
 
     assert "RUNNING" == sv.state()
+    wait_for(lambda: sv.out.events("started"), 10, "the started line read from the pipe")  # the reader thread may lag
     assert [f"{socket.gethostname()}:{sv.pid()}"] == [e["worker"] for e in sv.out.events("started")]
     assert 1 == len(sv.out.events("connected"))
 
