@@ -8,6 +8,7 @@ from typing import Any
 from apnsd import metrics
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
+from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
 from apnsd.gateway.credentials import TokenSigner
 from apnsd.gateway.session import Resolved, Session
 from apnsd.wire.http2.connection import (
@@ -37,6 +38,10 @@ class Http2Session(Session):
         super().__init__(*args, **kwargs)
         self.signer = signer
         self.default_topic = default_topic
+        # topic-less jobs of a suffixed push type (voip, liveactivity, …) go to the bundle id + suffix
+        self._type_topics: dict[str | None, str | None] = {
+            t: topic_for(default_topic, t) for t, sfx in PUSH_TYPE_SUFFIXES.items() if sfx
+        }
         self._h2: H2ClientConnection | None = None
         self._streams: dict[int, Notification] = {}
         self._template: RequestTemplate | None = None
@@ -88,7 +93,7 @@ class Http2Session(Session):
                 self.wants_replacement = True
             return
         template = self._current_template()
-        pending, streams, send = self.pending, self._streams, h2.send_request
+        pending, streams, send, type_topics = self.pending, self._streams, h2.send_request, self._type_topics
         for _ in range(n):
             note = pending.popleft()
             sid = send(
@@ -100,7 +105,7 @@ class Http2Session(Session):
                 priority=effective_priority(note.push_type, note.priority),
                 expiration=note.expiration,
                 collapse_id=note.collapse_id,
-                topic=note.topic,
+                topic=note.topic or type_topics.get(note.push_type),
             )
             streams[sid] = note
         self._last_activity = now

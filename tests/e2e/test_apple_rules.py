@@ -1,0 +1,59 @@
+"""End to end over HTTP/2 against the mock gateway: Apple's rules on push types, topics, retries and tokens."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from apnsd.client import Client
+from apnsd.errors import JobError
+from apnsd.testing.devpki import BUNDLE_ID, TOPICS
+from tests.support.jobs import good_tokens, push_all, run_drained
+
+
+def encode(token: str, payload: dict, **fields: object) -> bytes:
+    """One job as an application would LPUSH it."""
+    return msgspec.json.encode({"token": token, "payload": payload, **fields})
+
+
+def test_push_type_priority_and_topic_are_sent_by_default(jq, http2_mock, make_config):
+    """Jobs without push_type go out typed (alert, background at priority 5, voip on the bundle id + .voip)."""
+    mock = http2_mock(allowed_topics=tuple(t for t, _ in TOPICS))
+    alert, silent, voip = good_tokens(3, seed=170)
+    push_all(
+        jq,
+        [
+            encode(alert, {"aps": {"alert": "hi"}}),
+            encode(silent, {"aps": {"content-available": 1}}),
+            encode(voip, {"aps": {}}, push_type="voip"),
+        ],
+    )
+
+    assert 0 == run_drained(make_config(mock))
+
+    sent = {r.token: dict(r.headers) for r in mock.record.received}
+    assert {
+        alert: ("alert", None, BUNDLE_ID, 200),
+        silent: ("background", "5", BUNDLE_ID, 200),
+        voip: ("voip", None, f"{BUNDLE_ID}.voip", 200),
+    } == {
+        r.token: (
+            sent[r.token].get("apns-push-type"),
+            sent[r.token].get("apns-priority"),
+            sent[r.token].get("apns-topic"),
+            r.status,
+        )
+        for r in mock.record.received
+    }
+
+
+def test_the_client_refuses_a_background_push_at_priority_ten_and_a_topic_without_its_suffix(jq, redis_server):
+    """apnsd.client applies the daemon's push-type rules: bad_priority and bad_topic before Redis."""
+    client = Client(redis_server.url)
+    token = good_tokens(1, seed=171)[0]
+    with pytest.raises(JobError) as priority:
+        client.enqueue(token, {"aps": {"content-available": 1}}, priority=10)
+    with pytest.raises(JobError) as topic:
+        client.enqueue(token, {"aps": {}}, push_type="liveactivity", topic=BUNDLE_ID)
+    assert ("bad_priority", "bad_topic") == (priority.value.reason, topic.value.reason)
+    assert 0 == jq.depth("apnsd:queue")
