@@ -38,7 +38,7 @@ from tests.support.faultkit import (
     tally,
 )
 from tests.support.jobs import job, push_all, run_drained
-from tests.support.supervised import wait_for
+from tests.support.wait import wait_for
 
 QUEUE = "apnsd:queue"
 PROTOCOLS = ["binary", "http2"]
