@@ -114,8 +114,12 @@ class AppConfig(_Section):
     max_connects_per_minute: int = 6
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    max_attempts: int = 5
+    max_attempts: int = 0
     retry_backoff: float = 2.0
+    outage_backoff: float = 60.0
+    outage_backoff_max: float = 900.0
+    throttle_delay: float = 60.0
+    retry_for: float = 86_400.0
     ping_interval: float = 3600.0
     confirm_delay: float = 0.3
     feedback_interval: float = 0.0
@@ -416,9 +420,17 @@ def _validate_app(name: str, app: AppConfig) -> None:
         k + "backoff_max",
         "must be at least backoff_initial, which must be positive",
     )
-    _require(app.max_attempts >= 1, k + "max_attempts", "must be at least 1")
+    _require(app.max_attempts >= 0, k + "max_attempts", "must be 0 (no count limit: retry_for decides) or more")
     _require(1 <= app.connections <= 16, k + "connections", "must be between 1 and 16")
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
+    _require(0 < app.outage_backoff <= 3600, k + "outage_backoff", "must be between 0 and 3600 seconds")
+    _require(
+        app.outage_backoff <= app.outage_backoff_max <= 86_400,
+        k + "outage_backoff_max",
+        "must be at least outage_backoff and at most 86400 seconds",
+    )
+    _require(0 < app.throttle_delay <= 3600, k + "throttle_delay", "must be between 0 and 3600 seconds")
+    _require(0 < app.retry_for <= 30 * 86_400, k + "retry_for", "must be between 0 and 2592000 seconds (30 days)")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
     _require(

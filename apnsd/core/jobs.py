@@ -39,6 +39,7 @@ class JobSpec(msgspec.Struct, kw_only=True):
     send_at: float | None = None
     attempts: int = 0
     enqueued_at: float | None = None
+    failing_since: float | None = None  # set by apnsd on the first retry: retry_for counts from here
 
 
 @dataclass(slots=True, eq=False)
@@ -63,6 +64,7 @@ class Notification:
     send_at: float | None = None
     batch: Any = field(default=None, repr=False)
     losses: int = 0
+    failing_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,7 @@ class JobParser:
                     raw,
                     spec.tokens is not None,
                     spec.send_at,
+                    failing_since=spec.failing_since,
                 )
             )
         return good, bad
@@ -311,6 +314,8 @@ def single_job(n: Notification, **changes: Any) -> bytes:
     return msgspec.json.encode(obj)
 
 
-def retry_job(n: Notification, send_at: float) -> bytes:
-    """The job that sends ``n`` once more at ``send_at``, with its attempt count raised."""
-    return single_job(n, attempts=n.attempts + 1, send_at=send_at)
+def retry_job(n: Notification, send_at: float, now: float | None = None, counted: bool = True) -> bytes:
+    """The job that sends ``n`` once more at ``send_at``: attempt count raised (when ``counted``), and
+    ``failing_since`` kept from the first failure (or set to ``now``), so that retries end by time."""
+    since = n.failing_since if n.failing_since is not None else (now if now is not None else send_at)
+    return single_job(n, attempts=n.attempts + (1 if counted else 0), send_at=send_at, failing_since=since)

@@ -57,3 +57,16 @@ def test_the_client_refuses_a_background_push_at_priority_ten_and_a_topic_withou
         client.enqueue(token, {"aps": {}}, push_type="liveactivity", topic=BUNDLE_ID)
     assert ("bad_priority", "bad_topic") == (priority.value.reason, topic.value.reason)
     assert 0 == jq.depth("apnsd:queue")
+
+
+@pytest.mark.timeout(60)
+def test_an_outage_longer_than_the_old_attempt_count_dead_letters_nothing(jq, http2_mock, make_config):
+    """Seven 503s per notification (more than any fixed count of quick tries) end in delivery, with no dead letter."""
+    tokens = good_tokens(10, seed=172)
+    mock = http2_mock(burst_status=(503, "ServiceUnavailable", 70))
+    push_all(jq, [encode(t, {"aps": {"alert": "x"}}) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    assert (set(tokens), 0) == (set(mock.record.accepted_tokens()), jq.counts()["dead"])
+    assert 70 == jq.counts()["total_retry"]
