@@ -18,7 +18,8 @@ from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import free_port
 from tests.e2e.test_deploy import copied_to, exec_form, instructions
 from tests.support.jobs import job, push_all
-from tests.support.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid, wait_for
+from tests.support.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid
+from tests.support.wait import wait_for
 
 DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # the python base image's PATH
 

@@ -24,7 +24,7 @@ from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from tests import conftest
 from tests.support.jobs import inflight_keys, job, push_all
-from tests.support.supervised import wait_for
+from tests.support.wait import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
