@@ -18,13 +18,11 @@ from apnsd.errors import ConfigError
 GATEWAYS = {
     ("http2", "production"): ("api.push.apple.com", 443),
     ("http2", "sandbox"): ("api.sandbox.push.apple.com", 443),
-    ("binary", "production"): ("gateway.push.apple.com", 2195),
-    ("binary", "sandbox"): ("gateway.sandbox.push.apple.com", 2195),
 }
-FEEDBACK_GATEWAYS = {
-    "production": ("feedback.push.apple.com", 2196),
-    "sandbox": ("feedback.sandbox.push.apple.com", 2196),
-}
+# Apple retired the binary interface (2021-03-31) and its hosts: binary apps name their gateway (a mock, a
+# compatible gateway); these are only the protocol's customary ports.
+BINARY_PORT, FEEDBACK_PORT = 2195, 2196
+BINARY_NEEDS_HOST = 'protocol = "binary" needs an explicit host: Apple\'s binary gateways were retired in 2021'
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
 VOIP_PAYLOAD_LIMIT = 5120
 
@@ -133,14 +131,20 @@ class AppConfig(_Section):
         return "token" if self.token_key else "certificate"
 
     def gateway(self) -> tuple[str, int]:
-        """The host and port to connect to: configured, or Apple's for protocol and environment."""
+        """The host and port to connect to: configured, or Apple's HTTP/2 gateway for the environment."""
+        if self.protocol == "binary":
+            if not self.host:
+                raise ConfigError("host", BINARY_NEEDS_HOST)
+            return (self.host, self.port or BINARY_PORT)
         host, port = GATEWAYS[(self.protocol, self.environment)]
         return (self.host or host, self.port or port)
 
     def feedback_gateway(self) -> tuple[str, int]:
-        """The binary feedback service's host and port."""
-        host, port = FEEDBACK_GATEWAYS[self.environment]
-        return (self.feedback_host or self.host or host, self.feedback_port or port)
+        """The binary feedback service's host and port: feedback_host (else host), port 2196 unless set."""
+        host = self.feedback_host or self.host
+        if not host:
+            raise ConfigError("feedback_host", BINARY_NEEDS_HOST)
+        return (host, self.feedback_port or FEEDBACK_PORT)
 
     def payload_limit_for(self, push_type: str | None) -> int:
         """The largest payload in bytes this app may send for the given push type."""
@@ -438,3 +442,4 @@ def _validate_app(name: str, app: AppConfig) -> None:
         k + "feedback_interval",
         "must be 0 (off) or at least 10 seconds",
     )
+    _require(app.protocol != "binary" or bool(app.host), k + "host", BINARY_NEEDS_HOST)

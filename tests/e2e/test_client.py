@@ -289,7 +289,11 @@ def test_schedule_holds_a_job_until_it_is_due(rdb, jq, redis_server, http2_mock,
 def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_config, pki):
     """A client made from the config refuses unknown apps, applies binary limits and routes to an app's own queue."""
     config = make_config(
-        http2_mock(), APP_LEGACY_PROTOCOL="binary", APP_LEGACY_QUEUE="apnsd:legacy", APP_LEGACY_CERT=pki.client_pem
+        http2_mock(),
+        APP_LEGACY_PROTOCOL="binary",
+        APP_LEGACY_HOST="127.0.0.1",  # binary apps name their gateway (Apple's are retired)
+        APP_LEGACY_QUEUE="apnsd:legacy",
+        APP_LEGACY_CERT=pki.client_pem,
     )
     client = Client.from_config(config)
     big = {"aps": {"alert": "x" * 3000}}

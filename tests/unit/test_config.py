@@ -64,6 +64,7 @@ prefix = "push"
 batch_size = 50
 [apps.default]
 protocol = "binary"
+host = "gateway.example.net"
 environment = "sandbox"
 [apps.voip-app]
 queue = "push:voip"
@@ -132,6 +133,7 @@ def test_environment_overrides_app_keys_including_names_with_underscores():
     env = {
         "APNSD_APP_DEFAULT_PORT": "2197",
         "APNSD_APP_MY_APP_PROTOCOL": "binary",
+        "APNSD_APP_MY_APP_HOST": "gateway.example.net",
         "APNSD_APP_MY_APP_CONNECT_TIMEOUT": "3",
         "APNSD_APP_MY_APP_CA_FILE": "/etc/ca.pem",
         "APNSD_APP_TOKEN_APP_TOKEN_KEY": "/k.p8",
@@ -321,13 +323,27 @@ def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     [
         ("http2", "production", ("api.push.apple.com", 443)),
         ("http2", "sandbox", ("api.sandbox.push.apple.com", 443)),
-        ("binary", "production", ("gateway.push.apple.com", 2195)),
-        ("binary", "sandbox", ("gateway.sandbox.push.apple.com", 2195)),
     ],
 )
 def test_gateway_defaults_per_protocol_and_environment(protocol, environment, expected):
     """Without host and port the app connects to Apple's gateway for its protocol and environment."""
     assert expected == AppConfig(protocol=protocol, environment=environment).gateway()
+
+
+@pytest.mark.parametrize("environment", ["production", "sandbox"])
+def test_binary_protocol_requires_an_explicit_host(environment):
+    """protocol = "binary" without host is refused at load, naming the key (Apple's binary hosts are retired)."""
+    err = config_error(None, {"APNSD_APP_DEFAULT_PROTOCOL": "binary", "APNSD_APP_DEFAULT_ENVIRONMENT": environment})
+
+    assert "apps.default.host" == err.key
+    assert "retired" in err.problem
+
+
+def test_binary_protocol_with_a_host_defaults_to_port_2195():
+    """A binary app with a host connects to that host on 2195 unless a port is set."""
+    assert ("gw.example", 2195) == load_config(
+        None, {"APNSD_APP_DEFAULT_PROTOCOL": "binary", "APNSD_APP_DEFAULT_HOST": "gw.example"}
+    ).apps["default"].gateway()
 
 
 def test_gateway_host_and_port_are_overridable():
@@ -338,11 +354,7 @@ def test_gateway_host_and_port_are_overridable():
 
 
 def test_feedback_gateway_defaults_and_overrides():
-    """The feedback service is Apple's for the environment on 2196, else the configured host and port."""
-    assert ("feedback.push.apple.com", 2196) == AppConfig(protocol="binary").feedback_gateway()
-    assert ("feedback.sandbox.push.apple.com", 2196) == AppConfig(
-        protocol="binary", environment="sandbox"
-    ).feedback_gateway()
+    """The feedback service is the gateway host on 2196, else the configured feedback host and port."""
     assert ("mock", 2196) == AppConfig(protocol="binary", host="mock").feedback_gateway()
     assert ("fb", 9) == AppConfig(
         protocol="binary", host="mock", feedback_host="fb", feedback_port=9
