@@ -306,6 +306,8 @@ def verify_token(
         public_key.verify(der, jwt.rpartition(".")[0].encode("ascii"), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return invalid
+    if iat > now:  # issued in the future: a clock ahead of APNs' makes tokens APNs refuses
+        return invalid
     if now - iat > max_age:
         return (False, "ExpiredProviderToken")
     return (True, "")

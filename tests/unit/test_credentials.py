@@ -359,6 +359,16 @@ def test_verify_token_reasons(pki: DevPki) -> None:
     assert invalid == verify_token(jwt, public, 1000.0, key_id="OTHERKEYID")
 
 
+def test_verify_token_refuses_a_token_issued_in_the_future(pki: DevPki) -> None:
+    """A JWT whose iat lies ahead of the verifier's clock is InvalidProviderToken, as APNs treats it."""
+    jwt = TokenSigner.from_p8(pki.p8_key, pki.key_id, pki.team_id).token(1000.0)
+
+    assert [(False, "InvalidProviderToken"), (True, "")] == [
+        verify_token(jwt, load_public_key(pki.p8_key), 999.0),
+        verify_token(jwt, load_public_key(pki.p8_key), 1000.0),
+    ]
+
+
 def test_public_key_from_p8_equals_exported_public_key(pki: DevPki) -> None:
     """load_public_key derives the same key from the .p8 as from the exported public PEM."""
     der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
