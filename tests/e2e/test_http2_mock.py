@@ -421,7 +421,7 @@ def test_a_provider_token_issued_in_the_future_is_invalid() -> None:
 
 
 def test_a_new_provider_token_within_twenty_minutes_on_a_connection_is_too_many_updates() -> None:
-    """Changing the token on a connection sooner than 20 minutes after the last change is TooManyProviderTokenUpdates."""
+    """A new token on a connection sooner than 20 minutes after the last change is TooManyProviderTokenUpdates."""
     ours = our_client(gateway(TOKEN_AUTH))
     ours.push(0, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(issued=NOW - 60)))
     events = ours.push(1, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(issued=NOW)))
