@@ -24,6 +24,7 @@ GATEWAYS = {
 BINARY_PORT, FEEDBACK_PORT = 2195, 2196
 BINARY_NEEDS_HOST = 'protocol = "binary" needs an explicit host: Apple\'s binary gateways were retired in 2021'
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
+MAX_TOKEN_REFRESH = 3300.0  # below Apple's 3600 s token lifetime, with room for clock skew
 VOIP_PAYLOAD_LIMIT = 5120
 
 
@@ -119,6 +120,8 @@ class AppConfig(_Section):
     throttle_delay: float = 60.0
     retry_for: float = 86_400.0
     ping_interval: float = 3600.0
+    ping_timeout: float = 15.0
+    stall_timeout: float = 10.0
     confirm_delay: float = 0.3
     feedback_interval: float = 0.0
     feedback_host: str = ""
@@ -405,9 +408,10 @@ def _validate_app(name: str, app: AppConfig) -> None:
         _require(len(app.team_id) == 10 and app.team_id.isalnum(), k + "team_id", "must be the 10-character team id")
         _require(bool(app.topic), k + "topic", "token auth needs the app's bundle id as topic")
         _require(
-            1200 <= app.token_refresh <= 3600,
+            1200 <= app.token_refresh <= MAX_TOKEN_REFRESH,
             k + "token_refresh",
-            "Apple allows refreshing between 20 and 60 minutes (1200-3600 s)",
+            f"must be between 1200 and {MAX_TOKEN_REFRESH:g} s: Apple refuses a new token within 20 minutes and "
+            "a token older than an hour; the margin keeps a token in flight under an hour old",
         )
     _require(not (app.cert and app.pkcs12), k + "pkcs12", "set cert (PEM) or pkcs12, not both")
     _require(not (app.key and not app.cert), k + "key", "a key file needs a cert file")
@@ -437,6 +441,8 @@ def _validate_app(name: str, app: AppConfig) -> None:
     _require(0 < app.retry_for <= 30 * 86_400, k + "retry_for", "must be between 0 and 2592000 seconds (30 days)")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
+    _require(0 < app.ping_timeout <= 300, k + "ping_timeout", "must be between 0 and 300 seconds")
+    _require(0 < app.stall_timeout <= 3600, k + "stall_timeout", "must be between 0 and 3600 seconds")
     _require(
         app.feedback_interval == 0 or app.feedback_interval >= 10,
         k + "feedback_interval",

@@ -70,7 +70,7 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
         choices=["production", "sandbox"],
         default="production",
         help="http2: sandbox adds apns-unique-id; tokens starting with the other environment's marker "
-        "(production 9a…, sandbox 5a…) get BadDeviceToken",
+        "(production 9e0d0c75…, sandbox 5a1db0c5…) get BadDeviceToken",
     )
     p.add_argument(
         "--feedback", metavar="FILE", help="binary: serve these tokens (one hex per line) on the feedback port"

@@ -65,6 +65,7 @@ class Notification:
     batch: Any = field(default=None, repr=False)
     losses: int = 0
     failing_since: float | None = None
+    unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
 
 
 @dataclass(frozen=True, slots=True)

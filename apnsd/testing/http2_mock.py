@@ -68,7 +68,7 @@ APPLE_REASONS: dict[str, int] = {
 # Which environment a token belongs to, for the mock: tokens starting with the other environment's
 # marker are answered BadDeviceToken, as APNs answers a sandbox token sent to production. Unmarked
 # tokens are valid in both.
-ENVIRONMENT_TOKEN_PREFIXES = {"production": "9a", "sandbox": "5a"}
+ENVIRONMENT_TOKEN_PREFIXES = {"production": "9e0d0c75", "sandbox": "5a1db0c5"}  # 32 bits: no random token collides
 TOKEN_UPDATE_INTERVAL = 1200.0  # APNs accepts a new provider token on a connection at most every 20 minutes
 REFUSED_STREAM = 0x7
 _PATH_PREFIX = "/3/device/"

@@ -136,6 +136,7 @@ class OutcomeRecorder:
                     "status": str(outcome.status or ""),
                     "reason": outcome.reason,
                     "time": f"{now:.3f}",
+                    **({"apns_unique_id": n.unique_id} if n.unique_id else {}),
                 }
             )
         if n.enqueued_at is not None and kind is Kind.DELIVERED:

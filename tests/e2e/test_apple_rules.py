@@ -70,3 +70,33 @@ def test_an_outage_longer_than_the_old_attempt_count_dead_letters_nothing(jq, ht
 
     assert (set(tokens), 0) == (set(mock.record.accepted_tokens()), jq.counts()["dead"])
     assert 70 == jq.counts()["total_retry"]
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_that_goes_silent_under_load_is_detected_and_its_requests_resent(jq, http2_mock, make_config):
+    """A gateway that stops answering mid-stream is PINGed, dropped when the PING goes unanswered, and every
+    notification still arrives exactly once over a new connection."""
+    tokens = good_tokens(300, seed=173)
+    mock = http2_mock(stall_after=50)
+    push_all(jq, [encode(t, {"aps": {"alert": "x"}}) for t in tokens])
+
+    config = make_config(mock, APP_DEFAULT_STALL_TIMEOUT="0.5", APP_DEFAULT_PING_TIMEOUT="0.5")
+    assert 0 == run_drained(config)
+
+    accepted = mock.record.accepted_tokens()
+    assert (set(tokens), {1}, 2) == (set(accepted), set(accepted.values()), mock.record.connections)
+    assert 0 == jq.counts()["dead"]
+
+
+def test_receipts_carry_apns_unique_id_in_the_development_environment(jq, rdb, http2_mock, make_config):
+    """Against a sandbox gateway, each receipt records the answer's apns-unique-id beside its apns-id."""
+    tokens = good_tokens(3, seed=174)
+    mock = http2_mock(environment="sandbox")
+    push_all(jq, [encode(t, {"aps": {"alert": "x"}}) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock, APP_DEFAULT_ENVIRONMENT="sandbox", REDIS_RESULTS_STREAM="true"))
+
+    receipts = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rdb.xrange("apnsd:results")]
+    assert [("delivered", 36, 36)] * 3 == [
+        (r["outcome"], len(r["apns_id"]), len(r.get("apns_unique_id", ""))) for r in receipts
+    ]

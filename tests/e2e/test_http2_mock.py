@@ -380,10 +380,10 @@ def test_goaway_can_name_any_reason(reason: str) -> None:
 @pytest.mark.parametrize(
     ("environment", "token", "expected"),
     [
-        ("production", "5a" + "ab" * 31, (400, "BadDeviceToken")),
-        ("production", "9a" + "ab" * 31, (200, "")),
-        ("sandbox", "9a" + "ab" * 31, (400, "BadDeviceToken")),
-        ("sandbox", "5a" + "ab" * 31, (200, "")),
+        ("production", "5a1db0c5" + "ab" * 28, (400, "BadDeviceToken")),
+        ("production", "9e0d0c75" + "ab" * 28, (200, "")),
+        ("sandbox", "9e0d0c75" + "ab" * 28, (400, "BadDeviceToken")),
+        ("sandbox", "5a1db0c5" + "ab" * 28, (200, "")),
         ("sandbox", TOKEN, (200, "")),
     ],
 )

@@ -218,6 +218,8 @@ def test_unknown_key_in_the_file_is_named(tmp_path, toml, key):
         ),
         ({"APNSD_APP_DEFAULT_THROTTLE_DELAY": "0"}, "apps.default.throttle_delay"),
         ({"APNSD_APP_DEFAULT_RETRY_FOR": "inf"}, "apps.default.retry_for"),
+        ({"APNSD_APP_DEFAULT_STALL_TIMEOUT": "0"}, "apps.default.stall_timeout"),
+        ({"APNSD_APP_DEFAULT_PING_TIMEOUT": "nan"}, "apps.default.ping_timeout"),
         ({"APNSD_APP_DEFAULT_PAYLOAD_LIMIT": "-1"}, "apps.default.payload_limit"),
         ({"APNSD_APP_DEFAULT_FEEDBACK_INTERVAL": "5"}, "apps.default.feedback_interval"),
         ({"APNSD_APP_OTHER_CONFIRM_DELAY": "soon"}, "apps.other.confirm_delay"),
@@ -279,6 +281,8 @@ def test_token_auth_needs_key_id_team_id_and_topic(missing, key):
     [
         ({"APNSD_APP_DEFAULT_KEY_ID": "SHORT"}, "apps.default.key_id"),
         ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "600"}, "apps.default.token_refresh"),
+        ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "3600"}, "apps.default.token_refresh"),
+        ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "3301"}, "apps.default.token_refresh"),
         ({"APNSD_APP_DEFAULT_PROTOCOL": "binary"}, "apps.default.token_key"),
         ({"APNSD_APP_DEFAULT_CERT": "/c.pem"}, "apps.default.token_key"),
     ],
