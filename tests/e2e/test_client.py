@@ -44,6 +44,8 @@ BAD_JOBS: list[tuple[dict[str, Any], str, bool]] = [
     ({"token": T, "payload": ALERT, "priority": 7}, "bad_priority", True),
     ({"token": T, "payload": ALERT, "priority": "10"}, "bad_field", True),
     ({"token": T, "payload": ALERT, "push_type": "shout"}, "bad_push_type", True),
+    ({"token": T, "payload": {"aps": {"content-available": 1}}, "priority": 10}, "bad_priority", False),
+    ({"token": T, "payload": ALERT, "push_type": "voip", "topic": "com.example.app"}, "bad_topic", False),
     ({"token": T, "payload": ALERT, "expiration": -1}, "bad_expiration", True),
     ({"token": T, "payload": ALERT, "collapse_id": "x" * 65}, "bad_collapse_id", True),
     ({"token": T, "payload": ALERT, "app": "nosuchapp"}, "unknown_app", False),
