@@ -199,7 +199,7 @@ class Http2Session(Session):
         connection. Either way the notification is sent again without spending an attempt."""
         note.losses += 1
         if note.losses >= MAX_LOSSES:
-            return [(note, http2_outcome(ev.status, ev.reason))]  # retried later through the scheduled set
+            return [(note, Outcome(Kind.RETRY, ev.status, ev.reason))]  # retried later via the scheduled set, uncounted
         self.pending.appendleft(note)
         if ev.reason == "UnrelatedKeyIdInToken":
             self._replace(ev.reason)

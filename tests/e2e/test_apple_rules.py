@@ -7,7 +7,9 @@ import pytest
 
 from apnsd.client import Client
 from apnsd.errors import JobError
+from apnsd.gateway.credentials import load_public_key
 from apnsd.testing.devpki import BUNDLE_ID, TOPICS
+from apnsd.testing.http2_mock import APPLE_REASONS
 from tests.support.jobs import good_tokens, push_all, run_drained
 
 
@@ -100,3 +102,39 @@ def test_receipts_carry_apns_unique_id_in_the_development_environment(jq, rdb, h
     assert [("delivered", 36, 36)] * 3 == [
         (r["outcome"], len(r["apns_id"]), len(r.get("apns_unique_id", ""))) for r in receipts
     ]
+
+
+def token_auth(make_config, mock, pki, **env: str):
+    """A config for token (.p8) auth against ``mock``."""
+    return make_config(
+        mock,
+        APP_DEFAULT_CERT="",
+        APP_DEFAULT_TOKEN_KEY=pki.p8_key,
+        APP_DEFAULT_KEY_ID=pki.key_id,
+        APP_DEFAULT_TEAM_ID=pki.team_id,
+        APP_DEFAULT_TOPIC=BUNDLE_ID,
+        **env,
+    )
+
+
+@pytest.mark.timeout(60)
+# TooManyProviderTokenUpdates parks sends until the token is 20 minutes old: tests/unit/test_http2_session_rules.py
+@pytest.mark.parametrize("reason", ["ExpiredProviderToken", "UnrelatedKeyIdInToken"])
+def test_provider_token_answers_spend_no_attempt_and_everything_arrives(reason, jq, http2_mock, make_config, pki):
+    """Provider-token refusals under max_attempts = 1 dead-letter nothing: each is sent again, uncounted."""
+    mock = http2_mock(
+        client_ca=False,
+        jwt_public_key=load_public_key(pki.p8_public),
+        jwt_key_id=pki.key_id,
+        jwt_team_id=pki.team_id,
+        burst_status=(APPLE_REASONS[reason], reason, 3),
+        burst_after=1,
+    )
+    tokens = good_tokens(20, seed=175)
+    push_all(jq, [encode(t, {"aps": {"alert": "x"}}) for t in tokens])
+
+    assert 0 == run_drained(token_auth(make_config, mock, pki, APP_DEFAULT_MAX_ATTEMPTS="1"))
+
+    accepted = mock.record.accepted_tokens()
+    assert (set(tokens), {1}, 0) == (set(accepted), set(accepted.values()), jq.counts()["dead"])
+    assert 3 == sum(1 for r in mock.record.received if r.reason == reason)
