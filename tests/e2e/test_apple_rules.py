@@ -138,3 +138,21 @@ def test_provider_token_answers_spend_no_attempt_and_everything_arrives(reason, 
     accepted = mock.record.accepted_tokens()
     assert (set(tokens), {1}, 0) == (set(accepted), set(accepted.values()), jq.counts()["dead"])
     assert 3 == sum(1 for r in mock.record.received if r.reason == reason)
+
+
+@pytest.mark.timeout(60)
+def test_too_many_requests_delays_the_token_and_then_delivers(jq, http2_mock, make_config):
+    """429 TooManyRequests is retried after throttle_delay through the scheduled set, then delivered once."""
+    tokens = good_tokens(10, seed=176)
+    mock = http2_mock(burst_status=(429, "TooManyRequests", 10))
+    push_all(jq, [encode(t, {"aps": {"alert": "x"}}) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock))
+
+    accepted = mock.record.accepted_tokens()
+    assert (set(tokens), {1}, 0, 10) == (
+        set(accepted),
+        set(accepted.values()),
+        jq.counts()["dead"],
+        jq.counts()["total_retry"],
+    )
