@@ -198,8 +198,8 @@ class Http2Session(Session):
         """TooManyProviderTokenUpdates parks this connection's sends; UnrelatedKeyIdInToken asks for a new
         connection. Either way the notification is sent again without spending an attempt."""
         note.losses += 1
-        if note.losses >= MAX_LOSSES:
-            return [(note, Outcome(Kind.RETRY, ev.status, ev.reason))]  # retried later via the scheduled set, uncounted
+        if note.losses >= MAX_LOSSES:  # bounced too often: retried later via the scheduled set, uncounted
+            return [(note, Outcome(Kind.RETRY, ev.status, ev.reason))]
         self.pending.appendleft(note)
         if ev.reason == "UnrelatedKeyIdInToken":
             self._replace(ev.reason)

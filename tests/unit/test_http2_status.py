@@ -49,7 +49,7 @@ id_headers = st.lists(
 def test_ids_match_reference_decoder(status, extra, huffman, sensitive):
     """For any response block, response_ids returns the apns-id and apns-unique-id hpack decodes."""
     enc = table_less_encoder()
-    headers = [(":status", str(status))] + extra
+    headers = [(":status", str(status)), *extra]
     for _ in range(2):
         block = enc.encode(
             [hpack.NeverIndexedHeaderTuple(k, v) if sensitive else hpack.HeaderTuple(k, v) for k, v in headers],
