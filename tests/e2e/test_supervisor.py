@@ -28,8 +28,8 @@ from tests.support.supervised import (
     program_state,
     stop_by_pid,
     supervisorctl,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 
 @dataclass
