@@ -47,6 +47,12 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
         help="http2: the reason the GOAWAY of --goaway-after names (any of Apple's, e.g. IdleTimeout)",
     )
     p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="http2: GOAWAY IdleTimeout after this many seconds without a request (0 = never)",
+    )
+    p.add_argument(
         "--stall-after",
         type=int,
         default=0,
@@ -138,6 +144,7 @@ def build_mock(args: argparse.Namespace) -> Any:
             goaway_after=args.goaway_after,
             goaway_reason=args.goaway_reason,
             stall_after=args.stall_after,
+            idle_timeout=args.idle_timeout,
             environment=args.environment,
             close_after=args.close_after,
             jwt_public_key=load_public_key(args.jwt_key) if args.jwt_key else None,

@@ -97,6 +97,7 @@ class Http2Faults:
     goaway_reason: str = (
         "Shutdown"  # the reason in the GOAWAY that goaway_after sends (any of Apple's, e.g. IdleTimeout)
     )
+    idle_timeout: float = 0.0  # GOAWAY IdleTimeout after this many seconds without a request; 0 = never
     stall_after: int = 0  # after N answered requests, read but never answer or ACK anything (a dead link); 0 = never
     environment: str = "production"  # "sandbox" adds apns-unique-id to answers; see ENVIRONMENT_TOKEN_PREFIXES
     unregistered_age: float = 86_400.0  # a 410's timestamp: when the token was last seen valid, this long ago
@@ -227,6 +228,17 @@ class Http2GatewayConnection:
             self._record.add(answered)
         out = self._h2.data_to_send()
         return b"" if self.stalled and not answered else out
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is open or waiting for its answer."""
+        return not self._requests and not self._unsent and not self.closed
+
+    def idle_goaway(self) -> bytes:
+        """GOAWAY with reason IdleTimeout, as APNs ends a connection left unused; the connection closes."""
+        self._h2.close_connection(error_code=0, additional_data=b'{"reason":"IdleTimeout"}')
+        self.closed = True
+        return self._h2.data_to_send()
 
     def _open_stream(self, sid: int, headers: list[tuple[str, str]]) -> None:
         """A new request stream: count it against the acknowledged limit, refuse it if over."""

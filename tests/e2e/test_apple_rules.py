@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import msgspec
 import pytest
 
@@ -10,7 +12,9 @@ from apnsd.errors import JobError
 from apnsd.gateway.credentials import load_public_key
 from apnsd.testing.devpki import BUNDLE_ID, TOPICS
 from apnsd.testing.http2_mock import APPLE_REASONS
-from tests.support.jobs import good_tokens, push_all, run_drained
+from apnsd.worker.daemon import Daemon
+from tests.support.jobs import LOG, good_tokens, push_all, run_drained
+from tests.support.wait import wait_for
 
 
 def encode(token: str, payload: dict, **fields: object) -> bytes:
@@ -156,3 +160,24 @@ def test_too_many_requests_delays_the_token_and_then_delivers(jq, http2_mock, ma
         jq.counts()["dead"],
         jq.counts()["total_retry"],
     )
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_timeout_goaway_is_followed_by_a_new_connection_for_the_next_job(jq, http2_mock, make_config):
+    """After APNs ends an idle connection with GOAWAY IdleTimeout, the next job goes out on a new connection."""
+    first, second = good_tokens(2, seed=177)
+    mock = http2_mock(idle_timeout=0.3)
+    daemon = Daemon(make_config(mock))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    mark = len(LOG.getvalue())
+    push_all(jq, [encode(first, {"aps": {"alert": "x"}})])
+    thread.start()
+    try:
+        wait_for(lambda: '"IdleTimeout"' in LOG.getvalue()[mark:], 10, "the IdleTimeout GOAWAY")
+        push_all(jq, [encode(second, {"aps": {"alert": "x"}})])
+        wait_for(lambda: second in mock.record.accepted_tokens(), 10, "the second job")
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+
+    assert ({first: 1, second: 1}, 2) == (dict(mock.record.accepted_tokens()), mock.record.connections)

@@ -437,3 +437,12 @@ def test_a_second_key_id_on_a_connection_is_an_unrelated_key() -> None:
     ours.push(0, template=RequestTemplate("api.push.apple.com", TOPIC, bearer()))
     events = ours.push(1, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(kid="KEY7654321")))
     assert [(403, "UnrelatedKeyIdInToken")] == [(e.status, e.reason) for e in events if isinstance(e, ResponseReceived)]
+
+
+def test_an_idle_connection_gets_goaway_idle_timeout() -> None:
+    """idle_goaway ends an unused connection with GOAWAY reason IdleTimeout, naming the last answered stream."""
+    gw = gateway(OPEN)
+    ours = our_client(gw)
+    ours.push(0)
+    events = ours.client.receive_data(gw.gateway.idle_goaway())
+    assert ([GoAwayReceived(1, 0, "IdleTimeout")], True) == (events, gw.gateway.closed)

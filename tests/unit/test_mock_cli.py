@@ -36,11 +36,17 @@ def test_reasons_may_be_given_by_name_alone():
 
 
 def test_goaway_reason_stall_and_environment_are_options():
-    """--goaway-reason, --stall-after and --environment reach the parsed options."""
+    """--goaway-reason, --stall-after, --environment and --idle-timeout reach the parsed options."""
     args = mock_args(
-        "--goaway-after", "5", "--goaway-reason", "IdleTimeout", "--stall-after", "7", "--environment", "sandbox"
+        *("--goaway-after", "5", "--goaway-reason", "IdleTimeout", "--stall-after", "7"),
+        *("--environment", "sandbox", "--idle-timeout", "30"),
     )
-    assert ("IdleTimeout", 7, "sandbox") == (args.goaway_reason, args.stall_after, args.environment)
+    assert ("IdleTimeout", 7, "sandbox", 30.0) == (
+        args.goaway_reason,
+        args.stall_after,
+        args.environment,
+        args.idle_timeout,
+    )
 
 
 @pytest.mark.parametrize(
