@@ -19,14 +19,13 @@ from apnsd.proxy import parse_proxy, proxy_from_env
 GATEWAYS = {
     ("http2", "production"): ("api.push.apple.com", 443),
     ("http2", "sandbox"): ("api.sandbox.push.apple.com", 443),
-    ("binary", "production"): ("gateway.push.apple.com", 2195),
-    ("binary", "sandbox"): ("gateway.sandbox.push.apple.com", 2195),
 }
-FEEDBACK_GATEWAYS = {
-    "production": ("feedback.push.apple.com", 2196),
-    "sandbox": ("feedback.sandbox.push.apple.com", 2196),
-}
+# Apple retired the binary interface (2021-03-31) and its hosts: binary apps name their gateway (a mock, a
+# compatible gateway); these are only the protocol's customary ports.
+BINARY_PORT, FEEDBACK_PORT = 2195, 2196
+BINARY_NEEDS_HOST = 'protocol = "binary" needs an explicit host: Apple\'s binary gateways were retired in 2021'
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
+MAX_TOKEN_REFRESH = 3300.0  # below Apple's 3600 s token lifetime, with room for clock skew
 VOIP_PAYLOAD_LIMIT = 5120
 
 
@@ -115,9 +114,15 @@ class AppConfig(_Section):
     max_connects_per_minute: int = 6
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
-    max_attempts: int = 5
+    max_attempts: int = 0
     retry_backoff: float = 2.0
+    outage_backoff: float = 60.0
+    outage_backoff_max: float = 900.0
+    throttle_delay: float = 60.0
+    retry_for: float = 86_400.0
     ping_interval: float = 3600.0
+    ping_timeout: float = 15.0
+    stall_timeout: float = 10.0
     confirm_delay: float = 0.3
     feedback_interval: float = 0.0
     feedback_host: str = ""
@@ -134,14 +139,20 @@ class AppConfig(_Section):
         return "token" if self.token_key else "certificate"
 
     def gateway(self) -> tuple[str, int]:
-        """The host and port to connect to: configured, or Apple's for protocol and environment."""
+        """The host and port to connect to: configured, or Apple's HTTP/2 gateway for the environment."""
+        if self.protocol == "binary":
+            if not self.host:
+                raise ConfigError("host", BINARY_NEEDS_HOST)
+            return (self.host, self.port or BINARY_PORT)
         host, port = GATEWAYS[(self.protocol, self.environment)]
         return (self.host or host, self.port or port)
 
     def feedback_gateway(self) -> tuple[str, int]:
-        """The binary feedback service's host and port."""
-        host, port = FEEDBACK_GATEWAYS[self.environment]
-        return (self.feedback_host or self.host or host, self.feedback_port or port)
+        """The binary feedback service's host and port: feedback_host (else host), port 2196 unless set."""
+        host = self.feedback_host or self.host
+        if not host:
+            raise ConfigError("feedback_host", BINARY_NEEDS_HOST)
+        return (host, self.feedback_port or FEEDBACK_PORT)
 
     def payload_limit_for(self, push_type: str | None) -> int:
         """The largest payload in bytes this app may send for the given push type."""
@@ -362,7 +373,7 @@ def _split_validation(message: str, base: str = "") -> tuple[str, str]:
 
 def _env_proxy(app: AppConfig, env: Mapping[str, str]) -> AppConfig:
     """An app without its own ``proxy`` uses HTTPS_PROXY unless NO_PROXY exempts its gateway host."""
-    if app.proxy:
+    if app.proxy or (app.protocol == "binary" and not app.host):  # the latter is reported by validation
         return app
     proxy = proxy_from_env(*app.gateway(), env)
     if not proxy:
@@ -481,9 +492,10 @@ def _validate_app(name: str, app: AppConfig) -> None:
         _require(len(app.team_id) == 10 and app.team_id.isalnum(), k + "team_id", "must be the 10-character team id")
         _require(bool(app.topic), k + "topic", "token auth needs the app's bundle id as topic")
         _require(
-            1200 <= app.token_refresh <= 3600,
+            1200 <= app.token_refresh <= MAX_TOKEN_REFRESH,
             k + "token_refresh",
-            "Apple allows refreshing between 20 and 60 minutes (1200-3600 s)",
+            f"must be between 1200 and {MAX_TOKEN_REFRESH:g} s: Apple refuses a new token within 20 minutes and "
+            "a token older than an hour; the margin keeps a token in flight under an hour old",
         )
     _require(not (app.cert and app.pkcs12), k + "pkcs12", "set cert (PEM) or pkcs12, not both")
     _require(not (app.key and not app.cert), k + "key", "a key file needs a cert file")
@@ -500,11 +512,21 @@ def _validate_app(name: str, app: AppConfig) -> None:
         k + "backoff_max",
         "must be at least backoff_initial, which must be positive",
     )
-    _require(app.max_attempts >= 1, k + "max_attempts", "must be at least 1")
+    _require(app.max_attempts >= 0, k + "max_attempts", "must be 0 (no count limit: retry_for decides) or more")
     _require(1 <= app.connections <= 16, k + "connections", "must be between 1 and 16")
     _require(app.retry_backoff > 0, k + "retry_backoff", "must be positive")
+    _require(0 < app.outage_backoff <= 3600, k + "outage_backoff", "must be between 0 and 3600 seconds")
+    _require(
+        app.outage_backoff <= app.outage_backoff_max <= 86_400,
+        k + "outage_backoff_max",
+        "must be at least outage_backoff and at most 86400 seconds",
+    )
+    _require(0 < app.throttle_delay <= 3600, k + "throttle_delay", "must be between 0 and 3600 seconds")
+    _require(0 < app.retry_for <= 30 * 86_400, k + "retry_for", "must be between 0 and 2592000 seconds (30 days)")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
+    _require(0 < app.ping_timeout <= 300, k + "ping_timeout", "must be between 0 and 300 seconds")
+    _require(0 < app.stall_timeout <= 3600, k + "stall_timeout", "must be between 0 and 3600 seconds")
     _require(
         app.mismatch_guard_answers == 0 or app.mismatch_guard_answers >= 10,
         k + "mismatch_guard_answers",
@@ -519,3 +541,4 @@ def _validate_app(name: str, app: AppConfig) -> None:
         k + "feedback_interval",
         "must be 0 (off) or at least 10 seconds",
     )
+    _require(app.protocol != "binary" or bool(app.host), k + "host", BINARY_NEEDS_HOST)

@@ -101,6 +101,8 @@ def make_config(redis_server: RedisServer, pki: Any, tmp_path: Any) -> Callable[
             "APNSD_APP_DEFAULT_BACKOFF_INITIAL": "0.05",
             "APNSD_APP_DEFAULT_CONFIRM_DELAY": "0.2",
             "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
+            "APNSD_APP_DEFAULT_OUTAGE_BACKOFF": "0.05",
+            "APNSD_APP_DEFAULT_THROTTLE_DELAY": "0.05",
             "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
             "APNSD_WORKER_GRACE_PERIOD": "5",
             "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",

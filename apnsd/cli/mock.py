@@ -31,33 +31,94 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
         "--fail-prefix",
         action="append",
         default=[],
-        metavar="HEX=STATUS[:REASON]",
-        help="answer tokens starting with HEX with STATUS (binary: error code; http2: e.g. 410:Unregistered)",
+        type=_fail_prefix,
+        metavar="HEX=STATUS[:REASON]|HEX=REASON",
+        help="answer tokens starting with HEX with STATUS (binary: error code; http2: e.g. 410:Unregistered, "
+        "or just one of Apple's reasons such as InvalidProviderToken)",
     )
     p.add_argument(
         "--close-after", type=int, default=0, help="drop the first connection abruptly after N notifications"
     )
     p.add_argument("--goaway-after", type=int, default=0, help="http2: GOAWAY after N requests on the first connection")
     p.add_argument(
+        "--goaway-reason",
+        default="Shutdown",
+        type=_reason,
+        help="http2: the reason the GOAWAY of --goaway-after names (any of Apple's, e.g. IdleTimeout)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="http2: GOAWAY IdleTimeout after this many seconds without a request (0 = never)",
+    )
+    p.add_argument(
+        "--stall-after",
+        type=int,
+        default=0,
+        help="http2: after N requests on the first connection, answer nothing more (not even PING): a dead link",
+    )
+    p.add_argument(
         "--max-streams",
         type=int,
         default=1000,
         help="http2: SETTINGS_MAX_CONCURRENT_STREAMS after the first accepted request",
     )
-    p.add_argument("--burst", metavar="STATUS:REASON:COUNT", help="http2: answer the first COUNT requests with STATUS")
+    p.add_argument(
+        "--burst",
+        type=_burst,
+        metavar="[STATUS:]REASON:COUNT",
+        help="http2: answer COUNT requests with REASON (status from Apple's table unless given)",
+    )
+    p.add_argument("--burst-after", type=int, default=0, help="http2: requests answered normally before --burst")
+    p.add_argument(
+        "--environment",
+        choices=["production", "sandbox"],
+        default="production",
+        help="http2: sandbox adds apns-unique-id; tokens starting with the other environment's marker "
+        "(production 9e0d0c75…, sandbox 5a1db0c5…) get BadDeviceToken",
+    )
     p.add_argument(
         "--feedback", metavar="FILE", help="binary: serve these tokens (one hex per line) on the feedback port"
     )
     p.add_argument("--record", metavar="FILE", help="on exit, write what was received as JSON lines")
 
 
-def _prefixes(items: list[str]) -> list[tuple[str, int, str]]:
-    out = []
-    for item in items:
-        prefix, _, rest = item.partition("=")
-        status, _, reason = rest.partition(":")
-        out.append((prefix.lower(), int(status), reason))
-    return out
+def _reason(text: str) -> str:
+    """One of Apple's HTTP/2 reasons, by name."""
+    from apnsd.testing.http2_mock import APPLE_REASONS
+
+    if text not in APPLE_REASONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of Apple's reasons ({', '.join(APPLE_REASONS)})")
+    return text
+
+
+def _status_reason(text: str) -> tuple[int, str]:
+    """STATUS, STATUS:REASON or REASON (its status from Apple's table)."""
+    status, _, reason = text.partition(":")
+    if status.isdigit() and 0 < int(status) < 1000:
+        return int(status), reason
+    from apnsd.testing.http2_mock import APPLE_REASONS
+
+    return APPLE_REASONS[_reason(text)], text
+
+
+def _fail_prefix(text: str) -> tuple[str, int, str]:
+    """HEX=STATUS[:REASON] or HEX=REASON."""
+    prefix, sep, rest = text.partition("=")
+    if not sep or not prefix or any(c not in "0123456789abcdefABCDEF" for c in prefix):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEX=STATUS[:REASON] or HEX=REASON")
+    status, reason = _status_reason(rest)
+    return prefix.lower(), status, reason
+
+
+def _burst(text: str) -> tuple[int, str, int]:
+    """[STATUS:]REASON:COUNT."""
+    head, _, count = text.rpartition(":")
+    if not head or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not [STATUS:]REASON:COUNT")
+    status, reason = _status_reason(head)
+    return status, reason, int(count)
 
 
 def build_mock(args: argparse.Namespace) -> Any:
@@ -68,22 +129,23 @@ def build_mock(args: argparse.Namespace) -> Any:
 
     pki = make_dev_pki(args.pki_dir)
     client_ca = None if args.no_client_cert or args.jwt_key else (args.client_ca or pki.ca_cert)
-    prefixes = _prefixes(args.fail_prefix)
+    prefixes = args.fail_prefix
     kwargs: dict[str, Any] = {}
     if args.protocol == "binary":
         kwargs["binary_faults"] = BinaryFaults(tuple((p, s) for p, s, _ in prefixes), args.close_after)
     else:
         from apnsd.testing.http2_mock import Http2Faults
 
-        burst = None
-        if args.burst:
-            status, reason, count = args.burst.split(":")
-            burst = (int(status), reason, int(count))
         kwargs["http2_faults"] = Http2Faults(
             max_concurrent_streams=args.max_streams,
             reject_prefixes=tuple(prefixes),
-            burst_status=burst,
+            burst_status=args.burst,
+            burst_after=args.burst_after,
             goaway_after=args.goaway_after,
+            goaway_reason=args.goaway_reason,
+            stall_after=args.stall_after,
+            idle_timeout=args.idle_timeout,
+            environment=args.environment,
             close_after=args.close_after,
             jwt_public_key=load_public_key(args.jwt_key) if args.jwt_key else None,
         )

@@ -10,21 +10,11 @@ from typing import Any
 
 import msgspec
 
+from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, infer_push_type, topic_problem
 from apnsd.errors import JobError
 
-PUSH_TYPE_SUFFIXES: dict[str, str] = {
-    "alert": "",
-    "background": "",
-    "voip": ".voip",
-    "complication": ".complication",
-    "fileprovider": ".pushkit.fileprovider",
-    "mdm": "",
-    "location": ".location-query",
-    "liveactivity": ".push-type.liveactivity",
-    "pushtotalk": ".voip-ptt",
-    "widgets": ".push-type.widgets",
-    "controls": ".push-type.controls",
-}
+__all__ = ["PUSH_TYPE_SUFFIXES"]  # re-exported: callers validate push types against this table
+
 PRIORITIES = (10, 5, 1)
 MAX_COLLAPSE_ID = 64
 MIN_TOKEN_BYTES = 32
@@ -49,6 +39,7 @@ class JobSpec(msgspec.Struct, kw_only=True):
     send_at: float | None = None
     attempts: int = 0
     enqueued_at: float | None = None
+    failing_since: float | None = None  # set by apnsd on the first retry: retry_for counts from here
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +64,8 @@ class Notification:
     send_at: float | None = None
     batch: Any = field(default=None, repr=False)
     losses: int = 0
+    failing_since: float | None = None
+    unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +141,7 @@ def shorten(token: str) -> str:
 
 
 _decoder = msgspec.json.Decoder(JobSpec)
+_SILENT_KEY = b"content-available"
 _plain = msgspec.json.Decoder()
 
 
@@ -168,7 +162,7 @@ class JobParser:
         except msgspec.DecodeError as exc:
             return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
         try:
-            payload, protocol = self._common(spec)
+            payload, protocol, push_type = self._common(spec)
         except JobError as exc:
             return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
         tokens = [spec.token] if spec.tokens is None else spec.tokens
@@ -199,7 +193,7 @@ class JobParser:
                     spec.id,
                     spec.priority,
                     spec.expiration,
-                    spec.push_type,
+                    push_type,
                     spec.topic,
                     spec.collapse_id,
                     spec.attempts,
@@ -207,6 +201,7 @@ class JobParser:
                     raw,
                     spec.tokens is not None,
                     spec.send_at,
+                    failing_since=spec.failing_since,
                 )
             )
         return good, bad
@@ -221,8 +216,8 @@ class JobParser:
         app = obj.get("app") if isinstance(obj.get("app"), str) else None
         return Rejected(raw, "bad_field", str(exc).replace("$.", ""), app)
 
-    def _common(self, spec: JobSpec) -> tuple[bytes, str]:
-        """Checks shared by every token of a job; returns the encoded payload and the app's protocol."""
+    def _common(self, spec: JobSpec) -> tuple[bytes, str, str]:
+        """Checks shared by every token of a job; returns the encoded payload, the app's protocol and the push type."""
         limits = self._limits.get(spec.app)
         if limits is None:
             raise JobError(
@@ -242,12 +237,21 @@ class JobParser:
         ):
             self._options(spec, protocol)
         payload = decode_payload(spec.payload)
-        cap = voip_limit if spec.push_type == "voip" else limit
+        push_type = spec.push_type
+        if push_type is None:  # the common case inline: no topic and no silent-push key means alert
+            push_type = (
+                "alert"
+                if spec.topic is None and payload.find(_SILENT_KEY) < 0
+                else infer_push_type(spec.topic, payload)
+            )
+        if spec.priority is not None or spec.topic is not None:
+            check_push_type(push_type, spec)
+        cap = voip_limit if push_type == "voip" else limit
         if len(payload) > cap:
             payload = msgspec.json.encode(_plain.decode(payload))
             if len(payload) > cap:
                 raise JobError("payload_too_large", f"payload is {len(payload)} bytes; the limit is {cap}")
-        return payload, protocol
+        return payload, protocol, push_type
 
     def _options(self, spec: JobSpec, protocol: str) -> None:
         """Checks of the optional delivery fields (most jobs have none, so they are skipped)."""
@@ -268,6 +272,16 @@ class JobParser:
         for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):
             if value is not None and (not value or not value.isprintable() or value != value.strip()):
                 raise JobError(f"bad_{name}", f"{name} must be non-empty printable text without surrounding spaces")
+
+
+def check_push_type(push_type: str, spec: JobSpec) -> None:
+    """Apple's rules between a push type (given or inferred), the priority and an explicit topic."""
+    if push_type == "background" and spec.priority == 10:
+        raise JobError("bad_priority", "background pushes must use priority 5 (Apple: using priority 10 is an error)")
+    if spec.topic is not None and spec.push_type is not None:
+        problem = topic_problem(spec.topic, spec.push_type)
+        if problem:
+            raise JobError("bad_topic", problem)
 
 
 def decode_payload(raw: msgspec.Raw) -> bytes:
@@ -301,6 +315,8 @@ def single_job(n: Notification, **changes: Any) -> bytes:
     return msgspec.json.encode(obj)
 
 
-def retry_job(n: Notification, send_at: float) -> bytes:
-    """The job that sends ``n`` once more at ``send_at``, with its attempt count raised."""
-    return single_job(n, attempts=n.attempts + 1, send_at=send_at)
+def retry_job(n: Notification, send_at: float, now: float | None = None, counted: bool = True) -> bytes:
+    """The job that sends ``n`` once more at ``send_at``: attempt count raised (when ``counted``), and
+    ``failing_since`` kept from the first failure (or set to ``now``), so that retries end by time."""
+    since = n.failing_since if n.failing_since is not None else (now if now is not None else send_at)
+    return single_job(n, attempts=n.attempts + (1 if counted else 0), send_at=send_at, failing_since=since)

@@ -31,7 +31,16 @@ def load_credentials(name: str, app: AppConfig) -> AppCredentials:
         )
     except CredentialsError as exc:
         raise CredentialsError(f"app {name!r}: {exc}") from None
-    return AppCredentials(identity, signer)
+    return AppCredentials(identity, shared_signer(signer) if signer is not None else None)
+
+
+_SIGNERS: dict[tuple[str, str, float, bytes], TokenSigner] = {}
+
+
+def shared_signer(signer: TokenSigner) -> TokenSigner:
+    """One signer per key for the whole process (apps sharing a .p8, reloads with the same key), so that a
+    key mints a new token at most every token_refresh seconds, never per app or per reload."""
+    return _SIGNERS.setdefault(signer.identity, signer)
 
 
 def validity_problem(creds: AppCredentials, now: datetime | None = None) -> str | None:

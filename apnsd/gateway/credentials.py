@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +241,15 @@ class TokenSigner:
         self._key = key
         self._token = ""
         self._issued_at = 0
+        self._lock = threading.Lock()  # one signer may serve the delivery loops of several apps
+
+    @property
+    def identity(self) -> tuple[str, str, float, bytes]:
+        """What makes two signers interchangeable: key id, team, refresh interval and the key itself."""
+        der = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return (self.key_id, self.team_id, self.refresh_after, der)
 
     @classmethod
     def from_p8(cls, path: str, key_id: str, team_id: str, refresh_after: float = 3000.0) -> TokenSigner:
@@ -260,13 +270,16 @@ class TokenSigner:
     def token(self, now: float) -> str:
         """The current token, signing a new one when none exists or it is refresh_after seconds old."""
         if not self._token or now - self._issued_at >= self.refresh_after:
-            self._sign(now)
+            with self._lock:
+                if not self._token or now - self._issued_at >= self.refresh_after:
+                    self._sign(now)
         return self._token
 
     def force_refresh(self, now: float) -> str:
         """After ExpiredProviderToken: a new token, unless the current one is under 20 minutes old."""
-        if not self._token or now - self._issued_at >= MIN_TOKEN_REFRESH:
-            self._sign(now)
+        with self._lock:
+            if not self._token or now - self._issued_at >= MIN_TOKEN_REFRESH:
+                self._sign(now)
         return self._token
 
     def _sign(self, now: float) -> None:
@@ -305,6 +318,8 @@ def verify_token(
     try:
         public_key.verify(der, jwt.rpartition(".")[0].encode("ascii"), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
+        return invalid
+    if iat > now:  # issued in the future: a clock ahead of APNs' makes tokens APNs refuses
         return invalid
     if now - iat > max_age:
         return (False, "ExpiredProviderToken")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from apnsd import metrics
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
-from apnsd.gateway.credentials import TokenSigner
-from apnsd.gateway.session import Loss, Resolved, Session, State
+from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
+from apnsd.gateway.credentials import MIN_TOKEN_REFRESH, TokenSigner
+from apnsd.gateway.session import MAX_LOSSES, SHORT_LIVED, Loss, Resolved, Session, State
 from apnsd.wire.http2.connection import (
     GoAwayReceived,
     H2ClientConnection,
@@ -23,7 +25,11 @@ from apnsd.wire.http2.connection import (
 )
 
 REFUSED_STREAM = 7
-PING_TIMEOUT = 30.0
+MARK_RESOLUTION = 1.0  # seconds between two send-time marks: a stall is seen at most this much early
+MAX_MARKS = 64  # marks kept before the ones older than the oldest unanswered request are dropped
+MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates
+# Answers about the provider token, not the notification: the notification is sent again, uncounted.
+RESEND_REASONS = frozenset({"TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken"})
 
 
 class Http2Session(Session):
@@ -37,12 +43,21 @@ class Http2Session(Session):
         super().__init__(*args, **kwargs)
         self.signer = signer
         self.default_topic = default_topic
+        # topic-less jobs of a suffixed push type (voip, liveactivity, …) go to the bundle id + suffix
+        self._type_topics: dict[str | None, str | None] = {
+            t: topic_for(default_topic, t) for t, sfx in PUSH_TYPE_SUFFIXES.items() if sfx
+        }
         self._h2: H2ClientConnection | None = None
         self._streams: dict[int, Notification] = {}
         self._template: RequestTemplate | None = None
         self._token_iat = 0
         self._last_activity = 0.0
+        self._last_received = 0.0
         self._ping_sent: float | None = None
+        self._sent_marks: deque[tuple[int, float]] = deque()  # (first stream id of a write, when)
+        self._parked_until = 0.0  # after TooManyProviderTokenUpdates, no sends before this
+        self._hold = False  # this connection must send nothing more: the work waits for a fresh one
+        self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -58,11 +73,15 @@ class Http2Session(Session):
 
     def on_connected(self, now: float) -> None:
         """Send the connection preface and SETTINGS."""
-        self._h2 = H2ClientConnection()
+        # apns-unique-id exists only in the development environment: read ids there (and from errors)
+        self._h2 = H2ClientConnection(read_ids=self.cfg.environment == "sandbox")
         self._h2.initiate()
         self._streams.clear()
+        self._sent_marks.clear()
+        self._expired_from_sid = 0
+        self._hold = False
         self._template = None
-        self._last_activity = now
+        self._last_activity = self._last_received = now
         self._ping_sent = None
         self._push()
 
@@ -81,7 +100,7 @@ class Http2Session(Session):
     def send_pending(self, now: float) -> None:
         """Open as many streams as the server allows for pending notifications."""
         h2 = self._h2
-        if h2 is None or self.state is not State.OPEN or not self.pending:
+        if h2 is None or self.state is not State.OPEN or self._hold or not self.pending or now < self._parked_until:
             return
         n = min(h2.available_streams, len(self.pending))
         if n <= 0:
@@ -89,7 +108,7 @@ class Http2Session(Session):
                 self.wants_replacement = True
             return
         template = self._current_template()
-        pending, streams, send = self.pending, self._streams, h2.send_request
+        pending, streams, send, type_topics = self.pending, self._streams, h2.send_request, self._type_topics
         for _ in range(n):
             note = pending.popleft()
             sid = send(
@@ -101,9 +120,14 @@ class Http2Session(Session):
                 priority=effective_priority(note.push_type, note.priority),
                 expiration=note.expiration,
                 collapse_id=note.collapse_id,
-                topic=note.topic,
+                topic=note.topic or type_topics.get(note.push_type),
             )
             streams[sid] = note
+        marks = self._sent_marks
+        if not marks or now - marks[-1][1] >= MARK_RESOLUTION:
+            if len(marks) >= MAX_MARKS:
+                self._trim_marks()
+            marks.append((sid - 2 * (n - 1), now))
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
@@ -124,14 +148,21 @@ class Http2Session(Session):
             events = h2.receive_data(data)
         except H2ProtocolError as exc:
             events, failure = exc.events, exc
-        self._last_activity = now
+        self._last_activity = self._last_received = now
         out: Resolved = []
         streams = self._streams
         for ev in events:
             if type(ev) is ResponseReceived:
                 note = streams.pop(ev.stream_id, None)
-                if note is not None:
-                    out.append((note, self._outcome(ev)))
+                if note is None:
+                    continue
+                if ev.status != 200 and ev.reason in RESEND_REASONS:
+                    out += self._token_trouble(note, ev, now)
+                    continue
+                if ev.apns_id:
+                    note.apns_id = ev.apns_id
+                    note.unique_id = ev.unique_id
+                out.append((note, self._outcome(ev)))
             elif type(ev) is StreamReset:
                 note = streams.pop(ev.stream_id, None)
                 if note is None:
@@ -141,7 +172,7 @@ class Http2Session(Session):
                 else:
                     out.append((note, Outcome(Kind.RETRY, None, f"stream_reset_{ev.error_code}")))
             elif type(ev) is GoAwayReceived:
-                out += self._on_goaway(ev)
+                out += self._on_goaway(ev, now)
             elif type(ev) is SettingsChanged:
                 self.log.debug("settings", max_concurrent_streams=ev.max_concurrent_streams)
             elif type(ev) is PingAcked:
@@ -155,17 +186,47 @@ class Http2Session(Session):
     def _outcome(self, ev: ResponseReceived) -> Outcome:
         if ev.status == 200:
             return http2_outcome(200)
-        if ev.reason == "ExpiredProviderToken" and self.signer is not None:
+        if ev.reason == "ExpiredProviderToken" and self.signer is not None and self._h2 is not None:
+            if not self._expired_from_sid:
+                self._expired_from_sid = self._h2.next_stream_id
+            elif ev.stream_id >= self._expired_from_sid:
+                # refused again for a request sent after re-signing: try a fresh connection
+                self._replace("ExpiredProviderToken after re-signing")
             self.signer.force_refresh(time.time())
         return http2_outcome(ev.status, ev.reason, ev.timestamp_ms)
 
-    def _on_goaway(self, ev: GoAwayReceived) -> Resolved:
+    def _token_trouble(self, note: Notification, ev: ResponseReceived, now: float) -> Resolved:
+        """TooManyProviderTokenUpdates parks this connection's sends; UnrelatedKeyIdInToken asks for a new
+        connection. Either way the notification is sent again without spending an attempt."""
+        note.losses += 1
+        if note.losses >= MAX_LOSSES:  # bounced too often: retried later via the scheduled set, uncounted
+            return [(note, Outcome(Kind.RETRY, ev.status, ev.reason))]
+        self.pending.appendleft(note)
+        if ev.reason == "UnrelatedKeyIdInToken":
+            self._replace(ev.reason)
+        elif now >= self._parked_until:
+            issued = self.signer.issued_at if self.signer is not None else 0
+            wait = min(MIN_TOKEN_REFRESH, max(MIN_PARK, issued + MIN_TOKEN_REFRESH - time.time()))
+            self._parked_until = now + wait
+            self.log.warning("token_updates_refused", reason=ev.reason, parked_for=round(wait, 1))
+        return []
+
+    def _replace(self, why: str) -> None:
+        """Move this app's work to a fresh connection (make-before-break, as for a scheduled reconnect)."""
+        if not self._hold:
+            self.log.warning("connection_replaced", reason=why)
+        self.wants_replacement = self._hold = True
+
+    def _on_goaway(self, ev: GoAwayReceived, now: float) -> Resolved:
         # Streams above last_stream_id were never processed: send them again on the next connection.
         unprocessed = sorted(sid for sid in self._streams if sid > ev.last_stream_id)
         again = [self._streams.pop(sid) for sid in unprocessed]
         self.pending.extendleft(reversed(again))
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
+        if now - self.connected_at < SHORT_LIVED:
+            # a gateway that says goodbye right after hello is failing: back off as for a failed connect
+            self.pacer.failed(now)
         self.explanation = f"GOAWAY {ev.reason or ev.error_code}"
         self.log.warning(
             "goaway",
@@ -178,26 +239,52 @@ class Http2Session(Session):
         return []
 
     def on_timer(self, now: float) -> Resolved:
-        """PING an idle connection; give up on one whose PING goes unanswered; close after GOAWAY."""
+        """PING an idle connection, or one whose oldest request waits with nothing received; give up on one
+        whose PING goes unanswered; close after GOAWAY."""
         h2 = self._h2
         if h2 is None or self.transport is None:
             return []
         if h2.goaway is not None and not self._streams:
             self.close(self.explanation or "goaway")
             return []
-        if self._ping_sent is not None and now - self._ping_sent > PING_TIMEOUT:
+        if self._ping_sent is not None and now - self._ping_sent > self.cfg.ping_timeout:
             return self._lost("PING unanswered", now, Loss.ABRUPT)
-        if self._ping_sent is None and now - self._last_activity >= self.cfg.ping_interval:
+        if self._ping_sent is None and (
+            now - self._last_activity >= self.cfg.ping_interval or now >= self._stall_check_at(now)
+        ):
             h2.ping()
             self._ping_sent = now
             self._push()
         return []
 
+    def _stall_check_at(self, now: float) -> float:
+        """When the oldest unanswered request will have waited stall_timeout with nothing received (or a
+        earlier time to look again). Under load something arrives all the time, so the walk is rare."""
+        if not self._streams:
+            return float("inf")
+        quiet_from = self._last_received + self.cfg.stall_timeout
+        if now < quiet_from:
+            return quiet_from
+        self._trim_marks()
+        sent = self._sent_marks[0][1] if self._sent_marks else self._last_activity
+        return max(sent + self.cfg.stall_timeout, quiet_from)
+
+    def _trim_marks(self) -> None:
+        """Drop send marks older than the oldest unanswered request's."""
+        marks = self._sent_marks
+        if not self._streams:
+            marks.clear()
+            return
+        oldest = next(iter(self._streams))  # dicts keep insertion order and stream ids only grow
+        while len(marks) > 1 and marks[1][0] <= oldest:
+            marks.popleft()
+
     def timer_deadline(self, now: float) -> float:
-        """The next PING (or PING timeout)."""
+        """The next PING (idle or stalled), the PING timeout, or the end of a pause."""
         if self._ping_sent is not None:
-            return self._ping_sent + PING_TIMEOUT
-        return self._last_activity + self.cfg.ping_interval
+            return self._ping_sent + self.cfg.ping_timeout
+        parked = self._parked_until if self._parked_until > now else float("inf")
+        return min(self._last_activity + self.cfg.ping_interval, self._stall_check_at(now), parked)
 
     def unanswered_count(self) -> int:
         """Streams open and not yet answered."""

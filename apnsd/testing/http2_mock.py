@@ -2,7 +2,9 @@
 
 It validates requests as APNs documents (status + ``{"reason": ...}``), records every answer
 in a MockRecord, advertises one stream until the first accepted request like APNs, and
-injects faults (rejected token prefixes, error bursts, GOAWAY, abrupt close). Reasons APNs
+injects faults (rejected token prefixes and error bursts with any of Apple's reasons, GOAWAY with
+any reason, abrupt close, a stalled link), applies the per-connection provider-token rules, answers
+a token of the other environment with BadDeviceToken and, in sandbox mode, sends apns-unique-id. Reasons APNs
 does not document, chosen here: a body that is not a JSON object gets 400 ``BadPayload``; a
 topic without the suffix its push type needs gets 400 ``BadTopic``. The socket server that
 drives it lives in ``apnsd.testing.mock``.
@@ -28,6 +30,46 @@ from apnsd.core.jobs import MAX_COLLAPSE_ID, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, P
 from apnsd.testing.record import MockRecord, Received
 
 PAYLOAD_LIMIT, VOIP_PAYLOAD_LIMIT = 4096, 5120
+# Apple's table of error reasons and their statuses ("Handling notification responses from APNs").
+APPLE_REASONS: dict[str, int] = {
+    "BadCollapseId": 400,
+    "BadDeviceToken": 400,
+    "BadExpirationDate": 400,
+    "BadMessageId": 400,
+    "BadPriority": 400,
+    "BadTopic": 400,
+    "DeviceTokenNotForTopic": 400,
+    "DuplicateHeaders": 400,
+    "IdleTimeout": 400,
+    "InvalidPushType": 400,
+    "MissingDeviceToken": 400,
+    "MissingTopic": 400,
+    "PayloadEmpty": 400,
+    "TopicDisallowed": 400,
+    "BadCertificate": 403,
+    "BadCertificateEnvironment": 403,
+    "ExpiredProviderToken": 403,
+    "Forbidden": 403,
+    "InvalidProviderToken": 403,
+    "MissingProviderToken": 403,
+    "UnrelatedKeyIdInToken": 403,
+    "BadEnvironmentKeyIdInToken": 403,
+    "BadPath": 404,
+    "MethodNotAllowed": 405,
+    "ExpiredToken": 410,
+    "Unregistered": 410,
+    "PayloadTooLarge": 413,
+    "TooManyProviderTokenUpdates": 429,
+    "TooManyRequests": 429,
+    "InternalServerError": 500,
+    "ServiceUnavailable": 503,
+    "Shutdown": 503,
+}
+# Which environment a token belongs to, for the mock: tokens starting with the other environment's
+# marker are answered BadDeviceToken, as APNs answers a sandbox token sent to production. Unmarked
+# tokens are valid in both.
+ENVIRONMENT_TOKEN_PREFIXES = {"production": "9e0d0c75", "sandbox": "5a1db0c5"}  # 32 bits: no random token collides
+TOKEN_UPDATE_INTERVAL = 1200.0  # APNs accepts a new provider token on a connection at most every 20 minutes
 REFUSED_STREAM = 0x7
 _PATH_PREFIX = "/3/device/"
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -44,6 +86,7 @@ class Http2Faults:
     initial_streams: int = 1  # advertised until the first accepted request, like APNs
     reject_prefixes: tuple[tuple[str, int, str], ...] = ()  # (token hex prefix, status, reason)
     burst_status: tuple[int, str, int] | None = None  # (status, reason, count) for the server's first valid requests
+    burst_after: int = 0  # valid requests answered normally before the burst starts
     goaway_after: int = 0  # GOAWAY and close after N answered requests on a connection; 0 = never
     close_after: int = 0  # drop the connection without GOAWAY right after answering its N-th request; 0 = never
     once: bool = True  # goaway/close fire on the server's first connection only
@@ -51,6 +94,13 @@ class Http2Faults:
     jwt_public_key: object | None = None  # set = token auth: ES256 provider tokens required
     jwt_key_id: str | None = None  # expected JWT "kid" under token auth; None = any
     jwt_team_id: str | None = None  # expected JWT "iss" under token auth; None = any
+    goaway_reason: str = (
+        "Shutdown"  # the reason in the GOAWAY that goaway_after sends (any of Apple's, e.g. IdleTimeout)
+    )
+    idle_timeout: float = 0.0  # GOAWAY IdleTimeout after this many seconds without a request; 0 = never
+    stall_after: int = 0  # after N answered requests, read but never answer or ACK anything (a dead link); 0 = never
+    environment: str = "production"  # "sandbox" adds apns-unique-id to answers; see ENVIRONMENT_TOKEN_PREFIXES
+    unregistered_age: float = 86_400.0  # a 410's timestamp: when the token was last seen valid, this long ago
 
 
 class FaultState:
@@ -67,13 +117,11 @@ class FaultState:
             self._connections += 1
             return self._connections - 1
 
-    def take_burst(self, count: int) -> bool:
-        """True for the server's first ``count`` calls: that request gets the burst status."""
+    def take_burst(self, count: int, after: int = 0) -> bool:
+        """True for the server's calls after the first ``after``, ``count`` of them: those get the burst status."""
         with self._lock:
-            if self._burst_used >= count:
-                return False
             self._burst_used += 1
-            return True
+            return after < self._burst_used <= after + count
 
 
 class _ServerConnection(h2.connection.H2Connection):
@@ -121,6 +169,10 @@ class Http2GatewayConnection:
         self._answered = 0
         self._raised = faults.initial_streams == faults.max_concurrent_streams
         self._jwt_seen: tuple[str, int, str] = ("", -1, "")  # (token, whole second, verdict) of the last check
+        self._jwt_current = ""  # the provider token in use on this connection, and since when
+        self._jwt_since = 0.0
+        self._first_kid: object = None  # the key id of the connection's first accepted token
+        self.stalled = False  # a dead link: bytes are read and dropped, nothing is ever written
         self.closed = False  # the socket owner should close the connection
         self.abrupt = False  # ... without a TLS close_notify
 
@@ -131,7 +183,7 @@ class Http2GatewayConnection:
 
     def receive(self, data: bytes) -> bytes:
         """Process bytes from the client; returns the bytes to write back."""
-        if self.closed:
+        if self.closed or self.stalled:
             return b""
         try:
             events = self._h2.receive_data(data)
@@ -169,11 +221,23 @@ class Http2GatewayConnection:
             if self.closed:
                 break
         for sid, req in complete:
-            if self.closed:
+            if self.closed or self.stalled:
                 break
             answered.append(self._answer(sid, req))
         if answered:
             self._record.add(answered)
+        out = self._h2.data_to_send()
+        return b"" if self.stalled and not answered else out
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is open or waiting for its answer."""
+        return not self._requests and not self._unsent and not self.closed
+
+    def idle_goaway(self) -> bytes:
+        """GOAWAY with reason IdleTimeout, as APNs ends a connection left unused; the connection closes."""
+        self._h2.close_connection(error_code=0, additional_data=b'{"reason":"IdleTimeout"}')
+        self.closed = True
         return self._h2.data_to_send()
 
     def _open_stream(self, sid: int, headers: list[tuple[str, str]]) -> None:
@@ -225,7 +289,7 @@ class Http2GatewayConnection:
         if status != 200:
             return status, reason
         burst = self._faults.burst_status
-        if burst is not None and self._state.take_burst(burst[2]):
+        if burst is not None and self._state.take_burst(burst[2], self._faults.burst_after):
             return burst[0], burst[1]
         token = h[":path"][len(_PATH_PREFIX) :].lower()
         for prefix, status, reason in self._faults.reject_prefixes:
@@ -250,7 +314,9 @@ class Http2GatewayConnection:
         if self._faults.jwt_public_key is not None:
             reason = self._check_provider_token(h.get("authorization"))
             if reason:
-                return 403, reason
+                return APPLE_REASONS[reason], reason
+        if self._other_environment(token):
+            return 400, "BadDeviceToken"
         push_type = h.get("apns-push-type")
         if push_type is not None and push_type not in PUSH_TYPE_SUFFIXES:
             return 400, "InvalidPushType"
@@ -315,24 +381,51 @@ class Http2GatewayConnection:
         ok, verdict = verify_token(jwt, faults.jwt_public_key, now, key_id=faults.jwt_key_id)  # type: ignore[arg-type]
         if ok and faults.jwt_team_id is not None and decode_token(jwt)[1].get("iss") != faults.jwt_team_id:
             verdict = "InvalidProviderToken"
+        if not verdict:
+            verdict = self._check_token_change(jwt, now)
         self._jwt_seen = (jwt, int(now), verdict)
         return verdict
 
+    def _check_token_change(self, jwt: str, now: float) -> str:
+        """APNs' per-connection token rules: one key per connection, a new token at most every 20 minutes."""
+        from apnsd.gateway.credentials import decode_token
+
+        kid = decode_token(jwt)[0].get("kid")
+        if self._first_kid is None:
+            self._first_kid = kid
+        elif kid != self._first_kid:
+            return "UnrelatedKeyIdInToken"
+        if jwt != self._jwt_current:
+            if self._jwt_current and now - self._jwt_since < TOKEN_UPDATE_INTERVAL:
+                return "TooManyProviderTokenUpdates"
+            self._jwt_current, self._jwt_since = jwt, now
+        return ""
+
+    def _other_environment(self, token: str) -> bool:
+        """True for a token marked as belonging to the environment this gateway is not."""
+        marker = ENVIRONMENT_TOKEN_PREFIXES.get(
+            "sandbox" if self._faults.environment == "production" else "production", ""
+        )
+        return token[: len(marker)].lower() == marker
+
     def _respond(self, sid: int, status: int, reason: str, ident: str) -> None:
-        """200 with apns-id and no body; errors with a JSON reason (and a timestamp for 410)."""
+        """200 with apns-id and no body; errors with a JSON reason (and a timestamp for 410). In sandbox
+        mode every answer also carries apns-unique-id, as Apple's development environment does."""
+        unique = [("apns-unique-id", str(uuid.uuid4()))] if self._faults.environment == "sandbox" else []
         if status == 200:
-            self._h2.send_headers(sid, [(":status", "200"), ("apns-id", ident)], end_stream=True)
+            self._h2.send_headers(sid, [(":status", "200"), ("apns-id", ident), *unique], end_stream=True)
             self._open -= 1
             return
         error: dict[str, object] = {"reason": reason}
         if status == 410:
-            error["timestamp"] = int(self._now() * 1000)
+            error["timestamp"] = int((self._now() - self._faults.unregistered_age) * 1000)
         body = msgspec.json.encode(error)
         self._h2.send_headers(
             sid,
             [
                 (":status", str(status)),
                 ("apns-id", ident),
+                *unique,
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
             ],
@@ -363,12 +456,16 @@ class Http2GatewayConnection:
             return
         if self._answered == self._faults.close_after:
             self.closed = self.abrupt = True
+        elif self._answered == self._faults.stall_after:
+            self.stalled = True
         elif self._answered == self._faults.goaway_after:
             # Streams below this one still being received were not processed: name the last
             # stream below all of them, so the client may safely resend everything above it.
             pending = [s for s in self._requests if s < sid]
             last = min(pending) - 2 if pending else sid
             self._h2.close_connection(
-                error_code=0, additional_data=b'{"reason":"Shutdown"}', last_stream_id=max(last, 0)
+                error_code=0,
+                additional_data=msgspec.json.encode({"reason": self._faults.goaway_reason}),
+                last_stream_id=max(last, 0),
             )
             self.closed = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -232,6 +233,10 @@ class MockGateway:
         h2c = Http2GatewayConnection(faults, self._h2_state, self.record, self._now)
         conn.sendall(h2c.initiate())
         while not h2c.closed:
+            if faults.idle_timeout and h2c.idle and not conn.pending():
+                if not select.select([conn], [], [], faults.idle_timeout)[0]:
+                    conn.sendall(h2c.idle_goaway())
+                    break
             data = conn.recv(READ_SIZE)
             if not data:
                 return

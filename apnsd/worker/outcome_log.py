@@ -12,7 +12,7 @@ from apnsd import metrics
 from apnsd.config import AppConfig
 from apnsd.core.jobs import Notification, Rejected, retry_job, single_job
 from apnsd.core.outcomes import DELIVERED, Kind, Outcome
-from apnsd.core.pacing import retry_delay
+from apnsd.core.retry import RetryPolicy, decide
 from apnsd.store.queue import Commit
 
 _DELIVERED = Kind.DELIVERED.value
@@ -67,6 +67,18 @@ def _job_id(raw: bytes) -> str:
     return job_id if isinstance(job_id, str) else ""
 
 
+def retry_policy(app: AppConfig) -> RetryPolicy:
+    """An app's retry settings as the policy core/retry.py applies."""
+    return RetryPolicy(
+        app.retry_backoff,
+        app.outage_backoff,
+        app.outage_backoff_max,
+        app.throttle_delay,
+        app.retry_for,
+        app.max_attempts,
+    )
+
+
 class OutcomeRecorder:
     """Applies retry policy and writes each outcome into its batch's pending commit."""
 
@@ -74,6 +86,7 @@ class OutcomeRecorder:
         self.apps = apps
         self.results = results
         self.rng = rng or random.Random()
+        self.policies = {name: retry_policy(app) for name, app in apps.items()}
 
     def record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
         """Record one outcome; returns the batch when it just became complete."""
@@ -85,14 +98,15 @@ class OutcomeRecorder:
             return self._done(b)
         c = b.commit
         kind = outcome.kind
+        gave_up = ""
         if kind is Kind.RETRY:
-            app = self.apps[n.app]
-            if n.attempts + 1 >= app.max_attempts:
+            policy = self.policies[n.app]
+            d = decide(policy, outcome.status, outcome.reason, n.attempts, n.failing_since, n.expiration, now, self.rng)
+            if d.at is None:
                 outcome = Outcome(Kind.DEAD, outcome.status, outcome.reason, outcome.timestamp_ms)
-                kind = Kind.DEAD
+                kind, gave_up = Kind.DEAD, d.gave_up
             else:
-                at = now + retry_delay(n.attempts, app.retry_backoff, self.rng)
-                c.scheduled[retry_job(n, at)] = at
+                c.scheduled[retry_job(n, d.at, now, d.counted)] = d.at
                 metrics.RETRIED.labels(n.app, outcome.reason).inc()
         if kind is Kind.UNREGISTERED:
             c.unregistered[n.token] = _json(
@@ -105,7 +119,9 @@ class OutcomeRecorder:
                 }
             )
         elif kind is Kind.DEAD:
-            c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
+            c.dead.append(
+                dead_entry(n.raw, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now)
+            )
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(n.app, outcome.reason).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
@@ -120,6 +136,7 @@ class OutcomeRecorder:
                     "status": str(outcome.status or ""),
                     "reason": outcome.reason,
                     "time": f"{now:.3f}",
+                    **({"apns_unique_id": n.unique_id} if n.unique_id else {}),
                 }
             )
         if n.enqueued_at is not None and kind is Kind.DELIVERED:

@@ -105,6 +105,8 @@ def test_push_with_several_tokens_fans_out(cli_env, rdb, capsys):
         (["--token", "zz" * 32, "--alert", "x"], "bad_token"),
         (["--token", "{length = 32, bytes = 0x965b251e ... 376eab7c }", "--alert", "x"], "token_is_description"),
         (["--token", TOKEN, "--priority", "7"], "bad_priority"),
+        (["--token", TOKEN, "--payload", '{"aps":{"content-available":1}}', "--priority", "10"], "bad_priority"),
+        (["--token", TOKEN, "--alert", "x", "--push-type", "voip", "--topic", "com.example.app"], "bad_topic"),
         (["--token", TOKEN, "--payload", "[1]"], "bad_payload"),
         (["--token", TOKEN, "--payload", "{oops"], "--payload is not valid JSON"),
         (["--token", TOKEN, "--app", "nosuchapp"], "app 'nosuchapp' is not configured"),

@@ -44,6 +44,8 @@ BAD_JOBS: list[tuple[dict[str, Any], str, bool]] = [
     ({"token": T, "payload": ALERT, "priority": 7}, "bad_priority", True),
     ({"token": T, "payload": ALERT, "priority": "10"}, "bad_field", True),
     ({"token": T, "payload": ALERT, "push_type": "shout"}, "bad_push_type", True),
+    ({"token": T, "payload": {"aps": {"content-available": 1}}, "priority": 10}, "bad_priority", False),
+    ({"token": T, "payload": ALERT, "push_type": "voip", "topic": "com.example.app"}, "bad_topic", False),
     ({"token": T, "payload": ALERT, "expiration": -1}, "bad_expiration", True),
     ({"token": T, "payload": ALERT, "collapse_id": "x" * 65}, "bad_collapse_id", True),
     ({"token": T, "payload": ALERT, "app": "nosuchapp"}, "unknown_app", False),
@@ -289,7 +291,11 @@ def test_schedule_holds_a_job_until_it_is_due(rdb, jq, redis_server, http2_mock,
 def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_config, pki):
     """A client made from the config refuses unknown apps, applies binary limits and routes to an app's own queue."""
     config = make_config(
-        http2_mock(), APP_LEGACY_PROTOCOL="binary", APP_LEGACY_QUEUE="apnsd:legacy", APP_LEGACY_CERT=pki.client_pem
+        http2_mock(),
+        APP_LEGACY_PROTOCOL="binary",
+        APP_LEGACY_HOST="127.0.0.1",  # binary apps name their gateway (Apple's are retired)
+        APP_LEGACY_QUEUE="apnsd:legacy",
+        APP_LEGACY_CERT=pki.client_pem,
     )
     client = Client.from_config(config)
     big = {"aps": {"alert": "x" * 3000}}

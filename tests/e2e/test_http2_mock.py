@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from apnsd.gateway.credentials import TokenSigner
-from apnsd.testing.http2_mock import FaultState, Http2Faults
+from apnsd.testing.http2_mock import APPLE_REASONS, FaultState, Http2Faults
 from apnsd.testing.record import Received
 from apnsd.wire.http2.connection import GoAwayReceived, RequestTemplate, ResponseReceived, SettingsChanged
 from apnsd.wire.http2.frames import GOAWAY, PREFACE, PROTOCOL_ERROR, WINDOW_UPDATE
@@ -146,10 +146,10 @@ def test_valid_edge_cases_accepted(faults: Http2Faults, headers: list[tuple[str,
 
 
 def test_rejected_prefix_410_carries_timestamp() -> None:
-    """A token matching a 410 prefix gets Unregistered with the gateway clock in milliseconds."""
-    faults = Http2Faults(reject_prefixes=(("dead", 410, "Unregistered"),))
+    """A token matching a 410 prefix gets Unregistered with the time it was last valid (unregistered_age ago), in ms."""
+    faults = Http2Faults(reject_prefixes=(("dead", 410, "Unregistered"),), unregistered_age=3600.0)
     answer = ask(faults, request_headers("dead" + "ab" * 30))
-    assert {"reason": "Unregistered", "timestamp": int(NOW * 1000)} == msgspec.json.decode(answer.body)
+    assert {"reason": "Unregistered", "timestamp": int((NOW - 3600) * 1000)} == msgspec.json.decode(answer.body)
 
 
 def test_reject_prefixes_with_our_client() -> None:
@@ -161,7 +161,11 @@ def test_reject_prefixes_with_our_client() -> None:
     for n, token in enumerate(("dead" + "ab" * 30, "bad0" + "ab" * 30, TOKEN)):
         ours.push(n, token=token)
     answers = [(e.status, e.reason, e.timestamp_ms) for e in ours.events if isinstance(e, ResponseReceived)]
-    assert [(410, "Unregistered", int(NOW * 1000)), (400, "BadDeviceToken", None), (200, "", None)] == answers
+    assert [
+        (410, "Unregistered", int((NOW - 86_400) * 1000)),
+        (400, "BadDeviceToken", None),
+        (200, "", None),
+    ] == answers
 
 
 def test_stream_limit_raised_after_first_accepted_request() -> None:
@@ -345,3 +349,100 @@ def test_token_auth_raises_limit_after_valid_token() -> None:
     before = ours.client.max_concurrent_streams
     ours.push(1, template=RequestTemplate("api.push.apple.com", TOPIC, bearer()))
     assert (1, 1000) == (before, ours.client.max_concurrent_streams)
+
+
+# --- Apple's failures on demand ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", sorted(APPLE_REASONS))
+def test_every_reason_in_apples_table_can_be_played_by_token_prefix(reason: str) -> None:
+    """A prefix rule answers with any of Apple's reasons and the status Apple's table gives it."""
+    faults = Http2Faults(reject_prefixes=(("f00d", APPLE_REASONS[reason], reason),))
+    assert (APPLE_REASONS[reason], reason) == reason_of(ask(faults, request_headers("f00d" + "ab" * 30)))
+
+
+def test_a_burst_can_start_after_some_requests() -> None:
+    """burst_after lets the first requests through before the burst's count of failures."""
+    ours = our_client(gateway(replace(OPEN, burst_status=(403, "InvalidProviderToken", 2), burst_after=1)))
+    for n in range(4):
+        ours.push(n)
+    answers = [(e.status, e.reason) for e in ours.events if isinstance(e, ResponseReceived)]
+    assert [(200, ""), (403, "InvalidProviderToken"), (403, "InvalidProviderToken"), (200, "")] == answers
+
+
+@pytest.mark.parametrize("reason", ["IdleTimeout", "Shutdown", "InternalServerError"])
+def test_goaway_can_name_any_reason(reason: str) -> None:
+    """goaway_reason puts any of Apple's reasons in the GOAWAY's debug data."""
+    ours = our_client(gateway(replace(OPEN, goaway_after=1, goaway_reason=reason)))
+    assert [ResponseReceived(1, 200), GoAwayReceived(1, 0, reason)] == ours.push()
+
+
+@pytest.mark.parametrize(
+    ("environment", "token", "expected"),
+    [
+        ("production", "5a1db0c5" + "ab" * 28, (400, "BadDeviceToken")),
+        ("production", "9e0d0c75" + "ab" * 28, (200, "")),
+        ("sandbox", "9e0d0c75" + "ab" * 28, (400, "BadDeviceToken")),
+        ("sandbox", "5a1db0c5" + "ab" * 28, (200, "")),
+        ("sandbox", TOKEN, (200, "")),
+    ],
+)
+def test_a_token_of_the_other_environment_gets_bad_device_token(
+    environment: str, token: str, expected: tuple[int, str]
+) -> None:
+    """A token marked for the other environment is BadDeviceToken, as APNs answers a sandbox token in production."""
+    assert expected == reason_of(ask(Http2Faults(environment=environment), request_headers(token)))
+
+
+def test_sandbox_answers_carry_apns_unique_id_and_production_ones_do_not() -> None:
+    """In sandbox mode every answer has an apns-unique-id UUID; production answers have none."""
+    sandbox = ask(Http2Faults(environment="sandbox"), request_headers())
+    production = ask(Http2Faults(), request_headers())
+    assert (True, None) == (
+        bool(UUID.fullmatch(sandbox.headers.get("apns-unique-id", ""))),
+        production.headers.get("apns-unique-id"),
+    )
+
+
+def test_a_stalled_gateway_answers_nothing_more_not_even_ping() -> None:
+    """After stall_after answers the gateway reads but never writes: no answers, no PING ACK."""
+    gw = gateway(replace(OPEN, stall_after=1))
+    ours = our_client(gw)
+    first = ours.push(0)
+    ours.client.ping()
+    assert ([ResponseReceived(1, 200)], [], True) == (first, ours.push(1), gw.gateway.stalled)
+
+
+def test_a_provider_token_issued_in_the_future_is_invalid() -> None:
+    """A JWT whose iat is ahead of the gateway's clock is InvalidProviderToken."""
+    ours = our_client(gateway(TOKEN_AUTH))
+    events = ours.push(template=RequestTemplate("api.push.apple.com", TOPIC, bearer(issued=NOW + 60)))
+    assert [(403, "InvalidProviderToken")] == [(e.status, e.reason) for e in events if isinstance(e, ResponseReceived)]
+
+
+def test_a_new_provider_token_within_twenty_minutes_on_a_connection_is_too_many_updates() -> None:
+    """A new token on a connection sooner than 20 minutes after the last change is TooManyProviderTokenUpdates."""
+    ours = our_client(gateway(TOKEN_AUTH))
+    ours.push(0, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(issued=NOW - 60)))
+    events = ours.push(1, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(issued=NOW)))
+    assert [(429, "TooManyProviderTokenUpdates")] == [
+        (e.status, e.reason) for e in events if isinstance(e, ResponseReceived)
+    ]
+
+
+def test_a_second_key_id_on_a_connection_is_an_unrelated_key() -> None:
+    """A token signed under another key id than the connection's first is UnrelatedKeyIdInToken."""
+    faults = replace(TOKEN_AUTH, jwt_key_id=None)
+    ours = our_client(gateway(faults))
+    ours.push(0, template=RequestTemplate("api.push.apple.com", TOPIC, bearer()))
+    events = ours.push(1, template=RequestTemplate("api.push.apple.com", TOPIC, bearer(kid="KEY7654321")))
+    assert [(403, "UnrelatedKeyIdInToken")] == [(e.status, e.reason) for e in events if isinstance(e, ResponseReceived)]
+
+
+def test_an_idle_connection_gets_goaway_idle_timeout() -> None:
+    """idle_goaway ends an unused connection with GOAWAY reason IdleTimeout, naming the last answered stream."""
+    gw = gateway(OPEN)
+    ours = our_client(gw)
+    ours.push(0)
+    events = ours.client.receive_data(gw.gateway.idle_goaway())
+    assert ([GoAwayReceived(1, 0, "IdleTimeout")], True) == (events, gw.gateway.closed)

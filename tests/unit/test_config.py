@@ -71,6 +71,7 @@ prefix = "push"
 batch_size = 50
 [apps.default]
 protocol = "binary"
+host = "gateway.example.net"
 environment = "sandbox"
 [apps.voip-app]
 queue = "push:voip"
@@ -139,6 +140,7 @@ def test_environment_overrides_app_keys_including_names_with_underscores():
     env = {
         "APNSD_APP_DEFAULT_PORT": "2197",
         "APNSD_APP_MY_APP_PROTOCOL": "binary",
+        "APNSD_APP_MY_APP_HOST": "gateway.example.net",
         "APNSD_APP_MY_APP_CONNECT_TIMEOUT": "3",
         "APNSD_APP_MY_APP_CA_FILE": "/etc/ca.pem",
         "APNSD_APP_TOKEN_APP_TOKEN_KEY": "/k.p8",
@@ -215,7 +217,16 @@ def test_unknown_key_in_the_file_is_named(tmp_path, toml, key):
         ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "10"}, "apps.default.reconnect_interval"),
         ({"APNSD_APP_DEFAULT_MAX_CONNECTS_PER_MINUTE": "0"}, "apps.default.max_connects_per_minute"),
         ({"APNSD_APP_DEFAULT_BACKOFF_INITIAL": "10", "APNSD_APP_DEFAULT_BACKOFF_MAX": "5"}, "apps.default.backoff_max"),
-        ({"APNSD_APP_DEFAULT_MAX_ATTEMPTS": "0"}, "apps.default.max_attempts"),
+        ({"APNSD_APP_DEFAULT_MAX_ATTEMPTS": "-1"}, "apps.default.max_attempts"),
+        ({"APNSD_APP_DEFAULT_OUTAGE_BACKOFF": "nan"}, "apps.default.outage_backoff"),
+        (
+            {"APNSD_APP_DEFAULT_OUTAGE_BACKOFF": "120", "APNSD_APP_DEFAULT_OUTAGE_BACKOFF_MAX": "60"},
+            "apps.default.outage_backoff_max",
+        ),
+        ({"APNSD_APP_DEFAULT_THROTTLE_DELAY": "0"}, "apps.default.throttle_delay"),
+        ({"APNSD_APP_DEFAULT_RETRY_FOR": "inf"}, "apps.default.retry_for"),
+        ({"APNSD_APP_DEFAULT_STALL_TIMEOUT": "0"}, "apps.default.stall_timeout"),
+        ({"APNSD_APP_DEFAULT_PING_TIMEOUT": "nan"}, "apps.default.ping_timeout"),
         ({"APNSD_APP_DEFAULT_PAYLOAD_LIMIT": "-1"}, "apps.default.payload_limit"),
         ({"APNSD_APP_DEFAULT_FEEDBACK_INTERVAL": "5"}, "apps.default.feedback_interval"),
         ({"APNSD_APP_OTHER_CONFIRM_DELAY": "soon"}, "apps.other.confirm_delay"),
@@ -277,6 +288,8 @@ def test_token_auth_needs_key_id_team_id_and_topic(missing, key):
     [
         ({"APNSD_APP_DEFAULT_KEY_ID": "SHORT"}, "apps.default.key_id"),
         ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "600"}, "apps.default.token_refresh"),
+        ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "3600"}, "apps.default.token_refresh"),
+        ({"APNSD_APP_DEFAULT_TOKEN_REFRESH": "3301"}, "apps.default.token_refresh"),
         ({"APNSD_APP_DEFAULT_PROTOCOL": "binary"}, "apps.default.token_key"),
         ({"APNSD_APP_DEFAULT_CERT": "/c.pem"}, "apps.default.token_key"),
     ],
@@ -321,13 +334,27 @@ def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     [
         ("http2", "production", ("api.push.apple.com", 443)),
         ("http2", "sandbox", ("api.sandbox.push.apple.com", 443)),
-        ("binary", "production", ("gateway.push.apple.com", 2195)),
-        ("binary", "sandbox", ("gateway.sandbox.push.apple.com", 2195)),
     ],
 )
 def test_gateway_defaults_per_protocol_and_environment(protocol, environment, expected):
     """Without host and port the app connects to Apple's gateway for its protocol and environment."""
     assert expected == AppConfig(protocol=protocol, environment=environment).gateway()
+
+
+@pytest.mark.parametrize("environment", ["production", "sandbox"])
+def test_binary_protocol_requires_an_explicit_host(environment):
+    """protocol = "binary" without host is refused at load, naming the key (Apple's binary hosts are retired)."""
+    err = config_error(None, {"APNSD_APP_DEFAULT_PROTOCOL": "binary", "APNSD_APP_DEFAULT_ENVIRONMENT": environment})
+
+    assert "apps.default.host" == err.key
+    assert "retired" in err.problem
+
+
+def test_binary_protocol_with_a_host_defaults_to_port_2195():
+    """A binary app with a host connects to that host on 2195 unless a port is set."""
+    assert ("gw.example", 2195) == load_config(
+        None, {"APNSD_APP_DEFAULT_PROTOCOL": "binary", "APNSD_APP_DEFAULT_HOST": "gw.example"}
+    ).apps["default"].gateway()
 
 
 def test_gateway_host_and_port_are_overridable():
@@ -338,11 +365,7 @@ def test_gateway_host_and_port_are_overridable():
 
 
 def test_feedback_gateway_defaults_and_overrides():
-    """The feedback service is Apple's for the environment on 2196, else the configured host and port."""
-    assert ("feedback.push.apple.com", 2196) == AppConfig(protocol="binary").feedback_gateway()
-    assert ("feedback.sandbox.push.apple.com", 2196) == AppConfig(
-        protocol="binary", environment="sandbox"
-    ).feedback_gateway()
+    """The feedback service is the gateway host on 2196, else the configured feedback host and port."""
     assert ("mock", 2196) == AppConfig(protocol="binary", host="mock").feedback_gateway()
     assert ("fb", 9) == AppConfig(
         protocol="binary", host="mock", feedback_host="fb", feedback_port=9

@@ -359,6 +359,16 @@ def test_verify_token_reasons(pki: DevPki) -> None:
     assert invalid == verify_token(jwt, public, 1000.0, key_id="OTHERKEYID")
 
 
+def test_verify_token_refuses_a_token_issued_in_the_future(pki: DevPki) -> None:
+    """A JWT whose iat lies ahead of the verifier's clock is InvalidProviderToken, as APNs treats it."""
+    jwt = TokenSigner.from_p8(pki.p8_key, pki.key_id, pki.team_id).token(1000.0)
+
+    assert [(False, "InvalidProviderToken"), (True, "")] == [
+        verify_token(jwt, load_public_key(pki.p8_key), 999.0),
+        verify_token(jwt, load_public_key(pki.p8_key), 1000.0),
+    ]
+
+
 def test_public_key_from_p8_equals_exported_public_key(pki: DevPki) -> None:
     """load_public_key derives the same key from the .p8 as from the exported public PEM."""
     der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -396,3 +406,21 @@ def test_dev_pki_keys_are_private(pki: DevPki) -> None:
         Path(p).stat().st_mode & 0o777 for p in (pki.ca_key, pki.client_pem, pki.client_key, pki.client_p12, pki.p8_key)
     }
     assert {0o600} == modes
+
+
+def test_apps_with_the_same_p8_key_share_one_signer_and_a_new_key_gets_its_own(pki: DevPki, tmp_path: Path) -> None:
+    """Loading the same .p8 for two apps (or again on reload) yields one signer, so the key mints one token."""
+    from apnsd.config import AppConfig
+    from apnsd.gateway.apps import load_credentials
+
+    other = tmp_path / "other.p8"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    app = AppConfig(token_key=pki.p8_key, key_id=pki.key_id, team_id=pki.team_id, topic="com.example.app")
+    first, second = load_credentials("a", app), load_credentials("b", app)
+    third = load_credentials("c", AppConfig(token_key=str(other), key_id=pki.key_id, team_id=pki.team_id))
+
+    assert (True, False) == (first.signer is second.signer, first.signer is third.signer)

@@ -263,6 +263,32 @@ def test_data_split_at_max_frame_size(max_frame_size: int) -> None:
     assert ([max_frame_size, max_frame_size, len(body) - 2 * max_frame_size], body) == (sizes, pair.bodies()[sid])
 
 
+def test_error_responses_carry_their_apns_id_and_unique_id() -> None:
+    """An error answer's apns-id and apns-unique-id are read; a 200's are skipped unless read_ids is set."""
+    pair = client_pair()
+    sids = [send(pair.client, i) for i in range(2)]
+    pair.to_server()
+    pair.server.send_headers(sids[0], [(":status", "200"), ("apns-id", apns_id(0))], end_stream=True)
+    pair.server.send_headers(
+        sids[1], [(":status", "400"), ("apns-id", apns_id(1)), ("apns-unique-id", apns_id(9))], end_stream=False
+    )
+    pair.server.send_data(sids[1], b'{"reason":"BadTopic"}', end_stream=True)
+    events = pair.to_client()
+    assert [("", ""), (apns_id(1), apns_id(9))] == [(e.apns_id, e.unique_id) for e in events]
+
+
+def test_read_ids_reads_them_from_successful_responses_too() -> None:
+    """With read_ids (the development environment) a 200's apns-id and apns-unique-id are read."""
+    pair = client_pair()
+    pair.client.read_ids = True
+    sid = send(pair.client, 0)
+    pair.to_server()
+    pair.server.send_headers(
+        sid, [(":status", "200"), ("apns-id", apns_id(0)), ("apns-unique-id", apns_id(7))], end_stream=True
+    )
+    assert [(200, apns_id(0), apns_id(7))] == [(e.status, e.apns_id, e.unique_id) for e in pair.to_client()]
+
+
 def test_responses_map_to_status_reason_and_timestamp() -> None:
     """200, 400 and 410 answers become ResponseReceived with Apple's reason and timestamp."""
     pair = client_pair()

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apnsd.errors import ProtocolError
-from apnsd.wire.http2.status import response_status
+from apnsd.wire.http2.status import response_ids, response_status
 
 statuses = st.sampled_from([200, 204, 206, 304, 400, 403, 404, 405, 410, 413, 429, 500, 503])
 header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=0, max_size=40)
@@ -36,6 +36,27 @@ def test_status_matches_reference_decoder(status, extra, huffman, sensitive):
         )
         expected = int(dict(_reference(block))[":status"])
         assert expected == response_status(block)
+
+
+id_headers = st.lists(
+    st.tuples(st.sampled_from(["apns-id", "apns-unique-id", "server", "date", "content-length"]), header_values),
+    max_size=5,
+    unique_by=lambda kv: kv[0],
+)
+
+
+@given(status=statuses, extra=id_headers, huffman=st.booleans(), sensitive=st.booleans())
+def test_ids_match_reference_decoder(status, extra, huffman, sensitive):
+    """For any response block, response_ids returns the apns-id and apns-unique-id hpack decodes."""
+    enc = table_less_encoder()
+    headers = [(":status", str(status)), *extra]
+    for _ in range(2):
+        block = enc.encode(
+            [hpack.NeverIndexedHeaderTuple(k, v) if sensitive else hpack.HeaderTuple(k, v) for k, v in headers],
+            huffman=huffman,
+        )
+        decoded = dict(_reference(block))
+        assert (decoded.get("apns-id", ""), decoded.get("apns-unique-id", "")) == response_ids(block)
 
 
 def _reference(block: bytes) -> list[tuple[str, str]]:

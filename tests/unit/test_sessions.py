@@ -13,7 +13,7 @@ from apnsd.config import AppConfig
 from apnsd.core.jobs import JobParser, Notification
 from apnsd.core.outcomes import DELIVERED, Kind
 from apnsd.gateway.binary_session import SLOW_START, BinarySession
-from apnsd.gateway.http2_session import PING_TIMEOUT, Http2Session
+from apnsd.gateway.http2_session import Http2Session
 from apnsd.gateway.session import MAX_LOSSES, Resolved, State
 from apnsd.wire import binary
 from apnsd.wire.http2 import frames
@@ -251,7 +251,9 @@ def test_http2_goaway_resends_the_streams_above_last_stream_id_and_awaits_the_ot
     assert [batch[1]] == [n for n, _ in resolved]
     assert [h2.events.ConnectionTerminated] == [type(e) for e in gw.exchange()]  # our GOAWAY after the last answer
     assert net.transports[0].closed
-    assert 2 == net.connections  # and the resend goes out on a fresh connection
+    assert (1, 1) == (net.connections, s.pacer.failures)  # a GOAWAY right after connecting counts as a failed connect
+    s.step(T0 + LATER, False)
+    assert 2 == net.connections  # and the resend goes out on a fresh connection, after the backoff
 
 
 def test_http2_goaway_naming_no_stream_resends_everything_without_a_loss():
@@ -261,6 +263,7 @@ def test_http2_goaway_naming_no_stream_resends_everything_without_a_loss():
     gw.send()
 
     assert [] == s.step(T0 + 0.1, True)
+    s.step(T0 + LATER, False)  # after the backoff a GOAWAY this soon after connecting earns
 
     assert 2 == net.connections
     assert batch == [*s.take_unanswered(), *s.pending]  # the first one already resent, before SETTINGS
@@ -305,16 +308,16 @@ def test_http2_other_stream_reset_is_a_retry():
 
 
 def test_http2_unanswered_ping_loses_the_connection_abruptly():
-    """An idle connection is PINGed; no answer within PING_TIMEOUT: it is dropped, its open streams count a loss."""
+    """An idle connection is PINGed; no answer within ping_timeout: it is dropped, its open streams count a loss."""
     s, net, gw, batch = h2_connected(1)
     ping_at = T0 + s.cfg.ping_interval
     s.step(ping_at, False)
     events = gw.server.receive_data(net.current.take_wire())  # the gateway sees the PING and never answers
     assert [h2.events.PingReceived] == [type(e) for e in events]
 
-    assert [] == s.step(ping_at + PING_TIMEOUT / 2, False)
+    assert [] == s.step(ping_at + s.cfg.ping_timeout / 2, False)
     assert State.OPEN == s.state
-    s.step(ping_at + PING_TIMEOUT + 0.1, False)
+    s.step(ping_at + s.cfg.ping_timeout + 0.1, False)
 
     assert net.transports[0].closed and b"" == net.transports[0].take_wire()  # dropped, no GOAWAY
     assert [1] == [n.losses for n in batch]
@@ -322,14 +325,14 @@ def test_http2_unanswered_ping_loses_the_connection_abruptly():
 
 
 def test_http2_answered_ping_keeps_the_connection():
-    """A PING acknowledged in time keeps the connection open past PING_TIMEOUT."""
+    """A PING acknowledged in time keeps the connection open past ping_timeout."""
     s, net, gw, _ = h2_connected(1)
     ping_at = T0 + s.cfg.ping_interval
     s.step(ping_at, False)
     gw.exchange()
     s.step(ping_at + 1, True)
 
-    s.step(ping_at + PING_TIMEOUT + 1, False)
+    s.step(ping_at + s.cfg.ping_timeout + 1, False)
 
     assert State.OPEN == s.state and 1 == net.connections
 

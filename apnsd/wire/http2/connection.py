@@ -28,7 +28,7 @@ from apnsd.wire.http2.events import (
     effective_priority,
 )
 from apnsd.wire.http2.hpack import TABLE_SIZE_ZERO, RequestEncoder
-from apnsd.wire.http2.status import response_status
+from apnsd.wire.http2.status import response_ids, response_status
 
 __all__ = [
     "Event",
@@ -65,7 +65,7 @@ MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 class _Stream:
     """One request in flight: the body still to send and the response so far."""
 
-    __slots__ = ("body", "data", "id", "local_done", "received", "remote_done", "sent", "status", "window")
+    __slots__ = ("body", "data", "id", "ids", "local_done", "received", "remote_done", "sent", "status", "window")
 
     def __init__(self, stream_id: int, window: int, body: bytes | None) -> None:
         self.id = stream_id
@@ -75,6 +75,7 @@ class _Stream:
         self.local_done = body is None
         self.remote_done = False
         self.status: int | None = None
+        self.ids: tuple[str, str] | None = None  # (apns-id, apns-unique-id) when they were read
         self.data: bytearray | None = None
         self.received = 0  # DATA bytes since our last WINDOW_UPDATE for this stream
 
@@ -82,7 +83,10 @@ class _Stream:
 class H2ClientConnection:
     """One client-side HTTP/2 connection to APNs, free of I/O: feed bytes in, drain bytes out."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_ids: bool = False) -> None:
+        # apns-id / apns-unique-id are read from every response when read_ids, else only from errors:
+        # a 200's apns-id is the one we sent, and skipping the walk keeps the hot path at :status alone.
+        self.read_ids = read_ids
         self._out = bytearray()
         self._in = bytearray()
         self._events: list[Event] = []
@@ -118,6 +122,11 @@ class H2ClientConnection:
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    @property
+    def next_stream_id(self) -> int:
+        """The id the next request will get."""
+        return self._next_id
 
     @property
     def open_streams(self) -> int:
@@ -298,13 +307,21 @@ class H2ClientConnection:
             elif status < 200:  # informational; the final response follows
                 return
             s.status = status
+            if status != 200 or self.read_ids:
+                try:
+                    s.ids = response_ids(block)
+                except ProtocolError as exc:
+                    self._fail(f.COMPRESSION_ERROR, f"undecodable response header block: {exc}")
         if end_stream:
             self._finish(s)
 
     def _finish(self, s: _Stream) -> None:
         """The response on ``s`` is complete."""
         reason, ts = decode_response_reason(bytes(s.data)) if s.data else ("", None)
-        self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts))
+        if s.ids is None:
+            self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts))
+        else:
+            self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts, *s.ids))
         s.remote_done = True
         if s.local_done:
             del self._streams[s.id]

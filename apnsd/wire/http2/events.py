@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -21,12 +21,15 @@ class RequestTemplate:
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
-    """APNs answered a request: status, and the reason/timestamp of an error body."""
+    """APNs answered a request: status, the reason/timestamp of an error body, and (when read) the
+    response's apns-id and apns-unique-id (development environment only)."""
 
     stream_id: int
     status: int
     reason: str = ""
     timestamp_ms: int | None = None
+    apns_id: str = field(default="", compare=False)  # metadata: events are equal by what APNs decided
+    unique_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

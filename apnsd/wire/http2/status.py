@@ -84,3 +84,32 @@ def response_status(block: bytes | bytearray) -> int | None:
         return None
     value, _ = _string(block, pos)
     return int(value) if len(value) == 3 and value.isdigit() else None
+
+
+APNS_ID_HEADERS = (b"apns-id", b"apns-unique-id")
+
+
+def response_ids(block: bytes | bytearray) -> tuple[str, str]:
+    """The ``apns-id`` and ``apns-unique-id`` values of a response header block ("" when absent).
+
+    Walks every field once. With the peer's table held at size 0 each field is self-contained;
+    neither name is in the static table, so both arrive as literal names.
+    """
+    found: dict[bytes, str] = {}
+    pos, n = 0, len(block)
+    while pos < n:
+        first = block[pos]
+        if first & 0x80:  # indexed field: a static-table entry, never one of ours
+            _, pos = _integer(block, pos, 7)
+            continue
+        if first & 0xE0 == 0x20:  # dynamic table size update
+            _, pos = _integer(block, pos, 5)
+            continue
+        index, pos = _integer(block, pos, 6 if first & 0x40 else 4)
+        name = b""
+        if index == 0:
+            name, pos = _string(block, pos)
+        value, pos = _string(block, pos)
+        if name in APNS_ID_HEADERS:
+            found[name] = value.decode("ascii", "replace")
+    return found.get(b"apns-id", ""), found.get(b"apns-unique-id", "")
