@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from apnsd import logs
+from apnsd.cli.main import main as cli_main
 from apnsd.config import Config, load_config
 from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
@@ -120,3 +121,19 @@ def env_clean(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
         if k.startswith("APNSD_"):
             monkeypatch.delenv(k)
+
+
+@pytest.fixture
+def cli(env_clean: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
+    """Run `apnsd argv…` in-process (the session's log setup left alone); returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(logs, "configure", lambda *a, **k: None)
+    for var in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli_main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from apnsd import logs
-from apnsd.cli.main import main
 from apnsd.cli.probe import DUMMY_TOKEN
 from apnsd.config import load_config
 from apnsd.store.queue import JobQueue
@@ -85,22 +82,6 @@ def test_proxy_refusing_connect_backs_off_and_loses_nothing(jq: JobQueue, http2_
 
 
 # --- send and check through the proxy ------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(env_clean: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
-    """Run `apnsd argv…` in-process without reconfiguring the session's logs; returns (code, stdout, stderr)."""
-    monkeypatch.setattr(logs, "configure", lambda *a, **k: None)
-    for var in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def write_config(tmp_path: Path, mock: Any, pki: Any, **app: str) -> str:

@@ -11,28 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from apnsd import logs
-from apnsd.cli.main import main
 from apnsd.cli.probe import DUMMY_TOKEN
 from apnsd.gateway.credentials import load_public_key
 
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
-
-
-@pytest.fixture
-def cli(env_clean: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
-    """Run `apnsd argv…` in-process (the session's log setup left alone); returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(logs, "configure", lambda *a, **k: None)
-    for var in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture
