@@ -15,7 +15,14 @@ from typing import Any
 from apnsd import logs, metrics
 from apnsd.config import Config, load_config
 from apnsd.errors import ApnsdError, GatewayError, QueueError
-from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
+from apnsd.gateway.apps import (
+    build_session,
+    expiry_problem,
+    load_credentials,
+    make_parser,
+    validity_problem,
+    vet_session,
+)
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.identity import AppCredentials
 from apnsd.store.queue import JobQueue, client_for
@@ -100,9 +107,7 @@ class Daemon:
             for name in app_names:
                 for i in range(cfg.apps[name].connections):
                     s = build_session(name, cfg.apps[name], self.creds[name])
-                    problem = expiry_problem(name, self.creds[name], s.log)
-                    if problem:
-                        s.disable(problem)
+                    vet_session(s, self.creds[name], time.monotonic())
                     sessions[name if i == 0 else f"{name}#{i + 1}"] = s
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
 
@@ -297,9 +302,7 @@ class Daemon:
                     self.log.error("reload_rejected", app=name, error=problem, keeping="previous credentials")
                     continue
                 session = build_session(name, new.apps[name], creds[name])
-                problem = expiry_problem(name, creds[name], session.log)  # metric, expires-soon warning
-                if problem:
-                    session.disable(problem)
+                vet_session(session, creds[name], time.monotonic())  # expiry metric and warning, fit to the config
                 self.creds[name] = creds[name]
                 lp.post(lambda lp=lp, k=key, s=session: lp.replace_session(k, s))
         self.log.info("reloaded", config=self.config.source or "(environment)")
