@@ -87,7 +87,8 @@ def test_bad_device_token_for_every_token_suspends_the_app_and_keeps_its_jobs(
     assert ("prod", "production") == (event["app"], event["environment"])
     assert "sandbox tokens sent to the production gateway" in event["reason"]
     assert 1.0 == REGISTRY.get_sample_value("apnsd_app_suspended", {"app": "prod"})
-    dead = jq.dead_entries(1000)
+    # The evidence is written when its batch commits, which may be a moment after the suspension is logged.
+    dead = wait_for(lambda: (d := jq.dead_entries(1000)) and d, 10, "the tripping answers dead-lettered")
     assert [("BadDeviceToken", 1)] * MIN_ANSWERS == [(e["reason"], e["attempts"]) for e in dead]
     assert {} == jq.unregistered()
     assert MIN_ANSWERS == len(two_apps["bad"].record.received)
