@@ -122,6 +122,7 @@ def test_credential_answers_suspend_one_app_while_the_other_delivers(
     assert [] == [j for j in _waiting(jq, "bad") if j.get("attempts")]
     assert sorted(bad_tokens) == sorted(j["token"] for j in _waiting(jq, "bad"))
     assert 1 == max(Counter(r.token for r in bad.record.received).values())  # sent once, then never again
+    assert ["suspended"] == [e["reason"] for e in _events("disconnected", app="bad")]
     assert 1.0 == REGISTRY.get_sample_value("apnsd_app_suspended", {"app": "bad"})
     assert 0.0 == REGISTRY.get_sample_value("apnsd_app_suspended", {"app": "good"})
     unhealthy = wait_for(lambda: (h := _health(daemon)) != "ok" and h, 10, "health reporting the suspension")
