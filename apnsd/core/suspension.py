@@ -109,11 +109,13 @@ class SuspendState:
         """``note`` goes out as the trial; no other notification is sent until it is answered."""
         self.trial = note
 
-    def trial_answered(self, reason: str, now: float) -> bool:
-        """The trial got an answer: True (resumed) unless it is credential-class, which waits another interval."""
+    def trial_answered(self, reason: str, now: float, from_gateway: bool = True) -> bool:
+        """The trial got its outcome: True (resumed) when the gateway answered it with anything but a
+        credential-class reason; a refusal, or an outcome the gateway did not give (a lost connection),
+        waits another interval."""
         self.trial = None
         assert self.suspension is not None
-        if reason in self.suspension.parks:
+        if reason in self.suspension.parks or not from_gateway:
             self.probe_at = now + self.probe_interval
             return False
         self.suspension, self.probe_at = None, None

@@ -216,11 +216,13 @@ class Session:
         for n, o in out:
             if n is not hold.trial:
                 continue
-            if hold.trial_answered(o.reason, now):
+            if hold.trial_answered(o.reason, now, from_gateway=o.status is not None):
                 metrics.SUSPENDED.labels(self.app).set(0)
                 self.log.warning("app_resumed", trial=o.reason or str(o.status))
             else:
-                self.log.warning("credential_probe_refused", reason=o.reason, retry_in=hold.probe_interval)
+                self.log.warning(
+                    "credential_probe_refused", reason=o.reason, status=o.status, retry_in=hold.probe_interval
+                )
             return
 
     # --- protocol hooks -----------------------------------------------------------------------

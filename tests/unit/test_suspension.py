@@ -23,7 +23,7 @@ def _breaker(probe: float = 60.0) -> SuspendState:
 
 
 def _cause(state: SuspendState) -> str | None:
-    return _cause(state) if state.suspension is not None else None
+    return state.suspension.cause if state.suspension is not None else None
 
 
 def test_credential_reasons_are_the_403s_that_condemn_the_connection() -> None:
@@ -73,6 +73,14 @@ def test_a_refused_trial_waits_another_interval() -> None:
         state.trial_due(1129.0),
         state.trial_due(1130.0),
     )
+
+
+def test_a_trial_without_a_gateway_answer_proves_nothing() -> None:
+    """A trial lost with its connection (no status from the gateway) keeps the app suspended for another interval."""
+    state = _breaker(60.0)
+    state.start_trial(TRIAL)
+    resumed = state.trial_answered("connection_lost_repeatedly", 1070.0, from_gateway=False)
+    assert (False, CREDENTIALS, True) == (resumed, _cause(state), state.trial_due(1130.0))
 
 
 def test_an_accepted_trial_resumes_the_app() -> None:
