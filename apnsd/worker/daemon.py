@@ -14,6 +14,7 @@ from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import Config, load_config
+from apnsd.core.suspension import SuspendState
 from apnsd.errors import ApnsdError, GatewayError, QueueError
 from apnsd.gateway.apps import (
     build_session,
@@ -25,6 +26,7 @@ from apnsd.gateway.apps import (
 )
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.identity import AppCredentials
+from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.outcome_log import OutcomeRecorder
@@ -103,10 +105,12 @@ class Daemon:
         parser = make_parser(cfg)
         recorder = OutcomeRecorder(dict(cfg.apps), cfg.redis.results_stream)
         for queue, app_names in cfg.queues().items():
-            sessions = {}
+            sessions: dict[str, Session] = {}
             for name in app_names:
                 for i in range(cfg.apps[name].connections):
                     s = build_session(name, cfg.apps[name], self.creds[name])
+                    if i:
+                        s.hold = sessions[name].hold  # one suspension per app in a loop, whichever connection trips
                     vet_session(s, self.creds[name], time.monotonic())
                     sessions[name if i == 0 else f"{name}#{i + 1}"] = s
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
@@ -291,6 +295,7 @@ class Daemon:
         ):
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
+            holds: dict[str, SuspendState] = {}
             for key, old in lp.sessions.items():
                 name = old.app
                 if name not in new.apps:
@@ -302,6 +307,7 @@ class Daemon:
                     self.log.error("reload_rejected", app=name, error=problem, keeping="previous credentials")
                     continue
                 session = build_session(name, new.apps[name], creds[name])
+                session.hold = holds.setdefault(name, session.hold)
                 vet_session(session, creds[name], time.monotonic())  # expiry metric and warning, fit to the config
                 self.creds[name] = creds[name]
                 lp.post(lambda lp=lp, k=key, s=session: lp.replace_session(k, s))

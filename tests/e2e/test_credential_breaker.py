@@ -100,10 +100,11 @@ def _health(daemon: Daemon) -> str:
 def test_credential_answers_suspend_one_app_while_the_other_delivers(
     start: Callable[..., Daemon], http2_mock: Any, jq: JobQueue
 ) -> None:
-    """BadCertificate for every request: "bad" stops after one flight, keeps every job unspent, "good" delivers."""
+    """BadCertificate for every request: "bad" (two connections, one suspension) stops after one flight, keeps
+    every job unspent; "good" delivers everything."""
     bad = http2_mock(initial_streams=1000, reject_prefixes=(("", 403, "BadCertificate"),))
     good = http2_mock()
-    daemon = start({"bad": (bad, {}), "good": (good, {})})
+    daemon = start({"bad": (bad, {"CONNECTIONS": "2"}), "good": (good, {})})
     before = len(_events("app_suspended"))
     bad_tokens, good_tokens_ = good_tokens(300, seed=21), good_tokens(60, seed=22)
     push_all(jq, [job(t, app="bad") for t in bad_tokens] + [job(t, app="good") for t in good_tokens_])
@@ -122,7 +123,10 @@ def test_credential_answers_suspend_one_app_while_the_other_delivers(
     assert [] == [j for j in _waiting(jq, "bad") if j.get("attempts")]
     assert sorted(bad_tokens) == sorted(j["token"] for j in _waiting(jq, "bad"))
     assert 1 == max(Counter(r.token for r in bad.record.received).values())  # sent once, then never again
-    assert ["suspended"] == [e["reason"] for e in _events("disconnected", app="bad")]
+    assert (2, ["suspended"] * 2) == (
+        bad.record.connections,
+        [e["reason"] for e in _events("disconnected", app="bad")],
+    )
     assert 1.0 == REGISTRY.get_sample_value("apnsd_app_suspended", {"app": "bad"})
     assert 0.0 == REGISTRY.get_sample_value("apnsd_app_suspended", {"app": "good"})
     unhealthy = wait_for(lambda: (h := _health(daemon)) != "ok" and h, 10, "health reporting the suspension")
