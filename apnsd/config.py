@@ -132,6 +132,7 @@ class AppConfig(_Section):
     mismatch_guard_answers: int = 100
     mismatch_guard_window: float = 300.0
     mismatch_guard_park: float = 15.0
+    credential_probe_interval: float = 300.0
 
     @property
     def auth(self) -> Literal["token", "certificate"]:
@@ -536,6 +537,11 @@ def _validate_app(name: str, app: AppConfig) -> None:
         0 < app.mismatch_guard_window <= 86_400, k + "mismatch_guard_window", "must be between 0 and 86400 seconds"
     )
     _require(0.5 <= app.mismatch_guard_park <= 3600, k + "mismatch_guard_park", "must be between 0.5 and 3600 seconds")
+    _require(
+        app.credential_probe_interval == 0 or 1 <= app.credential_probe_interval <= 86_400,
+        k + "credential_probe_interval",
+        "must be 0 (resume only on SIGHUP) or between 1 and 86400 seconds",
+    )
     _require(
         app.feedback_interval == 0 or app.feedback_interval >= 10,
         k + "feedback_interval",

@@ -37,7 +37,8 @@ IN_FLIGHT = Gauge(
 CONNECTED = Gauge("apnsd_connection_up", "1 while the app's gateway connection is open.", ["app"], registry=REGISTRY)
 SUSPENDED = Gauge(
     "apnsd_app_suspended",
-    "1 while the app is suspended by the environment-mismatch guard (most answers BadDeviceToken).",
+    "1 while the app sends nothing: suspended (credential breaker, environment-mismatch guard, certificate that "
+    "does not fit the config; jobs kept) or disabled (expired certificate).",
     ["app"],
     registry=REGISTRY,
 )

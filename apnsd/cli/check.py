@@ -15,6 +15,7 @@ from OpenSSL import SSL
 
 from apnsd.config import AppConfig, Config
 from apnsd.errors import CredentialsError, GatewayError
+from apnsd.gateway.certinfo import Verdict, judge_environment, judge_topic
 from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS,
     CertificateInfo,
@@ -153,38 +154,15 @@ def _check_expiry(info: CertificateInfo, source: str, report: _Report, now: date
 
 
 def _check_environment(info: CertificateInfo, app: AppConfig, report: _Report) -> None:
-    if not info.environments:
-        report.warn(
-            "certificate has no APNs environment extension (1.2.840.113635.100.6.3.1/.2); is it a push certificate?"
-        )
-    elif app.environment not in info.environments:
-        only = next(iter(info.environments))
-        report.error(
-            f"{only}-only certificate used against {app.environment} gateway {app.gateway()[0]}; "
-            f'set environment = "{only}" or use a {app.environment} certificate'
-        )
-    else:
-        report.ok(f"certificate is allowed on the {app.environment} gateway")
+    _say(report, judge_environment(info, app.environment, app.gateway()[0]))
 
 
 def _check_topic(topic: str, info: CertificateInfo | None, report: _Report) -> None:
-    allowed = info.topic_names() if info else ()
-    if "*" in topic:
-        report.error(
-            f"topic {topic!r} is a wildcard; APNs needs an exact topic"
-            + (f", one of: {', '.join(allowed)}" if allowed else "")
-        )
-    elif not topic:
-        if info and info.bundle_id:
-            report.ok(
-                f"no topic configured: APNs uses the certificate's bundle id {info.bundle_id} unless a job sets one"
-            )
-        else:
-            report.warn("no topic configured and the certificate names no bundle id (UID); set topic")
-    elif info is not None and topic not in allowed:
-        report.error(f"topic {topic!r} is not one of the certificate's topics: {', '.join(allowed) or '(none)'}")
-    else:
-        report.ok(f"topic {topic} is allowed")
+    _say(report, judge_topic(topic, info))
+
+
+def _say(report: _Report, verdict: Verdict) -> None:
+    {"ok": report.ok, "warn": report.warn, "error": report.error}[verdict.level](verdict.message)
 
 
 def _check_token(app: AppConfig, report: _Report, now: datetime) -> bool:

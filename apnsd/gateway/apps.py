@@ -8,7 +8,9 @@ from typing import Any
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config
 from apnsd.core.jobs import JobParser
+from apnsd.core.suspension import certificate_suspension
 from apnsd.errors import CredentialsError
+from apnsd.gateway.certinfo import certificate_mismatch
 from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS,
     TokenSigner,
@@ -68,6 +70,19 @@ def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | N
     if days < EXPIRY_WARN_DAYS:
         log.warning("certificate_expires_soon", days_left=round(days, 1), not_after=info.not_after.isoformat())
     return None
+
+
+def vet_session(session: Session, creds: AppCredentials, now: float) -> None:
+    """Before any connect: an expired certificate disables the session (jobs dead-lettered, as before); one whose
+    environment or topic does not fit the config suspends it (jobs kept) until a reload brings a fitting one."""
+    app = session.cfg
+    problem = expiry_problem(session.app, creds, session.log)
+    if problem:
+        session.disable(problem)
+    elif creds.identity is not None:
+        mismatch = certificate_mismatch(creds.identity.info, app.environment, app.gateway()[0], app.topic)
+        if mismatch:
+            session.suspend(certificate_suspension(f"certificate {creds.identity.source}: {mismatch}"), now)
 
 
 def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:

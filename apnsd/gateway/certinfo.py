@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
@@ -129,6 +130,62 @@ def check_validity(info: CertificateInfo, now: datetime, source: str) -> None:
         raise CredentialsError(f"certificate {source} expired on {info.not_after:%Y-%m-%d %H:%M} UTC")
     if now < info.not_before:
         raise CredentialsError(f"certificate {source} is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judgement of a certificate against the config: ok, a warning, or an error that stops delivery."""
+
+    level: Literal["ok", "warn", "error"]
+    message: str
+
+
+def judge_environment(info: CertificateInfo, environment: str, host: str) -> Verdict:
+    """Whether the certificate may be used on the configured environment's gateway ``host``."""
+    if not info.environments:
+        return Verdict(
+            "warn",
+            "certificate has no APNs environment extension (1.2.840.113635.100.6.3.1/.2); is it a push certificate?",
+        )
+    if environment not in info.environments:
+        only = next(iter(info.environments))
+        return Verdict(
+            "error",
+            f"{only}-only certificate used against {environment} gateway {host}; "
+            f'set environment = "{only}" or use a {environment} certificate',
+        )
+    return Verdict("ok", f"certificate is allowed on the {environment} gateway")
+
+
+def judge_topic(topic: str, info: CertificateInfo | None) -> Verdict:
+    """Whether the configured topic is one APNs accepts (and, with a certificate, one it lists)."""
+    allowed = info.topic_names() if info else ()
+    if "*" in topic:
+        return Verdict(
+            "error",
+            f"topic {topic!r} is a wildcard; APNs needs an exact topic"
+            + (f", one of: {', '.join(allowed)}" if allowed else ""),
+        )
+    if not topic:
+        if info and info.bundle_id:
+            return Verdict(
+                "ok",
+                f"no topic configured: APNs uses the certificate's bundle id {info.bundle_id} unless a job sets one",
+            )
+        return Verdict("warn", "no topic configured and the certificate names no bundle id (UID); set topic")
+    if info is not None and topic not in allowed:
+        return Verdict(
+            "error", f"topic {topic!r} is not one of the certificate's topics: {', '.join(allowed) or '(none)'}"
+        )
+    return Verdict("ok", f"topic {topic} is allowed")
+
+
+def certificate_mismatch(info: CertificateInfo, environment: str, host: str, topic: str) -> str | None:
+    """Why this certificate cannot deliver for the configured environment and topic, or None."""
+    for verdict in (judge_environment(info, environment, host), judge_topic(topic, info)):
+        if verdict.level == "error":
+            return verdict.message
+    return None
 
 
 def _dns_matches(pattern: str, host: str) -> bool:

@@ -67,8 +67,7 @@ class Http2Session(Session):
         new = Http2Session(
             self.app, self.cfg, self.make_transport, self.log, signer=self.signer, default_topic=self.default_topic
         )
-        new.pacer = self.pacer
-        new.guard, new.suspended = self.guard, self.suspended
+        self.share_state(new)
         return new
 
     def on_connected(self, now: float) -> None:

@@ -65,6 +65,7 @@ def send_one(session: Session, note: Notification, timeout: float) -> OneShot:
     """Connect, send ``note``, wait for its answer; never retries a failed connect or a lost connection."""
     log = _Recorder(session.log)
     session.log = log
+    session.watch_answers = False  # report the gateway's verdict, even a refused credential, instead of parking it
     session.submit([note])
     start = time.monotonic()
     deadline = start + timeout

@@ -13,6 +13,13 @@ from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer
+from apnsd.core.suspension import (
+    CREDENTIAL_REASONS,
+    SuspendState,
+    Suspension,
+    credential_suspension,
+    mismatch_suspension,
+)
 from apnsd.errors import GatewayError, GatewayRejected
 
 Resolved = list[tuple[Notification, Outcome]]
@@ -57,6 +64,7 @@ class Session:
     """One app's link to its gateway; subclasses supply the protocol (binary or HTTP/2)."""
 
     protocol = ""
+    watch_answers = True  # False for a one-shot send, which reports every answer itself
 
     def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: Any) -> None:
         self.app = app
@@ -64,12 +72,15 @@ class Session:
         self.make_transport = make_transport
         self.log = log
         self.pending: deque[Notification] = deque()
+        self.parked: list[Notification] = []  # answered with what the suspension parks: back to the scheduled set
         self.transport: Transport | None = None
         self.state = State.DISCONNECTED
         self.connected_at = 0.0
         self.wants_replacement = False
         self.disabled: str | None = None
-        self.suspended: str | None = None  # set by the mismatch guard; jobs are parked, not sent, until a reload
+        # Suspended (guard, credential breaker, certificate check): jobs are parked, not sent, until a reload or
+        # an accepted trial request.
+        self.hold = SuspendState(cfg.credential_probe_interval)
         self.guard = MismatchGuard(cfg.mismatch_guard_answers, cfg.mismatch_guard_window)
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
@@ -93,7 +104,7 @@ class Session:
     @property
     def busy(self) -> bool:
         """True while anything is pending or awaiting the gateway's answer."""
-        return bool(self.pending) or self.unanswered_count() > 0
+        return bool(self.pending) or bool(self.parked) or self.unanswered_count() > 0
 
     def step(self, now: float, readable: bool) -> Resolved:
         """Read, time out, connect, send: everything due now; returns notifications that got an outcome."""
@@ -102,12 +113,13 @@ class Session:
             out += self._read(now)
         if self.transport is not None:
             out += self._tick(now)
-        if out and self.guard.min_answers:
+        if out and self.watch_answers:
             out = self._watch_answers(out, now)
-        if self.transport is None and self.pending and not self.disabled and not self.suspended:
+        sending = not self.suspended or self.hold.trial is not None
+        if self.transport is None and self.pending and not self.disabled and sending:
             self._try_connect(now)
         if self.transport is not None:
-            out += self._write(now)
+            out += self._write(now, sending)
         return out
 
     def _read(self, now: float) -> Resolved:
@@ -131,14 +143,18 @@ class Session:
             self.pacer.succeeded()
         return self.on_timer(now)
 
-    def _write(self, now: float) -> Resolved:
-        """Ask for rotation when due; send pending work, or close a drained connection once all is answered."""
+    def _write(self, now: float, sending: bool) -> Resolved:
+        """Ask for rotation when due; send pending work, or close a drained (or suspended) connection once all is
+        answered."""
         if self.state is State.OPEN and now - self.connected_at >= self.cfg.reconnect_interval:
             self.wants_replacement = True
         if self.state is State.DRAINING and self.unanswered_count() == 0:
             self.close("scheduled_reconnect")
             return []
-        if not self.suspended:
+        if not sending and self.unanswered_count() == 0:
+            self.close("suspended")  # a refused credential is not reused; a trial or reload connects afresh
+            return []
+        if sending:
             self.send_pending(now)
         assert self.transport is not None
         try:
@@ -163,8 +179,9 @@ class Session:
 
     def unresolved(self) -> list[Notification]:
         """Everything not yet answered (sent or not), removed from the session — used at shutdown."""
-        notes = self.take_unanswered() + list(self.pending)
+        notes = self.take_unanswered() + list(self.pending) + self.parked
         self.pending.clear()
+        self.parked = []
         return notes
 
     def close(self, cause: str) -> None:
@@ -186,27 +203,86 @@ class Session:
     def clone(self) -> Session:
         """A fresh session for the same app, sharing the connect pacing (for make-before-break)."""
         new = type(self)(self.app, self.cfg, self.make_transport, self.log)
-        new.pacer = self.pacer
-        new.guard, new.suspended = self.guard, self.suspended
+        self.share_state(new)
         return new
+
+    def share_state(self, new: Session) -> None:
+        """Hand connect pacing, the guard and the suspension to a replacement connection of the same config."""
+        new.pacer, new.guard, new.hold = self.pacer, self.guard, self.hold
 
     def disable(self, reason: str) -> None:
         """Stop this app: no more connects; its notifications are dead-lettered by the loop."""
         self.disabled = reason
+        metrics.SUSPENDED.labels(self.app).set(1)
         self.log.error("app_disabled", reason=reason)
 
-    def _watch_answers(self, out: Resolved, now: float) -> Resolved:
-        """Feed the mismatch guard; once suspended, BadDeviceToken answers are parked with the pending jobs."""
-        if self.suspended:
-            parked = [n for n, o in out if o.reason == BAD_DEVICE_TOKEN]
-            self.pending.extend(parked)
-            return [(n, o) for n, o in out if o.reason != BAD_DEVICE_TOKEN] if parked else out
-        bad = sum(1 for _, o in out if o.reason == BAD_DEVICE_TOKEN)
-        if self.guard.observe(len(out), bad, now) and self.guard.tripped is not None:
-            self.suspended = mismatch_message(self.cfg.environment, *self.guard.tripped)
+    @property
+    def suspended(self) -> str | None:
+        """Why the app is suspended (cause and fix), or None while it sends."""
+        s = self.hold.suspension
+        return s.message if s is not None else None
+
+    def suspend(self, suspension: Suspension, now: float) -> None:
+        """Stop sending: the loop parks this app's jobs until a reload (or an accepted trial) resumes it."""
+        if self.hold.suspend(suspension, now):
             metrics.SUSPENDED.labels(self.app).set(1)
-            self.log.error("app_suspended", reason=self.suspended, environment=self.cfg.environment)
+            self.log.error(
+                "app_suspended", cause=suspension.cause, reason=suspension.message, environment=self.cfg.environment
+            )
+
+    def start_trial(self, note: Notification) -> None:
+        """Send ``note`` alone to learn whether the gateway accepts the credentials again."""
+        self.hold.start_trial(note)
+        self.pending.appendleft(note)
+        self.log.info("credential_probe", notification=self.describe(note))
+
+    def parkable(self) -> list[Notification]:
+        """Remove and return what must wait in the scheduled set: parked answers and, while suspended, every
+        pending notification but a trial."""
+        notes, self.parked = self.parked, []
+        if self.suspended and self.pending:
+            trial = self.hold.trial
+            notes += [n for n in self.pending if n is not trial]
+            kept = [n for n in self.pending if n is trial]
+            self.pending.clear()
+            self.pending.extend(kept)
+        return notes
+
+    def _watch_answers(self, out: Resolved, now: float) -> Resolved:
+        """Trip the credential breaker and the mismatch guard; while suspended, park the answers they name."""
+        hold = self.hold
+        if hold.trial is not None:
+            self._judge_trial(out, now)
+        if not self.suspended:
+            refused = next((o for _, o in out if o.reason in CREDENTIAL_REASONS), None)
+            if refused is not None:
+                probe = self.cfg.credential_probe_interval
+                self.suspend(credential_suspension(refused.reason, refused.status, self.cfg.environment, probe), now)
+        if self.suspended:
+            parked = [n for n, o in out if hold.parks(o.reason)]
+            if parked:
+                self.parked += parked
+                out = [(n, o) for n, o in out if not hold.parks(o.reason)]
+        elif self.guard.min_answers:
+            # The answers that trip the guard are recorded: they are the evidence; later ones are parked.
+            bad = sum(1 for _, o in out if o.reason == BAD_DEVICE_TOKEN)
+            if self.guard.observe(len(out), bad, now) and self.guard.tripped is not None:
+                self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
         return out
+
+    def _judge_trial(self, out: Resolved, now: float) -> None:
+        hold = self.hold
+        for n, o in out:
+            if n is not hold.trial:
+                continue
+            if hold.trial_answered(o.reason, now, from_gateway=o.status is not None):
+                metrics.SUSPENDED.labels(self.app).set(0)
+                self.log.warning("app_resumed", trial=o.reason or str(o.status))
+            else:
+                self.log.warning(
+                    "credential_probe_refused", reason=o.reason, status=o.status, retry_in=hold.probe_interval
+                )
+            return
 
     # --- protocol hooks -----------------------------------------------------------------------
 

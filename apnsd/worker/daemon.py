@@ -15,10 +15,19 @@ from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import Config, load_config
+from apnsd.core.suspension import SuspendState
 from apnsd.errors import ApnsdError, GatewayError, QueueError
-from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
+from apnsd.gateway.apps import (
+    build_session,
+    expiry_problem,
+    load_credentials,
+    make_parser,
+    validity_problem,
+    vet_session,
+)
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.identity import AppCredentials
+from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.outcome_log import OutcomeRecorder
@@ -97,13 +106,13 @@ class Daemon:
         parser = make_parser(cfg)
         recorder = OutcomeRecorder(dict(cfg.apps), cfg.redis.results_stream)
         for queue, app_names in cfg.queues().items():
-            sessions = {}
+            sessions: dict[str, Session] = {}
             for name in app_names:
                 for i in range(cfg.apps[name].connections):
                     s = build_session(name, cfg.apps[name], self.creds[name])
-                    problem = expiry_problem(name, self.creds[name], s.log)
-                    if problem:
-                        s.disable(problem)
+                    if i:
+                        s.hold = sessions[name].hold  # one suspension per app in a loop, whichever connection trips
+                    vet_session(s, self.creds[name], time.monotonic())
                     sessions[name if i == 0 else f"{name}#{i + 1}"] = s
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
 
@@ -287,6 +296,7 @@ class Daemon:
         ):
             self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
         for lp in self.loops:
+            holds: dict[str, SuspendState] = {}
             for key, name in lp.apps_by_key.items():
                 if name not in new.apps:
                     continue
@@ -297,9 +307,8 @@ class Daemon:
                     self.log.error("reload_rejected", app=name, error=problem, keeping="previous credentials")
                     continue
                 session = build_session(name, new.apps[name], creds[name])
-                problem = expiry_problem(name, creds[name], session.log)  # metric, expires-soon warning
-                if problem:
-                    session.disable(problem)
+                session.hold = holds.setdefault(name, session.hold)
+                vet_session(session, creds[name], time.monotonic())  # expiry metric and warning, fit to the config
                 self.creds[name] = creds[name]
                 lp.post(partial(lp.replace_session, key, session))
         self.log.info("reloaded", config=self.config.source or "(environment)")

@@ -121,7 +121,7 @@ class DeliveryLoop:
         """One turn of the loop: each step in order, then wait for a socket, a wake-up or a deadline."""
         now = time.monotonic()
         self.handoff.run_posted()  # first: a posted stop closes the feeder before the batches are read
-        self._dispatch_new()
+        self._dispatch_new(now)
         if self.phase is Phase.STOPPING:
             self._return_unsent()  # after dispatch: a batch handed over just before the stop goes back too
         self._step_sessions(now)
@@ -153,7 +153,7 @@ class DeliveryLoop:
 
     # --- the steps of one turn -------------------------------------------------------------------
 
-    def _dispatch_new(self) -> None:
+    def _dispatch_new(self, now: float) -> None:
         """Parse the batches the feeder handed over and route each notification to a session."""
         batches = self.handoff.batches
         if not batches:
@@ -170,8 +170,10 @@ class DeliveryLoop:
                 if s is None or s.disabled:
                     reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
-                elif s.suspended:
+                elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
                     self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
+                elif s.suspended:
+                    s.start_trial(n)  # the credential breaker's probe: this one goes out alone
                 elif n.expiration and n.expiration < wall:
                     self._completed(self.recorder.record(n, EXPIRED, wall))
                 elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
@@ -182,8 +184,8 @@ class DeliveryLoop:
     def _park(self, s: Session) -> None:
         """A suspended app's notifications wait in the scheduled set: not sent, not dead, no attempt counted."""
         at = time.time() + s.cfg.mismatch_guard_park
-        while s.pending:
-            self._completed(self.recorder.defer(s.pending.popleft(), at))
+        for n in s.parkable():
+            self._completed(self.recorder.defer(n, at))
 
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
@@ -221,7 +223,7 @@ class DeliveryLoop:
         """Let every session do what is due without a readable socket: time-outs, connects, writes."""
         for s in self._all_sessions():
             self._record_all(s.step(now, False))
-            if s.suspended and s.pending:
+            if s.parked or (s.suspended and s.pending):
                 self._park(s)
 
     def _wake_feeder(self) -> None:
@@ -379,6 +381,13 @@ def _routes(sessions: dict[str, Session]) -> dict[str, list[Session]]:
     for s in sessions.values():
         out.setdefault(s.app, []).append(s)
     return out
+
+
+def _sendable(n: Notification, wall: float) -> bool:
+    """True for a notification that is neither expired nor scheduled for later: one a trial may use."""
+    return not (n.expiration and n.expiration < wall) and not (
+        n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK
+    )
 
 
 def _backlog(s: Session) -> int:

@@ -455,3 +455,11 @@ def test_bad_secret_files_name_the_key(tmp_path, toml, key, problem):
         load_config(write(tmp_path, toml), {})
     assert key == info.value.key
     assert problem in info.value.problem
+
+
+@pytest.mark.parametrize("value", ["-1", "0.5", "nan", "inf", "86401", "soon"])
+def test_credential_probe_interval_is_off_or_a_sane_number_of_seconds(value):
+    """credential_probe_interval must be 0 (SIGHUP only) or 1 to 86400 seconds; anything else names the key."""
+    err = config_error(None, {"APNSD_APP_DEFAULT_CREDENTIAL_PROBE_INTERVAL": value})
+
+    assert "apps.default.credential_probe_interval" == err.key
