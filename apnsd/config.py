@@ -26,6 +26,11 @@ FEEDBACK_GATEWAYS = {
     "production": ("feedback.push.apple.com", 2196),
     "sandbox": ("feedback.sandbox.push.apple.com", 2196),
 }
+# Apple's channel management API (create, read, list, delete broadcast channels): its own hosts and ports.
+CHANNEL_GATEWAYS = {
+    "production": ("api-manage-broadcast.push.apple.com", 2196),
+    "sandbox": ("api-manage-broadcast.sandbox.push.apple.com", 2195),
+}
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
 VOIP_PAYLOAD_LIMIT = 5120
 
@@ -122,6 +127,8 @@ class AppConfig(_Section):
     feedback_interval: float = 0.0
     feedback_host: str = ""
     feedback_port: int = 0
+    channels_host: str = ""
+    channels_port: int = 0
     connections: int = 1
     proxy: str = ""
     mismatch_guard_answers: int = 100
@@ -142,6 +149,11 @@ class AppConfig(_Section):
         """The binary feedback service's host and port."""
         host, port = FEEDBACK_GATEWAYS[self.environment]
         return (self.feedback_host or self.host or host, self.feedback_port or port)
+
+    def channels_gateway(self) -> tuple[str, int]:
+        """The channel management API's host and port: configured, else Apple's for the environment."""
+        host, port = CHANNEL_GATEWAYS[self.environment]
+        return (self.channels_host or self.host or host, self.channels_port or port)
 
     def payload_limit_for(self, push_type: str | None) -> int:
         """The largest payload in bytes this app may send for the given push type."""
@@ -460,6 +472,7 @@ def _validate_app(name: str, app: AppConfig) -> None:
         "app names are lower case letters, digits, - and _",
     )
     _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
+    _require(0 <= app.channels_port < 65536, k + "channels_port", "must be a TCP port number")
     if app.proxy:
         try:
             parse_proxy(app.proxy)

@@ -1,4 +1,4 @@
-"""The `apnsd` command: run, demo, push, send, check, mock, stats, dead, health."""
+"""The `apnsd` command: run, demo, push, send, check, channels, mock, stats, dead, health."""
 
 from __future__ import annotations
 
@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness",
         action="store_true",
         help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures",
+    )
+
+    from apnsd.cli.channels import add_channels_arguments
+
+    add_channels_arguments(
+        cmd("channels", _channels, "Create, list, read or delete an app's Live Activity broadcast channels.")
     )
 
     from apnsd.cli.mock import add_mock_arguments
@@ -228,6 +234,12 @@ def _send(args: argparse.Namespace) -> int:
     from apnsd.cli.send import run_send
 
     return run_send(args, _load(args))
+
+
+def _channels(args: argparse.Namespace) -> int:
+    from apnsd.cli.channels import run_channels
+
+    return run_channels(args, _load(args))
 
 
 def _stats(args: argparse.Namespace) -> int:

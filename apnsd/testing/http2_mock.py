@@ -30,6 +30,7 @@ from apnsd.testing.record import MockRecord, Received
 PAYLOAD_LIMIT, VOIP_PAYLOAD_LIMIT = 4096, 5120
 REFUSED_STREAM = 0x7
 _PATH_PREFIX = "/3/device/"
+_BROADCAST_PREFIX = "/4/broadcasts/apps/"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _GC_EVERY = 256  # answered streams between sweeps of h2's closed streams
@@ -57,9 +58,12 @@ class FaultState:
     """What the connections of one mock server share: connection count and the burst budget."""
 
     def __init__(self) -> None:
+        from apnsd.testing.channels_mock import ChannelRegistry
+
         self._lock = threading.Lock()
         self._connections = 0
         self._burst_used = 0
+        self.channels = ChannelRegistry()  # Live Activity broadcast channels, shared with the management API
 
     def next_connection(self) -> int:
         """The 0-based index of a new connection."""
@@ -196,7 +200,9 @@ class Http2GatewayConnection:
             h[name] = value
         body = bytes(req.body)
         status, reason = self._judge(h, duplicate, body)
-        ident = h.get("apns-id", "")
+        path = h.get(":path", "")
+        broadcast = path.startswith(_BROADCAST_PREFIX)
+        ident = h.get("apns-request-id" if broadcast else "apns-id", "")
         if not _UUID.fullmatch(ident):
             ident = str(uuid.uuid4())
         try:
@@ -213,11 +219,11 @@ class Http2GatewayConnection:
         if self._answered % _GC_EVERY == 0:
             self._h2.sweep_closed_streams()
         self._apply_connection_faults(sid)
-        path = h.get(":path", "")
         token = path[len(_PATH_PREFIX) :] if path.startswith(_PATH_PREFIX) else ""
+        channel = h.get("apns-channel-id", "") if broadcast else ""
         if not self._record.keep_payloads:  # long benchmark runs keep only the verdicts
-            return Received(token, b"", ident, status, reason)
-        return Received(token, body, ident, status, reason, tuple(req.headers))
+            return Received(token, b"", ident, status, reason, channel=channel)
+        return Received(token, body, ident, status, reason, tuple(req.headers), channel)
 
     def _judge(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
         """Status and reason for a request: validation first, then the injected rejections."""
@@ -238,6 +244,8 @@ class Http2GatewayConnection:
         if h.get(":method") != "POST":
             return 405, "MethodNotAllowed"
         path = h.get(":path", "")
+        if path.startswith(_BROADCAST_PREFIX):
+            return self._validate_broadcast(h, duplicate, body)
         if not path.startswith(_PATH_PREFIX):
             return 404, "BadPath"
         token = path[len(_PATH_PREFIX) :]
@@ -280,6 +288,18 @@ class Http2GatewayConnection:
         except msgspec.DecodeError:
             return 400, "BadPayload"
         return 200, ""
+
+    def _validate_broadcast(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
+        """A Live Activity broadcast: auth as any request, then the channel rules (channels_mock)."""
+        from apnsd.testing.channels_mock import judge_broadcast
+
+        if duplicate:
+            return 400, "DuplicateHeaders"
+        if self._faults.jwt_public_key is not None:
+            reason = self._check_provider_token(h.get("authorization"))
+            if reason:
+                return 403, reason
+        return judge_broadcast(h, body, self._state.channels, self._faults.allowed_topics)
 
     def _check_topic(self, topic: str | None, push_type: str | None) -> str:
         """'' when the topic is acceptable for this connection and push type, else the reason."""

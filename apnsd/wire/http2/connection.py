@@ -107,6 +107,10 @@ class H2ClientConnection:
         self.goaway: GoAwayReceived | None = None
         self.closing = False  # we sent GOAWAY
         self.failed = False
+        # Off on the delivery path, which reads :status alone. On, every answer's header block and
+        # body are kept in ``full_responses`` (stream id → (header block, body)) for the caller.
+        self.keep_responses = False
+        self.full_responses: dict[int, tuple[bytes, bytes]] = {}
 
     def initiate(self) -> None:
         """Queue the connection preface, our SETTINGS and a connection window top-up."""
@@ -167,6 +171,36 @@ class H2ClientConnection:
         block = self._encoder.block(
             template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
         )
+        return self._open_stream(block, payload)
+
+    def send_broadcast(
+        self,
+        template: RequestTemplate,
+        bundle_id: str,
+        channel_id: str,
+        request_id: str,
+        payload: bytes,
+        *,
+        priority: int,
+        expiration: int,
+        topic: str,
+    ) -> int:
+        """Queue one Live Activity broadcast, POST /4/broadcasts/apps/<bundle id>; returns its stream id."""
+        if self.available_streams <= 0:
+            raise NoStreamAvailable("no HTTP/2 stream available on this connection")
+        block = self._encoder.broadcast_block(
+            template, bundle_id, channel_id, request_id, len(payload), priority, expiration, topic
+        )
+        return self._open_stream(block, payload)
+
+    def send_raw(self, block: bytes, payload: bytes = b"") -> int:
+        """Queue a request from a ready header block (``hpack.request_block``); returns its stream id."""
+        if self.available_streams <= 0:
+            raise NoStreamAvailable("no HTTP/2 stream available on this connection")
+        return self._open_stream(block, payload)
+
+    def _open_stream(self, block: bytes, payload: bytes) -> int:
+        """Open a stream with ``block`` and send as much of ``payload`` as the windows allow."""
         if self._table_update_due:
             # Size 0 keeps the server's decoder table empty whatever SETTINGS_HEADER_TABLE_SIZE it
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
@@ -298,12 +332,16 @@ class H2ClientConnection:
             elif status < 200:  # informational; the final response follows
                 return
             s.status = status
+            if self.keep_responses:
+                self.full_responses[sid] = (bytes(block), b"")
         if end_stream:
             self._finish(s)
 
     def _finish(self, s: _Stream) -> None:
         """The response on ``s`` is complete."""
         reason, ts = decode_response_reason(bytes(s.data)) if s.data else ("", None)
+        if self.keep_responses and s.id in self.full_responses:
+            self.full_responses[s.id] = (self.full_responses[s.id][0], bytes(s.data or b""))
         self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts))
         s.remote_done = True
         if s.local_done:

@@ -1,0 +1,168 @@
+"""Live Activity broadcast end to end: channel management and channel jobs through the mock over real TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from apnsd.gateway.channels import ChannelApiError, ChannelManager
+from apnsd.gateway.credentials import load_public_key
+from apnsd.testing.devpki import BUNDLE_ID
+from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
+
+UPDATE = {"aps": {"timestamp": 1685952000, "event": "update", "content-state": {"score": "2-1"}}}
+
+
+def channel_job(channel: str, **extra: object) -> bytes:
+    """One broadcast job as an application would LPUSH it."""
+    return msgspec.json.encode({"channel": channel, "payload": UPDATE, **extra})
+
+
+def broadcasts(mock) -> list[tuple[str, int, str]]:
+    """(channel, status, reason) of every broadcast the mock answered."""
+    return [(r.channel, r.status, r.reason) for r in mock.record.received if r.channel]
+
+
+def test_create_broadcast_delete_then_broadcast_to_the_deleted_channel(jq, rdb, http2_mock, make_config):
+    """A created channel takes a broadcast from the queue; once deleted, the next one is reported as a gone channel."""
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    channels = ChannelManager("default", config.apps["default"])
+
+    channel = channels.create(policy=1)
+    assert [channel] == channels.list()
+    assert {"message-storage-policy": 1, "push-type": "LiveActivity"} == channels.get(channel)
+
+    token = good_tokens(1)[0]
+    push_all(jq, [channel_job(channel, expiration=2_000_000_000), job(token)])
+    assert 0 == run_drained(config)
+    assert [(channel, 200, "")] == broadcasts(mock)
+    assert {token: 1} == dict(mock.record.accepted_tokens())
+
+    channels.delete(channel)
+    assert [] == channels.list()
+    push_all(jq, [channel_job(channel, id="match-42")])
+    assert 0 == run_drained(config)
+
+    assert [(channel, 200, ""), (channel, 400, "ChannelNotRegistered")] == broadcasts(mock)
+    gone = jq.channels_gone()
+    assert {channel: ("default", "ChannelNotRegistered", 400)} == {
+        c: (v["app"], v["reason"], v["status"]) for c, v in gone.items()
+    }
+    assert ({}, []) == (jq.unregistered(), jq.dead_entries(10))
+    assert [] == inflight_keys(rdb)
+
+
+def test_a_broadcast_request_has_the_path_and_headers_apple_documents(jq, http2_mock, make_config, pki):
+    """POST /4/broadcasts/apps/<bundle id> with apns-channel-id, push type, Live Activity topic, priority, expiration."""
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    channel = ChannelManager("default", config.apps["default"]).create(policy=0)
+    push_all(jq, [channel_job(channel, priority=5)])
+
+    assert 0 == run_drained(config)
+
+    [received] = mock.record.received
+    headers = dict(received.headers)
+    bundle = BUNDLE_ID
+    expected = {
+        ":method": "POST",
+        ":path": f"/4/broadcasts/apps/{bundle}",
+        "apns-channel-id": channel,
+        "apns-push-type": "liveactivity",
+        "apns-topic": f"{bundle}.push-type.liveactivity",
+        "apns-priority": "5",
+        "apns-expiration": "0",
+    }
+    assert expected == {k: headers.get(k) for k in expected}
+    assert UPDATE == json.loads(received.payload)
+    assert 200 == received.status
+
+
+def test_gateway_rejections_of_a_broadcast_end_as_dead_letters_with_apples_reason(jq, http2_mock, make_config):
+    """A nonzero expiration on a no-storage channel is 400 BadExpirationDate, dead-lettered with the channel id."""
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    channel = ChannelManager("default", config.apps["default"]).create(policy=0)
+    push_all(jq, [channel_job(channel, expiration=2_000_000_000)])
+
+    assert 0 == run_drained(config)
+
+    [entry] = jq.dead_entries(10)
+    assert ("BadExpirationDate", 400, channel) == (entry["reason"], entry["status"], entry["token"])
+    assert {} == jq.channels_gone()
+
+
+def test_channel_management_errors_carry_apples_status_and_reason(http2_mock, make_config):
+    """Reading a channel that does not exist raises ChannelApiError 400 ChannelNotRegistered."""
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+
+    with pytest.raises(ChannelApiError) as info:
+        ChannelManager("default", config.apps["default"]).get("dGhpcyBpcyBub3QgYSBjaGFubmVs")
+
+    assert (400, "ChannelNotRegistered") == (info.value.status, info.value.reason)
+
+
+def test_channels_under_token_auth_send_a_provider_token_the_mock_verifies(jq, http2_mock, make_config, pki):
+    """With a .p8 key, management requests and broadcasts carry an ES256 bearer token the mock accepts."""
+    mock = http2_mock(
+        client_ca=False, jwt_public_key=load_public_key(pki.p8_public), jwt_key_id=pki.key_id, jwt_team_id=pki.team_id
+    )
+    config = make_config(
+        mock,
+        APP_DEFAULT_CERT="",
+        APP_DEFAULT_TOKEN_KEY=pki.p8_key,
+        APP_DEFAULT_KEY_ID=pki.key_id,
+        APP_DEFAULT_TEAM_ID=pki.team_id,
+        APP_DEFAULT_TOPIC="com.example.app",
+        APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port),
+    )
+    channels = ChannelManager("default", config.apps["default"])
+    channel = channels.create()
+    push_all(jq, [channel_job(channel)])
+
+    assert 0 == run_drained(config)
+
+    assert [(channel, 200, "")] == broadcasts(mock)
+    assert [("POST", "/1/apps/com.example.app/channels", 201, "")] == mock.channels.requests
+
+
+def test_the_channels_command_creates_lists_gets_and_deletes(http2_mock, make_config, redis_server, pki, tmp_path):
+    """`apnsd channels create|list|get|delete` print the channel id and its message-storage policy."""
+    mock = http2_mock()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env.update(
+        APNSD_REDIS_URL=redis_server.url,
+        APNSD_APP_DEFAULT_HOST=mock.host,
+        APNSD_APP_DEFAULT_PORT=str(mock.port),
+        APNSD_APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port),
+        APNSD_APP_DEFAULT_CA_FILE=pki.ca_cert,
+        APNSD_APP_DEFAULT_CERT=pki.client_pem,
+    )
+
+    def channels(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "apnsd", "channels", *args, "--app", "default"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    created = channels("create", "--policy", "1")
+    assert 0 == created.returncode, created.stderr
+    channel = created.stdout.split()[0]
+    assert [channel] == list(mock.channels.channels)
+    assert f"{channel}\tmost recent message stored (1)" == channels("list").stdout.strip()
+    assert f"{channel}\tmost recent message stored (1)" == channels("get", channel).stdout.strip()
+    assert 0 == channels("delete", channel).returncode
+    missing = channels("get", channel)
+    assert (1, "") == (missing.returncode, missing.stdout)
+    assert "400 ChannelNotRegistered" in missing.stderr
+    assert 2 == channels("get", "not base64!").returncode
