@@ -308,7 +308,7 @@ class JobParser:
                 "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
             )
         if spec.token is None and not spec.tokens:
-            raise JobError("missing_token", "job has neither 'token' nor a non-empty 'tokens' list")
+            raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits

@@ -59,7 +59,7 @@ def test_create_broadcast_delete_then_broadcast_to_the_deleted_channel(jq, rdb, 
 
 
 def test_a_broadcast_request_has_the_path_and_headers_apple_documents(jq, http2_mock, make_config, pki):
-    """POST /4/broadcasts/apps/<bundle id> with apns-channel-id, push type, Live Activity topic, priority, expiration."""
+    """POST /4/broadcasts/apps/<bundle id> with the channel id, push type, Live Activity topic, priority, expiration."""
     mock = http2_mock()
     config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
     channel = ChannelManager("default", config.apps["default"]).create(policy=0)
