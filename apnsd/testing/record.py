@@ -61,6 +61,7 @@ class MockRecord:
                 "received": len(self.received),
                 "accepted": accepted,
                 "rejected": len(self.received) - accepted,
+                "broadcasts": sum(1 for r in self.received if r.channel),
                 "connections": self.connections,
                 "max_concurrent_streams_seen": self.max_concurrent_seen,
                 "concurrency_violations": self.concurrency_violations,

@@ -6,16 +6,27 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import jsonschema
 import msgspec
 import pytest
 
+from apnsd.cli import main as cli
+from apnsd.errors import ConfigError, JobError
 from apnsd.gateway.channels import ChannelApiError, ChannelManager
 from apnsd.gateway.credentials import load_public_key
 from apnsd.testing.devpki import BUNDLE_ID
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 
 UPDATE = {"aps": {"timestamp": 1685952000, "event": "update", "content-state": {"score": "2-1"}}}
+CHANNEL = "dHN0LXNyY2gtY2hubA=="
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schema() -> jsonschema.Draft202012Validator:
+    """A validator for docs/job.schema.json."""
+    return jsonschema.Draft202012Validator(json.loads((ROOT / "docs" / "job.schema.json").read_text()))
 
 
 def channel_job(channel: str, **extra: object) -> bytes:
@@ -166,3 +177,67 @@ def test_the_channels_command_creates_lists_gets_and_deletes(http2_mock, make_co
     assert (1, "") == (missing.returncode, missing.stdout)
     assert "400 ChannelNotRegistered" in missing.stderr
     assert 2 == channels("get", "not base64!").returncode
+
+
+def test_the_python_client_manages_channels_broadcasts_and_reads_gone_channels(jq, http2_mock, make_config):
+    """Client.channels creates and deletes, Client.broadcast validates and queues, channels_gone reads the verdict."""
+    from apnsd.client import Client
+
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    client = Client.from_config(config)
+    with client.channels("default") as channels:
+        live, deleted = channels.create(), channels.create()
+        channels.delete(deleted)
+        assert [live] == channels.list()
+    client.broadcast(live, UPDATE, priority=5)
+    client.broadcast(deleted, UPDATE)
+    with pytest.raises(JobError) as info:
+        client.broadcast(live, UPDATE, collapse_id="score")
+    assert "bad_collapse_id" == info.value.reason
+
+    assert 0 == run_drained(config)
+
+    assert [(live, 200, ""), (deleted, 400, "ChannelNotRegistered")] == broadcasts(mock)
+    assert [deleted] == list(client.channels_gone())
+    assert (1, {}) == (client.forget_channels([deleted]), client.channels_gone())
+
+
+def test_channel_management_needs_a_client_built_from_config(redis_server):
+    """Without the config (and so the credentials) Client.channels refuses with the key to set."""
+    from apnsd.client import Client
+
+    with pytest.raises(ConfigError):
+        Client(redis_server.url).channels("default")
+
+
+def test_apnsd_push_queues_a_broadcast_that_fits_the_schema(rdb, redis_server, env_clean, monkeypatch, capsys):
+    """`apnsd push --channel` queues one channel job, valid against docs/job.schema.json; a bad id is refused."""
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    assert 0 == cli.main(["push", "--channel", CHANNEL, "--payload", json.dumps(UPDATE), "--priority", "5"])
+    assert "queued 1 job (a broadcast)" in capsys.readouterr().out
+    [queued] = [json.loads(raw) for raw in rdb.lrange("apnsd:queue", 0, -1)]
+    assert (CHANNEL, 5, "token" in queued) == (queued["channel"], queued["priority"], False)
+    schema().validate(queued)
+    assert 2 == cli.main(["push", "--channel", "not base64", "--alert", "x"])
+    assert "bad_channel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("job", "valid"),
+    [
+        ({"channel": CHANNEL, "payload": UPDATE}, True),
+        ({"channel": CHANNEL, "payload": UPDATE, "push_type": "liveactivity", "priority": 1}, True),
+        ({"channel": CHANNEL, "payload": UPDATE, "push_type": "alert"}, False),
+        ({"channel": CHANNEL, "payload": UPDATE, "collapse_id": "c"}, False),
+        ({"channel": "dHN0LXNyY2gtY2hubA", "payload": UPDATE}, False),
+        ({"channel": CHANNEL, "token": "ab" * 32, "payload": UPDATE}, False),
+        ({"channel": "", "payload": UPDATE}, False),
+    ],
+)
+def test_the_schema_and_the_daemon_agree_on_channel_jobs(job, valid):
+    """A channel job the schema accepts is one the daemon accepts, and the other way round."""
+    from apnsd.core.jobs import JobParser
+
+    good, bad = JobParser({"default": ("http2", 4096, 5120)}).parse(msgspec.json.encode(job))
+    assert (valid, valid) == (schema().is_valid(job), bool(good) and not bad)

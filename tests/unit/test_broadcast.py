@@ -276,3 +276,33 @@ def test_the_mock_answers_broadcasts_with_apples_reasons() -> None:
         "empty": (400, "PayloadEmpty"),
         "large": (413, "PayloadTooLarge"),
     } == cases
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_the_channel_management_host_follows_the_environment_and_the_overrides() -> None:
+    """Apple's host and port per environment; host alone keeps Apple's port; channels_* win over both."""
+    from apnsd.config import AppConfig
+
+    assert [
+        ("api-manage-broadcast.push.apple.com", 2196),
+        ("api-manage-broadcast.sandbox.push.apple.com", 2195),
+        ("127.0.0.1", 2195),
+        ("mgmt.local", 8443),
+    ] == [
+        AppConfig().channels_gateway(),
+        AppConfig(environment="sandbox").channels_gateway(),
+        AppConfig(environment="sandbox", host="127.0.0.1", port=9).channels_gateway(),
+        AppConfig(host="127.0.0.1", channels_host="mgmt.local", channels_port=8443).channels_gateway(),
+    ]
+
+
+def test_a_channels_port_out_of_range_is_a_config_error() -> None:
+    """channels_port is checked like port, naming the key."""
+    from apnsd.config import load_config
+    from apnsd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"APNSD_APP_DEFAULT_CHANNELS_PORT": "70000", "APNSD_APP_DEFAULT_CERT": "x.pem"})
+    assert "apps.default.channels_port" == info.value.key
