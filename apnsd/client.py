@@ -119,9 +119,7 @@ class Client:
             self._jq.schedule(queue, raw, at)
         return sum(map(len, by_queue.values())) + len(scheduled)
 
-    def broadcast(
-        self, channel: str, payload: Mapping[str, Any] | str, *, app: str = "default", **fields: Any
-    ) -> None:
+    def broadcast(self, channel: str, payload: Mapping[str, Any] | str, *, app: str = "default", **fields: Any) -> None:
         """Validate one Live Activity broadcast to every subscriber of ``channel`` and LPUSH it (or schedule it)."""
         job = self._job("", payload, app, fields)
         del job["token"]
