@@ -60,6 +60,7 @@ LOCAL_SETTINGS = {
 STREAMS_BEFORE_SETTINGS = 1
 UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
+_NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 
 
 class _Stream:
@@ -164,43 +165,15 @@ class H2ClientConnection:
         expiration: int | None = None,
         collapse_id: str | None = None,
         topic: str | None = None,
+        block: bytes | None = None,
     ) -> int:
-        """Queue one POST /3/device/<token>; returns its stream id."""
+        """Queue one POST /3/device/<token>, or the request of a ready header ``block``; returns its stream id."""
         if self.available_streams <= 0:
             raise NoStreamAvailable("no HTTP/2 stream available on this connection")
-        block = self._encoder.block(
-            template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
-        )
-        return self._open_stream(block, payload)
-
-    def send_broadcast(
-        self,
-        template: RequestTemplate,
-        bundle_id: str,
-        channel_id: str,
-        request_id: str,
-        payload: bytes,
-        *,
-        priority: int,
-        expiration: int,
-        topic: str,
-    ) -> int:
-        """Queue one Live Activity broadcast, POST /4/broadcasts/apps/<bundle id>; returns its stream id."""
-        if self.available_streams <= 0:
-            raise NoStreamAvailable("no HTTP/2 stream available on this connection")
-        block = self._encoder.broadcast_block(
-            template, bundle_id, channel_id, request_id, len(payload), priority, expiration, topic
-        )
-        return self._open_stream(block, payload)
-
-    def send_raw(self, block: bytes, payload: bytes = b"") -> int:
-        """Queue a request from a ready header block (``hpack.request_block``); returns its stream id."""
-        if self.available_streams <= 0:
-            raise NoStreamAvailable("no HTTP/2 stream available on this connection")
-        return self._open_stream(block, payload)
-
-    def _open_stream(self, block: bytes, payload: bytes) -> int:
-        """Open a stream with ``block`` and send as much of ``payload`` as the windows allow."""
+        if block is None:
+            block = self._encoder.block(
+                template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
+            )
         if self._table_update_due:
             # Size 0 keeps the server's decoder table empty whatever SETTINGS_HEADER_TABLE_SIZE it
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
@@ -224,6 +197,28 @@ class H2ClientConnection:
             self._ready.append(s)
             self._flush_data()
         return sid
+
+    def send_broadcast(
+        self,
+        template: RequestTemplate,
+        bundle_id: str,
+        channel_id: str,
+        request_id: str,
+        payload: bytes,
+        *,
+        priority: int,
+        expiration: int,
+        topic: str,
+    ) -> int:
+        """Queue one Live Activity broadcast, POST /4/broadcasts/apps/<bundle id>; returns its stream id."""
+        block = self._encoder.broadcast_block(
+            template, bundle_id, channel_id, request_id, len(payload), priority, expiration, topic
+        )
+        return self.send_request(template, "", "", payload, block=block)
+
+    def send_raw(self, block: bytes, payload: bytes = b"") -> int:
+        """Queue a request from a ready header block (``hpack.request_block``); returns its stream id."""
+        return self.send_request(_NO_TEMPLATE, "", "", payload, block=block)
 
     def ping(self, payload: bytes = b"\0" * 8) -> None:
         """Queue a PING; the server's answer comes back as PingAcked."""
