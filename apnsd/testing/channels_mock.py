@@ -36,6 +36,7 @@ class ChannelRegistry:
 
     channels: dict[str, tuple[str, int]] = field(default_factory=dict)  # channel id → (bundle id, policy)
     requests: list[tuple[str, str, int, str]] = field(default_factory=list)  # (method, path, status, reason)
+    connections: int = 0  # TLS connections to the management API
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def create(self, bundle: str, policy: int) -> str | None:
@@ -65,6 +66,11 @@ class ChannelRegistry:
         """Every channel id of one app."""
         with self._lock:
             return [c for c, (b, _) in self.channels.items() if b == bundle]
+
+    def connected(self) -> None:
+        """Count one completed TLS handshake on the management port."""
+        with self._lock:
+            self.connections += 1
 
     def note(self, method: str, path: str, status: int, reason: str) -> None:
         """Record one management request and its answer."""

@@ -206,7 +206,7 @@ class Http2GatewayConnection:
         if not _UUID.fullmatch(ident):
             ident = str(uuid.uuid4())
         try:
-            self._respond(sid, status, reason, ident)
+            self._respond(sid, status, reason, ident, broadcast)
         except h2.exceptions.StreamClosedError:  # the client reset it after sending it whole
             self._unsent.pop(sid, None)
             self._open -= 1
@@ -338,10 +338,17 @@ class Http2GatewayConnection:
         self._jwt_seen = (jwt, int(now), verdict)
         return verdict
 
-    def _respond(self, sid: int, status: int, reason: str, ident: str) -> None:
-        """200 with apns-id and no body; errors with a JSON reason (and a timestamp for 410)."""
+    def _respond(self, sid: int, status: int, reason: str, ident: str, broadcast: bool = False) -> None:
+        """200 with apns-id and no body; errors with a JSON reason (and a timestamp for 410).
+
+        A broadcast is answered, as Apple does, with apns-request-id (and apns-unique-id on success).
+        """
+        if broadcast:
+            ids = [("apns-request-id", ident)] + ([("apns-unique-id", str(uuid.uuid4()))] if status == 200 else [])
+        else:
+            ids = [("apns-id", ident)]
         if status == 200:
-            self._h2.send_headers(sid, [(":status", "200"), ("apns-id", ident)], end_stream=True)
+            self._h2.send_headers(sid, [(":status", "200"), *ids], end_stream=True)
             self._open -= 1
             return
         error: dict[str, object] = {"reason": reason}
@@ -352,7 +359,7 @@ class Http2GatewayConnection:
             sid,
             [
                 (":status", str(status)),
-                ("apns-id", ident),
+                *ids,
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
             ],

@@ -143,7 +143,10 @@ class MockGateway:
         conn.set_accept_state()
         try:
             conn.do_handshake()
-            self.record.connected()
+            if serve == self._serve_channels:
+                self.channels.connected()
+            else:
+                self.record.connected()
             serve(conn)
         except (SSL.Error, OSError, ProtocolError):
             pass

@@ -170,7 +170,13 @@ def test_the_channels_command_creates_lists_gets_and_deletes(http2_mock, make_co
     assert 0 == created.returncode, created.stderr
     channel = created.stdout.split()[0]
     assert [channel] == list(mock.channels.channels)
-    assert f"{channel}\tmost recent message stored (1)" == channels("list").stdout.strip()
+    other = channels("create", "--policy", "0").stdout.split()[0]
+    before = mock.channels.connections
+    listed = channels("list").stdout.splitlines()
+    # the list and the two reads of its policies share one connection
+    expected = [f"{channel}\tmost recent message stored (1)", f"{other}\tno message stored (0)"]
+    assert (expected, 1) == (listed, mock.channels.connections - before)
+    assert 0 == channels("delete", other).returncode
     assert f"{channel}\tmost recent message stored (1)" == channels("get", channel).stdout.strip()
     assert 0 == channels("delete", channel).returncode
     missing = channels("get", channel)
