@@ -247,3 +247,32 @@ def test_the_schema_and_the_daemon_agree_on_channel_jobs(job, valid):
 
     good, bad = JobParser({"default": ("http2", 4096, 5120)}).parse(msgspec.json.encode(job))
     assert (valid, valid) == (schema().is_valid(job), bool(good) and not bad)
+
+
+def test_a_broadcast_answered_503_is_retried_and_then_delivered_once(jq, http2_mock, make_config):
+    """The retry of a channel job stays a channel job: one 503, then one 200, one outcome."""
+    mock = http2_mock(burst_status=(503, "ServiceUnavailable", 1))
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    channel = ChannelManager("default", config.apps["default"]).create()
+    push_all(jq, [channel_job(channel, id="final-score")])
+
+    assert 0 == run_drained(config)
+
+    assert [(channel, 503, "ServiceUnavailable"), (channel, 200, "")] == broadcasts(mock)
+    assert ([], {}) == (jq.dead_entries(10), jq.channels_gone())
+
+
+def test_an_unreachable_management_api_is_one_clear_error(http2_mock, make_config):
+    """Nothing listening on the management port: ChannelApiError names the host and the connect failure."""
+    import socket
+
+    mock = http2_mock()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(closed), APP_DEFAULT_CONNECT_TIMEOUT="2")
+
+    with pytest.raises(ChannelApiError) as info:
+        ChannelManager("default", config.apps["default"], timeout=5).list()
+
+    assert (None, True) == (info.value.status, f"127.0.0.1:{closed}" in str(info.value))
