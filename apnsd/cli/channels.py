@@ -66,7 +66,8 @@ def run_channels(args: argparse.Namespace, config: Config) -> int:
                 print(f"deleted {channel}")
         except ChannelApiError as exc:
             host, port = channels.gateway
-            print(f"apnsd channels {args.action}: {host}:{port} answered {exc}", file=sys.stderr)
+            said = f"{host}:{port} answered " if exc.status is not None else ""
+            print(f"apnsd channels {args.action}: {said}{exc}", file=sys.stderr)
             return 1
     return 0
 

@@ -188,7 +188,8 @@ class ChannelManager:
         result = send_one(session, note, self.timeout, keep_open=True)
         answer = session.answer
         if answer is None:
-            raise ChannelApiError(f"no answer from {self.app.host}:{self.app.port}: {result.error}")
+            where = f"{self.app.host}:{self.app.port}"
+            raise ChannelApiError(result.error if where in result.error else f"{where}: {result.error}")
         if answer.status != expected:
             reason = answer.reason or f"HTTP {answer.status}"
             raise ChannelApiError(f"{answer.status} {reason}", answer.status, answer.reason)
