@@ -191,8 +191,8 @@ class ChannelManager:
             where = f"{self.app.host}:{self.app.port}"
             raise ChannelApiError(result.error if where in result.error else f"{where}: {result.error}")
         if answer.status != expected:
-            reason = answer.reason or f"HTTP {answer.status}"
-            raise ChannelApiError(f"{answer.status} {reason}", answer.status, answer.reason)
+            said = answer.reason or f"(no reason; {expected} expected)"
+            raise ChannelApiError(f"{answer.status} {said}", answer.status, answer.reason)
         return answer
 
 

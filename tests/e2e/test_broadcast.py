@@ -276,3 +276,30 @@ def test_an_unreachable_management_api_is_one_clear_error(http2_mock, make_confi
         ChannelManager("default", config.apps["default"], timeout=5).list()
 
     assert (None, True) == (info.value.status, f"127.0.0.1:{closed}" in str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("call", "answer", "expected"),
+    [
+        ("create", (201, "", [], b""), (201, "no usable apns-channel-id")),
+        ("create", (201, "", [("apns-channel-id", "not base64!")], b""), (201, "no usable apns-channel-id")),
+        ("list", (200, "", [], b'{"channels": "dHN0"}'), (200, "unexpected answer body")),
+        ("list", (200, "", [], b"[1, 2"), (200, "unexpected answer body")),
+        ("get", (200, "", [], b'{"message-storage-policy": 7}'), (200, "unexpected answer body")),
+        ("get", (500, "InternalServerError", [], b""), (500, "500 InternalServerError")),
+        ("delete", (200, "", [], b""), (200, "200 (no reason; 204 expected)")),
+    ],
+)
+def test_hostile_management_answers_are_clear_errors(http2_mock, make_config, monkeypatch, call, answer, expected):
+    """Missing ids, malformed bodies, unexpected statuses: a ChannelApiError saying what came back, never a traceback."""
+    from apnsd.testing.channels_mock import ChannelApiConnection
+
+    monkeypatch.setattr(ChannelApiConnection, "_manage", lambda self, h, body: answer)
+    mock = http2_mock()
+    config = make_config(mock, APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port))
+    channels = ChannelManager("default", config.apps["default"])
+
+    with pytest.raises(ChannelApiError) as info:
+        getattr(channels, call)(*([CHANNEL] if call in ("get", "delete") else []))
+
+    assert (expected[0], True) == (info.value.status, expected[1] in str(info.value)), str(info.value)
