@@ -291,7 +291,7 @@ def test_an_unreachable_management_api_is_one_clear_error(http2_mock, make_confi
     ],
 )
 def test_hostile_management_answers_are_clear_errors(http2_mock, make_config, monkeypatch, call, answer, expected):
-    """Missing ids, malformed bodies, unexpected statuses: a ChannelApiError saying what came back, never a traceback."""
+    """Missing ids, malformed bodies, unexpected statuses: a ChannelApiError saying what came back, no traceback."""
     from apnsd.testing.channels_mock import ChannelApiConnection
 
     monkeypatch.setattr(ChannelApiConnection, "_manage", lambda self, h, body: answer)
