@@ -431,6 +431,11 @@ class JobQueue:
             items = self.client.hgetall(self.keys.channels_gone).items()
         return {k.decode(): json.loads(v) for k, v in items}
 
+    def channels_gone_count(self) -> int:
+        """How many channel ids the channels-gone store holds."""
+        with redis_errors("reading gone channels"):
+            return int(self.client.hlen(self.keys.channels_gone))
+
     def forget_channels(self, channels: list[str]) -> int:
         """Remove channel ids from the channels-gone store; returns how many were there."""
         if not channels:

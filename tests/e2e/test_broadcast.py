@@ -303,3 +303,13 @@ def test_hostile_management_answers_are_clear_errors(http2_mock, make_config, mo
         getattr(channels, call)(*([CHANNEL] if call in ("get", "delete") else []))
 
     assert (expected[0], True) == (info.value.status, expected[1] in str(info.value)), str(info.value)
+
+
+def test_stats_show_gone_channels(jq, rdb, redis_server, env_clean, monkeypatch, capsys):
+    """`apnsd stats` prints a gone-channels line once there are any, and --json always has the count."""
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    assert 0 == cli.main(["stats", "--json"])
+    assert 0 == json.loads(capsys.readouterr().out)["channels_gone"]
+    rdb.hset("apnsd:channels:gone", CHANNEL, b"{}")
+    assert 0 == cli.main(["stats"])
+    assert "gone broadcast channels: 1" in capsys.readouterr().out.splitlines()
