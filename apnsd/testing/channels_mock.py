@@ -20,7 +20,7 @@ import msgspec
 
 from apnsd.core.jobs import PUSH_TYPE_SUFFIXES, parse_channel_id
 from apnsd.errors import JobError
-from apnsd.testing.http2_mock import _UUID, Http2GatewayConnection, _Request
+from apnsd.testing.http2_mock import _UUID, Http2GatewayConnection, _Request, body_verdict
 from apnsd.testing.record import Received
 
 BROADCAST_PREFIX = "/4/broadcasts/apps/"
@@ -129,16 +129,7 @@ def judge_broadcast(
         return 400, "ChannelNotRegistered"
     if policy == 0 and int(expiration) != 0:
         return 400, "BadExpirationDate"  # Apple: a no-storage channel takes expiration 0 only
-    if not body:
-        return 400, "PayloadEmpty"
-    if len(body) > BROADCAST_PAYLOAD_LIMIT:
-        return 413, "PayloadTooLarge"
-    try:
-        if not isinstance(_json.decode(body), dict):
-            return 400, "BadPayload"
-    except msgspec.DecodeError:
-        return 400, "BadPayload"
-    return 200, ""
+    return body_verdict(body, BROADCAST_PAYLOAD_LIMIT)
 
 
 class ChannelApiConnection(Http2GatewayConnection):

@@ -54,6 +54,20 @@ class Http2Faults:
     jwt_team_id: str | None = None  # expected JWT "iss" under token auth; None = any
 
 
+def body_verdict(body: bytes, limit: int) -> tuple[int, str]:
+    """Status and reason for a request body: present, within ``limit`` bytes, a JSON object."""
+    if not body:
+        return 400, "PayloadEmpty"
+    if len(body) > limit:
+        return 413, "PayloadTooLarge"
+    try:
+        if not isinstance(_json.decode(body), dict):
+            return 400, "BadPayload"
+    except msgspec.DecodeError:
+        return 400, "BadPayload"
+    return 200, ""
+
+
 class FaultState:
     """What the connections of one mock server share: connection count and the burst budget."""
 
@@ -253,12 +267,9 @@ class Http2GatewayConnection:
             return 400, "MissingDeviceToken"
         if len(token) % 2 or not 2 * MIN_TOKEN_BYTES <= len(token) <= 2 * MAX_TOKEN_BYTES or not _HEX.issuperset(token):
             return 400, "BadDeviceToken"
-        if duplicate:
-            return 400, "DuplicateHeaders"
-        if self._faults.jwt_public_key is not None:
-            reason = self._check_provider_token(h.get("authorization"))
-            if reason:
-                return 403, reason
+        status, reason = self._auth_verdict(h, duplicate)
+        if status:
+            return status, reason
         push_type = h.get("apns-push-type")
         if push_type is not None and push_type not in PUSH_TYPE_SUFFIXES:
             return 400, "InvalidPushType"
@@ -278,27 +289,25 @@ class Http2GatewayConnection:
             return 400, "BadCollapseId"
         if "apns-id" in h and not _UUID.fullmatch(h["apns-id"]):
             return 400, "BadMessageId"
-        if not body:
-            return 400, "PayloadEmpty"
-        if len(body) > (VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT):
-            return 413, "PayloadTooLarge"
-        try:
-            if not isinstance(_json.decode(body), dict):
-                return 400, "BadPayload"
-        except msgspec.DecodeError:
-            return 400, "BadPayload"
-        return 200, ""
+        return body_verdict(body, VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT)
 
-    def _validate_broadcast(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
-        """A Live Activity broadcast: auth as any request, then the channel rules (channels_mock)."""
-        from apnsd.testing.channels_mock import judge_broadcast
-
+    def _auth_verdict(self, h: dict[str, str], duplicate: bool) -> tuple[int, str]:
+        """(0, "") when headers are not repeated and the provider token (under token auth) is valid."""
         if duplicate:
             return 400, "DuplicateHeaders"
         if self._faults.jwt_public_key is not None:
             reason = self._check_provider_token(h.get("authorization"))
             if reason:
                 return 403, reason
+        return 0, ""
+
+    def _validate_broadcast(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
+        """A Live Activity broadcast: auth as any request, then the channel rules (channels_mock)."""
+        from apnsd.testing.channels_mock import judge_broadcast
+
+        status, reason = self._auth_verdict(h, duplicate)
+        if status:
+            return status, reason
         return judge_broadcast(h, body, self._state.channels, self._faults.allowed_topics)
 
     def _check_topic(self, topic: str | None, push_type: str | None) -> str:
