@@ -127,7 +127,10 @@ def run_mock(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     mock.stop()
-    summary = mock.record.summary()
+    summary: dict[str, Any] = mock.record.summary()
+    if args.protocol == "http2":
+        summary["broadcasts"] = len(mock.record.broadcasts())
+        summary["channels"] = len(mock.channels.channels)
     print(json.dumps(summary), flush=True)
     if args.record:
         with open(args.record, "w") as fh:

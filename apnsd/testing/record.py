@@ -53,6 +53,11 @@ class MockRecord:
         with self._lock:
             return Counter(r.token for r in self.received if r.status == 200 and not r.channel)
 
+    def broadcasts(self) -> list[Received]:
+        """The Live Activity broadcasts received, in order."""
+        with self._lock:
+            return [r for r in self.received if r.channel]
+
     def summary(self) -> dict[str, int]:
         """Counts for the CLI and tests."""
         with self._lock:
@@ -61,7 +66,6 @@ class MockRecord:
                 "received": len(self.received),
                 "accepted": accepted,
                 "rejected": len(self.received) - accepted,
-                "broadcasts": sum(1 for r in self.received if r.channel),
                 "connections": self.connections,
                 "max_concurrent_streams_seen": self.max_concurrent_seen,
                 "concurrency_violations": self.concurrency_violations,

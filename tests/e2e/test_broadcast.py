@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +38,7 @@ def channel_job(channel: str, **extra: object) -> bytes:
 
 def broadcasts(mock) -> list[tuple[str, int, str]]:
     """(channel, status, reason) of every broadcast the mock answered."""
-    return [(r.channel, r.status, r.reason) for r in mock.record.received if r.channel]
+    return [(r.channel, r.status, r.reason) for r in mock.record.broadcasts()]
 
 
 def test_create_broadcast_delete_then_broadcast_to_the_deleted_channel(jq, rdb, http2_mock, make_config):
@@ -313,3 +315,63 @@ def test_stats_show_gone_channels(jq, rdb, redis_server, env_clean, monkeypatch,
     rdb.hset("apnsd:channels:gone", CHANNEL, b"{}")
     assert 0 == cli.main(["stats"])
     assert "gone broadcast channels: 1" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.timeout(180)
+def test_the_whole_lifecycle_as_processes(rdb, redis_server, tmp_path):
+    """apnsd mock, apnsd channels, apnsd push --channel and apnsd run --drain as real processes, end to end."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env["PYTHONPATH"] = str(repo)
+    pki_dir, record = tmp_path / "pki", tmp_path / "record.jsonl"
+    mock = subprocess.Popen(
+        [sys.executable, "-m", "apnsd", "mock", "--pki-dir", str(pki_dir), "--record", str(record)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        first = mock.stdout.readline() if mock.stdout else ""
+        found = re.fullmatch(
+            r"apnsd mock \(http2\) listening on 127\.0\.0\.1:(\d+), channel management on (\d+) \(channels_port\)\n",
+            first,
+        )
+        assert found, first
+        env.update(
+            APNSD_REDIS_URL=redis_server.url,
+            APNSD_APP_DEFAULT_HOST="127.0.0.1",
+            APNSD_APP_DEFAULT_PORT=found.group(1),
+            APNSD_APP_DEFAULT_CHANNELS_PORT=found.group(2),
+            APNSD_APP_DEFAULT_CA_FILE=str(pki_dir / "ca.pem"),
+            APNSD_APP_DEFAULT_CERT=str(pki_dir / "client.pem"),
+            APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
+            APNSD_WORKER_BLOCK_TIMEOUT="0.2",
+            APNSD_METRICS_LISTEN="",
+        )
+
+        def apnsd(*args: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "apnsd", *args], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert 0 == done.returncode, done.stderr
+            return done.stdout
+
+        channel = apnsd("channels", "create").split()[0]
+        apnsd("push", "--channel", channel, "--payload", json.dumps(UPDATE))
+        apnsd("run", "--drain")
+        apnsd("channels", "delete", channel)
+        apnsd("push", "--channel", channel, "--payload", json.dumps(UPDATE))
+        apnsd("run", "--drain")
+        stats = json.loads(apnsd("stats", "--json"))
+    finally:
+        mock.send_signal(signal.SIGTERM)
+        out, _ = mock.communicate(timeout=30)
+
+    assert (1, 0) == (stats["channels_gone"], stats["dead"])
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (2, 1, 0) == (summary["broadcasts"], summary["accepted"], summary["channels"])
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(channel, 200, ""), (channel, 400, "ChannelNotRegistered")] == [
+        (r["channel"], r["status"], r["reason"]) for r in lines
+    ]
