@@ -1,4 +1,5 @@
-"""What applications import to hand jobs to apnsd: validated enqueue, scheduling, the unregistered store.
+"""What applications import to hand jobs to apnsd: validated enqueue, scheduling, Live Activity broadcasts and
+their channels, the unregistered and gone-channel stores.
 
 Every job is checked exactly as the daemon checks it (``JobParser``, with the app's payload limits)
 before anything reaches Redis, so a bad job fails in the caller with the reason code the daemon
@@ -17,7 +18,7 @@ import msgspec
 
 from apnsd.config import AppConfig, Config
 from apnsd.core.jobs import JobParser, normalise_token
-from apnsd.errors import JobError
+from apnsd.errors import ConfigError, JobError
 from apnsd.store.queue import JobQueue, client_for, connect
 
 CHUNK = 1000  # jobs per LPUSH in enqueue_many
@@ -117,6 +118,39 @@ class Client:
         for queue, raw, at in scheduled:
             self._jq.schedule(queue, raw, at)
         return sum(map(len, by_queue.values())) + len(scheduled)
+
+    def broadcast(self, channel: str, payload: Mapping[str, Any] | str, *, app: str = "default", **fields: Any) -> None:
+        """Validate one Live Activity broadcast to every subscriber of ``channel`` and LPUSH it (or schedule it)."""
+        job = self._job("", payload, app, fields)
+        del job["token"]
+        job["channel"] = channel
+        raw = self._validate(job)
+        queue = self.queue_for(app, channel)
+        if "send_at" in job:
+            self._jq.schedule(queue, raw, float(job["send_at"]))
+        else:
+            self._jq.push(queue, [raw])
+
+    def channels(self, app: str = "default", timeout: float = 15.0) -> Any:
+        """A ``ChannelManager`` for one configured app: ``create(policy)``, ``get(id)``, ``list()``, ``delete(id)``.
+
+        Needs the app's credentials, so only on a client built ``from_config``; close it (or use ``with``)
+        when done, since it keeps its connection to Apple's channel management API open between calls.
+        """
+        from apnsd.gateway.channels import ChannelManager
+
+        cfg = (self._apps or {}).get(app) if self._config is not None else None
+        if cfg is None:
+            raise ConfigError(f"apps.{app}", "channel management needs a client built with Client.from_config")
+        return ChannelManager(app, cfg, timeout)
+
+    def channels_gone(self) -> dict[str, dict[str, Any]]:
+        """Channels APNs answered ChannelNotRegistered for: channel id → {app, reason, status, timestamp_ms, time}."""
+        return self._jq.channels_gone()
+
+    def forget_channels(self, channels: Iterable[str]) -> int:
+        """Remove channel ids from the gone-channel store once your application has dealt with them."""
+        return self._jq.forget_channels(list(channels))
 
     def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Tokens APNs reported gone: token → {app, reason, status, timestamp_ms, time}.

@@ -24,6 +24,11 @@ GATEWAYS = {
 # compatible gateway); these are only the protocol's customary ports.
 BINARY_PORT, FEEDBACK_PORT = 2195, 2196
 BINARY_NEEDS_HOST = 'protocol = "binary" needs an explicit host: Apple\'s binary gateways were retired in 2021'
+# Apple's channel management API (create, read, list, delete broadcast channels): its own hosts and ports.
+CHANNEL_GATEWAYS = {
+    "production": ("api-manage-broadcast.push.apple.com", 2196),
+    "sandbox": ("api-manage-broadcast.sandbox.push.apple.com", 2195),
+}
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
 MAX_TOKEN_REFRESH = 3300.0  # below Apple's 3600 s token lifetime, with room for clock skew
 VOIP_PAYLOAD_LIMIT = 5120
@@ -127,6 +132,8 @@ class AppConfig(_Section):
     feedback_interval: float = 0.0
     feedback_host: str = ""
     feedback_port: int = 0
+    channels_host: str = ""
+    channels_port: int = 0
     connections: int = 1
     proxy: str = ""
     mismatch_guard_answers: int = 100
@@ -154,6 +161,11 @@ class AppConfig(_Section):
         if not host:
             raise ConfigError("feedback_host", BINARY_NEEDS_HOST)
         return (host, self.feedback_port or FEEDBACK_PORT)
+
+    def channels_gateway(self) -> tuple[str, int]:
+        """The channel management API's host and port: configured, else Apple's for the environment."""
+        host, port = CHANNEL_GATEWAYS[self.environment]
+        return (self.channels_host or self.host or host, self.channels_port or port)
 
     def payload_limit_for(self, push_type: str | None) -> int:
         """The largest payload in bytes this app may send for the given push type."""
@@ -472,6 +484,7 @@ def _validate_app(name: str, app: AppConfig) -> None:
         "app names are lower case letters, digits, - and _",
     )
     _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
+    _require(0 <= app.channels_port < 65536, k + "channels_port", "must be a TCP port number")
     if app.proxy:
         try:
             parse_proxy(app.proxy)

@@ -1,4 +1,4 @@
-"""The `apnsd` command: run, demo, push, send, check, mock, stats, dead, health."""
+"""The `apnsd` command: run, demo, push, send, check, channels, mock, stats, dead, health."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--jobs", type=int, default=1000, help="sample jobs to enqueue (plus three deliberately bad ones)")
 
     ps = cmd("push", _push, "Enqueue one notification job from the shell.")
-    ps.add_argument("--token", "-t", action="append", required=True, help="device token (hex); repeat to fan out")
+    target = ps.add_mutually_exclusive_group(required=True)
+    target.add_argument("--token", "-t", action="append", help="device token (hex); repeat to fan out")
+    target.add_argument("--channel", help="a Live Activity broadcast channel id (base64) instead of tokens")
     ps.add_argument("--alert", "-a", help="alert text")
     ps.add_argument("--badge", type=int)
     ps.add_argument("--sound")
@@ -104,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness",
         action="store_true",
         help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures",
+    )
+
+    from apnsd.cli.channels import add_channels_arguments
+
+    add_channels_arguments(
+        cmd("channels", _channels, "Create, list, read or delete an app's Live Activity broadcast channels.")
     )
 
     from apnsd.cli.mock import add_mock_arguments
@@ -186,7 +194,10 @@ def _push(args: argparse.Namespace) -> int:
         aps = {k: v for k, v in (("alert", args.alert), ("badge", args.badge), ("sound", args.sound)) if v is not None}
         payload = {"aps": aps}
     job: dict[str, Any] = {"payload": payload, "app": args.app, "enqueued_at": time.time()}
-    job.update({"token": args.token[0]} if len(args.token) == 1 else {"tokens": args.token})
+    if args.channel is not None:
+        job["channel"] = args.channel
+    else:
+        job.update({"token": args.token[0]} if len(args.token) == 1 else {"tokens": args.token})
     for key in ("topic", "push_type", "priority", "expiration", "collapse_id", "id"):
         if getattr(args, key) is not None:
             job[key] = getattr(args, key)
@@ -200,7 +211,7 @@ def _push(args: argparse.Namespace) -> int:
         print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
         return 2
     q = _queue(config)
-    queue = config.queue_key(app, args.token[0])
+    queue = config.queue_key(app, args.channel or args.token[0])
     if args.at is not None:
         at = args.at
         job["send_at"] = at
@@ -210,7 +221,8 @@ def _push(args: argparse.Namespace) -> int:
         )
     else:
         depth = q.push(queue, [msgspec.json.encode(job)])
-        print(f"queued 1 job ({len(good)} notification(s)) on {queue}; depth now {depth}")
+        what = "a broadcast" if args.channel is not None else f"{len(good)} notification(s)"
+        print(f"queued 1 job ({what}) on {queue}; depth now {depth}")
     return 0
 
 
@@ -228,6 +240,12 @@ def _send(args: argparse.Namespace) -> int:
     from apnsd.cli.send import run_send
 
     return run_send(args, _load(args))
+
+
+def _channels(args: argparse.Namespace) -> int:
+    from apnsd.cli.channels import run_channels
+
+    return run_channels(args, _load(args))
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
     p.add_argument(
+        "--channels-port", type=int, default=0, help="http2: the channel management API's port (0 = a free one)"
+    )
+    p.add_argument(
         "--pki-dir",
         default=str(Path(tempfile.gettempdir()) / "apnsd-dev-pki"),
         help="where to find or create the development CA, server and client certificates",
@@ -173,10 +176,11 @@ def build_mock(args: argparse.Namespace) -> Any:
 def run_mock(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, then print a summary."""
     mock, pki = build_mock(args)
-    mock.start(with_feedback=args.protocol == "binary")
+    mock.start(with_feedback=args.protocol == "binary", channels_port=args.channels_port)
     print(
         f"apnsd mock ({args.protocol}) listening on {mock.host}:{mock.port}"
-        + (f", feedback on {mock.feedback_port}" if mock.feedback_port else ""),
+        + (f", feedback on {mock.feedback_port}" if mock.feedback_port else "")
+        + (f", channel management on {mock.channels_port} (channels_port)" if mock.channels_port else ""),
         flush=True,
     )
     print(f"  CA for clients (ca_file): {pki.ca_cert}\n  client certificate (cert): {pki.client_pem}", flush=True)
@@ -185,10 +189,16 @@ def run_mock(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     mock.stop()
-    summary = mock.record.summary()
+    summary: dict[str, Any] = mock.record.summary()
+    if args.protocol == "http2":
+        summary["broadcasts"] = len(mock.record.broadcasts())
+        summary["channels"] = len(mock.channels.channels)
     print(json.dumps(summary), flush=True)
     if args.record:
         with open(args.record, "w") as fh:
             for r in mock.record.received:
-                fh.write(json.dumps({"token": r.token, "id": r.ident, "status": r.status, "reason": r.reason}) + "\n")
+                entry = {"token": r.token, "id": r.ident, "status": r.status, "reason": r.reason}
+                if r.channel:
+                    entry["channel"] = r.channel
+                fh.write(json.dumps(entry) + "\n")
     return 0

@@ -35,6 +35,7 @@ def collect(config: Config, open_queue: Callable[[Config], JobQueue]) -> dict[st
         },
         "workers": workers,
         **q.counts(),
+        "channels_gone": q.channels_gone_count(),
     }
 
 
@@ -52,6 +53,8 @@ def render(data: dict[str, Any]) -> str:
             f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, {w['in_flight']} in flight"
         )
     lines.append(f"dead letters: {data['dead']}    unregistered tokens: {data['unregistered']}")
+    if data.get("channels_gone"):
+        lines.append(f"gone broadcast channels: {data['channels_gone']}")
     totals = {k[6:]: v for k, v in data.items() if k.startswith("total_")}
     if totals:
         lines.append("lifetime: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))

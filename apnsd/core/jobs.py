@@ -21,6 +21,10 @@ MIN_TOKEN_BYTES = 32
 MAX_TOKEN_BYTES = 100
 _HEX = frozenset("0123456789abcdef")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# A broadcast channel id: standard base64 with its padding, as Apple hands it out (not URL-safe base64).
+_CHANNEL_ID = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+MAX_CHANNEL_ID = 256  # Apple sets no size ("don't make assumptions"); ids seen are ~24 characters
+LIVE_ACTIVITY = "liveactivity"
 
 
 class JobSpec(msgspec.Struct, kw_only=True):
@@ -28,6 +32,7 @@ class JobSpec(msgspec.Struct, kw_only=True):
 
     token: str | None = None
     tokens: list[str] | None = None
+    channel: str | None = None
     payload: msgspec.Raw = msgspec.Raw(b"")
     app: str = "default"
     id: str | None = None
@@ -66,6 +71,7 @@ class Notification:
     losses: int = 0
     failing_since: float | None = None
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
+    channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,28 @@ def parse_token(token: str) -> tuple[str, bytes]:
     return t, raw
 
 
+def parse_channel_id(value: str) -> str:
+    """A broadcast channel id as given (base64, padded); JobError("bad_channel") for anything else."""
+    if not value:
+        raise JobError("bad_channel", "channel is empty")
+    if len(value) > MAX_CHANNEL_ID:
+        raise JobError("bad_channel", f"channel is {len(value)} characters; at most {MAX_CHANNEL_ID}")
+    if not _CHANNEL_ID.fullmatch(value):
+        raise JobError("bad_channel", f"channel is not a base64 channel id: {shorten(value)}")
+    return value
+
+
+def bundle_of(topic: str) -> str:
+    """The bundle id a Live Activity topic belongs to (its ``.push-type.liveactivity`` suffix removed)."""
+    suffix = PUSH_TYPE_SUFFIXES[LIVE_ACTIVITY]
+    return topic[: -len(suffix)] if topic.endswith(suffix) else topic
+
+
+def live_activity_topic(topic: str) -> str:
+    """The apns-topic of a Live Activity push for an app topic: the bundle id with ``.push-type.liveactivity``."""
+    return bundle_of(topic) + PUSH_TYPE_SUFFIXES[LIVE_ACTIVITY]
+
+
 def shorten(token: str) -> str:
     """The first 8 characters of a token, for logs."""
     return token[:8] + "…" if len(token) > 8 else token
@@ -161,6 +189,8 @@ class JobParser:
             return [], [self._reject_whole(raw, exc)]
         except msgspec.DecodeError as exc:
             return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
+        if spec.channel is not None:
+            return self._broadcast(raw, spec)
         try:
             payload, protocol, push_type = self._common(spec)
         except JobError as exc:
@@ -206,6 +236,55 @@ class JobParser:
             )
         return good, bad
 
+    def _broadcast(self, raw: bytes, spec: JobSpec) -> tuple[list[Notification], list[Rejected]]:
+        """A channel job: one Live Activity broadcast, validated like any job plus the broadcast rules."""
+        try:
+            channel = parse_channel_id(spec.channel or "")
+            if spec.token is not None or spec.tokens is not None:
+                raise JobError("bad_field", "give one of 'token', 'tokens' or 'channel', not several")
+            limits = self._limits.get(spec.app)
+            if limits is None:
+                raise JobError(
+                    "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
+                )
+            protocol, _, broadcast_limit = limits
+            if protocol != "http2":
+                raise JobError("bad_channel", "broadcasts need the HTTP/2 protocol; this app uses binary")
+            if spec.push_type not in (None, LIVE_ACTIVITY):
+                raise JobError("bad_push_type", f"a channel job is a Live Activity update: push_type {LIVE_ACTIVITY!r}")
+            if spec.collapse_id is not None:
+                raise JobError("bad_collapse_id", "broadcasts have no collapse id")
+            self._options(spec, protocol)
+            payload = decode_payload(spec.payload)
+            if len(payload) > broadcast_limit:  # Apple: 5 KB for broadcasts, the same as voip's limit
+                payload = msgspec.json.encode(_plain.decode(payload))
+                if len(payload) > broadcast_limit:
+                    raise JobError(
+                        "payload_too_large", f"payload is {len(payload)} bytes; the limit is {broadcast_limit}"
+                    )
+        except JobError as exc:
+            return [], [Rejected(raw, exc.reason, exc.detail, spec.app, spec.channel)]
+        job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
+        note = Notification(
+            channel,
+            b"",
+            payload,
+            spec.app,
+            job_uuid or self.new_id(),
+            spec.id,
+            10 if spec.priority is None else spec.priority,  # Apple requires both headers on a broadcast
+            0 if spec.expiration is None else spec.expiration,
+            LIVE_ACTIVITY,
+            spec.topic,
+            None,
+            spec.attempts,
+            spec.enqueued_at,
+            raw,
+            send_at=spec.send_at,
+            channel=channel,
+        )
+        return [note], []
+
     def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:
         try:
             obj = _plain.decode(raw)
@@ -224,7 +303,7 @@ class JobParser:
                 "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
             )
         if spec.token is None and not spec.tokens:
-            raise JobError("missing_token", "job has neither 'token' nor a non-empty 'tokens' list")
+            raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
@@ -310,8 +389,10 @@ def single_job(n: Notification, **changes: Any) -> bytes:
     if not n.fanout and not changes:
         return n.raw
     obj: dict[str, Any] = _plain.decode(n.raw)
-    obj.pop("tokens", None)
-    obj.update(token=n.token, id=n.job_id or n.apns_id or None, **changes)
+    if n.channel is None:
+        obj.pop("tokens", None)
+        obj.update(token=n.token)
+    obj.update(id=n.job_id or n.apns_id or None, **changes)
     return msgspec.json.encode(obj)
 
 

@@ -59,6 +59,9 @@ def binary_outcome(status: int) -> Outcome:
 # application that prunes what lands in the unregistered store would delete valid tokens.
 UNREGISTERED_REASONS = frozenset({"Unregistered", "ExpiredToken"})
 BAD_DEVICE_TOKEN = "BadDeviceToken"
+# A broadcast to a channel that was deleted (or never existed in this environment): like a gone token, the
+# application must stop using it. Recorded in the channels-gone store, not with the tokens.
+CHANNEL_NOT_REGISTERED = "ChannelNotRegistered"
 RETRY_REASONS = frozenset(
     {
         "ExpiredProviderToken",
@@ -77,7 +80,7 @@ def http2_outcome(status: int, reason: str = "", timestamp_ms: int | None = None
     """The outcome for one HTTP/2 response status and Apple's reason."""
     if status == 200:
         return DELIVERED
-    if reason in UNREGISTERED_REASONS or status == 410:
+    if reason in UNREGISTERED_REASONS or status == 410 or reason == CHANNEL_NOT_REGISTERED:
         return Outcome(Kind.UNREGISTERED, status, reason or "Unregistered", timestamp_ms)
     if reason in RETRY_REASONS or status in _RETRY_STATUSES:
         return Outcome(Kind.RETRY, status, reason or f"HTTP{status}")

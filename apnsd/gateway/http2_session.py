@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any
 
 from apnsd import metrics
-from apnsd.core.jobs import Notification
+from apnsd.core.jobs import Notification, bundle_of, live_activity_topic
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
 from apnsd.gateway.credentials import MIN_TOKEN_REFRESH, TokenSigner
@@ -110,6 +110,10 @@ class Http2Session(Session):
         pending, streams, send, type_topics = self.pending, self._streams, h2.send_request, self._type_topics
         for _ in range(n):
             note = pending.popleft()
+            if note.channel is not None:
+                sid = self._send_broadcast(h2, template, note)
+                streams[sid] = note
+                continue
             sid = send(
                 template,
                 note.token,
@@ -130,6 +134,20 @@ class Http2Session(Session):
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
+
+    def _send_broadcast(self, h2: H2ClientConnection, template: RequestTemplate, note: Notification) -> int:
+        """A channel job: one broadcast to every subscriber of the channel, on this same connection."""
+        topic = note.topic or self.default_topic or ""
+        return h2.send_broadcast(
+            template,
+            bundle_of(topic),
+            note.channel or "",
+            note.apns_id,
+            note.payload,
+            priority=note.priority or 10,
+            expiration=note.expiration or 0,
+            topic=live_activity_topic(topic),
+        )
 
     def _push(self) -> None:
         if self._h2 is not None and self.transport is not None:

@@ -61,11 +61,15 @@ class _Recorder:
         return next((str(kw.get(key, "")) for ev, kw in reversed(self.events) if ev == event), "")
 
 
-def send_one(session: Session, note: Notification, timeout: float) -> OneShot:
-    """Connect, send ``note``, wait for its answer; never retries a failed connect or a lost connection."""
-    log = _Recorder(session.log)
+def send_one(session: Session, note: Notification, timeout: float, keep_open: bool = False) -> OneShot:
+    """Connect, send ``note``, wait for its answer; never retries a failed connect or a lost connection.
+
+    ``keep_open`` leaves the connection up for the caller's next request (closed on failure all the same).
+    """
+    log = session.log if isinstance(session.log, _Recorder) else _Recorder(session.log)
     session.log = log
     session.watch_answers = False  # report the gateway's verdict, even a refused credential, instead of parking it
+    answered = False
     session.submit([note])
     start = time.monotonic()
     deadline = start + timeout
@@ -77,6 +81,7 @@ def send_one(session: Session, note: Notification, timeout: float) -> OneShot:
             connected_at = log.times.get("connected")
             if resolved:
                 outcome = resolved[0][1]
+                answered = True
                 return OneShot(outcome, note.apns_id, time.monotonic() - start, _since(start, connected_at))
             if session.last_connect_error:
                 return OneShot(None, note.apns_id, now - start, None, session.last_connect_error)
@@ -101,7 +106,8 @@ def send_one(session: Session, note: Notification, timeout: float) -> OneShot:
             r, _, _ = select.select([fd], [fd] if session.wants_write else [], [], min(wait, 0.05))
             readable = bool(r)
     finally:
-        session.close("done")
+        if not (keep_open and answered):
+            session.close("done")
 
 
 def _since(start: float, at: float | None) -> float | None:

@@ -68,6 +68,7 @@ class Commit:
     field: str
     dead: list[bytes] = field(default_factory=list)
     unregistered: dict[str, bytes] = field(default_factory=dict)
+    channels_gone: dict[str, bytes] = field(default_factory=dict)  # broadcast channel id → entry
     scheduled: dict[bytes, float] = field(default_factory=dict)
     requeue: list[bytes] = field(default_factory=list)
     results: list[dict[str, str]] = field(default_factory=list)
@@ -83,6 +84,7 @@ class Keys:
         self.prefix = prefix
         self.dead = f"{prefix}:dead"
         self.unregistered = f"{prefix}:unregistered"
+        self.channels_gone = f"{prefix}:channels:gone"
         self.results = f"{prefix}:results"
         self.workers = f"{prefix}:workers"
         self.stats = f"{prefix}:stats"

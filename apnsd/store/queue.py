@@ -189,6 +189,8 @@ class JobQueue:
             p.lpush(k.dead, *c.dead)
         if c.unregistered:
             p.hset(k.unregistered, mapping=c.unregistered)
+        if c.channels_gone:
+            p.hset(k.channels_gone, mapping=c.channels_gone)
         for r in c.results:
             p.xadd(k.results, r, maxlen=self.results_maxlen or None, approximate=True)
         for name, n in c.counts.items():
@@ -422,6 +424,24 @@ class JobQueue:
                 return {k.decode(): json.loads(v) for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
         return {t: json.loads(v) for t, v in zip(tokens, values, strict=False) if v}
+
+    def channels_gone(self) -> dict[str, dict[str, Any]]:
+        """Broadcast channels APNs answered ChannelNotRegistered for: channel id → entry."""
+        with redis_errors("reading gone channels"):
+            items = self.client.hgetall(self.keys.channels_gone).items()
+        return {k.decode(): json.loads(v) for k, v in items}
+
+    def channels_gone_count(self) -> int:
+        """How many channel ids the channels-gone store holds."""
+        with redis_errors("reading gone channels"):
+            return int(self.client.hlen(self.keys.channels_gone))
+
+    def forget_channels(self, channels: list[str]) -> int:
+        """Remove channel ids from the channels-gone store; returns how many were there."""
+        if not channels:
+            return 0
+        with redis_errors("forgetting gone channels"):
+            return int(self.client.hdel(self.keys.channels_gone, *channels))
 
     def forget_unregistered(self, tokens: list[str]) -> int:
         """Remove tokens from the unregistered store (the application has pruned them); returns how many were there."""

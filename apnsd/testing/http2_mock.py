@@ -72,6 +72,7 @@ ENVIRONMENT_TOKEN_PREFIXES = {"production": "9e0d0c75", "sandbox": "5a1db0c5"}  
 TOKEN_UPDATE_INTERVAL = 1200.0  # APNs accepts a new provider token on a connection at most every 20 minutes
 REFUSED_STREAM = 0x7
 _PATH_PREFIX = "/3/device/"
+_BROADCAST_PREFIX = "/4/broadcasts/apps/"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _GC_EVERY = 256  # answered streams between sweeps of h2's closed streams
@@ -103,13 +104,30 @@ class Http2Faults:
     unregistered_age: float = 86_400.0  # a 410's timestamp: when the token was last seen valid, this long ago
 
 
+def body_verdict(body: bytes, limit: int) -> tuple[int, str]:
+    """Status and reason for a request body: present, within ``limit`` bytes, a JSON object."""
+    if not body:
+        return 400, "PayloadEmpty"
+    if len(body) > limit:
+        return 413, "PayloadTooLarge"
+    try:
+        if not isinstance(_json.decode(body), dict):
+            return 400, "BadPayload"
+    except msgspec.DecodeError:
+        return 400, "BadPayload"
+    return 200, ""
+
+
 class FaultState:
     """What the connections of one mock server share: connection count and the burst budget."""
 
     def __init__(self) -> None:
+        from apnsd.testing.channels_mock import ChannelRegistry
+
         self._lock = threading.Lock()
         self._connections = 0
         self._burst_used = 0
+        self.channels = ChannelRegistry()  # Live Activity broadcast channels, shared with the management API
 
     def next_connection(self) -> int:
         """The 0-based index of a new connection."""
@@ -260,11 +278,13 @@ class Http2GatewayConnection:
             h[name] = value
         body = bytes(req.body)
         status, reason = self._judge(h, duplicate, body)
-        ident = h.get("apns-id", "")
+        path = h.get(":path", "")
+        broadcast = path.startswith(_BROADCAST_PREFIX)
+        ident = h.get("apns-request-id" if broadcast else "apns-id", "")
         if not _UUID.fullmatch(ident):
             ident = str(uuid.uuid4())
         try:
-            self._respond(sid, status, reason, ident)
+            self._respond(sid, status, reason, ident, broadcast)
         except h2.exceptions.StreamClosedError:  # the client reset it after sending it whole
             self._unsent.pop(sid, None)
             self._open -= 1
@@ -277,11 +297,11 @@ class Http2GatewayConnection:
         if self._answered % _GC_EVERY == 0:
             self._h2.sweep_closed_streams()
         self._apply_connection_faults(sid)
-        path = h.get(":path", "")
         token = path[len(_PATH_PREFIX) :] if path.startswith(_PATH_PREFIX) else ""
+        channel = h.get("apns-channel-id", "") if broadcast else ""
         if not self._record.keep_payloads:  # long benchmark runs keep only the verdicts
-            return Received(token, b"", ident, status, reason)
-        return Received(token, body, ident, status, reason, tuple(req.headers))
+            return Received(token, b"", ident, status, reason, channel=channel)
+        return Received(token, body, ident, status, reason, tuple(req.headers), channel)
 
     def _judge(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
         """Status and reason for a request: validation first, then the injected rejections."""
@@ -302,6 +322,8 @@ class Http2GatewayConnection:
         if h.get(":method") != "POST":
             return 405, "MethodNotAllowed"
         path = h.get(":path", "")
+        if path.startswith(_BROADCAST_PREFIX):
+            return self._validate_broadcast(h, duplicate, body)
         if not path.startswith(_PATH_PREFIX):
             return 404, "BadPath"
         token = path[len(_PATH_PREFIX) :]
@@ -309,12 +331,9 @@ class Http2GatewayConnection:
             return 400, "MissingDeviceToken"
         if len(token) % 2 or not 2 * MIN_TOKEN_BYTES <= len(token) <= 2 * MAX_TOKEN_BYTES or not _HEX.issuperset(token):
             return 400, "BadDeviceToken"
-        if duplicate:
-            return 400, "DuplicateHeaders"
-        if self._faults.jwt_public_key is not None:
-            reason = self._check_provider_token(h.get("authorization"))
-            if reason:
-                return APPLE_REASONS[reason], reason
+        status, reason = self._auth_verdict(h, duplicate)
+        if status:
+            return status, reason
         if self._other_environment(token):
             return 400, "BadDeviceToken"
         push_type = h.get("apns-push-type")
@@ -336,16 +355,26 @@ class Http2GatewayConnection:
             return 400, "BadCollapseId"
         if "apns-id" in h and not _UUID.fullmatch(h["apns-id"]):
             return 400, "BadMessageId"
-        if not body:
-            return 400, "PayloadEmpty"
-        if len(body) > (VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT):
-            return 413, "PayloadTooLarge"
-        try:
-            if not isinstance(_json.decode(body), dict):
-                return 400, "BadPayload"
-        except msgspec.DecodeError:
-            return 400, "BadPayload"
-        return 200, ""
+        return body_verdict(body, VOIP_PAYLOAD_LIMIT if push_type == "voip" else PAYLOAD_LIMIT)
+
+    def _auth_verdict(self, h: dict[str, str], duplicate: bool) -> tuple[int, str]:
+        """(0, "") when headers are not repeated and the provider token (under token auth) is valid."""
+        if duplicate:
+            return 400, "DuplicateHeaders"
+        if self._faults.jwt_public_key is not None:
+            reason = self._check_provider_token(h.get("authorization"))
+            if reason:
+                return APPLE_REASONS[reason], reason
+        return 0, ""
+
+    def _validate_broadcast(self, h: dict[str, str], duplicate: bool, body: bytes) -> tuple[int, str]:
+        """A Live Activity broadcast: auth as any request, then the channel rules (channels_mock)."""
+        from apnsd.testing.channels_mock import judge_broadcast
+
+        status, reason = self._auth_verdict(h, duplicate)
+        if status:
+            return status, reason
+        return judge_broadcast(h, body, self._state.channels, self._faults.allowed_topics)
 
     def _check_topic(self, topic: str | None, push_type: str | None) -> str:
         """'' when the topic is acceptable for this connection and push type, else the reason."""
@@ -408,12 +437,19 @@ class Http2GatewayConnection:
         )
         return token[: len(marker)].lower() == marker
 
-    def _respond(self, sid: int, status: int, reason: str, ident: str) -> None:
+    def _respond(self, sid: int, status: int, reason: str, ident: str, broadcast: bool = False) -> None:
         """200 with apns-id and no body; errors with a JSON reason (and a timestamp for 410). In sandbox
-        mode every answer also carries apns-unique-id, as Apple's development environment does."""
-        unique = [("apns-unique-id", str(uuid.uuid4()))] if self._faults.environment == "sandbox" else []
+        mode every answer also carries apns-unique-id, as Apple's development environment does.
+
+        A broadcast is answered, as Apple does, with apns-request-id (and apns-unique-id on success).
+        """
+        sandbox = self._faults.environment == "sandbox"
+        if broadcast:
+            ids = [("apns-request-id", ident)] + ([("apns-unique-id", str(uuid.uuid4()))] if status == 200 else [])
+        else:
+            ids = [("apns-id", ident)] + ([("apns-unique-id", str(uuid.uuid4()))] if sandbox else [])
         if status == 200:
-            self._h2.send_headers(sid, [(":status", "200"), ("apns-id", ident), *unique], end_stream=True)
+            self._h2.send_headers(sid, [(":status", "200"), *ids], end_stream=True)
             self._open -= 1
             return
         error: dict[str, object] = {"reason": reason}
@@ -424,8 +460,7 @@ class Http2GatewayConnection:
             sid,
             [
                 (":status", str(status)),
-                ("apns-id", ident),
-                *unique,
+                *ids,
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
             ],

@@ -66,6 +66,9 @@ class MockGateway:
         self.host, self.port = host, self._listener.getsockname()[1]
         self._feedback_listener: socket.socket | None = None
         self.feedback_port = 0
+        self._channels_listener: socket.socket | None = None
+        self.channels_port = 0  # http2: the channel management API's port, once started
+        self.channels: Any = None  # http2: the ChannelRegistry behind broadcasts and the management API
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -77,12 +80,19 @@ class MockGateway:
 
             self.http2_faults = http2_faults or Http2Faults()
             self._h2_state = FaultState()
+            self.channels = self._h2_state.channels
         elif protocol != "binary":
             raise ValueError(f"unknown protocol {protocol!r}")
 
-    def start(self, with_feedback: bool = False) -> MockGateway:
-        """Start accepting (and, for binary, the feedback service on its own port)."""
+    def start(self, with_feedback: bool = False, channels_port: int = 0) -> MockGateway:
+        """Start accepting; binary: and the feedback service, http2: and the channel management API (own ports)."""
         self._spawn(self._accept_loop, self._listener, self._serve)
+        if self.protocol == "http2":
+            self._channels_listener = socket.create_server(
+                (self.host, channels_port), family=socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            )
+            self.channels_port = self._channels_listener.getsockname()[1]
+            self._spawn(self._accept_loop, self._channels_listener, self._serve_channels)
         if with_feedback:
             self._feedback_listener = socket.create_server((self.host, 0))
             self.feedback_port = self._feedback_listener.getsockname()[1]
@@ -92,7 +102,7 @@ class MockGateway:
     def stop(self) -> None:
         """Close the listeners and every open connection."""
         self._stopped.set()
-        for lst in (self._listener, self._feedback_listener):
+        for lst in (self._listener, self._feedback_listener, self._channels_listener):
             if lst is not None:
                 try:
                     lst.shutdown(socket.SHUT_RDWR)
@@ -134,7 +144,10 @@ class MockGateway:
         conn.set_accept_state()
         try:
             conn.do_handshake()
-            self.record.connected()
+            if serve == self._serve_channels:
+                self.channels.connected()
+            else:
+                self.record.connected()
             serve(conn)
         except (SSL.Error, OSError, ProtocolError):
             pass
@@ -223,14 +236,20 @@ class MockGateway:
 
     # --- http2 -------------------------------------------------------------------------------
 
-    def _serve_http2(self, conn: SSL.Connection) -> None:
+    def _serve_channels(self, conn: SSL.Connection) -> None:
+        from apnsd.testing.channels_mock import ChannelApiConnection
+
+        # management requests are not notifications: they stay out of the record (the registry logs them)
+        self._serve_http2(conn, ChannelApiConnection, MockRecord())
+
+    def _serve_http2(self, conn: SSL.Connection, kind: Any = None, record: MockRecord | None = None) -> None:
         from apnsd.testing.http2_mock import Http2GatewayConnection
 
         faults = self.http2_faults
         cert = conn.get_peer_certificate(as_cryptography=True)
         if cert is not None and not faults.allowed_topics and faults.jwt_public_key is None:
             faults = replace(faults, allowed_topics=inspect_certificate(cert).topic_names())
-        h2c = Http2GatewayConnection(faults, self._h2_state, self.record, self._now)
+        h2c = (kind or Http2GatewayConnection)(faults, self._h2_state, record or self.record, self._now)
         conn.sendall(h2c.initiate())
         while not h2c.closed:
             if faults.idle_timeout and h2c.idle and not conn.pending():

@@ -17,6 +17,7 @@ class Received:
     status: int
     reason: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    channel: str = ""  # a Live Activity broadcast's apns-channel-id (token is then "")
 
 
 @dataclass
@@ -48,9 +49,14 @@ class MockRecord:
                 self.concurrency_violations += 1
 
     def accepted_tokens(self) -> Counter[str]:
-        """How many times each token was accepted (status 200 / no error)."""
+        """How many times each token was accepted (status 200 / no error); broadcasts are not counted."""
         with self._lock:
-            return Counter(r.token for r in self.received if r.status == 200)
+            return Counter(r.token for r in self.received if r.status == 200 and not r.channel)
+
+    def broadcasts(self) -> list[Received]:
+        """The Live Activity broadcasts received, in order."""
+        with self._lock:
+            return [r for r in self.received if r.channel]
 
     def summary(self) -> dict[str, int]:
         """Counts for the CLI and tests."""

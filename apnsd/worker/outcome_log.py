@@ -109,7 +109,7 @@ class OutcomeRecorder:
                 c.scheduled[retry_job(n, d.at, now, d.counted)] = d.at
                 metrics.RETRIED.labels(n.app, outcome.reason).inc()
         if kind is Kind.UNREGISTERED:
-            c.unregistered[n.token] = _json(
+            (c.unregistered if n.channel is None else c.channels_gone)[n.token] = _json(
                 {
                     "app": n.app,
                     "reason": outcome.reason,

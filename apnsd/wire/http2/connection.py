@@ -60,6 +60,7 @@ LOCAL_SETTINGS = {
 STREAMS_BEFORE_SETTINGS = 1
 UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
+_NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 
 
 class _Stream:
@@ -111,6 +112,10 @@ class H2ClientConnection:
         self.goaway: GoAwayReceived | None = None
         self.closing = False  # we sent GOAWAY
         self.failed = False
+        # Off on the delivery path, which reads :status alone. On, every answer's header block and
+        # body are kept in ``full_responses`` (stream id → (header block, body)) for the caller.
+        self.keep_responses = False
+        self.full_responses: dict[int, tuple[bytes, bytes]] = {}
 
     def initiate(self) -> None:
         """Queue the connection preface, our SETTINGS and a connection window top-up."""
@@ -169,13 +174,15 @@ class H2ClientConnection:
         expiration: int | None = None,
         collapse_id: str | None = None,
         topic: str | None = None,
+        block: bytes | None = None,
     ) -> int:
-        """Queue one POST /3/device/<token>; returns its stream id."""
+        """Queue one POST /3/device/<token>, or the request of a ready header ``block``; returns its stream id."""
         if self.available_streams <= 0:
             raise NoStreamAvailable("no HTTP/2 stream available on this connection")
-        block = self._encoder.block(
-            template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
-        )
+        if block is None:
+            block = self._encoder.block(
+                template, token_hex, apns_id, len(payload), push_type, priority, expiration, collapse_id, topic
+            )
         if self._table_update_due:
             # Size 0 keeps the server's decoder table empty whatever SETTINGS_HEADER_TABLE_SIZE it
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
@@ -199,6 +206,28 @@ class H2ClientConnection:
             self._ready.append(s)
             self._flush_data()
         return sid
+
+    def send_broadcast(
+        self,
+        template: RequestTemplate,
+        bundle_id: str,
+        channel_id: str,
+        request_id: str,
+        payload: bytes,
+        *,
+        priority: int,
+        expiration: int,
+        topic: str,
+    ) -> int:
+        """Queue one Live Activity broadcast, POST /4/broadcasts/apps/<bundle id>; returns its stream id."""
+        block = self._encoder.broadcast_block(
+            template, bundle_id, channel_id, request_id, len(payload), priority, expiration, topic
+        )
+        return self.send_request(template, "", "", payload, block=block)
+
+    def send_raw(self, block: bytes, payload: bytes = b"") -> int:
+        """Queue a request from a ready header block (``hpack.request_block``); returns its stream id."""
+        return self.send_request(_NO_TEMPLATE, "", "", payload, block=block)
 
     def ping(self, payload: bytes = b"\0" * 8) -> None:
         """Queue a PING; the server's answer comes back as PingAcked."""
@@ -312,12 +341,16 @@ class H2ClientConnection:
                     s.ids = response_ids(block)
                 except ProtocolError as exc:
                     self._fail(f.COMPRESSION_ERROR, f"undecodable response header block: {exc}")
+            if self.keep_responses:
+                self.full_responses[sid] = (bytes(block), b"")
         if end_stream:
             self._finish(s)
 
     def _finish(self, s: _Stream) -> None:
         """The response on ``s`` is complete."""
         reason, ts = decode_response_reason(bytes(s.data)) if s.data else ("", None)
+        if self.keep_responses and s.id in self.full_responses:
+            self.full_responses[s.id] = (self.full_responses[s.id][0], bytes(s.data or b""))
         if s.ids is None:
             self._events.append(ResponseReceived(s.id, s.status or 0, reason, ts))
         else:

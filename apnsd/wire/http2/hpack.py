@@ -15,7 +15,9 @@ from apnsd.errors import JobError
 if TYPE_CHECKING:
     from apnsd.wire.http2.events import RequestTemplate
 
+INDEXED_METHOD_GET = b"\x82"  # static index 2
 INDEXED_METHOD_POST = b"\x83"  # static index 3
+STATIC_METHOD = 2
 INDEXED_SCHEME_HTTPS = b"\x87"  # static index 7
 TABLE_SIZE_ZERO = b"\x20"  # dynamic table size update to 0
 STATIC_AUTHORITY, STATIC_PATH, STATIC_AUTHORIZATION, STATIC_CONTENT_LENGTH = 1, 4, 23, 28
@@ -77,6 +79,10 @@ _COLLAPSE_ID = literal_name("apns-collapse-id")
 _APNS_ID = literal_name("apns-id")
 _CONTENT_LENGTH = literal_name(STATIC_CONTENT_LENGTH)
 _PRIORITIES = {p: literal("apns-priority", str(p)) for p in (10, 5, 1)}
+_BROADCAST_PREFIX = b"/4/broadcasts/apps/"
+_CHANNEL_ID = literal_name("apns-channel-id")
+_REQUEST_ID = literal_name("apns-request-id")
+_LIVE_ACTIVITY = literal("apns-push-type", "liveactivity")
 _CACHE_LIMIT = 256  # topics and push types come from jobs: keep their caches bounded
 
 
@@ -119,6 +125,40 @@ class RequestEncoder:
         parts += (_APNS_ID, encode_str(apns_id.encode()), _CONTENT_LENGTH, encode_str(str(length).encode()), self._auth)
         return b"".join(parts)
 
+    def broadcast_block(
+        self,
+        template: RequestTemplate,
+        bundle_id: str,
+        channel_id: str,
+        request_id: str,
+        length: int,
+        priority: int,
+        expiration: int,
+        topic: str,
+    ) -> bytes:
+        """A Live Activity broadcast: POST /4/broadcasts/apps/<bundle id> with the channel's headers."""
+        if template is not self._template:
+            self._use(template)
+        path = _BROADCAST_PREFIX + checked(":path", bundle_id).encode()
+        parts = [
+            self._pseudo,
+            _PATH,
+            encode_str(path),
+            self._topics.get(topic) or self._cached(self._topics, "apns-topic", topic),
+            _LIVE_ACTIVITY,
+            _CHANNEL_ID,
+            encode_str(checked("apns-channel-id", channel_id).encode()),
+            _PRIORITIES.get(priority) or literal("apns-priority", str(priority)),
+            _EXPIRATION,
+            encode_str(str(expiration).encode()),
+            _REQUEST_ID,
+            encode_str(request_id.encode()),
+            _CONTENT_LENGTH,
+            encode_str(str(length).encode()),
+            self._auth,
+        ]
+        return b"".join(parts)
+
     def _use(self, t: RequestTemplate) -> None:
         """Encode the fields a template fixes; a new object (e.g. a rotated JWT) re-encodes."""
         authority = literal(STATIC_AUTHORITY, checked(":authority", t.authority))
@@ -138,3 +178,21 @@ class RequestEncoder:
             cache.clear()
         field = cache[value] = literal(name, checked(name, value))
         return field
+
+
+def request_block(
+    method: str, authority: str, path: str, headers: list[tuple[str, str]], authorization: str | None
+) -> bytes:
+    """Any request's header block (the channel management API: GET, POST, DELETE on its own paths)."""
+    if method == "GET":
+        first = INDEXED_METHOD_GET
+    elif method == "POST":
+        first = INDEXED_METHOD_POST
+    else:
+        first = literal(STATIC_METHOD, checked(":method", method))
+    parts = [first, INDEXED_SCHEME_HTTPS, literal(STATIC_AUTHORITY, checked(":authority", authority))]
+    parts.append(literal(STATIC_PATH, checked(":path", path)))
+    parts += [literal(name, checked(name, value)) for name, value in headers]
+    if authorization:
+        parts.append(literal(STATIC_AUTHORIZATION, checked("authorization", authorization), never_indexed=True))
+    return b"".join(parts)

@@ -86,30 +86,43 @@ def response_status(block: bytes | bytearray) -> int | None:
     return int(value) if len(value) == 3 and value.isdigit() else None
 
 
-APNS_ID_HEADERS = (b"apns-id", b"apns-unique-id")
+def response_headers(block: bytes | bytearray) -> dict[str, str]:
+    """Every field of a response header block from a table-less peer, by lower-case name (the last one wins).
 
-
-def response_ids(block: bytes | bytearray) -> tuple[str, str]:
-    """The ``apns-id`` and ``apns-unique-id`` values of a response header block ("" when absent).
-
-    Walks every field once. With the peer's table held at size 0 each field is self-contained;
-    neither name is in the static table, so both arrive as literal names.
+    For the few answers whose headers matter (the channel management API's ``apns-channel-id``),
+    not the delivery path, which reads ``:status`` alone.
     """
-    found: dict[bytes, str] = {}
+    from hpack.table import HeaderTable
+
+    static = HeaderTable.STATIC_TABLE
+    out: dict[str, str] = {}
     pos, n = 0, len(block)
     while pos < n:
         first = block[pos]
-        if first & 0x80:  # indexed field: a static-table entry, never one of ours
-            _, pos = _integer(block, pos, 7)
+        if first & 0xE0 == 0x20:
+            size, pos = _integer(block, pos, 5)
+            if size:
+                raise ProtocolError(f"server raised its HPACK table to {size} although we allowed 0")
             continue
-        if first & 0xE0 == 0x20:  # dynamic table size update
-            _, pos = _integer(block, pos, 5)
-            continue
-        index, pos = _integer(block, pos, 6 if first & 0x40 else 4)
-        name = b""
-        if index == 0:
-            name, pos = _string(block, pos)
-        value, pos = _string(block, pos)
-        if name in APNS_ID_HEADERS:
-            found[name] = value.decode("ascii", "replace")
-    return found.get(b"apns-id", ""), found.get(b"apns-unique-id", "")
+        if first & 0x80:
+            index, pos = _integer(block, pos, 7)
+            if not 0 < index <= STATIC_TABLE_SIZE:
+                raise ProtocolError(f"reference to table entry {index} although we allowed no dynamic table")
+            name, value = static[index - 1]
+        else:
+            index, pos = _integer(block, pos, 6 if first & 0x40 else 4)
+            if index == 0:
+                name, pos = _string(block, pos)
+            elif index <= STATIC_TABLE_SIZE:
+                name = static[index - 1][0]
+            else:
+                raise ProtocolError(f"reference to table entry {index} although we allowed no dynamic table")
+            value, pos = _string(block, pos)
+        out[name.decode("utf-8", "replace").lower()] = value.decode("utf-8", "replace")
+    return out
+
+
+def response_ids(block: bytes | bytearray) -> tuple[str, str]:
+    """The ``apns-id`` and ``apns-unique-id`` values of a response header block ("" when absent)."""
+    fields = response_headers(block)
+    return fields.get("apns-id", ""), fields.get("apns-unique-id", "")
