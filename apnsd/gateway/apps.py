@@ -13,13 +13,13 @@ from apnsd.errors import CredentialsError
 from apnsd.gateway.certinfo import certificate_mismatch
 from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS,
+    AppCredentials,
     TokenSigner,
     check_validity,
     client_context,
     load_identity,
     verify_hostname,
 )
-from apnsd.gateway.identity import AppCredentials
 from apnsd.gateway.session import Session
 from apnsd.gateway.transport import TlsTransport
 

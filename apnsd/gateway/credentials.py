@@ -335,3 +335,12 @@ def load_public_key(path: str) -> PublicKeyTypes:
         return serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
         raise CredentialsError(f"{path} contains no PEM public or private key") from None
+
+
+@dataclass
+class AppCredentials:
+    """What one app authenticates with, loaded once and shared by its sessions and the feedback poller:
+    a client certificate, a token signer, or neither (mock gateways without client auth)."""
+
+    identity: ClientIdentity | None
+    signer: TokenSigner | None

@@ -9,8 +9,7 @@ import msgspec
 
 from apnsd.config import AppConfig
 from apnsd.errors import GatewayError
-from apnsd.gateway.credentials import client_context, verify_hostname
-from apnsd.gateway.identity import AppCredentials
+from apnsd.gateway.credentials import AppCredentials, client_context, verify_hostname
 from apnsd.gateway.transport import TlsTransport
 from apnsd.wire import binary
 

@@ -25,8 +25,8 @@ from apnsd.gateway.apps import (
     validity_problem,
     vet_session,
 )
+from apnsd.gateway.credentials import AppCredentials
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
-from apnsd.gateway.identity import AppCredentials
 from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker.delivery import DeliveryLoop
