@@ -23,8 +23,8 @@ from apnsd.wire.http2.connection import (
     StreamReset,
     effective_priority,
 )
+from apnsd.wire.http2.frames import REFUSED_STREAM
 
-REFUSED_STREAM = 7
 MARK_RESOLUTION = 1.0  # seconds between two send-time marks: a stall is seen at most this much early
 MAX_MARKS = 64  # marks kept before the ones older than the oldest unanswered request are dropped
 MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates

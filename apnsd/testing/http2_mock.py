@@ -70,7 +70,6 @@ APPLE_REASONS: dict[str, int] = {
 # tokens are valid in both.
 ENVIRONMENT_TOKEN_PREFIXES = {"production": "9e0d0c75", "sandbox": "5a1db0c5"}  # 32 bits: no random token collides
 TOKEN_UPDATE_INTERVAL = 1200.0  # APNs accepts a new provider token on a connection at most every 20 minutes
-REFUSED_STREAM = 0x7
 _PATH_PREFIX = "/3/device/"
 _BROADCAST_PREFIX = "/4/broadcasts/apps/"
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -264,7 +263,7 @@ class Http2GatewayConnection:
         self._open += 1
         self._record.streams(self._open, allowed)
         if self._open > allowed:
-            self._h2.reset_stream(sid, REFUSED_STREAM)
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             self._open -= 1
             return
         self._requests[sid] = _Request(headers)

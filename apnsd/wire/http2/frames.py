@@ -61,11 +61,6 @@ def window_update_frame(stream_id: int, increment: int) -> bytes:
     return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
 
 
-def rst_stream_frame(stream_id: int, error_code: int) -> bytes:
-    """A RST_STREAM frame."""
-    return frame(RST_STREAM, 0, stream_id, _U32.pack(error_code))
-
-
 def goaway_frame(last_stream_id: int, error_code: int, debug: bytes = b"") -> bytes:
     """A GOAWAY frame."""
     return frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, error_code) + debug)
