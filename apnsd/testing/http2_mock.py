@@ -21,6 +21,7 @@ from typing import cast
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
