@@ -1,7 +1,8 @@
 """apnsd benchmarks: end-to-end notifications/s from Redis to gateway answer, beside raw ceilings from the same run.
 
-    .venv/bin/python -m benchmarks.run [--jobs 200000] [--only http2-cert,http2-token,http2-2proc,binary,latency,memory]
-                                       [--repeat 3] [--quick]
+    .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
+                                       [--only http2-cert,http2-token,http2-2proc,binary,latency,memory,rtt]
+                                       [--rtt-delays 10,50,100] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting
 binary TLS sink (or the project's mock), all child processes on free loopback ports, stopped by PID.
@@ -28,11 +29,11 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-from benchmarks import ceilings, workload
+from benchmarks import ceilings, rtt, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
-FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory")
+FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory", "rtt")
 HTTP2 = ("http2-cert", "http2-token", "http2-2proc")
 
 
@@ -107,6 +108,10 @@ class Bench:
         self.notes: list[str] = []
         self.binary_sink_choice: dict[str, Any] = {}
         self._frames: tuple[bytes, int] | None = None
+        self.rtt_runs: list[dict[str, Any]] = []
+
+    def log_line(self, msg: str) -> None:
+        log(msg)
 
     def add(self, table: dict[str, list[dict[str, Any]]], name: str, value: dict[str, Any]) -> None:
         table.setdefault(name, []).append(value)
@@ -171,6 +176,7 @@ class Bench:
             "ok": res.ok,
             "rate": res.rate,
             "steady_rate": res.steady_rate,
+            "answer_rate": res.answer_rate(),
             "seconds": res.seconds,
             "exit_seconds": res.exit_seconds,
             "cpu_seconds": res.cpu,
@@ -404,7 +410,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         only = a.only
-        need_nginx = any(f in only for f in (*HTTP2, "latency", "memory"))
+        need_nginx = any(f in only for f in (*HTTP2, "latency", "memory", "rtt"))
         started = time.time()
         load_start = os.getloadavg()
         if load_start[0] > (os.cpu_count() or 1):
@@ -414,7 +420,8 @@ class Bench:
             )
         try:
             if need_nginx:
-                self.nginx = NginxSink(self.workdir, self.pki).start()
+                delays = tuple(d / 1000 for d in a.rtt_delays) if "rtt" in only else ()
+                self.nginx = NginxSink(self.workdir, self.pki, delays).start()
                 log(
                     f"nginx sink: pid {self.nginx.proc.pid}, client-cert port {self.nginx.cert_port}, "
                     f"no-client-cert port {self.nginx.open_port}"
@@ -486,6 +493,11 @@ class Bench:
                         )
                     else:
                         log(f"{tag} latency FAILED: {res.get('error', '')[:1000]}")
+            if "rtt" in only:
+                for rep in range(a.repeat):
+                    for d in a.rtt_delays:
+                        for conns in a.rtt_connections:
+                            self.rtt_runs.append(rtt.measure(self, d / 1000, conns, f"[{rep + 1}/{a.repeat}]"))
             if "memory" in only:
                 res = self.memory()
                 self.add(self.runs, "memory", res)
@@ -516,6 +528,7 @@ class Bench:
             "notes": self.notes,
             "ceilings": self.ceil,
             "runs": self.runs,
+            "rtt": self.rtt_runs,
         }
 
     def choose_binary_sink(self) -> None:
@@ -712,6 +725,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--daemon-env", action="append", default=[], metavar="APNSD_X=V", help="extra daemon setting (repeatable)"
     )
+    p.add_argument("--rtt-delays", default="10,50,100", help="rtt: round-trip delays of the sink, in ms")
+    p.add_argument("--rtt-connections", default="1,2,4,8", help="rtt: connection counts")
+    p.add_argument(
+        "--rtt-seconds", type=float, default=None, help="rtt: jobs per run = bound × this (default 3; --quick 1.5)"
+    )
+    p.add_argument("--rtt-max-jobs", type=int, default=None, help="rtt: at most this many jobs per run (200,000)")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="skip the npm peers (node-apn, apn 1.7)")
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--no-save", action="store_true", help="print only, write no results file")
     p.add_argument("--keep-workdir", action="store_true")
@@ -720,6 +740,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.latency_seconds = a.latency_seconds or (5.0 if a.quick else 30.0)
     a.memory_jobs = a.memory_jobs or (100_000 if a.quick else 1_000_000)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
+    a.rtt_seconds = a.rtt_seconds or (1.5 if a.quick else 3.0)
+    a.rtt_max_jobs = a.rtt_max_jobs or (50_000 if a.quick else 200_000)
+    try:
+        a.rtt_delays = [int(x) for x in a.rtt_delays.split(",") if x.strip()]
+        a.rtt_connections = [int(x) for x in a.rtt_connections.split(",") if x.strip()]
+    except ValueError:
+        p.error("--rtt-delays / --rtt-connections: comma-separated whole numbers")
+    if not all(1 <= d <= 10_000 for d in a.rtt_delays) or not all(1 <= c <= 16 for c in a.rtt_connections):
+        p.error("--rtt-delays: 1–10,000 ms; --rtt-connections: 1–16 (apnsd's limit per app)")
     bad = [x for x in a.only if x not in FIGURES]
     if bad:
         p.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(FIGURES)})")
@@ -740,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     report = bench.run()
     rows = summarize(report)
     report["summary"] = rows
+    report["rtt_summary"] = rtt.summarize(report["rtt"])
     few = [r["handshakes"] for r in report["runs"].get("http2-2proc", []) if r["handshakes"] < 2]
     if few:
         report["notes"].append(
@@ -748,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(render(rows, report), flush=True)
+    if report["rtt_summary"]:
+        print("\n" + "\n".join(rtt.render(report["rtt_summary"])), flush=True)
     if not args.no_save:
         os.makedirs(args.results_dir, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

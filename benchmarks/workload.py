@@ -210,6 +210,7 @@ class DrainResult:
     stats: dict[str, int] = field(default_factory=dict)
     stalled: bool = False
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, resolved, VmRSS, VmHWM) of child 0
+    progress: list[tuple[float, int]] = field(default_factory=list)  # (t, resolved) at every poll
 
     @property
     def ok(self) -> bool:
@@ -238,6 +239,15 @@ class DrainResult:
         if self.first_outcome is None or self.all_outcomes is None or self.all_outcomes <= self.first_outcome:
             return None
         return self.jobs / (self.all_outcomes - self.first_outcome)
+
+    def answer_rate(self) -> float | None:
+        """Jobs resolved after the first outcome was seen, over the time from then to the last outcome: the
+        steady state without process start, TLS handshake and the first round trip. Unbiased when answers
+        come in waves (one per round trip), unlike jobs / (last - first)."""
+        first = next(((t, done) for t, done in self.progress if done > 0), None)
+        if first is None or self.all_outcomes is None or self.all_outcomes <= first[0]:
+            return None
+        return (self.jobs - first[1]) / (self.all_outcomes - first[0])
 
     @property
     def cpu(self) -> float:
@@ -270,6 +280,7 @@ def drain(
             now = time.monotonic()
             stats = outcomes(r)
             done = resolved(stats)
+            res.progress.append((now, done))
             # VmHWM, sampled while alive, is the peak RSS. wait4's ru_maxrss is not usable: Linux carries the
             # high-water mark of the pre-exec (forked harness) image over exec.
             for k, c in enumerate(children):
