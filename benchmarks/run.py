@@ -29,11 +29,11 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-from benchmarks import ceilings, rtt, workload
+from benchmarks import ceilings, peers, rtt, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
-FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory", "rtt")
+FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory", "memory-binary", "rtt")
 HTTP2 = ("http2-cert", "http2-token", "http2-2proc")
 
 
@@ -371,15 +371,21 @@ class Bench:
 
     # --- memory ----------------------------------------------------------------------------------
 
-    def memory(self) -> dict[str, Any]:
-        assert self.nginx
+    def memory(self, protocol: str = "http2") -> dict[str, Any]:
         m = self.args.memory_jobs
-        port = self.nginx.cert_port
+        if protocol == "http2":
+            assert self.nginx
+            nginx = self.nginx
+            port = nginx.cert_port
+            handshakes = lambda: nginx.connections(port)  # noqa: E731
+        else:
+            assert self.binsink
+            port, handshakes = self.binsink.port, self.binsink.connections
         with RedisServer() as rs:
             env = workload.daemon_env(
                 rs.url,
                 os.path.join(self.workdir, "state"),
-                protocol="http2",
+                protocol=protocol,
                 port=port,
                 ca_file=self.pki.ca_cert,
                 cert=self.pki.client_pem,
@@ -387,9 +393,9 @@ class Bench:
             )
             out = self._drain(
                 rs,
-                [workload.DaemonSpec("memory", env)],
-                lambda: self.nginx.connections(port),
-                nginx=True,
+                [workload.DaemonSpec(f"memory-{protocol}", env)],
+                handshakes,
+                nginx=protocol == "http2",
                 jobs=m,
                 sample_memory=True,
             )
@@ -430,19 +436,22 @@ class Bench:
                     self.notes.append(
                         "latency = receipt 'time' (apnsd:results, recorded when the daemon processes the "
                         "gateway's answer, millisecond resolution) minus the job's enqueued_at "
-                        "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on apnsd:results saw the "
+                        "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on "
+                        "apnsd:results saw the "
                         "receipt (µs clock; includes the batch's commit). Arrivals: one LPUSH per job, "
                         "evenly spaced with random jitter inside each slot; 200 warm-up jobs first, not counted."
                     )
                 if not ceilings.h2load_can_present_client_cert():
                     self.notes.append(
-                        f"h2load ({ceilings.h2load_version().split()[-1]}) has no client-certificate option: the HTTP/2 ceiling runs "
+                        f"h2load ({ceilings.h2load_version().split()[-1]}) has no client-certificate option: "
+                        "the HTTP/2 ceiling runs "
                         "against nginx's server block without client verification (same nginx, same "
                         "locations); the cert-auth figure runs against the block that requires one."
                     )
-            if "binary" in only:
+            if "binary" in only or "memory-binary" in only:
                 self.binsink = CountingBinarySink(REPO, self.python, self.pki.dir)
                 log(f"binary counting sink: pid {self.binsink.pid}, port {self.binsink.port}")
+            if "binary" in only:
                 self.choose_binary_sink()
             for rep in range(a.repeat):
                 tag = f"[{rep + 1}/{a.repeat}]"
@@ -450,7 +459,8 @@ class Bench:
                     c = self.h2load(1)
                     self.add(self.ceil, "h2load-c1", c)
                     log(
-                        f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s ({c['succeeded']:,}/{c['requests']:,} ok)"
+                        f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s "
+                        f"({c['succeeded']:,}/{c['requests']:,} ok)"
                     )
                 for name, procs, token in (
                     ("http2-cert", 1, False),
@@ -481,14 +491,22 @@ class Bench:
                     res = self.binary_drain()
                     self.add(self.runs, "binary", res)
                     self.report_drain(tag, "binary", res)
+                    if a.peers and peers.available("apn") and self.binsink:
+                        p = peers.node_apn_binary(self.binsink.port, min(self.n, a.peer_jobs), self.pki)
+                        self.add(self.ceil, "apn-1.7", p)
+                        log(
+                            f"{tag} peer node apn 1.7 (binary, from memory): {p['rate']:,.0f} notif/s "
+                            f"({p['sent']:,} written), CPU {p['cpu_per_10k']:.2f} s/10k"
+                        )
                 if "latency" in only:
                     res = self.latency()
                     self.add(self.runs, "latency", res)
                     if "p50_ms" in res:
                         log(
-                            f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: p50 {res['p50_ms']:.1f} ms, "
-                            f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms ({res['answered']:,} answered); visible in "
-                            f"Redis: p50 {res.get('visible_p50_ms', 0):.2f} ms, p99 {res.get('visible_p99_ms', 0):.1f} ms"
+                            f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: "
+                            f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms "
+                            f"({res['answered']:,} answered); visible in Redis: "
+                            f"p50 {res.get('visible_p50_ms', 0):.2f} ms, p99 {res.get('visible_p99_ms', 0):.1f} ms"
                             + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:500])
                         )
                     else:
@@ -498,13 +516,16 @@ class Bench:
                     for d in a.rtt_delays:
                         for conns in a.rtt_connections:
                             self.rtt_runs.append(rtt.measure(self, d / 1000, conns, f"[{rep + 1}/{a.repeat}]"))
-            if "memory" in only:
-                res = self.memory()
-                self.add(self.runs, "memory", res)
+            for name, protocol in (("memory", "http2"), ("memory-binary", "binary")):
+                if name not in only:
+                    continue
+                res = self.memory(protocol)
+                self.add(self.runs, name, res)
                 log(
-                    f"memory: {a.memory_jobs:,} jobs: peak RSS {res['peak_rss_mb']:.1f} MB; RSS at 25/50/75%: "
+                    f"{name}: {a.memory_jobs:,} jobs ({protocol}): peak RSS {res['peak_rss_mb']:.1f} MB; "
+                    "RSS at 25/50/75%: "
                     + " / ".join(_mb(res.get(f"rss_{p}_mb")) for p in (25, 50, 75))
-                    + f"; {res['rate']:,.0f} notif/s"
+                    + f"; {res['rate']:,.0f} notif/s, CPU {res['cpu_per_10k']:.2f} s/10k"
                     + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1000])
                 )
         finally:
@@ -597,7 +618,11 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
         cs = ceil.get(CEILING_OF[name], [])
         value = median([r["rate"] for r in good])
         ceiling = median([c["rate"] for c in cs])
-        ratios = [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["rate"]] if len(cs) == len(rs) else []
+        ratios = (
+            [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["rate"]]
+            if len(cs) == len(rs)
+            else []
+        )
         rows.append(
             {
                 "figure": name,
@@ -613,8 +638,26 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": median(ratios) if ratios else (value / ceiling if value and ceiling else None),
                 "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
                 "handshakes": sorted({r["handshakes"] for r in rs}),
+                # requests the sink answered beyond one per job: a job delivered twice shows here
+                "extra_requests": max(
+                    (r["sink_requests"] - r["jobs"] for r in rs if "sink_requests" in r), default=None
+                ),
             }
         )
+    by = {r["figure"]: r for r in rows}
+    if "http2-2proc" in by and "http2-cert" in by and by["http2-cert"]["value"] and by["http2-2proc"]["value"]:
+        by["http2-2proc"]["x_one_process"] = by["http2-2proc"]["value"] / by["http2-cert"]["value"]
+    apn = ceil.get("apn-1.7", [])
+    if "binary" in by and apn:
+        b = by["binary"]
+        b["answer_rate"] = median([r.get("answer_rate") for r in runs["binary"] if r["ok"]])
+        b["peer"] = {
+            "name": "node apn 1.7 (from memory)",
+            "rate": median([p["rate"] for p in apn]),
+            "cpu_per_10k": median([p["cpu_per_10k"] for p in apn]),
+        }
+        if b["answer_rate"] and b["peer"]["rate"]:
+            b["x_peer"] = b["answer_rate"] / b["peer"]["rate"]
     if "latency" in runs:
         good = [r for r in runs["latency"] if r.get("ok")]
         rows.append(
@@ -631,12 +674,15 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "handshakes": sorted({r.get("handshakes") for r in runs["latency"]}),
             }
         )
-    if "memory" in runs:
-        m = runs["memory"][0]
+    for name, proto in (("memory", "HTTP/2"), ("memory-binary", "binary")):
+        if name not in runs:
+            continue
+        m = runs[name][0]
         rows.append(
             {
-                "figure": "memory",
-                "label": f"peak RSS draining {m['jobs']:,} jobs (HTTP/2)",
+                "figure": name,
+                "label": f"peak RSS draining {m['jobs']:,} jobs ({proto})",
+                "cpu_per_10k": m["cpu_per_10k"],
                 "peak_rss_mb": m["peak_rss_mb"],
                 "rss_25_mb": m.get("rss_25_mb"),
                 "rss_50_mb": m.get("rss_50_mb"),
@@ -662,6 +708,18 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
             cpu = f"{r['cpu_per_10k']:.2f}" if r["cpu_per_10k"] is not None else "n/a"
             hs = ",".join(str(h) for h in r["handshakes"])
             lines.append(f"{r['label']:<42} {val:>18} {ceiling:>22} {ratio:>6} {cpu:>9} {hs:>9}")
+            if r.get("x_one_process"):
+                lines.append(
+                    f"{'  … 2 processes ÷ 1 process (same run)':<42} {r['x_one_process']:>17.2f}×"
+                    f"   sink answered {r['extra_requests']} request(s) beyond one per job"
+                )
+            if r.get("peer"):
+                pr = r["peer"]
+                lines.append(
+                    f"{'  … steady (first → last outcome)':<42} {r['answer_rate'] or 0:>16,.0f}/s "
+                    f"{pr['rate']:>15,.0f}/s {pr['name'].split(' (')[0]} {r.get('x_peer') or 0:>5.2f}× "
+                    f"{pr['cpu_per_10k']:>8.2f}"
+                )
         elif r["figure"] == "latency":
             val = (
                 f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
@@ -674,10 +732,11 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
                     f"{'  … outcome visible in Redis (XREAD)':<42} p50 {r['visible_p50_ms']:.1f} ms, "
                     f"p99 {r['visible_p99_ms']:.1f} ms"
                 )
-        elif r["figure"] == "memory":
+        elif r["figure"] in ("memory", "memory-binary"):
             val = (
                 f"{r['peak_rss_mb']:.1f} MB peak; at 25/50/75%: "
                 + " / ".join(_mb(r.get(f"rss_{p}_mb")) for p in (25, 50, 75))
+                + f"; CPU {r['cpu_per_10k']:.2f} s/10k"
                 + ("" if r["ok"] else "  (FAILED)")
             )
             lines.append(f"{r['label']:<42} {val}")
@@ -731,6 +790,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rtt-seconds", type=float, default=None, help="rtt: jobs per run = bound × this (default 3; --quick 1.5)"
     )
     p.add_argument("--rtt-max-jobs", type=int, default=None, help="rtt: at most this many jobs per run (200,000)")
+    p.add_argument("--peer-jobs", type=int, default=50_000, help="at most this many notifications per peer run")
     p.add_argument("--no-peers", dest="peers", action="store_false", help="skip the npm peers (node-apn, apn 1.7)")
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--no-save", action="store_true", help="print only, write no results file")
