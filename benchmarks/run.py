@@ -29,7 +29,7 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-from benchmarks import ceilings, peers, rtt, workload
+from benchmarks import ceilings, chart, peers, rtt, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -851,6 +851,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(os.path.join(args.results_dir, "latest.json.tmp")).write_text(text)
         os.replace(os.path.join(args.results_dir, "latest.json.tmp"), os.path.join(args.results_dir, "latest.json"))
         print(f"\nresults: {os.path.relpath(path, REPO)} (and latest.json)")
+        if report["rtt_summary"]:
+            if chart.have_matplotlib():
+                png = chart.draw(report, path.removesuffix(".json") + ".png")
+                shutil.copyfile(png, os.path.join(args.results_dir, "latest.png"))
+                print(f"chart: {os.path.relpath(png, REPO)} (and latest.png)")
+            else:
+                print("chart: skipped (matplotlib not installed: pip install -e '.[bench]')")
     failed = any(r.get("failed_runs") for r in rows) or any(r.get("ok") is False for r in rows)
     return 1 if failed else 0
 
