@@ -77,8 +77,9 @@ def measure(bench: Any, delay: float, connections: int, tag: str) -> dict[str, A
         f"{tag} rtt {out['delay_ms']} ms × {connections} conn: apnsd {out['apnsd_rate']:,.0f}/s "
         f"({out['ratio_bound']:.2f} of bound {limit:,.0f}/s; CPU {res['cpu_per_10k']:.2f} s/10k; "
         f"busy: apnsd {res['cpu_seconds'] / res['seconds']:.0%}, "
-        f"nginx {res.get('sink_cpu_seconds', 0) / res['seconds']:.0%} "
-        f"of a core; handshakes {res['handshakes']}); h2load {h2['rate']:,.0f}/s{peer}"
+        f"nginx {res.get('sink_cpu_seconds', 0) / res['seconds']:.0%} of a core; "
+        f"apnsd waited for a CPU {res.get('cpu_wait_seconds', 0) / res['seconds']:.0%} of the run; "
+        f"handshakes {res['handshakes']}); h2load {h2['rate']:,.0f}/s{peer}"
         + (f"; sink saw {dup:+,} requests beyond the jobs" if dup else "")
         + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500])
     )
@@ -110,6 +111,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ratio_bound": med([r["ratio_bound"] for r in good]),
                 "ratio_h2load": med([r["ratio_h2load"] for r in good]),
                 "cpu_per_10k": med([r["apnsd"]["cpu_per_10k"] for r in good]),
+                # share of the run apnsd was runnable but had no CPU: high on a shared, busy machine
+                "cpu_wait_share": med([r["apnsd"].get("cpu_wait_seconds", 0) / r["apnsd"]["seconds"] for r in good]),
                 "failed_runs": len(rs) - len(good),
             }
         )
@@ -128,14 +131,16 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
 
     hdr = (
         f"{'round trip':>10} {'conns':>5} {'bound/s':>9} {'apnsd/s':>9} {'of bound':>8} {'× 1 conn':>8} "
-        f"{'h2load/s':>9} {'of h2load':>9} {'node-apn/s':>10} {'CPU s/10k':>9}"
+        f"{'h2load/s':>9} {'of h2load':>9} {'node-apn/s':>10} {'CPU s/10k':>9} {'CPU wait':>8}"
     )
     lines = [hdr, "-" * len(hdr)]
+    # bound = connections × 1,000 streams / round trip; apnsd = jobs answered after the first answer over the time
+    # from then to the last; h2load = its own req/s (first round trip included); CPU wait = runnable, no CPU
     for r in rows:
         lines.append(
             f"{r['delay_ms']:>7} ms {r['connections']:>5} {f(r['bound']):>9} {f(r['apnsd']):>9} "
             f"{f(r['ratio_bound'], '{:.2f}'):>8} {f(r['x_one'], '{:.2f}'):>8} {f(r['h2load']):>9} "
-            f"{f(r['ratio_h2load'], '{:.2f}'):>9} {f(r['node_apn']):>10} {f(r['cpu_per_10k'], '{:.2f}'):>9}"
-            + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else "")
+            f"{f(r['ratio_h2load'], '{:.2f}'):>9} {f(r['node_apn']):>10} {f(r['cpu_per_10k'], '{:.2f}'):>9} "
+            f"{f(r['cpu_wait_share'], '{:.0%}'):>8}" + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else "")
         )
     return lines

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
                                        [--only http2-cert,http2-token,http2-2proc,binary,latency,memory,rtt]
-                                       [--rtt-delays 10,50,100] [--rtt-connections 1,2,4,8]
+                                       [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting
 binary TLS sink (or the project's mock), all child processes on free loopback ports, stopped by PID.
@@ -183,6 +183,7 @@ class Bench:
             "cpu_per_10k": res.cpu / n * 10_000,
             "cpu_user": sum(c.cpu_user for c in res.children),
             "cpu_sys": sum(c.cpu_sys for c in res.children),
+            "cpu_wait_seconds": sum(c.cpu_wait for c in res.children),
             "peak_rss_mb": max(c.hwm_kb for c in res.children) / 1024,
             "ru_maxrss_kb": max(c.maxrss_kb for c in res.children),  # polluted by the fork image: not reported
             "handshakes": handshakes() - before,
@@ -784,7 +785,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--daemon-env", action="append", default=[], metavar="APNSD_X=V", help="extra daemon setting (repeatable)"
     )
-    p.add_argument("--rtt-delays", default="10,50,100", help="rtt: round-trip delays of the sink, in ms")
+    p.add_argument(
+        "--rtt-delays",
+        default="10,50,100,500",
+        help="rtt: round-trip delays of the sink, in ms (500: bounds low enough that CPU is not the limit)",
+    )
     p.add_argument("--rtt-connections", default="1,2,4,8", help="rtt: connection counts")
     p.add_argument(
         "--rtt-seconds", type=float, default=None, help="rtt: jobs per run = bound × this (default 3; --quick 1.5)"

@@ -138,6 +138,7 @@ class Child:
     cpu_sys: float = 0.0
     maxrss_kb: int = 0
     hwm_kb: int = 0
+    cpu_wait: float = 0.0  # seconds spent runnable but waiting for a CPU (/proc/<pid>/schedstat), last sample
 
     def reap(self, block: bool = False) -> bool:
         """wait4 this one PID (rusage of exactly this child); True once it has exited."""
@@ -164,6 +165,10 @@ class Child:
             pass
         if "VmHWM" in out:
             self.hwm_kb = max(self.hwm_kb, out["VmHWM"])
+        try:  # on a shared machine, this says how much of the run the daemon was starved of CPU
+            self.cpu_wait = int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
         return out
 
     def stop(self, timeout: float = 40.0) -> None:
