@@ -106,6 +106,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "bound": rs[0]["bound"],
                 "apnsd": med([r["apnsd_rate"] for r in good]),
                 "h2load": med([r["h2load"]["rate"] for r in rs]),
+                "h2load_cpu_per_10k": med([r["h2load"].get("cpu_per_10k") for r in rs]),
                 "node_apn": med([r.get("node_apn", {}).get("rate") for r in rs]),
                 "node_apn_cpu_per_10k": med([r.get("node_apn", {}).get("cpu_per_10k") for r in rs]),
                 "ratio_bound": med([r["ratio_bound"] for r in good]),

@@ -636,6 +636,7 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "ceiling": ceiling,
                 "ceiling_name": CEILING_OF[name],
                 "ceiling_runs": [round(c["rate"]) for c in cs],
+                "ceiling_cpu_per_10k": median([c.get("cpu_per_10k") for c in cs]),
                 "ratio": median(ratios) if ratios else (value / ceiling if value and ceiling else None),
                 "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
                 "handshakes": sorted({r["handshakes"] for r in rs}),
@@ -751,6 +752,7 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['figure']}: runs {r['runs']}  ceiling runs {r['ceiling_runs']}"
                 + (f"  steady {r['steady_rate']:,.0f}/s" if r.get("steady_rate") else "")
+                + (f"  ceiling CPU {r['ceiling_cpu_per_10k']:.2f} s/10k" if r.get("ceiling_cpu_per_10k") else "")
                 + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else "")
             )
     bs = report.get("binary_sink")
