@@ -513,10 +513,10 @@ class Bench:
                     else:
                         log(f"{tag} latency FAILED: {res.get('error', '')[:1000]}")
             if "rtt" in only:
-                for rep in range(a.repeat):
+                for rep in range(a.rtt_repeat):
                     for d in a.rtt_delays:
                         for conns in a.rtt_connections:
-                            self.rtt_runs.append(rtt.measure(self, d / 1000, conns, f"[{rep + 1}/{a.repeat}]"))
+                            self.rtt_runs.append(rtt.measure(self, d / 1000, conns, f"[{rep + 1}/{a.rtt_repeat}]"))
             for name, protocol in (("memory", "http2"), ("memory-binary", "binary")):
                 if name not in only:
                     continue
@@ -793,6 +793,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rtt: round-trip delays of the sink, in ms (500: bounds low enough that CPU is not the limit)",
     )
     p.add_argument("--rtt-connections", default="1,2,4,8", help="rtt: connection counts")
+    p.add_argument("--rtt-repeat", type=int, default=1, help="rtt: runs per cell (16 cells by default: ~5 min each)")
     p.add_argument(
         "--rtt-seconds", type=float, default=None, help="rtt: jobs per run = bound × this (default 3; --quick 1.5)"
     )
