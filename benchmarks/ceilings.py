@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import select
 import socket
 import subprocess
@@ -64,9 +65,12 @@ def run_h2load(
         "content-type: application/json",
         f"https://127.0.0.1:{port}/3/device/{token_hex(1)}",
     ]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load is the only child reaped meanwhile
+    cpu = ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime
     text = out.stdout + out.stderr
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
     done = re.search(
@@ -80,6 +84,8 @@ def run_h2load(
         "rate": float(m.group(3)),
         "seconds": seconds,
         "wall": wall,
+        "cpu_seconds": cpu,
+        "cpu_per_10k": cpu / requests * 10_000,
         "requests": requests,
         "succeeded": int(done.group(4)),
         "failed": int(done.group(5)),

@@ -1,7 +1,8 @@
 """apnsd benchmarks: end-to-end notifications/s from Redis to gateway answer, beside raw ceilings from the same run.
 
-    .venv/bin/python -m benchmarks.run [--jobs 200000] [--only http2-cert,http2-token,http2-2proc,binary,latency,memory]
-                                       [--repeat 3] [--quick]
+    .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
+                                       [--only http2-cert,http2-token,http2-2proc,binary,latency,memory,rtt]
+                                       [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting
 binary TLS sink (or the project's mock), all child processes on free loopback ports, stopped by PID.
@@ -28,11 +29,11 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-from benchmarks import ceilings, workload
+from benchmarks import ceilings, chart, peers, rtt, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
-FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory")
+FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory", "memory-binary", "rtt")
 HTTP2 = ("http2-cert", "http2-token", "http2-2proc")
 
 
@@ -107,6 +108,10 @@ class Bench:
         self.notes: list[str] = []
         self.binary_sink_choice: dict[str, Any] = {}
         self._frames: tuple[bytes, int] | None = None
+        self.rtt_runs: list[dict[str, Any]] = []
+
+    def log_line(self, msg: str) -> None:
+        log(msg)
 
     def add(self, table: dict[str, list[dict[str, Any]]], name: str, value: dict[str, Any]) -> None:
         table.setdefault(name, []).append(value)
@@ -171,12 +176,14 @@ class Bench:
             "ok": res.ok,
             "rate": res.rate,
             "steady_rate": res.steady_rate,
+            "answer_rate": res.answer_rate(),
             "seconds": res.seconds,
             "exit_seconds": res.exit_seconds,
             "cpu_seconds": res.cpu,
             "cpu_per_10k": res.cpu / n * 10_000,
             "cpu_user": sum(c.cpu_user for c in res.children),
             "cpu_sys": sum(c.cpu_sys for c in res.children),
+            "cpu_wait_seconds": sum(c.cpu_wait for c in res.children),
             "peak_rss_mb": max(c.hwm_kb for c in res.children) / 1024,
             "ru_maxrss_kb": max(c.maxrss_kb for c in res.children),  # polluted by the fork image: not reported
             "handshakes": handshakes() - before,
@@ -365,15 +372,21 @@ class Bench:
 
     # --- memory ----------------------------------------------------------------------------------
 
-    def memory(self) -> dict[str, Any]:
-        assert self.nginx
+    def memory(self, protocol: str = "http2") -> dict[str, Any]:
         m = self.args.memory_jobs
-        port = self.nginx.cert_port
+        if protocol == "http2":
+            assert self.nginx
+            nginx = self.nginx
+            port = nginx.cert_port
+            handshakes = lambda: nginx.connections(port)  # noqa: E731
+        else:
+            assert self.binsink
+            port, handshakes = self.binsink.port, self.binsink.connections
         with RedisServer() as rs:
             env = workload.daemon_env(
                 rs.url,
                 os.path.join(self.workdir, "state"),
-                protocol="http2",
+                protocol=protocol,
                 port=port,
                 ca_file=self.pki.ca_cert,
                 cert=self.pki.client_pem,
@@ -381,9 +394,9 @@ class Bench:
             )
             out = self._drain(
                 rs,
-                [workload.DaemonSpec("memory", env)],
-                lambda: self.nginx.connections(port),
-                nginx=True,
+                [workload.DaemonSpec(f"memory-{protocol}", env)],
+                handshakes,
+                nginx=protocol == "http2",
                 jobs=m,
                 sample_memory=True,
             )
@@ -404,7 +417,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         only = a.only
-        need_nginx = any(f in only for f in (*HTTP2, "latency", "memory"))
+        need_nginx = any(f in only for f in (*HTTP2, "latency", "memory", "rtt"))
         started = time.time()
         load_start = os.getloadavg()
         if load_start[0] > (os.cpu_count() or 1):
@@ -414,7 +427,8 @@ class Bench:
             )
         try:
             if need_nginx:
-                self.nginx = NginxSink(self.workdir, self.pki).start()
+                delays = tuple(d / 1000 for d in a.rtt_delays) if "rtt" in only else ()
+                self.nginx = NginxSink(self.workdir, self.pki, delays).start()
                 log(
                     f"nginx sink: pid {self.nginx.proc.pid}, client-cert port {self.nginx.cert_port}, "
                     f"no-client-cert port {self.nginx.open_port}"
@@ -423,19 +437,22 @@ class Bench:
                     self.notes.append(
                         "latency = receipt 'time' (apnsd:results, recorded when the daemon processes the "
                         "gateway's answer, millisecond resolution) minus the job's enqueued_at "
-                        "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on apnsd:results saw the "
+                        "(time.time() at LPUSH); 'visible in Redis' = when the harness's XREAD BLOCK on "
+                        "apnsd:results saw the "
                         "receipt (µs clock; includes the batch's commit). Arrivals: one LPUSH per job, "
                         "evenly spaced with random jitter inside each slot; 200 warm-up jobs first, not counted."
                     )
                 if not ceilings.h2load_can_present_client_cert():
                     self.notes.append(
-                        f"h2load ({ceilings.h2load_version().split()[-1]}) has no client-certificate option: the HTTP/2 ceiling runs "
+                        f"h2load ({ceilings.h2load_version().split()[-1]}) has no client-certificate option: "
+                        "the HTTP/2 ceiling runs "
                         "against nginx's server block without client verification (same nginx, same "
                         "locations); the cert-auth figure runs against the block that requires one."
                     )
-            if "binary" in only:
+            if "binary" in only or "memory-binary" in only:
                 self.binsink = CountingBinarySink(REPO, self.python, self.pki.dir)
                 log(f"binary counting sink: pid {self.binsink.pid}, port {self.binsink.port}")
+            if "binary" in only:
                 self.choose_binary_sink()
             for rep in range(a.repeat):
                 tag = f"[{rep + 1}/{a.repeat}]"
@@ -443,7 +460,8 @@ class Bench:
                     c = self.h2load(1)
                     self.add(self.ceil, "h2load-c1", c)
                     log(
-                        f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s ({c['succeeded']:,}/{c['requests']:,} ok)"
+                        f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s "
+                        f"({c['succeeded']:,}/{c['requests']:,} ok)"
                     )
                 for name, procs, token in (
                     ("http2-cert", 1, False),
@@ -474,25 +492,41 @@ class Bench:
                     res = self.binary_drain()
                     self.add(self.runs, "binary", res)
                     self.report_drain(tag, "binary", res)
+                    if a.peers and peers.available("apn") and self.binsink:
+                        p = peers.node_apn_binary(self.binsink.port, min(self.n, a.peer_jobs), self.pki)
+                        self.add(self.ceil, "apn-1.7", p)
+                        log(
+                            f"{tag} peer node apn 1.7 (binary, from memory): {p['rate']:,.0f} notif/s "
+                            f"({p['sent']:,} written), CPU {p['cpu_per_10k']:.2f} s/10k"
+                        )
                 if "latency" in only:
                     res = self.latency()
                     self.add(self.runs, "latency", res)
                     if "p50_ms" in res:
                         log(
-                            f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: p50 {res['p50_ms']:.1f} ms, "
-                            f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms ({res['answered']:,} answered); visible in "
-                            f"Redis: p50 {res.get('visible_p50_ms', 0):.2f} ms, p99 {res.get('visible_p99_ms', 0):.1f} ms"
+                            f"{tag} latency @{a.latency_rate:g}/s for {a.latency_seconds:g} s: "
+                            f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.1f} ms "
+                            f"({res['answered']:,} answered); visible in Redis: "
+                            f"p50 {res.get('visible_p50_ms', 0):.2f} ms, p99 {res.get('visible_p99_ms', 0):.1f} ms"
                             + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:500])
                         )
                     else:
                         log(f"{tag} latency FAILED: {res.get('error', '')[:1000]}")
-            if "memory" in only:
-                res = self.memory()
-                self.add(self.runs, "memory", res)
+            if "rtt" in only:
+                for rep in range(a.rtt_repeat):
+                    for d in a.rtt_delays:
+                        for conns in a.rtt_connections:
+                            self.rtt_runs.append(rtt.measure(self, d / 1000, conns, f"[{rep + 1}/{a.rtt_repeat}]"))
+            for name, protocol in (("memory", "http2"), ("memory-binary", "binary")):
+                if name not in only:
+                    continue
+                res = self.memory(protocol)
+                self.add(self.runs, name, res)
                 log(
-                    f"memory: {a.memory_jobs:,} jobs: peak RSS {res['peak_rss_mb']:.1f} MB; RSS at 25/50/75%: "
+                    f"{name}: {a.memory_jobs:,} jobs ({protocol}): peak RSS {res['peak_rss_mb']:.1f} MB; "
+                    "RSS at 25/50/75%: "
                     + " / ".join(_mb(res.get(f"rss_{p}_mb")) for p in (25, 50, 75))
-                    + f"; {res['rate']:,.0f} notif/s"
+                    + f"; {res['rate']:,.0f} notif/s, CPU {res['cpu_per_10k']:.2f} s/10k"
                     + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1000])
                 )
         finally:
@@ -516,6 +550,7 @@ class Bench:
             "notes": self.notes,
             "ceilings": self.ceil,
             "runs": self.runs,
+            "rtt": self.rtt_runs,
         }
 
     def choose_binary_sink(self) -> None:
@@ -584,7 +619,11 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
         cs = ceil.get(CEILING_OF[name], [])
         value = median([r["rate"] for r in good])
         ceiling = median([c["rate"] for c in cs])
-        ratios = [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["rate"]] if len(cs) == len(rs) else []
+        ratios = (
+            [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["rate"]]
+            if len(cs) == len(rs)
+            else []
+        )
         rows.append(
             {
                 "figure": name,
@@ -597,11 +636,30 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "ceiling": ceiling,
                 "ceiling_name": CEILING_OF[name],
                 "ceiling_runs": [round(c["rate"]) for c in cs],
+                "ceiling_cpu_per_10k": median([c.get("cpu_per_10k") for c in cs]),
                 "ratio": median(ratios) if ratios else (value / ceiling if value and ceiling else None),
                 "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
                 "handshakes": sorted({r["handshakes"] for r in rs}),
+                # requests the sink answered beyond one per job: a job delivered twice shows here
+                "extra_requests": max(
+                    (r["sink_requests"] - r["jobs"] for r in rs if "sink_requests" in r), default=None
+                ),
             }
         )
+    by = {r["figure"]: r for r in rows}
+    if "http2-2proc" in by and "http2-cert" in by and by["http2-cert"]["value"] and by["http2-2proc"]["value"]:
+        by["http2-2proc"]["x_one_process"] = by["http2-2proc"]["value"] / by["http2-cert"]["value"]
+    apn = ceil.get("apn-1.7", [])
+    if "binary" in by and apn:
+        b = by["binary"]
+        b["answer_rate"] = median([r.get("answer_rate") for r in runs["binary"] if r["ok"]])
+        b["peer"] = {
+            "name": "node apn 1.7 (from memory)",
+            "rate": median([p["rate"] for p in apn]),
+            "cpu_per_10k": median([p["cpu_per_10k"] for p in apn]),
+        }
+        if b["answer_rate"] and b["peer"]["rate"]:
+            b["x_peer"] = b["answer_rate"] / b["peer"]["rate"]
     if "latency" in runs:
         good = [r for r in runs["latency"] if r.get("ok")]
         rows.append(
@@ -618,12 +676,15 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "handshakes": sorted({r.get("handshakes") for r in runs["latency"]}),
             }
         )
-    if "memory" in runs:
-        m = runs["memory"][0]
+    for name, proto in (("memory", "HTTP/2"), ("memory-binary", "binary")):
+        if name not in runs:
+            continue
+        m = runs[name][0]
         rows.append(
             {
-                "figure": "memory",
-                "label": f"peak RSS draining {m['jobs']:,} jobs (HTTP/2)",
+                "figure": name,
+                "label": f"peak RSS draining {m['jobs']:,} jobs ({proto})",
+                "cpu_per_10k": m["cpu_per_10k"],
                 "peak_rss_mb": m["peak_rss_mb"],
                 "rss_25_mb": m.get("rss_25_mb"),
                 "rss_50_mb": m.get("rss_50_mb"),
@@ -649,6 +710,18 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
             cpu = f"{r['cpu_per_10k']:.2f}" if r["cpu_per_10k"] is not None else "n/a"
             hs = ",".join(str(h) for h in r["handshakes"])
             lines.append(f"{r['label']:<42} {val:>18} {ceiling:>22} {ratio:>6} {cpu:>9} {hs:>9}")
+            if r.get("x_one_process"):
+                lines.append(
+                    f"{'  … 2 processes ÷ 1 process (same run)':<42} {r['x_one_process']:>17.2f}×"
+                    f"   sink answered {r['extra_requests']} request(s) beyond one per job"
+                )
+            if r.get("peer"):
+                pr = r["peer"]
+                lines.append(
+                    f"{'  … steady (first → last outcome)':<42} {r['answer_rate'] or 0:>16,.0f}/s "
+                    f"{pr['rate']:>15,.0f}/s {pr['name'].split(' (')[0]} {r.get('x_peer') or 0:>5.2f}× "
+                    f"{pr['cpu_per_10k']:>8.2f}"
+                )
         elif r["figure"] == "latency":
             val = (
                 f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
@@ -661,10 +734,11 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
                     f"{'  … outcome visible in Redis (XREAD)':<42} p50 {r['visible_p50_ms']:.1f} ms, "
                     f"p99 {r['visible_p99_ms']:.1f} ms"
                 )
-        elif r["figure"] == "memory":
+        elif r["figure"] in ("memory", "memory-binary"):
             val = (
                 f"{r['peak_rss_mb']:.1f} MB peak; at 25/50/75%: "
                 + " / ".join(_mb(r.get(f"rss_{p}_mb")) for p in (25, 50, 75))
+                + f"; CPU {r['cpu_per_10k']:.2f} s/10k"
                 + ("" if r["ok"] else "  (FAILED)")
             )
             lines.append(f"{r['label']:<42} {val}")
@@ -678,6 +752,7 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['figure']}: runs {r['runs']}  ceiling runs {r['ceiling_runs']}"
                 + (f"  steady {r['steady_rate']:,.0f}/s" if r.get("steady_rate") else "")
+                + (f"  ceiling CPU {r['ceiling_cpu_per_10k']:.2f} s/10k" if r.get("ceiling_cpu_per_10k") else "")
                 + (f"  ({r['failed_runs']} failed)" if r["failed_runs"] else "")
             )
     bs = report.get("binary_sink")
@@ -712,6 +787,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--daemon-env", action="append", default=[], metavar="APNSD_X=V", help="extra daemon setting (repeatable)"
     )
+    p.add_argument(
+        "--rtt-delays",
+        default="10,50,100,500",
+        help="rtt: round-trip delays of the sink, in ms (500: bounds low enough that CPU is not the limit)",
+    )
+    p.add_argument("--rtt-connections", default="1,2,4,8", help="rtt: connection counts")
+    p.add_argument("--rtt-repeat", type=int, default=1, help="rtt: runs per cell (16 cells by default: ~5 min each)")
+    p.add_argument(
+        "--rtt-seconds", type=float, default=None, help="rtt: jobs per run = bound × this (default 3; --quick 1.5)"
+    )
+    p.add_argument("--rtt-max-jobs", type=int, default=None, help="rtt: at most this many jobs per run (200,000)")
+    p.add_argument("--peer-jobs", type=int, default=50_000, help="at most this many notifications per peer run")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="skip the npm peers (node-apn, apn 1.7)")
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     p.add_argument("--no-save", action="store_true", help="print only, write no results file")
     p.add_argument("--keep-workdir", action="store_true")
@@ -720,6 +808,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.latency_seconds = a.latency_seconds or (5.0 if a.quick else 30.0)
     a.memory_jobs = a.memory_jobs or (100_000 if a.quick else 1_000_000)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
+    a.rtt_seconds = a.rtt_seconds or (1.5 if a.quick else 3.0)
+    a.rtt_max_jobs = a.rtt_max_jobs or (50_000 if a.quick else 200_000)
+    try:
+        a.rtt_delays = [int(x) for x in a.rtt_delays.split(",") if x.strip()]
+        a.rtt_connections = [int(x) for x in a.rtt_connections.split(",") if x.strip()]
+    except ValueError:
+        p.error("--rtt-delays / --rtt-connections: comma-separated whole numbers")
+    if not all(1 <= d <= 10_000 for d in a.rtt_delays) or not all(1 <= c <= 16 for c in a.rtt_connections):
+        p.error("--rtt-delays: 1–10,000 ms; --rtt-connections: 1–16 (apnsd's limit per app)")
     bad = [x for x in a.only if x not in FIGURES]
     if bad:
         p.error(f"--only: unknown {', '.join(bad)} (choose from {', '.join(FIGURES)})")
@@ -740,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     report = bench.run()
     rows = summarize(report)
     report["summary"] = rows
+    report["rtt_summary"] = rtt.summarize(report["rtt"])
     few = [r["handshakes"] for r in report["runs"].get("http2-2proc", []) if r["handshakes"] < 2]
     if few:
         report["notes"].append(
@@ -748,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(render(rows, report), flush=True)
+    if report["rtt_summary"]:
+        print("\n" + "\n".join(rtt.render(report["rtt_summary"])), flush=True)
     if not args.no_save:
         os.makedirs(args.results_dir, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -759,6 +859,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(os.path.join(args.results_dir, "latest.json.tmp")).write_text(text)
         os.replace(os.path.join(args.results_dir, "latest.json.tmp"), os.path.join(args.results_dir, "latest.json"))
         print(f"\nresults: {os.path.relpath(path, REPO)} (and latest.json)")
+        if report["rtt_summary"]:
+            if chart.have_matplotlib():
+                png = chart.draw(report, path.removesuffix(".json") + ".png")
+                shutil.copyfile(png, os.path.join(args.results_dir, "latest.png"))
+                print(f"chart: {os.path.relpath(png, REPO)} (and latest.png)")
+            else:
+                print("chart: skipped (matplotlib not installed: pip install -e '.[bench]')")
     failed = any(r.get("failed_runs") for r in rows) or any(r.get("ok") is False for r in rows)
     return 1 if failed else 0
 

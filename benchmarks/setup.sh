@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent: install what the benchmarks need on a fresh Debian 12 machine, if it is missing:
 # nginx-light + the echo module (HTTP/2 sink), nghttp2-client (h2load, the HTTP/2 ceiling) and
-# redis-server; then the project's .venv (scripts/setup.sh) if it does not exist yet.
+# redis-server; then the project's .venv (scripts/setup.sh) if it does not exist yet, matplotlib for the
+# charts, and the npm peers under benchmarks/peers/ when npm is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,13 @@ for exe in nginx h2load redis-server; do
 done
 [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ] || { echo "benchmarks/setup.sh: nginx echo module missing" >&2; exit 1; }
 [ -x .venv/bin/python ] || bash scripts/setup.sh
+# Charts (matplotlib, the optional extra 'bench'): the results JSON is written without it.
+.venv/bin/pip install -q -e '.[bench]' || echo "benchmarks/setup.sh: matplotlib not installed: no charts" >&2
+# Peers measured in the same run (@parse/node-apn, node apn 1.7): npm packages, installed under
+# benchmarks/peers/ and never committed. Without node/npm the peer figures are skipped.
+if command -v npm >/dev/null 2>&1; then
+  (cd benchmarks/peers && npm install --no-audit --no-fund --loglevel=error)
+else
+  echo "benchmarks/setup.sh: npm not found: peer figures (node-apn, apn 1.7) will be skipped" >&2
+fi
 echo "benchmarks/setup.sh: ready — run: .venv/bin/python -m benchmarks.run --quick"

@@ -69,6 +69,7 @@ http {{
     access_log {dir}/conn-{open_port}.log conn if=$first_request;
 {locations}
   }}
+{delayed}
   server {{
     listen 127.0.0.1:{status_port};
     location / {{ stub_status; }}
@@ -83,6 +84,20 @@ LOCATIONS = """\
     location /3/device/ { echo_read_request_body; echo_exec @ok; }
     location @ok { add_header apns-id $http_apns_id always; return 200; }
     location / { return 404; }"""
+
+# A real round trip: the same answer, given `delay` seconds after the body is read. echo_sleep is a timer
+# (nginx keeps serving every other stream meanwhile). Client certificates are optional on these ports, so
+# apnsd (with one) and h2load (without) send to the very same server block.
+DELAYED_SERVER = """\
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_client_certificate {ca};
+    ssl_verify_client optional;
+    access_log {dir}/conn-{port}.log conn if=$first_request;
+    location /3/device/ {{ echo_read_request_body; echo_sleep {delay}; echo_exec @ok; }}
+    location @ok {{ add_header apns-id $http_apns_id always; return 200; }}
+    location / {{ return 404; }}
+  }}"""
 
 
 def _which(name: str) -> str:
@@ -133,13 +148,16 @@ def proc_cpu(pid: int) -> float:
 
 
 class NginxSink:
-    """nginx (one process, master_process off) with a client-cert port, an open port and stub_status."""
+    """nginx (one process, master_process off) with a client-cert port, an open port, stub_status, and one
+    port per round-trip delay (``delayed_port[seconds]``) that answers each request that much later."""
 
-    def __init__(self, workdir: str, pki: DevPki) -> None:
+    def __init__(self, workdir: str, pki: DevPki, delays: tuple[float, ...] = ()) -> None:
         self.dir = os.path.join(workdir, "nginx")
         self.pki = pki
+        self.delays = delays
         self.proc: subprocess.Popen[bytes] | None = None
         self.cert_port = self.open_port = self.status_port = 0
+        self.delayed_port: dict[float, int] = {}
 
     def start(self) -> NginxSink:
         os.makedirs(self.dir, exist_ok=True)
@@ -148,8 +166,14 @@ class NginxSink:
         exe = _which("nginx")
         for _attempt in range(5):  # free_port is racy against other processes on the machine: retry
             self.cert_port, self.open_port, self.status_port = free_port(), free_port(), free_port()
-            if len({self.cert_port, self.open_port, self.status_port}) < 3:
+            self.delayed_port = {d: free_port() for d in self.delays}
+            ports = [self.cert_port, self.open_port, self.status_port, *self.delayed_port.values()]
+            if len(set(ports)) < len(ports):
                 continue
+            delayed = "\n".join(
+                DELAYED_SERVER.format(port=port, delay=f"{d:g}", ca=self.pki.ca_cert, dir=self.dir)
+                for d, port in self.delayed_port.items()
+            )
             conf = os.path.join(self.dir, "nginx.conf")
             Path(conf).write_text(
                 NGINX_CONF.format(
@@ -162,9 +186,10 @@ class NginxSink:
                     server_key=self.pki.server_key,
                     ca=self.pki.ca_cert,
                     locations=LOCATIONS,
+                    delayed=delayed,
                 )
             )
-            for port in (self.cert_port, self.open_port):
+            for port in (self.cert_port, self.open_port, *self.delayed_port.values()):
                 Path(self.log_path(port)).write_text("")
             self.proc = subprocess.Popen(
                 [exe, "-p", self.dir + "/", "-c", conf, "-e", os.path.join(self.dir, "error.log")],
@@ -172,7 +197,7 @@ class NginxSink:
                 stderr=subprocess.DEVNULL,
             )
             try:
-                for port in (self.cert_port, self.open_port, self.status_port):
+                for port in ports:
                     wait_port(port, self.proc, "nginx")
                 return self
             except RuntimeError:

@@ -138,6 +138,7 @@ class Child:
     cpu_sys: float = 0.0
     maxrss_kb: int = 0
     hwm_kb: int = 0
+    cpu_wait: float = 0.0  # seconds spent runnable but waiting for a CPU (/proc/<pid>/schedstat), last sample
 
     def reap(self, block: bool = False) -> bool:
         """wait4 this one PID (rusage of exactly this child); True once it has exited."""
@@ -164,6 +165,10 @@ class Child:
             pass
         if "VmHWM" in out:
             self.hwm_kb = max(self.hwm_kb, out["VmHWM"])
+        try:  # on a shared machine, this says how much of the run the daemon was starved of CPU
+            self.cpu_wait = int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
         return out
 
     def stop(self, timeout: float = 40.0) -> None:
@@ -210,6 +215,7 @@ class DrainResult:
     stats: dict[str, int] = field(default_factory=dict)
     stalled: bool = False
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, resolved, VmRSS, VmHWM) of child 0
+    progress: list[tuple[float, int]] = field(default_factory=list)  # (t, resolved) at every poll
 
     @property
     def ok(self) -> bool:
@@ -238,6 +244,15 @@ class DrainResult:
         if self.first_outcome is None or self.all_outcomes is None or self.all_outcomes <= self.first_outcome:
             return None
         return self.jobs / (self.all_outcomes - self.first_outcome)
+
+    def answer_rate(self) -> float | None:
+        """Jobs resolved after the first outcome was seen, over the time from then to the last outcome: the
+        steady state without process start, TLS handshake and the first round trip. Unbiased when answers
+        come in waves (one per round trip), unlike jobs / (last - first)."""
+        first = next(((t, done) for t, done in self.progress if done > 0), None)
+        if first is None or self.all_outcomes is None or self.all_outcomes <= first[0]:
+            return None
+        return (self.jobs - first[1]) / (self.all_outcomes - first[0])
 
     @property
     def cpu(self) -> float:
@@ -270,6 +285,7 @@ def drain(
             now = time.monotonic()
             stats = outcomes(r)
             done = resolved(stats)
+            res.progress.append((now, done))
             # VmHWM, sampled while alive, is the peak RSS. wait4's ru_maxrss is not usable: Linux carries the
             # high-water mark of the pre-exec (forked harness) image over exec.
             for k, c in enumerate(children):

@@ -192,6 +192,7 @@ def dockerignored(path: str) -> bool:
         ".venv/bin/python",
         "apnsd/__pycache__/x.cpython-311.pyc",
         "benchmarks/results/run.json",
+        "benchmarks/peers/node_modules/apn/index.js",
         ".pytest_cache/v/cache",
     ],
 )

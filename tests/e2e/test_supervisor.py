@@ -53,9 +53,18 @@ class Supervised:
         return int(self.ctl("pid", "apnsd").stdout.strip())
 
 
-def write_conf(directory: Path) -> Path:
-    """deploy/supervisord.conf with only the pid file and control socket moved into ``directory``."""
+POOL_LINES = (";numprocs=", ";numprocs_start=", ";process_name=", ";environment=")
+
+
+def write_conf(directory: Path, pool: bool = False) -> Path:
+    """deploy/supervisord.conf with only the pid file and control socket moved into ``directory``;
+    ``pool`` uncomments its documented several-processes lines, with the metrics listener off."""
     text = SUPERVISORD_CONF.read_text(encoding="utf-8")
+    if pool:
+        lines = text.splitlines()
+        assert len(POOL_LINES) == sum(1 for line in lines if line.startswith(POOL_LINES))
+        text = "\n".join(line[1:] if line.startswith(POOL_LINES) else line for line in lines) + "\n"
+        text = text.replace('"127.0.0.1:946%(process_num)d"', '""')
     text = text.replace("/tmp/apnsd-supervisord.pid", str(directory / "supervisord.pid")).replace(
         "/tmp/apnsd-supervisor.sock", str(directory / "supervisor.sock")
     )
@@ -76,7 +85,7 @@ def supervise(
     started: list[Supervised] = []
     short = Path(tempfile.mkdtemp(prefix="sv-"))  # Unix socket paths must stay under 108 bytes
 
-    def start(mock: MockGateway, **overrides: str) -> Supervised:
+    def start(mock: MockGateway, pool: bool = False, **overrides: str) -> Supervised:
         env = clean_env(
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             PYTHONUNBUFFERED="1",
@@ -98,7 +107,7 @@ def supervise(
             APNSD_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
         )
         env.update({f"APNSD_{k}": v for k, v in overrides.items()})
-        conf = write_conf(short)
+        conf = write_conf(short, pool)
         proc = subprocess.Popen(
             [str(VENV_BIN / "supervisord"), "-c", str(conf)],
             stdout=subprocess.PIPE,
@@ -108,8 +117,13 @@ def supervise(
         )
         s = Supervised(conf, proc, OutputReader(proc.stdout))  # type: ignore[arg-type]
         started.append(s)
-        wait_for(lambda: s.state() == "RUNNING" or proc.poll() is not None, 20, "apnsd RUNNING under supervisord")
-        assert "RUNNING" == s.state(), s.out.text()
+        names = POOL if pool else ["apnsd"]
+
+        def states() -> list[str]:
+            return [program_state(conf, name) for name in names]
+
+        wait_for(lambda: set(states()) == {"RUNNING"} or proc.poll() is not None, 20, "apnsd RUNNING")
+        assert ["RUNNING"] * len(names) == states(), s.out.text()
         return s
 
     yield start
@@ -117,6 +131,9 @@ def supervise(
         stop_by_pid(s.proc)
         s.out.join(5)
     shutil.rmtree(short, ignore_errors=True)
+
+
+POOL = ["apnsd:apnsd_04", "apnsd:apnsd_05"]
 
 
 def tokens(n: int) -> list[str]:
@@ -142,6 +159,27 @@ def test_supervisord_runs_apnsd_and_its_jobs_are_delivered(supervise, binary_moc
     wait_for(lambda: sv.out.events("started"), 10, "the started line read from the pipe")  # the reader thread may lag
     assert [f"{socket.gethostname()}:{sv.pid()}"] == [e["worker"] for e in sv.out.events("started")]
     assert 1 == len(sv.out.events("connected"))
+
+
+def test_documented_numprocs_lines_run_two_workers_that_share_one_queue_and_deliver_each_job_once(
+    supervise, binary_mock, jq: JobQueue, rdb
+) -> None:
+    """With deploy/supervisord.conf's several-processes lines on, two workers with stable ids drain one queue
+    and every job reaches the gateway exactly once."""
+    mock = binary_mock()
+    sv = supervise(mock, pool=True, WORKER_BATCH_SIZE="20")
+    sent = tokens(2000)
+    push_all(jq, [job(t) for t in sent])
+
+    wait_for(lambda: set(sent) <= set(mock.record.accepted_tokens()), 30, "every job delivered")
+    wait_for(lambda: not inflight_keys(rdb), 10, "in-flight storage empty")
+
+    host = socket.gethostname()
+    assert {f"{host}-04", f"{host}-05"} == {e["worker"] for e in sv.out.events("started")}
+    assert 2 == len(sv.out.events("connected")), "both workers took jobs, so both connected"
+    assert {1} == set(mock.record.accepted_tokens().values())
+    assert len(sent) == sum(mock.record.accepted_tokens().values())
+    assert 0 == jq.depth("apnsd:queue")
 
 
 def test_stop_is_graceful_and_start_resumes_delivery(supervise, binary_mock, jq: JobQueue, rdb) -> None:
