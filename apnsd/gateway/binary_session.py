@@ -125,6 +125,10 @@ class BinarySession(Session):
         self._written(now)
         window, cutoff = self._window, now - self.cfg.confirm_delay
         out: Resolved = []
+        if window and window[0][1] <= cutoff and self.transport is not None:
+            # Silence counts only if we listened: when the loop was held up (a busy machine), an error
+            # response can sit unread in the socket although the clock says confirm_delay has passed.
+            out += self._read(now)
         while window and window[0][1] <= cutoff:
             out.append((window.popleft()[2], DELIVERED))
         if out and self._cap is not None:
