@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import os
-import re
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
 import msgspec
 
+from apnsd.core.headers import (
+    MAX_COLLAPSE_ID as MAX_COLLAPSE_ID,  # re-exported for the mock and the tests
+)
+from apnsd.core.headers import (
+    PRIORITIES as PRIORITIES,
+)
+from apnsd.core.headers import (
+    check_collapse_id,
+    check_expiration,
+    check_job_id,
+    check_priority,
+    check_topic,
+    is_uuid,
+)
 from apnsd.errors import JobError
 
 PUSH_TYPE_SUFFIXES: dict[str, str] = {
@@ -25,12 +39,10 @@ PUSH_TYPE_SUFFIXES: dict[str, str] = {
     "widgets": ".push-type.widgets",
     "controls": ".push-type.controls",
 }
-PRIORITIES = (10, 5, 1)
-MAX_COLLAPSE_ID = 64
 MIN_TOKEN_BYTES = 32
 MAX_TOKEN_BYTES = 100
 _HEX = frozenset("0123456789abcdef")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_ATTEMPTS_FIELD = 1_000_000
 
 
 class JobSpec(msgspec.Struct, kw_only=True):
@@ -84,6 +96,7 @@ class Rejected:
     detail: str
     app: str | None
     token: str | None = None
+    tokens: dict[str, str] | None = None  # a fan-out job's rejected tokens → reason
 
 
 class ApnsIds:
@@ -160,7 +173,15 @@ class JobParser:
         self.new_id = ApnsIds()
 
     def parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
-        """Validate one job; every token ends up either as a notification or a rejection."""
+        """Validate one job; every token ends up either as a notification or a rejection, whatever ``raw`` holds."""
+        try:
+            return self._parse(raw)
+        except RecursionError:  # nested deeper than the decoder goes
+            return [], [Rejected(raw, "not_json", "job is not valid JSON: nested too deeply", None)]
+        except Exception as exc:  # a bug must cost this one job, never the loop that parses it
+            return [], [Rejected(raw, f"internal_error:{type(exc).__name__}", "validating the job failed", None)]
+
+    def _parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
         try:
             spec = _decoder.decode(raw)
         except msgspec.ValidationError as exc:
@@ -171,10 +192,19 @@ class JobParser:
             payload, protocol = self._common(spec)
         except JobError as exc:
             return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
-        tokens = [spec.token] if spec.tokens is None else spec.tokens
+        job_uuid = None
+        if spec.id is not None:
+            job_uuid = spec.id.lower()
+            if not is_uuid(job_uuid):
+                job_uuid = None
+                try:
+                    check_job_id(spec.id)
+                except JobError as exc:
+                    return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+        tokens: list[str] = spec.tokens if spec.tokens is not None else [spec.token or ""]
         good: list[Notification] = []
-        bad: list[Rejected] = []
-        job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
+        bad: dict[str, str] = {}
+        first: JobError | None = None
         for token in tokens:
             tb = _plain_hex(token)
             if tb is not None:
@@ -183,7 +213,8 @@ class JobParser:
                 try:
                     t, tb = parse_token(token)
                 except JobError as exc:
-                    bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
+                    bad[token] = exc.reason
+                    first = first or exc
                     continue
             if job_uuid and len(tokens) == 1:
                 apns_id = job_uuid
@@ -209,7 +240,11 @@ class JobParser:
                     spec.send_at,
                 )
             )
-        return good, bad
+        if first is None:
+            return good, []
+        if spec.tokens is None:
+            return good, [Rejected(raw, first.reason, first.detail, spec.app, spec.token)]
+        return good, [_failed_tokens(raw, spec.app, bad, first)]
 
     def _reject_whole(self, raw: bytes, exc: msgspec.ValidationError) -> Rejected:
         try:
@@ -233,6 +268,12 @@ class JobParser:
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
+        if spec.attempts and not 0 <= spec.attempts <= MAX_ATTEMPTS_FIELD:
+            raise JobError("bad_attempts", f"attempts must be a whole number from 0 to {MAX_ATTEMPTS_FIELD}")
+        if spec.send_at is not None and not math.isfinite(spec.send_at):
+            raise JobError("bad_send_at", "send_at must be finite unix seconds")
+        if spec.enqueued_at is not None and not math.isfinite(spec.enqueued_at):
+            raise JobError("bad_field", "enqueued_at must be finite unix seconds")
         if (
             spec.push_type is not None
             or spec.priority is not None
@@ -255,19 +296,26 @@ class JobParser:
             raise JobError(
                 "bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}"
             )
-        if spec.priority is not None and spec.priority not in PRIORITIES:
-            raise JobError("bad_priority", f"priority must be 10, 5 or 1, got {spec.priority}")
-        if protocol == "binary" and spec.priority == 1:
-            raise JobError("bad_priority", "the binary protocol knows priorities 10 and 5 only")
-        if spec.expiration is not None and not 0 <= spec.expiration < 2**32:
-            raise JobError(
-                "bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}"
-            )
-        if spec.collapse_id is not None and len(spec.collapse_id.encode()) > MAX_COLLAPSE_ID:
-            raise JobError("bad_collapse_id", f"collapse_id is longer than {MAX_COLLAPSE_ID} bytes")
-        for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):
-            if value is not None and (not value or not value.isprintable() or value != value.strip()):
-                raise JobError(f"bad_{name}", f"{name} must be non-empty printable text without surrounding spaces")
+        if spec.priority is not None:
+            check_priority(spec.priority, protocol)
+        if spec.expiration is not None:
+            check_expiration(spec.expiration)
+        if spec.collapse_id is not None:
+            check_collapse_id(spec.collapse_id)
+        if spec.topic is not None:
+            check_topic(spec.topic)
+
+
+def _failed_tokens(raw: bytes, app: str, bad: dict[str, str], first: JobError) -> Rejected:
+    """One rejection for every failed token of a fan-out job: the job with only those tokens, once.
+
+    One entry per token, each holding the whole job, would let a job of thousands of bad tokens
+    write thousands of copies of itself into Redis.
+    """
+    obj = _plain.decode(raw)
+    obj["tokens"] = list(bad)
+    detail = f"{len(bad)} token(s) rejected; first: {first.detail}"
+    return Rejected(msgspec.json.encode(obj), first.reason, detail, app, None, bad)
 
 
 def decode_payload(raw: msgspec.Raw) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 from apnsd import metrics
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
+from apnsd.errors import JobError
 from apnsd.gateway.credentials import TokenSigner
 from apnsd.gateway.session import Resolved, Session
 from apnsd.wire.http2.connection import (
@@ -43,6 +44,7 @@ class Http2Session(Session):
         self._token_iat = 0
         self._last_activity = 0.0
         self._ping_sent: float | None = None
+        self._unsendable: Resolved = []  # notifications whose headers could not be encoded
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -91,17 +93,21 @@ class Http2Session(Session):
         pending, streams, send = self.pending, self._streams, h2.send_request
         for _ in range(n):
             note = pending.popleft()
-            sid = send(
-                template,
-                note.token,
-                note.apns_id,
-                note.payload,
-                push_type=note.push_type,
-                priority=effective_priority(note.push_type, note.priority),
-                expiration=note.expiration,
-                collapse_id=note.collapse_id,
-                topic=note.topic,
-            )
+            try:
+                sid = send(
+                    template,
+                    note.token,
+                    note.apns_id,
+                    note.payload,
+                    push_type=note.push_type,
+                    priority=effective_priority(note.push_type, note.priority),
+                    expiration=note.expiration,
+                    collapse_id=note.collapse_id,
+                    topic=note.topic,
+                )
+            except JobError as exc:  # the parser's checks should make this unreachable: one job, not the loop
+                self._unsendable.append((note, Outcome(Kind.DEAD, None, exc.reason)))
+                continue
             streams[sid] = note
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
@@ -181,6 +187,9 @@ class Http2Session(Session):
         h2 = self._h2
         if h2 is None or self.transport is None:
             return []
+        if self._unsendable:
+            out, self._unsendable = self._unsendable, []
+            return out
         if h2.goaway is not None and not self._streams:
             self.close(self._lost_cause or "goaway")
             return []
@@ -194,19 +203,22 @@ class Http2Session(Session):
         return []
 
     def timer_deadline(self, now: float) -> float:
-        """The next PING (or PING timeout)."""
+        """The next PING (or PING timeout); now when notifications that could not be encoded await their outcome."""
+        if self._unsendable:
+            return now
         if self._ping_sent is not None:
             return self._ping_sent + PING_TIMEOUT
         return self._last_activity + self.cfg.ping_interval
 
     def unanswered_count(self) -> int:
-        """Streams open and not yet answered."""
-        return len(self._streams)
+        """Streams open and not yet answered (and notifications whose outcome is not yet handed back)."""
+        return len(self._streams) + len(self._unsendable)
 
     def take_unanswered(self) -> list[Notification]:
         """Every open stream's notification, in the order they were sent."""
-        notes = [self._streams[sid] for sid in sorted(self._streams)]
+        notes = [n for n, _ in self._unsendable] + [self._streams[sid] for sid in sorted(self._streams)]
         self._streams.clear()
+        self._unsendable = []
         return notes
 
     def say_goodbye(self) -> None:
