@@ -10,6 +10,7 @@ between them can only repeat an outcome, never lose a job.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -23,8 +24,20 @@ import redis.sentinel
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, has_hash_tag
-from apnsd.errors import QueueError
-from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
+from apnsd.errors import KeyTypeError, QueueError
+from apnsd.store.layout import (
+    CLAIM_SCRIPT,
+    COMMIT_OUTCOMES_SCRIPT,
+    COMMIT_QUEUE_SCRIPT,
+    COMMIT_SCRIPT,
+    PROMOTE_SCRIPT,
+    RECOVER_SCRIPT,
+    TAKE_SCRIPT,
+    Commit,
+    Keys,
+    outcome_args,
+    queue_args,
+)
 
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
@@ -36,13 +49,31 @@ def redis_errors(what: str) -> Iterator[None]:
     try:
         yield
     except redis.exceptions.ResponseError as exc:
-        raise QueueError(f"Redis refused {what}: {exc}") from None
+        text = safe_error_text(exc)
+        wrong = _WRONG_TYPE.search(text)
+        if wrong:
+            raise KeyTypeError(wrong.group(1), f"Redis refused {what}: {text}") from None
+        raise QueueError(f"Redis refused {what}: {text}") from None
     except redis.exceptions.RedisError as exc:
-        raise QueueError(f"Redis unavailable during {what}: {exc}") from None
+        raise QueueError(f"Redis unavailable during {what}: {safe_error_text(exc)}") from None
     except redis.exceptions.RedisClusterException as exc:  # not a RedisError: "no reachable node", slot not covered
-        raise QueueError(f"Redis Cluster unavailable during {what}: {exc}") from None
+        raise QueueError(f"Redis Cluster unavailable during {what}: {safe_error_text(exc)}") from None
     except OSError as exc:
         raise QueueError(f"Redis unavailable during {what}: {exc}") from None
+
+
+_WRONG_TYPE = re.compile(r"WRONGTYPE (\S+) holds")
+_COMMAND_IN_ERROR = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+_LONG_HEX = re.compile(r"([0-9a-fA-F]{8})[0-9a-fA-F]{8,}")
+MAX_ERROR_TEXT = 300
+
+
+def safe_error_text(exc: BaseException) -> str:
+    """A redis-py error's text fit for a log line: without the failed command (redis-py quotes it, arguments
+    and all: tokens, payloads), long hex runs (device tokens) shortened, bounded in length."""
+    text = _COMMAND_IN_ERROR.sub("", str(exc))
+    text = _LONG_HEX.sub(r"\1…", text)
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
 
 
 def connect(url: str, socket_timeout: float = 5.0) -> Client:
@@ -97,6 +128,9 @@ class JobQueue:
         self._recover = client.register_script(RECOVER_SCRIPT)
         self._promote = client.register_script(PROMOTE_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
+        self._commit = client.register_script(COMMIT_SCRIPT)
+        self._commit_outcomes = client.register_script(COMMIT_OUTCOMES_SCRIPT)
+        self._commit_queue = client.register_script(COMMIT_QUEUE_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
@@ -137,40 +171,33 @@ class JobQueue:
         """
         k = self.keys
         with redis_errors("writing outcomes"):
-            # The batch's field goes in the same transaction as the writes: if an earlier attempt's
-            # answer was lost and the field is gone, that attempt ran and must not run a second time.
+            # If an earlier attempt's answer was lost and the batch's field is gone, that attempt ran
+            # (the script drops the field together with its writes) and must not run a second time.
             retry = c.sent
             if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
                 return
             c.sent = True
-            p = self.client.pipeline(transaction=True)
+            queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
+            outcome_keys = [k.dead, k.unregistered, k.results, k.stats]
             if self._other_slot(c.queue):
                 marker = k.written(self.worker_id, c.queue, c.field)
                 if not c.outcomes_written and not (retry and self.client.exists(marker)):
-                    self._outcome_writes(p, c)
-                    p.set(marker, b"1", ex=WRITTEN_MARKER_TTL)
                     done = self._pop_done_markers()
-                    if done:
-                        p.delete(*done)
-                    p.execute()
+                    try:
+                        self._commit_outcomes(
+                            keys=[*outcome_keys, marker, *done],
+                            args=[*outcome_args(c, self.results_maxlen), WRITTEN_MARKER_TTL],
+                        )
+                    except BaseException:
+                        self._done_markers.extendleft(reversed(done))  # not deleted: try with a later commit
+                        raise
                 c.outcomes_written = True
-                p = self.client.pipeline(transaction=True)
-                self._queue_writes(p, c)
-                p.hdel(k.inflight(c.queue, self.worker_id), c.field)
-                p.execute()
+                self._commit_queue(keys=queue_keys, args=queue_args(c))
                 self._done_markers.append(marker)  # deleted with a later outcome write (else it expires)
                 return
-            self._outcome_writes(p, c)
-            self._queue_writes(p, c)
-            p.hdel(k.inflight(c.queue, self.worker_id), c.field)
-            p.execute()
-
-    def _queue_writes(self, p: Any, c: Commit) -> None:
-        """Queue the writes to the batch's queue slot (requeue, retries) on pipeline ``p``."""
-        if c.requeue:
-            p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
-        if c.scheduled:
-            p.zadd(self.keys.scheduled(c.queue), c.scheduled)
+            self._commit(
+                keys=[*outcome_keys, *queue_keys], args=[*outcome_args(c, self.results_maxlen), *queue_args(c)]
+            )
 
     def _pop_done_markers(self, most: int = 100) -> list[str]:
         """Markers of finished cluster commits, taken off the shared deque (loops commit on their own threads)."""
@@ -181,19 +208,6 @@ class JobQueue:
             except IndexError:
                 break
         return out
-
-    def _outcome_writes(self, p: Any, c: Commit) -> None:
-        """Queue the writes to the shared keys (dead, unregistered, results, stats) on pipeline ``p``."""
-        k = self.keys
-        if c.dead:
-            p.lpush(k.dead, *c.dead)
-        if c.unregistered:
-            p.hset(k.unregistered, mapping=c.unregistered)
-        for r in c.results:
-            p.xadd(k.results, r, maxlen=self.results_maxlen or None, approximate=True)
-        for name, n in c.counts.items():
-            if n:
-                p.hincrby(k.stats, name, n)
 
     def heartbeat(self, ttl: float, status: dict[str, Any]) -> None:
         """Refresh this worker's liveness key and registry entry (and follow a Sentinel failover)."""
