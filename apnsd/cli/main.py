@@ -180,7 +180,7 @@ def _push(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from apnsd.cli.check import run_check
 
-    return run_check(_load(args), args.connect, sys.stdout)
+    return run_check(_load(args), args.connect, sys.stdout, redis=True)
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ MAX_EXPIRATION = 2**32
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A bundle id (letters, digits, '-' and '.') and the push-type suffixes Apple appends to it.
 _TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOPIC_OR_WILDCARD = re.compile(r"[A-Za-z0-9*][A-Za-z0-9._*-]*")
 _TOPIC_CACHE_LIMIT = 256
 _good_topics: set[str] = set()  # topics already checked: a handful, repeated in every job
 _BEARER = re.compile(r"bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -48,14 +49,21 @@ def check_job_id(value: str) -> str:
     return value
 
 
-def check_topic(value: str) -> str:
-    """An apns-topic: a bundle id (plus suffix) of letters, digits, '.', '-' and '_'."""
+def check_topic(value: str, wildcard_ok: bool = False) -> str:
+    """An apns-topic: a bundle id (plus suffix) of letters, digits, '.', '-' and '_'.
+
+    ``wildcard_ok`` lets '*' through (the config: `apnsd check` explains why a wildcard topic is refused
+    by the gateway; it is a well-formed header value that cannot break the connection).
+    """
     if value in _good_topics:
         return value
-    if len(value) > MAX_TOPIC or not _TOPIC.fullmatch(value):
+    pattern = _TOPIC_OR_WILDCARD if wildcard_ok else _TOPIC
+    if len(value) > MAX_TOPIC or not pattern.fullmatch(value):
         raise JobError(
             "bad_topic", f"topic must be a bundle id (letters, digits, '.', '-', '_'; at most {MAX_TOPIC} characters)"
         )
+    if wildcard_ok:
+        return value
     if len(_good_topics) >= _TOPIC_CACHE_LIMIT:
         _good_topics.clear()
     _good_topics.add(value)

@@ -224,6 +224,19 @@ class JobQueue:
             p.sadd(self.keys.workers, self.worker_id)
             p.execute()
 
+    def claim_heartbeat(self, ttl: float, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Write this worker's heartbeat only if none is live; returns the live one's status otherwise."""
+        key = self.keys.heartbeat(self.worker_id)
+        with redis_errors("claiming the worker id"):
+            if self.client.set(key, json.dumps(status), px=int(ttl * 1000), nx=True):
+                return None
+            raw = self.client.get(key)
+        try:
+            held = json.loads(raw) if raw else None
+        except ValueError:
+            return {}
+        return held if isinstance(held, dict) or held is None else {}
+
     def retire(self) -> None:
         """Remove this worker's heartbeat and registry entry at a clean stop."""
         with redis_errors("retiring worker"):
@@ -314,6 +327,27 @@ class JobQueue:
         return sum(len(msgspec.msgpack.decode(b, type=list[msgspec.Raw])) for b in blobs)
 
     # --- inspection (stats, health, dead letters) -------------------------------------------
+
+    def ping(self) -> None:
+        """One round trip: reachability and authentication (QueueError says which failed)."""
+        with redis_errors("connecting (PING)"):
+            self.client.ping()
+
+    def wrong_typed_keys(self, queues: list[str]) -> list[tuple[str, str, str]]:
+        """Keys apnsd writes that hold another type: (key, type held, type expected)."""
+        k = self.keys
+        expected = {k.dead: "list", k.unregistered: "hash", k.results: "stream", k.stats: "hash", k.workers: "set"}
+        for q in queues:
+            expected[q] = "list"
+            expected[k.scheduled(q)] = "zset"
+        wrong = []
+        with redis_errors("checking key types"):
+            for key, want in expected.items():
+                held = self.client.type(key)
+                held = held.decode() if isinstance(held, bytes) else str(held)
+                if held not in ("none", want):
+                    wrong.append((key, held, want))
+        return wrong
 
     def depth(self, queue: str) -> int:
         """Jobs waiting in a queue."""

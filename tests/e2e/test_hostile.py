@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import io
+import json
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
 import pytest
 
+from apnsd import logs
+from apnsd.cli.check import run_check
+from apnsd.cli.main import main
+from apnsd.config import load_config
+from apnsd.errors import ConfigError
+from apnsd.testing.redis_server import free_port
+from apnsd.worker.daemon import Daemon
+from apnsd.worker.state import ensure_private_dir
 from tests.support.faultkit import DaemonThread, LogTap
-from tests.support.jobs import good_tokens, inflight_keys, job, push_all
+from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.supervised import wait_for
 
+pytestmark = pytest.mark.timeout(60)  # a regression must fail, not hang: several cases start a daemon
 
-@pytest.mark.timeout(60)
+
+@pytest.fixture
+def session_logs() -> Iterator[None]:
+    """`apnsd run` in-process configures logging to stdout: put the session's log buffer back afterwards."""
+    yield
+    logs.configure("json", "info", LOG)
+
+
 @pytest.mark.parametrize("key", ["apnsd:dead", "apnsd:stats"])
 def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commits_once(
     key, jq, rdb, http2_mock, make_config
@@ -37,3 +62,116 @@ def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commi
     assert (set(tokens), 20) == (set(mock.record.accepted_tokens()), sum(mock.record.accepted_tokens().values()))
     if key == "apnsd:stats":
         assert {b"delivered": b"20", b"dead": b"2"} == rdb.hgetall("apnsd:stats")
+
+
+# --- identity and local state -------------------------------------------------------------------
+
+
+def test_second_process_with_a_live_worker_id_refuses_to_start(rdb, http2_mock, make_config, tmp_path):
+    """A worker id whose heartbeat belongs to another live process is refused with a clear error, nothing taken."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        heartbeat = {"worker": "x", "pid": other.pid, "host": socket.gethostname(), "time": time.time()}
+        rdb.set("apnsd:worker:x", json.dumps(heartbeat), px=30_000)
+        rdb.lpush("apnsd:queue", job(good_tokens(1)[0]))
+
+        with pytest.raises(ConfigError) as info:
+            Daemon(make_config(http2_mock(), WORKER_ID="x")).run()
+    finally:
+        other.kill()
+        other.wait()
+    print(f"case=duplicate_worker_id error={info.value}")
+    assert "worker.id" == info.value.key
+    assert f"pid {other.pid}" in str(info.value)
+    assert (1, []) == (rdb.llen("apnsd:queue"), inflight_keys(rdb))
+
+
+def test_a_dead_predecessors_heartbeat_does_not_block_a_restart(rdb, http2_mock, make_config):
+    """A heartbeat left by a process that no longer runs (kill -9, then restart) is taken over."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    heartbeat = {"worker": "x", "pid": gone.pid, "host": socket.gethostname(), "time": time.time()}
+    rdb.set("apnsd:worker:x", json.dumps(heartbeat), px=30_000)
+    rdb.lpush("apnsd:queue", job(good_tokens(1)[0]))
+
+    code = run_drained(make_config(http2_mock(), WORKER_ID="x"), timeout=30)
+
+    assert (0, 0) == (code, rdb.llen("apnsd:queue"))
+
+
+def test_state_dir_is_private_and_a_planted_symlink_is_not_followed(rdb, http2_mock, make_config, tmp_path):
+    """The state dir is made 0700, and the health file replaces a symlink instead of writing through it."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o777)
+    state.chmod(0o777)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for planted in ("worker-x.json", "worker-x.tmp"):  # the file, and the temporary name older versions used
+        (state / planted).symlink_to(victim)
+    rdb.lpush("apnsd:queue", job(good_tokens(1)[0]))
+
+    code = run_drained(make_config(http2_mock(), WORKER_ID="x", WORKER_STATE_DIR=str(state)), timeout=30)
+
+    assert (0, "precious") == (code, victim.read_text())
+    assert 0o700 == stat.S_IMODE(state.stat().st_mode)
+
+
+def test_state_dir_owned_by_someone_else_or_a_symlink_is_refused(tmp_path):
+    """A symlink in place of the state dir is refused, naming the key."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "state").symlink_to(target)
+
+    with pytest.raises(ConfigError) as info:
+        ensure_private_dir(tmp_path / "state")
+
+    assert "worker.state_dir" == info.value.key
+
+
+# --- config and check -----------------------------------------------------------------------------
+
+
+def test_run_without_credentials_exits_2_naming_the_app(
+    session_logs, env_clean, monkeypatch, redis_server, tmp_path, capsys
+):
+    """`apnsd run` with an app that has no credentials exits 2 before it takes anything, naming the app."""
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("APNSD_WORKER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("APNSD_METRICS_LISTEN", "")
+
+    code = main(["run"])
+
+    err = capsys.readouterr().err
+    print(f"case=no_credentials exit={code}")
+    assert (2, True) == (code, "config key 'apps.default': has no credentials" in err)
+
+
+def test_run_with_a_nan_setting_exits_2_naming_the_key(
+    session_logs, env_clean, monkeypatch, redis_server, tmp_path, capsys
+):
+    """`apnsd run` with recover_interval = nan exits 2 with the key's name, no traceback."""
+    path = tmp_path / "apnsd.toml"
+    path.write_text(f'[redis]\nurl = "{redis_server.url}"\n[worker]\nrecover_interval = nan\n')
+
+    code = main(["run", "--config", str(path)])
+
+    err = capsys.readouterr().err
+    assert (2, True, False) == (code, "'worker.recover_interval'" in err, "Traceback" in err)
+
+
+def test_check_reports_wrong_typed_keys_and_an_unreachable_redis(pki, redis_server, rdb):
+    """`apnsd check` talks to Redis: a wrong-typed shared key is an error, and so is a closed port."""
+    rdb.set("apnsd:unregistered", "oops")
+    env = {"APNSD_REDIS_URL": redis_server.url, "APNSD_APP_DEFAULT_CERT": pki.client_pem}
+    out = io.StringIO()
+
+    code = run_check(load_config(None, env), False, out, redis=True)
+
+    assert (1, True) == (
+        code,
+        "ERROR  Redis key apnsd:unregistered holds a string; apnsd needs a hash" in out.getvalue(),
+    )
+    out = io.StringIO()
+    closed = {**env, "APNSD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0?password=hunter2"}
+    assert 1 == run_check(load_config(None, closed), False, out, redis=True)
+    assert ("hunter2" in out.getvalue(), "password=***" in out.getvalue()) == (False, True)

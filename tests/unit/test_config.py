@@ -365,3 +365,46 @@ def test_config_is_frozen():
 
     with pytest.raises(AttributeError):
         config.worker.batch_size = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "var, value, key",
+    [
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "-1", "redis.socket_timeout"),
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "0", "redis.socket_timeout"),
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "nan", "redis.socket_timeout"),
+        ("APNSD_REDIS_RESULTS_MAXLEN", "-5", "redis.results_maxlen"),
+        ("APNSD_WORKER_GRACE_PERIOD", "inf", "worker.grace_period"),
+        ("APNSD_WORKER_GRACE_PERIOD", "1e300", "worker.grace_period"),
+        ("APNSD_WORKER_HEARTBEAT_TTL", "inf", "worker.heartbeat_ttl"),
+        ("APNSD_WORKER_RECOVER_INTERVAL", "nan", "worker.recover_interval"),
+        ("APNSD_WORKER_RECOVER_INTERVAL", "0", "worker.recover_interval"),
+        ("APNSD_WORKER_HEARTBEAT_INTERVAL", "-inf", "worker.heartbeat_interval"),
+        ("APNSD_WORKER_ID", "a b", "worker.id"),
+        ("APNSD_WORKER_ID", "x\n", "worker.id"),
+        ("APNSD_METRICS_LISTEN", "127.0.0.1:0", "metrics.listen"),
+        ("APNSD_APP_DEFAULT_PORT", "-1", "apps.default.port"),
+        ("APNSD_APP_DEFAULT_PORT", "65536", "apps.default.port"),
+        ("APNSD_APP_DEFAULT_FEEDBACK_PORT", "-2196", "apps.default.feedback_port"),
+        ("APNSD_APP_DEFAULT_CONNECT_TIMEOUT", "inf", "apps.default.connect_timeout"),
+        ("APNSD_APP_DEFAULT_RETRY_BACKOFF", "nan", "apps.default.retry_backoff"),
+        ("APNSD_APP_DEFAULT_TOPIC", "com.example.app ", "apps.default.topic"),
+        ("APNSD_APP_DEFAULT_TOPIC", "com.example.app\n", "apps.default.topic"),
+        ("APNSD_APP_DEFAULT_HOST", "mock\r\nx: y", "apps.default.host"),
+    ],
+)
+def test_numbers_and_header_values_out_of_range_are_refused_naming_the_key(var, value, key):
+    """NaN, infinities, negative or zero durations, bad ports and header-breaking text fail at load, naming the key."""
+    assert key == config_error(env={var: value}).key
+
+
+def test_an_app_without_credentials_is_refused_for_delivery():
+    """An app created by a misspelt APNSD_APP_<NAME>_* variable has no credentials: refused before delivery."""
+    from apnsd.config import require_credentials
+
+    config = load_config(None, {"APNSD_APP_DEFAULT_CERT": "/x.pem", "APNSD_APP_DEFUALT_TOPIC": "com.example.app"})
+
+    with pytest.raises(ConfigError) as info:
+        require_credentials(config)
+
+    assert "apps.defualt" == info.value.key
