@@ -150,7 +150,7 @@ def test_deep_nesting_anywhere_is_not_json_or_valid(where, depth):
         "tokens": b'{"tokens":%s,"payload":{}}' % nest,
     }
 
-    good, bad = check(raws[where])
+    _, bad = check(raws[where])
 
     expected = ("not_json", "not_object", "bad_field", "payload_too_large", "bad_payload")
     assert [] == [r.reason for r in bad if r.reason not in expected]
