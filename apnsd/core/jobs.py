@@ -329,8 +329,8 @@ def decode_payload(raw: msgspec.Raw) -> bytes:
         text = _plain.decode(data)
         try:
             inner = _plain.decode(text)
-        except msgspec.DecodeError:
-            raise JobError("bad_payload", "payload string is not valid JSON") from None
+        except (msgspec.DecodeError, RecursionError):
+            raise JobError("bad_payload", "payload string is not valid JSON (or nested too deeply)") from None
         if not isinstance(inner, dict):
             raise JobError("bad_payload", "payload must be a JSON object")
         return text.encode()

@@ -9,8 +9,12 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from apnsd import logs
@@ -18,6 +22,7 @@ from apnsd.cli.check import run_check
 from apnsd.cli.main import main
 from apnsd.config import load_config
 from apnsd.errors import ConfigError
+from apnsd.metrics import REGISTRY
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.state import ensure_private_dir
@@ -175,3 +180,98 @@ def test_check_reports_wrong_typed_keys_and_an_unreachable_redis(pki, redis_serv
     closed = {**env, "APNSD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0?password=hunter2"}
     assert 1 == run_check(load_config(None, closed), False, out, redis=True)
     assert ("hunter2" in out.getvalue(), "password=***" in out.getvalue()) == (False, True)
+
+
+# --- the hostile run ------------------------------------------------------------------------------
+
+T = good_tokens(1, seed=99)[0]
+
+
+def hostile_cases() -> dict[str, tuple[list[bytes], str]]:
+    """Case name → (the jobs, the dead-letter reason each must end with); one dead entry per job."""
+    deep = b"[" * 1000 + b"]" * 1000
+    return {
+        "deep_nesting_payload": ([b'{"token":"%s","payload":{"a":%s}}' % (T.encode(), deep)], "not_json"),
+        "deep_nesting_whole": ([b"[" * 100_000], "not_json"),
+        "uuid_with_newline": ([job(T, id="0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a\n")], "bad_id"),
+        "id_with_nul": ([job(T, id="order\x00-1")], "bad_id"),
+        "topic_trailing_space": ([job(T, topic="com.example.app ")], "bad_topic"),
+        "topic_with_crlf_header": ([job(T, topic="com.example.app\r\nx-evil: 1")], "bad_topic"),
+        "collapse_id_with_tab": ([job(T, collapse_id="a\tb")], "bad_collapse_id"),
+        "push_type_with_lf": ([job(T, push_type="alert\n")], "bad_push_type"),
+        "attempts_negative": ([job(T, attempts=-1_000_000)], "bad_attempts"),
+        "fanout_3000_bad_tokens": (
+            [msgspec.json.encode({"tokens": [f"zz{i:062d}" for i in range(3000)], "payload": {"x": "y" * 3000}})],
+            "bad_token",
+        ),
+        "unknown_apps_500": ([job(T, app=f"app-{i}") for i in range(500)], "unknown_app"),
+        "not_json": ([b"{not json", b"\xff\xfe\x00", b""], "not_json"),
+        "not_object": ([b"[1,2]", b'"text"', b"42", b"null"], "not_object"),
+        "wrong_types": ([job(T, priority="high"), job(T, expiration=[1]), job(T, tokens={"a": 1})], "bad_field"),
+        "payload_too_large": ([job(T, payload={"x": "y" * 5000})], "payload_too_large"),
+        "payload_string_deep": ([b'{"token":"%s","payload":"%s"}' % (T.encode(), b"[" * 5000)], "bad_payload"),
+    }
+
+
+def rss_kib() -> int:
+    """This process's resident set size (the in-process daemon's memory), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_delivered_once(
+    jq, rdb, http2_mock, make_config
+):
+    """Every hostile case pushed between good jobs into one running daemon: each hostile job one dead entry with
+    its reason, each good job delivered once, the daemon never stops, Redis memory, RSS and /metrics stay bounded."""
+    mock = http2_mock()
+    cases = hostile_cases()
+    good = good_tokens(2000, seed=5)
+    chunks = [good[i :: len(cases) + 1] for i in range(len(cases) + 1)]
+    jobs: list[bytes] = [job(t) for t in chunks[0]]
+    for (hostile, _), chunk in zip(cases.values(), chunks[1:], strict=True):
+        jobs += hostile + [job(t) for t in chunk]
+    hostile_jobs = sum(len(h) for h, _ in cases.values())
+    rss_before, redis_before = rss_kib(), rdb.info("memory")["used_memory"]
+    push_all(jq, jobs)
+    d = DaemonThread(make_config(mock)).start()
+    try:
+        wait_for(
+            lambda: rdb.llen("apnsd:dead") >= hostile_jobs and sum(mock.record.accepted_tokens().values()) >= len(good),
+            45,
+            "every job's outcome",
+        )
+        wait_for(lambda: not inflight_keys(rdb), 10, "the last commit")
+        alive = d.thread.is_alive() and all(t.is_alive() for t in d.daemon._threads)
+    finally:
+        d.stop()
+        code = d.join(30)
+    dead = [json.loads(e) for e in rdb.lrange("apnsd:dead", 0, -1)]
+    entries = Counter((e["job"], e["reason"]) for e in dead)
+    per_case = {}
+    for name, (hostile, reason) in cases.items():
+        texts = {raw.decode("utf-8", "replace") for raw in hostile}
+        per_case[name] = (sum(entries[(t, reason)] for t in texts), len(hostile))
+        print(f"case={name} jobs={len(hostile)} reason={reason} outcomes={per_case[name][0]}")
+    rss_growth_mib = (rss_kib() - rss_before) / 1024
+    redis_mib = (rdb.info("memory")["used_memory"] - redis_before) / 2**20
+    failed_apps = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")}
+    totals = f"hostile={hostile_jobs} dead={len(dead)} good={len(good)} rss_growth_mib={rss_growth_mib:.1f}"
+    print(f"case=totals {totals} redis_mib={redis_mib:.1f} failed_apps={sorted(failed_apps)}")
+
+    assert (True, 0) == (alive, code)
+    assert dict.fromkeys(good, 1) == dict(mock.record.accepted_tokens())
+    assert {name: (n, n) for name, (_, n) in per_case.items()} == per_case
+    assert hostile_jobs == len(dead)
+    assert set() == failed_apps - {"default", "unknown"}
+    assert redis_mib < 20, "dead letters must stay proportional to the input"
+    assert rss_growth_mib < 200
+    fanout = next(e for e in dead if e.get("tokens"))
+    assert (3000, 1) == (len(fanout["tokens"]), sum(1 for e in dead if e.get("tokens")))
+
+
+def metric_samples(name: str) -> list[Any]:
+    """Every sample of one metric family in the process registry."""
+    return [s for m in REGISTRY.collect() if m.name == name for s in m.samples]
