@@ -85,6 +85,7 @@ class Notification:
     send_at: float | None = None
     batch: Any = field(default=None, repr=False)
     losses: int = 0
+    suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
 
 
 @dataclass(frozen=True, slots=True)

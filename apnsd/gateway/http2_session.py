@@ -25,6 +25,8 @@ from apnsd.wire.http2.connection import (
 
 REFUSED_STREAM = 7
 PING_TIMEOUT = 30.0
+NO_ERROR = 0
+KILLER = Outcome(Kind.DEAD, None, "gateway_protocol_error")
 
 
 class Http2Session(Session):
@@ -45,6 +47,7 @@ class Http2Session(Session):
         self._last_activity = 0.0
         self._ping_sent: float | None = None
         self._unsendable: Resolved = []  # notifications whose headers could not be encoded
+        self._alone: int | None = None  # the stream of a suspect on the wire by itself (see _suspects)
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -62,6 +65,7 @@ class Http2Session(Session):
         self._h2 = H2ClientConnection()
         self._h2.initiate()
         self._streams.clear()
+        self._alone = None
         self._template = None
         self._last_activity = now
         self._ping_sent = None
@@ -84,6 +88,8 @@ class Http2Session(Session):
         h2 = self._h2
         if h2 is None or self.rotating or not self.pending:
             return
+        if self._alone is not None and self._alone in self._streams:
+            return  # nothing joins a suspect on the wire until it is answered
         n = min(h2.available_streams, len(self.pending))
         if n <= 0:
             if h2.streams_exhausted:
@@ -92,6 +98,9 @@ class Http2Session(Session):
         template = self._current_template()
         pending, streams, send = self.pending, self._streams, h2.send_request
         for _ in range(n):
+            alone = pending[0].suspect > 0
+            if alone and streams:
+                break  # a suspect goes on the wire alone, so that a second error names it for certain
             note = pending.popleft()
             try:
                 sid = send(
@@ -109,6 +118,9 @@ class Http2Session(Session):
                 self._unsendable.append((note, Outcome(Kind.DEAD, None, exc.reason)))
                 continue
             streams[sid] = note
+            if alone:
+                self._alone = sid
+                break
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
@@ -165,6 +177,9 @@ class Http2Session(Session):
         return http2_outcome(ev.status, ev.reason, ev.timestamp_ms)
 
     def _on_goaway(self, ev: GoAwayReceived) -> Resolved:
+        out: Resolved = []
+        if ev.error_code != NO_ERROR:
+            out = self._suspects(ev.last_stream_id)
         # Streams above last_stream_id were never processed: send them again on the next connection.
         unprocessed = sorted(sid for sid in self._streams if sid > ev.last_stream_id)
         again = [self._streams.pop(sid) for sid in unprocessed]
@@ -180,6 +195,22 @@ class Http2Session(Session):
             resend=len(again),
             awaiting=len(self._streams),
         )
+        return out
+
+    def _suspects(self, last_stream_id: int) -> Resolved:
+        """A GOAWAY with an error: one of the processed, unanswered requests may have caused it.
+
+        Each becomes a suspect and is sent again alone (see send_pending); a suspect that was alone on
+        the connection when the gateway ended it with an error again caused it, and is dead-lettered
+        instead of ending every connection it is sent on.
+        """
+        processed = [sid for sid in self._streams if sid <= last_stream_id]
+        if len(self._streams) == 1 and processed and self._streams[processed[0]].suspect:
+            note = self._streams.pop(processed[0])
+            self.log.error("connection_ended_by_job", notification=self.describe(note))
+            return [(note, KILLER)]
+        for sid in processed:
+            self._streams[sid].suspect += 1
         return []
 
     def on_timer(self, now: float) -> Resolved:

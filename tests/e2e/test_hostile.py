@@ -275,3 +275,23 @@ def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_d
 def metric_samples(name: str) -> list[Any]:
     """Every sample of one metric family in the process registry."""
     return [s for m in REGISTRY.collect() if m.name == name for s in m.samples]
+
+
+def test_a_job_that_makes_the_gateway_end_the_connection_is_found_and_dead_lettered(jq, rdb, http2_mock, make_config):
+    """A job the gateway answers with GOAWAY PROTOCOL_ERROR is isolated and dead-lettered after two connections;
+    the jobs around it are delivered once each."""
+    mock = http2_mock(kill_prefixes=("dead",))
+    good = good_tokens(300, seed=11)
+    killer = "dead" + good_tokens(1, seed=12)[0][4:]
+    push_all(jq, [job(t) for t in good[:150]] + [job(killer)] + [job(t) for t in good[150:]])
+    tap = LogTap()
+
+    code = run_drained(make_config(mock), timeout=40)
+
+    dead = [json.loads(e) for e in rdb.lrange("apnsd:dead", 0, -1)]
+    connects = len(tap.events("connected"))
+    print(f"case=connection_killer jobs=301 dead={len(dead)} connections={connects}")
+    assert 0 == code
+    assert dict.fromkeys(good, 1) == dict(mock.record.accepted_tokens())
+    assert [(killer, "gateway_protocol_error")] == [(e["token"], e["reason"]) for e in dead]
+    assert connects <= 3
