@@ -9,24 +9,26 @@ from pathlib import Path
 from apnsd.errors import ConfigError
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (0700) or accept it when it is a real directory owned by us; tighten loose modes.
+def ensure_private_dir(path: Path, key: str = "worker.state_dir") -> bool:
+    """Create ``path`` (0700) or accept it when it is a real directory owned by us; True if its mode was loose.
 
-    A directory another user owns (or a symlink planted in its place) is refused: whoever controls it
-    could swap the files the daemon writes there.
+    A loose mode is tightened to 0700 (the caller decides whether to trust what is already inside). A
+    directory another user owns, or a symlink planted in its place, is refused (ConfigError naming ``key``):
+    whoever controls it could swap the files written there.
     """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = os.lstat(path)
     except OSError as exc:
-        raise ConfigError("worker.state_dir", f"cannot create {path}: {exc.strerror}") from None
+        raise ConfigError(key, f"cannot create {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError("worker.state_dir", f"{path} is not a directory (a symlink or a file is in its place)")
+        raise ConfigError(key, f"{path} is not a directory (a symlink or a file is in its place)")
     if info.st_uid != os.geteuid():
-        raise ConfigError("worker.state_dir", f"{path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
+        raise ConfigError(key, f"{path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
     if stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, 0o700)
-    return path
+        return True
+    return False
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from apnsd.errors import CredentialsError
+from apnsd.errors import ConfigError, CredentialsError
 from apnsd.gateway.certinfo import parse_topics
 from apnsd.gateway.credentials import (
     TokenSigner,
@@ -396,3 +397,25 @@ def test_dev_pki_keys_are_private(pki: DevPki) -> None:
         Path(p).stat().st_mode & 0o777 for p in (pki.ca_key, pki.client_pem, pki.client_key, pki.client_p12, pki.p8_key)
     }
     assert {0o600} == modes
+
+
+def test_dev_pki_in_a_loose_directory_is_tightened_and_issued_anew(tmp_path: Path) -> None:
+    """A world-writable dev-PKI directory may hold planted files: it is made 0700 and its CA issued again."""
+    pki = make_dev_pki(str(tmp_path / "pki"))
+    ca = Path(pki.ca_cert).read_bytes()
+    (tmp_path / "pki").chmod(0o777)
+
+    make_dev_pki(str(tmp_path / "pki"))
+
+    assert (0o700, False) == (stat.S_IMODE((tmp_path / "pki").stat().st_mode), ca == Path(pki.ca_cert).read_bytes())
+
+
+def test_dev_pki_refuses_a_symlink_in_place_of_its_directory(tmp_path: Path) -> None:
+    """A symlink where the dev-PKI directory should be is refused rather than followed."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "pki").symlink_to(tmp_path / "elsewhere")
+
+    with pytest.raises(ConfigError) as info:
+        make_dev_pki(str(tmp_path / "pki"))
+
+    assert "pki_dir" == info.value.key
