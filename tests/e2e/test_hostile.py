@@ -62,6 +62,8 @@ def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commi
     events = tap.events("redis_key_wrong_type")
     print(f"case=wrong_type_{key} events={len(events)} dead={rdb.llen('apnsd:dead')}")
     assert [key] == [e["key"] for e in events]
+    logged = json.dumps(tap.events())
+    assert [] == [t for t in tokens if t in logged], "a full device token in a log line"
     assert "redis_unavailable_for_outcomes" not in {e["event"] for e in tap.events()}
     assert 2 == rdb.llen("apnsd:dead")
     assert (set(tokens), 20) == (set(mock.record.accepted_tokens()), sum(mock.record.accepted_tokens().values()))
@@ -295,3 +297,46 @@ def test_a_job_that_makes_the_gateway_end_the_connection_is_found_and_dead_lette
     assert dict.fromkeys(good, 1) == dict(mock.record.accepted_tokens())
     assert [(killer, "gateway_protocol_error")] == [(e["token"], e["reason"]) for e in dead]
     assert connects <= 3
+
+
+@pytest.mark.parametrize(
+    "section, bad, key",
+    [
+        ("[worker]\n", "recover_interval = nan\n", "worker.recover_interval"),
+        ("", 'topic = "com.example.app "\n', "apps.default.topic"),  # appended: lands in [apps.default]
+        ("", '[apps.extra]\nhost = "127.0.0.1"\n', "apps.extra"),
+    ],
+    ids=["nan", "topic_trailing_space", "app_without_credentials"],
+)
+def test_a_bad_value_on_sighup_is_rejected_and_delivery_goes_on(
+    section, bad, key, env_clean, jq, rdb, redis_server, http2_mock, pki, tmp_path
+):
+    """A reload whose config has a NaN, a header-breaking topic or an app without credentials is rejected
+    naming the key; the daemon keeps the old config and keeps delivering."""
+    mock = http2_mock()
+    state = tmp_path / "state"
+    base = (
+        f'[redis]\nurl = "{redis_server.url}"\n[metrics]\nlisten = ""\n'
+        f'[worker]\nstate_dir = "{state}"\nblock_timeout = 0.2\n'
+        f'[apps.default]\nhost = "{mock.host}"\nport = {mock.port}\n'
+        f'ca_file = "{pki.ca_cert}"\ncert = "{pki.client_pem}"\n'
+    )
+    path = tmp_path / "apnsd.toml"
+    path.write_text(base)
+    tokens = good_tokens(20, seed=21)
+    tap = LogTap()
+    d = DaemonThread(load_config(str(path), {})).start()
+    try:
+        push_all(jq, [job(t) for t in tokens[:10]])
+        wait_for(lambda: len(mock.record.accepted_tokens()) == 10, 20, "the first jobs")
+        path.write_text(base.replace(section, section + bad) if section else base + bad)
+        d.daemon.request_reload()
+        rejected = wait_for(lambda: tap.events("reload_rejected"), 10, "reload_rejected")
+        push_all(jq, [job(t) for t in tokens[10:]])
+        wait_for(lambda: len(mock.record.accepted_tokens()) == 20, 20, "the jobs after the reload")
+    finally:
+        d.stop()
+        code = d.join(30)
+    print(f"case=sighup_{key} error={rejected[0]['error']!r}")
+    assert (0, True) == (code, f"config key '{key}'" in rejected[0]["error"])
+    assert [] == tap.events("reloaded")
