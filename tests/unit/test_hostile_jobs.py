@@ -34,7 +34,6 @@ REASONS = {
     "bad_topic",
     "bad_id",
     "bad_attempts",
-    "bad_send_at",
     "unknown_app",
     "bad_field",
 }
@@ -191,6 +190,15 @@ def test_attempts_out_of_range_are_rejected(attempts):
     _, bad = check(msgspec.json.encode({"token": TOKEN, "payload": {}, "attempts": attempts}))
 
     assert ["bad_attempts"] == [r.reason for r in bad]
+
+
+@pytest.mark.parametrize("field", ["send_at", "enqueued_at", "expiration", "attempts"])
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"NaN", b"Infinity"])
+def test_numbers_beyond_a_float_are_not_json_never_an_infinity(field, number):
+    """JSON has no NaN or infinity, and a number too large for a float is refused: no time can be non-finite."""
+    _, bad = check(b'{"token":"%s","payload":{},"%s":%s}' % (TOKEN.encode(), field.encode(), number))
+
+    assert ["not_json"] == [r.reason for r in bad]
 
 
 def test_a_fan_out_of_thousands_of_bad_tokens_is_one_rejection_holding_the_job_once():
