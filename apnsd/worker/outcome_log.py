@@ -152,18 +152,20 @@ class OutcomeRecorder:
         """Dead-letter a job (or the failed tokens of a fan-out) that failed validation."""
         b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, r.tokens))
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
-            b.commit.results.append(
-                {
-                    "id": _job_id(r.raw),
-                    "apns_id": "",
-                    "token": r.token or "",
-                    "app": r.app or "",
-                    "outcome": Kind.DEAD.value,
-                    "status": "",
-                    "reason": r.reason,
-                    "time": f"{now:.3f}",
-                }
-            )
+            job_id = _job_id(r.raw)
+            for token, reason in (r.tokens or {r.token or "": r.reason}).items():  # one per rejected token
+                b.commit.results.append(
+                    {
+                        "id": job_id,
+                        "apns_id": "",
+                        "token": token,
+                        "app": r.app or "",
+                        "outcome": Kind.DEAD.value,
+                        "status": "",
+                        "reason": reason,
+                        "time": f"{now:.3f}",
+                    }
+                )
         # label values come from the configuration only: a job's own unknown app counts as "unknown"
         app = r.app if r.app in self.apps else UNKNOWN_APP
         n = len(r.tokens) if r.tokens else 1
