@@ -340,3 +340,24 @@ def test_a_bad_value_on_sighup_is_rejected_and_delivery_goes_on(
     print(f"case=sighup_{key} error={rejected[0]['error']!r}")
     assert (0, True) == (code, f"config key '{key}'" in rejected[0]["error"])
     assert [] == tap.events("reloaded")
+
+
+def test_client_and_push_refuse_what_the_daemon_refuses(
+    session_logs, env_clean, monkeypatch, redis_server, rdb, capsys
+):
+    """apnsd.client and `apnsd push` apply the same full-string header rules: a UUID with a trailing newline
+    or a topic with a trailing space never reaches Redis."""
+    from apnsd.client import Client
+    from apnsd.errors import JobError
+
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    client = Client(redis_server.url)
+    reasons = []
+    for fields in ({"id": "0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a\n"}, {"topic": "com.example.app "}):
+        with pytest.raises(JobError) as info:
+            client.enqueue(T, {"aps": {}}, **fields)
+        reasons.append(info.value.reason)
+    code = main(["push", "--token", T, "--alert", "x", "--id", "0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a\n"])
+
+    assert (["bad_id", "bad_topic"], 2, 0) == (reasons, code, rdb.llen("apnsd:queue"))
+    assert "bad_id" in capsys.readouterr().err
