@@ -13,14 +13,14 @@ from apnsd.core.headers import (
     MAX_COLLAPSE_ID as MAX_COLLAPSE_ID,  # re-exported for the mock and the tests
 )
 from apnsd.core.headers import (
-    PRIORITIES as PRIORITIES,
-)
-from apnsd.core.headers import (
+    MAX_EXPIRATION,
+    PRIORITIES,
     check_collapse_id,
     check_expiration,
     check_job_id,
     check_priority,
     check_topic,
+    is_known_topic,
     is_uuid,
 )
 from apnsd.errors import JobError
@@ -291,13 +291,16 @@ class JobParser:
             raise JobError(
                 "bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}"
             )
-        if spec.priority is not None:
-            check_priority(spec.priority, protocol)
-        if spec.expiration is not None:
+        # The rules live in core.headers; the common valid cases are decided here inline, since this runs
+        # for every job that sets these fields.
+        priority = spec.priority
+        if priority is not None and (priority not in PRIORITIES or (priority == 1 and protocol == "binary")):
+            check_priority(priority, protocol)
+        if spec.expiration is not None and not 0 <= spec.expiration < MAX_EXPIRATION:
             check_expiration(spec.expiration)
         if spec.collapse_id is not None:
             check_collapse_id(spec.collapse_id)
-        if spec.topic is not None:
+        if spec.topic is not None and not is_known_topic(spec.topic):
             check_topic(spec.topic)
 
 

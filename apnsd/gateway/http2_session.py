@@ -117,6 +117,9 @@ class Http2Session(Session):
             except JobError as exc:  # the parser's checks should make this unreachable: one job, not the loop
                 self._unsendable.append((note, Outcome(Kind.DEAD, None, exc.reason)))
                 continue
+            except Exception as exc:  # a bug while encoding costs this one notification, not the loop
+                self._unsendable.append((note, Outcome(Kind.DEAD, None, f"internal_error:{type(exc).__name__}")))
+                continue
             streams[sid] = note
             if alone:
                 self._alone = sid
