@@ -44,15 +44,16 @@ WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marke
 
 
 @contextmanager
-def redis_errors(what: str) -> Iterator[None]:
-    """Translate redis-py exceptions into QueueError, in this one place."""
+def redis_errors(what: str, key: str = "") -> Iterator[None]:
+    """Translate redis-py exceptions into QueueError, in this one place; ``key`` names the key a WRONGTYPE
+    error is about when Redis's own text does not (errors of the commit script name theirs)."""
     try:
         yield
     except redis.exceptions.ResponseError as exc:
         text = safe_error_text(exc)
-        wrong = _WRONG_TYPE.search(text)
-        if wrong:
-            raise KeyTypeError(wrong.group(1), f"Redis refused {what}: {text}") from None
+        if "WRONGTYPE" in text:
+            named = _WRONG_TYPE.search(text)
+            raise KeyTypeError(named.group(1) if named else key or "?", f"Redis refused {what}: {text}") from None
         raise QueueError(f"Redis refused {what}: {text}") from None
     except redis.exceptions.RedisError as exc:
         raise QueueError(f"Redis unavailable during {what}: {safe_error_text(exc)}") from None
@@ -135,7 +136,7 @@ class JobQueue:
 
     def wait(self, queue: str, timeout: float) -> bool:
         """Block until the queue has a job (without taking it) or the timeout passes."""
-        with redis_errors("waiting for jobs"):
+        with redis_errors("waiting for jobs", queue):
             # BLMOVE from the right end back onto the right end is a blocking no-op: it wakes us
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
             return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
@@ -148,7 +149,7 @@ class JobQueue:
     def take(self, queue: str, count: int, field: str | None = None) -> tuple[str, list[bytes]]:
         """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
         field = field or self.next_field()
-        with redis_errors("taking jobs"):
+        with redis_errors("taking jobs", queue):
             return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
 
     def claim(self, queue: str, field: str) -> list[bytes]:
@@ -295,7 +296,7 @@ class JobQueue:
 
     def promote_due(self, queue: str, now: float, limit: int = 1000) -> int:
         """Move scheduled jobs whose time has come onto the queue; returns how many moved."""
-        with redis_errors("moving scheduled jobs"):
+        with redis_errors("moving scheduled jobs", f"{self.keys.scheduled(queue)} or {queue}"):
             return int(self._promote(keys=[self.keys.scheduled(queue), queue], args=[now, limit]))
 
     def push(self, queue: str, jobs: list[bytes]) -> int:

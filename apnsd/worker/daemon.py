@@ -13,7 +13,7 @@ from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import Config, load_config, redact_url, require_credentials, state_dir
-from apnsd.errors import ApnsdError, ConfigError, GatewayError, QueueError
+from apnsd.errors import ApnsdError, ConfigError, GatewayError, KeyTypeError, QueueError
 from apnsd.gateway.apps import build_session, expiry_problem, load_credentials, make_parser, validity_problem
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.identity import AppCredentials
@@ -46,6 +46,7 @@ class Daemon:
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
+        self._wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
         self.health_path = (
             state_dir(config.worker) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
         )
@@ -247,8 +248,12 @@ class Daemon:
             for lp in self.loops:
                 while self.jq.promote_due(lp.queue, time.time()) >= 1000:
                     pass
+        except KeyTypeError as exc:  # scheduled jobs and retries wait until an operator fixes the key
+            self._wrong_type.failed(str(exc), key=exc.key)
+            return
         except QueueError:
-            pass
+            return
+        self._wrong_type.recovered()
 
     def _poll_feedback(self, now: float) -> None:
         """Binary apps with feedback_interval: read the feedback service and record what it reports."""

@@ -67,10 +67,16 @@ class Feeder(threading.Thread):
             except QueueError as exc:
                 if self.stop.is_set():
                     return  # stopping: the blocking wait may outlive the Redis connection, not an outage
-                self.outage.failed(str(exc))
-                self.stop.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
+                if isinstance(exc, KeyTypeError):  # the queue key holds another type: an operator must fix it
+                    self.loop.wrong_type.failed(str(exc), key=exc.key)
+                else:
+                    self.outage.failed(str(exc))
+                failures = max(self.outage.failures, self.loop.wrong_type.failures)
+                self.stop.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
             self.outage.recovered()
+            if raws:
+                self.loop.wrong_type.recovered()
 
     def _take(self, count: int) -> tuple[str, list[bytes]]:
         jq, queue = self.loop.jq, self.loop.queue

@@ -361,3 +361,27 @@ def test_client_and_push_refuse_what_the_daemon_refuses(
 
     assert (["bad_id", "bad_topic"], 2, 0) == (reasons, code, rdb.llen("apnsd:queue"))
     assert "bad_id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["apnsd:queue", "apnsd:scheduled"])
+def test_a_wrong_typed_queue_or_scheduled_set_is_named_once_then_work_resumes_when_fixed(
+    key, jq, rdb, http2_mock, make_config
+):
+    """A queue or scheduled set holding a string is logged once as redis_key_wrong_type naming it (not as an
+    outage); once it is deleted, jobs pushed afterwards are delivered."""
+    mock = http2_mock()
+    rdb.set(key, "oops")
+    tap = LogTap()
+    d = DaemonThread(make_config(mock)).start()
+    try:
+        events = wait_for(lambda: tap.events("redis_key_wrong_type"), 20, "redis_key_wrong_type")
+        rdb.delete(key)
+        tokens = good_tokens(10, seed=31)
+        push_all(jq, [job(t) for t in tokens])
+        wait_for(lambda: len(mock.record.accepted_tokens()) == 10, 20, "delivery after the fix")
+    finally:
+        d.stop()
+        code = d.join(30)
+    print(f"case=wrong_type_{key} logged={[e['key'] for e in tap.events('redis_key_wrong_type')]}")
+    assert (0, True) == (code, key in events[0]["key"])
+    assert [] == tap.events("redis_unavailable")
