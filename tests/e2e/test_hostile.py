@@ -385,3 +385,23 @@ def test_a_wrong_typed_queue_or_scheduled_set_is_named_once_then_work_resumes_wh
     print(f"case=wrong_type_{key} logged={[e['key'] for e in tap.events('redis_key_wrong_type')]}")
     assert (0, True) == (code, key in events[0]["key"])
     assert [] == tap.events("redis_unavailable")
+
+
+def test_fan_out_tokens_the_gateway_refuses_are_dead_lettered_with_their_own_token_only(
+    jq, rdb, http2_mock, make_config
+):
+    """Each refused token of a fan-out gets a dead entry holding the job for that token alone, not the whole list."""
+    mock = http2_mock(reject_prefixes=(("bad1", 400, "BadTopic"),))
+    tokens = ["bad1" + t[4:] for t in good_tokens(200, seed=41)]
+    raw = msgspec.json.encode({"tokens": tokens, "payload": {"aps": {"alert": "x"}}})
+    push_all(jq, [raw])
+
+    assert 0 == run_drained(make_config(mock), timeout=30)
+
+    dead = [json.loads(e) for e in rdb.lrange("apnsd:dead", 0, -1)]
+    jobs = [json.loads(e["job"]) for e in dead]
+    largest = max(len(e) for e in rdb.lrange("apnsd:dead", 0, -1))
+    print(f"case=fanout_refused tokens=200 dead={len(dead)} largest_entry={largest} job_bytes={len(raw)}")
+    assert sorted(tokens) == sorted(e["token"] for e in dead)
+    assert [e["token"] for e in dead] == [j["token"] for j in jobs]
+    assert [] == [j for j in jobs if "tokens" in j]
