@@ -408,3 +408,35 @@ def test_an_app_without_credentials_is_refused_for_delivery():
         require_credentials(config)
 
     assert "apps.defualt" == info.value.key
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:hunter2@h:6379/0", "redis://***@h:6379/0"),
+        ("rediss://app:hunter2@h/0", "rediss://app:***@h/0"),
+        ("redis://h/0?password=hunter2&db=1", "redis://h/0?password=***&db=1"),
+        ("unix:///run/redis.sock?db=0&password=hunter2", "unix:///run/redis.sock?db=0&password=***"),
+    ],
+)
+def test_redis_passwords_are_redacted_in_every_url_form(url, shown):
+    """Userinfo passwords and password query values are replaced by *** for logs and reports."""
+    from apnsd.config import redact_url
+
+    assert shown == redact_url(url)
+
+
+def test_redis_error_texts_lose_the_quoted_command_and_full_tokens():
+    """redis-py quotes a failed pipeline command with its arguments; the logged text keeps only Redis's answer."""
+    import redis
+
+    from apnsd.store.queue import safe_error_text
+
+    token = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
+    exc = redis.exceptions.ResponseError(
+        f'Command # 1 (LPUSH apnsd:dead {{"token":"{token}","job":"..."}}) of pipeline caused error: WRONGTYPE x'
+    )
+    plain = redis.exceptions.ResponseError(f"ERR unknown token {token}")
+
+    assert ("WRONGTYPE x", "ERR unknown token c9d4c07c…") == (safe_error_text(exc), safe_error_text(plain))
