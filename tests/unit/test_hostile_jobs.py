@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apnsd.core.jobs import JobParser, Notification, Rejected
+from apnsd.errors import JobError
 from apnsd.wire.http2.events import RequestTemplate, effective_priority
 from apnsd.wire.http2.hpack import RequestEncoder
 
@@ -219,3 +220,22 @@ def test_a_bug_while_validating_dead_letters_the_job_as_internal_error(monkeypat
     good, bad = parser.parse(msgspec.json.encode({"token": TOKEN, "payload": {}}))
 
     assert ([], ["internal_error:ZeroDivisionError"]) == (good, [r.reason for r in bad])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(max_size=30),
+    st.one_of(st.none(), st.text(max_size=30)),
+    st.one_of(st.none(), st.text(max_size=30)),
+)
+def test_the_header_encoder_fed_any_text_encodes_or_rejects_the_job(topic, collapse_id, push_type):
+    """Behind the parser, the encoder itself turns a value HTTP/2 forbids into a job rejection, never a bad field."""
+    try:
+        block = RequestEncoder().block(
+            RequestTemplate("api.push.apple.com", None, None), TOKEN, "a", 2, push_type, None, None, collapse_id, topic
+        )
+    except JobError as exc:
+        assert "bad_header_value" == exc.reason
+        return
+    headers = dict(hpack.Decoder().decode(block))
+    assert [] == [v for v in headers.values() if "\0" in v or "\r" in v or "\n" in v or v != v.strip(" \t")]
