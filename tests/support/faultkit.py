@@ -288,7 +288,6 @@ def drain_with_a_new_worker(env: dict[str, str], log_path: Path, timeout: float 
 # --- a cut between daemon and Redis -------------------------------------------------------------
 
 
-
 class RedisCutter:
     """A TCP proxy in front of Redis that loses chosen answers: it forwards the n-th request carrying
     ``marker`` (counted over all connections: a script's SHA, e.g. the commit's or the take's), waits for
