@@ -17,7 +17,7 @@
 #   /run/secrets/apnsd/    credentials (PEM, .p12, .p8), read-only, readable by uid
 #                          10001. Nothing secret is ever baked into this image.
 #   /tmp                   the only path written to (supervisor socket and pid file,
-#                          worker state dir /tmp/apnsd). A tmpfs/emptyDir there lets
+#                          worker state dir /tmp/apnsd-10001). A tmpfs/emptyDir there lets
 #                          the root filesystem be read-only.
 #
 # Stopping: SIGTERM goes to supervisord, which passes it to apnsd and waits up to

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -13,7 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from apnsd.errors import ConfigError
+from apnsd.core.headers import check_topic
+from apnsd.errors import ConfigError, JobError
 from apnsd.proxy import parse_proxy, proxy_from_env
 
 GATEWAYS = {
@@ -79,7 +81,25 @@ class WorkerConfig(_Section):
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 30.0
     recover_interval: float = 10.0
-    state_dir: str = "/tmp/apnsd"
+    state_dir: str = ""  # empty: default_state_dir()
+
+
+def state_dir(w: WorkerConfig, env: Mapping[str, str] | None = None) -> Path:
+    """The worker's state directory: configured, else private to the user (never a shared path in /tmp).
+
+    $XDG_STATE_HOME/apnsd or ~/.local/state/apnsd when the home directory exists; else (containers,
+    system users without a home) /tmp/apnsd-<uid>, which the daemon creates 0700 and refuses when another
+    user owns it.
+    """
+    if w.state_dir:
+        return Path(w.state_dir)
+    env = os.environ if env is None else env
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "apnsd"
+    home = Path(env.get("HOME", "") or "/nonexistent")
+    if env.get("HOME") and home.is_dir() and os.access(home, os.W_OK):
+        return home / ".local" / "state" / "apnsd"
+    return Path(f"/tmp/apnsd-{os.geteuid()}")
 
 
 class MetricsConfig(_Section):
@@ -407,13 +427,66 @@ def _resolve_paths(section: _S, base: Path, keys: tuple[str, ...] = _PATH_KEYS) 
     return msgspec.structs.replace(section, **changes) if changes else section
 
 
+_URL_SECRET = re.compile(r"(?i)([?&](?:password|pass|pwd|auth|token)=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL fit for logs: the userinfo's password and any password-like query value replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0] or ("@" in rest and "?" not in rest.split("@")[0]):
+        user = rest.rpartition("@")[0].partition(":")[0]
+        rest = f"{user + ':' if user else ''}***@{rest.rpartition('@')[2]}"
+    return scheme + sep + _URL_SECRET.sub(r"\1***", rest)
+
+
+def _printable(value: str) -> bool:
+    """True for text without control characters or spaces (Redis key names, worker ids)."""
+    return value.isprintable() and " " not in value
+
+
+def require_credentials(config: Config) -> None:
+    """Every app has a certificate (``cert`` or ``pkcs12``) or a token key: what delivering needs.
+
+    Not part of ``validate``: ``apnsd push``, ``stats`` and the Python client read the same config
+    without needing the credentials. A mistyped ``APNSD_APP_<NAME>_…`` variable creates an app with
+    none, and is caught here.
+    """
+    for name, app in config.apps.items():
+        _require(
+            bool(app.cert or app.pkcs12 or app.token_key),
+            f"apps.{name}",
+            "has no credentials: set cert (PEM), pkcs12 or token_key (a misspelt APNSD_APP_<NAME>_* variable "
+            "creates an app of its own)",
+        )
+
+
 def _require(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise ConfigError(key, problem)
 
 
+MAX_SECONDS = 1_000_000.0  # every duration setting; larger ones overflow timers (and mean a typo)
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
+
+
+def _validate_numbers(section: _Section, base: str) -> None:
+    """Every float setting is a duration in seconds: finite (no nan or inf) and within range."""
+    for name in section.__struct_fields__:
+        value = getattr(section, name)
+        if type(value) is float:
+            _require(
+                math.isfinite(value) and 0 <= value <= MAX_SECONDS,
+                f"{base}.{name}",
+                f"must be a finite number of seconds from 0 to {MAX_SECONDS:.0f}, got {value}",
+            )
+
+
 def validate(config: Config) -> None:
     """Check ranges and combinations that types alone cannot express."""
+    for name in _SECTIONS:
+        _validate_numbers(getattr(config, name), name)
+    for name, app in config.apps.items():
+        _validate_numbers(app, f"apps.{name}")
     w = config.worker
     _require(1 <= w.batch_size <= 10_000, "worker.batch_size", "must be between 1 and 10000")
     _require(w.max_in_flight >= w.batch_size, "worker.max_in_flight", "must be at least worker.batch_size")
@@ -424,11 +497,15 @@ def validate(config: Config) -> None:
         "worker.heartbeat_ttl",
         "must be larger than worker.heartbeat_interval",
     )
+    _require(w.heartbeat_interval > 0, "worker.heartbeat_interval", "must be positive")
+    _require(w.recover_interval > 0, "worker.recover_interval", "must be positive")
+    _require(w.max_in_flight <= 10_000_000, "worker.max_in_flight", "must be at most 10000000")
+    _require(_printable(w.id), "worker.id", "must be printable text without spaces")
     _validate_redis(config)
     if config.metrics.listen:
         _host, sep, port = config.metrics.listen.rpartition(":")
         _require(
-            bool(sep) and port.isdigit() and int(port) < 65536,
+            bool(sep) and port.isdigit() and 0 < int(port) < 65536,
             "metrics.listen",
             "must be host:port, or empty to turn metrics off",
         )
@@ -474,6 +551,9 @@ def _validate_redis(config: Config) -> None:
                 "scheduled keys share its slot",
             )
     _require(0 <= r.shards <= 1024, "redis.shards", "must be between 0 (one queue) and 1024")
+    _require(r.socket_timeout > 0, "redis.socket_timeout", "must be positive")
+    _require(r.results_maxlen >= 0, "redis.results_maxlen", "must be 0 (no cap) or more")
+    _require(_printable(r.prefix), "redis.prefix", "must be printable text without spaces")
 
 
 def _validate_app(name: str, app: AppConfig) -> None:
@@ -483,8 +563,22 @@ def _validate_app(name: str, app: AppConfig) -> None:
         f"apps.{name}",
         "app names are lower case letters, digits, - and _",
     )
-    _require(0 <= app.port < 65536, k + "port", "must be a TCP port number")
-    _require(0 <= app.channels_port < 65536, k + "channels_port", "must be a TCP port number")
+    _require(0 <= app.port < 65536, k + "port", "must be a TCP port number (1-65535; 0 = the protocol's default)")
+    _require(
+        0 <= app.feedback_port < 65536,
+        k + "feedback_port",
+        "must be a TCP port number (1-65535; 0 = the protocol's default)",
+    )
+    for key in ("host", "feedback_host"):
+        value = getattr(app, key)
+        _require(not value or bool(_HOST.fullmatch(value)), k + key, "must be a host name or an IP address")
+    if app.topic:
+        try:
+            check_topic(app.topic, wildcard_ok=True)
+        except JobError as exc:
+            raise ConfigError(k + "topic", exc.detail) from None
+    _require(not app.queue or _printable(app.queue), k + "queue", "must be printable text without spaces")
+    _require(0 <= app.channels_port < 65536, k + "channels_port", "must be a TCP port number (1-65535; 0 = Apple's)")
     if app.proxy:
         try:
             parse_proxy(app.proxy)

@@ -28,6 +28,14 @@ class QueueError(ApnsdError):
     retryable = True
 
 
+class KeyTypeError(QueueError):
+    """A shared Redis key holds another type than apnsd writes there; fixing the key is up to an operator."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class GatewayError(ApnsdError):
     """The push gateway could not be reached, refused the TLS handshake or dropped the connection."""
 

@@ -44,11 +44,11 @@ class OnceLogger:
         self._log, self._event = log, event
         self.failures = 0
 
-    def failed(self, error: str) -> None:
-        """Note one failure; only the first of a run is logged."""
+    def failed(self, error: str, **fields: Any) -> None:
+        """Note one failure; only the first of a run is logged (with ``fields``)."""
         self.failures += 1
         if self.failures == 1:
-            self._log.warning(self._event, error=error)
+            self._log.warning(self._event, error=error, **fields)
 
     def recovered(self) -> None:
         """Log the end of an outage with how many retries it took."""

@@ -13,8 +13,8 @@ from typing import TextIO, TypeVar
 from cryptography import x509
 from OpenSSL import SSL
 
-from apnsd.config import AppConfig, Config
-from apnsd.errors import CredentialsError, GatewayError
+from apnsd.config import AppConfig, Config, redact_url
+from apnsd.errors import CredentialsError, GatewayError, QueueError
 from apnsd.gateway.certinfo import Verdict, judge_environment, judge_topic
 from apnsd.gateway.credentials import (
     EXPIRY_WARN_DAYS,
@@ -71,11 +71,21 @@ class _Report:
         self.out.write(f"ERROR  {message}\n")
 
 
-def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None = None, probe: bool = False) -> int:
-    """Check every app's credentials (with connect, the gateway; with probe, one real request);
-    0 when no check failed, else 1."""
+def run_check(
+    config: Config,
+    connect: bool,
+    out: TextIO,
+    now: datetime | None = None,
+    probe: bool = False,
+    redis: bool = False,
+) -> int:
+    """Check every app's credentials (with connect, the gateway; with probe, one real request; with redis,
+    Redis); 0 when no check failed, else 1."""
     now = now or datetime.now(UTC)
     report = _Report(out)
+    if redis:
+        _check_redis(config, report)
+        out.write("\n")
     for name, app in config.apps.items():
         host, port = app.gateway()
         out.write(f"app {name}: {app.protocol}, {app.environment}, gateway {host}:{port}\n")
@@ -96,8 +106,30 @@ def run_check(config: Config, connect: bool, out: TextIO, now: datetime | None =
     return 1 if report.errors else 0
 
 
+def _check_redis(config: Config, report: _Report) -> None:
+    """Reach and authenticate to Redis, then look for keys apnsd writes that hold another type."""
+    from apnsd.store.queue import JobQueue, client_for
+
+    report.out.write(f"redis {redact_url(config.redis.url)}\n")
+    try:
+        q = JobQueue(client_for(config.redis), config.redis.prefix, "check")
+        q.ping()
+        report.ok("Redis answers and accepts the credentials")
+        wrong = q.wrong_typed_keys(list(config.queues()))
+    except QueueError as exc:
+        report.error(str(exc))
+        return
+    for key, held, want in wrong:
+        report.error(f"Redis key {key} holds a {held}; apnsd needs a {want} there (outcomes cannot be written)")
+    if not wrong:
+        report.ok("every key apnsd writes is absent or of the right type")
+
+
 def _check_app(app: AppConfig, connect: bool, report: _Report, now: datetime) -> None:
     identity: ClientIdentity | None = None
+    if not (app.cert or app.pkcs12 or app.token_key):
+        report.error("no credentials: set cert (PEM), pkcs12 or token_key")
+        return
     usable = (
         _check_token(app, report, now)
         if app.auth == "token"

@@ -233,7 +233,7 @@ def _check(args: argparse.Namespace) -> int:
         from apnsd import logs
 
         logs.configure("console", "error", sys.stderr)
-    return run_check(_load(args), args.connect, sys.stdout, probe=args.probe)
+    return run_check(_load(args), args.connect, sys.stdout, probe=args.probe, redis=True)
 
 
 def _send(args: argparse.Namespace) -> int:

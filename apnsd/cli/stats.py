@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from apnsd.config import Config
+from apnsd.config import Config, state_dir
 from apnsd.errors import QueueError
 from apnsd.store.queue import JobQueue
 
@@ -67,7 +66,7 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
     ``liveness`` checks only that the process is alive (fresh status file, heartbeat in Redis) and ignores the
     gateway side (failed connects, disabled apps): restarting the process fixes neither, it only adds churn.
     """
-    state = Path(config.worker.state_dir)
+    state = state_dir(config.worker)
     ttl = config.worker.heartbeat_ttl
     now = time.time()
     fresh = []

@@ -10,17 +10,29 @@ from typing import Any
 
 import msgspec
 
+from apnsd.core.headers import (
+    MAX_COLLAPSE_ID as MAX_COLLAPSE_ID,  # re-exported for the mock and the tests
+)
+from apnsd.core.headers import (
+    MAX_EXPIRATION,
+    PRIORITIES,
+    check_collapse_id,
+    check_expiration,
+    check_job_id,
+    check_priority,
+    check_topic,
+    is_known_topic,
+    is_uuid,
+)
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, infer_push_type, topic_problem
 from apnsd.errors import JobError
 
 __all__ = ["PUSH_TYPE_SUFFIXES"]  # re-exported: callers validate push types against this table
 
-PRIORITIES = (10, 5, 1)
-MAX_COLLAPSE_ID = 64
 MIN_TOKEN_BYTES = 32
 MAX_TOKEN_BYTES = 100
 _HEX = frozenset("0123456789abcdef")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_ATTEMPTS_FIELD = 1_000_000
 # A broadcast channel id: standard base64 with its padding, as Apple hands it out (not URL-safe base64).
 _CHANNEL_ID = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 MAX_CHANNEL_ID = 256  # Apple sets no size ("don't make assumptions"); ids seen are ~24 characters
@@ -72,6 +84,7 @@ class Notification:
     failing_since: float | None = None
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
     channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
+    suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,7 @@ class Rejected:
     detail: str
     app: str | None
     token: str | None = None
+    tokens: dict[str, str] | None = None  # a fan-out job's rejected tokens → reason
 
 
 class ApnsIds:
@@ -182,61 +196,80 @@ class JobParser:
         self.new_id = ApnsIds()
 
     def parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
-        """Validate one job; every token ends up either as a notification or a rejection."""
-        try:
-            spec = _decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            return [], [self._reject_whole(raw, exc)]
-        except msgspec.DecodeError as exc:
-            return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
-        if spec.channel is not None:
-            return self._broadcast(raw, spec)
-        try:
-            payload, protocol, push_type = self._common(spec)
-        except JobError as exc:
-            return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
-        tokens = [spec.token] if spec.tokens is None else spec.tokens
-        good: list[Notification] = []
-        bad: list[Rejected] = []
-        job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
-        for token in tokens:
-            tb = _plain_hex(token)
-            if tb is not None:
-                t = token.lower()
-            else:
-                try:
-                    t, tb = parse_token(token)
-                except JobError as exc:
-                    bad.append(Rejected(raw, exc.reason, exc.detail, spec.app, token))
-                    continue
-            if job_uuid and len(tokens) == 1:
-                apns_id = job_uuid
-            else:  # the binary protocol has no apns-id: its frames carry a per-connection number
-                apns_id = self.new_id() if protocol == "http2" else ""
-            good.append(
-                Notification(
-                    t,
-                    tb,
-                    payload,
-                    spec.app,
-                    apns_id,
-                    spec.id,
-                    spec.priority,
-                    spec.expiration,
-                    push_type,
-                    spec.topic,
-                    spec.collapse_id,
-                    spec.attempts,
-                    spec.enqueued_at,
-                    raw,
-                    spec.tokens is not None,
-                    spec.send_at,
-                    failing_since=spec.failing_since,
+        """Validate one job; every token ends up either as a notification or a rejection, whatever ``raw`` holds."""
+        try:  # free unless something raises (3.11+): no wrapper call on the hot path
+            try:
+                spec = _decoder.decode(raw)
+            except msgspec.ValidationError as exc:
+                return [], [self._reject_whole(raw, exc)]
+            except msgspec.DecodeError as exc:
+                return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
+            job_uuid = None
+            if spec.id is not None:
+                job_uuid = spec.id.lower()
+                if not is_uuid(job_uuid):
+                    job_uuid = None
+                    try:
+                        check_job_id(spec.id)
+                    except JobError as exc:
+                        return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+            if spec.channel is not None:
+                return self._broadcast(raw, spec, job_uuid)
+            try:
+                payload, protocol, push_type = self._common(spec)
+            except JobError as exc:
+                return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+            tokens: list[str] = spec.tokens if spec.tokens is not None else [spec.token or ""]
+            good: list[Notification] = []
+            bad: dict[str, str] = {}
+            first: JobError | None = None
+            for token in tokens:
+                tb = _plain_hex(token)
+                if tb is not None:
+                    t = token.lower()
+                else:
+                    try:
+                        t, tb = parse_token(token)
+                    except JobError as exc:
+                        bad[token] = exc.reason
+                        first = first or exc
+                        continue
+                if job_uuid and len(tokens) == 1:
+                    apns_id = job_uuid
+                else:  # the binary protocol has no apns-id: its frames carry a per-connection number
+                    apns_id = self.new_id() if protocol == "http2" else ""
+                good.append(
+                    Notification(
+                        t,
+                        tb,
+                        payload,
+                        spec.app,
+                        apns_id,
+                        spec.id,
+                        spec.priority,
+                        spec.expiration,
+                        push_type,
+                        spec.topic,
+                        spec.collapse_id,
+                        spec.attempts,
+                        spec.enqueued_at,
+                        raw,
+                        spec.tokens is not None,
+                        spec.send_at,
+                        failing_since=spec.failing_since,
+                    )
                 )
-            )
-        return good, bad
+            if first is None:
+                return good, []
+            if spec.tokens is None:
+                return good, [Rejected(raw, first.reason, first.detail, spec.app, spec.token)]
+            return good, [_failed_tokens(raw, spec.app, bad, first)]
+        except RecursionError:  # nested deeper than the decoder goes
+            return [], [Rejected(raw, "not_json", "job is not valid JSON: nested too deeply", None)]
+        except Exception as exc:  # a bug must cost this one job, never the loop that parses it
+            return [], [Rejected(raw, f"internal_error:{type(exc).__name__}", "validating the job failed", None)]
 
-    def _broadcast(self, raw: bytes, spec: JobSpec) -> tuple[list[Notification], list[Rejected]]:
+    def _broadcast(self, raw: bytes, spec: JobSpec, job_uuid: str | None) -> tuple[list[Notification], list[Rejected]]:
         """A channel job: one Live Activity broadcast, validated like any job plus the broadcast rules."""
         try:
             channel = parse_channel_id(spec.channel or "")
@@ -264,7 +297,6 @@ class JobParser:
                     )
         except JobError as exc:
             return [], [Rejected(raw, exc.reason, exc.detail, spec.app, spec.channel)]
-        job_uuid = spec.id.lower() if spec.id and _UUID.match(spec.id.lower()) else None
         note = Notification(
             channel,
             b"",
@@ -307,6 +339,10 @@ class JobParser:
         if spec.token is not None and spec.tokens is not None:
             raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
+        if spec.attempts and not 0 <= spec.attempts <= MAX_ATTEMPTS_FIELD:
+            raise JobError("bad_attempts", f"attempts must be a whole number from 0 to {MAX_ATTEMPTS_FIELD}")
+        # send_at and enqueued_at need no finiteness check: JSON has no NaN, and msgspec refuses a number
+        # too large for a float (1e999) instead of decoding it to infinity (tests/unit/test_hostile_jobs.py)
         if (
             spec.push_type is not None
             or spec.priority is not None
@@ -338,19 +374,29 @@ class JobParser:
             raise JobError(
                 "bad_push_type", f"push_type {spec.push_type!r} is not one of {', '.join(PUSH_TYPE_SUFFIXES)}"
             )
-        if spec.priority is not None and spec.priority not in PRIORITIES:
-            raise JobError("bad_priority", f"priority must be 10, 5 or 1, got {spec.priority}")
-        if protocol == "binary" and spec.priority == 1:
-            raise JobError("bad_priority", "the binary protocol knows priorities 10 and 5 only")
-        if spec.expiration is not None and not 0 <= spec.expiration < 2**32:
-            raise JobError(
-                "bad_expiration", f"expiration must be unix seconds (0 = do not store), got {spec.expiration}"
-            )
-        if spec.collapse_id is not None and len(spec.collapse_id.encode()) > MAX_COLLAPSE_ID:
-            raise JobError("bad_collapse_id", f"collapse_id is longer than {MAX_COLLAPSE_ID} bytes")
-        for name, value in (("topic", spec.topic), ("collapse_id", spec.collapse_id)):
-            if value is not None and (not value or not value.isprintable() or value != value.strip()):
-                raise JobError(f"bad_{name}", f"{name} must be non-empty printable text without surrounding spaces")
+        # The rules live in core.headers; the common valid cases are decided here inline, since this runs
+        # for every job that sets these fields.
+        priority = spec.priority
+        if priority is not None and (priority not in PRIORITIES or (priority == 1 and protocol == "binary")):
+            check_priority(priority, protocol)
+        if spec.expiration is not None and not 0 <= spec.expiration < MAX_EXPIRATION:
+            check_expiration(spec.expiration)
+        if spec.collapse_id is not None:
+            check_collapse_id(spec.collapse_id)
+        if spec.topic is not None and not is_known_topic(spec.topic):
+            check_topic(spec.topic)
+
+
+def _failed_tokens(raw: bytes, app: str, bad: dict[str, str], first: JobError) -> Rejected:
+    """One rejection for every failed token of a fan-out job: the job with only those tokens, once.
+
+    One entry per token, each holding the whole job, would let a job of thousands of bad tokens
+    write thousands of copies of itself into Redis.
+    """
+    obj = _plain.decode(raw)
+    obj["tokens"] = list(bad)
+    detail = f"{len(bad)} token(s) rejected; first: {first.detail}"
+    return Rejected(msgspec.json.encode(obj), first.reason, detail, app, None, bad)
 
 
 def check_push_type(push_type: str, spec: JobSpec) -> None:
@@ -374,8 +420,8 @@ def decode_payload(raw: msgspec.Raw) -> bytes:
         text = _plain.decode(data)
         try:
             inner = _plain.decode(text)
-        except msgspec.DecodeError:
-            raise JobError("bad_payload", "payload string is not valid JSON") from None
+        except (msgspec.DecodeError, RecursionError):
+            raise JobError("bad_payload", "payload string is not valid JSON (or nested too deeply)") from None
         if not isinstance(inner, dict):
             raise JobError("bad_payload", "payload must be a JSON object")
         return text.encode()

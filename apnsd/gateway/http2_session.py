@@ -10,6 +10,7 @@ from apnsd import metrics
 from apnsd.core.jobs import Notification, bundle_of, live_activity_topic
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
+from apnsd.errors import JobError
 from apnsd.gateway.credentials import MIN_TOKEN_REFRESH, TokenSigner
 from apnsd.gateway.session import MAX_LOSSES, SHORT_LIVED, Loss, Resolved, Session, State
 from apnsd.wire.http2.connection import (
@@ -30,6 +31,8 @@ MAX_MARKS = 64  # marks kept before the ones older than the oldest unanswered re
 MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates
 # Answers about the provider token, not the notification: the notification is sent again, uncounted.
 RESEND_REASONS = frozenset({"TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken"})
+NO_ERROR = 0
+KILLER = Outcome(Kind.DEAD, None, "gateway_protocol_error")
 
 
 class Http2Session(Session):
@@ -58,6 +61,8 @@ class Http2Session(Session):
         self._parked_until = 0.0  # after TooManyProviderTokenUpdates, no sends before this
         self._hold = False  # this connection must send nothing more: the work waits for a fresh one
         self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
+        self._unsendable: Resolved = []  # notifications whose headers could not be encoded
+        self._alone: int | None = None  # the stream of a suspect on the wire by itself (see _suspects)
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -79,6 +84,7 @@ class Http2Session(Session):
         self._sent_marks.clear()
         self._expired_from_sid = 0
         self._hold = False
+        self._alone = None
         self._template = None
         self._last_activity = self._last_received = now
         self._ping_sent = None
@@ -101,6 +107,8 @@ class Http2Session(Session):
         h2 = self._h2
         if h2 is None or self.state is not State.OPEN or self._hold or not self.pending or now < self._parked_until:
             return
+        if self._alone is not None and self._alone in self._streams:
+            return  # nothing joins a suspect on the wire until it is answered
         n = min(h2.available_streams, len(self.pending))
         if n <= 0:
             if h2.streams_exhausted:
@@ -108,29 +116,45 @@ class Http2Session(Session):
             return
         template = self._current_template()
         pending, streams, send, type_topics = self.pending, self._streams, h2.send_request, self._type_topics
+        first = 0  # the first stream id this write opens, for the stall check's send-time marks
         for _ in range(n):
+            alone = pending[0].suspect > 0
+            if alone and streams:
+                break  # a suspect goes on the wire alone, so that a second error names it for certain
             note = pending.popleft()
             if note.channel is not None:
                 sid = self._send_broadcast(h2, template, note)
                 streams[sid] = note
+                first = first or sid
                 continue
-            sid = send(
-                template,
-                note.token,
-                note.apns_id,
-                note.payload,
-                push_type=note.push_type,
-                priority=effective_priority(note.push_type, note.priority),
-                expiration=note.expiration,
-                collapse_id=note.collapse_id,
-                topic=note.topic or type_topics.get(note.push_type),
-            )
+            try:
+                sid = send(
+                    template,
+                    note.token,
+                    note.apns_id,
+                    note.payload,
+                    push_type=note.push_type,
+                    priority=effective_priority(note.push_type, note.priority),
+                    expiration=note.expiration,
+                    collapse_id=note.collapse_id,
+                    topic=note.topic or type_topics.get(note.push_type),
+                )
+            except JobError as exc:  # the parser's checks should make this unreachable: one job, not the loop
+                self._unsendable.append((note, Outcome(Kind.DEAD, None, exc.reason)))
+                continue
+            except Exception as exc:  # a bug while encoding costs this one notification, not the loop
+                self._unsendable.append((note, Outcome(Kind.DEAD, None, f"internal_error:{type(exc).__name__}")))
+                continue
             streams[sid] = note
+            first = first or sid
+            if alone:
+                self._alone = sid
+                break
         marks = self._sent_marks
-        if not marks or now - marks[-1][1] >= MARK_RESOLUTION:
+        if first and (not marks or now - marks[-1][1] >= MARK_RESOLUTION):
             if len(marks) >= MAX_MARKS:
                 self._trim_marks()
-            marks.append((sid - 2 * (n - 1), now))
+            marks.append((first, now))
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
@@ -235,6 +259,9 @@ class Http2Session(Session):
         self.wants_replacement = self._hold = True
 
     def _on_goaway(self, ev: GoAwayReceived, now: float) -> Resolved:
+        out: Resolved = []
+        if ev.error_code != NO_ERROR:
+            out = self._suspects(ev.last_stream_id)
         # Streams above last_stream_id were never processed: send them again on the next connection.
         unprocessed = sorted(sid for sid in self._streams if sid > ev.last_stream_id)
         again = [self._streams.pop(sid) for sid in unprocessed]
@@ -253,6 +280,22 @@ class Http2Session(Session):
             resend=len(again),
             awaiting=len(self._streams),
         )
+        return out
+
+    def _suspects(self, last_stream_id: int) -> Resolved:
+        """A GOAWAY with an error: one of the processed, unanswered requests may have caused it.
+
+        Each becomes a suspect and is sent again alone (see send_pending); a suspect that was alone on
+        the connection when the gateway ended it with an error again caused it, and is dead-lettered
+        instead of ending every connection it is sent on.
+        """
+        processed = [sid for sid in self._streams if sid <= last_stream_id]
+        if len(self._streams) == 1 and processed and self._streams[processed[0]].suspect:
+            note = self._streams.pop(processed[0])
+            self.log.error("connection_ended_by_job", notification=self.describe(note))
+            return [(note, KILLER)]
+        for sid in processed:
+            self._streams[sid].suspect += 1
         return []
 
     def on_timer(self, now: float) -> Resolved:
@@ -261,6 +304,9 @@ class Http2Session(Session):
         h2 = self._h2
         if h2 is None or self.transport is None:
             return []
+        if self._unsendable:
+            out, self._unsendable = self._unsendable, []
+            return out
         if h2.goaway is not None and not self._streams:
             self.close(self.explanation or "goaway")
             return []
@@ -297,20 +343,24 @@ class Http2Session(Session):
             marks.popleft()
 
     def timer_deadline(self, now: float) -> float:
-        """The next PING (idle or stalled), the PING timeout, or the end of a pause."""
+        """The next PING (idle or stalled), the PING timeout, or the end of a pause; now when notifications
+        that could not be encoded await their outcome."""
+        if self._unsendable:
+            return now
         if self._ping_sent is not None:
             return self._ping_sent + self.cfg.ping_timeout
         parked = self._parked_until if self._parked_until > now else float("inf")
         return min(self._last_activity + self.cfg.ping_interval, self._stall_check_at(now), parked)
 
     def unanswered_count(self) -> int:
-        """Streams open and not yet answered."""
-        return len(self._streams)
+        """Streams open and not yet answered (and notifications whose outcome is not yet handed back)."""
+        return len(self._streams) + len(self._unsendable)
 
     def take_unanswered(self) -> list[Notification]:
         """Every open stream's notification, in the order they were sent."""
-        notes = [self._streams[sid] for sid in sorted(self._streams)]
+        notes = [n for n, _ in self._unsendable] + [self._streams[sid] for sid in sorted(self._streams)]
         self._streams.clear()
+        self._unsendable = []
         return notes
 
     def say_goodbye(self) -> None:

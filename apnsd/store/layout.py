@@ -60,6 +60,88 @@ return #due
 """
 
 
+# --- committing a batch ------------------------------------------------------------------------
+# A batch's commit is a script, not a MULTI/EXEC: Redis does not roll a transaction back when one of its
+# commands fails (a shared key holding the wrong type), so the in-flight HDEL would succeed while the
+# outcome writes it stands for failed, and the outcomes would vanish. The script checks every key it is
+# about to write first and raises WRONGTYPE naming the key before it writes anything; the batch then stays
+# in flight and is committed, once, after the key is fixed. Arguments come as counted runs (see
+# commit_args); the outcome half (shared keys) and the queue half (queue slot) are separate pieces so that
+# cluster mode can run them as two scripts, one per slot.
+_COMMIT_LIB = """
+local at = 0
+local function nxt() at = at + 1; return ARGV[at] end
+local function list(n) local t = {}; for j = 1, n do t[j] = nxt() end; return t end
+local function check(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected a ' .. want})
+  end
+end
+local function chunked(cmd, key, items)
+  for j = 1, #items, 1000 do redis.call(cmd, key, unpack(items, j, math.min(j + 999, #items))) end
+end
+"""
+_OUTCOMES_READ = """
+local dead = list(tonumber(nxt()))
+local unreg = list(2 * tonumber(nxt()))
+local gone = list(2 * tonumber(nxt()))
+local nres = tonumber(nxt())
+local maxlen = nxt()
+local results = {}
+for j = 1, nres do results[j] = list(2 * tonumber(nxt())) end
+local counts = list(2 * tonumber(nxt()))
+if #dead > 0 then check(KEYS[1], 'list') end
+if #unreg > 0 then check(KEYS[2], 'hash') end
+if #gone > 0 then check(KEYS[5], 'hash') end
+if nres > 0 then check(KEYS[3], 'stream') end
+if #counts > 0 then check(KEYS[4], 'hash') end
+"""
+_OUTCOMES_WRITE = """
+chunked('LPUSH', KEYS[1], dead)
+chunked('HSET', KEYS[2], unreg)
+chunked('HSET', KEYS[5], gone)
+for j = 1, nres do
+  local args = {KEYS[3]}
+  if maxlen ~= '0' then args = {KEYS[3], 'MAXLEN', '~', maxlen} end
+  table.insert(args, '*')
+  for _, v in ipairs(results[j]) do table.insert(args, v) end
+  redis.call('XADD', unpack(args))
+end
+for j = 1, #counts, 2 do redis.call('HINCRBY', KEYS[4], counts[j], counts[j + 1]) end
+"""
+# KEYS (after the outcome keys, from index Q): queue, scheduled set, in-flight hash.
+_QUEUE_READ = """
+local requeue = list(tonumber(nxt()))
+local sched = list(2 * tonumber(nxt()))
+local field = nxt()
+if #requeue > 0 then check(KEYS[Q], 'list') end
+if #sched > 0 then check(KEYS[Q + 1], 'zset') end
+check(KEYS[Q + 2], 'hash')
+"""
+_QUEUE_WRITE = """
+chunked('RPUSH', KEYS[Q], requeue)
+chunked('ZADD', KEYS[Q + 1], sched)
+return redis.call('HDEL', KEYS[Q + 2], field)
+"""
+# KEYS: dead, unregistered, results, stats, gone channels, queue, scheduled, in-flight.
+COMMIT_SCRIPT = "local Q = 6\n" + _COMMIT_LIB + _OUTCOMES_READ + _QUEUE_READ + _OUTCOMES_WRITE + _QUEUE_WRITE
+# Cluster, shared slot. KEYS: dead, unregistered, results, stats, gone channels, the "written" marker, then finished markers
+# to delete. The last ARGV is the marker's TTL.
+COMMIT_OUTCOMES_SCRIPT = (
+    _COMMIT_LIB
+    + _OUTCOMES_READ
+    + _OUTCOMES_WRITE
+    + """
+redis.call('SET', KEYS[6], '1', 'EX', nxt())
+for j = 7, #KEYS do redis.call('DEL', KEYS[j]) end
+return 1
+"""
+)
+# Cluster, the queue's slot. KEYS: queue, scheduled set, in-flight hash.
+COMMIT_QUEUE_SCRIPT = "local Q = 1\n" + _COMMIT_LIB + _QUEUE_READ + _QUEUE_WRITE
+
+
 @dataclass
 class Commit:
     """Everything one batch resolves to, written to Redis in a single transaction."""
@@ -75,6 +157,36 @@ class Commit:
     counts: dict[str, int] = field(default_factory=dict)
     sent: bool = False  # an attempt went out: if its answer was lost, it may have run
     outcomes_written: bool = False  # cluster mode: the prefix-slot half is done (a retry skips it)
+
+
+def outcome_args(c: Commit, results_maxlen: int) -> list[bytes | str | int | float]:
+    """The outcome half of a commit script's arguments: dead, unregistered, gone channels, results, counts
+    (counted runs)."""
+    args: list[bytes | str | int | float] = [len(c.dead), *c.dead, len(c.unregistered)]
+    for token, entry in c.unregistered.items():
+        args += (token, entry)
+    args.append(len(c.channels_gone))
+    for channel, entry in c.channels_gone.items():
+        args += (channel, entry)
+    args += (len(c.results), results_maxlen)
+    for r in c.results:
+        args.append(len(r))
+        for name, value in r.items():
+            args += (name, value)
+    counts = [(name, n) for name, n in c.counts.items() if n]
+    args.append(len(counts))
+    for name, n in counts:
+        args += (name, n)
+    return args
+
+
+def queue_args(c: Commit) -> list[bytes | str | int | float]:
+    """The queue half: jobs returned to the queue (first-taken last, so it ends up rightmost), retries, field."""
+    args: list[bytes | str | int | float] = [len(c.requeue), *reversed(c.requeue), len(c.scheduled)]
+    for job, at in c.scheduled.items():
+        args += (at, job)
+    args.append(c.field)
+    return args
 
 
 class Keys:

@@ -10,6 +10,7 @@ between them can only repeat an outcome, never lose a job.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
@@ -23,26 +24,57 @@ import redis.sentinel
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, has_hash_tag
-from apnsd.errors import QueueError
-from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
+from apnsd.errors import KeyTypeError, QueueError
+from apnsd.store.layout import (
+    CLAIM_SCRIPT,
+    COMMIT_OUTCOMES_SCRIPT,
+    COMMIT_QUEUE_SCRIPT,
+    COMMIT_SCRIPT,
+    PROMOTE_SCRIPT,
+    RECOVER_SCRIPT,
+    TAKE_SCRIPT,
+    Commit,
+    Keys,
+    outcome_args,
+    queue_args,
+)
 
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
 
 
 @contextmanager
-def redis_errors(what: str) -> Iterator[None]:
-    """Translate redis-py exceptions into QueueError, in this one place."""
+def redis_errors(what: str, key: str = "") -> Iterator[None]:
+    """Translate redis-py exceptions into QueueError, in this one place; ``key`` names the key a WRONGTYPE
+    error is about when Redis's own text does not (errors of the commit script name theirs)."""
     try:
         yield
     except redis.exceptions.ResponseError as exc:
-        raise QueueError(f"Redis refused {what}: {exc}") from None
+        text = safe_error_text(exc)
+        if "WRONGTYPE" in text:
+            named = _WRONG_TYPE.search(text)
+            raise KeyTypeError(named.group(1) if named else key or "?", f"Redis refused {what}: {text}") from None
+        raise QueueError(f"Redis refused {what}: {text}") from None
     except redis.exceptions.RedisError as exc:
-        raise QueueError(f"Redis unavailable during {what}: {exc}") from None
+        raise QueueError(f"Redis unavailable during {what}: {safe_error_text(exc)}") from None
     except redis.exceptions.RedisClusterException as exc:  # not a RedisError: "no reachable node", slot not covered
-        raise QueueError(f"Redis Cluster unavailable during {what}: {exc}") from None
+        raise QueueError(f"Redis Cluster unavailable during {what}: {safe_error_text(exc)}") from None
     except OSError as exc:
         raise QueueError(f"Redis unavailable during {what}: {exc}") from None
+
+
+_WRONG_TYPE = re.compile(r"WRONGTYPE (\S+) holds")
+_COMMAND_IN_ERROR = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+_LONG_HEX = re.compile(r"([0-9a-fA-F]{8})[0-9a-fA-F]{8,}")
+MAX_ERROR_TEXT = 300
+
+
+def safe_error_text(exc: BaseException) -> str:
+    """A redis-py error's text fit for a log line: without the failed command (redis-py quotes it, arguments
+    and all: tokens, payloads), long hex runs (device tokens) shortened, bounded in length."""
+    text = _COMMAND_IN_ERROR.sub("", str(exc))
+    text = _LONG_HEX.sub(r"\1…", text)
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
 
 
 def connect(url: str, socket_timeout: float = 5.0) -> Client:
@@ -97,11 +129,14 @@ class JobQueue:
         self._recover = client.register_script(RECOVER_SCRIPT)
         self._promote = client.register_script(PROMOTE_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
+        self._commit = client.register_script(COMMIT_SCRIPT)
+        self._commit_outcomes = client.register_script(COMMIT_OUTCOMES_SCRIPT)
+        self._commit_queue = client.register_script(COMMIT_QUEUE_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
         """Block until the queue has a job (without taking it) or the timeout passes."""
-        with redis_errors("waiting for jobs"):
+        with redis_errors("waiting for jobs", queue):
             # BLMOVE from the right end back onto the right end is a blocking no-op: it wakes us
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
             return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
@@ -114,7 +149,7 @@ class JobQueue:
     def take(self, queue: str, count: int, field: str | None = None) -> tuple[str, list[bytes]]:
         """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
         field = field or self.next_field()
-        with redis_errors("taking jobs"):
+        with redis_errors("taking jobs", queue):
             return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
 
     def claim(self, queue: str, field: str) -> list[bytes]:
@@ -137,40 +172,33 @@ class JobQueue:
         """
         k = self.keys
         with redis_errors("writing outcomes"):
-            # The batch's field goes in the same transaction as the writes: if an earlier attempt's
-            # answer was lost and the field is gone, that attempt ran and must not run a second time.
+            # If an earlier attempt's answer was lost and the batch's field is gone, that attempt ran
+            # (the script drops the field together with its writes) and must not run a second time.
             retry = c.sent
             if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
                 return
             c.sent = True
-            p = self.client.pipeline(transaction=True)
+            queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
+            outcome_keys = [k.dead, k.unregistered, k.results, k.stats, k.channels_gone]
             if self._other_slot(c.queue):
                 marker = k.written(self.worker_id, c.queue, c.field)
                 if not c.outcomes_written and not (retry and self.client.exists(marker)):
-                    self._outcome_writes(p, c)
-                    p.set(marker, b"1", ex=WRITTEN_MARKER_TTL)
                     done = self._pop_done_markers()
-                    if done:
-                        p.delete(*done)
-                    p.execute()
+                    try:
+                        self._commit_outcomes(
+                            keys=[*outcome_keys, marker, *done],
+                            args=[*outcome_args(c, self.results_maxlen), WRITTEN_MARKER_TTL],
+                        )
+                    except BaseException:
+                        self._done_markers.extendleft(reversed(done))  # not deleted: try with a later commit
+                        raise
                 c.outcomes_written = True
-                p = self.client.pipeline(transaction=True)
-                self._queue_writes(p, c)
-                p.hdel(k.inflight(c.queue, self.worker_id), c.field)
-                p.execute()
+                self._commit_queue(keys=queue_keys, args=queue_args(c))
                 self._done_markers.append(marker)  # deleted with a later outcome write (else it expires)
                 return
-            self._outcome_writes(p, c)
-            self._queue_writes(p, c)
-            p.hdel(k.inflight(c.queue, self.worker_id), c.field)
-            p.execute()
-
-    def _queue_writes(self, p: Any, c: Commit) -> None:
-        """Queue the writes to the batch's queue slot (requeue, retries) on pipeline ``p``."""
-        if c.requeue:
-            p.rpush(c.queue, *reversed(c.requeue))  # the first-taken job must end up rightmost
-        if c.scheduled:
-            p.zadd(self.keys.scheduled(c.queue), c.scheduled)
+            self._commit(
+                keys=[*outcome_keys, *queue_keys], args=[*outcome_args(c, self.results_maxlen), *queue_args(c)]
+            )
 
     def _pop_done_markers(self, most: int = 100) -> list[str]:
         """Markers of finished cluster commits, taken off the shared deque (loops commit on their own threads)."""
@@ -181,21 +209,6 @@ class JobQueue:
             except IndexError:
                 break
         return out
-
-    def _outcome_writes(self, p: Any, c: Commit) -> None:
-        """Queue the writes to the shared keys (dead, unregistered, results, stats) on pipeline ``p``."""
-        k = self.keys
-        if c.dead:
-            p.lpush(k.dead, *c.dead)
-        if c.unregistered:
-            p.hset(k.unregistered, mapping=c.unregistered)
-        if c.channels_gone:
-            p.hset(k.channels_gone, mapping=c.channels_gone)
-        for r in c.results:
-            p.xadd(k.results, r, maxlen=self.results_maxlen or None, approximate=True)
-        for name, n in c.counts.items():
-            if n:
-                p.hincrby(k.stats, name, n)
 
     def heartbeat(self, ttl: float, status: dict[str, Any]) -> None:
         """Refresh this worker's liveness key and registry entry (and follow a Sentinel failover)."""
@@ -211,6 +224,19 @@ class JobQueue:
             p.set(self.keys.heartbeat(self.worker_id), json.dumps(status), px=int(ttl * 1000))
             p.sadd(self.keys.workers, self.worker_id)
             p.execute()
+
+    def claim_heartbeat(self, ttl: float, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Write this worker's heartbeat only if none is live; returns the live one's status otherwise."""
+        key = self.keys.heartbeat(self.worker_id)
+        with redis_errors("claiming the worker id"):
+            if self.client.set(key, json.dumps(status), px=int(ttl * 1000), nx=True):
+                return None
+            raw = self.client.get(key)
+        try:
+            held = json.loads(raw) if raw else None
+        except ValueError:
+            return {}
+        return held if isinstance(held, dict) or held is None else {}
 
     def retire(self) -> None:
         """Remove this worker's heartbeat and registry entry at a clean stop."""
@@ -270,7 +296,7 @@ class JobQueue:
 
     def promote_due(self, queue: str, now: float, limit: int = 1000) -> int:
         """Move scheduled jobs whose time has come onto the queue; returns how many moved."""
-        with redis_errors("moving scheduled jobs"):
+        with redis_errors("moving scheduled jobs", f"{self.keys.scheduled(queue)} or {queue}"):
             return int(self._promote(keys=[self.keys.scheduled(queue), queue], args=[now, limit]))
 
     def push(self, queue: str, jobs: list[bytes]) -> int:
@@ -302,6 +328,27 @@ class JobQueue:
         return sum(len(msgspec.msgpack.decode(b, type=list[msgspec.Raw])) for b in blobs)
 
     # --- inspection (stats, health, dead letters) -------------------------------------------
+
+    def ping(self) -> None:
+        """One round trip: reachability and authentication (QueueError says which failed)."""
+        with redis_errors("connecting (PING)"):
+            self.client.ping()
+
+    def wrong_typed_keys(self, queues: list[str]) -> list[tuple[str, str, str]]:
+        """Keys apnsd writes that hold another type: (key, type held, type expected)."""
+        k = self.keys
+        expected = {k.dead: "list", k.unregistered: "hash", k.results: "stream", k.stats: "hash", k.workers: "set"}
+        for q in queues:
+            expected[q] = "list"
+            expected[k.scheduled(q)] = "zset"
+        wrong = []
+        with redis_errors("checking key types"):
+            for key, want in expected.items():
+                held = self.client.type(key)
+                held = held.decode() if isinstance(held, bytes) else str(held)
+                if held not in ("none", want):
+                    wrong.append((key, held, want))
+        return wrong
 
     def depth(self, queue: str) -> int:
         """Jobs waiting in a queue."""

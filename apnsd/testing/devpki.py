@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from apnsd.gateway.certinfo import PRODUCTION_OID, SANDBOX_OID, TOPICS_OID, verify_hostname
+from apnsd.worker.state import ensure_private_dir
 
 BUNDLE_ID = "com.example.app"
 TEAM_ID = "TEAM123456"
@@ -177,8 +178,9 @@ def _pem(*items: x509.Certificate | ec.EllipticCurvePrivateKey | rsa.RSAPrivateK
 
 
 def _write(path: str, data: bytes, secret: bool) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    """Write a fresh temporary name (never through a planted symlink), then rename over ``path``."""
+    tmp = f"{path}.tmp{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600 if secret else 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)  # never leave a half-written file that would look complete
@@ -209,8 +211,9 @@ def make_dev_pki(directory: str, hosts: tuple[str, ...] = ("127.0.0.1", "localho
     """Create (or reuse, when complete and still valid) a development PKI in directory."""
     now = datetime.now(UTC).replace(microsecond=0)
     pki = _paths(directory)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if _reusable(pki, hosts, now):
+    # A directory others could write to may hold a planted CA or key: tighten it and issue everything anew.
+    loose = ensure_private_dir(Path(directory), "pki_dir")
+    if not loose and _reusable(pki, hosts, now):
         return pki
     Path(pki.ca_cert).unlink(missing_ok=True)  # the set counts as incomplete until rewritten
     ca = _ca("apnsd dev CA", now)

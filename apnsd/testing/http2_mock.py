@@ -92,6 +92,7 @@ class Http2Faults:
     close_after: int = 0  # drop the connection without GOAWAY right after answering its N-th request; 0 = never
     once: bool = True  # goaway/close fire on the server's first connection only
     allowed_topics: tuple[str, ...] = ()  # empty = any topic
+    kill_prefixes: tuple[str, ...] = ()  # a request for such a token ends the connection: GOAWAY PROTOCOL_ERROR
     jwt_public_key: object | None = None  # set = token auth: ES256 provider tokens required
     jwt_key_id: str | None = None  # expected JWT "kid" under token auth; None = any
     jwt_team_id: str | None = None  # expected JWT "iss" under token auth; None = any
@@ -260,6 +261,17 @@ class Http2GatewayConnection:
 
     def _open_stream(self, sid: int, headers: list[tuple[str, str]]) -> None:
         """A new request stream: count it against the acknowledged limit, refuse it if over."""
+        if self._faults.kill_prefixes and any(
+            value.startswith("/3/device/" + p)
+            for name, value in headers
+            if name == ":path"
+            for p in self._faults.kill_prefixes
+        ):
+            # what a strict server does with a malformed request: end the connection, naming this stream as
+            # the last one it processed
+            self._h2.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR, last_stream_id=sid)
+            self.closed = True
+            return
         allowed = self._h2.local_settings.max_concurrent_streams
         self._open += 1
         self._record.streams(self._open, allowed)

@@ -10,13 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.config import Config, load_config
+from apnsd.config import Config, load_config, redact_url, require_credentials, state_dir
 from apnsd.core.suspension import SuspendState
-from apnsd.errors import ApnsdError, GatewayError, QueueError
+from apnsd.errors import ApnsdError, ConfigError, GatewayError, KeyTypeError, QueueError
 from apnsd.gateway.apps import (
     build_session,
     expiry_problem,
@@ -31,6 +30,7 @@ from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.outcome_log import OutcomeRecorder
+from apnsd.worker.state import ensure_private_dir, write_private_file
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
 DRAIN_HORIZON = 300.0  # --drain waits for scheduled jobs due within this many seconds
@@ -56,8 +56,9 @@ class Daemon:
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
+        self._wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
         self.health_path = (
-            Path(config.worker.state_dir) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
+            state_dir(config.worker) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -65,11 +66,14 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or until drained with --drain); returns the exit code."""
         cfg = self.config
+        require_credentials(cfg)
+        ensure_private_dir(self.health_path.parent)
         self.creds = {name: load_credentials(name, app) for name, app in cfg.apps.items()}
         client = client_for(cfg.redis)
         self.jq = JobQueue(
             client, cfg.redis.prefix, self.worker_id, cfg.redis.results_maxlen if cfg.redis.results_stream else 0
         )
+        self._claim_worker_id()
         self._build_loops()
         if cfg.metrics.listen:
             try:
@@ -81,7 +85,7 @@ class Daemon:
             "started",
             queues=[lp.queue for lp in self.loops],
             apps=sorted(cfg.apps),
-            redis=_redact(cfg.redis.url),
+            redis=redact_url(cfg.redis.url),
             drain=self.drain,
         )
         self._heartbeat()
@@ -180,15 +184,39 @@ class Daemon:
 
     # --- housekeeping ------------------------------------------------------------------------
 
-    def _heartbeat(self) -> None:
-        w = self.config.worker
-        status: dict[str, Any] = {
+    def _claim_worker_id(self) -> None:
+        """Refuse to run under a worker id whose heartbeat belongs to another live process.
+
+        Two processes with one id would each see the other's batches in "their" in-flight storage as
+        orphans and return them to the queue: everything in flight would be delivered twice.
+        """
+        try:
+            holder = self.jq.claim_heartbeat(self.config.worker.heartbeat_ttl, self._status())
+        except QueueError as exc:
+            self.log.warning("worker_id_unchecked", error=str(exc), note="Redis unreachable at start")
+            return
+        if holder is None or not _alive_elsewhere(holder):
+            return
+        raise ConfigError(
+            "worker.id",
+            f"worker id {self.worker_id!r} is in use by a live process (pid {holder.get('pid')} on "
+            f"{holder.get('host', 'an unknown host')}); give each process its own id, or wait "
+            f"{self.config.worker.heartbeat_ttl:.0f} s after that process stopped",
+        )
+
+    def _status(self) -> dict[str, Any]:
+        return {
             "worker": self.worker_id,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "time": time.time(),
             "redis": True,
             "queues": {lp.queue: lp.status.heartbeat() for lp in self.loops},
         }
+
+    def _heartbeat(self) -> None:
+        w = self.config.worker
+        status = self._status()
         try:
             self.jq.heartbeat(w.heartbeat_ttl, status)
         except QueueError as exc:
@@ -201,10 +229,7 @@ class Daemon:
 
     def _write_health(self, status: dict[str, Any]) -> None:
         try:
-            self.health_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.health_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status))
-            tmp.replace(self.health_path)
+            write_private_file(self.health_path, json.dumps(status).encode())
         except OSError as exc:
             self.log.warning("health_file_unwritable", path=str(self.health_path), error=str(exc))
 
@@ -233,8 +258,12 @@ class Daemon:
             for lp in self.loops:
                 while self.jq.promote_due(lp.queue, time.time()) >= 1000:
                     pass
+        except KeyTypeError as exc:  # scheduled jobs and retries wait until an operator fixes the key
+            self._wrong_type.failed(str(exc), key=exc.key)
+            return
         except QueueError:
-            pass
+            return
+        self._wrong_type.recovered()
 
     def _poll_feedback(self, now: float) -> None:
         """Binary apps with feedback_interval: read the feedback service and record what it reports."""
@@ -285,6 +314,7 @@ class Daemon:
         """SIGHUP: re-read config and credentials; keep the old ones if the new ones are broken."""
         try:
             new = load_config(self.config.source or None)
+            require_credentials(new)
             creds = {name: load_credentials(name, app) for name, app in new.apps.items()}
         except ApnsdError as exc:
             self.log.error("reload_rejected", error=str(exc), keeping="previous config")
@@ -314,9 +344,17 @@ class Daemon:
         self.log.info("reloaded", config=self.config.source or "(environment)")
 
 
-def _redact(url: str) -> str:
-    """A Redis URL without its password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+def _alive_elsewhere(status: dict[str, Any]) -> bool:
+    """True when a heartbeat's process is another one that still runs (or runs where we cannot look)."""
+    pid = status.get("pid")
+    if status.get("host", socket.gethostname()) != socket.gethostname():
+        return True
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # a predecessor killed before its heartbeat lapsed: take over
+    except PermissionError:
+        return True
+    return True

@@ -19,7 +19,7 @@ from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
 from apnsd.core.jobs import JobParser, Notification, Rejected
 from apnsd.core.outcomes import Kind, Outcome
-from apnsd.errors import QueueError
+from apnsd.errors import KeyTypeError, QueueError
 from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
@@ -82,6 +82,7 @@ class DeliveryLoop:
         self._deadline = 0.0  # when STOPPING: the end of the grace period
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
+        self.wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
         self._next_commit_try = 0.0
         self._retiring: list[Session] = []
         self._next_app_status = 0.0
@@ -270,12 +271,17 @@ class DeliveryLoop:
             b = self._ready[0]
             try:
                 self.jq.commit(b.commit)
+            except KeyTypeError as exc:  # not an outage: the batch stays in flight until an operator fixes the key
+                self.wrong_type.failed(str(exc), key=exc.key)
+                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.wrong_type.failures, 6))
+                break
             except QueueError as exc:
                 self.commit_outage.failed(str(exc))
                 self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
                 break
             self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
+            self.wrong_type.recovered()
             self.handoff.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
             self.log.info(

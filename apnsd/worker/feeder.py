@@ -8,7 +8,7 @@ from typing import Any
 
 from apnsd import logs
 from apnsd.config import WorkerConfig
-from apnsd.errors import QueueError
+from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.queue import JobQueue
 from apnsd.worker.handoff import Handoff, Taken
 
@@ -28,6 +28,7 @@ class Feeder(threading.Thread):
         self.worker = worker
         self.log = log
         self.outage = logs.OnceLogger(log, "redis_unavailable")
+        self.wrong_type = logs.OnceLogger(log, "redis_key_wrong_type")  # the queue key holds another type
         self._uncertain: str | None = None
 
     def run(self) -> None:
@@ -54,10 +55,16 @@ class Feeder(threading.Thread):
             except QueueError as exc:
                 if handoff.closed.is_set():
                     return  # stopping: the blocking wait may outlive the Redis connection, not an outage
-                self.outage.failed(str(exc))
-                handoff.closed.wait(min(5.0, 0.1 * 2 ** min(self.outage.failures, 6)))
+                if isinstance(exc, KeyTypeError):  # not an outage: an operator must fix the key
+                    self.wrong_type.failed(str(exc), key=exc.key)
+                else:
+                    self.outage.failed(str(exc))
+                failures = max(self.outage.failures, self.wrong_type.failures)
+                handoff.closed.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
                 continue
             self.outage.recovered()
+            if taken.raws:
+                self.wrong_type.recovered()
 
     def _take(self, count: int) -> Taken:
         jq, queue, held = self.jq, self.queue, self.handoff.held

@@ -18,6 +18,7 @@ from apnsd.store.queue import Commit
 _DELIVERED = Kind.DELIVERED.value
 
 _json = msgspec.json.encode
+UNKNOWN_APP = "unknown"
 
 
 @dataclass(eq=False)
@@ -41,20 +42,25 @@ def dead_entry(
     attempts: int,
     token: str | None,
     now: float,
+    tokens: dict[str, str] | None = None,
 ) -> bytes:
-    """One dead-letter list element: why, when, and the raw job so it can be requeued."""
-    return _json(
-        {
-            "reason": reason,
-            "status": status,
-            "detail": detail,
-            "attempts": attempts,
-            "app": app,
-            "token": token,
-            "time": round(now, 3),
-            "job": raw.decode("utf-8", "replace"),
-        }
-    )
+    """One dead-letter list element: why, when, and the raw job so it can be requeued.
+
+    A fan-out job's rejected tokens share one entry (``tokens``: token → reason), holding the job once.
+    """
+    entry: dict[str, object] = {
+        "reason": reason,
+        "status": status,
+        "detail": detail,
+        "attempts": attempts,
+        "app": app,
+        "token": token,
+        "time": round(now, 3),
+        "job": raw.decode("utf-8", "replace"),
+    }
+    if tokens is not None:
+        entry["tokens"] = tokens
+    return _json(entry)
 
 
 def _job_id(raw: bytes) -> str:
@@ -96,6 +102,19 @@ class OutcomeRecorder:
                 metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
             b.tally[(n.app, _DELIVERED)] += 1
             return self._done(b)
+        try:
+            return self._record(n, outcome, now)
+        except Exception as exc:  # a bug must cost this one notification, never the loop recording it
+            reason = f"internal_error:{type(exc).__name__}"
+            b.commit.dead.append(
+                dead_entry(n.raw, n.app, reason, None, "recording the outcome failed", 0, n.token, now)
+            )
+            b.reasons[reason] = b.reasons.get(reason, 0) + 1
+            b.tally[(n.app, Kind.DEAD.value)] += 1
+            return self._done(b)
+
+    def _record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
+        b: Batch = n.batch
         c = b.commit
         kind = outcome.kind
         gave_up = ""
@@ -119,9 +138,9 @@ class OutcomeRecorder:
                 }
             )
         elif kind is Kind.DEAD:
-            c.dead.append(
-                dead_entry(n.raw, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now)
-            )
+            # a fan-out's entry holds the job for its own token only, not every token's copy of the whole job
+            job = single_job(n) if n.fanout else n.raw
+            c.dead.append(dead_entry(job, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now))
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(n.app, outcome.reason).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
@@ -145,24 +164,29 @@ class OutcomeRecorder:
         return self._done(b)
 
     def reject(self, b: Batch, r: Rejected, now: float) -> Batch | None:
-        """Dead-letter a job (or one token of it) that failed validation."""
-        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now))
+        """Dead-letter a job (or the failed tokens of a fan-out) that failed validation."""
+        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, r.tokens))
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
-            b.commit.results.append(
-                {
-                    "id": _job_id(r.raw),
-                    "apns_id": "",
-                    "token": r.token or "",
-                    "app": r.app or "",
-                    "outcome": Kind.DEAD.value,
-                    "status": "",
-                    "reason": r.reason,
-                    "time": f"{now:.3f}",
-                }
-            )
-        metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
-        b.reasons[r.reason] = b.reasons.get(r.reason, 0) + 1
-        b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
+            job_id = _job_id(r.raw)
+            for token, reason in (r.tokens or {r.token or "": r.reason}).items():  # one per rejected token
+                b.commit.results.append(
+                    {
+                        "id": job_id,
+                        "apns_id": "",
+                        "token": token,
+                        "app": r.app or "",
+                        "outcome": Kind.DEAD.value,
+                        "status": "",
+                        "reason": reason,
+                        "time": f"{now:.3f}",
+                    }
+                )
+        # label values come from the configuration only: a job's own unknown app counts as "unknown"
+        app = r.app if r.app in self.apps else UNKNOWN_APP
+        n = len(r.tokens) if r.tokens else 1
+        metrics.FAILED.labels(app, r.reason).inc(n)
+        b.reasons[r.reason] = b.reasons.get(r.reason, 0) + n
+        b.tally[(app, Kind.DEAD.value)] += n
         return self._done(b)
 
     def defer(self, n: Notification, at: float) -> Batch | None:

@@ -22,7 +22,6 @@ from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer, free_port
 from tests.support.faultkit import (
-    EXEC,
     LINES,
     DaemonProcess,
     DaemonThread,
@@ -538,7 +537,7 @@ def test_redis_answer_lost_after_the_command_ran_resolves_every_job_once(
     tokens, bad = make_tokens(seed=seed, n=3000, bad={"bad1": 600})
     mock = http2_mock(reject_prefixes=(("bad1", 400, "BadTopic"),))
     push_all(jq, [job(t) for t in tokens])
-    marker = EXEC if step == "commit" else jq._take.sha.encode()
+    marker = (jq._commit if step == "commit" else jq._take).sha.encode()
     cutter = RedisCutter(redis_server.port, marker, cut={2, 5, 9, 14})
     try:
         assert 0 == run_drained(make_config(mock, REDIS_URL=cutter.url, WORKER_BATCH_SIZE="100"))

@@ -146,8 +146,8 @@ def test_commit_writes_every_outcome_and_drops_the_batch(jq, rdb, worker):
     assert [items[3], items[4], items[5]] == take_all(jq)
 
 
-def test_commit_is_one_transaction(jq, rdb, worker):
-    """A commit reaches Redis as one MULTI/EXEC transaction."""
+def test_commit_is_one_script_call(jq, rdb, worker):
+    """A commit reaches Redis as one atomic script call that makes every write of the batch."""
     lpush_each(jq, jobs(3))
     w = worker("w1")
     batch, taken = w.take(Q, 3)
@@ -166,7 +166,7 @@ def test_commit_is_one_transaction(jq, rdb, worker):
     )
 
     calls = command_calls(rdb)
-    assert (1, 1) == (calls.get("multi"), calls.get("exec"))
+    assert (1, None) == (calls.get("evalsha"), calls.get("multi"))
     assert {"rpush": 1, "lpush": 1, "hset": 1, "zadd": 1, "hincrby": 1, "hdel": 1} == {
         c: calls.get(c) for c in ("rpush", "lpush", "hset", "zadd", "hincrby", "hdel")
     }

@@ -353,7 +353,7 @@ def test_a_dead_workers_batches_on_every_shard_are_recovered_once(cluster):
     assert [] == [w for w, _ in dead.workers()]
 
 
-def connection_lost(*_: Any) -> None:
+def connection_lost(*_: Any, **__: Any) -> None:
     """Stands in for a write whose connection dropped."""
     raise redis.exceptions.ConnectionError("connection lost (injected)")
 
@@ -372,7 +372,7 @@ def test_a_commit_across_slots_that_fails_halfway_is_finished_without_repeating_
     c = Commit(
         shard, field, dead=[b'{"reason":"x"}'], scheduled={job("cd" * 32): 1e10}, counts={"delivered": 1, "dead": 1}
     )
-    monkeypatch.setattr(q, "_queue_writes", connection_lost)  # the link drops between the two transactions
+    monkeypatch.setattr(q, "_commit_queue", connection_lost)  # the link drops between the two transactions
     with pytest.raises(QueueError):
         q.commit(c)
     monkeypatch.undo()

@@ -287,12 +287,10 @@ def drain_with_a_new_worker(env: dict[str, str], log_path: Path, timeout: float 
 
 # --- a cut between daemon and Redis -------------------------------------------------------------
 
-EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-
 
 class RedisCutter:
     """A TCP proxy in front of Redis that loses chosen answers: it forwards the n-th request carrying
-    ``marker`` (counted over all connections: EXEC for commits, a script's SHA for its runs), waits for
+    ``marker`` (counted over all connections: a script's SHA, e.g. the commit's or the take's), waits for
     Redis's answer, discards it and closes that connection. The command has run; the client only sees
     its connection drop."""
 

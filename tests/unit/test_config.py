@@ -463,3 +463,78 @@ def test_credential_probe_interval_is_off_or_a_sane_number_of_seconds(value):
     err = config_error(None, {"APNSD_APP_DEFAULT_CREDENTIAL_PROBE_INTERVAL": value})
 
     assert "apps.default.credential_probe_interval" == err.key
+
+
+@pytest.mark.parametrize(
+    "var, value, key",
+    [
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "-1", "redis.socket_timeout"),
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "0", "redis.socket_timeout"),
+        ("APNSD_REDIS_SOCKET_TIMEOUT", "nan", "redis.socket_timeout"),
+        ("APNSD_REDIS_RESULTS_MAXLEN", "-5", "redis.results_maxlen"),
+        ("APNSD_WORKER_GRACE_PERIOD", "inf", "worker.grace_period"),
+        ("APNSD_WORKER_GRACE_PERIOD", "1e300", "worker.grace_period"),
+        ("APNSD_WORKER_HEARTBEAT_TTL", "inf", "worker.heartbeat_ttl"),
+        ("APNSD_WORKER_RECOVER_INTERVAL", "nan", "worker.recover_interval"),
+        ("APNSD_WORKER_RECOVER_INTERVAL", "0", "worker.recover_interval"),
+        ("APNSD_WORKER_HEARTBEAT_INTERVAL", "-inf", "worker.heartbeat_interval"),
+        ("APNSD_WORKER_ID", "a b", "worker.id"),
+        ("APNSD_WORKER_ID", "x\n", "worker.id"),
+        ("APNSD_METRICS_LISTEN", "127.0.0.1:0", "metrics.listen"),
+        ("APNSD_APP_DEFAULT_PORT", "-1", "apps.default.port"),
+        ("APNSD_APP_DEFAULT_PORT", "65536", "apps.default.port"),
+        ("APNSD_APP_DEFAULT_FEEDBACK_PORT", "-2196", "apps.default.feedback_port"),
+        ("APNSD_APP_DEFAULT_CONNECT_TIMEOUT", "inf", "apps.default.connect_timeout"),
+        ("APNSD_APP_DEFAULT_RETRY_BACKOFF", "nan", "apps.default.retry_backoff"),
+        ("APNSD_APP_DEFAULT_TOPIC", "com.example.app ", "apps.default.topic"),
+        ("APNSD_APP_DEFAULT_TOPIC", "com.example.app\n", "apps.default.topic"),
+        ("APNSD_APP_DEFAULT_HOST", "mock\r\nx: y", "apps.default.host"),
+    ],
+)
+def test_numbers_and_header_values_out_of_range_are_refused_naming_the_key(var, value, key):
+    """NaN, infinities, negative or zero durations, bad ports and header-breaking text fail at load, naming the key."""
+    assert key == config_error(env={var: value}).key
+
+
+def test_an_app_without_credentials_is_refused_for_delivery():
+    """An app created by a misspelt APNSD_APP_<NAME>_* variable has no credentials: refused before delivery."""
+    from apnsd.config import require_credentials
+
+    config = load_config(None, {"APNSD_APP_DEFAULT_CERT": "/x.pem", "APNSD_APP_DEFUALT_TOPIC": "com.example.app"})
+
+    with pytest.raises(ConfigError) as info:
+        require_credentials(config)
+
+    assert "apps.defualt" == info.value.key
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:hunter2@h:6379/0", "redis://***@h:6379/0"),
+        ("rediss://app:hunter2@h/0", "rediss://app:***@h/0"),
+        ("redis://h/0?password=hunter2&db=1", "redis://h/0?password=***&db=1"),
+        ("unix:///run/redis.sock?db=0&password=hunter2", "unix:///run/redis.sock?db=0&password=***"),
+    ],
+)
+def test_redis_passwords_are_redacted_in_every_url_form(url, shown):
+    """Userinfo passwords and password query values are replaced by *** for logs and reports."""
+    from apnsd.config import redact_url
+
+    assert shown == redact_url(url)
+
+
+def test_redis_error_texts_lose_the_quoted_command_and_full_tokens():
+    """redis-py quotes a failed pipeline command with its arguments; the logged text keeps only Redis's answer."""
+    import redis
+
+    from apnsd.store.queue import safe_error_text
+
+    token = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
+    exc = redis.exceptions.ResponseError(
+        f'Command # 1 (LPUSH apnsd:dead {{"token":"{token}","job":"..."}}) of pipeline caused error: WRONGTYPE x'
+    )
+    plain = redis.exceptions.ResponseError(f"ERR unknown token {token}")
+
+    assert ("WRONGTYPE x", "ERR unknown token c9d4c07c…") == (safe_error_text(exc), safe_error_text(plain))

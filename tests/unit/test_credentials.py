@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from apnsd.errors import CredentialsError
+from apnsd.errors import ConfigError, CredentialsError
 from apnsd.gateway.certinfo import parse_topics
 from apnsd.gateway.credentials import (
     TokenSigner,
@@ -424,3 +425,25 @@ def test_apps_with_the_same_p8_key_share_one_signer_and_a_new_key_gets_its_own(p
     third = load_credentials("c", AppConfig(token_key=str(other), key_id=pki.key_id, team_id=pki.team_id))
 
     assert (True, False) == (first.signer is second.signer, first.signer is third.signer)
+
+
+def test_dev_pki_in_a_loose_directory_is_tightened_and_issued_anew(tmp_path: Path) -> None:
+    """A world-writable dev-PKI directory may hold planted files: it is made 0700 and its CA issued again."""
+    pki = make_dev_pki(str(tmp_path / "pki"))
+    ca = Path(pki.ca_cert).read_bytes()
+    (tmp_path / "pki").chmod(0o777)
+
+    make_dev_pki(str(tmp_path / "pki"))
+
+    assert (0o700, False) == (stat.S_IMODE((tmp_path / "pki").stat().st_mode), ca == Path(pki.ca_cert).read_bytes())
+
+
+def test_dev_pki_refuses_a_symlink_in_place_of_its_directory(tmp_path: Path) -> None:
+    """A symlink where the dev-PKI directory should be is refused rather than followed."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "pki").symlink_to(tmp_path / "elsewhere")
+
+    with pytest.raises(ConfigError) as info:
+        make_dev_pki(str(tmp_path / "pki"))
+
+    assert "pki_dir" == info.value.key

@@ -158,15 +158,16 @@ def test_rejection_keeps_the_raw_job_app_and_token():
 # --- fan-out -----------------------------------------------------------------------------------
 
 
-def test_fan_out_gives_one_notification_per_token_and_one_rejection_per_bad_token():
-    """A ``tokens`` list becomes a notification per valid device and a rejection per invalid one."""
+def test_fan_out_gives_one_notification_per_token_and_one_rejection_listing_the_bad_tokens():
+    """A ``tokens`` list becomes a notification per valid device and one rejection naming each invalid one."""
     raw = raw_job(token=..., tokens=[TOKEN, "nothex", OTHER.upper()])
 
     good, bad = parse(raw)
 
     assert [TOKEN, OTHER] == [n.token for n in good]
     assert [True, True] == [n.fanout for n in good]
-    assert [("bad_token", "nothex")] == [(r.reason, r.token) for r in bad]
+    assert [("bad_token", None, {"nothex": "bad_token"})] == [(r.reason, r.token, r.tokens) for r in bad]
+    assert ["nothex"] == msgspec.json.decode(bad[0].raw)["tokens"]
     assert 2 == len({n.apns_id for n in good})
 
 
