@@ -2,7 +2,8 @@
 # Idempotent setup for a fresh Debian 12 machine: redis-server from Debian's packages if missing,
 # then a virtual environment in .venv with apnsd and its test dependencies installed.
 # With --test it also installs what the tests drive besides Python: curl (an independent HTTP/2
-# client), and PHP and Ruby with their Redis clients (the documented one-liners are run for real).
+# client), PHP and Ruby with their Redis clients (the documented one-liners are run for real), and
+# promtool (Debian's prometheus package) to check deploy/prometheus/alerts.yml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v php >/dev/null 2>&1 && php -r 'exit(class_exists("Redis") ? 0 : 1);' 2>/dev/null || need_apt+=(php-cli php-redis)
   command -v ruby >/dev/null 2>&1 && ruby -e 'require "redis"' 2>/dev/null || need_apt+=(ruby ruby-redis)
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

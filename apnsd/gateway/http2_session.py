@@ -24,6 +24,9 @@ from apnsd.wire.http2.connection import (
 
 REFUSED_STREAM = 7
 PING_TIMEOUT = 30.0
+# One request in 16 is timed for the round-trip histogram (stream ids are odd: 1, 33, 65, ...): a dict
+# entry and an observe() for every request would cost more than the rest of its bookkeeping.
+RTT_SAMPLE_MASK = 31
 
 
 class Http2Session(Session):
@@ -43,6 +46,8 @@ class Http2Session(Session):
         self._token_iat = 0
         self._last_activity = 0.0
         self._ping_sent: float | None = None
+        self._timed: dict[int, float] = {}  # sampled stream id → when its request was written
+        self._round_trip = metrics.ROUND_TRIP.labels(self.app)
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -60,6 +65,7 @@ class Http2Session(Session):
         self._h2 = H2ClientConnection()
         self._h2.initiate()
         self._streams.clear()
+        self._timed.clear()
         self._template = None
         self._last_activity = now
         self._ping_sent = None
@@ -103,6 +109,8 @@ class Http2Session(Session):
                 topic=note.topic,
             )
             streams[sid] = note
+            if sid & RTT_SAMPLE_MASK == 1:
+                self._timed[sid] = time.monotonic()  # not ``now``: parsing may have run since it was taken
         self._last_activity = now
         self.log.debug("requests_written", notifications=n, open_streams=len(streams))
         self._push()
@@ -131,8 +139,13 @@ class Http2Session(Session):
                 note = streams.pop(ev.stream_id, None)
                 if note is not None:
                     out.append((note, self._outcome(ev)))
+                    if ev.stream_id & RTT_SAMPLE_MASK == 1:
+                        sent = self._timed.pop(ev.stream_id, None)
+                        if sent is not None:
+                            self._round_trip.observe(max(0.0, now - sent))
             elif type(ev) is StreamReset:
                 note = streams.pop(ev.stream_id, None)
+                self._timed.pop(ev.stream_id, None)
                 if note is None:
                     continue
                 if ev.error_code == REFUSED_STREAM:

@@ -191,7 +191,6 @@ class Session:
         self.rotating = False
         self._lost_cause = ""
         metrics.CONNECTS.labels(self.app).inc()
-        metrics.CONNECTED.labels(self.app).set(1)
         self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
         self.on_connected(now)
 
@@ -233,7 +232,6 @@ class Session:
             self.transport.close()
         self.transport = None
         self.rotating = False
-        metrics.CONNECTED.labels(self.app).set(0)
         metrics.DISCONNECTS.labels(self.app, cause.split(":")[0][:40]).inc()
         self.log.info("disconnected", reason=cause, resend=resent)
 

@@ -23,6 +23,28 @@ from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 IDLE_WAIT = 0.2  # longest the loop sleeps without a reason, so stop flags are seen promptly
+PUBLISH_INTERVAL = 0.5  # how often the loop publishes its snapshot for other threads
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """One session as the loop last saw it, for threads that must not touch the session itself."""
+
+    app: str
+    up: bool
+    disabled: str | None
+    last_connect_error: str | None
+    failures: int  # consecutive failed connects (the pacer's count)
+    backlog: int  # notifications waiting to be written
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """What a delivery loop publishes about itself on its own thread; read by probes, gauges and heartbeats."""
+
+    at: float  # monotonic time of publication: the loop was alive and iterating then
+    in_flight: int
+    connections: dict[str, ConnectionState]
 
 
 @dataclass
@@ -128,6 +150,7 @@ class DeliveryLoop:
         self._posted: deque[Callable[[], None]] = deque()
         self._retiring: list[Session] = []
         self.crashed = False
+        self.published = LoopSnapshot(time.monotonic(), 0, {})
 
     # --- feeder side ---------------------------------------------------------------------------
 
@@ -187,6 +210,7 @@ class DeliveryLoop:
 
     def _run(self, grace_period: float) -> None:
         self.feeder.start()
+        self._publish(time.monotonic())
         deadline: float | None = None
         while True:
             now = time.monotonic()
@@ -226,10 +250,25 @@ class DeliveryLoop:
                     self._give_back(now)
                     break
             self.idle.set() if self.in_flight == 0 and not self._handoff else self.idle.clear()
+            if now - self.published.at >= PUBLISH_INTERVAL:
+                self._publish(now)
             self._wait(now, deadline)
         for s in self._all_sessions():
             s.close("shutdown")
         self.log.info("delivery_stopped", in_flight=self.in_flight)
+
+    def _publish(self, now: float) -> None:
+        """Replace the published snapshot (one reference assignment: readers see the old or the new one)."""
+        self.published = LoopSnapshot(
+            now,
+            self.in_flight,
+            {
+                name: ConnectionState(
+                    s.app, s.transport is not None, s.disabled, s.last_connect_error, s.pacer.failures, len(s.pending)
+                )
+                for name, s in self.sessions.items()
+            },
+        )
 
     def _dispatch_new(self, now: float) -> None:
         wall = time.time()

@@ -1,0 +1,144 @@
+# ruff: noqa: F811 (the fixtures imported from test_metrics_health are used as parameters)
+"""The metrics listener's probes (/healthz, /readyz, 404 elsewhere) and the gauges added for operators."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from apnsd.store.queue import JobQueue
+from apnsd.testing.redis_server import RedisServer, free_port
+from tests.e2e.test_metrics_health import app_env, sample, scrape, start_daemon  # noqa: F401 (fixtures)
+from tests.support.jobs import job, push_all
+from tests.support.supervised import wait_for
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """GET a path on the metrics listener; returns the status and the body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# Where no gateway listens. Not a free ephemeral port: connecting to one of those on loopback can pick
+# it as its own source port and connect to itself (TCP simultaneous open), then hang in the handshake.
+NOWHERE = 1
+
+
+def test_probes_pass_while_delivering_and_other_paths_are_404(app_env, start_daemon, binary_mock, pki, jq) -> None:
+    """A delivering worker answers 200 on /healthz and /readyz, and 404 on any other path."""
+    mock = binary_mock()
+    port = free_port()
+    start_daemon(app_env("probed", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
+    token = os.urandom(32).hex()
+    push_all(jq, [job(token, app="probed")], queue="probed:queue")
+    wait_for(lambda: token in mock.record.accepted_tokens(), 10, "the job delivered")
+
+    assert (200, "alive: 1 delivery loop(s) running\n") == wait_for(
+        lambda: (r := get(port, "/healthz"))[0] == 200 and r, 10, "liveness"
+    )
+    assert (200, "ready\n") == wait_for(lambda: (r := get(port, "/readyz"))[0] == 200 and r, 10, "readiness")
+    assert [404, 404, 404] == [get(port, p)[0] for p in ("/", "/health", "/metrics/x")]
+
+
+def test_gateway_outage_fails_readiness_but_not_liveness(app_env, start_daemon, pki, jq) -> None:
+    """With the gateway unreachable, /readyz is 503 naming the failing connects while /healthz stays 200."""
+    port = free_port()
+    start_daemon(app_env("nogateway", "127.0.0.1", NOWHERE, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}"))
+    push_all(jq, [job(os.urandom(32).hex(), app="nogateway")], queue="nogateway:queue")
+
+    _, body = wait_for(
+        lambda: (r := get(port, "/readyz"))[1].startswith("not ready: app") and r, 15, "readiness to fail"
+    )
+
+    assert re.fullmatch(r"not ready: app nogateway: \d+ connection attempts failed: cannot reach .*\n", body), body
+    assert 200 == get(port, "/healthz")[0]
+
+
+def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, binary_mock, pki) -> None:
+    """With Redis stopped, /readyz is 503 naming Redis while /healthz stays 200; both recover with Redis."""
+    mock = binary_mock()
+    port = free_port()
+    own = RedisServer().start()
+    try:
+        env = app_env(
+            "noredis", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}", REDIS_URL=own.url
+        )
+        start_daemon(env)
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 10, "readiness")
+        own.stop()
+
+        _, body = wait_for(
+            lambda: (r := get(port, "/readyz"))[1].startswith("not ready: Redis") and r, 15, "readiness to fail"
+        )
+
+        assert body.startswith("not ready: Redis: ")
+        assert 200 == get(port, "/healthz")[0]
+        RedisServer(own.port).start()
+        wait_for(lambda: get(port, "/readyz")[0] == 200, 15, "readiness after Redis is back")
+    finally:
+        os.system(f"redis-cli -p {own.port} shutdown nosave >/dev/null 2>&1")
+
+
+def test_queue_gauges_show_depth_oldest_age_dead_letters_and_unregistered(
+    app_env, start_daemon, binary_mock, pki, jq: JobQueue, rdb: Any
+) -> None:
+    """Jobs behind an unreachable gateway show as depth, backlog and oldest age; dead/unregistered sizes match Redis."""
+    port = free_port()
+    rdb.lpush("apnsd:dead", b"{}", b"{}")
+    rdb.hset("apnsd:unregistered", mapping={"aa": b"{}", "bb": b"{}", "cc": b"{}"})
+    env = app_env(
+        "stuck",
+        "127.0.0.1",
+        NOWHERE,
+        pki.client_pem,
+        METRICS_LISTEN=f"127.0.0.1:{port}",
+        WORKER_BATCH_SIZE="1",
+        WORKER_MAX_IN_FLIGHT="1",
+    )
+    start_daemon(env)
+    push_all(
+        jq, [job(os.urandom(32).hex(), app="stuck", enqueued_at=time.time() - 100) for _ in range(10)], "stuck:queue"
+    )
+
+    s = wait_for(
+        lambda: (
+            (m := scrape(port))
+            and sample(m, "apnsd_queue_depth", queue="stuck:queue")
+            and sample(m, "apnsd_gateway_backlog", app="stuck")
+            and m
+        ),
+        10,
+        "jobs waiting in the queue, the others held for the gateway",
+    )
+
+    assert 100 <= sample(s, "apnsd_queue_oldest_job_age_seconds", queue="stuck:queue") < 160  # type: ignore[operator]
+    assert (2, 3) == (sample(s, "apnsd_dead_letters"), sample(s, "apnsd_unregistered_tokens"))
+    assert (0, 0) == (sample(s, "apnsd_connection_up", app="stuck"), sample(s, "apnsd_connections_open", app="stuck"))
+    assert 0 < sample(s, "process_resident_memory_bytes")  # type: ignore[operator]
+    assert 0 < sample(s, "process_cpu_seconds_total")  # type: ignore[operator]
+
+
+def test_http2_round_trip_histogram_times_one_request_in_16(app_env, start_daemon, http2_mock, pki, jq) -> None:
+    """64 notifications on one HTTP/2 connection: 4 round trips timed (streams 1, 33, 65, 97), each under 10 s."""
+    mock = http2_mock()
+    port = free_port()
+    env = app_env(
+        "rtt", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}", APP_RTT_PROTOCOL="http2"
+    )
+    start_daemon(env)
+    tokens = [os.urandom(32).hex() for _ in range(64)]
+    push_all(jq, [job(t, app="rtt") for t in tokens], queue="rtt:queue")
+    wait_for(lambda: set(tokens) <= set(mock.record.accepted_tokens()), 20, "every notification delivered")
+
+    s = scrape(port)
+
+    assert 1 == sample(s, "apnsd_connects_total", app="rtt")
+    assert 4 == sample(s, "apnsd_gateway_round_trip_seconds_count", app="rtt")
+    assert 4 == sample(s, "apnsd_gateway_round_trip_seconds_bucket", app="rtt", le="10.0")
