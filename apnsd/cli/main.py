@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures",
     )
+    hc.add_argument(
+        "--http",
+        action="store_true",
+        help="ask the running daemon's metrics listener instead: /healthz with --liveness, else /readyz",
+    )
 
     from apnsd.cli.mock import add_mock_arguments
 
@@ -201,9 +206,10 @@ def _dead(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from apnsd.cli.stats import health
+    from apnsd.cli.stats import health, http_health
 
-    ok, reason = health(_load(args), _queue, liveness=args.liveness)
+    config = _load(args)
+    ok, reason = http_health(config, args.liveness) if args.http else health(config, _queue, liveness=args.liveness)
     print(reason)
     return 0 if ok else 1
 
