@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from supervisor import events
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
@@ -219,9 +220,17 @@ def supervisor(monkeypatch: pytest.MonkeyPatch) -> ServerOptions:
 
 def program(options: ServerOptions) -> Any:
     """The one [program:apnsd] process config."""
-    (group,) = options.process_group_configs
+    (group,) = [g for g in options.process_group_configs if g.name == "apnsd"]
     (proc,) = group.process_configs
     return proc
+
+
+def test_fatal_listener_watches_apnsd(supervisor: ServerOptions) -> None:
+    """An event listener runs apnsd's FATAL listener for the apnsd program on PROCESS_STATE_FATAL only."""
+    (group,) = [g for g in supervisor.process_group_configs if g.name == "apnsd_fatal"]
+    (proc,) = group.process_configs
+    assert [events.ProcessStateFatalEvent] == list(group.pool_events)
+    assert "python3 -m apnsd.cli.fatal apnsd" == proc.command
 
 
 def test_supervisord_conf_is_valid_ini() -> None:

@@ -207,3 +207,31 @@ def test_sigkill_restarts_the_worker_and_its_in_flight_jobs_are_recovered(
     assert [f"apnsd:queue:inflight:{dead_worker}".encode()] == dead_keys
     assert [dead_worker] == [e["dead_worker"] for e in sv.out.events("recovered_dead_worker")]
     assert 0 == jq.depth("apnsd:queue")
+
+
+def test_supervisord_exits_when_apnsd_goes_fatal(tmp_path: Path) -> None:
+    """With a config apnsd refuses, the failed starts run out, apnsd goes FATAL and supervisord itself exits."""
+    short = Path(tempfile.mkdtemp(prefix="sv-"))
+    env = clean_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PYTHONUNBUFFERED="1",
+        APNSD_WORKER_BATCH_SIZE="many",
+        APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
+    )
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "supervisord"), "-c", str(write_conf(short))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=short,
+    )
+    out = OutputReader(proc.stdout)  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: proc.poll() is not None, 60, "supervisord to exit after apnsd went FATAL")
+    finally:
+        stop_by_pid(proc)
+        out.join(5)
+        shutil.rmtree(short, ignore_errors=True)
+
+    assert "gave up: apnsd entered FATAL state" in out.text()
+    assert "apnsd-fatal: apnsd is FATAL" in out.text()
