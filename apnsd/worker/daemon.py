@@ -87,6 +87,7 @@ class Daemon:
         if self.drain:
             live = sys.stderr.isatty()
             self._progress = DrainProgress(sys.stderr, live, time.monotonic(), _outcome_totals())
+            self._progress.draw(_outcome_totals(), self._remaining(), time.monotonic())  # the starting point
         self._heartbeat()
         self._recover()
         for lp in self.loops:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -12,9 +14,9 @@ from typing import Any
 
 from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import RedisServer, free_port
-from tests.e2e.test_metrics_health import app_env, sample, scrape, start_daemon  # noqa: F401 (fixtures)
-from tests.support.jobs import job, push_all
-from tests.support.supervised import wait_for
+from tests.e2e.test_metrics_health import app_env, events_since, log_mark, sample, scrape, start_daemon  # noqa: F401 (fixtures)
+from tests.support.jobs import job, push_all, run_drained
+from tests.support.supervised import VENV_BIN, clean_env, stop_by_pid, wait_for
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -137,8 +139,68 @@ def test_http2_round_trip_histogram_times_one_request_in_16(app_env, start_daemo
     push_all(jq, [job(t, app="rtt") for t in tokens], queue="rtt:queue")
     wait_for(lambda: set(tokens) <= set(mock.record.accepted_tokens()), 20, "every notification delivered")
 
-    s = scrape(port)
+    s = wait_for(
+        lambda: (
+            (m := scrape(port)) and sample(m, "apnsd_notifications_total", app="rtt", outcome="delivered") == 64 and m
+        ),
+        10,
+        "every answer read",
+    )
 
     assert 1 == sample(s, "apnsd_connects_total", app="rtt")
     assert 4 == sample(s, "apnsd_gateway_round_trip_seconds_count", app="rtt")
     assert 4 == sample(s, "apnsd_gateway_round_trip_seconds_bucket", app="rtt", le="10.0")
+
+
+def test_drain_ends_with_one_summary_event(make_config, binary_mock, jq: JobQueue) -> None:
+    """`run --drain` (JSON logs, no terminal) logs one drain_summary with the counts, duration and rate."""
+    mock = binary_mock(fail_prefixes=(("dead", 7),))
+    push_all(jq, [job(os.urandom(32).hex()) for _ in range(30)] + [job("dead" + os.urandom(30).hex())])
+    mark = log_mark()
+
+    assert 0 == run_drained(make_config(mock))
+
+    (summary,) = events_since(mark, "drain_summary")
+    assert ({"dead": 1, "delivered": 30}, 31) == (summary["outcomes"], summary["notifications"])
+    assert 0 < summary["duration_seconds"] and 0 < summary["per_second"]
+
+
+def test_drain_on_a_terminal_shows_progress_and_a_summary_line(redis_server, binary_mock, pki, jq, tmp_path) -> None:
+    """`apnsd run --drain` on a terminal draws a progress line in place and ends with a summary line."""
+    mock = binary_mock()
+    push_all(jq, [job(os.urandom(32).hex()) for _ in range(20)])
+    env = clean_env(
+        APNSD_REDIS_URL=redis_server.url,
+        APNSD_APP_DEFAULT_HOST=mock.host,
+        APNSD_APP_DEFAULT_PORT=str(mock.port),
+        APNSD_APP_DEFAULT_CA_FILE=pki.ca_cert,
+        APNSD_APP_DEFAULT_CERT=pki.client_pem,
+        APNSD_APP_DEFAULT_PROTOCOL="binary",
+        APNSD_APP_DEFAULT_CONFIRM_DELAY="0.2",
+        APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
+        APNSD_WORKER_BLOCK_TIMEOUT="0.2",
+        APNSD_METRICS_LISTEN="",
+    )
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "apnsd"), "run", "--drain"], stdin=child, stdout=child, stderr=child, env=env
+    )
+    os.close(child)
+    output = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert 0 == proc.wait(30)
+    finally:
+        stop_by_pid(proc)
+        os.close(main)
+
+    text = output.decode("utf-8", "replace")
+    assert "\r\x1b[Kdraining: " in text
+    assert re.search(r"\r\x1b\[Kdrained: 20 notifications in [0-9.]+s \([0-9,]+/s\): delivered 20\r?\n", text), text
