@@ -114,6 +114,17 @@ BUILD = Info("apnsd_build", "apnsd version.", registry=REGISTRY)
 BUILD.info({"version": __version__})
 
 
+def declare(apps: list[str], queues: list[str]) -> None:
+    """Create the per-app and per-queue series at 0, so that rates and alerts have data before the first event."""
+    for app in apps:
+        for outcome in ("delivered", "dead", "unregistered"):
+            NOTIFICATIONS.labels(app, outcome)
+        for metric in (CONNECTS, CONNECT_FAILURES, RESENT):
+            metric.labels(app)
+    for queue in queues:
+        JOBS_TAKEN.labels(queue)
+
+
 MAX_REASONS = 200  # distinct reason label values per process; later ones are counted as "other"
 _REASON_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 _reasons: set[str] = set()

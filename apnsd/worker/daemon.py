@@ -69,6 +69,7 @@ class Daemon:
         )
         self._build_loops()
         self.gauges = RedisGauges(self.jq, [lp.queue for lp in self.loops])
+        metrics.declare(sorted(cfg.apps), [lp.queue for lp in self.loops])
         if cfg.metrics.listen:
             try:
                 self._stop_metrics = metrics.serve(
