@@ -70,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--connect", action="store_true", help="also resolve, connect and complete the TLS handshake")
 
     st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="JSON (with --watch: one object per line and refresh)")
+    st.add_argument(
+        "--watch",
+        type=_interval,
+        metavar="SECONDS",
+        help="refresh every SECONDS: per queue and app, rates, depth, oldest-job age, in flight, connections",
+    )
 
     dd = cmd("dead", _dead, "List or requeue dead-lettered jobs.")
     dd.add_argument("action", choices=["list", "requeue"])
@@ -188,9 +194,25 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(_load(args), args.connect, sys.stdout)
 
 
+def _interval(text: str) -> float:
+    """--watch SECONDS: a finite number of seconds, at least 0.1."""
+    try:
+        every = float(text)
+    except ValueError:
+        every = math.nan
+    if not math.isfinite(every) or every < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0.1")
+    return every
+
+
 def _stats(args: argparse.Namespace) -> int:
     from apnsd.cli.stats import collect, render
 
+    if args.watch is not None:
+        from apnsd.cli.watch import watch
+
+        config = _load(args)
+        return watch(config, _queue(config), args.watch, args.json, sys.stdout)
     data = collect(_load(args), _queue)
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0

@@ -317,3 +317,12 @@ def test_push_with_a_bad_token_as_a_process_prints_one_line_and_no_traceback(red
     assert 1 == len(proc.stderr.strip().splitlines())
     assert proc.stderr.startswith("apnsd push: bad_token: ")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_stats_watch_rejects_a_bad_interval(cli_env, capsys, value):
+    """`apnsd stats --watch` needs a number of seconds of at least 0.1; anything else is a usage error."""
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", "--watch", value])
+    assert 2 == exc.value.code
+    assert f"argument --watch: {value!r} is not a number of seconds of at least 0.1" in capsys.readouterr().err

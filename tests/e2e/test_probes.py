@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pty
 import re
@@ -204,3 +206,58 @@ def test_drain_on_a_terminal_shows_progress_and_a_summary_line(redis_server, bin
     text = output.decode("utf-8", "replace")
     assert "\r\x1b[Kdraining: " in text
     assert re.search(r"\r\x1b\[Kdrained: 20 notifications in [0-9.]+s \([0-9,]+/s\): delivered 20\r?\n", text), text
+
+
+def test_stats_watch_shows_rates_depth_age_in_flight_and_connections(
+    app_env, start_daemon, binary_mock, pki, jq
+) -> None:
+    """`stats --watch --json`: the first refresh has no rates yet; after deliveries and a heartbeat, it has them."""
+    from apnsd.cli.watch import watch
+
+    mock = binary_mock()
+    r = start_daemon(app_env("watched", mock.host, mock.port, pki.client_pem))
+    out = io.StringIO()
+    tokens = [os.urandom(32).hex() for _ in range(20)]
+
+    def between_refreshes(_seconds: float) -> None:
+        push_all(jq, [job(t, app="watched") for t in tokens], queue="watched:queue")
+        wait_for(lambda: set(tokens) <= set(mock.record.accepted_tokens()), 10, "the jobs delivered")
+        wait_for(lambda: jq.heartbeat_of(r.daemon.worker_id)["outcomes"]["watched"]["delivered"] >= 20, 10, "heartbeat")
+
+    assert 0 == watch(r.config, jq, 1.0, True, out, refreshes=2, sleep=between_refreshes)
+
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert {"delivered": None, "dead": None, "unregistered": None, "retried": None} == first["apps"]["watched"][
+        "per_second"
+    ]
+    rates = second["apps"]["watched"]["per_second"]
+    assert (0, 0, 0) == (rates["dead"], rates["unregistered"], rates["retried"])
+    assert 0 < rates["delivered"]
+    assert {"apps": ["watched"], "depth": 0, "scheduled": 0, "oldest_age": 0.0, "in_flight": 0} == second["queues"][
+        "watched:queue"
+    ]
+    assert ({"alive": 1, "dead": 0}, 1) == (second["workers"], second["apps"]["watched"]["connections"])
+
+
+def test_stats_watch_table_on_a_terminal_redraws_in_place(app_env, start_daemon, binary_mock, pki, jq) -> None:
+    """On a terminal each refresh moves home and clears before the table: a line per queue and per app."""
+    from apnsd.cli.watch import watch
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    mock = binary_mock()
+    r = start_daemon(app_env("table", mock.host, mock.port, pki.client_pem))
+    out = Terminal()
+
+    assert 0 == watch(r.config, jq, 2.0, False, out, refreshes=2, sleep=lambda _s: None)
+
+    screens = out.getvalue().split("\x1b[H\x1b[J")
+    assert ["", 2] == [screens[0], len(screens) - 1]
+    lines = screens[2].splitlines()
+    assert lines[0].startswith("apnsd stats  ") and "every 2s  workers 1 alive, 0 dead" in lines[0]
+    assert ["QUEUE", "WAITING", "SCHEDULED", "OLDEST", "IN", "FLIGHT"] == lines[2].split()
+    assert ["table:queue", "0", "0", "-", "0"] == lines[3].split()
+    assert ["APP", "CONN", "DELIVERED/s", "DEAD/s", "UNREG/s", "RETRIED/s"] == lines[5].split()
+    assert "table" == lines[6].split()[0] and "0/1" == lines[6].split()[1]
