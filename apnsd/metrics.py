@@ -93,7 +93,7 @@ LATENCY = Histogram(
 )
 ROUND_TRIP = Histogram(
     "apnsd_gateway_round_trip_seconds",
-    "HTTP/2: from a request written to its answer read (one request in 16 is timed).",
+    "HTTP/2: from a request written to its answer read (one request in 64 is timed).",
     ["app"],
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

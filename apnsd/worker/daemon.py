@@ -158,7 +158,7 @@ class Daemon:
             if self.drain and self._drained():
                 self.log.info("drained")
                 break
-            if self._progress is not None and self._progress.live:
+            if self._progress is not None and self._progress.due(now):
                 self._progress.draw(_outcome_totals(), self._remaining(), now)
 
     def _shutdown(self) -> int:
@@ -202,7 +202,9 @@ class Daemon:
         """/healthz: the main loop and every delivery loop are running and iterating (APNs and Redis may be down)."""
         if len(self._threads) < len(self.loops):
             return True, "alive: starting"
-        return probes.liveness(self._views(), self._main_beat, time.monotonic())
+        # A blackholed Redis makes each command wait out socket_timeout: only far longer is a stall.
+        stall_limit = max(probes.STALL_LIMIT, 10 * self.config.redis.socket_timeout)
+        return probes.liveness(self._views(), self._main_beat, time.monotonic(), stall_limit)
 
     def readiness(self) -> probes.Verdict:
         """/readyz: alive, Redis answering, and every app's connection up, idle or within its first retries."""

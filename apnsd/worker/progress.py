@@ -43,9 +43,13 @@ class DrainProgress:
         pct = 100 * finished // total if total else 100
         return f"draining: {finished}/{total} ({pct}%)  {rate:,.0f}/s  ETA {eta}"
 
+    def due(self, now: float) -> bool:
+        """True when a redraw is wanted: on a terminal, a second or more after the last one."""
+        return self.live and now - self._drawn >= REDRAW_INTERVAL
+
     def draw(self, totals: dict[str, float], remaining: int, now: float) -> None:
         """Redraw the progress line (at most once a second) when on a terminal."""
-        if self.live and now - self._drawn >= REDRAW_INTERVAL:
+        if self.due(now):
             self._drawn = now
             self.out.write("\r\x1b[K" + self.line(totals, remaining, now))
             self.out.flush()
