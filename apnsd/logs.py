@@ -30,7 +30,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (PrintLogger writes the newline separately): where apnsd shares a pipe with
+        # another writer, as under supervisord, a line cannot be split by the other's output.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
 

@@ -113,8 +113,9 @@ def http_health(config: Config, liveness: bool, timeout: float = 4.0) -> tuple[b
 def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
     """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed.
 
-    ``liveness`` checks only that the process is alive (fresh status file, heartbeat in Redis) and ignores the
-    gateway side (failed connects, disabled apps): restarting the process fixes neither, it only adds churn.
+    ``liveness`` checks only that the process is alive (a fresh status file, which its main loop writes every
+    heartbeat whether or not Redis answers) and ignores Redis and the gateway side (failed connects, disabled
+    apps): restarting the process fixes none of them, it only adds churn.
     """
     state = Path(config.worker.state_dir)
     ttl = config.worker.heartbeat_ttl
@@ -138,6 +139,8 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
                     return False, f"unhealthy: app {app} is disabled: {a['disabled']}"
                 if a.get("last_connect_error"):
                     return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
+    if liveness:
+        return True, f"healthy: {len(fresh)} worker(s) alive"
     try:
         q = open_queue(config)
         missing = [s["worker"] for s in fresh if q.heartbeat_of(s["worker"]) is None]

@@ -67,7 +67,13 @@ def scraped(app_env, start_daemon, http2_mock, pki, jq) -> tuple[list[Sample], s
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             parsed = list(text_string_to_metric_families(resp.read().decode()))
         families.update(f.name for f in parsed)
-        return [(s.name, s.labels, s.value) for f in parsed for s in f.samples]
+        # The registry is the process's: keep this daemon's series (and the unlabelled ones), not earlier tests'.
+        return [
+            (s.name, s.labels, s.value)
+            for f in parsed
+            for s in f.samples
+            if s.labels.get("app", "shop") == "shop" and s.labels.get("queue", "shop:queue") == "shop:queue"
+        ]
 
     def settled() -> list[Sample] | None:
         s = samples()

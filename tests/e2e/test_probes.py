@@ -16,7 +16,7 @@ from typing import Any
 
 from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import RedisServer, free_port
-from tests.e2e.test_metrics_health import app_env, events_since, log_mark, sample, scrape, start_daemon  # noqa: F401 (fixtures)
+from tests.e2e.test_metrics_health import app_env, events_since, health, log_mark, sample, scrape, start_daemon  # noqa: F401 (fixtures)
 from tests.support.jobs import job, push_all, run_drained
 from tests.support.supervised import VENV_BIN, clean_env, stop_by_pid, wait_for
 
@@ -65,8 +65,8 @@ def test_gateway_outage_fails_readiness_but_not_liveness(app_env, start_daemon, 
     assert 200 == get(port, "/healthz")[0]
 
 
-def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, binary_mock, pki) -> None:
-    """With Redis stopped, /readyz is 503 naming Redis while /healthz stays 200; both recover with Redis."""
+def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, binary_mock, pki, capsys) -> None:
+    """With Redis stopped, /readyz (and `apnsd health`) fail naming Redis while /healthz (and --liveness) pass."""
     mock = binary_mock()
     port = free_port()
     own = RedisServer().start()
@@ -74,7 +74,7 @@ def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, bi
         env = app_env(
             "noredis", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}", REDIS_URL=own.url
         )
-        start_daemon(env)
+        r = start_daemon(env)
         wait_for(lambda: get(port, "/readyz")[0] == 200, 10, "readiness")
         own.stop()
 
@@ -84,6 +84,11 @@ def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, bi
 
         assert body.startswith("not ready: Redis: ")
         assert 200 == get(port, "/healthz")[0]
+        wait_for(
+            lambda: json.loads(r.daemon.health_path.read_text())["redis"] is False, 10, "a heartbeat without Redis"
+        )
+        assert (0, "healthy: 1 worker(s) alive\n") == health(capsys, "--liveness")  # the exec form agrees
+        assert 1 == health(capsys)[0]
         RedisServer(own.port).start()
         wait_for(lambda: get(port, "/readyz")[0] == 200, 15, "readiness after Redis is back")
     finally:

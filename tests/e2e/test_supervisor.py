@@ -218,8 +218,12 @@ def test_supervisord_exits_when_apnsd_goes_fatal(tmp_path: Path) -> None:
         APNSD_WORKER_BATCH_SIZE="many",
         APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
     )
+    conf = write_conf(short)
+    # A loaded machine can take longer than startsecs=2 to import apnsd and refuse the config, and a start
+    # that outlives startsecs counts as a successful one: give each attempt ample time to fail as a start.
+    conf.write_text(conf.read_text().replace("startsecs=2\n", "startsecs=20\n", 1))
     proc = subprocess.Popen(
-        [str(VENV_BIN / "supervisord"), "-c", str(write_conf(short))],
+        [str(VENV_BIN / "supervisord"), "-c", str(conf)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -227,7 +231,7 @@ def test_supervisord_exits_when_apnsd_goes_fatal(tmp_path: Path) -> None:
     )
     out = OutputReader(proc.stdout)  # type: ignore[arg-type]
     try:
-        wait_for(lambda: proc.poll() is not None, 60, "supervisord to exit after apnsd went FATAL")
+        wait_for(lambda: proc.poll() is not None, 120, "supervisord to exit after apnsd went FATAL")
     finally:
         stop_by_pid(proc)
         out.join(5)
