@@ -93,7 +93,7 @@ class OutcomeRecorder:
             else:
                 at = now + retry_delay(n.attempts, app.retry_backoff, self.rng)
                 c.scheduled[retry_job(n, at)] = at
-                metrics.RETRIED.labels(n.app, outcome.reason).inc()
+                metrics.RETRIED.labels(n.app, metrics.reason_label(outcome.reason)).inc()
         if kind is Kind.UNREGISTERED:
             c.unregistered[n.token] = _json(
                 {
@@ -107,7 +107,7 @@ class OutcomeRecorder:
         elif kind is Kind.DEAD:
             c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
-            metrics.FAILED.labels(n.app, outcome.reason).inc()
+            metrics.FAILED.labels(self._label(n.app), metrics.reason_label(outcome.reason)).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
         if self.results:
             c.results.append(
@@ -143,7 +143,7 @@ class OutcomeRecorder:
                     "time": f"{now:.3f}",
                 }
             )
-        metrics.FAILED.labels(r.app or "unknown", r.reason).inc()
+        metrics.FAILED.labels(self._label(r.app), metrics.reason_label(r.reason)).inc()
         b.reasons[r.reason] = b.reasons.get(r.reason, 0) + 1
         b.tally[(r.app or "unknown", Kind.DEAD.value)] += 1
         return self._done(b)
@@ -162,13 +162,17 @@ class OutcomeRecorder:
         b.tally[(n.app, "returned")] += 1
         return self._done(b)
 
+    def _label(self, app: str | None) -> str:
+        """A job's app as a metric label: a configured name, else "unknown" (label values never come from jobs)."""
+        return app if app in self.apps else "unknown"
+
     def _done(self, b: Batch) -> Batch | None:
         b.remaining -= 1
         if b.remaining:
             return None
         counts: Counter[str] = Counter()
         for (app, kind), k in b.tally.items():
-            metrics.NOTIFICATIONS.labels(app, kind).inc(k)
+            metrics.NOTIFICATIONS.labels(self._label(app), kind).inc(k)
             counts[kind] += k
         b.commit.counts = dict(counts)
         return b

@@ -133,3 +133,21 @@ def test_fatal_listener_stops_on_apnsd_fatal_and_acknowledges_every_event() -> N
 
     assert ["apnsd"] == stopped
     assert b"READY\nRESULT 2\nOKREADY\nRESULT 2\nOKREADY\n" == stdout.getvalue()
+
+
+def test_label_values_come_from_configuration_not_from_jobs() -> None:
+    """A job naming an app that is not configured is counted under app "unknown", with a bounded reason."""
+    from apnsd.config import AppConfig
+    from apnsd.core.jobs import Rejected
+    from apnsd.store.layout import Commit
+    from apnsd.worker.outcome_log import Batch, OutcomeRecorder
+
+    recorder = OutcomeRecorder({"default": AppConfig()}, False)
+    batch = Batch(Commit("q", "1"), remaining=1)
+    before = metrics.totals(metrics.NOTIFICATIONS, "outcome").get("unknown", {}).get("dead", 0.0)
+
+    recorder.reject(batch, Rejected(b"{}", "unknown_app: no app 'x'", "", "attacker-chosen-name"), 0.0)
+
+    assert before + 1 == metrics.totals(metrics.NOTIFICATIONS, "outcome")["unknown"]["dead"]
+    assert 1 <= metrics.totals(metrics.FAILED, "reason")["unknown"]["unknown_app"]
+    assert "attacker-chosen-name" not in metrics.totals(metrics.NOTIFICATIONS, "outcome")
