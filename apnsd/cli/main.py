@@ -228,10 +228,15 @@ def _dead(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from apnsd.cli.stats import health, http_health
-
     config = _load(args)
-    ok, reason = http_health(config, args.liveness) if args.http else health(config, _queue, liveness=args.liveness)
+    if args.http:  # what container health checks run every few seconds: keep it light
+        from apnsd.cli.probe import http_health
+
+        ok, reason = http_health(config, args.liveness)
+    else:
+        from apnsd.cli.stats import health
+
+        ok, reason = health(config, _queue, liveness=args.liveness)
     print(reason)
     return 0 if ok else 1
 

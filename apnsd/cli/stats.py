@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,24 +88,6 @@ def dead_requeue(config: Config, q: JobQueue, limit: int, reason: str | None) ->
     moved = q.requeue_dead(queue_for, queue_for.get("default") or next(iter(config.queues())), limit, reason)
     print(f"requeued {moved} job(s)")
     return 0
-
-
-def http_health(config: Config, liveness: bool, timeout: float = 4.0) -> tuple[bool, str]:
-    """(ok, one-line reason) from the running daemon's /healthz (``liveness``) or /readyz on metrics.listen."""
-    listen = config.metrics.listen
-    if not listen:
-        return False, "unhealthy: metrics.listen is empty, so there is no /healthz or /readyz to ask"
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/{'healthz' if liveness else 'readyz'}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return True, resp.read().decode("utf-8", "replace").strip()
-    except urllib.error.HTTPError as exc:
-        return False, "unhealthy: " + exc.read().decode("utf-8", "replace").strip()
-    except (OSError, ValueError) as exc:
-        return False, f"unhealthy: cannot reach {url}: {getattr(exc, 'reason', exc)}"
 
 
 def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
