@@ -310,7 +310,7 @@ class JobQueue:
         """The job that will be taken next (the consuming end), without taking it; None when the queue is empty."""
         with redis_errors("reading the oldest job"):
             raw = self.client.lindex(queue, -1)
-        return bytes(raw) if raw is not None else None
+        return raw.encode() if isinstance(raw, str) else raw  # bytes: the client does not decode responses
 
     def scheduled_count(self, queue: str, until: float | None = None) -> int:
         """Jobs in the scheduled set (due by ``until`` if given)."""
