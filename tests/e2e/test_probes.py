@@ -70,6 +70,7 @@ def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, bi
     mock = binary_mock()
     port = free_port()
     own = RedisServer().start()
+    again = RedisServer(own.port)  # the same port, started again once the outage has been seen
     try:
         env = app_env(
             "noredis", mock.host, mock.port, pki.client_pem, METRICS_LISTEN=f"127.0.0.1:{port}", REDIS_URL=own.url
@@ -79,7 +80,7 @@ def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, bi
         own.stop()
 
         _, body = wait_for(
-            lambda: (r := get(port, "/readyz"))[1].startswith("not ready: Redis") and r, 15, "readiness to fail"
+            lambda: (resp := get(port, "/readyz"))[1].startswith("not ready: Redis") and resp, 15, "readiness to fail"
         )
 
         assert body.startswith("not ready: Redis: ")
@@ -89,10 +90,11 @@ def test_redis_outage_fails_readiness_but_not_liveness(app_env, start_daemon, bi
         )
         assert (0, "healthy: 1 worker(s) alive\n") == health(capsys, "--liveness")  # the exec form agrees
         assert 1 == health(capsys)[0]
-        RedisServer(own.port).start()
+        again.start()
         wait_for(lambda: get(port, "/readyz")[0] == 200, 15, "readiness after Redis is back")
     finally:
-        os.system(f"redis-cli -p {own.port} shutdown nosave >/dev/null 2>&1")
+        own.stop()
+        again.stop()
 
 
 def test_queue_gauges_show_depth_oldest_age_dead_letters_and_unregistered(
