@@ -79,9 +79,12 @@ WORKDIR /tmp
 # Numeric, so that Kubernetes runAsNonRoot can check it; 10001 is the apnsd user above.
 USER 10001:10001
 
-# Exit 0 when this host's worker heartbeat is fresh and its last connection attempt
-# did not fail. start-period covers startup and the first connection.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["apnsd", "health"]
+# Liveness: asks the daemon's /healthz (on APNSD_METRICS_LISTEN), which is 200 while its
+# loops run and iterate. It does not fail when APNs or Redis is down: restarting would fix
+# neither and only add connection churn. Readiness (/readyz, or `apnsd health`) is for
+# orchestrators that route or roll out on it (see deploy/kubernetes). start-period covers
+# startup; supervisord itself exits when apnsd goes FATAL (deploy/supervisord.conf).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["apnsd", "health", "--liveness", "--http"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["supervisord", "-c", "/etc/apnsd/supervisord.conf"]

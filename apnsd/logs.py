@@ -18,18 +18,28 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else structlog.processors.JSONRenderer()
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    if console and stream.isatty():
+        processors.append(_clear_line)  # a progress line drawn in place (run --drain) must not run into it
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (PrintLogger writes the newline separately): where apnsd shares a pipe with
+        # another writer, as under supervisord, a line cannot be split by the other's output.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+
+
+def _clear_line(_logger: Any, _method: str, line: str) -> str:
+    """Start a terminal log line by erasing whatever was drawn in place on the current line."""
+    return "\r\x1b[K" + line
 
 
 def get(name: str, **bound: Any) -> Any:

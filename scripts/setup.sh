@@ -3,7 +3,8 @@
 # then a virtual environment in .venv with apnsd and its test dependencies installed.
 # With --test it also installs what the tests drive besides Python: curl (an independent HTTP/2
 # client), PHP and Ruby with their Redis clients (the documented one-liners are run for real), and
-# tinyproxy (the HTTP CONNECT proxy the proxy tests put in front of the mock gateway).
+# tinyproxy (the HTTP CONNECT proxy the proxy tests put in front of the mock gateway), and promtool
+# (Debian's prometheus package) to check deploy/prometheus/alerts.yml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v php >/dev/null 2>&1 && php -r 'exit(class_exists("Redis") ? 0 : 1);' 2>/dev/null || need_apt+=(php-cli php-redis)
   command -v ruby >/dev/null 2>&1 && ruby -e 'require "redis"' 2>/dev/null || need_apt+=(ruby ruby-redis)
   [ -x /usr/bin/tinyproxy ] || command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

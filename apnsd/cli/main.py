@@ -95,7 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     st = cmd("stats", _stats, "Queue depths, in-flight jobs, workers, dead letters, unregistered tokens.")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="JSON (with --watch: one object per line and refresh)")
+    st.add_argument(
+        "--watch",
+        type=_interval,
+        metavar="SECONDS",
+        help="refresh every SECONDS: per queue and app, rates, depth, oldest-job age, in flight, connections",
+    )
 
     from apnsd.cli.dead import add_dead_arguments
 
@@ -106,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness",
         action="store_true",
         help="only check that the worker is alive (fresh status, heartbeat in Redis); ignore gateway failures",
+    )
+    hc.add_argument(
+        "--http",
+        action="store_true",
+        help="ask the running daemon's metrics listener instead: /healthz with --liveness, else /readyz",
     )
 
     from apnsd.cli.channels import add_channels_arguments
@@ -248,9 +259,25 @@ def _channels(args: argparse.Namespace) -> int:
     return run_channels(args, _load(args))
 
 
+def _interval(text: str) -> float:
+    """--watch SECONDS: a finite number of seconds, at least 0.1."""
+    try:
+        every = float(text)
+    except ValueError:
+        every = math.nan
+    if not math.isfinite(every) or every < 0.1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0.1")
+    return every
+
+
 def _stats(args: argparse.Namespace) -> int:
     from apnsd.cli.stats import collect, render
 
+    if args.watch is not None:
+        from apnsd.cli.watch import watch
+
+        config = _load(args)
+        return watch(config, _queue(config), args.watch, args.json, sys.stdout)
     data = collect(_load(args), _queue)
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0
@@ -268,9 +295,15 @@ def _dead(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from apnsd.cli.stats import health
+    config = _load(args)
+    if args.http:  # what container health checks run every few seconds: keep it light
+        from apnsd.cli.health_http import http_health
 
-    ok, reason = health(_load(args), _queue, liveness=args.liveness)
+        ok, reason = http_health(config, args.liveness)
+    else:
+        from apnsd.cli.stats import health
+
+        ok, reason = health(config, _queue, liveness=args.liveness)
     print(reason)
     return 0 if ok else 1
 

@@ -63,8 +63,9 @@ def render(data: dict[str, Any]) -> str:
 def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
     """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed.
 
-    ``liveness`` checks only that the process is alive (fresh status file, heartbeat in Redis) and ignores the
-    gateway side (failed connects, disabled apps): restarting the process fixes neither, it only adds churn.
+    ``liveness`` checks only that the process is alive (a fresh status file, which its main loop writes every
+    heartbeat whether or not Redis answers) and ignores Redis and the gateway side (failed connects, disabled
+    apps): restarting the process fixes none of them, it only adds churn.
     """
     state = state_dir(config.worker)
     ttl = config.worker.heartbeat_ttl
@@ -90,6 +91,8 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
                     return False, f"unhealthy: app {app} is suspended: {a['suspended']}"
                 if a.get("last_connect_error"):
                     return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
+    if liveness:
+        return True, f"healthy: {len(fresh)} worker(s) alive"
     try:
         q = open_queue(config)
         missing = [s["worker"] for s in fresh if q.heartbeat_of(s["worker"]) is None]

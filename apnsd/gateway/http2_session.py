@@ -33,6 +33,9 @@ MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates
 RESEND_REASONS = frozenset({"TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken"})
 NO_ERROR = 0
 KILLER = Outcome(Kind.DEAD, None, "gateway_protocol_error")
+# One request in 64 is timed for the round-trip histogram (stream ids are odd: 1, 129, 257, ...): a dict
+# entry and an observe() for every request would cost more than the rest of its bookkeeping.
+RTT_SAMPLE_MASK = 127
 
 
 class Http2Session(Session):
@@ -63,6 +66,8 @@ class Http2Session(Session):
         self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
         self._unsendable: Resolved = []  # notifications whose headers could not be encoded
         self._alone: int | None = None  # the stream of a suspect on the wire by itself (see _suspects)
+        self._timed: dict[int, float] = {}  # sampled stream id → when its request was written
+        self._round_trip = metrics.ROUND_TRIP.labels(self.app)
         host, port = self.cfg.gateway()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in :authority
         self._authority = host if port == 443 else f"{host}:{port}"
@@ -85,6 +90,7 @@ class Http2Session(Session):
         self._expired_from_sid = 0
         self._hold = False
         self._alone = None
+        self._timed.clear()
         self._template = None
         self._last_activity = self._last_received = now
         self._ping_sent = None
@@ -147,6 +153,8 @@ class Http2Session(Session):
                 continue
             streams[sid] = note
             first = first or sid
+            if sid & RTT_SAMPLE_MASK == 1:
+                self._timed[sid] = time.monotonic()  # not ``now``: parsing may have run since it was taken
             if alone:
                 self._alone = sid
                 break
@@ -204,8 +212,13 @@ class Http2Session(Session):
                     note.apns_id = ev.apns_id
                     note.unique_id = ev.unique_id
                 out.append((note, self._outcome(ev)))
+                if ev.stream_id & RTT_SAMPLE_MASK == 1:
+                    sent = self._timed.pop(ev.stream_id, None)
+                    if sent is not None:
+                        self._round_trip.observe(max(0.0, now - sent))
             elif type(ev) is StreamReset:
                 note = streams.pop(ev.stream_id, None)
+                self._timed.pop(ev.stream_id, None)
                 if note is None:
                     continue
                 if ev.error_code == REFUSED_STREAM:

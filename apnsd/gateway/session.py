@@ -344,7 +344,6 @@ class Session:
         self.connected_at = now
         self.explanation = None
         metrics.CONNECTS.labels(self.app).inc()
-        metrics.CONNECTED.labels(self.app).set(1)
         self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
         self.on_connected(now)
 
@@ -390,7 +389,6 @@ class Session:
             self.transport.close()
         self.transport = None
         self.state = State.DISCONNECTED
-        metrics.CONNECTED.labels(self.app).set(0)
         metrics.DISCONNECTS.labels(self.app, cause.split(":")[0][:40]).inc()
         self.log.info("disconnected", reason=cause, resend=resent)
 

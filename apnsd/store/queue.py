@@ -355,6 +355,12 @@ class JobQueue:
         with redis_errors("reading queue depth"):
             return int(self.client.llen(queue))
 
+    def oldest(self, queue: str) -> bytes | None:
+        """The job that will be taken next (the consuming end), without taking it; None when the queue is empty."""
+        with redis_errors("reading the oldest job"):
+            raw = self.client.lindex(queue, -1)
+        return raw.encode() if isinstance(raw, str) else raw  # bytes: the client does not decode responses
+
     def scheduled_count(self, queue: str, until: float | None = None) -> int:
         """Jobs in the scheduled set (due by ``until`` if given)."""
         with redis_errors("counting scheduled jobs"):

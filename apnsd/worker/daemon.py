@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,8 +29,11 @@ from apnsd.gateway.credentials import AppCredentials
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
+from apnsd.worker import probes
 from apnsd.worker.delivery import DeliveryLoop
+from apnsd.worker.gauges import RedisGauges, set_loop_gauges
 from apnsd.worker.outcome_log import OutcomeRecorder
+from apnsd.worker.progress import DrainProgress
 from apnsd.worker.state import ensure_private_dir, write_private_file
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
@@ -57,6 +61,9 @@ class Daemon:
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
         self._wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
+        self._main_beat = time.monotonic()  # the main loop's last iteration (liveness)
+        self.redis_error: str | None = "not checked yet"  # the last heartbeat's Redis problem (readiness)
+        self._progress: DrainProgress | None = None
         self.health_path = (
             state_dir(config.worker) / f"worker-{self.worker_id.replace(':', '-').replace('/', '-')}.json"
         )
@@ -75,9 +82,13 @@ class Daemon:
         )
         self._claim_worker_id()
         self._build_loops()
+        self.gauges = RedisGauges(self.jq, [lp.queue for lp in self.loops])
+        metrics.declare(sorted(cfg.apps), [lp.queue for lp in self.loops])
         if cfg.metrics.listen:
             try:
-                self._stop_metrics = metrics.serve(cfg.metrics.listen)
+                self._stop_metrics = metrics.serve(
+                    cfg.metrics.listen, {"/healthz": self.liveness, "/readyz": self.readiness}
+                )
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
         self._install_signals()
@@ -88,6 +99,10 @@ class Daemon:
             redis=redact_url(cfg.redis.url),
             drain=self.drain,
         )
+        if self.drain:
+            live = sys.stderr.isatty()
+            self._progress = DrainProgress(sys.stderr, live, time.monotonic(), _outcome_totals())
+            self._progress.draw(_outcome_totals(), self._remaining(), time.monotonic())  # the starting point
         self._heartbeat()
         self._recover()
         for lp in self.loops:
@@ -136,7 +151,7 @@ class Daemon:
             now + EXPIRY_CHECK_INTERVAL,
         )
         while not self._stop.wait(0.25):
-            now = time.monotonic()
+            now = self._main_beat = time.monotonic()
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
@@ -157,6 +172,8 @@ class Daemon:
             if self.drain and self._drained():
                 self.log.info("drained")
                 break
+            if self._progress is not None and self._progress.due(now):
+                self._progress.draw(_outcome_totals(), self._remaining(), now)
 
     def _shutdown(self) -> int:
         self.log.info("stopping", grace_period=self.config.worker.grace_period)
@@ -179,8 +196,35 @@ class Daemon:
         self.health_path.unlink(missing_ok=True)
         if self._stop_metrics is not None:  # an in-process daemon must not leave the port and stale numbers behind
             self._stop_metrics()
+        if self._progress is not None:
+            summary = self._progress.summary(_outcome_totals(), time.monotonic())
+            self._progress.finish(summary)
+            self.log.info("drain_summary", **summary)
         self.log.info("stopped", clean=clean)
         return 0 if clean else 1
+
+    # --- what the metrics listener asks (on its own thread: published values only) -------------
+
+    def _views(self) -> list[probes.LoopView]:
+        started = len(self._threads) == len(self.loops)
+        return [
+            probes.LoopView(lp.queue, t.is_alive() and not lp.status.crashed, lp.feeder.is_alive(), lp.published)
+            for lp, t in zip(self.loops, self._threads if started else [], strict=False)
+        ]
+
+    def liveness(self) -> probes.Verdict:
+        """/healthz: the main loop and every delivery loop are running and iterating (APNs and Redis may be down)."""
+        if len(self._threads) < len(self.loops):
+            return True, "alive: starting"
+        # A blackholed Redis makes each command wait out socket_timeout: only far longer is a stall.
+        stall_limit = max(probes.STALL_LIMIT, 10 * self.config.redis.socket_timeout)
+        return probes.liveness(self._views(), self._main_beat, time.monotonic(), stall_limit)
+
+    def readiness(self) -> probes.Verdict:
+        """/readyz: alive, Redis answering, and every app's connection up, idle or within its first retries."""
+        if len(self._threads) < len(self.loops):
+            return False, "not ready: starting"
+        return probes.readiness(self._views(), self.redis_error, self._stop.is_set(), self.liveness())
 
     # --- housekeeping ------------------------------------------------------------------------
 
@@ -212,6 +256,7 @@ class Daemon:
             "time": time.time(),
             "redis": True,
             "queues": {lp.queue: lp.status.heartbeat() for lp in self.loops},
+            "outcomes": _app_totals(),
         }
 
     def _heartbeat(self) -> None:
@@ -219,27 +264,21 @@ class Daemon:
         status = self._status()
         try:
             self.jq.heartbeat(w.heartbeat_ttl, status)
+            self.gauges.update(time.time())
+            self.redis_error = None
         except QueueError as exc:
             status["redis"] = False
-            status["redis_error"] = str(exc)
+            status["redis_error"] = self.redis_error = str(exc)
         for lp in self.loops:
             metrics.IN_FLIGHT.labels(lp.queue).set(lp.status.in_flight)
+        set_loop_gauges({lp.queue: lp.published for lp in self.loops})
         self._write_health(status)
-        self._update_depths()
 
     def _write_health(self, status: dict[str, Any]) -> None:
         try:
             write_private_file(self.health_path, json.dumps(status).encode())
         except OSError as exc:
             self.log.warning("health_file_unwritable", path=str(self.health_path), error=str(exc))
-
-    def _update_depths(self) -> None:
-        try:
-            for lp in self.loops:
-                metrics.QUEUE_DEPTH.labels(lp.queue).set(self.jq.depth(lp.queue))
-                metrics.SCHEDULED.labels(lp.queue).set(self.jq.scheduled_count(lp.queue))
-        except QueueError:
-            pass  # gauges are best effort; the outage is logged by the loops
 
     def _recover(self) -> None:
         try:
@@ -285,6 +324,14 @@ class Daemon:
             if problem:
                 for lp in self.loops:
                     lp.post(partial(lp.disable_app, name, problem))
+
+    def _remaining(self) -> int:
+        """Notifications still to resolve for the progress line: waiting in the queues, and in flight."""
+        try:
+            waiting = sum(self.jq.depth(lp.queue) for lp in self.loops)
+        except QueueError:
+            waiting = 0
+        return waiting + sum(lp.status.in_flight for lp in self.loops)
 
     def _drained(self) -> bool:
         try:
@@ -358,3 +405,23 @@ def _alive_elsewhere(status: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _app_totals() -> dict[str, dict[str, int]]:
+    """Per app, this process's running totals by outcome plus retries (what `apnsd stats --watch` turns into rates)."""
+    out = {
+        app: {k: int(v) for k, v in per.items()}
+        for app, per in metrics.totals(metrics.NOTIFICATIONS, "outcome").items()
+    }
+    for app, per in metrics.totals(metrics.RETRIED, "reason").items():
+        out.setdefault(app, {})["retried"] = int(sum(per.values()))
+    return out
+
+
+def _outcome_totals() -> dict[str, float]:
+    """This process's notifications so far by outcome, summed over apps."""
+    out: dict[str, float] = {}
+    for per_app in metrics.totals(metrics.NOTIFICATIONS, "outcome").values():
+        for outcome, n in per_app.items():
+            out[outcome] = out.get(outcome, 0.0) + n
+    return out

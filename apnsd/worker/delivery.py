@@ -31,6 +31,37 @@ SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in th
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
 
 
+@dataclass(frozen=True)
+class ConnectionState:
+    """One session as the loop last saw it, for threads that must not touch the session itself."""
+
+    app: str
+    up: bool
+    disabled: str | None
+    last_connect_error: str | None
+    failures: int  # consecutive failed connects (the pacer's count)
+    backlog: int  # notifications waiting to be written
+    suspended: str | None = None
+
+    def as_status(self) -> dict[str, Any]:
+        """The heartbeat's and health file's view of this connection."""
+        return {
+            "connected": self.up,
+            "last_connect_error": self.last_connect_error,
+            "disabled": self.disabled,
+            "suspended": self.suspended,
+        }
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """What a delivery loop publishes about its connections on its own thread; read by probes and gauges."""
+
+    at: float  # monotonic time of publication: the loop was alive and iterating then
+    in_flight: int
+    connections: dict[str, ConnectionState]
+
+
 class Phase(Enum):
     """Where a delivery loop is in its life."""
 
@@ -86,7 +117,9 @@ class DeliveryLoop:
         self._next_commit_try = 0.0
         self._retiring: list[Session] = []
         self._next_app_status = 0.0
-        self.status = LoopStatus(Phase.RUNNING, 0, False, False, self._app_status())
+        self._published_shape: tuple[Any, ...] = ()
+        self.published = LoopSnapshot(time.monotonic(), 0, {})
+        self.status = LoopStatus(Phase.RUNNING, 0, False, False, self._app_status(time.monotonic()))
 
     # --- what other threads call -----------------------------------------------------------------
 
@@ -295,27 +328,38 @@ class DeliveryLoop:
             metrics.IN_FLIGHT.labels(self.queue).set(self.handoff.in_flight)
 
     def _publish(self, now: float) -> None:
-        """Publish a fresh LoopStatus; the per-connection part only every APP_STATUS_INTERVAL."""
+        """Publish a fresh LoopStatus; the per-connection part (and the probes' LoopSnapshot) every
+        APP_STATUS_INTERVAL. Each is one reference assignment: readers see the old value or the new one."""
         st = self.status
         apps = st.apps
-        if now >= self._next_app_status or self.phase is Phase.DONE:
+        # A connection coming up or going down is published at once; backlogs and the probes' clock
+        # every APP_STATUS_INTERVAL.
+        shape = tuple((s.state, s.disabled, s.suspended, s.last_connect_error) for s in self.sessions.values())
+        if now >= self._next_app_status or shape != self._published_shape or self.phase is Phase.DONE:
             self._next_app_status = now + APP_STATUS_INTERVAL
-            apps = self._app_status()
+            self._published_shape = shape
+            apps = self._app_status(now)
         in_flight = self.handoff.in_flight
         idle = in_flight == 0 and not self.handoff.batches
         if st.in_flight != in_flight or st.idle != idle or st.phase is not self.phase or st.apps is not apps:
             self.status = LoopStatus(self.phase, in_flight, idle, False, apps)
 
-    def _app_status(self) -> dict[str, dict[str, Any]]:
-        return {
-            key: {
-                "connected": s.state is not State.DISCONNECTED,
-                "last_connect_error": s.last_connect_error,
-                "disabled": s.disabled,
-                "suspended": s.suspended,
-            }
+    def _app_status(self, now: float) -> dict[str, dict[str, Any]]:
+        """Publish every session's ConnectionState; returns their heartbeat view."""
+        connections = {
+            key: ConnectionState(
+                s.app,
+                s.state is not State.DISCONNECTED,
+                s.disabled,
+                s.last_connect_error,
+                s.pacer.failures,
+                len(s.pending),
+                s.suspended,
+            )
             for key, s in self.sessions.items()
         }
+        self.published = LoopSnapshot(now, self.handoff.in_flight, connections)
+        return {key: c.as_status() for key, c in connections.items()}
 
     def _wait(self, now: float) -> None:
         """Sleep until a socket is readable (or writable when bytes wait), a wake-up, or the next deadline."""

@@ -18,7 +18,7 @@ from apnsd.store.queue import Commit
 _DELIVERED = Kind.DELIVERED.value
 
 _json = msgspec.json.encode
-UNKNOWN_APP = "unknown"
+UNKNOWN_APP = "unknown"  # the metric label of a job that names an app not in the configuration
 
 
 @dataclass(eq=False)
@@ -126,7 +126,7 @@ class OutcomeRecorder:
                 kind, gave_up = Kind.DEAD, d.gave_up
             else:
                 c.scheduled[retry_job(n, d.at, now, d.counted)] = d.at
-                metrics.RETRIED.labels(n.app, outcome.reason).inc()
+                metrics.RETRIED.labels(n.app, metrics.reason_label(outcome.reason)).inc()
         if kind is Kind.UNREGISTERED:
             (c.unregistered if n.channel is None else c.channels_gone)[n.token] = _json(
                 {
@@ -142,7 +142,7 @@ class OutcomeRecorder:
             job = single_job(n) if n.fanout else n.raw
             c.dead.append(dead_entry(job, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now))
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
-            metrics.FAILED.labels(n.app, outcome.reason).inc()
+            metrics.FAILED.labels(self._label(n.app), metrics.reason_label(outcome.reason)).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
         if self.results:
             c.results.append(
@@ -182,9 +182,9 @@ class OutcomeRecorder:
                     }
                 )
         # label values come from the configuration only: a job's own unknown app counts as "unknown"
-        app = r.app if r.app in self.apps else UNKNOWN_APP
+        app = self._label(r.app)
         n = len(r.tokens) if r.tokens else 1
-        metrics.FAILED.labels(app, r.reason).inc(n)
+        metrics.FAILED.labels(app, metrics.reason_label(r.reason)).inc(n)
         b.reasons[r.reason] = b.reasons.get(r.reason, 0) + n
         b.tally[(app, Kind.DEAD.value)] += n
         return self._done(b)
@@ -203,13 +203,17 @@ class OutcomeRecorder:
         b.tally[(n.app, "returned")] += 1
         return self._done(b)
 
+    def _label(self, app: str | None) -> str:
+        """A job's app as a metric label: a configured name, else "unknown" (label values never come from jobs)."""
+        return app if app in self.apps else UNKNOWN_APP
+
     def _done(self, b: Batch) -> Batch | None:
         b.remaining -= 1
         if b.remaining:
             return None
         counts: Counter[str] = Counter()
         for (app, kind), k in b.tally.items():
-            metrics.NOTIFICATIONS.labels(app, kind).inc(k)
+            metrics.NOTIFICATIONS.labels(self._label(app), kind).inc(k)
             counts[kind] += k
         b.commit.counts = dict(counts)
         return b

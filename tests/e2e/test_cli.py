@@ -443,3 +443,12 @@ def test_run_log_level_option_overrides_the_config(cli_env, rdb, capsys, binary_
 
     assert (0, ["debug"]) == (code, levels)
     assert [TOKEN] == list(mock.record.accepted_tokens())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_stats_watch_rejects_a_bad_interval(cli_env, capsys, value):
+    """`apnsd stats --watch` needs a number of seconds of at least 0.1; anything else is a usage error."""
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", "--watch", value])
+    assert 2 == exc.value.code
+    assert f"argument --watch: {value!r} is not a number of seconds of at least 0.1" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from supervisor import events
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
@@ -105,10 +106,10 @@ def test_image_runs_as_a_non_root_user() -> None:
     assert user in ("apnsd", "10001")
 
 
-def test_healthcheck_runs_apnsd_health() -> None:
-    """The image's HEALTHCHECK runs `apnsd health` with a timeout and a start period."""
+def test_healthcheck_asks_the_liveness_endpoint() -> None:
+    """The image's HEALTHCHECK asks /healthz (liveness, not readiness) with a timeout and a start period."""
     (check,) = instructions("HEALTHCHECK")
-    assert ["apnsd", "health"] == exec_form(check)
+    assert ["apnsd", "health", "--liveness", "--http"] == exec_form(check)
     assert "--timeout=" in check and "--start-period=" in check
 
 
@@ -220,9 +221,17 @@ def supervisor(monkeypatch: pytest.MonkeyPatch) -> ServerOptions:
 
 def program(options: ServerOptions) -> Any:
     """The one [program:apnsd] process config."""
-    (group,) = options.process_group_configs
+    (group,) = [g for g in options.process_group_configs if g.name == "apnsd"]
     (proc,) = group.process_configs
     return proc
+
+
+def test_fatal_listener_watches_apnsd(supervisor: ServerOptions) -> None:
+    """An event listener runs apnsd's FATAL listener for the apnsd program on PROCESS_STATE_FATAL only."""
+    (group,) = [g for g in supervisor.process_group_configs if g.name == "apnsd_fatal"]
+    (proc,) = group.process_configs
+    assert [events.ProcessStateFatalEvent] == list(group.pool_events)
+    assert "python3 -m apnsd.cli.fatal apnsd" == proc.command
 
 
 def test_supervisord_conf_is_valid_ini() -> None:
@@ -319,11 +328,18 @@ def test_every_yaml_file_in_deploy_parses(path: Path) -> None:
     assert docs and all(isinstance(d, dict) for d in docs)
 
 
-def test_kubernetes_probes_call_apnsd_health() -> None:
-    """Readiness runs the full `apnsd health`; liveness runs `apnsd health --liveness`, which ignores gateway outages."""
+def test_kubernetes_probes_use_the_health_endpoints() -> None:
+    """Readiness gets /readyz and liveness /healthz, both on the container's metrics port."""
     container = apnsd_container()
-    assert ["apnsd", "health"] == container["readinessProbe"]["exec"]["command"]
-    assert ["apnsd", "health", "--liveness"] == container["livenessProbe"]["exec"]["command"]
+    ports = {p["name"] for p in container["ports"]}
+    assert {"path": "/readyz", "port": "metrics"} == container["readinessProbe"]["httpGet"]
+    assert {"path": "/healthz", "port": "metrics"} == container["livenessProbe"]["httpGet"]
+    assert "metrics" in ports
+
+
+def test_compose_healthcheck_is_liveness() -> None:
+    """compose's healthcheck asks /healthz, like the image's HEALTHCHECK, so an APNs or Redis outage never fails it."""
+    assert ["CMD", "apnsd", "health", "--liveness", "--http"] == compose()["services"]["apnsd"]["healthcheck"]["test"]
 
 
 def test_kubernetes_waits_longer_than_supervisord(supervisor: ServerOptions) -> None:

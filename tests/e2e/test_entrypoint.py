@@ -229,20 +229,24 @@ def start_entrypoint(c: Container) -> tuple[subprocess.Popen[bytes], OutputReade
 
 
 def test_entrypoint_runs_the_worker_and_healthcheck_follows_it(container: tuple[Container, Any], jq: JobQueue) -> None:
-    """HEALTHCHECK exits 1 with one line before the worker runs and after `docker stop`, 0 while it runs and delivers."""
+    """HEALTHCHECK (/healthz) exits 1 with one line before the worker runs and after `docker stop`, 0 while it runs."""
     c, mock = container
+    healthz = f"http://{c.env['APNSD_METRICS_LISTEN']}/healthz"
     code, out = c.healthcheck()
     assert (1, 1) == (code, out.count("\n"))
-    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+    assert out.startswith(f"unhealthy: cannot reach {healthz}: ")
 
     proc, output = start_entrypoint(c)
     try:
         code, out = wait_for(
-            lambda: ((h := c.healthcheck())[0] == 0 and h) or (proc.poll() is not None and h),
+            lambda: (
+                ((h := c.healthcheck())[1] == "alive: 1 delivery loop(s) running\n" and h)
+                or (proc.poll() is not None and h)
+            ),
             30,
             "the HEALTHCHECK to pass",
         )
-        assert (0, "healthy: 1 worker(s) alive\n") == (code, out), output.text()
+        assert (0, "alive: 1 delivery loop(s) running\n") == (code, out), output.text()
         token = os.urandom(32).hex()
         push_all(jq, [job(token)])
         wait_for(lambda: token in mock.record.accepted_tokens(), 20, "the job delivered")
@@ -255,4 +259,4 @@ def test_entrypoint_runs_the_worker_and_healthcheck_follows_it(container: tuple[
     assert [True] == [e["clean"] for e in output.events("stopped")]
     code, out = c.healthcheck()
     assert (1, 1) == (code, out.count("\n"))
-    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+    assert out.startswith(f"unhealthy: cannot reach {healthz}: ")

@@ -237,6 +237,7 @@ def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_d
         jobs += hostile + [job(t) for t in chunk]
     hostile_jobs = sum(len(h) for h, _ in cases.values())
     rss_before, redis_before = rss_kib(), rdb.info("memory")["used_memory"]
+    apps_before = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")}  # earlier tests' apps
     push_all(jq, jobs)
     d = DaemonThread(make_config(mock)).start()
     try:
@@ -259,7 +260,7 @@ def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_d
         print(f"case={name} jobs={len(hostile)} reason={reason} outcomes={per_case[name][0]}")
     rss_growth_mib = (rss_kib() - rss_before) / 1024
     redis_mib = (rdb.info("memory")["used_memory"] - redis_before) / 2**20
-    failed_apps = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")}
+    failed_apps = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")} - apps_before
     totals = f"hostile={hostile_jobs} dead={len(dead)} good={len(good)} rss_growth_mib={rss_growth_mib:.1f}"
     print(f"case=totals {totals} redis_mib={redis_mib:.1f} failed_apps={sorted(failed_apps)}")
 

@@ -177,6 +177,7 @@ def test_metrics_endpoint_exports_deliveries_failures_connection_and_certificate
             (m := scrape(port))
             and sample(m, "apnsd_in_flight", queue="metrics:queue") == 0
             and sample(m, "apnsd_queue_depth", queue="metrics:queue") == 0
+            and sample(m, "apnsd_connection_up", app="metrics") == 1  # refreshed with the heartbeat
             and m
         ),
         10,

@@ -111,8 +111,11 @@ def test_send_goes_through_the_proxy_from_https_proxy(
     assert 1 == len(proxy.tunnels())
 
 
-def test_check_connect_and_probe_go_through_the_proxy(cli, tmp_path, pki, http2_mock, tinyproxy):
+def test_check_connect_and_probe_go_through_the_proxy(
+    cli, tmp_path, pki, http2_mock, tinyproxy, redis_server, monkeypatch
+):
     """`apnsd check --connect --probe` opens its tunnel through the proxy and proves the certificate there."""
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)  # check also checks Redis (not through the proxy)
     mock = http2_mock(reject_prefixes=((DUMMY_TOKEN[:8], 400, "BadDeviceToken"),))
     proxy = tinyproxy()
     path = write_config(tmp_path, mock, pki, topic="com.example.app", proxy=proxy.url)

@@ -18,14 +18,18 @@ TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, pki: Any) -> Callable[..., str]:
-    """Factory: a TOML config with one app "default" talking to ``mock``, with the given app keys."""
+def config_file(tmp_path: Path, pki: Any, redis_server: Any) -> Callable[..., str]:
+    """Factory: a TOML config with one app "default" talking to ``mock``, with the given app keys.
 
-    def make(mock: Any, **app: str) -> str:
+    Redis is unreachable (port 1) unless ``redis`` is true: `send` must work without it, while `check`
+    also checks Redis."""
+
+    def make(mock: Any, redis: bool = False, **app: str) -> str:
         keys = {"host": mock.host, "port": mock.port, "ca_file": pki.ca_cert, "protocol": mock.protocol, **app}
         body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
         path = tmp_path / "apnsd.toml"
-        path.write_text(f'[redis]\nurl = "redis://127.0.0.1:1/0"\n[metrics]\nlisten = ""\n[apps.default]\n{body}\n')
+        url = redis_server.url if redis else "redis://127.0.0.1:1/0"
+        path.write_text(f'[redis]\nurl = "{url}"\n[metrics]\nlisten = ""\n[apps.default]\n{body}\n')
         return str(path)
 
     return make
@@ -171,7 +175,7 @@ def probe_lines(out: str) -> list[str]:
 def test_probe_with_a_good_certificate_proves_authentication(cli, config_file, http2_mock, pki):
     """Apple-like 400 BadDeviceToken to the dummy token means the certificate works: ok, exit 0."""
     mock = http2_mock(reject_prefixes=((DUMMY_TOKEN[:8], 400, "BadDeviceToken"),))
-    code, out, _ = cli("check", "--probe", "-c", config_file(mock, cert=pki.client_pem))
+    code, out, _ = cli("check", "--probe", "-c", config_file(mock, redis=True, cert=pki.client_pem))
 
     assert 0 == code, out
     assert [
@@ -184,7 +188,7 @@ def test_probe_with_a_good_certificate_proves_authentication(cli, config_file, h
 def test_probe_with_an_untrusted_certificate_fails(cli, config_file, http2_mock, pki):
     """A certificate the gateway refuses: the probe gets no answer and says why, exit 1."""
     mock = http2_mock()
-    code, out, _ = cli("check", "--probe", "-c", config_file(mock, cert=pki.untrusted_pem))
+    code, out, _ = cli("check", "--probe", "-c", config_file(mock, redis=True, cert=pki.untrusted_pem))
 
     assert 1 == code
     (line,) = probe_lines(out)
@@ -194,7 +198,7 @@ def test_probe_with_an_untrusted_certificate_fails(cli, config_file, http2_mock,
 def test_probe_with_a_good_p8_key_proves_authentication(cli, config_file, http2_mock, pki):
     """Token auth with the right key: BadDeviceToken for the dummy token, reported as working, exit 0."""
     mock = jwt_mock(http2_mock, pki)
-    code, out, _ = cli("check", "--probe", "-c", config_file(mock, **token_auth(pki, pki.p8_key)))
+    code, out, _ = cli("check", "--probe", "-c", config_file(mock, redis=True, **token_auth(pki, pki.p8_key)))
 
     assert 0 == code, out
     assert probe_lines(out)[0].startswith("ok     probe: the gateway accepted the provider token (.p8)")
@@ -203,7 +207,7 @@ def test_probe_with_a_good_p8_key_proves_authentication(cli, config_file, http2_
 def test_probe_with_an_unknown_p8_key_reports_the_rejection(cli, config_file, http2_mock, pki, other_p8):
     """A .p8 key the gateway does not know: 403 InvalidProviderToken in plain words, exit 1."""
     mock = jwt_mock(http2_mock, pki)
-    code, out, _ = cli("check", "--probe", "-c", config_file(mock, **token_auth(pki, other_p8)))
+    code, out, _ = cli("check", "--probe", "-c", config_file(mock, redis=True, **token_auth(pki, other_p8)))
 
     assert 1 == code, out
     (line,) = probe_lines(out)

@@ -176,6 +176,7 @@ def test_documented_numprocs_lines_run_two_workers_that_share_one_queue_and_deli
 
     host = socket.gethostname()
     assert {f"{host}-04", f"{host}-05"} == {e["worker"] for e in sv.out.events("started")}
+    wait_for(lambda: len(sv.out.events("connected")) >= 2, 10, "both workers' connected lines")  # reader may lag
     assert 2 == len(sv.out.events("connected")), "both workers took jobs, so both connected"
     assert {1} == set(mock.record.accepted_tokens().values())
     assert len(sent) == sum(mock.record.accepted_tokens().values())
@@ -244,5 +245,38 @@ def test_sigkill_restarts_the_worker_and_its_in_flight_jobs_are_recovered(
     wait_for(lambda: not inflight_keys(rdb), 10, "in-flight storage empty")
     dead_worker = f"{socket.gethostname()}:{old_pid}"
     assert [f"apnsd:queue:inflight:{dead_worker}".encode()] == dead_keys
+    wait_for(lambda: sv.out.events("recovered_dead_worker"), 10, "the recovered_dead_worker line")  # reader may lag
     assert [dead_worker] == [e["dead_worker"] for e in sv.out.events("recovered_dead_worker")]
     assert 0 == jq.depth("apnsd:queue")
+
+
+def test_supervisord_exits_when_apnsd_goes_fatal(tmp_path: Path) -> None:
+    """With a config apnsd refuses, the failed starts run out, apnsd goes FATAL and supervisord itself exits."""
+    short = Path(tempfile.mkdtemp(prefix="sv-"))
+    env = clean_env(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        PYTHONUNBUFFERED="1",
+        APNSD_WORKER_BATCH_SIZE="many",
+        APNSD_WORKER_STATE_DIR=str(tmp_path / "state"),
+    )
+    conf = write_conf(short)
+    # A loaded machine can take longer than startsecs=2 to import apnsd and refuse the config, and a start
+    # that outlives startsecs counts as a successful one: give each attempt ample time to fail as a start.
+    conf.write_text(conf.read_text().replace("startsecs=2\n", "startsecs=20\n", 1))
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "supervisord"), "-c", str(conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=short,
+    )
+    out = OutputReader(proc.stdout)  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: proc.poll() is not None, 120, "supervisord to exit after apnsd went FATAL")
+    finally:
+        stop_by_pid(proc)
+        out.join(5)
+        shutil.rmtree(short, ignore_errors=True)
+
+    assert "gave up: apnsd entered FATAL state" in out.text()
+    assert "apnsd-fatal: apnsd is FATAL" in out.text()
