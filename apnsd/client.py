@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from apnsd.config import AppConfig, Config
+from apnsd.config import AppConfig, Config, parser_limits
 from apnsd.core.jobs import JobParser, normalise_token
 from apnsd.errors import ConfigError, JobError
 from apnsd.store.queue import JobQueue, client_for, connect
@@ -213,7 +213,5 @@ class Client:
 
 
 def _parser_for(apps: Mapping[str, AppConfig]) -> JobParser:
-    """A parser with the daemon's per-app protocol and payload limits (as ``apnsd.gateway.apps.make_parser``)."""
-    return JobParser(
-        {name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip")) for name, app in apps.items()}
-    )
+    """A parser with the daemon's per-app protocol and payload limits."""
+    return JobParser(parser_limits(apps))

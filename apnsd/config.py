@@ -46,7 +46,7 @@ def has_hash_tag(key: str) -> bool:
     return start >= 0 and key.find("}", start + 1) > start + 1
 
 
-class RedisConfig(_Section):
+class RedisConfig(_Section, frozen=True):
     """Where the queue lives (one server, Sentinel or Cluster) and how its keys are named."""
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -70,7 +70,7 @@ class RedisConfig(_Section):
         return f"{{{self.prefix}}}" if self.cluster and not has_hash_tag(self.prefix) else self.prefix
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(_Section, frozen=True):
     """How one worker process takes, holds and returns jobs."""
 
     id: str = ""
@@ -102,20 +102,20 @@ def state_dir(w: WorkerConfig, env: Mapping[str, str] | None = None) -> Path:
     return Path(f"/tmp/apnsd-{os.geteuid()}")
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     """The Prometheus endpoint; an empty listen address turns it off."""
 
     listen: str = "127.0.0.1:9464"
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     """Log format and level."""
 
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class AppConfig(_Section):
+class AppConfig(_Section, frozen=True):
     """One application: its credentials, gateway, queue and delivery policy."""
 
     protocol: Literal["http2", "binary"] = "http2"
@@ -196,7 +196,14 @@ class AppConfig(_Section):
         return PAYLOAD_LIMITS[self.protocol]
 
 
-class Config(_Section):
+def parser_limits(apps: Mapping[str, AppConfig]) -> dict[str, tuple[str, int, int]]:
+    """What the job parser knows of each app: protocol, payload limit, voip payload limit."""
+    return {
+        name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip")) for name, app in apps.items()
+    }
+
+
+class Config(_Section, frozen=True):
     """The whole validated configuration."""
 
     redis: RedisConfig = RedisConfig()

@@ -212,12 +212,11 @@ def _push(args: argparse.Namespace) -> int:
     for key in ("topic", "push_type", "priority", "expiration", "collapse_id", "id"):
         if getattr(args, key) is not None:
             job[key] = getattr(args, key)
+    from apnsd.config import parser_limits
     from apnsd.core.jobs import JobParser
 
     app = config.apps[args.app]
-    good, bad = JobParser({args.app: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))}).parse(
-        msgspec.json.encode(job)
-    )
+    good, bad = JobParser(parser_limits({args.app: app})).parse(msgspec.json.encode(job))
     if bad:
         print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
         return 2

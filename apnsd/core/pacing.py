@@ -37,7 +37,7 @@ class ConnectPacer:
         self._attempts.append(now)
 
     def failed(self, now: float) -> float:
-        """Record a failure; returns the delay chosen before the next attempt (full jitter)."""
+        """Record a failure; returns the delay chosen before the next attempt (equal jitter: half fixed, half random)."""
         self._failures += 1
         ceiling = min(self._cap, self._initial * 2 ** (self._failures - 1))
         delay = self._rng.uniform(ceiling / 2, ceiling)
@@ -54,3 +54,8 @@ def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 360
     """Backoff before a notification's next attempt: base·2^attempts with jitter, capped."""
     ceiling = min(cap, base * 2**attempts)
     return rng.uniform(ceiling / 2, ceiling)
+
+
+def outage_delay(failures: int) -> float:
+    """How long to wait before trying Redis again after ``failures`` failures in a row: 0.1 s doubling to 5 s."""
+    return min(5.0, 0.1 * 2 ** min(failures, 6))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.config import AppConfig, Config
+from apnsd.config import AppConfig, Config, parser_limits
 from apnsd.core.jobs import JobParser
 from apnsd.core.suspension import certificate_suspension
 from apnsd.errors import CredentialsError
@@ -121,9 +121,4 @@ def default_topic(app: AppConfig, creds: AppCredentials) -> str | None:
 
 def make_parser(config: Config) -> JobParser:
     """A job parser that knows every app's protocol and payload limits."""
-    return JobParser(
-        {
-            name: (app.protocol, app.payload_limit_for(None), app.payload_limit_for("voip"))
-            for name, app in config.apps.items()
-        }
-    )
+    return JobParser(parser_limits(config.apps))

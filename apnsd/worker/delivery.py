@@ -19,6 +19,7 @@ from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
 from apnsd.core.jobs import JobParser, Notification, Rejected
 from apnsd.core.outcomes import Kind, Outcome
+from apnsd.core.pacing import outage_delay
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
@@ -306,11 +307,11 @@ class DeliveryLoop:
                 self.jq.commit(b.commit)
             except KeyTypeError as exc:  # not an outage: the batch stays in flight until an operator fixes the key
                 self.wrong_type.failed(str(exc), key=exc.key)
-                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.wrong_type.failures, 6))
+                self._next_commit_try = now + outage_delay(self.wrong_type.failures)
                 break
             except QueueError as exc:
                 self.commit_outage.failed(str(exc))
-                self._next_commit_try = now + min(5.0, 0.1 * 2 ** min(self.commit_outage.failures, 6))
+                self._next_commit_try = now + outage_delay(self.commit_outage.failures)
                 break
             self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again

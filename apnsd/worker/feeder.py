@@ -8,6 +8,7 @@ from typing import Any
 
 from apnsd import logs
 from apnsd.config import WorkerConfig
+from apnsd.core.pacing import outage_delay
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.queue import JobQueue
 from apnsd.worker.handoff import Handoff, Taken
@@ -60,7 +61,7 @@ class Feeder(threading.Thread):
                 else:
                     self.outage.failed(str(exc))
                 failures = max(self.outage.failures, self.wrong_type.failures)
-                handoff.closed.wait(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                handoff.closed.wait(outage_delay(failures))
                 continue
             self.outage.recovered()
             if taken.raws:
