@@ -300,7 +300,7 @@ def _health(args: argparse.Namespace) -> int:
 
         ok, reason = http_health(config, args.liveness)
     else:
-        from apnsd.cli.stats import health
+        from apnsd.cli.health import health
 
         ok, reason = health(config, _queue, liveness=args.liveness)
     print(reason)

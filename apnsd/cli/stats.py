@@ -1,14 +1,11 @@
-"""What `apnsd stats` and `apnsd health` show, read through the queue adapter."""
+"""What `apnsd stats` shows: queues, workers, dead letters and unregistered tokens, read through the queue adapter."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-from apnsd.config import Config, state_dir
-from apnsd.errors import QueueError
+from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 
 
@@ -58,46 +55,3 @@ def render(data: dict[str, Any]) -> str:
     if totals:
         lines.append("lifetime: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     return "\n".join(lines)
-
-
-def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: bool = False) -> tuple[bool, str]:
-    """(ok, one-line reason): a fresh worker on this host whose heartbeat Redis has and whose connects succeed.
-
-    ``liveness`` checks only that the process is alive (a fresh status file, which its main loop writes every
-    heartbeat whether or not Redis answers) and ignores Redis and the gateway side (failed connects, disabled
-    apps): restarting the process fixes none of them, it only adds churn.
-    """
-    state = state_dir(config.worker)
-    ttl = config.worker.heartbeat_ttl
-    now = time.time()
-    fresh = []
-    for f in sorted(state.glob("worker-*.json")):
-        try:
-            status = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-        if now - float(status.get("time", 0)) <= ttl:
-            fresh.append(status)
-    if not fresh:
-        return False, f"unhealthy: no worker has written a fresh status to {state} in the last {ttl:.0f} s"
-    for status in [] if liveness else fresh:
-        if not status.get("redis", False):
-            return False, f"unhealthy: worker {status['worker']} cannot reach Redis: {status.get('redis_error', '')}"
-        for queue in status.get("queues", {}).values():
-            for app, a in queue.get("apps", {}).items():
-                if a.get("disabled"):
-                    return False, f"unhealthy: app {app} is disabled: {a['disabled']}"
-                if a.get("suspended"):
-                    return False, f"unhealthy: app {app} is suspended: {a['suspended']}"
-                if a.get("last_connect_error"):
-                    return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
-    if liveness:
-        return True, f"healthy: {len(fresh)} worker(s) alive"
-    try:
-        q = open_queue(config)
-        missing = [s["worker"] for s in fresh if q.heartbeat_of(s["worker"]) is None]
-    except QueueError as exc:
-        return False, f"unhealthy: {exc}"
-    if missing:
-        return False, f"unhealthy: heartbeat of {', '.join(missing)} is missing in Redis"
-    return True, f"healthy: {len(fresh)} worker(s) alive"

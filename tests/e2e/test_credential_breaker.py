@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.cli.stats import health
+from apnsd.cli.health import health
 from apnsd.config import load_config
 from apnsd.gateway.credentials import load_public_key
 from apnsd.metrics import REGISTRY

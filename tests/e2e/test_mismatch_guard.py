@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from apnsd.cli.stats import health
+from apnsd.cli.health import health
 from apnsd.config import load_config
 from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue, connect
