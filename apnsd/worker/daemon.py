@@ -21,6 +21,7 @@ from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.identity import AppCredentials
 from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker.delivery import DeliveryLoop
+from apnsd.worker.lanes import LanePlan
 from apnsd.worker.outcome_log import OutcomeRecorder
 
 EXPIRY_CHECK_INTERVAL = 86_400.0
@@ -105,7 +106,8 @@ class Daemon:
                     if problem:
                         s.disable(problem)
                     sessions[name if i == 0 else f"{name}#{i + 1}"] = s
-            self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
+            plan = LanePlan.for_queue(cfg, queue)
+            self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder, plan))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -158,8 +160,8 @@ class Daemon:
                 # Nothing is held any more: whatever is still in this worker's in-flight storage (a
                 # commit that failed at the end, a batch a failover resurrected) goes back to the queue
                 # before the worker leaves the registry, where no one would look for it.
-                for lp in self.loops:
-                    self.jq.release_all(lp.queue)
+                for lane in self._lanes():
+                    self.jq.release_all(lane)
                 self.jq.retire()
         except QueueError as exc:
             self.log.warning("retire_failed", error=str(exc))
@@ -201,16 +203,18 @@ class Daemon:
 
     def _update_depths(self) -> None:
         try:
-            for lp in self.loops:
-                metrics.QUEUE_DEPTH.labels(lp.queue).set(self.jq.depth(lp.queue))
-                metrics.SCHEDULED.labels(lp.queue).set(self.jq.scheduled_count(lp.queue))
+            for lane in self._lanes():
+                metrics.QUEUE_DEPTH.labels(lane).set(self.jq.depth(lane))
+                metrics.SCHEDULED.labels(lane).set(self.jq.scheduled_count(lane))
         except QueueError:
             pass  # gauges are best effort; the outage is logged by the loops
 
     def _recover(self) -> None:
         try:
-            moved = self.jq.recover_dead([lp.queue for lp in self.loops])
-            orphaned = {lp.queue: self.jq.release_orphans(lp.queue, lp.handoff.held.copy) for lp in self.loops}
+            moved = self.jq.recover_dead(self._lanes())
+            orphaned = {
+                lane: self.jq.release_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
+            }
         except QueueError:
             return
         for worker, n in moved.items():
@@ -221,11 +225,15 @@ class Daemon:
 
     def _promote_scheduled(self) -> None:
         try:
-            for lp in self.loops:
-                while self.jq.promote_due(lp.queue, time.time()) >= 1000:
+            for lane in self._lanes():
+                while self.jq.promote_due(lane, time.time()) >= 1000:
                     pass
         except QueueError:
             pass
+
+    def _lanes(self) -> list[str]:
+        """Every list this worker takes from: each loop's lanes (just its queue when it has none)."""
+        return [lane for lp in self.loops for lane in lp.lanes]
 
     def _poll_feedback(self, now: float) -> None:
         """Binary apps with feedback_interval: read the feedback service and record what it reports."""
@@ -251,10 +259,11 @@ class Daemon:
     def _drained(self) -> bool:
         try:
             for lp in self.loops:
-                if self.jq.depth(lp.queue) or self.jq.scheduled_count(lp.queue, time.time() + DRAIN_HORIZON):
-                    return False
-                if lp.status.in_flight == 0 and self.jq.inflight_batches(lp.queue):
-                    return False  # an orphaned batch (see release_orphans) is still to be delivered
+                for lane in lp.lanes:
+                    if self.jq.depth(lane) or self.jq.scheduled_count(lane, time.time() + DRAIN_HORIZON):
+                        return False
+                    if lp.status.in_flight == 0 and self.jq.inflight_batches(lane):
+                        return False  # an orphaned batch (see release_orphans) is still to be delivered
         except QueueError:
             return False
         return all(lp.status.idle for lp in self.loops) and not self._others_in_flight()
@@ -263,12 +272,8 @@ class Daemon:
         """Another registered worker holds jobs of our queues: alive, it will resolve them; dead (kill -9),
         they come back to the queue once its heartbeat lapses. Either way the drain is not finished."""
         try:
-            return any(
-                self.jq.inflight_count(lp.queue, w)
-                for w, _ in self.jq.workers()
-                if w != self.worker_id
-                for lp in self.loops
-            )
+            others = [w for w, _ in self.jq.workers() if w != self.worker_id]
+            return any(self.jq.inflight_count(lane, w) for w in others for lane in self._lanes())
         except QueueError:
             return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
+from apnsd.worker.lanes import LanePlan
 from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
@@ -65,8 +67,11 @@ class DeliveryLoop:
         parser: JobParser,
         worker: WorkerConfig,
         recorder: OutcomeRecorder,
+        plan: LanePlan | None = None,
     ) -> None:
         self.queue = queue
+        self.plan = plan or LanePlan(queue, (queue,))
+        self.lanes = list(self.plan.keys)  # the lists this loop takes from, highest priority first
         self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
         self.apps_by_key = {key: s.app for key, s in sessions.items()}  # fixed: other threads may read it
         self._routes = _routes(sessions)
@@ -76,10 +81,11 @@ class DeliveryLoop:
         self.recorder = recorder
         self.log = logs.get("delivery", queue=queue)
         self.handoff = Handoff(worker.max_in_flight, worker.batch_size)
-        self.feeder = Feeder(queue, jq, self.handoff, worker, self.log)
+        self.feeder = Feeder(queue, jq, self.handoff, worker, self.log, self.plan)
         self.phase = Phase.RUNNING
         self.grace_period = 0.0
         self._deadline = 0.0  # when STOPPING: the end of the grace period
+        self._ahead: weakref.WeakSet[Batch] = weakref.WeakSet()  # batches that jump the sessions' backlog
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
         self._next_commit_try = 0.0
@@ -160,7 +166,11 @@ class DeliveryLoop:
             return
         wall = time.time()
         while batches:
-            batch, notes, rejects = self._parse(batches.popleft())
+            taken = batches.popleft()
+            batch, notes, rejects = self._parse(taken)
+            ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if taken.ahead else None
+            if taken.ahead:
+                self._ahead.add(batch)
             for r in rejects:
                 self._completed(self.recorder.reject(batch, r, wall))
             routes = self._routes
@@ -176,8 +186,28 @@ class DeliveryLoop:
                     self._completed(self.recorder.record(n, EXPIRED, wall))
                 elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
                     self._completed(self.recorder.defer(n, n.send_at))
+                elif ahead is not None:
+                    ahead.setdefault(id(s), (s, []))[1].append(n)
                 else:
                     s.pending.append(n)
+            for session, first in (ahead or {}).values():
+                self._put_ahead(session, first)
+
+    def _put_ahead(self, s: Session, notes: list[Notification]) -> None:
+        """Queue a first-lane (or starvation-guard) batch behind the earlier such batches, ahead of the rest.
+
+        A campaign's backlog in the session then never delays an urgent job, and batches that jump keep
+        their order among themselves, so neither urgent jobs nor the guard's share can be overtaken forever.
+        """
+        pending, marked = s.pending, self._ahead
+        front = 0
+        for queued in pending:
+            if queued.batch not in marked:
+                break
+            front += 1
+        pending.rotate(-front)
+        pending.extendleft(reversed(notes))
+        pending.rotate(front)
 
     def _park(self, s: Session) -> None:
         """A suspended app's notifications wait in the scheduled set: not sent, not dead, no attempt counted."""
@@ -187,7 +217,8 @@ class DeliveryLoop:
 
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
-        batch = Batch(Commit(self.queue, taken.field))
+        queue = taken.queue or self.queue
+        batch = Batch(Commit(queue, taken.field))
         notes: list[Notification] = []
         rejects: list[Rejected] = []
         parse = self.parser.parse
@@ -199,8 +230,8 @@ class DeliveryLoop:
             n.batch = batch
         batch.remaining = len(notes) + len(rejects)
         self.handoff.parsed(len(taken.raws), batch.remaining)
-        metrics.JOBS_TAKEN.labels(self.queue).inc(len(taken.raws))
-        metrics.BATCH_SIZE.labels(self.queue).observe(len(taken.raws))
+        metrics.JOBS_TAKEN.labels(queue).inc(len(taken.raws))
+        metrics.BATCH_SIZE.labels(queue).observe(len(taken.raws))
         return batch, notes, rejects
 
     def _return_unsent(self) -> None:

@@ -33,10 +33,12 @@ BACKLOG_BATCHES = 4  # taken-but-unsent work the feeder may run ahead of the ses
 
 @dataclass
 class Taken:
-    """A batch handed from the feeder to the loop: its in-flight field and the raw jobs."""
+    """A batch handed from the feeder to the loop: its in-flight field, the raw jobs, and the lane they came from."""
 
     field: str
     raws: list[bytes]
+    queue: str = ""  # the list (lane key) the jobs were taken from; empty: the loop's queue
+    ahead: bool = False  # from the first of several lanes, or the starvation guard's share: jumps the backlog
 
 
 class Handoff:

@@ -41,20 +41,22 @@ def dead_entry(
     attempts: int,
     token: str | None,
     now: float,
+    queue: str = "",
 ) -> bytes:
-    """One dead-letter list element: why, when, and the raw job so it can be requeued."""
-    return _json(
-        {
-            "reason": reason,
-            "status": status,
-            "detail": detail,
-            "attempts": attempts,
-            "app": app,
-            "token": token,
-            "time": round(now, 3),
-            "job": raw.decode("utf-8", "replace"),
-        }
-    )
+    """One dead-letter list element: why, when, and the raw job so it can be requeued (onto ``queue``, its lane)."""
+    entry = {
+        "reason": reason,
+        "status": status,
+        "detail": detail,
+        "attempts": attempts,
+        "app": app,
+        "token": token,
+        "time": round(now, 3),
+        "job": raw.decode("utf-8", "replace"),
+    }
+    if queue:
+        entry["queue"] = queue
+    return _json(entry)
 
 
 def _job_id(raw: bytes) -> str:
@@ -105,7 +107,9 @@ class OutcomeRecorder:
                 }
             )
         elif kind is Kind.DEAD:
-            c.dead.append(dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now))
+            c.dead.append(
+                dead_entry(n.raw, n.app, outcome.reason, outcome.status, "", n.attempts + 1, n.token, now, c.queue)
+            )
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(n.app, outcome.reason).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
@@ -129,7 +133,7 @@ class OutcomeRecorder:
 
     def reject(self, b: Batch, r: Rejected, now: float) -> Batch | None:
         """Dead-letter a job (or one token of it) that failed validation."""
-        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now))
+        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, b.commit.queue))
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
             b.commit.results.append(
                 {
