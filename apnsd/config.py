@@ -130,6 +130,7 @@ class AppConfig(_Section):
     mismatch_guard_park: float = 15.0
     lanes: tuple[str, ...] = ()
     lower_lane_every: int = 10
+    lane_window: int = 100
     max_rate: float = 0.0
     lane_max_rate: dict[str, float] = msgspec.field(default_factory=dict)
 
@@ -577,6 +578,7 @@ def _validate_lanes(config: Config, name: str, app: AppConfig) -> None:
             'must include "default" (the queue key itself, where jobs pushed without a lane go)',
         )
         _require(len(app.lanes) <= 8, k + "lanes", "at most 8 lanes")
+    _require(1 <= app.lane_window <= 100_000, k + "lane_window", "must be between 1 and 100000")
     _require(2 <= app.lower_lane_every <= 1000, k + "lower_lane_every", "must be between 2 and 1000")
     for key, rate in [("max_rate", app.max_rate), *((f"lane_max_rate.{ln}", r) for ln, r in app.lane_max_rate.items())]:
         _require(

@@ -86,6 +86,7 @@ class DeliveryLoop:
         self.grace_period = 0.0
         self._deadline = 0.0  # when STOPPING: the end of the grace period
         self._ahead: weakref.WeakSet[Batch] = weakref.WeakSet()  # batches that jump the sessions' backlog
+        self._lower: dict[Session, deque[Notification]] = {}  # lower lanes' work, let out lane_window at a time
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
         self._next_commit_try = 0.0
@@ -128,6 +129,7 @@ class DeliveryLoop:
         now = time.monotonic()
         self.handoff.run_posted()  # first: a posted stop closes the feeder before the batches are read
         self._dispatch_new()
+        self._let_out_lower()
         if self.phase is Phase.STOPPING:
             self._return_unsent()  # after dispatch: a batch handed over just before the stop goes back too
         self._step_sessions(now)
@@ -171,6 +173,7 @@ class DeliveryLoop:
             ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if taken.ahead else None
             if taken.ahead:
                 self._ahead.add(batch)
+            lower = len(self.lanes) > 1 and not taken.ahead
             for r in rejects:
                 self._completed(self.recorder.reject(batch, r, wall))
             routes = self._routes
@@ -188,10 +191,29 @@ class DeliveryLoop:
                     self._completed(self.recorder.defer(n, n.send_at))
                 elif ahead is not None:
                     ahead.setdefault(id(s), (s, []))[1].append(n)
+                elif lower:
+                    self._lower.setdefault(s, deque()).append(n)
                 else:
                     s.pending.append(n)
             for session, first in (ahead or {}).values():
                 self._put_ahead(session, first)
+
+    def _let_out_lower(self) -> None:
+        """Move lower lanes' work into the sessions while fewer than ``lane_window`` of it are queued or unanswered.
+
+        What is on the wire cannot be overtaken: a first-lane job written now is answered after everything
+        written before it that the gateway (or this process) has yet to get through. Keeping the lower lanes'
+        share small bounds that wait, at the cost of lower-lane throughput when the gateway is far away.
+        """
+        for s, waiting in self._lower.items():
+            room = s.cfg.lane_window - len(s.pending) - s.unanswered_count()
+            if room <= 0 or not waiting:
+                continue
+            if s.suspended or s.disabled:
+                room = len(waiting)  # parked or dead-lettered at once by the steps that handle those
+            pending = s.pending
+            for _ in range(min(room, len(waiting))):
+                pending.append(waiting.popleft())
 
     def _put_ahead(self, s: Session, notes: list[Notification]) -> None:
         """Queue a first-lane (or starvation-guard) batch behind the earlier such batches, ahead of the rest.
@@ -245,6 +267,10 @@ class DeliveryLoop:
             while s.pending:
                 self._completed(self.recorder.give_back(s.pending.popleft()))
                 returned += 1
+        for waiting in self._lower.values():
+            while waiting:
+                self._completed(self.recorder.give_back(waiting.popleft()))
+                returned += 1
         if returned:
             self.log.info("returned_unsent", notifications=returned)
 
@@ -257,7 +283,8 @@ class DeliveryLoop:
 
     def _wake_feeder(self) -> None:
         """Tell the feeder how much waits in the sessions; it takes more once there is room."""
-        self.handoff.wake_feeder(sum(len(s.pending) for s in self.sessions.values()))
+        lower = sum(len(waiting) for waiting in self._lower.values())
+        self.handoff.wake_feeder(sum(len(s.pending) for s in self.sessions.values()) + lower)
 
     def _rotate(self) -> None:
         """Replace connections that asked for it (reconnect_interval, stream ids used up) — not when stopping."""
@@ -272,6 +299,8 @@ class DeliveryLoop:
         old = self.sessions[name]
         new.pending.extend(old.pending)
         old.pending.clear()
+        if old in self._lower:
+            self._lower[new] = self._lower.pop(old)
         old.retire()
         self._retiring.append(old)
         self.sessions[name] = new

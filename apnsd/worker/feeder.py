@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from apnsd import logs, metrics
@@ -49,12 +50,19 @@ class Feeder(threading.Thread):
     def _feed(self) -> None:
         handoff, cfg = self.handoff, self.worker
         while not handoff.closed.is_set():
-            handoff.wait_for_room()
+            first_only = False
             try:
+                if len(self.plan.keys) > 1 and handoff.full() and not handoff.full(reserve=True):
+                    # The room is taken (by a campaign): only the first lane may take, into the reserve.
+                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll)):
+                        continue
+                    first_only = True
+                else:
+                    handoff.wait_for_room()
                 with handoff.taking() as still_open:
                     if not still_open:
                         return
-                    taken, throttled = self._take(cfg.batch_size)
+                    taken, throttled = self._take(cfg.batch_size, first_only)
                     if taken.raws:
                         handoff.give(taken)
                 if throttled:
@@ -83,26 +91,28 @@ class Feeder(threading.Thread):
         self.handoff.closed.wait(min(max(seconds, THROTTLE_TICK), self.worker.block_timeout))
         metrics.THROTTLED.labels(self.queue).inc(time.monotonic() - start)
 
-    def _take(self, count: int) -> tuple[Taken, float]:
+    def _take(self, count: int, first_only: bool = False) -> tuple[Taken, float]:
         """One take; with lanes or a throttle also the seconds the throttle holds queued jobs back (else 0)."""
         if not self.plan.simple:
-            return self._take_lanes(count)
+            return self._take_lanes(count, first_only)
         return self._take_simple(count), 0.0
 
-    def _take_lanes(self, count: int) -> tuple[Taken, float]:
+    def _take_lanes(self, count: int, first_only: bool) -> tuple[Taken, float]:
         plan, held = self.plan, self.handoff.held
+        if first_only:
+            plan = replace(plan, keys=plan.keys[:1], lane_rates=plan.lane_rates[:1])
         # A take whose answer was lost is resent into the same field: the script returns that batch if it ran.
         field = self._uncertain or self.jq.next_field()
         held.add(field)  # before the take, so that an orphan sweep never sees it unheld
         self._uncertain = field
         self._takes += 1
-        first = plan.first_lane(self._takes)
+        first = 0 if first_only else plan.first_lane(self._takes)
         lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates)
         self._uncertain = None
         if not raws:
             held.discard(field)
             return Taken(field, [], plan.queue), wait
-        return Taken(field, raws, plan.keys[lane], len(plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
+        return Taken(field, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
 
     def _take_simple(self, count: int) -> Taken:
         jq, queue, held = self.jq, self.queue, self.handoff.held

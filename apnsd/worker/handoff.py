@@ -60,13 +60,16 @@ class Handoff:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
-    def full(self) -> bool:
+    def full(self, reserve: bool = False) -> bool:
         """True when the feeder should wait: too much in flight, or enough taken but not yet sent.
 
         The second bound keeps memory flat on HTTP/2, where only the streams the server allows are
-        on the wire: taking far ahead of them would just park notifications in memory.
+        on the wire: taking far ahead of them would just park notifications in memory. ``reserve``:
+        the bounds for a queue's first lane, which may go as far again, so that a campaign filling the
+        room never keeps an urgent job in Redis until a whole batch of it has been sent.
         """
-        return self.in_flight >= self.max_in_flight or self.unsent + self.backlog >= self.max_backlog
+        factor = 2 if reserve else 1
+        return self.in_flight >= factor * self.max_in_flight or self.unsent + self.backlog >= factor * self.max_backlog
 
     # --- feeder side ---------------------------------------------------------------------------
 
