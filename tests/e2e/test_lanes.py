@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jsonschema
 import msgspec
 import pytest
 
 from apnsd import metrics
+from apnsd.cli import main as cli
+from apnsd.client import Client
+from apnsd.errors import JobError
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.outcome_log import dead_entry
+from tests.e2e.test_client import ROOT, doc_example, localised
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for
 
@@ -263,3 +272,82 @@ def test_a_job_body_is_never_decoded_for_its_lane(jq, http2_mock, make_config):
 
     assert 1 == taken_metric(BULK) - before
     assert {token: 1} == dict(mock.record.accepted_tokens())
+
+
+# --- pushing onto a lane: docs/clients.md, apnsd.client, apnsd push --------------------------------
+
+RUNNERS = {
+    "redis-cli-lane": (["redis-cli"], lambda code: ["bash", "-c", code]),
+    "python-lane": ([], lambda code: [sys.executable, "-c", code]),
+    "php-lane": (["php"], lambda code: ["php", "-r", code]),
+    "ruby-lane": (["ruby"], lambda code: ["ruby", "-e", code]),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("marker", sorted(RUNNERS))
+def test_the_documented_lane_examples_queue_an_urgent_job_that_is_delivered(
+    marker, rdb, jq, redis_server, http2_mock, make_config
+):
+    """Each docs/clients.md lane example, run by the real tool, queues onto the urgent lane; the daemon delivers it."""
+    tools, argv = RUNNERS[marker]
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{missing[0]} is not installed (see docs/clients.md)")
+    if marker == "php-lane" and subprocess.run(["php", "-r", "exit(class_exists('Redis') ? 0 : 1);"]).returncode:
+        pytest.skip("php's redis extension (phpredis) is missing (apt-get install php-redis)")
+    if marker == "ruby-lane" and subprocess.run(["ruby", "-e", "require 'redis'"], capture_output=True).returncode:
+        pytest.skip("redis-rb is missing (apt-get install ruby-redis)")
+    token = good_tokens(1, seed=69)[0]
+    code = localised(doc_example(marker), redis_server.port, token)
+    subprocess.run(argv(code), check=True, capture_output=True, timeout=30, cwd=ROOT)
+
+    waiting = [json.loads(raw) for raw in rdb.lrange(URGENT, 0, -1)]
+    assert [token] == [j["token"] for j in waiting]
+    jsonschema.validate(waiting[0], json.loads((ROOT / "docs" / "job.schema.json").read_text()))
+    mock = http2_mock()
+    before = taken_metric(URGENT)
+    assert 0 == run_drained(make_config(mock, **THREE_LANES), timeout=30)
+    assert {token: 1} == dict(mock.record.accepted_tokens())
+    assert 1 == taken_metric(URGENT) - before
+
+
+def test_the_client_pushes_onto_the_lane_it_is_given(rdb, jq, redis_server, http2_mock, make_config):
+    """enqueue(lane=…), schedule(lane=…) and enqueue_many's lane key reach the lane's list or scheduled set."""
+    config = make_config(http2_mock(), **THREE_LANES)
+    c = Client.from_config(config)
+    a, b, d = good_tokens(3, seed=70)
+
+    c.enqueue(a, {"aps": {}}, lane="urgent")
+    c.enqueue_many([{"token": b, "payload": {"aps": {}}, "lane": "bulk"}])
+    c.schedule(d, {"aps": {}}, time.time() + 60, lane="bulk")
+
+    assert [a] == [json.loads(j)["token"] for j in rdb.lrange(URGENT, 0, -1)]
+    bulk = [json.loads(j) for j in rdb.lrange(BULK, 0, -1)]
+    assert ([b], False) == ([j["token"] for j in bulk], "lane" in bulk[0])
+    assert 1 == jq.scheduled_count(BULK)
+
+
+@pytest.mark.parametrize("lane", ["nightly", "Bad Lane", 7])
+def test_the_client_refuses_a_lane_the_app_does_not_declare(rdb, redis_server, http2_mock, make_config, lane):
+    """A lane the app has not declared (or a malformed name) is refused before Redis: nothing would take from it."""
+    c = Client.from_config(make_config(http2_mock(), **THREE_LANES))
+
+    with pytest.raises(JobError) as err:
+        c.enqueue(good_tokens(1)[0], {"aps": {}}, lane=lane)
+
+    assert "bad_field" == err.value.reason
+    assert [] == rdb.keys("*")
+
+
+def test_apnsd_push_lane(rdb, redis_server, env_clean, monkeypatch, capsys):
+    """`apnsd push --lane urgent` queues onto the urgent lane; an undeclared lane exits 2 naming the app's lanes."""
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("APNSD_APP_DEFAULT_LANES", "urgent,default,bulk")
+    token = good_tokens(1, seed=71)[0]
+
+    assert 0 == cli.main(["push", "--lane", "urgent", "--token", token, "--alert", "hi"])
+    assert 2 == cli.main(["push", "--lane", "nightly", "--token", token, "--alert", "hi"])
+
+    assert [token] == [json.loads(j)["token"] for j in rdb.lrange(URGENT, 0, -1)]
+    assert "has no lane 'nightly' (its lanes: urgent, default, bulk)" in capsys.readouterr().err
