@@ -589,6 +589,12 @@ def _validate_lanes(config: Config, name: str, app: AppConfig) -> None:
     for lane in app.lane_max_rate:
         _require(lane in (app.lanes or (DEFAULT_LANE,)), k + "lane_max_rate", f"names {lane!r}, which is not in lanes")
     for queue in config.queue_keys(app):
+        for key in config.lanes(queue):
+            _require(
+                key == queue or key not in config.queues(),
+                k + "lanes",
+                f"lane list {key} is another queue's key: rename the lane or that queue",
+            )
         readers = [a for a in config.queues()[queue] if a != name]
         for other in readers:
             _require(

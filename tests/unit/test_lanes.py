@@ -158,3 +158,16 @@ def test_the_guard_gives_each_lower_lane_its_share():
     starts = [plan.first_lane(n) for n in range(1, 1001)]
 
     assert [900, 90, 10] == [starts.count(lane) for lane in range(3)]
+
+
+def test_a_lane_list_cannot_be_another_queue(tmp_path):
+    """A lane "sandbox" of the shared queue would be the sandbox app's own queue apnsd:queue:sandbox: refused."""
+    path = write(
+        tmp_path,
+        '[apps.default]\nlanes = ["default", "sandbox"]\n[apps.sandbox]\nqueue = "apnsd:queue:sandbox"\n',
+    )
+
+    err = config_error(path)
+
+    assert "apps.default.lanes" == err.key
+    assert "apnsd:queue:sandbox is another queue's key" in err.problem
