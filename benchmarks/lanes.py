@@ -57,7 +57,7 @@ class LaneBench:
             ca_file=self.pki.ca_cert,
             cert=self.pki.client_pem,
             worker_id=worker_id,
-            extra=extra,
+            extra={**extra, **dict(kv.split("=", 1) for kv in self.args.daemon_env)},
         )
 
     # --- urgent latency with and without a campaign ----------------------------------------------
@@ -189,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--urgent-rate", type=float, default=100.0)
     p.add_argument("--max-rate", type=float, default=5000.0)
     p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--daemon-env", action="append", default=[], help="extra APNSD_*=value for every daemon")
     p.add_argument("--results-dir", default=os.path.join(REPO, "benchmarks", "results"))
     return p.parse_args(argv)
 

@@ -19,15 +19,16 @@ return jobs
 
 # A queue with lanes (or a throttle): take up to ARGV[1] jobs from ONE lane, in one atomic step.
 # KEYS: lane 1, its in-flight hash, … lane L, its in-flight hash, then the queue's token bucket, then each lane's.
-# ARGV: count, batch field, the lane to look at first (1-based; the search goes down, then wraps to the higher
-# ones), the queue's rate, then each lane's rate (notifications per second; 0 = unlimited).
+# ARGV: count from the first lane, batch field, the lane to look at first (1-based; the search goes down, then
+# wraps to the higher ones), count from any lower lane, the queue's rate, then each lane's rate (notifications
+# per second; 0 = unlimited).
 # Returns {lane, jobs, wait_ms}: lane 0 when nothing was taken, and wait_ms > 0 when lanes hold work that the
 # throttle holds back (the time until one token), 0 when every lane is empty.
 # A bucket holds at most a tenth of a second's worth of tokens (at least one), so bursts stay bounded; it is
 # a hash {tokens, at} refilled from Redis's own clock, so every worker on every host shares one budget.
 # A field that already holds a batch (a resent command whose answer was lost) returns that batch as take does.
 LANES_TAKE_SCRIPT = """
-local count, field, first = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local count, field, first, lower = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local L = (#KEYS - 1) / 3
 for i = 1, L do
   local held = redis.call('HGET', KEYS[2 * i], field)
@@ -48,15 +49,15 @@ local function spend(key, rate, have, used)
   redis.call('HSET', key, 'tokens', tostring(have - used), 'at', tostring(now))
   redis.call('PEXPIRE', key, math.ceil(1000 * math.max(1, rate / 10) / rate) + 1000)
 end
-local qkey, qrate = KEYS[2 * L + 1], tonumber(ARGV[4])
+local qkey, qrate = KEYS[2 * L + 1], tonumber(ARGV[5])
 local qhave = level(qkey, qrate)
 local wait = 0
 for j = 0, L - 1 do
   local i = (first - 1 + j) % L + 1
   if redis.call('LLEN', KEYS[2 * i - 1]) > 0 then
-    local lkey, lrate = KEYS[2 * L + 1 + i], tonumber(ARGV[4 + i])
+    local lkey, lrate = KEYS[2 * L + 1 + i], tonumber(ARGV[5 + i])
     local lhave = level(lkey, lrate)
-    local allow = math.min(count, math.floor(math.min(qhave, lhave)))
+    local allow = math.min(i == 1 and count or lower, math.floor(math.min(qhave, lhave)))
     if allow >= 1 then
       local jobs = redis.call('RPOP', KEYS[2 * i - 1], allow)
       spend(qkey, qrate, qhave, #jobs)

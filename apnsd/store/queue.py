@@ -127,13 +127,21 @@ class JobQueue:
             return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
 
     def take_lanes(
-        self, queue: str, lanes: list[str], count: int, field: str, first: int, rates: tuple[float, list[float]]
+        self,
+        queue: str,
+        lanes: list[str],
+        count: int,
+        field: str,
+        first: int,
+        rates: tuple[float, list[float]],
+        lower_count: int | None = None,
     ) -> tuple[int, list[bytes], float]:
         """Take up to ``count`` jobs from one of a queue's lanes, looking from lane index ``first`` down, within
         the throttle, in one atomic script (LANES_TAKE_SCRIPT).
 
         ``lanes`` are the queue's lane keys, highest priority first (``Config.lanes``); ``rates`` is (the
-        queue's rate, each lane's rate), 0 meaning unlimited. Returns (lane index or -1, jobs, seconds the
+        queue's rate, each lane's rate), 0 meaning unlimited; ``lower_count`` caps a take from a lane other
+        than the first (default ``count``). Returns (lane index or -1, jobs, seconds the
         throttle holds queued jobs back: 0 when every lane is empty). Taking again into a field that holds a
         batch returns that batch, so a take whose answer was lost can be resent.
         """
@@ -141,7 +149,9 @@ class JobQueue:
         keys = [k for lane in lanes for k in (lane, self.keys.inflight(lane, self.worker_id))]
         keys += [self.keys.throttle(queue), *(self.keys.lane_throttle(lane) for lane in lanes)]
         with redis_errors("taking jobs"):
-            lane, jobs, wait_ms = self._take_lanes(keys=keys, args=[count, field, first + 1, queue_rate, *lane_rates])
+            lane, jobs, wait_ms = self._take_lanes(
+                keys=keys, args=[count, field, first + 1, lower_count or count, queue_rate, *lane_rates]
+            )
         return int(lane) - 1, list(jobs), int(wait_ms) / 1000
 
     def claim(self, queue: str, field: str) -> list[bytes]:

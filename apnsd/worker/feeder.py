@@ -107,7 +107,8 @@ class Feeder(threading.Thread):
         self._uncertain = field
         self._takes += 1
         first = 0 if first_only else plan.first_lane(self._takes)
-        lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates)
+        lower = min(count, plan.lower_batch) if plan.lower_batch else count
+        lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates, lower)
         self._uncertain = None
         if not raws:
             held.discard(field)

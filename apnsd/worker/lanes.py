@@ -16,13 +16,19 @@ class LanePlan:
     queue_rate: float = 0.0
     lane_rates: tuple[float, ...] = ()
     lower_lane_every: int = 10
+    lower_batch: int = 0  # most jobs one take moves from a lane other than the first (0: batch_size)
 
     @classmethod
     def for_queue(cls, config: Config, queue: str) -> LanePlan:
         """The plan of one configured queue (``Config.lanes`` and ``Config.lane_rates``)."""
         queue_rate, lane_rates = config.lane_rates(queue)
-        every = next((config.apps[a].lower_lane_every for a in config.queues().get(queue, [])), 10)
-        return cls(queue, tuple(config.lanes(queue)), queue_rate, tuple(lane_rates), every)
+        apps = [config.apps[a] for a in config.queues().get(queue, [])]
+        every = next((app.lower_lane_every for app in apps), 10)
+        lanes = config.lanes(queue)
+        # Lower lanes' work goes out lane_window per connection at a time: taking much more only parks it in
+        # the worker, and a big batch holds the loop (parse, commit) while an urgent job waits its turn.
+        lower = sum(app.lane_window * app.connections for app in apps) if len(lanes) > 1 else 0
+        return cls(queue, tuple(lanes), queue_rate, tuple(lane_rates), every, lower)
 
     @property
     def simple(self) -> bool:
