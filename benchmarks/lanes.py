@@ -220,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             report["latency_medians"] = med
             ratio = med["campaign"]["p99_ms"] / med["quiet"]["p99_ms"]
+            per_run = {
+                name: [round(r["p99_ms"], 1) for r in rs if r.get("p99_ms") is not None] for name, rs in runs.items()
+            }
             log(
                 f"medians of {args.repeat}: p99 with campaign {med['campaign']['p99_ms']:.1f} ms vs "
                 f"{med['quiet']['p99_ms']:.1f} ms without (×{ratio:.2f}; targets ≤ ×2 and ≤ 50 ms); "
                 f"p50 {med['campaign']['p50_ms']:.1f} vs {med['quiet']['p50_ms']:.1f} ms; per run p99: "
-                f"{[round(r['p99_ms'], 1) for r in runs['campaign']]} vs {[round(r['p99_ms'], 1) for r in runs['quiet']]}"
+                f"{per_run['campaign']} vs {per_run['quiet']}"
             )
         if "throttle" in only:
             thr = bench.throttle()
