@@ -289,8 +289,11 @@ class Daemon:
             set(new.apps) != set(self.config.apps)
             or new.queues() != self.config.queues()
             or new.redis != self.config.redis
+            or any(LanePlan.for_queue(new, lp.queue) != lp.plan for lp in self.loops)
         ):
-            self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
+            self.log.warning(
+                "reload_partial", note="apps, queues, lanes, throttles and redis settings change only on restart"
+            )
         for lp in self.loops:
             for key, name in lp.apps_by_key.items():
                 if name not in new.apps:

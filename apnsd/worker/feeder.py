@@ -99,14 +99,14 @@ class Feeder(threading.Thread):
 
     def _take_lanes(self, count: int, first_only: bool) -> tuple[Taken, float]:
         plan, held = self.plan, self.handoff.held
-        if first_only:
+        if first_only and self._uncertain is None:  # a resent take must look in every lane's in-flight hash
             plan = replace(plan, keys=plan.keys[:1], lane_rates=plan.lane_rates[:1])
         # A take whose answer was lost is resent into the same field: the script returns that batch if it ran.
         field = self._uncertain or self.jq.next_field()
         held.add(field)  # before the take, so that an orphan sweep never sees it unheld
         self._uncertain = field
         self._takes += 1
-        first = 0 if first_only else plan.first_lane(self._takes)
+        first = 0 if len(plan.keys) == 1 else plan.first_lane(self._takes)
         lower = min(count, plan.lower_batch) if plan.lower_batch else count
         lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates, lower)
         self._uncertain = None

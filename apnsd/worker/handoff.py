@@ -3,8 +3,9 @@
 Thread protocol (besides the ``LoopStatus`` value the loop publishes, this is all a loop shares):
 
 * The **feeder** thread takes batches from Redis. Before each take it waits for room
-  (``wait_for_room``); it names the batch in ``held`` before taking it and ``give``s each
-  non-empty batch, all inside ``taking()``, which ends the feeder once the hand-over is closed.
+  (``wait_for_room``; a queue's first lane may also take into the reserve, ``full(reserve=True)``);
+  it names the batch in ``held`` before taking it and ``give``s each non-empty batch, all inside
+  ``taking()``, which ends the feeder once the hand-over is closed.
 * The **loop** thread owns the sessions and everything they hold. It pops ``batches``, runs the
   ``posted`` calls, counts what it parses (``parsed``) and commits (``resolved``; a committed
   batch leaves ``held``), publishes its sessions' ``backlog`` and wakes a feeder that waits for
