@@ -179,7 +179,7 @@ class DeliveryLoop:
             routes = self._routes
             for n in notes:
                 choices = routes.get(n.app)
-                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=_backlog)
+                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
                 if s is None or s.disabled:
                     reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
@@ -214,6 +214,11 @@ class DeliveryLoop:
             pending = s.pending
             for _ in range(min(room, len(waiting))):
                 pending.append(waiting.popleft())
+
+    def _backlog(self, s: Session) -> int:
+        """Notifications a session still has to send (its lower-lane work included): new work goes to the least."""
+        lower = self._lower.get(s)
+        return len(s.pending) + (len(lower) if lower else 0)
 
     def _put_ahead(self, s: Session, notes: list[Notification]) -> None:
         """Queue a first-lane (or starvation-guard) batch behind the earlier such batches, ahead of the rest.
@@ -439,8 +444,3 @@ def _routes(sessions: dict[str, Session]) -> dict[str, list[Session]]:
     for s in sessions.values():
         out.setdefault(s.app, []).append(s)
     return out
-
-
-def _backlog(s: Session) -> int:
-    """Notifications a session still has to send: new work goes to the connection with the least."""
-    return len(s.pending)

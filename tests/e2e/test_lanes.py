@@ -376,3 +376,15 @@ def test_a_graceful_stop_mid_campaign_returns_held_back_work_to_its_lane(jq, rdb
     assert not set(waiting[BULK]) & set(delivered)
     assert (set(urgent), [], []) == (set(delivered) & set(urgent), waiting[URGENT], waiting[Q])
     assert [] == inflight_keys(rdb)
+
+
+def test_lower_lane_work_is_spread_over_the_apps_connections(jq, rdb, http2_mock, make_config):
+    """With two connections, a campaign waiting in the worker counts toward each one's backlog: both carry it."""
+    mock = http2_mock()
+    bulk = good_tokens(2000, seed=74)
+    push_all(jq, [job(t) for t in bulk], BULK)
+
+    assert 0 == run_drained(make_config(mock, **THREE_LANES, APP_DEFAULT_CONNECTIONS="2"), timeout=60)
+
+    assert dict.fromkeys(bulk, 1) == dict(mock.record.accepted_tokens())
+    assert 2 == mock.record.connections
