@@ -130,7 +130,7 @@ class AppConfig(_Section):
     mismatch_guard_park: float = 15.0
     lanes: tuple[str, ...] = ()
     lower_lane_every: int = 10
-    lane_window: int = 100
+    lane_window: int = 1000
     max_rate: float = 0.0
     lane_max_rate: dict[str, float] = msgspec.field(default_factory=dict)
 

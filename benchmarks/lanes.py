@@ -8,6 +8,8 @@ latency:  urgent jobs pushed at --urgent-rate onto the urgent lane, enqueue → 
           alternately, --repeat times each (medians reported; the 20 slowest jobs of each run with their send times).
 throttle: max_rate = --max-rate on one app, --workers worker processes, a backlog larger than the window can
           drain; the delivered rate over the --seconds window (after a 2 s warm-up), against the cap.
+far:      a campaign alone against a sink that answers 50 ms late, with and without lanes: delivered/s over
+          --far-seconds (lower lanes go out a window at a time; this checks it opens up for a far gateway).
 Prints the figures with the load average and writes benchmarks/results/lanes-<UTC timestamp>.json.
 """
 
@@ -29,7 +31,7 @@ import redis
 from apnsd.testing.devpki import make_dev_pki
 from apnsd.testing.redis_server import RedisServer
 from benchmarks import workload
-from benchmarks.sinks import NginxSink, python_for
+from benchmarks.sinks import LOCATIONS_50MS, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
 URGENT, BULK = f"{workload.QUEUE}:urgent", f"{workload.QUEUE}:bulk"
@@ -49,6 +51,7 @@ class LaneBench:
         self.workdir = tempfile.mkdtemp(prefix="apnsd-lanes-")
         self.pki = make_dev_pki(os.path.join(self.workdir, "pki"))
         self.nginx = NginxSink(self.workdir, self.pki).start()
+        self.far_nginx: NginxSink | None = None
 
     def env(self, url: str, extra: dict[str, str], worker_id: str = "") -> dict[str, str]:
         return workload.daemon_env(
@@ -182,13 +185,49 @@ class LaneBench:
             "load_average": [round(load0, 2), round(load1, 2)],
         }
 
+    # --- campaign throughput against a far gateway ------------------------------------------------
+
+    def far(self, lanes: bool) -> dict[str, Any]:
+        """Bulk-only drain against a sink answering 50 ms late: delivered/s over the window, with or without lanes.
+
+        Lower lanes go out a window at a time; this shows whether that window opens up far enough when the
+        gateway, not the worker, is what takes time.
+        """
+        a = self.args
+        if self.far_nginx is None:
+            self.far_nginx = NginxSink(os.path.join(self.workdir, "far"), self.pki, LOCATIONS_50MS).start()
+        with RedisServer() as rs:
+            r = redis.Redis.from_url(rs.url)
+            queue = BULK if lanes else workload.QUEUE
+            workload.preload(r, a.far_jobs, "F", queue=queue)
+            env = self.env(rs.url, LANES if lanes else {})
+            env["APNSD_APP_DEFAULT_PORT"] = str(self.far_nginx.cert_port)
+            child = workload.start_daemon(
+                workload.DaemonSpec(f"far-{lanes}", env, drain=False), self.python, REPO, self.workdir
+            )
+            try:
+                while workload.resolved(workload.outcomes(r)) == 0:
+                    time.sleep(0.01)
+                time.sleep(2.0)
+                d0, t0 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                time.sleep(a.far_seconds)
+                d1, t1 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                left = r.llen(queue)
+            finally:
+                child.stop()
+        return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0}
+
     def close(self) -> None:
         self.nginx.stop()
+        if self.far_nginx is not None:
+            self.far_nginx.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="latency,throttle")
+    p.add_argument("--only", default="latency,throttle,far")
+    p.add_argument("--far-jobs", type=int, default=300_000, help="far: bulk jobs preloaded")
+    p.add_argument("--far-seconds", type=float, default=10.0, help="far: measured window")
     p.add_argument("--bulk", type=int, default=200_000, help="campaign jobs preloaded on the bulk lane")
     p.add_argument("--seconds", type=float, default=20.0, help="measured window of each scenario")
     p.add_argument("--urgent-rate", type=float, default=100.0)
@@ -229,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {med['campaign']['p50_ms']:.1f} vs {med['quiet']['p50_ms']:.1f} ms; per run p99: "
                 f"{per_run['campaign']} vs {per_run['quiet']}"
             )
+        if "far" in only:
+            report["far"] = [bench.far(lanes) for lanes in (False, True)]
+            log(
+                "bulk against a 50 ms gateway: "
+                + ", ".join(f"{'with' if f['lanes'] else 'without'} lanes {f['rate']:.0f}/s" for f in report["far"])
+            )
         if "throttle" in only:
             thr = bench.throttle()
             report["throttle"] = thr
@@ -245,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"results: {os.path.relpath(path, REPO)}")
     ok = all(r.get("ok") for rs in report.get("latency", {}).values() for r in rs)
+    ok = ok and all(f["ok"] for f in report.get("far", []))
     return 0 if ok and report.get("throttle", {}).get("ok", True) else 1
 
 

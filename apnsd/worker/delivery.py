@@ -31,6 +31,10 @@ from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
+# Lower lanes' window (see _adjust_window): adjusted every WINDOW_EVERY seconds from how busy the loop was.
+WINDOW_EVERY = 0.1
+WINDOW_MIN = 10
+BUSY_HIGH, BUSY_LOW = 0.9, 0.7  # share of the time the loop was not waiting in select
 
 
 class Phase(Enum):
@@ -86,7 +90,11 @@ class DeliveryLoop:
         self.grace_period = 0.0
         self._deadline = 0.0  # when STOPPING: the end of the grace period
         self._ahead: weakref.WeakSet[Batch] = weakref.WeakSet()  # batches that jump the sessions' backlog
-        self._lower: dict[Session, deque[Notification]] = {}  # lower lanes' work, let out lane_window at a time
+        self._lower: dict[Session, deque[Notification]] = {}  # lower lanes' work, let out a window at a time
+        self._window_max = max((s.cfg.lane_window for s in sessions.values()), default=WINDOW_MIN)
+        self._window = float(min(self._window_max, 100))  # lower lanes' work per connection, now
+        self._idle = 0.0  # seconds waited in select since the last window adjustment
+        self._window_at = time.monotonic()
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
         self._next_commit_try = 0.0
@@ -139,6 +147,8 @@ class DeliveryLoop:
         self._commit_ready(now)
         if self.phase is Phase.STOPPING:
             self._finish_stopping(now)
+        if self._lower:
+            self._adjust_window(now)
         self._publish(now)
         if self.phase is not Phase.DONE:
             self._wait(now)
@@ -205,8 +215,9 @@ class DeliveryLoop:
         written before it that the gateway (or this process) has yet to get through. Keeping the lower lanes'
         share small bounds that wait, at the cost of lower-lane throughput when the gateway is far away.
         """
+        window = int(self._window)
         for s, waiting in self._lower.items():
-            room = s.cfg.lane_window - len(s.pending) - s.unanswered_count()
+            room = min(window, s.cfg.lane_window) - len(s.pending) - s.unanswered_count()
             if room <= 0 or not waiting:
                 continue
             if s.suspended or s.disabled:
@@ -219,6 +230,23 @@ class DeliveryLoop:
         """Notifications a session still has to send (its lower-lane work included): new work goes to the least."""
         lower = self._lower.get(s)
         return len(s.pending) + (len(lower) if lower else 0)
+
+    def _adjust_window(self, now: float) -> None:
+        """Shrink the lower lanes' window while the loop is saturated, grow it while the loop waits.
+
+        A saturated loop works through everything ahead of an urgent answer before it reads it, so the
+        window is what an urgent job waits for; a loop that mostly waits (a far gateway) loses nothing
+        by a bigger window, and needs one for throughput. Up to ``lane_window``, down to WINDOW_MIN.
+        """
+        elapsed = now - self._window_at
+        if elapsed < WINDOW_EVERY:
+            return
+        busy = 1.0 - self._idle / elapsed
+        if busy > BUSY_HIGH:
+            self._window = max(WINDOW_MIN, self._window * 0.7)
+        elif busy < BUSY_LOW and any(self._lower.values()):
+            self._window = min(self._window_max, self._window * 1.25 + 1)
+        self._idle, self._window_at = 0.0, now
 
     def _put_ahead(self, s: Session, notes: list[Notification]) -> None:
         """Queue a first-lane (or starvation-guard) batch behind the earlier such batches, ahead of the rest.
@@ -393,12 +421,14 @@ class DeliveryLoop:
             timeout = min(timeout, max(0.0, self._next_commit_try - now))
         if self.phase is Phase.STOPPING:
             timeout = min(timeout, max(0.0, self._deadline - now))
+        start = time.monotonic()
         r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))
+        later = time.monotonic()
+        self._idle += later - start
         if not r:
             return
         if wake in r:
             self.handoff.drain_wakeups()
-        later = time.monotonic()
         for fd in r:
             ready = fds.get(fd)
             if ready is not None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from apnsd.config import Config
 
+LOWER_BATCH = 100  # most jobs per connection one take moves from a lane other than the first
+
 
 @dataclass(frozen=True)
 class LanePlan:
@@ -25,9 +27,9 @@ class LanePlan:
         apps = [config.apps[a] for a in config.queues().get(queue, [])]
         every = next((app.lower_lane_every for app in apps), 10)
         lanes = config.lanes(queue)
-        # Lower lanes' work goes out lane_window per connection at a time: taking much more only parks it in
-        # the worker, and a big batch holds the loop (parse, commit) while an urgent job waits its turn.
-        lower = sum(app.lane_window * app.connections for app in apps) if len(lanes) > 1 else 0
+        # A big batch holds the loop (parse, commit) while an urgent job waits its turn: lower lanes are
+        # taken in small ones (their work goes out a window at a time anyway).
+        lower = sum(min(app.lane_window, LOWER_BATCH) * app.connections for app in apps) if len(lanes) > 1 else 0
         return cls(queue, tuple(lanes), queue_rate, tuple(lane_rates), every, lower)
 
     @property
