@@ -25,16 +25,13 @@ from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
-from apnsd.worker.lanes import LanePlan
+from apnsd.worker.lanes import WINDOW_MIN, LanePlan, next_window
 from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
-# Lower lanes' window (see _adjust_window): adjusted every WINDOW_EVERY seconds from how busy the loop was.
-WINDOW_EVERY = 0.1
-WINDOW_MIN = 10
-BUSY_HIGH, BUSY_LOW = 0.9, 0.7  # share of the time the loop was not waiting in select
+WINDOW_EVERY = 0.1  # seconds between adjustments of the lower lanes' window (lanes.next_window)
 
 
 class Phase(Enum):
@@ -232,20 +229,12 @@ class DeliveryLoop:
         return len(s.pending) + (len(lower) if lower else 0)
 
     def _adjust_window(self, now: float) -> None:
-        """Shrink the lower lanes' window while the loop is saturated, grow it while the loop waits.
-
-        A saturated loop works through everything ahead of an urgent answer before it reads it, so the
-        window is what an urgent job waits for; a loop that mostly waits (a far gateway) loses nothing
-        by a bigger window, and needs one for throughput. Up to ``lane_window``, down to WINDOW_MIN.
-        """
+        """Every WINDOW_EVERY seconds: the lower lanes' window from how busy the loop was (lanes.next_window)."""
         elapsed = now - self._window_at
         if elapsed < WINDOW_EVERY:
             return
         busy = 1.0 - self._idle / elapsed
-        if busy > BUSY_HIGH:
-            self._window = max(WINDOW_MIN, self._window * 0.7)
-        elif busy < BUSY_LOW and any(self._lower.values()):
-            self._window = min(self._window_max, self._window * 1.25 + 1)
+        self._window = next_window(self._window, busy, any(self._lower.values()), self._window_max)
         self._idle, self._window_at = 0.0, now
 
     def _put_ahead(self, s: Session, notes: list[Notification]) -> None:

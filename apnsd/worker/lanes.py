@@ -53,3 +53,22 @@ class LanePlan:
         while lane < len(self.keys) - 1 and n % every ** (lane + 1) == 0:
             lane += 1
         return lane
+
+
+WINDOW_MIN = 10  # lower lanes' work per connection the adaptive window never goes below
+BUSY_HIGH, BUSY_LOW = 0.9, 0.7  # share of the time the delivery loop was not waiting in select
+
+
+def next_window(window: float, busy: float, waiting: bool, most: int) -> float:
+    """The lower lanes' window after a period in which the delivery loop was ``busy`` (0..1) of the time.
+
+    A saturated loop works through everything ahead of an urgent answer before it reads it, so there the
+    window is what an urgent job waits for: it shrinks. A loop that mostly waits (a far gateway) loses
+    nothing by a bigger window and needs one for throughput: it grows, while lower-lane work waits.
+    Always between WINDOW_MIN and ``most`` (the apps' ``lane_window``).
+    """
+    if busy > BUSY_HIGH:
+        return max(float(WINDOW_MIN), window * 0.7)
+    if busy < BUSY_LOW and waiting:
+        return min(float(most), window * 1.25 + 1)
+    return window

@@ -8,7 +8,7 @@ import pytest
 
 from apnsd.config import load_config
 from apnsd.errors import ConfigError
-from apnsd.worker.lanes import LanePlan
+from apnsd.worker.lanes import LanePlan, next_window
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -171,3 +171,19 @@ def test_a_lane_list_cannot_be_another_queue(tmp_path):
 
     assert "apps.default.lanes" == err.key
     assert "apnsd:queue:sandbox is another queue's key" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("window", "busy", "waiting", "expected"),
+    [
+        (100.0, 0.95, True, 70.0),  # saturated loop: shrink
+        (12.0, 1.0, True, 10.0),  # never below WINDOW_MIN
+        (100.0, 0.5, True, 126.0),  # the loop waits and work waits: grow
+        (900.0, 0.1, True, 1000.0),  # never above lane_window
+        (100.0, 0.5, False, 100.0),  # nothing waiting: no reason to grow
+        (100.0, 0.8, True, 100.0),  # between the marks: hold
+    ],
+)
+def test_the_lower_lane_window_follows_how_busy_the_loop_is(window, busy, waiting, expected):
+    """Shrinks x0.7 above 90 % busy (not below 10), grows x1.25+1 below 70 % while work waits (up to the max)."""
+    assert expected == pytest.approx(next_window(window, busy, waiting, 1000))
