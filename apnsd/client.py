@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from apnsd.config import AppConfig, Config, parser_limits
+from apnsd.config import DEFAULT_LANE, LANE_NAME, AppConfig, Config, lane_key, parser_limits
 from apnsd.core.jobs import JobParser, normalise_token
 from apnsd.errors import ConfigError, JobError
 from apnsd.store.queue import JobQueue, client_for, connect
@@ -68,12 +68,19 @@ class Client:
         )
 
     def enqueue(
-        self, token: str | Sequence[str], payload: Mapping[str, Any] | str, *, app: str = "default", **fields: Any
+        self,
+        token: str | Sequence[str],
+        payload: Mapping[str, Any] | str,
+        *,
+        app: str = "default",
+        lane: str | None = None,
+        **fields: Any,
     ) -> None:
-        """Validate one job and LPUSH it (a list of tokens fans out); with ``send_at`` it is scheduled instead."""
+        """Validate one job and LPUSH it (a list of tokens fans out) onto the app's queue, or one of its
+        lanes (``lane="urgent"``); with ``send_at`` it is scheduled instead (and comes back to that lane)."""
         job = self._job(token, payload, app, fields)
         raw = self._validate(job)
-        queue = self.queue_for(app, job.get("token", ""))
+        queue = self.queue_for(app, job.get("token", ""), lane)
         if "send_at" in job:
             self._jq.schedule(queue, raw, float(job["send_at"]))
         else:
@@ -86,28 +93,31 @@ class Client:
         at: float,
         *,
         app: str = "default",
+        lane: str | None = None,
         **fields: Any,
     ) -> None:
-        """Validate one job and put it in the scheduled set, to be queued at unix time ``at``."""
-        self.enqueue(token, payload, app=app, send_at=float(at), **fields)
+        """Validate one job and put it in the scheduled set, to be queued (on ``lane``) at unix time ``at``."""
+        self.enqueue(token, payload, app=app, lane=lane, send_at=float(at), **fields)
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> int:
         """Validate every job (dicts in the README's job format), then LPUSH them, one command per 1,000.
 
         Nothing is pushed unless every job is valid; a JobError names the first bad job's index.
-        Jobs with ``send_at`` go to the scheduled set. Returns how many jobs were enqueued.
+        Jobs with ``send_at`` go to the scheduled set. A ``lane`` key picks the job's lane and is not
+        pushed with it. Returns how many jobs were enqueued.
         """
         now = time.time()
         by_queue: dict[str, list[bytes]] = {}
         scheduled: list[tuple[str, bytes, float]] = []
         for i, spec in enumerate(jobs):
             job = dict(spec)
+            lane = job.pop("lane", None)
             job.setdefault("enqueued_at", now)
             try:
                 raw = self._validate(job)
+                queue = self.queue_for(job.get("app", "default"), job.get("token", ""), lane)
             except JobError as exc:
                 raise JobError(exc.reason, f"job {i}: {exc.detail}") from None
-            queue = self.queue_for(job.get("app", "default"), job.get("token", ""))
             if "send_at" in job:
                 scheduled.append((queue, raw, float(job["send_at"])))
             else:
@@ -167,12 +177,24 @@ class Client:
         """Remove tokens from the unregistered store once your application has dealt with them."""
         return self._jq.forget_unregistered([normalise_token(t) for t in tokens])
 
-    def queue_for(self, app: str, token: Any = "") -> str:
-        """The Redis list an app's jobs go to (with shards, the token picks the shard)."""
+    def queue_for(self, app: str, token: Any = "", lane: Any = None) -> str:
+        """The Redis list an app's jobs go to (with shards, the token picks the shard), or one of its lanes.
+
+        With configured apps a lane the app does not declare is refused (JobError ``bad_field``), as the
+        daemon would never take from it; without, any well-formed lane name is accepted."""
         cfg = (self._apps or {}).get(app)
         if self._config is not None and cfg is not None:
-            return self._config.queue_key(cfg, token if isinstance(token, str) else "")
-        return (cfg.queue if cfg is not None and cfg.queue else None) or self._default_queue
+            queue = self._config.queue_key(cfg, token if isinstance(token, str) else "")
+        else:
+            queue = (cfg.queue if cfg is not None and cfg.queue else None) or self._default_queue
+        if lane is None or lane == DEFAULT_LANE:
+            return queue
+        if not isinstance(lane, str) or not LANE_NAME.match(lane):
+            raise JobError("bad_field", f"lane {lane!r} is not a lane name (lower case letters, digits, - and _)")
+        if cfg is not None and lane not in cfg.lanes:
+            declared = ", ".join(cfg.lanes) or "none"
+            raise JobError("bad_field", f"app {app!r} has no lane {lane!r} (its lanes: {declared})")
+        return lane_key(queue, lane)
 
     # --- validation --------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ class WorkerConfig(_Section, frozen=True):
     heartbeat_ttl: float = 30.0
     recover_interval: float = 10.0
     state_dir: str = ""  # empty: default_state_dir()
+    lane_poll: float = 0.05
 
 
 def state_dir(w: WorkerConfig, env: Mapping[str, str] | None = None) -> Path:
@@ -160,6 +161,11 @@ class AppConfig(_Section, frozen=True):
     mismatch_guard_window: float = 300.0
     mismatch_guard_park: float = 15.0
     credential_probe_interval: float = 300.0
+    lanes: tuple[str, ...] = ()
+    lower_lane_every: int = 10
+    lane_window: int = 1000
+    max_rate: float = 0.0
+    lane_max_rate: dict[str, float] = msgspec.field(default_factory=dict)
 
     @property
     def auth(self) -> Literal["token", "certificate"]:
@@ -235,6 +241,37 @@ class Config(_Section, frozen=True):
             for key in self.queue_keys(app):
                 out.setdefault(key, []).append(name)
         return out
+
+    def lanes(self, queue: str) -> list[str]:
+        """A queue's lane keys, highest priority first: just ``[queue]`` when its apps declare no lanes."""
+        names = next((self.apps[a].lanes for a in self.queues().get(queue, []) if self.apps[a].lanes), ())
+        return [lane_key(queue, lane) for lane in names] or [queue]
+
+    def lane_rates(self, queue: str) -> tuple[float, list[float]]:
+        """A queue's throttle: its ``max_rate`` and each lane's (0 = unlimited), shared out among an app's shards."""
+        apps = [self.apps[a] for a in self.queues().get(queue, [])]
+        app = next((a for a in apps if a.max_rate or a.lane_max_rate), None)
+        if app is None:
+            return 0.0, [0.0] * len(self.lanes(queue))
+        share = len(self.queue_keys(app))  # shard queues split the app's rate evenly (tokens hash evenly)
+        names = app.lanes or ("default",)
+        return app.max_rate / share, [app.lane_max_rate.get(lane, 0.0) / share for lane in names]
+
+    def all_lane_keys(self) -> list[str]:
+        """Every list apnsd takes from: each queue's lanes."""
+        return [key for queue in self.queues() for key in self.lanes(queue)]
+
+
+DEFAULT_LANE = "default"
+LANE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+RESERVED_LANES = ("scheduled", "inflight", "throttle", "written")  # suffixes apnsd itself puts after a queue key
+
+
+def lane_key(queue: str, lane: str) -> str:
+    """The Redis list of one lane: the queue key itself for the default lane, ``<queue>:<lane>`` otherwise.
+
+    The suffix keeps a queue's hash tag, so in cluster mode every lane shares its queue's slot."""
+    return queue if lane == DEFAULT_LANE else f"{queue}:{lane}"
 
 
 _SECTIONS = ("redis", "worker", "metrics", "log")
@@ -476,11 +513,14 @@ MAX_SECONDS = 1_000_000.0  # every duration setting; larger ones overflow timers
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
 
 
+_NOT_SECONDS = frozenset({"max_rate"})  # float settings that are rates, checked with their own rules
+
+
 def _validate_numbers(section: _Section, base: str) -> None:
-    """Every float setting is a duration in seconds: finite (no nan or inf) and within range."""
+    """Every float setting but a rate is a duration in seconds: finite (no nan or inf) and within range."""
     for name in section.__struct_fields__:
         value = getattr(section, name)
-        if type(value) is float:
+        if type(value) is float and name not in _NOT_SECONDS:
             _require(
                 math.isfinite(value) and 0 <= value <= MAX_SECONDS,
                 f"{base}.{name}",
@@ -499,6 +539,7 @@ def validate(config: Config) -> None:
     _require(w.max_in_flight >= w.batch_size, "worker.max_in_flight", "must be at least worker.batch_size")
     _require(0.05 <= w.block_timeout <= 30, "worker.block_timeout", "must be between 0.05 and 30 seconds")
     _require(w.grace_period > 0, "worker.grace_period", "must be positive")
+    _require(0.005 <= w.lane_poll <= 1, "worker.lane_poll", "must be between 0.005 and 1 second")
     _require(
         0 < w.heartbeat_interval < w.heartbeat_ttl,
         "worker.heartbeat_ttl",
@@ -519,6 +560,7 @@ def validate(config: Config) -> None:
     _require(bool(config.apps), "apps", "at least one app must be configured")
     for name, app in config.apps.items():
         _validate_app(name, app)
+        _validate_lanes(config, name, app)
 
 
 def _validate_redis(config: Config) -> None:
@@ -662,3 +704,54 @@ def _validate_app(name: str, app: AppConfig) -> None:
         "must be 0 (off) or at least 10 seconds",
     )
     _require(app.protocol != "binary" or bool(app.host), k + "host", BINARY_NEEDS_HOST)
+
+
+def _validate_lanes(config: Config, name: str, app: AppConfig) -> None:
+    """Lanes and throttles: valid names, the default lane present, one set of lanes and one throttle per queue."""
+    k = f"apps.{name}."
+    if app.lanes:
+        for lane in app.lanes:
+            _require(
+                isinstance(lane, str) and bool(LANE_NAME.match(lane)) and lane not in RESERVED_LANES,
+                k + "lanes",
+                f"{lane!r} is not a lane name (1-32 lower case letters, digits, - and _; not one of "
+                f"{', '.join(RESERVED_LANES)})",
+            )
+        _require(len(set(app.lanes)) == len(app.lanes), k + "lanes", "names a lane twice")
+        _require(
+            DEFAULT_LANE in app.lanes,
+            k + "lanes",
+            'must include "default" (the queue key itself, where jobs pushed without a lane go)',
+        )
+        _require(len(app.lanes) <= 8, k + "lanes", "at most 8 lanes")
+    _require(1 <= app.lane_window <= 100_000, k + "lane_window", "must be between 1 and 100000")
+    _require(2 <= app.lower_lane_every <= 1000, k + "lower_lane_every", "must be between 2 and 1000")
+    for key, rate in [("max_rate", app.max_rate), *((f"lane_max_rate.{ln}", r) for ln, r in app.lane_max_rate.items())]:
+        _require(
+            isinstance(rate, (int, float)) and rate == rate and 0 <= rate <= 10_000_000,
+            k + key,
+            "must be a number of notifications per second between 0 (unlimited) and 10000000",
+        )
+    for lane in app.lane_max_rate:
+        _require(lane in (app.lanes or (DEFAULT_LANE,)), k + "lane_max_rate", f"names {lane!r}, which is not in lanes")
+    for queue in config.queue_keys(app):
+        for key in config.lanes(queue):
+            _require(
+                key == queue or key not in config.queues(),
+                k + "lanes",
+                f"lane list {key} is another queue's key: rename the lane or that queue",
+            )
+        readers = [a for a in config.queues()[queue] if a != name]
+        for other in readers:
+            _require(
+                config.apps[other].lanes == app.lanes,
+                k + "lanes",
+                f"apps reading the same queue must declare the same lanes "
+                f"({other} declares {list(config.apps[other].lanes)})",
+            )
+        _require(
+            not (app.max_rate or app.lane_max_rate) or not readers,
+            k + "max_rate",
+            "a throttle needs the app to be the only reader of its queue "
+            f"(give it its own queue; {readers[0] if readers else ''} reads it too)",
+        )

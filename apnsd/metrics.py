@@ -215,3 +215,11 @@ def serve(listen: str, probes: dict[str, Probe] | None = None) -> Callable[[], N
         thread.join(5)
 
     return stop
+
+
+THROTTLED = Counter(
+    "apnsd_throttled_seconds",
+    "Time a queue's feeder waited because its throttle (max_rate, lane_max_rate) held queued jobs back.",
+    ["queue"],
+    registry=REGISTRY,
+)

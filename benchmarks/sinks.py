@@ -99,6 +99,13 @@ DELAYED_SERVER = """\
     location / {{ return 404; }}
   }}"""
 
+# The same answers, each 50 ms after the body is read (a timer: nginx goes on serving meanwhile), for a
+# gateway as far away as Apple's.
+LOCATIONS_50MS = """\
+    location /3/device/ { echo_read_request_body; echo_sleep 0.05; echo_exec @ok; }
+    location @ok { add_header apns-id $http_apns_id always; return 200; }
+    location / { return 404; }"""
+
 
 def _which(name: str) -> str:
     exe = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
@@ -151,10 +158,11 @@ class NginxSink:
     """nginx (one process, master_process off) with a client-cert port, an open port, stub_status, and one
     port per round-trip delay (``delayed_port[seconds]``) that answers each request that much later."""
 
-    def __init__(self, workdir: str, pki: DevPki, delays: tuple[float, ...] = ()) -> None:
+    def __init__(self, workdir: str, pki: DevPki, delays: tuple[float, ...] = (), locations: str = "") -> None:
         self.dir = os.path.join(workdir, "nginx")
         self.pki = pki
         self.delays = delays
+        self.locations = locations or LOCATIONS
         self.proc: subprocess.Popen[bytes] | None = None
         self.cert_port = self.open_port = self.status_port = 0
         self.delayed_port: dict[float, int] = {}
@@ -185,7 +193,7 @@ class NginxSink:
                     server_cert=self.pki.server_cert,
                     server_key=self.pki.server_key,
                     ca=self.pki.ca_cert,
-                    locations=LOCATIONS,
+                    locations=self.locations,
                     delayed=delayed,
                 )
             )

@@ -40,13 +40,20 @@ def job(i: int, prefix: str = "b", enqueued_at: float | None = None) -> bytes:
     )
 
 
-def preload(r: redis.Redis, count: int, prefix: str = "b", per_command: int = 1000, per_pipeline: int = 20) -> float:
+def preload(
+    r: redis.Redis,
+    count: int,
+    prefix: str = "b",
+    per_command: int = 1000,
+    per_pipeline: int = 20,
+    queue: str = QUEUE,
+) -> float:
     """LPUSH count jobs, 1,000 values per command, 20 commands per round trip; returns seconds taken."""
     t0 = time.monotonic()
     p = r.pipeline(transaction=False)
     queued = 0
     for start in range(0, count, per_command):
-        p.lpush(QUEUE, *[job(i, prefix) for i in range(start, min(count, start + per_command))])
+        p.lpush(queue, *[job(i, prefix) for i in range(start, min(count, start + per_command))])
         queued += 1
         if queued == per_pipeline:
             p.execute()
@@ -333,7 +340,9 @@ def percentile(values: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
 
 
-def load_generator(r: redis.Redis, rate: float, seconds: float, prefix: str = "L", seed: int = 1) -> dict[str, float]:
+def load_generator(
+    r: redis.Redis, rate: float, seconds: float, prefix: str = "L", seed: int = 1, queue: str = QUEUE
+) -> dict[str, float]:
     """Offer `rate` jobs/s for `seconds`, one LPUSH per job at t0 + k/rate + uniform jitter within its slot,
     each job carrying enqueued_at = time.time() just before its LPUSH. The jitter keeps arrivals from locking
     onto a phase of the millisecond, which the receipts' 1 ms time resolution would turn into a bias.
@@ -351,7 +360,7 @@ def load_generator(r: redis.Redis, rate: float, seconds: float, prefix: str = "L
             time.sleep(delay)
         while k < total and due[k] <= time.monotonic():  # behind schedule: catch up, one job per command
             now = time.time()
-            lpush(QUEUE, job(k, prefix, now))
+            lpush(queue, job(k, prefix, now))
             sent[f"{prefix}{k}"] = now
             k += 1
     return sent

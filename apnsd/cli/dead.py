@@ -41,7 +41,8 @@ def run_dead(args: argparse.Namespace, config: Config, q: JobQueue) -> int:
     if args.action == "requeue":
         queue_for = {name: config.queue_key(app) for name, app in config.apps.items()}
         default = queue_for.get("default") or next(iter(config.queues()))
-        count = q.requeue_dead(queue_for, default, limit, args.reason, args.dry_run, reasons)
+        lanes = set(config.all_lane_keys())
+        count = q.requeue_dead(queue_for, default, limit, args.reason, args.dry_run, reasons, lanes)
         verb = "would requeue" if args.dry_run else "requeued"
     else:
         count = q.purge_dead(limit, args.reason, args.dry_run, reasons)

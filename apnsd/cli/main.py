@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--sound")
     ps.add_argument("--payload", help="raw payload JSON (instead of --alert/--badge/--sound)")
     ps.add_argument("--app", default="default")
+    ps.add_argument("--lane", help="push onto one of the app's lanes (its `lanes` setting), e.g. urgent or bulk")
     ps.add_argument("--topic")
     ps.add_argument("--push-type")
     ps.add_argument("--priority", type=int)
@@ -212,7 +213,7 @@ def _push(args: argparse.Namespace) -> int:
     for key in ("topic", "push_type", "priority", "expiration", "collapse_id", "id"):
         if getattr(args, key) is not None:
             job[key] = getattr(args, key)
-    from apnsd.config import parser_limits
+    from apnsd.config import lane_key, parser_limits
     from apnsd.core.jobs import JobParser
 
     app = config.apps[args.app]
@@ -220,8 +221,12 @@ def _push(args: argparse.Namespace) -> int:
     if bad:
         print(f"apnsd push: {bad[0].reason}: {bad[0].detail}", file=sys.stderr)
         return 2
+    if args.lane is not None and args.lane != "default" and args.lane not in app.lanes:
+        declared = ", ".join(app.lanes) or "none: set lanes in its config"
+        print(f"apnsd push: app {args.app!r} has no lane {args.lane!r} (its lanes: {declared})", file=sys.stderr)
+        return 2
     q = _queue(config)
-    queue = config.queue_key(app, args.channel or args.token[0])
+    queue = lane_key(config.queue_key(app, args.channel or args.token[0]), args.lane or "default")
     if args.at is not None:
         at = args.at
         job["send_at"] = at

@@ -13,9 +13,10 @@ def collect(config: Config, open_queue: Callable[[Config], JobQueue]) -> dict[st
     """Queue depths, scheduled, in-flight per worker, live/dead workers, dead letters, unregistered."""
     q = open_queue(config)
     queues = list(config.queues())
+    lanes = {name: _lanes(config, name, q) for name in queues}
     workers = []
     for wid, status in q.workers():
-        inflight = {name: q.inflight_count(name, wid) for name in queues}
+        inflight = {lane: q.inflight_count(lane, wid) for lane in config.all_lane_keys()}
         workers.append(
             {
                 "id": wid,
@@ -26,12 +27,26 @@ def collect(config: Config, open_queue: Callable[[Config], JobQueue]) -> dict[st
         )
     return {
         "queues": {
-            name: {"depth": q.depth(name), "scheduled": q.scheduled_count(name), "apps": config.queues()[name]}
+            name: {
+                "depth": sum(lane["depth"] for lane in lanes[name].values()),
+                "scheduled": sum(lane["scheduled"] for lane in lanes[name].values()),
+                "apps": config.queues()[name],
+                **({"lanes": lanes[name]} if len(lanes[name]) > 1 else {}),
+            }
             for name in queues
         },
         "workers": workers,
         **q.counts(),
         "channels_gone": q.channels_gone_count(),
+    }
+
+
+def _lanes(config: Config, queue: str, q: JobQueue) -> dict[str, dict[str, Any]]:
+    """Each lane of a queue, highest priority first: its name, list key, depth and scheduled jobs."""
+    names = next((config.apps[a].lanes for a in config.queues()[queue] if config.apps[a].lanes), ("default",))
+    return {
+        name: {"key": key, "depth": q.depth(key), "scheduled": q.scheduled_count(key)}
+        for name, key in zip(names, config.lanes(queue), strict=True)
     }
 
 
@@ -42,6 +57,8 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             f"queue {name}: {qd['depth']} waiting, {qd['scheduled']} scheduled (apps: {', '.join(qd['apps'])})"
         )
+        for lane, ld in qd.get("lanes", {}).items():
+            lines.append(f"  lane {lane} ({ld['key']}): {ld['depth']} waiting, {ld['scheduled']} scheduled")
     live = [w for w in data["workers"] if w["alive"]]
     lines.append(f"workers: {len(live)} alive, {len(data['workers']) - len(live)} dead")
     for w in data["workers"]:

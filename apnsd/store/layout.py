@@ -17,6 +17,64 @@ redis.call('HSET', KEYS[2], ARGV[2], cmsgpack.pack(jobs))
 return jobs
 """
 
+# A queue with lanes (or a throttle): take up to ARGV[1] jobs from ONE lane, in one atomic step.
+# KEYS: lane 1, its in-flight hash, … lane L, its in-flight hash, then the queue's token bucket, then each lane's.
+# ARGV: count from the first lane, batch field, the lane to look at first (1-based; the search goes down, then
+# wraps to the higher ones), count from any lower lane, the queue's rate, then each lane's rate (notifications
+# per second; 0 = unlimited).
+# Returns {lane, jobs, wait_ms}: lane 0 when nothing was taken, and wait_ms > 0 when lanes hold work that the
+# throttle holds back (the time until one token), 0 when every lane is empty.
+# A bucket holds at most a tenth of a second's worth of tokens (at least one), so bursts stay bounded; it is
+# a hash {tokens, at} refilled from Redis's own clock, so every worker on every host shares one budget.
+# A field that already holds a batch (a resent command whose answer was lost) returns that batch as take does.
+LANES_TAKE_SCRIPT = """
+local count, field, first, lower = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local L = (#KEYS - 1) / 3
+for i = 1, L do
+  local held = redis.call('HGET', KEYS[2 * i], field)
+  if held then return {i, cmsgpack.unpack(held), 0} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, rate)
+  if rate <= 0 then return math.huge end
+  local b = redis.call('HMGET', key, 'tokens', 'at')
+  local cap = math.max(1, rate / 10)
+  local tokens, at = tonumber(b[1]), tonumber(b[2])
+  if not tokens or not at then return cap end
+  return math.min(cap, tokens + math.max(0, now - at) * rate)
+end
+local function spend(key, rate, have, used)
+  if rate <= 0 then return end
+  redis.call('HSET', key, 'tokens', tostring(have - used), 'at', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(1000 * math.max(1, rate / 10) / rate) + 1000)
+end
+local qkey, qrate = KEYS[2 * L + 1], tonumber(ARGV[5])
+local qhave = level(qkey, qrate)
+local wait = 0
+for j = 0, L - 1 do
+  local i = (first - 1 + j) % L + 1
+  if redis.call('LLEN', KEYS[2 * i - 1]) > 0 then
+    local lkey, lrate = KEYS[2 * L + 1 + i], tonumber(ARGV[5 + i])
+    local lhave = level(lkey, lrate)
+    local allow = math.min(i == 1 and count or lower, math.floor(math.min(qhave, lhave)))
+    if allow >= 1 then
+      local jobs = redis.call('RPOP', KEYS[2 * i - 1], allow)
+      spend(qkey, qrate, qhave, #jobs)
+      spend(lkey, lrate, lhave, #jobs)
+      redis.call('HSET', KEYS[2 * i], field, cmsgpack.pack(jobs))
+      return {i, jobs, 0}
+    end
+    local need = 0
+    if qhave < 1 then need = (1 - qhave) / qrate end
+    if lhave < 1 then need = math.max(need, (1 - lhave) / lrate) end
+    if wait == 0 or need < wait then wait = need end
+  end
+end
+if wait > 0 then return {0, {}, math.max(1, math.ceil(wait * 1000))} end
+return {0, {}, 0}
+"""
+
 # Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
 # given fields (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
@@ -213,6 +271,14 @@ class Keys:
     def scheduled(self, queue: str) -> str:
         """The sorted set of jobs waiting for their send_at, for one queue."""
         return f"{self.prefix}:scheduled" if queue == self.default_queue else f"{queue}:scheduled"
+
+    def throttle(self, queue: str) -> str:
+        """The token bucket of a queue (all its lanes); in the queue's slot."""
+        return f"{queue}:throttle"
+
+    def lane_throttle(self, lane: str) -> str:
+        """The token bucket of one lane; in the queue's slot."""
+        return f"{lane}:throttle:lane"
 
     def written(self, worker: str, queue: str, field: str) -> str:
         """Cluster mode: marks that a batch's outcomes are written while its in-flight half is pending."""

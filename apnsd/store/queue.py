@@ -30,6 +30,7 @@ from apnsd.store.layout import (
     COMMIT_OUTCOMES_SCRIPT,
     COMMIT_QUEUE_SCRIPT,
     COMMIT_SCRIPT,
+    LANES_TAKE_SCRIPT,
     PROMOTE_SCRIPT,
     RECOVER_SCRIPT,
     TAKE_SCRIPT,
@@ -132,6 +133,7 @@ class JobQueue:
         self._commit = client.register_script(COMMIT_SCRIPT)
         self._commit_outcomes = client.register_script(COMMIT_OUTCOMES_SCRIPT)
         self._commit_queue = client.register_script(COMMIT_QUEUE_SCRIPT)
+        self._take_lanes = client.register_script(LANES_TAKE_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
@@ -151,6 +153,34 @@ class JobQueue:
         field = field or self.next_field()
         with redis_errors("taking jobs", queue):
             return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
+
+    def take_lanes(
+        self,
+        queue: str,
+        lanes: list[str],
+        count: int,
+        field: str,
+        first: int,
+        rates: tuple[float, list[float]],
+        lower_count: int | None = None,
+    ) -> tuple[int, list[bytes], float]:
+        """Take up to ``count`` jobs from one of a queue's lanes, looking from lane index ``first`` down, within
+        the throttle, in one atomic script (LANES_TAKE_SCRIPT).
+
+        ``lanes`` are the queue's lane keys, highest priority first (``Config.lanes``); ``rates`` is (the
+        queue's rate, each lane's rate), 0 meaning unlimited; ``lower_count`` caps a take from a lane other
+        than the first (default ``count``). Returns (lane index or -1, jobs, seconds the
+        throttle holds queued jobs back: 0 when every lane is empty). Taking again into a field that holds a
+        batch returns that batch, so a take whose answer was lost can be resent.
+        """
+        queue_rate, lane_rates = rates
+        keys = [k for lane in lanes for k in (lane, self.keys.inflight(lane, self.worker_id))]
+        keys += [self.keys.throttle(queue), *(self.keys.lane_throttle(lane) for lane in lanes)]
+        with redis_errors("taking jobs"):
+            lane, jobs, wait_ms = self._take_lanes(
+                keys=keys, args=[count, field, first + 1, lower_count or count, queue_rate, *lane_rates]
+            )
+        return int(lane) - 1, list(jobs), int(wait_ms) / 1000
 
     def claim(self, queue: str, field: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
@@ -437,9 +467,11 @@ class JobQueue:
         reason: str | None,
         dry_run: bool = False,
         reasons: Counter[str] | None = None,
+        lanes: Collection[str] = (),
     ) -> int:
         """Move up to ``limit`` (None: all) dead entries (optionally only a reason prefix) back onto their app's
-        queue; with ``dry_run`` only count them. Counts by reason go into ``reasons``."""
+        queue; with ``dry_run`` only count them. Counts by reason go into ``reasons``. An entry that names
+        its lane (``queue``) goes back onto that lane when it is one of ``lanes`` (the configured ones)."""
         moved = 0
         with redis_errors("requeueing dead letters"):
             for raw, entry in list(self._select_dead(None, reason)):
@@ -447,15 +479,19 @@ class JobQueue:
                     break
                 if not isinstance(entry.get("job"), str):
                     continue  # nothing to requeue: leave it for `dead list` and `dead purge`
-                if dry_run or self._requeue_one(raw, entry, queue_for, default_queue):
+                if dry_run or self._requeue_one(raw, entry, queue_for, default_queue, lanes):
                     moved += 1
                     if reasons is not None:
                         reasons[str(entry.get("reason", ""))] += 1
         return moved
 
-    def _requeue_one(self, raw: Any, entry: dict[str, Any], queue_for: dict[str, str], default_queue: str) -> bool:
-        """Move one dead entry's job onto its app's queue; False when another requeuer took it first."""
+    def _requeue_one(
+        self, raw: Any, entry: dict[str, Any], queue_for: dict[str, str], default_queue: str, lanes: Collection[str]
+    ) -> bool:
+        """Move one dead entry's job onto its lane or app's queue; False when another requeuer took it first."""
         queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
+        if isinstance(entry.get("queue"), str) and entry["queue"] in lanes:
+            queue = entry["queue"]  # only a configured lane: a dead entry never names a key to write to
         if self._other_slot(queue):
             # No transaction across slots: push first, so a crash can only requeue twice;
             # if another requeuer removed the entry meanwhile, take our copy back.

@@ -32,6 +32,7 @@ from apnsd.store.queue import JobQueue, client_for
 from apnsd.worker import probes
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.gauges import RedisGauges, set_loop_gauges
+from apnsd.worker.lanes import LanePlan
 from apnsd.worker.outcome_log import OutcomeRecorder
 from apnsd.worker.progress import DrainProgress
 from apnsd.worker.state import ensure_private_dir, write_private_file
@@ -82,7 +83,7 @@ class Daemon:
         )
         self._claim_worker_id()
         self._build_loops()
-        self.gauges = RedisGauges(self.jq, [lp.queue for lp in self.loops])
+        self.gauges = RedisGauges(self.jq, self._lanes())  # every list taken from: queues, or their lanes
         metrics.declare(sorted(cfg.apps), [lp.queue for lp in self.loops])
         if cfg.metrics.listen:
             try:
@@ -133,7 +134,8 @@ class Daemon:
                         s.hold = sessions[name].hold  # one suspension per app in a loop, whichever connection trips
                     vet_session(s, self.creds[name], time.monotonic())
                     sessions[name if i == 0 else f"{name}#{i + 1}"] = s
-            self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder))
+            plan = LanePlan.for_queue(cfg, queue)
+            self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder, plan))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -188,8 +190,8 @@ class Daemon:
                 # Nothing is held any more: whatever is still in this worker's in-flight storage (a
                 # commit that failed at the end, a batch a failover resurrected) goes back to the queue
                 # before the worker leaves the registry, where no one would look for it.
-                for lp in self.loops:
-                    self.jq.release_all(lp.queue)
+                for lane in self._lanes():
+                    self.jq.release_all(lane)
                 self.jq.retire()
         except QueueError as exc:
             self.log.warning("retire_failed", error=str(exc))
@@ -282,8 +284,10 @@ class Daemon:
 
     def _recover(self) -> None:
         try:
-            moved = self.jq.recover_dead([lp.queue for lp in self.loops])
-            orphaned = {lp.queue: self.jq.release_orphans(lp.queue, lp.handoff.held.copy) for lp in self.loops}
+            moved = self.jq.recover_dead(self._lanes())
+            orphaned = {
+                lane: self.jq.release_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
+            }
         except QueueError:
             return
         for worker, n in moved.items():
@@ -294,8 +298,8 @@ class Daemon:
 
     def _promote_scheduled(self) -> None:
         try:
-            for lp in self.loops:
-                while self.jq.promote_due(lp.queue, time.time()) >= 1000:
+            for lane in self._lanes():
+                while self.jq.promote_due(lane, time.time()) >= 1000:
                     pass
         except KeyTypeError as exc:  # scheduled jobs and retries wait until an operator fixes the key
             self._wrong_type.failed(str(exc), key=exc.key)
@@ -303,6 +307,10 @@ class Daemon:
         except QueueError:
             return
         self._wrong_type.recovered()
+
+    def _lanes(self) -> list[str]:
+        """Every list this worker takes from: each loop's lanes (just its queue when it has none)."""
+        return [lane for lp in self.loops for lane in lp.lanes]
 
     def _poll_feedback(self, now: float) -> None:
         """Binary apps with feedback_interval: read the feedback service and record what it reports."""
@@ -336,10 +344,11 @@ class Daemon:
     def _drained(self) -> bool:
         try:
             for lp in self.loops:
-                if self.jq.depth(lp.queue) or self.jq.scheduled_count(lp.queue, time.time() + DRAIN_HORIZON):
-                    return False
-                if lp.status.in_flight == 0 and self.jq.inflight_batches(lp.queue):
-                    return False  # an orphaned batch (see release_orphans) is still to be delivered
+                for lane in lp.lanes:
+                    if self.jq.depth(lane) or self.jq.scheduled_count(lane, time.time() + DRAIN_HORIZON):
+                        return False
+                    if lp.status.in_flight == 0 and self.jq.inflight_batches(lane):
+                        return False  # an orphaned batch (see release_orphans) is still to be delivered
         except QueueError:
             return False
         return all(lp.status.idle for lp in self.loops) and not self._others_in_flight()
@@ -348,12 +357,8 @@ class Daemon:
         """Another registered worker holds jobs of our queues: alive, it will resolve them; dead (kill -9),
         they come back to the queue once its heartbeat lapses. Either way the drain is not finished."""
         try:
-            return any(
-                self.jq.inflight_count(lp.queue, w)
-                for w, _ in self.jq.workers()
-                if w != self.worker_id
-                for lp in self.loops
-            )
+            others = [w for w, _ in self.jq.workers() if w != self.worker_id]
+            return any(self.jq.inflight_count(lane, w) for w in others for lane in self._lanes())
         except QueueError:
             return True
 
@@ -370,8 +375,11 @@ class Daemon:
             set(new.apps) != set(self.config.apps)
             or new.queues() != self.config.queues()
             or new.redis != self.config.redis
+            or any(LanePlan.for_queue(new, lp.queue) != lp.plan for lp in self.loops)
         ):
-            self.log.warning("reload_partial", note="apps, queues and redis settings change only on restart")
+            self.log.warning(
+                "reload_partial", note="apps, queues, lanes, throttles and redis settings change only on restart"
+            )
         for lp in self.loops:
             holds: dict[str, SuspendState] = {}
             for key, name in lp.apps_by_key.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -25,11 +26,13 @@ from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
+from apnsd.worker.lanes import WINDOW_MIN, LanePlan, next_window
 from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
+WINDOW_EVERY = 0.1  # seconds between adjustments of the lower lanes' window (lanes.next_window)
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,11 @@ class DeliveryLoop:
         parser: JobParser,
         worker: WorkerConfig,
         recorder: OutcomeRecorder,
+        plan: LanePlan | None = None,
     ) -> None:
         self.queue = queue
+        self.plan = plan or LanePlan(queue, (queue,))
+        self.lanes = list(self.plan.keys)  # the lists this loop takes from, highest priority first
         self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
         self.apps_by_key = {key: s.app for key, s in sessions.items()}  # fixed: other threads may read it
         self._routes = _routes(sessions)
@@ -108,10 +114,16 @@ class DeliveryLoop:
         self.recorder = recorder
         self.log = logs.get("delivery", queue=queue)
         self.handoff = Handoff(worker.max_in_flight, worker.batch_size)
-        self.feeder = Feeder(queue, jq, self.handoff, worker, self.log)
+        self.feeder = Feeder(queue, jq, self.handoff, worker, self.log, self.plan)
         self.phase = Phase.RUNNING
         self.grace_period = 0.0
         self._deadline = 0.0  # when STOPPING: the end of the grace period
+        self._ahead: weakref.WeakSet[Batch] = weakref.WeakSet()  # batches that jump the sessions' backlog
+        self._lower: dict[Session, deque[Notification]] = {}  # lower lanes' work, let out a window at a time
+        self._window_max = max((s.cfg.lane_window for s in sessions.values()), default=WINDOW_MIN)
+        self._window = float(min(self._window_max, 100))  # lower lanes' work per connection, now
+        self._idle = 0.0  # seconds waited in select since the last window adjustment
+        self._window_at = time.monotonic()
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
         self.commit_outage = logs.OnceLogger(self.log, "redis_unavailable_for_outcomes")
         self.wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
@@ -157,6 +169,7 @@ class DeliveryLoop:
         now = time.monotonic()
         self.handoff.run_posted()  # first: a posted stop closes the feeder before the batches are read
         self._dispatch_new(now)
+        self._let_out_lower()
         if self.phase is Phase.STOPPING:
             self._return_unsent()  # after dispatch: a batch handed over just before the stop goes back too
         self._step_sessions(now)
@@ -166,6 +179,8 @@ class DeliveryLoop:
         self._commit_ready(now)
         if self.phase is Phase.STOPPING:
             self._finish_stopping(now)
+        if self._lower:
+            self._adjust_window(now)
         self._publish(now)
         if self.phase is not Phase.DONE:
             self._wait(now)
@@ -195,13 +210,18 @@ class DeliveryLoop:
             return
         wall = time.time()
         while batches:
-            batch, notes, rejects = self._parse(batches.popleft())
+            taken = batches.popleft()
+            batch, notes, rejects = self._parse(taken)
+            ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if taken.ahead else None
+            if taken.ahead:
+                self._ahead.add(batch)
+            lower = len(self.lanes) > 1 and not taken.ahead
             for r in rejects:
                 self._completed(self.recorder.reject(batch, r, wall))
             routes = self._routes
             for n in notes:
                 choices = routes.get(n.app)
-                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=_backlog)
+                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
                 if s is None or s.disabled:
                     reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
                     self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
@@ -213,8 +233,62 @@ class DeliveryLoop:
                     self._completed(self.recorder.record(n, EXPIRED, wall))
                 elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
                     self._completed(self.recorder.defer(n, n.send_at))
+                elif ahead is not None:
+                    ahead.setdefault(id(s), (s, []))[1].append(n)
+                elif lower:
+                    self._lower.setdefault(s, deque()).append(n)
                 else:
                     s.pending.append(n)
+            for session, first in (ahead or {}).values():
+                self._put_ahead(session, first)
+
+    def _let_out_lower(self) -> None:
+        """Move lower lanes' work into the sessions while fewer than ``lane_window`` of it are queued or unanswered.
+
+        What is on the wire cannot be overtaken: a first-lane job written now is answered after everything
+        written before it that the gateway (or this process) has yet to get through. Keeping the lower lanes'
+        share small bounds that wait, at the cost of lower-lane throughput when the gateway is far away.
+        """
+        window = int(self._window)
+        for s, waiting in self._lower.items():
+            room = min(window, s.cfg.lane_window) - len(s.pending) - s.unanswered_count()
+            if room <= 0 or not waiting:
+                continue
+            if s.suspended or s.disabled:
+                room = len(waiting)  # parked or dead-lettered at once by the steps that handle those
+            pending = s.pending
+            for _ in range(min(room, len(waiting))):
+                pending.append(waiting.popleft())
+
+    def _backlog(self, s: Session) -> int:
+        """Notifications a session still has to send (its lower-lane work included): new work goes to the least."""
+        lower = self._lower.get(s)
+        return len(s.pending) + (len(lower) if lower else 0)
+
+    def _adjust_window(self, now: float) -> None:
+        """Every WINDOW_EVERY seconds: the lower lanes' window from how busy the loop was (lanes.next_window)."""
+        elapsed = now - self._window_at
+        if elapsed < WINDOW_EVERY:
+            return
+        busy = 1.0 - self._idle / elapsed
+        self._window = next_window(self._window, busy, any(self._lower.values()), self._window_max)
+        self._idle, self._window_at = 0.0, now
+
+    def _put_ahead(self, s: Session, notes: list[Notification]) -> None:
+        """Queue a first-lane (or starvation-guard) batch behind the earlier such batches, ahead of the rest.
+
+        A campaign's backlog in the session then never delays an urgent job, and batches that jump keep
+        their order among themselves, so neither urgent jobs nor the guard's share can be overtaken forever.
+        """
+        pending, marked = s.pending, self._ahead
+        front = 0
+        for queued in pending:
+            if queued.batch not in marked:
+                break
+            front += 1
+        pending.rotate(-front)
+        pending.extendleft(reversed(notes))
+        pending.rotate(front)
 
     def _park(self, s: Session) -> None:
         """A suspended app's notifications wait in the scheduled set: not sent, not dead, no attempt counted."""
@@ -224,7 +298,8 @@ class DeliveryLoop:
 
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
-        batch = Batch(Commit(self.queue, taken.field))
+        queue = taken.queue or self.queue
+        batch = Batch(Commit(queue, taken.field))
         notes: list[Notification] = []
         rejects: list[Rejected] = []
         parse = self.parser.parse
@@ -236,8 +311,8 @@ class DeliveryLoop:
             n.batch = batch
         batch.remaining = len(notes) + len(rejects)
         self.handoff.parsed(len(taken.raws), batch.remaining)
-        metrics.JOBS_TAKEN.labels(self.queue).inc(len(taken.raws))
-        metrics.BATCH_SIZE.labels(self.queue).observe(len(taken.raws))
+        metrics.JOBS_TAKEN.labels(queue).inc(len(taken.raws))
+        metrics.BATCH_SIZE.labels(queue).observe(len(taken.raws))
         return batch, notes, rejects
 
     def _return_unsent(self) -> None:
@@ -251,6 +326,10 @@ class DeliveryLoop:
             while s.pending:
                 self._completed(self.recorder.give_back(s.pending.popleft()))
                 returned += 1
+        for waiting in self._lower.values():
+            while waiting:
+                self._completed(self.recorder.give_back(waiting.popleft()))
+                returned += 1
         if returned:
             self.log.info("returned_unsent", notifications=returned)
 
@@ -263,7 +342,8 @@ class DeliveryLoop:
 
     def _wake_feeder(self) -> None:
         """Tell the feeder how much waits in the sessions; it takes more once there is room."""
-        self.handoff.wake_feeder(sum(len(s.pending) for s in self.sessions.values()))
+        lower = sum(len(waiting) for waiting in self._lower.values())
+        self.handoff.wake_feeder(sum(len(s.pending) for s in self.sessions.values()) + lower)
 
     def _rotate(self) -> None:
         """Replace connections that asked for it (reconnect_interval, stream ids used up) — not when stopping."""
@@ -278,6 +358,8 @@ class DeliveryLoop:
         old = self.sessions[name]
         new.pending.extend(old.pending)
         old.pending.clear()
+        if old in self._lower:
+            self._lower[new] = self._lower.pop(old)
         old.retire()
         self._retiring.append(old)
         self.sessions[name] = new
@@ -381,12 +463,14 @@ class DeliveryLoop:
             timeout = min(timeout, max(0.0, self._next_commit_try - now))
         if self.phase is Phase.STOPPING:
             timeout = min(timeout, max(0.0, self._deadline - now))
+        start = time.monotonic()
         r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))
+        later = time.monotonic()
+        self._idle += later - start
         if not r:
             return
         if wake in r:
             self.handoff.drain_wakeups()
-        later = time.monotonic()
         for fd in r:
             ready = fds.get(fd)
             if ready is not None:
@@ -439,8 +523,3 @@ def _sendable(n: Notification, wall: float) -> bool:
     return not (n.expiration and n.expiration < wall) and not (
         n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK
     )
-
-
-def _backlog(s: Session) -> int:
-    """Notifications a session still has to send: new work goes to the connection with the least."""
-    return len(s.pending)

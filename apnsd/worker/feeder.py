@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from apnsd import logs
+from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
 from apnsd.core.pacing import outage_delay
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.queue import JobQueue
 from apnsd.worker.handoff import Handoff, Taken
+from apnsd.worker.lanes import LanePlan
+
+THROTTLE_TICK = 0.02  # shortest wait for tokens: a tenth-of-a-second bucket is never left full meanwhile
 
 
 class FeederDied(RuntimeError):
@@ -19,11 +24,15 @@ class FeederDied(RuntimeError):
 
 
 class Feeder(threading.Thread):
-    """Takes while there is room under max_in_flight; blocks on Redis only when the queue is empty."""
+    """Takes while there is room under max_in_flight; blocks on Redis only when every lane is empty."""
 
-    def __init__(self, queue: str, jq: JobQueue, handoff: Handoff, worker: WorkerConfig, log: Any) -> None:
+    def __init__(
+        self, queue: str, jq: JobQueue, handoff: Handoff, worker: WorkerConfig, log: Any, plan: LanePlan | None = None
+    ) -> None:
         super().__init__(name=f"feeder:{queue}", daemon=True)
         self.queue = queue
+        self.plan = plan or LanePlan(queue, (queue,))
+        self._takes = 0  # takes from the lanes so far: the starvation guard counts them
         self.jq = jq
         self.handoff = handoff
         self.worker = worker
@@ -43,16 +52,25 @@ class Feeder(threading.Thread):
     def _feed(self) -> None:
         handoff, cfg = self.handoff, self.worker
         while not handoff.closed.is_set():
-            handoff.wait_for_room()
+            first_only = False
             try:
+                if len(self.plan.keys) > 1 and handoff.full() and not handoff.full(reserve=True):
+                    # The room is taken (by a campaign): only the first lane may take, into the reserve.
+                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll)):
+                        continue
+                    first_only = True
+                else:
+                    handoff.wait_for_room()
                 with handoff.taking() as still_open:
                     if not still_open:
                         return
-                    taken = self._take(cfg.batch_size)
+                    taken, throttled = self._take(cfg.batch_size, first_only)
                     if taken.raws:
                         handoff.give(taken)
-                if not taken.raws:
-                    self.jq.wait(self.queue, cfg.block_timeout)
+                if throttled:
+                    self._wait_for_tokens(throttled)
+                elif not taken.raws:
+                    self._wait_for_jobs()
             except QueueError as exc:
                 if handoff.closed.is_set():
                     return  # stopping: the blocking wait may outlive the Redis connection, not an outage
@@ -67,14 +85,52 @@ class Feeder(threading.Thread):
             if taken.raws:
                 self.wrong_type.recovered()
 
-    def _take(self, count: int) -> Taken:
+    def _wait_for_jobs(self) -> None:
+        """Every lane is empty: block on the first lane (the one that must not wait), briefly when there are others.
+
+        Redis blocks on one list at a time, so lower lanes are polled every ``lane_poll`` seconds while idle.
+        """
+        plan, cfg = self.plan, self.worker
+        self.jq.wait(plan.keys[0], cfg.block_timeout if len(plan.keys) == 1 else min(cfg.block_timeout, cfg.lane_poll))
+
+    def _wait_for_tokens(self, seconds: float) -> None:
+        """Jobs wait while the throttle has no tokens: they stay queued, and the wait is counted."""
+        start = time.monotonic()
+        self.handoff.closed.wait(min(max(seconds, THROTTLE_TICK), self.worker.block_timeout))
+        metrics.THROTTLED.labels(self.queue).inc(time.monotonic() - start)
+
+    def _take(self, count: int, first_only: bool = False) -> tuple[Taken, float]:
+        """One take; with lanes or a throttle also the seconds the throttle holds queued jobs back (else 0)."""
+        if not self.plan.simple:
+            return self._take_lanes(count, first_only)
+        return self._take_simple(count), 0.0
+
+    def _take_lanes(self, count: int, first_only: bool) -> tuple[Taken, float]:
+        plan, held = self.plan, self.handoff.held
+        if first_only and self._uncertain is None:  # a resent take must look in every lane's in-flight hash
+            plan = replace(plan, keys=plan.keys[:1], lane_rates=plan.lane_rates[:1])
+        # A take whose answer was lost is resent into the same field: the script returns that batch if it ran.
+        field = self._uncertain or self.jq.next_field()
+        held.add(field)  # before the take, so that an orphan sweep never sees it unheld
+        self._uncertain = field
+        self._takes += 1
+        first = 0 if len(plan.keys) == 1 else plan.first_lane(self._takes)
+        lower = min(count, plan.lower_batch) if plan.lower_batch else count
+        lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates, lower)
+        self._uncertain = None
+        if not raws:
+            held.discard(field)
+            return Taken(field, [], plan.queue), wait
+        return Taken(field, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
+
+    def _take_simple(self, count: int) -> Taken:
         jq, queue, held = self.jq, self.queue, self.handoff.held
         if self._uncertain is not None:
             # A take failed without an answer: the script may have run. Claim that batch if it exists.
             field, raws = self._uncertain, jq.claim(queue, self._uncertain)
             self._uncertain = None
             if raws:
-                return Taken(field, raws)
+                return Taken(field, raws, queue)
             held.discard(field)
         field = jq.next_field()
         held.add(field)  # before the take, so that an orphan sweep never sees it unheld
@@ -83,7 +139,7 @@ class Feeder(threading.Thread):
         self._uncertain = None
         if not raws:
             held.discard(field)
-        return Taken(field, raws)
+        return Taken(field, raws, queue)
 
 
 def _raiser(exc: Exception) -> Callable[[], None]:

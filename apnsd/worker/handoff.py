@@ -3,8 +3,9 @@
 Thread protocol (besides the ``LoopStatus`` value the loop publishes, this is all a loop shares):
 
 * The **feeder** thread takes batches from Redis. Before each take it waits for room
-  (``wait_for_room``); it names the batch in ``held`` before taking it and ``give``s each
-  non-empty batch, all inside ``taking()``, which ends the feeder once the hand-over is closed.
+  (``wait_for_room``; a queue's first lane may also take into the reserve, ``full(reserve=True)``);
+  it names the batch in ``held`` before taking it and ``give``s each non-empty batch, all inside
+  ``taking()``, which ends the feeder once the hand-over is closed.
 * The **loop** thread owns the sessions and everything they hold. It pops ``batches``, runs the
   ``posted`` calls, counts what it parses (``parsed``) and commits (``resolved``; a committed
   batch leaves ``held``), publishes its sessions' ``backlog`` and wakes a feeder that waits for
@@ -33,10 +34,12 @@ BACKLOG_BATCHES = 4  # taken-but-unsent work the feeder may run ahead of the ses
 
 @dataclass
 class Taken:
-    """A batch handed from the feeder to the loop: its in-flight field and the raw jobs."""
+    """A batch handed from the feeder to the loop: its in-flight field, the raw jobs, and the lane they came from."""
 
     field: str
     raws: list[bytes]
+    queue: str = ""  # the list (lane key) the jobs were taken from; empty: the loop's queue
+    ahead: bool = False  # from the first of several lanes, or the starvation guard's share: jumps the backlog
 
 
 class Handoff:
@@ -58,13 +61,16 @@ class Handoff:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
-    def full(self) -> bool:
+    def full(self, reserve: bool = False) -> bool:
         """True when the feeder should wait: too much in flight, or enough taken but not yet sent.
 
         The second bound keeps memory flat on HTTP/2, where only the streams the server allows are
-        on the wire: taking far ahead of them would just park notifications in memory.
+        on the wire: taking far ahead of them would just park notifications in memory. ``reserve``:
+        the bounds for a queue's first lane, which may go as far again, so that a campaign filling the
+        room never keeps an urgent job in Redis until a whole batch of it has been sent.
         """
-        return self.in_flight >= self.max_in_flight or self.unsent + self.backlog >= self.max_backlog
+        factor = 2 if reserve else 1
+        return self.in_flight >= factor * self.max_in_flight or self.unsent + self.backlog >= factor * self.max_backlog
 
     # --- feeder side ---------------------------------------------------------------------------
 

@@ -42,9 +42,11 @@ def dead_entry(
     attempts: int,
     token: str | None,
     now: float,
+    *,
     tokens: dict[str, str] | None = None,
+    queue: str = "",
 ) -> bytes:
-    """One dead-letter list element: why, when, and the raw job so it can be requeued.
+    """One dead-letter list element: why, when, and the raw job so it can be requeued (onto ``queue``, its lane).
 
     A fan-out job's rejected tokens share one entry (``tokens``: token → reason), holding the job once.
     """
@@ -60,6 +62,8 @@ def dead_entry(
     }
     if tokens is not None:
         entry["tokens"] = tokens
+    if queue:
+        entry["queue"] = queue
     return _json(entry)
 
 
@@ -106,9 +110,8 @@ class OutcomeRecorder:
             return self._record(n, outcome, now)
         except Exception as exc:  # a bug must cost this one notification, never the loop recording it
             reason = f"internal_error:{type(exc).__name__}"
-            b.commit.dead.append(
-                dead_entry(n.raw, n.app, reason, None, "recording the outcome failed", 0, n.token, now)
-            )
+            detail = "recording the outcome failed"
+            b.commit.dead.append(dead_entry(n.raw, n.app, reason, None, detail, 0, n.token, now, queue=b.commit.queue))
             b.reasons[reason] = b.reasons.get(reason, 0) + 1
             b.tally[(n.app, Kind.DEAD.value)] += 1
             return self._done(b)
@@ -140,7 +143,11 @@ class OutcomeRecorder:
         elif kind is Kind.DEAD:
             # a fan-out's entry holds the job for its own token only, not every token's copy of the whole job
             job = single_job(n) if n.fanout else n.raw
-            c.dead.append(dead_entry(job, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now))
+            c.dead.append(
+                dead_entry(
+                    job, n.app, outcome.reason, outcome.status, gave_up, n.attempts + 1, n.token, now, queue=c.queue
+                )
+            )
         if kind is not Kind.DELIVERED and kind is not Kind.RETRY:
             metrics.FAILED.labels(self._label(n.app), metrics.reason_label(outcome.reason)).inc()
             b.reasons[outcome.reason] = b.reasons.get(outcome.reason, 0) + 1
@@ -165,7 +172,9 @@ class OutcomeRecorder:
 
     def reject(self, b: Batch, r: Rejected, now: float) -> Batch | None:
         """Dead-letter a job (or the failed tokens of a fan-out) that failed validation."""
-        b.commit.dead.append(dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, r.tokens))
+        b.commit.dead.append(
+            dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, tokens=r.tokens, queue=b.commit.queue)
+        )
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
             job_id = _job_id(r.raw)
             for token, reason in (r.tokens or {r.token or "": r.reason}).items():  # one per rejected token

@@ -453,3 +453,26 @@ def test_python_client_from_config_pushes_onto_the_tokens_shard(cluster):
     app = config.apps["default"]
     expected = Counter(config.queue_key(app, t) for t in tokens)
     assert expected == Counter({s: q.depth(s) for s in config.queues() if q.depth(s)})
+
+
+def test_lanes_and_throttles_on_a_sharded_cluster_deliver_every_job_once(cluster, http2_mock, make_config):
+    """Each shard's lanes and token buckets share its slot: one script takes them, and every job is delivered once."""
+    cluster.flush()
+    mock = http2_mock()
+    lanes = {"APP_DEFAULT_LANES": "urgent,default,bulk", "APP_DEFAULT_MAX_RATE": "100000"}
+    config = make_config(mock, **cluster_env(cluster, 3), **lanes)
+    q = JobQueue(client_for(config.redis), "apnsd", "app")
+    tokens = good_tokens(300, seed=16)
+    app = config.apps["default"]
+    for i, t in enumerate(tokens):
+        lane = ("urgent", "default", "bulk")[i % 3]
+        q.push(f"{config.queue_key(app, t)}:{lane}" if lane != "default" else config.queue_key(app, t), [job(t)])
+
+    assert 0 == run_drained(config)
+
+    assert dict.fromkeys(tokens, 1) == dict(mock.record.accepted_tokens())
+    for shard in config.queues():
+        keys = [*config.lanes(shard), q.keys.throttle(shard), *map(q.keys.lane_throttle, config.lanes(shard))]
+        assert {key_slot(shard.encode())} == {key_slot(k.encode()) for k in keys}
+        assert all(0 == q.depth(lane) for lane in config.lanes(shard))
+    assert [] == cluster.keys("*:inflight:*")
