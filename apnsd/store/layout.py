@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one field of this worker's
-# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a field
+# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one hash field (named by the batch id) of this worker's
+# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a batch id
 # that already exists returns that batch instead: redis-py resends a command whose answer was lost
 # (timeout, dropped connection), and a second run must not overwrite the batch the first one took.
 TAKE_SCRIPT = """
@@ -19,19 +19,19 @@ return jobs
 
 # A queue with lanes (or a throttle): take up to ARGV[1] jobs from ONE lane, in one atomic step.
 # KEYS: lane 1, its in-flight hash, … lane L, its in-flight hash, then the queue's token bucket, then each lane's.
-# ARGV: count from the first lane, batch field, the lane to look at first (1-based; the search goes down, then
+# ARGV: count from the first lane, batch id, the lane to look at first (1-based; the search goes down, then
 # wraps to the higher ones), count from any lower lane, the queue's rate, then each lane's rate (notifications
 # per second; 0 = unlimited).
 # Returns {lane, jobs, wait_ms}: lane 0 when nothing was taken, and wait_ms > 0 when lanes hold work that the
 # throttle holds back (the time until one token), 0 when every lane is empty.
 # A bucket holds at most a tenth of a second's worth of tokens (at least one), so bursts stay bounded; it is
 # a hash {tokens, at} refilled from Redis's own clock, so every worker on every host shares one budget.
-# A field that already holds a batch (a resent command whose answer was lost) returns that batch as take does.
+# A batch id that already holds a batch (a resent command whose answer was lost) returns that batch as take does.
 LANES_TAKE_SCRIPT = """
-local count, field, first, lower = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local count, batch_id, first, lower = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local L = (#KEYS - 1) / 3
 for i = 1, L do
-  local held = redis.call('HGET', KEYS[2 * i], field)
+  local held = redis.call('HGET', KEYS[2 * i], batch_id)
   if held then return {i, cmsgpack.unpack(held), 0} end
 end
 local t = redis.call('TIME')
@@ -62,7 +62,7 @@ for j = 0, L - 1 do
       local jobs = redis.call('RPOP', KEYS[2 * i - 1], allow)
       spend(qkey, qrate, qhave, #jobs)
       spend(lkey, lrate, lhave, #jobs)
-      redis.call('HSET', KEYS[2 * i], field, cmsgpack.pack(jobs))
+      redis.call('HSET', KEYS[2 * i], batch_id, cmsgpack.pack(jobs))
       return {i, jobs, 0}
     end
     local need = 0
@@ -76,24 +76,24 @@ return {0, {}, 0}
 """
 
 # Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
-# given fields (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
+# given batch ids (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
 # move each job exactly once. (In cluster mode the heartbeat lives in another slot; see recover_dead.)
 RECOVER_SCRIPT = """
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local fields = ARGV
-if #fields == 0 then fields = redis.call('HKEYS', KEYS[1]) end
-table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
+local batch_ids = ARGV
+if #batch_ids == 0 then batch_ids = redis.call('HKEYS', KEYS[1]) end
+table.sort(batch_ids, function(a, b) return tonumber(a) < tonumber(b) end)
 local n = 0
-for i = #fields, 1, -1 do
-  local blob = redis.call('HGET', KEYS[1], fields[i])
+for i = #batch_ids, 1, -1 do
+  local blob = redis.call('HGET', KEYS[1], batch_ids[i])
   if blob then
     local jobs = cmsgpack.unpack(blob)
     for j = #jobs, 1, -1 do
       redis.call('RPUSH', KEYS[2], jobs[j])
       n = n + 1
     end
-    redis.call('HDEL', KEYS[1], fields[i])
+    redis.call('HDEL', KEYS[1], batch_ids[i])
   end
 end
 return n
@@ -172,7 +172,7 @@ for j = 1, #counts, 2 do redis.call('HINCRBY', KEYS[4], counts[j], counts[j + 1]
 _QUEUE_READ = """
 local requeue = list(tonumber(nxt()))
 local sched = list(2 * tonumber(nxt()))
-local field = nxt()
+local batch_id = nxt()
 if #requeue > 0 then check(KEYS[Q], 'list') end
 if #sched > 0 then check(KEYS[Q + 1], 'zset') end
 check(KEYS[Q + 2], 'hash')
@@ -180,7 +180,7 @@ check(KEYS[Q + 2], 'hash')
 _QUEUE_WRITE = """
 chunked('RPUSH', KEYS[Q], requeue)
 chunked('ZADD', KEYS[Q + 1], sched)
-return redis.call('HDEL', KEYS[Q + 2], field)
+return redis.call('HDEL', KEYS[Q + 2], batch_id)
 """
 # KEYS: dead, unregistered, results, stats, gone channels, queue, scheduled, in-flight.
 COMMIT_SCRIPT = "local Q = 6\n" + _COMMIT_LIB + _OUTCOMES_READ + _QUEUE_READ + _OUTCOMES_WRITE + _QUEUE_WRITE
@@ -205,7 +205,7 @@ class Commit:
     """Everything one batch resolves to, written to Redis in a single transaction."""
 
     queue: str
-    field: str
+    batch_id: str
     dead: list[bytes] = field(default_factory=list)
     unregistered: dict[str, bytes] = field(default_factory=dict)
     channels_gone: dict[str, bytes] = field(default_factory=dict)  # broadcast channel id → entry
@@ -239,11 +239,11 @@ def outcome_args(c: Commit, results_maxlen: int) -> list[bytes | str | int | flo
 
 
 def queue_args(c: Commit) -> list[bytes | str | int | float]:
-    """The queue half: jobs returned to the queue (first-taken last, so it ends up rightmost), retries, field."""
+    """The queue half: jobs returned to the queue (first-taken last, so it ends up rightmost), retries, batch_id."""
     args: list[bytes | str | int | float] = [len(c.requeue), *reversed(c.requeue), len(c.scheduled)]
     for job, at in c.scheduled.items():
         args += (at, job)
-    args.append(c.field)
+    args.append(c.batch_id)
     return args
 
 
@@ -280,6 +280,6 @@ class Keys:
         """The token bucket of one lane; in the queue's slot."""
         return f"{lane}:throttle:lane"
 
-    def written(self, worker: str, queue: str, field: str) -> str:
+    def written(self, worker: str, queue: str, batch_id: str) -> str:
         """Cluster mode: marks that a batch's outcomes are written while its in-flight half is pending."""
-        return f"{self.prefix}:written:{worker}:{queue}:{field}"
+        return f"{self.prefix}:written:{worker}:{queue}:{batch_id}"

@@ -143,23 +143,23 @@ class JobQueue:
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
             return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
 
-    def next_field(self) -> str:
-        """A new in-flight batch field name, increasing for this worker."""
+    def next_batch_id(self) -> str:
+        """A new in-flight batch id (the hash field it is stored under), increasing for this worker."""
         self._seq += 1
         return str(self._seq)
 
-    def take(self, queue: str, count: int, field: str | None = None) -> tuple[str, list[bytes]]:
-        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
-        field = field or self.next_field()
+    def take(self, queue: str, count: int, batch_id: str | None = None) -> tuple[str, list[bytes]]:
+        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch id and jobs."""
+        batch_id = batch_id or self.next_batch_id()
         with redis_errors("taking jobs", queue):
-            return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
+            return batch_id, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, batch_id])
 
     def take_lanes(
         self,
         queue: str,
         lanes: list[str],
         count: int,
-        field: str,
+        batch_id: str,
         first: int,
         rates: tuple[float, list[float]],
         lower_count: int | None = None,
@@ -170,7 +170,7 @@ class JobQueue:
         ``lanes`` are the queue's lane keys, highest priority first (``Config.lanes``); ``rates`` is (the
         queue's rate, each lane's rate), 0 meaning unlimited; ``lower_count`` caps a take from a lane other
         than the first (default ``count``). Returns (lane index or -1, jobs, seconds the
-        throttle holds queued jobs back: 0 when every lane is empty). Taking again into a field that holds a
+        throttle holds queued jobs back: 0 when every lane is empty). Taking again into a batch id that holds a
         batch returns that batch, so a take whose answer was lost can be resent.
         """
         queue_rate, lane_rates = rates
@@ -178,14 +178,14 @@ class JobQueue:
         keys += [self.keys.throttle(queue), *(self.keys.lane_throttle(lane) for lane in lanes)]
         with redis_errors("taking jobs"):
             lane, jobs, wait_ms = self._take_lanes(
-                keys=keys, args=[count, field, first + 1, lower_count or count, queue_rate, *lane_rates]
+                keys=keys, args=[count, batch_id, first + 1, lower_count or count, queue_rate, *lane_rates]
             )
         return int(lane) - 1, list(jobs), int(wait_ms) / 1000
 
-    def claim(self, queue: str, field: str) -> list[bytes]:
+    def claim(self, queue: str, batch_id: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
         with redis_errors("reading an in-flight batch"):
-            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[field]))
+            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[batch_id]))
 
     def _other_slot(self, key: str) -> bool:
         """Cluster mode: does ``key`` live in another slot than the shared (prefix) keys?"""
@@ -202,16 +202,16 @@ class JobQueue:
         """
         k = self.keys
         with redis_errors("writing outcomes"):
-            # If an earlier attempt's answer was lost and the batch's field is gone, that attempt ran
-            # (the script drops the field together with its writes) and must not run a second time.
+            # If an earlier attempt's answer was lost and the batch's batch_id is gone, that attempt ran
+            # (the script drops the batch_id together with its writes) and must not run a second time.
             retry = c.sent
-            if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
+            if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.batch_id):
                 return
             c.sent = True
             queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
             outcome_keys = [k.dead, k.unregistered, k.results, k.stats, k.channels_gone]
             if self._other_slot(c.queue):
-                marker = k.written(self.worker_id, c.queue, c.field)
+                marker = k.written(self.worker_id, c.queue, c.batch_id)
                 if not c.outcomes_written and not (retry and self.client.exists(marker)):
                     done = self._pop_done_markers()
                     try:
@@ -286,15 +286,15 @@ class JobQueue:
 
         After a Sentinel failover the new master can lack writes the old one acknowledged: a batch
         committed on the old master is back in flight on the new one, and nothing would ever resolve
-        it. ``held`` is read after the field list, and the loop adds a field before taking into it, so
+        it. ``held`` is read after the batch_id list, and the loop adds a batch_id before taking into it, so
         a batch taken meanwhile is never seen as unheld; one committed meanwhile is simply gone.
         """
         key = self.keys.inflight(queue, self.worker_id)
         with redis_errors("returning orphaned in-flight jobs"):
-            fields = {f.decode() for f in self.client.hkeys(key)}
-            if not fields:
+            batch_ids = {f.decode() for f in self.client.hkeys(key)}
+            if not batch_ids:
                 return 0
-            orphans = sorted(fields - set(held()))
+            orphans = sorted(batch_ids - set(held()))
             return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
     def recover_dead(self, queues: list[str]) -> dict[str, int]:

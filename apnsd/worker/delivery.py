@@ -299,7 +299,7 @@ class DeliveryLoop:
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
         queue = taken.queue or self.queue
-        batch = Batch(Commit(queue, taken.field))
+        batch = Batch(Commit(queue, taken.batch_id))
         notes: list[Notification] = []
         rejects: list[Rejected] = []
         parse = self.parser.parse
@@ -398,11 +398,11 @@ class DeliveryLoop:
             self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.wrong_type.recovered()
-            self.handoff.held.discard(b.commit.field)
+            self.handoff.held.discard(b.commit.batch_id)
             done += sum(b.commit.counts.values())
             self.log.info(
                 "batch_committed",
-                batch=b.commit.field,
+                batch=b.commit.batch_id,
                 **b.commit.counts,
                 **({"reasons": b.reasons} if b.reasons else {}),
             )

@@ -109,37 +109,37 @@ class Feeder(threading.Thread):
         plan, held = self.plan, self.handoff.held
         if first_only and self._uncertain is None:  # a resent take must look in every lane's in-flight hash
             plan = replace(plan, keys=plan.keys[:1], lane_rates=plan.lane_rates[:1])
-        # A take whose answer was lost is resent into the same field: the script returns that batch if it ran.
-        field = self._uncertain or self.jq.next_field()
-        held.add(field)  # before the take, so that an orphan sweep never sees it unheld
-        self._uncertain = field
+        # A take whose answer was lost is resent into the same batch_id: the script returns that batch if it ran.
+        batch_id = self._uncertain or self.jq.next_batch_id()
+        held.add(batch_id)  # before the take, so that an orphan sweep never sees it unheld
+        self._uncertain = batch_id
         self._takes += 1
         first = 0 if len(plan.keys) == 1 else plan.first_lane(self._takes)
         lower = min(count, plan.lower_batch) if plan.lower_batch else count
-        lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, field, first, plan.rates, lower)
+        lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, batch_id, first, plan.rates, lower)
         self._uncertain = None
         if not raws:
-            held.discard(field)
-            return Taken(field, [], plan.queue), wait
-        return Taken(field, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
+            held.discard(batch_id)
+            return Taken(batch_id, [], plan.queue), wait
+        return Taken(batch_id, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
 
     def _take_simple(self, count: int) -> Taken:
         jq, queue, held = self.jq, self.queue, self.handoff.held
         if self._uncertain is not None:
             # A take failed without an answer: the script may have run. Claim that batch if it exists.
-            field, raws = self._uncertain, jq.claim(queue, self._uncertain)
+            batch_id, raws = self._uncertain, jq.claim(queue, self._uncertain)
             self._uncertain = None
             if raws:
-                return Taken(field, raws, queue)
-            held.discard(field)
-        field = jq.next_field()
-        held.add(field)  # before the take, so that an orphan sweep never sees it unheld
-        self._uncertain = field
-        _, raws = jq.take(queue, count, field)
+                return Taken(batch_id, raws, queue)
+            held.discard(batch_id)
+        batch_id = jq.next_batch_id()
+        held.add(batch_id)  # before the take, so that an orphan sweep never sees it unheld
+        self._uncertain = batch_id
+        _, raws = jq.take(queue, count, batch_id)
         self._uncertain = None
         if not raws:
-            held.discard(field)
-        return Taken(field, raws, queue)
+            held.discard(batch_id)
+        return Taken(batch_id, raws, queue)
 
 
 def _raiser(exc: Exception) -> Callable[[], None]:

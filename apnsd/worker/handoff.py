@@ -34,9 +34,9 @@ BACKLOG_BATCHES = 4  # taken-but-unsent work the feeder may run ahead of the ses
 
 @dataclass
 class Taken:
-    """A batch handed from the feeder to the loop: its in-flight field, the raw jobs, and the lane they came from."""
+    """A batch handed from the feeder to the loop: its in-flight batch_id, the raw jobs, and the lane they came from."""
 
-    field: str
+    batch_id: str
     raws: list[bytes]
     queue: str = ""  # the list (lane key) the jobs were taken from; empty: the loop's queue
     ahead: bool = False  # from the first of several lanes, or the starvation guard's share: jumps the backlog
@@ -50,7 +50,7 @@ class Handoff:
         self.max_backlog = BACKLOG_BATCHES * batch_size
         self.batches: deque[Taken] = deque()  # feeder → loop
         self.posted: deque[Callable[[], None]] = deque()  # any thread → loop
-        self.held: set[str] = set()  # in-flight batch fields this process holds, from take until commit
+        self.held: set[str] = set()  # in-flight batch ids this process holds, from take until commit
         self.room = threading.Condition()  # guards the counts below and wakes a feeder waiting for room
         self.in_flight = 0  # notifications parsed and not yet committed (written by the loop)
         self.unsent = 0  # raw jobs handed over and not yet parsed

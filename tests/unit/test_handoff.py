@@ -66,7 +66,7 @@ def test_gives_and_posts_wake_the_loop_and_posted_calls_run_in_order(handoff: Ha
 
     assert not readable(handoff)
     assert [1, 2] == ran
-    assert ["b1"] == [t.field for t in handoff.batches]
+    assert ["b1"] == [t.batch_id for t in handoff.batches]
 
 
 def test_once_closed_no_take_starts_and_waiting_for_room_returns(handoff: Handoff) -> None:
