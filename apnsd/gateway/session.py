@@ -17,6 +17,7 @@ from apnsd.gateway.transport import TlsTransport
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
+FINAL_READ_TIMEOUT = 0.25  # after a failed write, how long the gateway's last words may take to arrive
 
 
 class Session:
@@ -196,14 +197,12 @@ class Session:
         self.on_connected(now)
 
     def _read_remaining(self, now: float) -> Resolved:
-        """After a failed write, pick up what the gateway said before it went (e.g. an error response)."""
+        """After a failed write, pick up what the gateway said before it went (e.g. an error response that
+        raced the reset), waiting for it at most FINAL_READ_TIMEOUT."""
         t = self.transport
         if t is None or t.closed:
             return []
-        try:
-            data = t.read()
-        except GatewayError:
-            return []
+        data = t.read_final(FINAL_READ_TIMEOUT)
         return self.on_bytes(data, now) if data else []
 
     def _lost(self, cause: str, now: float) -> Resolved:

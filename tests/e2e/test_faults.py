@@ -119,6 +119,35 @@ def test_error_responses_at_random_positions_resolve_each_job_once(
     assert {dead_reason} == {e["reason"] for e in t.dead_by_token.values()}
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("status", [8, 10])
+def test_error_response_then_immediate_close_resends_only_what_followed(status, jq, rdb, binary_mock, make_config):
+    """A binary gateway that writes its error response (8: InvalidToken at random positions; 10: Shutdown
+    every 2,500) and closes at once, while apnsd writes at full speed: the daemon's next write meets a
+    reset, yet it reads the answer first and resends only what followed it — 0 duplicates, 0 lost, every
+    rejected token recorded once."""
+    if status == 8:
+        tokens, bad = make_tokens(seed=111, n=10_000, bad={"bad0": 12})
+        mock = binary_mock(fail_prefixes=(("bad0", 8),), hard_close=True)
+    else:
+        tokens, _ = make_tokens(seed=112, n=10_000)
+        bad: dict[str, set[str]] = {"bad0": set()}
+        mock = binary_mock(shutdown_after=2500, once=False, hard_close=True)
+    push_all(jq, [job(t) for t in tokens])
+    tap = LogTap()
+
+    assert 0 == run_drained(make_config(mock))
+
+    t = tally(tokens, mock, jq, rdb)
+    resets = [e for e in tap.events("disconnected") if "lost" in str(e.get("reason"))]
+    t.line(f"error_then_reset_{status}/binary", connections=mock.record.connections, write_failures=len(resets))
+    assert_resolved(t)
+    assert (10_000 - len(bad["bad0"]), 0) == (t.delivered, t.duplicates)
+    assert bad["bad0"] == set(t.unregistered_by_token)
+    assert [1] * len(bad["bad0"]) == [sum(r.token == b for r in mock.record.received) for b in sorted(bad["bad0"])]
+    assert mock.record.connections >= (13 if status == 8 else 4)
+
+
 # --- 2. HTTP/2 GOAWAY ---------------------------------------------------------------------------
 
 
