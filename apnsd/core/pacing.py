@@ -1,4 +1,5 @@
-"""When a connection may be (re)opened: exponential backoff with jitter and a per-minute cap."""
+"""When a connection may be (re)opened: exponential backoff with jitter and a per-minute cap on attempts
+that delivered nothing (failed connects, connections closed before any notification got through)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ class ConnectPacer:
         """Record a success: the backoff starts from the beginning next time."""
         self._failures = 0
         self._not_before = 0.0
+
+    def productive(self) -> None:
+        """The latest connection delivered notifications: its attempt leaves the per-minute count and the
+        backoff starts afresh, so the reconnect after it ends (e.g. on an error response) is immediate.
+
+        The cap exists against churn, a gateway refusing us or closing empty connections; a binary
+        connection that ends on an error response after delivering hundreds is normal work. A gateway
+        that rejects the first notification of every connection delivers nothing and stays capped."""
+        if self._attempts:
+            self._attempts.pop()
+        self.succeeded()
 
 
 def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 3600.0) -> float:

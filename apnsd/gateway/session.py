@@ -39,6 +39,7 @@ class Session:
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
         self._lost_cause = ""
+        self._productive = False  # this connection has delivered something (see ConnectPacer.productive)
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -80,6 +81,8 @@ class Session:
                 # drops at once must not be reconnected to at full speed forever.
                 self.pacer.succeeded()
             out += self.on_timer(now)
+        if out and not self._productive:
+            self._check_productive(out)
         if self.transport is None and self.pending and not self.disabled:
             self._try_connect(now)
         if self.transport is not None:
@@ -93,6 +96,8 @@ class Session:
                     self.transport.flush()
                 except GatewayError as exc:
                     out += self._read_remaining(now)
+                    if out and not self._productive:
+                        self._check_productive(out)
                     out += self._lost(str(exc), now)
         return out
 
@@ -191,10 +196,17 @@ class Session:
         self.connected_at = now
         self.rotating = False
         self._lost_cause = ""
+        self._productive = False
         metrics.CONNECTS.labels(self.app).inc()
         metrics.CONNECTED.labels(self.app).set(1)
         self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
         self.on_connected(now)
+
+    def _check_productive(self, resolved: Resolved) -> None:
+        """Once per connection: the first delivery makes its connect attempt a productive one."""
+        if any(outcome.kind is Kind.DELIVERED for _, outcome in resolved):
+            self._productive = True
+            self.pacer.productive()
 
     def _read_remaining(self, now: float) -> Resolved:
         """After a failed write, pick up what the gateway said before it went (e.g. an error response that

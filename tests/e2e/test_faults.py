@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer, free_port
@@ -352,6 +353,64 @@ def test_gateway_down_connects_at_most_max_connects_per_minute(jq, rdb, make_con
     assert queued == sorted(rdb.lrange(QUEUE, 0, -1))
     assert [] == jq.dead_entries(10)
     assert [] == list(rdb.scan_iter(match="*:inflight:*"))
+
+
+def connect_attempts(app: str = "default") -> float:
+    """Connections opened plus connection attempts that failed, process-wide (in-process daemons)."""
+    opened = REGISTRY.get_sample_value("apnsd_connects_total", {"app": app}) or 0.0
+    return opened + connect_failures(app)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_gateway_refusing_tls_sees_at_most_max_connects_per_minute(protocol, jq, rdb, pki, make_config, gateway_later):
+    """A gateway that refuses our client certificate (binary: during the handshake under TLS 1.2; HTTP/2: by
+    an alert right after it under TLS 1.3) sees no more than max_connects_per_minute attempts."""
+    port = free_port()
+    gateway_later(protocol, port)
+    config = make_config(
+        SimpleNamespace(host="127.0.0.1", port=port, protocol=protocol),
+        APP_DEFAULT_CERT=pki.untrusted_pem,
+        APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="3",
+        APP_DEFAULT_BACKOFF_INITIAL="0.05",
+        APP_DEFAULT_BACKOFF_MAX="0.05",
+        WORKER_GRACE_PERIOD="0.5",
+    )
+    tokens, _ = make_tokens(seed=507, n=200)
+    push_all(jq, [job(t) for t in tokens])
+    before = connect_attempts()
+    d = DaemonThread(config).start()
+
+    wait_for(lambda: connect_attempts() - before >= 3, 10, "the first three attempts")
+    time.sleep(1.5)  # the window in which a fourth attempt would show: nothing to wait on but time
+    attempts = connect_attempts() - before
+    d.stop()
+    assert 0 == d.join(15)
+
+    line = f"fault=tls_refused_cap/{protocol} jobs=200 delivered=0 lost={200 - jq.depth(QUEUE)} attempts={attempts:.0f}"
+    print(line)
+    LINES.append(line)
+    assert 3 == attempts
+    assert 200 == jq.depth(QUEUE)
+
+
+@pytest.mark.timeout(60)
+def test_binary_gateway_rejecting_one_percent_keeps_delivering_under_the_default_cap(jq, rdb, binary_mock, make_config):
+    """With the default max_connects_per_minute (6), a gateway rejecting 1 % of tokens (status 8, then an
+    immediate close) gets every other notification: a reconnect after a connection that delivered is not
+    held by the cap, so 51 connections take seconds, not minutes."""
+    tokens, bad = make_tokens(seed=113, n=5000, bad={"bad0": 50})
+    mock = binary_mock(fail_prefixes=(("bad0", 8),), hard_close=True)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(mock, APP_DEFAULT_MAX_CONNECTS_PER_MINUTE="6"))
+
+    t = tally(tokens, mock, jq, rdb)
+    t.line("one_percent_rejected/binary", connections=mock.record.connections)
+    assert_resolved(t)
+    assert (4950, 0) == (t.delivered, t.duplicates)
+    assert bad["bad0"] == set(t.unregistered_by_token)
+    assert mock.record.connections >= 51
 
 
 # --- 6. Redis restart mid-stream ----------------------------------------------------------------
