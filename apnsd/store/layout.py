@@ -60,9 +60,33 @@ return #due
 """
 
 
+def pack_jobs(raws: list[bytes]) -> bytes:
+    """An in-flight batch as the scripts store it: a msgpack array of msgpack *str* items, as Lua's
+    cmsgpack.pack writes them (cmsgpack cannot read msgpack's bin type; the bytes need not be UTF-8)."""
+    n = len(raws)
+    parts = [
+        bytes([0x90 | n])
+        if n < 16
+        else (b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
+    ]
+    for raw in raws:
+        size = len(raw)
+        if size < 32:
+            parts.append(bytes([0xA0 | size]))
+        elif size < 256:
+            parts.append(b"\xd9" + bytes([size]))
+        elif size < 65536:
+            parts.append(b"\xda" + size.to_bytes(2, "big"))
+        else:
+            parts.append(b"\xdb" + size.to_bytes(4, "big"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
 @dataclass
 class Commit:
-    """Everything one batch resolves to, written to Redis in a single transaction."""
+    """Everything one batch resolves to, written to Redis in a single transaction. With ``keep`` it is
+    a partial commit: the batch stays in flight holding just those jobs (the ones still unresolved)."""
 
     queue: str
     field: str
@@ -74,6 +98,7 @@ class Commit:
     counts: dict[str, int] = field(default_factory=dict)
     sent: bool = False  # an attempt went out: if its answer was lost, it may have run
     outcomes_written: bool = False  # cluster mode: the prefix-slot half is done (a retry skips it)
+    keep: list[bytes] | None = None
 
 
 class Keys:

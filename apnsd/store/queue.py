@@ -24,7 +24,7 @@ from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, has_hash_tag
 from apnsd.errors import QueueError
-from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys
+from apnsd.store.layout import CLAIM_SCRIPT, PROMOTE_SCRIPT, RECOVER_SCRIPT, TAKE_SCRIPT, Commit, Keys, pack_jobs
 
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
@@ -138,9 +138,16 @@ class JobQueue:
         k = self.keys
         with redis_errors("writing outcomes"):
             # The batch's field goes in the same transaction as the writes: if an earlier attempt's
-            # answer was lost and the field is gone, that attempt ran and must not run a second time.
+            # answer was lost and the field is gone (a partial commit: holds exactly what it kept),
+            # that attempt ran and must not run a second time.
             retry = c.sent
-            if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.field):
+            inflight = k.inflight(c.queue, self.worker_id)
+            kept = pack_jobs(c.keep) if c.keep is not None else None
+            if retry and (
+                self.client.hget(inflight, c.field) == kept
+                if kept is not None
+                else not self.client.hexists(inflight, c.field)
+            ):
                 return
             c.sent = True
             p = self.client.pipeline(transaction=True)
@@ -162,8 +169,16 @@ class JobQueue:
                 return
             self._outcome_writes(p, c)
             self._queue_writes(p, c)
-            p.hdel(k.inflight(c.queue, self.worker_id), c.field)
+            if kept is not None:
+                p.hset(inflight, c.field, kept)
+            else:
+                p.hdel(inflight, c.field)
             p.execute()
+
+    def commits_partially(self, queue: str) -> bool:
+        """Can a batch taken from ``queue`` be committed in parts (one transaction, so not across
+        cluster slots, where a retried half could not tell one part from the next)?"""
+        return not self._other_slot(queue)
 
     def _queue_writes(self, p: Any, c: Commit) -> None:
         """Queue the writes to the batch's queue slot (requeue, retries) on pipeline ``p``."""

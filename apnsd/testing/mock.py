@@ -119,6 +119,12 @@ class MockGateway:
         for t in self._threads:
             t.join(timeout=5)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being served right now."""
+        with self._lock:
+            return len(self._conns)
+
     def __enter__(self) -> MockGateway:
         return self.start()
 

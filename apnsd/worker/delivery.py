@@ -23,6 +23,7 @@ from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 IDLE_WAIT = 0.2  # longest the loop sleeps without a reason, so stop flags are seen promptly
+COMMIT_SLICE = 0.05  # resolved parts of unfinished batches are committed this often (bounds crash duplicates)
 
 
 @dataclass
@@ -128,6 +129,9 @@ class DeliveryLoop:
         self._posted: deque[Callable[[], None]] = deque()
         self._retiring: list[Session] = []
         self.crashed = False
+        # Batches resolved in part since the last slice; None where a batch cannot be committed in parts.
+        self._touched: list[Batch] | None = [] if jq.commits_partially(queue) else None
+        self._next_slice = 0.0
 
     # --- feeder side ---------------------------------------------------------------------------
 
@@ -210,6 +214,7 @@ class DeliveryLoop:
             for s in [r for r in self._retiring if not r.busy]:
                 s.close("replaced")
                 self._retiring.remove(s)
+            self._commit_slices(now)
             self._commit_ready(now)
             if self.stopping.is_set():
                 if deadline is None:
@@ -263,6 +268,8 @@ class DeliveryLoop:
             rejects += bad
         for n in notes:
             n.batch = batch
+        batch.unresolved = {id(n): n for n in notes}
+        batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
         with self.room:
             self.in_flight += batch.remaining
@@ -283,6 +290,14 @@ class DeliveryLoop:
         if batch is not None:
             self._ready.append(batch)
 
+    def _commit_slices(self, now: float) -> None:
+        """Every COMMIT_SLICE, queue the resolved part of each unfinished batch for commit, so that a crash
+        repeats only what was resolved in the last slice, not whole batches still waiting for their last
+        answer (binary: for their confirm_delay)."""
+        if self._touched and now >= self._next_slice:
+            self._next_slice = now + COMMIT_SLICE
+            self._ready.extend(self.recorder.split(self._touched))
+
     def _commit_ready(self, now: float) -> None:
         if not self._ready or now < self._next_commit_try:
             return
@@ -297,8 +312,10 @@ class DeliveryLoop:
                 break
             self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
-            self.held.discard(b.commit.field)
             done += sum(b.commit.counts.values())
+            if b.commit.keep is not None:
+                continue  # a partial commit: the batch stays held, its log line comes when it completes
+            self.held.discard(b.commit.field)
             self.log.info(
                 "batch_committed",
                 batch=b.commit.field,
@@ -326,6 +343,8 @@ class DeliveryLoop:
                     wlist.append(fd)
         if self._ready:
             timeout = min(timeout, max(0.0, self._next_commit_try - now))
+        if self._touched:
+            timeout = min(timeout, max(0.0, self._next_slice - now))
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - now))
         r, _, _ = select.select(rlist, wlist, [], max(0.0, timeout))

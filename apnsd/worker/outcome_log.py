@@ -30,6 +30,11 @@ class Batch:
     reasons: dict[str, int] = field(
         default_factory=dict
     )  # dead-letter and unregistered reasons, for the batch log line
+    unresolved: dict[int, Notification] = field(default_factory=dict)  # by id(), in taking order
+    # The owning loop's list of batches resolved in part since its last slice (None: commit whole batches
+    # only), and whether this batch is on it.
+    slices: list[Batch] | None = None
+    touched: bool = False
 
 
 def dead_entry(
@@ -78,6 +83,7 @@ class OutcomeRecorder:
     def record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
         """Record one outcome; returns the batch when it just became complete."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         if outcome is DELIVERED and not self.results:  # the hot path: nothing to write but a count
             if n.enqueued_at is not None:
                 metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
@@ -151,6 +157,7 @@ class OutcomeRecorder:
     def defer(self, n: Notification, at: float) -> Batch | None:
         """Park a notification whose send_at is still ahead in the scheduled set."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         b.commit.scheduled[single_job(n)] = at
         b.tally[(n.app, "scheduled")] += 1
         return self._done(b)
@@ -158,6 +165,7 @@ class OutcomeRecorder:
     def give_back(self, n: Notification) -> Batch | None:
         """Return an unanswered notification to the front of its queue (at shutdown)."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         b.commit.requeue.append(single_job(n))
         b.tally[(n.app, "returned")] += 1
         return self._done(b)
@@ -165,10 +173,42 @@ class OutcomeRecorder:
     def _done(self, b: Batch) -> Batch | None:
         b.remaining -= 1
         if b.remaining:
+            if not b.touched and b.slices is not None:
+                b.touched = True
+                b.slices.append(b)
             return None
-        counts: Counter[str] = Counter()
-        for (app, kind), k in b.tally.items():
-            metrics.NOTIFICATIONS.labels(app, kind).inc(k)
-            counts[kind] += k
-        b.commit.counts = dict(counts)
+        b.commit.counts = _counts(b.tally)
         return b
+
+    def split(self, touched: list[Batch]) -> list[Batch]:
+        """The resolved part of each batch touched since the last slice, as partial commits: each takes the
+        outcome writes recorded so far and leaves the batch in flight with only its unresolved jobs (a
+        fan-out job's resolved tokens drop out of it). Batches completed meanwhile are left whole; the
+        list is emptied."""
+        parts: list[Batch] = []
+        for b in touched:
+            b.touched = False
+            if not b.remaining or not b.tally:
+                continue
+            c = b.commit
+            keep = [single_job(n) for n in b.unresolved.values()]
+            part = Batch(
+                Commit(c.queue, c.field, c.dead, c.unregistered, c.scheduled, c.requeue, c.results, keep=keep),
+                tally=b.tally,
+                reasons=b.reasons,
+            )
+            part.commit.counts = _counts(b.tally)
+            b.commit = Commit(c.queue, c.field)
+            b.tally, b.reasons = Counter(), {}
+            parts.append(part)
+        touched.clear()
+        return parts
+
+
+def _counts(tally: Counter[tuple[str, str]]) -> dict[str, int]:
+    """Outcome counts by kind for the stats hash; the per-app counts go to the metrics now."""
+    counts: Counter[str] = Counter()
+    for (app, kind), k in tally.items():
+        metrics.NOTIFICATIONS.labels(app, kind).inc(k)
+        counts[kind] += k
+    return dict(counts)

@@ -22,6 +22,7 @@ from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer, free_port
+from apnsd.worker.delivery import COMMIT_SLICE
 from tests.support.faultkit import (
     EXEC,
     LINES,
@@ -539,13 +540,31 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(
 # --- 8. SIGKILL and restart ---------------------------------------------------------------------
 
 
+CONFIRM_DELAY, BATCH_SIZE = 0.2, 1000  # what daemon_env configures (confirm_delay; the default batch size)
+
+
+def receive_rate_until(mock: MockGateway, count: int, timeout: float, window: float = 0.25) -> float:
+    """Wait until the gateway has received ``count``; returns its receive rate over the last ``window`` s."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    while not samples or samples[-1][1] < count:
+        assert time.monotonic() < deadline, f"fewer than {count} received within {timeout} s"
+        samples.append((time.monotonic(), received(mock)))
+        time.sleep(0.002)
+    end_t, end_n = samples[-1]
+    start_t, start_n = next((t, n) for t, n in samples if t >= end_t - window)
+    return (end_n - start_n) / max(end_t - start_t, 1e-3)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     protocol, jq, rdb, redis_server, pki, binary_mock, http2_mock, tmp_path
 ):
     """After kill -9 a new worker recovers the dead worker's in-flight jobs once its heartbeat lapses: every
-    job is delivered, duplicates only among what the dead worker held in flight."""
+    job is delivered, duplicates only among what the dead worker held in flight: no more than the gateway
+    received in the last confirm_delay + COMMIT_SLICE before the kill (rate × that time), plus what was
+    still in socket buffers and reached it after the kill."""
     tokens, _ = make_tokens(seed=808, n=JOBS_PER_PROCESS_TEST)
     mock = mock_for(protocol, binary_mock, http2_mock)
     push_all(jq, [job(t) for t in tokens])
@@ -562,9 +581,13 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     )
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
-        wait_for(lambda: received(mock) >= 10_000, 60, "the first 10,000 deliveries")
+        rate = receive_rate_until(mock, 10_000, 60)
         first.signal(signal.SIGKILL)
+        at_kill = received(mock)
         assert -signal.SIGKILL == first.wait(10)
+        # What was still in socket buffers reaches the gateway after the kill: sent, never committed.
+        wait_for(lambda: mock.open_connections == 0, 10, "the gateway to read what was on its way")
+        in_transit = received(mock) - at_kill
         held = jq.inflight_count(QUEUE, first.worker_id)
 
         second = drain_with_a_new_worker(env, tmp_path / "second.log")
@@ -573,12 +596,63 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
 
     t = tally(tokens, mock, jq, rdb)
     recovered = [e for e in second.events("recovered_dead_worker") if e["dead_worker"] == first.worker_id]
-    t.line(f"sigkill/{protocol}", held_in_flight_by_killed=held, recovered=sum(e["jobs"] for e in recovered))
+    bound = rate * (CONFIRM_DELAY + COMMIT_SLICE)
+    t.line(
+        f"sigkill/{protocol}",
+        held_in_flight_by_killed=held,
+        recovered=sum(e["jobs"] for e in recovered),
+        rate_before_kill=f"{rate:.0f}/s",
+        bound_rate_x_confirm_delay_plus_slice=f"{bound:.0f}",
+        received_after_kill=in_transit,
+    )
     assert_resolved(t)
     assert JOBS_PER_PROCESS_TEST == t.delivered
     assert held > 0
     assert held == sum(e["jobs"] for e in recovered)
     assert t.duplicates <= held
+    # Frames written in one burst share their silence clock and are confirmed together: one batch of slack.
+    assert t.duplicates <= bound + in_transit + BATCH_SIZE
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_resolved_part_of_a_batch_is_committed_while_the_rest_waits(
+    protocol, jq, rdb, pki, binary_mock, http2_mock, make_config
+):
+    """One batch for two apps, one of whose gateways is down: the delivered half is committed within a few
+    slices and leaves in-flight storage, which keeps only the waiting half; a stop returns just that half."""
+    mock = mock_for(protocol, binary_mock, http2_mock)
+    tokens, _ = make_tokens(seed=810, n=400)
+    jobs = [job(t, app="down" if i % 2 else "default") for i, t in enumerate(tokens)]
+    waiting = {t for i, t in enumerate(tokens) if i % 2}
+    push_all(jq, jobs)
+    config = make_config(
+        mock,
+        WORKER_BATCH_SIZE="400",
+        APP_DOWN_HOST="127.0.0.1",
+        APP_DOWN_PORT=str(free_port()),
+        APP_DOWN_PROTOCOL=protocol,
+        APP_DOWN_CA_FILE=pki.ca_cert,
+        APP_DOWN_CERT=pki.client_pem,
+        WORKER_GRACE_PERIOD="0.5",
+    )
+    d = DaemonThread(config).start()
+
+    wait_for(lambda: received(mock) >= 200, 30, "the reachable app's 200 deliveries")
+    wait_for(lambda: jq.inflight_count(QUEUE, d.daemon.worker_id) == 200, 10, "the delivered half to be committed")
+    delivered_counted = jq.counts()["total_delivered"]
+    d.stop()
+    assert 0 == d.join(15)
+
+    line = (
+        f"fault=gateway_down_for_half_a_batch/{protocol} jobs=400 delivered={received(mock)} "
+        f"committed_while_waiting={delivered_counted}"
+    )
+    print(line)
+    LINES.append(line)
+    assert 200 == delivered_counted
+    assert waiting == {msgspec.json.decode(raw)["token"] for raw in rdb.lrange(QUEUE, 0, -1)}
+    assert (200, 0) == (rdb.llen(QUEUE), len(rdb.lrange("apnsd:dead", 0, -1)))
 
 
 # --- 9. two workers racing to recover a dead one ------------------------------------------------
