@@ -82,10 +82,21 @@ class BinarySession(Session):
         while len(self._rx) >= binary.ERROR_RESPONSE_SIZE:
             err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
             del self._rx[: binary.ERROR_RESPONSE_SIZE]
-            out += self._on_error(err)
+            out += self._on_error(err, now)
         return out
 
-    def _on_error(self, err: binary.ErrorResponse) -> Resolved:
+    def _reached(self, identifier: int, now: float) -> None:
+        """The gateway names a frame only once it has it whole: that frame and those before it were written,
+        even if the transport's count of written bytes (per chunk) has not caught up yet."""
+        unwritten = self._unwritten
+        if unwritten:
+            k = (identifier - unwritten[0][0]) % ID_MOD
+            for _ in range(k + 1 if k < len(unwritten) else 0):
+                ident, _, n = unwritten.popleft()
+                self._window.append((ident, now, n))
+
+    def _on_error(self, err: binary.ErrorResponse, now: float) -> Resolved:
+        self._reached(err.identifier, now)
         window = self._window
         out: Resolved = []
         if not window:

@@ -147,6 +147,9 @@ class MockGateway:
     def _handle(self, sock: socket.socket, serve: Callable[[SSL.Connection], None]) -> None:
         with self._lock:
             self._conns.add(sock)
+        # An error response must leave before a hard close that follows it (Nagle could hold it back, and a
+        # close with unread data resets the connection, discarding what is still unsent).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = SSL.Connection(self._ctx, sock)
         conn.set_accept_state()
         try:
