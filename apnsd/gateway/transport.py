@@ -16,6 +16,14 @@ READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this 
 CHUNK = 128 * 1024  # plaintext encrypted at a time; ``written`` advances by a chunk once its ciphertext is sent
 
 
+class TlsSessions:
+    """The TLS session of an app's latest connection, offered on its next one: a reconnect (after every binary
+    error response, say) then resumes instead of repeating the certificate exchange and its signatures."""
+
+    def __init__(self) -> None:
+        self.session: SSL.Session | None = None
+
+
 class TlsTransport:
     """One TLS connection to a gateway; the thread that created it is its only reader and writer.
 
@@ -34,8 +42,10 @@ class TlsTransport:
         alpn: bytes | None = None,
         timeout: float = 10.0,
         verify_host: Callable[[object, str], bool] | None = None,
+        sessions: TlsSessions | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._sessions = sessions
         self._context = context
         self._alpn = alpn
         self._timeout = timeout
@@ -48,6 +58,7 @@ class TlsTransport:
         self._write_failure: str | None = None  # once a socket write failed, every later flush fails too
         self.written = 0  # plaintext bytes flush() has handed to the socket since connect
         self.closed = True
+        self._established = False  # the handshake completed (so the session may be resumed later)
         self.peer = f"{host}:{port}"
 
     def connect(self) -> None:
@@ -69,13 +80,18 @@ class TlsTransport:
         if not _is_ip(self.host):
             conn.set_tlsext_host_name(self.host.encode("idna"))
         conn.set_connect_state()
+        if self._sessions is not None and self._sessions.session is not None:
+            conn.set_session(self._sessions.session)
         self._sock, self._conn = sock, conn
         try:
             self._handshake(deadline)
         except BaseException:
+            if self._sessions is not None:
+                self._sessions.session = None  # start afresh after a failed handshake
             self._abort()
             raise
         self.closed = False
+        self._established = True
 
     def _handshake(self, deadline: float) -> None:
         conn = self._conn
@@ -147,6 +163,11 @@ class TlsTransport:
     def wants_write(self) -> bool:
         """True while queued bytes have not all been written."""
         return bool(self._out) or bool(self._cipher)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued (plaintext, or ciphertext of it) that the socket has not taken yet."""
+        return len(self._out) + len(self._cipher)
 
     def flush(self) -> None:
         """Write as much of the queued bytes as the socket takes now, without blocking."""
@@ -259,6 +280,11 @@ class TlsTransport:
         self._abort()
 
     def _abort(self) -> None:
+        if self._sessions is not None and self._conn is not None and self._established:
+            # Taken at the end rather than after the handshake: under TLS 1.3 the session tickets that make it
+            # resumable arrive afterwards, with the first data read.
+            self._sessions.session = self._conn.get_session()
+        self._established = False
         self.closed = True
         if self._sock is not None:
             try:

@@ -540,7 +540,8 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(
 # --- 8. SIGKILL and restart ---------------------------------------------------------------------
 
 
-CONFIRM_DELAY, BATCH_SIZE = 0.2, 1000  # what daemon_env configures (confirm_delay; the default batch size)
+CONFIRM_DELAY = 0.2  # what daemon_env configures
+BURST = 1000  # frames that can share one silence clock
 
 
 def receive_rate_until(mock: MockGateway, count: int, timeout: float, window: float = 0.25) -> float:
@@ -610,8 +611,9 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     assert held > 0
     assert held == sum(e["jobs"] for e in recovered)
     assert t.duplicates <= held
-    # Frames written in one burst share their silence clock and are confirmed together: one batch of slack.
-    assert t.duplicates <= bound + in_transit + BATCH_SIZE
+    # Slack: frames counted written together (one 128 KiB chunk, under 1,000 frames) share their silence
+    # clock, and on a loaded machine the loop and the commit's round trip can lag by up to another slice.
+    assert t.duplicates <= bound + in_transit + BURST + rate * COMMIT_SLICE
 
 
 @pytest.mark.timeout(60)

@@ -19,6 +19,7 @@ class FakeTransport:
         self.sent = bytearray()
         self.written = 0
         self.closed = False
+        self.unsent = 0
 
     def send(self, data: bytes) -> None:
         self.sent += data
