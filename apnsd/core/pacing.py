@@ -61,6 +61,16 @@ class ConnectPacer:
             self._attempts.pop()
         self.succeeded()
 
+    def answered(self, now: float, delay: float) -> None:
+        """The latest connection ended on the gateway's answer about its first notification (a binary error
+        response naming it): not churn, since that notification got its outcome, but no proof of progress
+        either. Its attempt leaves the per-minute count and the next waits a short fixed ``delay``, so a
+        queue of nothing but invalid tokens costs at most one connection per ``delay``, not the cap's wait."""
+        if self._attempts:
+            self._attempts.pop()
+        self._failures = 0
+        self._not_before = now + delay
+
 
 def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 3600.0) -> float:
     """Backoff before a notification's next attempt: base·2^attempts with jitter, capped."""

@@ -16,6 +16,7 @@ FULL_WINDOW = 65_536  # past this the cap is lifted
 # bytes still wait in the transport. After an error response everything not yet written goes back to
 # pending, so encoding far ahead would be wasted (at 1 % invalid tokens, on every connection).
 ENCODE_AT_ONCE = 512
+ANSWERED_DELAY = 0.25  # reconnect delay after a connection whose first notification was rejected
 UNSENT_LIMIT = 512 * 1024
 
 
@@ -116,6 +117,8 @@ class BinarySession(Session):
             )
             self._lost_cause = f"error response {err.status}"
             return out
+        if idx == 0 and err.status != 10 and not self._productive:
+            self.pacer.answered(now, ANSWERED_DELAY)  # nothing delivered, but the gateway did answer
         for _ in range(idx):
             out.append((window.popleft()[2], DELIVERED))
         outcome = binary_outcome(err.status)
