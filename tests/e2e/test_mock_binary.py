@@ -376,9 +376,13 @@ class MockProcess:
                 text=True,
             )
         self.lines = Lines(self.proc)
-        first = self.lines.next()
-        match = re.fullmatch(r"apnsd mock \(binary\) listening on 127\.0\.0\.1:(\d+), feedback on (\d+)\n", first)
-        assert match, first
+        try:
+            first = self.lines.next()
+            match = re.fullmatch(r"apnsd mock \(binary\) listening on 127\.0\.0\.1:(\d+), feedback on (\d+)\n", first)
+            assert match, first
+        except BaseException:
+            self.kill()  # the test never gets the object, so its cleanup cannot stop the child
+            raise
         self.port = int(match.group(1))
 
     def printed(self, count: int) -> list[str]:
