@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one field of this worker's
-# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a field
+# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one batch_id of this worker's
+# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a batch_id
 # that already exists returns that batch instead: redis-py resends a command whose answer was lost
 # (timeout, dropped connection), and a second run must not overwrite the batch the first one took.
 TAKE_SCRIPT = """
@@ -18,24 +18,24 @@ return jobs
 """
 
 # Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
-# given fields (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
+# given batch_ids (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
 # move each job exactly once. (In cluster mode the heartbeat lives in another slot; see recover_dead.)
 RECOVER_SCRIPT = """
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local fields = ARGV
-if #fields == 0 then fields = redis.call('HKEYS', KEYS[1]) end
-table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
+local batch_ids = ARGV
+if #batch_ids == 0 then batch_ids = redis.call('HKEYS', KEYS[1]) end
+table.sort(batch_ids, function(a, b) return tonumber(a) < tonumber(b) end)
 local n = 0
-for i = #fields, 1, -1 do
-  local blob = redis.call('HGET', KEYS[1], fields[i])
+for i = #batch_ids, 1, -1 do
+  local blob = redis.call('HGET', KEYS[1], batch_ids[i])
   if blob then
     local jobs = cmsgpack.unpack(blob)
     for j = #jobs, 1, -1 do
       redis.call('RPUSH', KEYS[2], jobs[j])
       n = n + 1
     end
-    redis.call('HDEL', KEYS[1], fields[i])
+    redis.call('HDEL', KEYS[1], batch_ids[i])
   end
 end
 return n
@@ -89,7 +89,7 @@ class Commit:
     a partial commit: the batch stays in flight holding just those jobs (the ones still unresolved)."""
 
     queue: str
-    field: str
+    batch_id: str
     dead: list[bytes] = field(default_factory=list)
     unregistered: dict[str, bytes] = field(default_factory=dict)
     scheduled: dict[bytes, float] = field(default_factory=dict)
@@ -125,6 +125,6 @@ class Keys:
         """The sorted set of jobs waiting for their send_at, for one queue."""
         return f"{self.prefix}:scheduled" if queue == self.default_queue else f"{queue}:scheduled"
 
-    def written(self, worker: str, queue: str, field: str) -> str:
+    def written(self, worker: str, queue: str, batch_id: str) -> str:
         """Cluster mode: marks that a batch's outcomes are written while its in-flight half is pending."""
-        return f"{self.prefix}:written:{worker}:{queue}:{field}"
+        return f"{self.prefix}:written:{worker}:{queue}:{batch_id}"

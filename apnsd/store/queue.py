@@ -106,21 +106,21 @@ class JobQueue:
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
             return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
 
-    def next_field(self) -> str:
-        """A new in-flight batch field name, increasing for this worker."""
+    def next_batch_id(self) -> str:
+        """A new in-flight batch id name, increasing for this worker."""
         self._seq += 1
         return str(self._seq)
 
-    def take(self, queue: str, count: int, field: str | None = None) -> tuple[str, list[bytes]]:
-        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch field and jobs."""
-        field = field or self.next_field()
+    def take(self, queue: str, count: int, batch_id: str | None = None) -> tuple[str, list[bytes]]:
+        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch id and jobs."""
+        batch_id = batch_id or self.next_batch_id()
         with redis_errors("taking jobs"):
-            return field, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, field])
+            return batch_id, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, batch_id])
 
-    def claim(self, queue: str, field: str) -> list[bytes]:
+    def claim(self, queue: str, batch_id: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
         with redis_errors("reading an in-flight batch"):
-            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[field]))
+            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[batch_id]))
 
     def _other_slot(self, key: str) -> bool:
         """Cluster mode: does ``key`` live in another slot than the shared (prefix) keys?"""
@@ -137,22 +137,22 @@ class JobQueue:
         """
         k = self.keys
         with redis_errors("writing outcomes"):
-            # The batch's field goes in the same transaction as the writes: if an earlier attempt's
-            # answer was lost and the field is gone (a partial commit: holds exactly what it kept),
+            # The batch's batch_id goes in the same transaction as the writes: if an earlier attempt's
+            # answer was lost and the batch_id is gone (a partial commit: holds exactly what it kept),
             # that attempt ran and must not run a second time.
             retry = c.sent
             inflight = k.inflight(c.queue, self.worker_id)
             kept = pack_jobs(c.keep) if c.keep is not None else None
             if retry and (
-                self.client.hget(inflight, c.field) == kept
+                self.client.hget(inflight, c.batch_id) == kept
                 if kept is not None
-                else not self.client.hexists(inflight, c.field)
+                else not self.client.hexists(inflight, c.batch_id)
             ):
                 return
             c.sent = True
             p = self.client.pipeline(transaction=True)
             if self._other_slot(c.queue):
-                marker = k.written(self.worker_id, c.queue, c.field)
+                marker = k.written(self.worker_id, c.queue, c.batch_id)
                 if not c.outcomes_written and not (retry and self.client.exists(marker)):
                     self._outcome_writes(p, c)
                     p.set(marker, b"1", ex=WRITTEN_MARKER_TTL)
@@ -163,16 +163,16 @@ class JobQueue:
                 c.outcomes_written = True
                 p = self.client.pipeline(transaction=True)
                 self._queue_writes(p, c)
-                p.hdel(k.inflight(c.queue, self.worker_id), c.field)
+                p.hdel(k.inflight(c.queue, self.worker_id), c.batch_id)
                 p.execute()
                 self._done_markers.append(marker)  # deleted with a later outcome write (else it expires)
                 return
             self._outcome_writes(p, c)
             self._queue_writes(p, c)
             if kept is not None:
-                p.hset(inflight, c.field, kept)
+                p.hset(inflight, c.batch_id, kept)
             else:
-                p.hdel(inflight, c.field)
+                p.hdel(inflight, c.batch_id)
             p.execute()
 
     def commits_partially(self, queue: str) -> bool:
@@ -243,15 +243,15 @@ class JobQueue:
 
         After a Sentinel failover the new master can lack writes the old one acknowledged: a batch
         committed on the old master is back in flight on the new one, and nothing would ever resolve
-        it. ``held`` is read after the field list, and the loop adds a field before taking into it, so
+        it. ``held`` is read after the batch_id list, and the loop adds a batch_id before taking into it, so
         a batch taken meanwhile is never seen as unheld; one committed meanwhile is simply gone.
         """
         key = self.keys.inflight(queue, self.worker_id)
         with redis_errors("returning orphaned in-flight jobs"):
-            fields = {f.decode() for f in self.client.hkeys(key)}
-            if not fields:
+            batch_ids = {f.decode() for f in self.client.hkeys(key)}
+            if not batch_ids:
                 return 0
-            orphans = sorted(fields - set(held()))
+            orphans = sorted(batch_ids - set(held()))
             return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
     def recover_dead(self, queues: list[str]) -> dict[str, int]:

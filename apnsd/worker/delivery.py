@@ -28,9 +28,9 @@ COMMIT_SLICE = 0.05  # resolved parts of unfinished batches are committed this o
 
 @dataclass
 class Taken:
-    """A batch handed from the feeder to the loop: its in-flight field and the raw jobs."""
+    """A batch handed from the feeder to the loop: its in-flight batch_id and the raw jobs."""
 
-    field: str
+    batch_id: str
     raws: list[bytes]
 
 
@@ -60,9 +60,9 @@ class Feeder(threading.Thread):
                 with self.taking:
                     if self.stop.is_set():
                         return
-                    field, raws = self._take(cfg.batch_size)
+                    batch_id, raws = self._take(cfg.batch_size)
                     if raws:
-                        loop.hand_over(Taken(field, raws))
+                        loop.hand_over(Taken(batch_id, raws))
                 if not raws:
                     loop.jq.wait(loop.queue, cfg.block_timeout)
             except QueueError as exc:
@@ -77,19 +77,19 @@ class Feeder(threading.Thread):
         jq, queue = self.loop.jq, self.loop.queue
         if self._uncertain is not None:
             # A take failed without an answer: the script may have run. Claim that batch if it exists.
-            field, raws = self._uncertain, jq.claim(queue, self._uncertain)
+            batch_id, raws = self._uncertain, jq.claim(queue, self._uncertain)
             self._uncertain = None
             if raws:
-                return field, raws
-            self.loop.held.discard(field)
-        field = jq.next_field()
-        self.loop.held.add(field)  # before the take, so that an orphan sweep never sees it unheld
-        self._uncertain = field
-        _, raws = jq.take(queue, count, field)
+                return batch_id, raws
+            self.loop.held.discard(batch_id)
+        batch_id = jq.next_batch_id()
+        self.loop.held.add(batch_id)  # before the take, so that an orphan sweep never sees it unheld
+        self._uncertain = batch_id
+        _, raws = jq.take(queue, count, batch_id)
         self._uncertain = None
         if not raws:
-            self.loop.held.discard(field)
-        return field, raws
+            self.loop.held.discard(batch_id)
+        return batch_id, raws
 
 
 class DeliveryLoop:
@@ -116,7 +116,7 @@ class DeliveryLoop:
         self.in_flight = 0
         self.unsent = 0  # notifications handed over by the feeder and not yet given to a session
         self.feeder_waiting = False
-        self.held: set[str] = set()  # in-flight batch fields this process holds, from take until commit
+        self.held: set[str] = set()  # in-flight batch ids this process holds, from take until commit
         self._handoff: deque[Taken] = deque()
         self._ready: deque[Batch] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -258,7 +258,7 @@ class DeliveryLoop:
 
     def _parse(self, taken: Taken) -> tuple[Batch, list[Notification], list[Rejected]]:
         """Validate a taken batch; from here its notifications count as in flight."""
-        batch = Batch(Commit(self.queue, taken.field))
+        batch = Batch(Commit(self.queue, taken.batch_id))
         notes: list[Notification] = []
         rejects: list[Rejected] = []
         parse = self.parser.parse
@@ -315,10 +315,10 @@ class DeliveryLoop:
             done += sum(b.commit.counts.values())
             if b.commit.keep is not None:
                 continue  # a partial commit: the batch stays held, its log line comes when it completes
-            self.held.discard(b.commit.field)
+            self.held.discard(b.commit.batch_id)
             self.log.info(
                 "batch_committed",
-                batch=b.commit.field,
+                batch=b.commit.batch_id,
                 **b.commit.counts,
                 **({"reasons": b.reasons} if b.reasons else {}),
             )
