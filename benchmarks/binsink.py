@@ -4,7 +4,9 @@ Run as its own process (``python -m benchmarks.binsink --port P --pki-dir D``). 
 certificate from the dev CA, reads each connection as fast as it can, counts frames by walking the
 5-byte frame headers (command, length) without decoding items, and never answers — except to a
 frame whose command is not 2: that is the benchmark's *sentinel*, answered with an error response
-(command 8, status 128), so a writer knows every frame before it has been read.
+(command 8, status 128), so a writer knows every frame before it has been read. With ``--fail-prefix
+HEX`` a frame whose token (item 1, written first) starts with HEX is answered as APNs answered an
+invalid token: status 8 naming its identifier, then the socket is closed at once.
 
 It prints one JSON line per event on stdout: ``listening``, ``connected``, ``closed`` (frames,
 bytes, first/last byte times on CLOCK_MONOTONIC, shared by every process on the machine), and a
@@ -27,7 +29,7 @@ from apnsd.testing.devpki import make_dev_pki
 
 READ = 1 << 20
 _lock = threading.Lock()
-_totals = {"connections": 0, "frames": 0, "bytes": 0, "sentinels": 0}
+_totals = {"connections": 0, "frames": 0, "bytes": 0, "sentinels": 0, "rejected": 0}
 
 
 def emit(obj: dict[str, object]) -> None:
@@ -38,9 +40,20 @@ def emit(obj: dict[str, object]) -> None:
         sys.stdout.flush()
 
 
-def serve(conn: ssl.SSLSocket, number: int) -> None:
-    """Count frames until the peer closes or sends the sentinel."""
-    frames = nbytes = 0
+def _identifier(frame: bytes) -> int:
+    """The identifier item (3) of one whole command-2 frame (0 if it has none)."""
+    p = 5
+    while p + 3 <= len(frame):
+        item, size = frame[p], int.from_bytes(frame[p + 1 : p + 3], "big")
+        if item == 3 and size == 4:
+            return int.from_bytes(frame[p + 3 : p + 7], "big")
+        p += 3 + size
+    return 0
+
+
+def serve(conn: ssl.SSLSocket, number: int, fail_prefix: bytes = b"") -> None:
+    """Count frames until the peer closes or sends the sentinel (or, with ``fail_prefix``, a token to reject)."""
+    frames = nbytes = rejections = 0
     skip = 0  # bytes of the current frame's body still to come
     carry = b""  # a partial 5-byte header left over from the previous read
     t_first = t_last = 0.0
@@ -65,15 +78,27 @@ def serve(conn: ssl.SSLSocket, number: int) -> None:
             carry = b""
             end = len(data)
             p = 0
+            rejected = None
             while p + 5 <= end:
                 if data[p] != 2:
                     sentinel = True
                     break
-                p += 5 + int.from_bytes(data[p + 1 : p + 5], "big")
+                size = 5 + int.from_bytes(data[p + 1 : p + 5], "big")
+                if fail_prefix:
+                    if p + size > end:
+                        break  # checked once it is whole: carried over to the next read
+                    if data[p + 5] == 1 and data[p + 8 : p + 8 + len(fail_prefix)] == fail_prefix:
+                        rejected = _identifier(data[p : p + size])
+                        break
+                p += size
                 frames += 1
             if sentinel:
                 conn.sendall(bytes((8, 128, 0, 0, 0, 0)))
                 break
+            if rejected is not None:
+                conn.sendall(bytes((8, 8)) + rejected.to_bytes(4, "big"))
+                rejections += 1
+                break  # and close at once, unread frames and all, as Apple's gateway did
             if p > end:
                 skip = p - end
             else:
@@ -90,6 +115,7 @@ def serve(conn: ssl.SSLSocket, number: int) -> None:
             _totals["frames"] += frames
             _totals["bytes"] += nbytes
             _totals["sentinels"] += int(sentinel)
+            _totals["rejected"] += rejections
         emit(
             {
                 "event": "closed",
@@ -99,6 +125,7 @@ def serve(conn: ssl.SSLSocket, number: int) -> None:
                 "t_first": t_first,
                 "t_last": t_last,
                 "sentinel": sentinel,
+                "rejected": rejections,
             }
         )
 
@@ -108,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--pki-dir", required=True)
     p.add_argument("--no-client-cert", action="store_true")
+    p.add_argument("--fail-prefix", default="", help="hex: reject tokens starting with it (status 8, then close)")
     args = p.parse_args(argv)
     pki = make_dev_pki(args.pki_dir)
+    fail_prefix = bytes.fromhex(args.fail_prefix)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(pki.server_cert, pki.server_key)
@@ -136,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             break
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # An error response must leave before the close that follows it: with Nagle it could wait for the
+        # ACK of the session tickets, and a close with unread data resets the connection, discarding it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         number += 1
         with _lock:
             _totals["connections"] += 1
         conn = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=serve, args=(conn, number), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, number, fail_prefix), daemon=True).start()
     with _lock:
         totals = dict(_totals)
     emit({"event": "summary", **totals})

@@ -1,7 +1,7 @@
 """apnsd benchmarks: end-to-end notifications/s from Redis to gateway answer, beside raw ceilings from the same run.
 
     .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
-                                       [--only http2-cert,http2-token,http2-2proc,binary,latency,memory,rtt]
+                                       [--only http2-cert,http2-token,http2-2proc,binary,binary-errors,latency,memory,rtt]
                                        [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting
@@ -33,7 +33,18 @@ from benchmarks import ceilings, chart, peers, rtt, workload
 from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
-FIGURES = ("http2-cert", "http2-token", "http2-2proc", "binary", "latency", "memory", "memory-binary", "rtt")
+FIGURES = (
+    "http2-cert",
+    "http2-token",
+    "http2-2proc",
+    "binary",
+    "binary-errors",
+    "latency",
+    "memory",
+    "memory-binary",
+    "rtt",
+)
+ERROR_EVERY = 100  # binary-errors: 1 % of tokens invalid
 HTTP2 = ("http2-cert", "http2-token", "http2-2proc")
 
 
@@ -103,6 +114,7 @@ class Bench:
         self.token = (self.pki.p8_key, self.pki.key_id, self.pki.team_id, BUNDLE_ID)
         self.nginx: NginxSink | None = None
         self.binsink: CountingBinarySink | None = None
+        self.errsink: CountingBinarySink | None = None
         self.runs: dict[str, list[dict[str, Any]]] = {}
         self.ceil: dict[str, list[dict[str, Any]]] = {}
         self.notes: list[str] = []
@@ -154,10 +166,11 @@ class Bench:
         nginx: bool = False,
         jobs: int | None = None,
         sample_memory: bool = False,
+        bad_every: int = 0,
     ) -> dict[str, Any]:
         n = jobs or self.n
         r = redis.Redis.from_url(rs.url)
-        load_s = workload.preload(r, n)
+        load_s = workload.preload(r, n, bad_every=bad_every)
         before = handshakes()
         counters0 = self.nginx.counters() if nginx and self.nginx else (0, 0)
         cpu0 = self.nginx.cpu() if nginx and self.nginx else 0.0
@@ -170,6 +183,7 @@ class Bench:
             self.workdir,
             stall_timeout=self.args.stall_timeout,
             sample_memory=sample_memory,
+            invalid=n // bad_every if bad_every else 0,
         )
         out: dict[str, Any] = {
             "jobs": n,
@@ -272,6 +286,25 @@ class Bench:
                 extra=self.args.daemon_env,
             )
             return self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections)
+
+    def binary_errors_drain(self, bad_every: int) -> dict[str, Any]:
+        """Binary into the sink that rejects invalid tokens as APNs did (status 8, then an immediate close),
+        with every ``bad_every``-th token invalid (0: none, the error-free figure of the same run)."""
+        assert self.errsink
+        sink = self.errsink
+        with RedisServer() as rs:
+            env = workload.daemon_env(
+                rs.url,
+                os.path.join(self.workdir, "state"),
+                protocol="binary",
+                port=sink.port,
+                ca_file=self.pki.ca_cert,
+                cert=self.pki.client_pem,
+                extra=self.args.daemon_env,
+            )
+            out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
+        out["invalid_tokens"] = self.n // bad_every if bad_every else 0
+        return out
 
     # --- latency ---------------------------------------------------------------------------------
 
@@ -454,6 +487,9 @@ class Bench:
                 log(f"binary counting sink: pid {self.binsink.pid}, port {self.binsink.port}")
             if "binary" in only:
                 self.choose_binary_sink()
+            if "binary-errors" in only:
+                self.errsink = CountingBinarySink(REPO, self.python, self.pki.dir, fail_prefix=workload.BAD_PREFIX)
+                log(f"binary error-answering sink: pid {self.errsink.pid}, port {self.errsink.port}")
             for rep in range(a.repeat):
                 tag = f"[{rep + 1}/{a.repeat}]"
                 if any(f in only for f in HTTP2):
@@ -499,6 +535,15 @@ class Bench:
                             f"{tag} peer node apn 1.7 (binary, from memory): {p['rate']:,.0f} notif/s "
                             f"({p['sent']:,} written), CPU {p['cpu_per_10k']:.2f} s/10k"
                         )
+                if "binary-errors" in only:
+                    clean = self.binary_errors_drain(0)
+                    self.add(self.runs, "binary-errors-clean", clean)
+                    self.report_drain(tag, "binary, error-answering sink, no invalid tokens", clean)
+                    res = self.binary_errors_drain(ERROR_EVERY)
+                    self.add(self.runs, "binary-errors", res)
+                    self.report_drain(tag, f"binary, 1 in {ERROR_EVERY} tokens invalid", res)
+                    if clean["ok"] and res["ok"]:
+                        log(f"{tag} 1 % invalid / error-free: {res['rate'] / clean['rate']:.2f}")
                 if "latency" in only:
                     res = self.latency()
                     self.add(self.runs, "latency", res)
@@ -535,6 +580,8 @@ class Bench:
             info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
             if self.binsink:
                 self.binsink.stop()
+            if self.errsink:
+                self.errsink.stop()
             if self.nginx:
                 self.nginx.stop()
             if not a.keep_workdir:
@@ -660,6 +707,25 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if b["answer_rate"] and b["peer"]["rate"]:
             b["x_peer"] = b["answer_rate"] / b["peer"]["rate"]
+    if "binary-errors" in runs:
+        rs, cs = runs["binary-errors"], runs.get("binary-errors-clean", [])
+        good = [r for r in rs if r["ok"]]
+        ratios = [r["rate"] / c["rate"] for r, c in zip(rs, cs, strict=False) if r["ok"] and c["ok"] and c["rate"]]
+        rows.append(
+            {
+                "figure": "binary-errors",
+                "label": f"binary, 1 in {ERROR_EVERY} tokens invalid",
+                "unit": "notifications/s",
+                "value": median([r["rate"] for r in good]),
+                "runs": [round(r["rate"]) for r in rs],
+                "failed_runs": len(rs) - len(good) + sum(1 for c in cs if not c["ok"]),
+                "ceiling": median([c["rate"] for c in cs if c["ok"]]),
+                "ceiling_runs": [round(c["rate"]) for c in cs],
+                "ratio": median(ratios) if ratios else None,
+                "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
+                "handshakes": sorted({r["handshakes"] for r in rs}),
+            }
+        )
     if "latency" in runs:
         good = [r for r in runs["latency"] if r.get("ok")]
         rows.append(
@@ -722,6 +788,13 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
                     f"{pr['rate']:>15,.0f}/s {pr['name'].split(' (')[0]} {r.get('x_peer') or 0:>5.2f}× "
                     f"{pr['cpu_per_10k']:>8.2f}"
                 )
+        elif r["figure"] == "binary-errors":
+            val = f"{r['value']:,.0f}/s" if r["value"] else "FAILED"
+            ceiling = f"{r['ceiling']:,.0f}/s error-free" if r["ceiling"] else "n/a"
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] else "n/a"
+            cpu = f"{r['cpu_per_10k']:.2f}" if r["cpu_per_10k"] is not None else "n/a"
+            hs = f"{min(r['handshakes'])}-{max(r['handshakes'])}"
+            lines.append(f"{r['label']:<42} {val:>18} {ceiling:>22} {ratio:>6} {cpu:>9} {hs:>9}")
         elif r["figure"] == "latency":
             val = (
                 f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
@@ -745,7 +818,8 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "value = median of runs (notifications/s from daemon start to the last outcome in Redis); ceiling = "
-        "median raw rate into the same sink in the same session; ratio = median of per-repeat ratios."
+        "median raw rate into the same sink in the same session; ratio = median of per-repeat ratios. "
+        "binary-errors: beside the error-free rate into the same error-answering sink in the same repeat."
     )
     for r in rows:
         if "runs" in r:

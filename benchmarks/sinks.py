@@ -294,8 +294,9 @@ class CountingBinarySink(_LineProcess):
 
     name = "counting sink (benchmarks/binsink.py)"
 
-    def __init__(self, repo: str, python: str, pki_dir: str) -> None:
-        super().__init__([python, "-m", "benchmarks.binsink", "--port", "0", "--pki-dir", pki_dir], repo)
+    def __init__(self, repo: str, python: str, pki_dir: str, fail_prefix: str = "") -> None:
+        extra = ["--fail-prefix", fail_prefix] if fail_prefix else []
+        super().__init__([python, "-m", "benchmarks.binsink", "--port", "0", "--pki-dir", pki_dir, *extra], repo)
         self.port = int(json.loads(self.wait_line(lambda s: '"listening"' in s))["port"])
 
     def events(self, kind: str) -> list[dict[str, Any]]:

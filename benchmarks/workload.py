@@ -28,11 +28,17 @@ def token_hex(i: int) -> str:
     return "%064x" % ((i * _MUL + 0x5EED) & _MASK)
 
 
-def job(i: int, prefix: str = "b", enqueued_at: float | None = None) -> bytes:
-    """One ~210-byte job."""
+BAD_PREFIX = "bad0bad0"  # tokens the error-answering sink rejects; 1 in 4·10⁹ random tokens starts with it
+
+
+def job(i: int, prefix: str = "b", enqueued_at: float | None = None, bad: bool = False) -> bytes:
+    """One ~210-byte job; ``bad`` gives it a token the error-answering sink rejects."""
     extra = f',"enqueued_at":{enqueued_at:.6f}' if enqueued_at is not None else ""
+    token = token_hex(i)
+    if bad:
+        token = BAD_PREFIX + token[len(BAD_PREFIX) :]
     return b'{"token":"%s","id":"%s%d"%s,"payload":%s}' % (
-        token_hex(i).encode(),
+        token.encode(),
         prefix.encode(),
         i,
         extra.encode(),
@@ -47,13 +53,16 @@ def preload(
     per_command: int = 1000,
     per_pipeline: int = 20,
     queue: str = QUEUE,
+    bad_every: int = 0,
 ) -> float:
-    """LPUSH count jobs, 1,000 values per command, 20 commands per round trip; returns seconds taken."""
+    """LPUSH count jobs, 1,000 values per command, 20 commands per round trip; returns seconds taken.
+    With ``bad_every`` = k, every k-th job (seeded positions) has a token the error-answering sink rejects."""
+    bad = set(random.Random(count).sample(range(count), count // bad_every)) if bad_every else set()
     t0 = time.monotonic()
     p = r.pipeline(transaction=False)
     queued = 0
     for start in range(0, count, per_command):
-        p.lpush(queue, *[job(i, prefix) for i in range(start, min(count, start + per_command))])
+        p.lpush(queue, *[job(i, prefix, bad=i in bad) for i in range(start, min(count, start + per_command))])
         queued += 1
         if queued == per_pipeline:
             p.execute()
@@ -223,13 +232,15 @@ class DrainResult:
     stalled: bool = False
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, resolved, VmRSS, VmHWM) of child 0
     progress: list[tuple[float, int]] = field(default_factory=list)  # (t, resolved) at every poll
+    invalid: int = 0  # jobs with tokens the sink rejects: they must end unregistered, the rest delivered
 
     @property
     def ok(self) -> bool:
         return (
             not self.stalled
             and self.all_outcomes is not None
-            and self.stats.get("delivered", 0) == self.jobs
+            and self.stats.get("delivered", 0) == self.jobs - self.invalid
+            and self.stats.get("unregistered", 0) == self.invalid
             and all(c.status == 0 for c in self.children)
         )
 
@@ -282,10 +293,11 @@ def drain(
     poll: float = 0.02,
     on_sample: Callable[[DrainResult], None] | None = None,
     sample_memory: bool = False,
+    invalid: int = 0,
 ) -> DrainResult:
     """Start the daemons on a preloaded queue; time until every job has its outcome; reap them at exit."""
     children = [start_daemon(s, python, repo, workdir) for s in specs]
-    res = DrainResult(jobs, children[0].started, None, None, children)
+    res = DrainResult(jobs, children[0].started, None, None, children, invalid=invalid)
     last_progress, last_count = time.monotonic(), -1
     try:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -41,6 +42,17 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--close-after", type=int, default=0, help="drop the first connection abruptly after N notifications"
+    )
+    p.add_argument(
+        "--shutdown-after",
+        type=int,
+        default=0,
+        help="binary: answer status 10 (Shutdown, naming the last one accepted) after N notifications, once",
+    )
+    p.add_argument(
+        "--hard-close",
+        action="store_true",
+        help="binary: close at once after an error response, without reading on (as Apple's gateway did)",
     )
     p.add_argument("--goaway-after", type=int, default=0, help="http2: GOAWAY after N requests on the first connection")
     p.add_argument(
@@ -135,7 +147,12 @@ def build_mock(args: argparse.Namespace) -> Any:
     prefixes = args.fail_prefix
     kwargs: dict[str, Any] = {}
     if args.protocol == "binary":
-        kwargs["binary_faults"] = BinaryFaults(tuple((p, s) for p, s, _ in prefixes), args.close_after)
+        kwargs["binary_faults"] = BinaryFaults(
+            tuple((p, s) for p, s, _ in prefixes),
+            args.close_after,
+            shutdown_after=args.shutdown_after,
+            hard_close=args.hard_close,
+        )
     else:
         from apnsd.testing.http2_mock import Http2Faults
 
@@ -173,8 +190,25 @@ def build_mock(args: argparse.Namespace) -> Any:
     ), pki
 
 
+def describe_files(mock: Any, pki: Any) -> list[str]:
+    """The files the mock really uses, and the dev-PKI files a client needs only where they fit them."""
+    lines = [
+        f"server certificate: {mock.cert_file}",
+        f"server key: {mock.key_file}",
+        f"client CA (client certificates must chain to it): {mock.client_ca_file or 'none, none asked for'}",
+    ]
+    if mock.cert_file == pki.server_cert:
+        lines.append(f"CA for clients (ca_file): {pki.ca_cert}")
+    if mock.client_ca_file == pki.ca_cert:
+        lines.append(f"client certificate (cert): {pki.client_pem}")
+    return lines
+
+
 def run_mock(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, then print a summary."""
+    from apnsd import logs
+
+    logs.configure("auto", "info", sys.stderr)  # stdout carries the addresses and the summary
     mock, pki = build_mock(args)
     mock.start(with_feedback=args.protocol == "binary", channels_port=args.channels_port)
     print(
@@ -183,7 +217,8 @@ def run_mock(args: argparse.Namespace) -> int:
         + (f", channel management on {mock.channels_port} (channels_port)" if mock.channels_port else ""),
         flush=True,
     )
-    print(f"  CA for clients (ca_file): {pki.ca_cert}\n  client certificate (cert): {pki.client_pem}", flush=True)
+    for line in describe_files(mock, pki):
+        print(f"  {line}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -1,4 +1,5 @@
-"""When a connection may be (re)opened: exponential backoff with jitter and a per-minute cap."""
+"""When a connection may be (re)opened: exponential backoff with jitter and a per-minute cap on attempts
+that delivered nothing (failed connects, connections closed before any notification got through)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class ConnectPacer:
         self._attempts: deque[float] = deque()
         self._failures = 0
         self._not_before = 0.0
+        self._answered_run = 0  # consecutive connections that ended on the answer about their first notification
 
     @property
     def failures(self) -> int:
@@ -48,6 +50,32 @@ class ConnectPacer:
         """Record a success: the backoff starts from the beginning next time."""
         self._failures = 0
         self._not_before = 0.0
+
+    def productive(self) -> None:
+        """The latest connection delivered notifications: its attempt leaves the per-minute count and the
+        backoff starts afresh, so the reconnect after it ends (e.g. on an error response) is immediate.
+
+        The cap exists against churn, a gateway refusing us or closing empty connections; a binary
+        connection that ends on an error response after delivering hundreds is normal work. A gateway
+        that rejects the first notification of every connection delivers nothing and stays capped."""
+        if self._attempts:
+            self._attempts.pop()
+        self._answered_run = 0
+        self.succeeded()
+
+    def answered(self, now: float, delay: float) -> None:
+        """The latest connection ended on the gateway's answer about its first notification (a binary error
+        response naming it): not churn, since that notification got its outcome, but no proof of progress
+        either. Its attempt leaves the per-minute count; from the second such connection in a row the next
+        waits a short fixed ``delay``, so a queue of nothing but invalid tokens costs at most one
+        connection per ``delay``, not the cap's wait."""
+        if self._attempts:
+            self._attempts.pop()
+        self._failures = 0
+        self._answered_run += 1
+        # The first in a row reconnects at once: at 1 % invalid tokens that is a bad token following
+        # another; only a run of them (a queue of invalid tokens) is slowed down.
+        self._not_before = now + delay if self._answered_run > 1 else 0.0
 
 
 def retry_delay(attempts: int, base: float, rng: random.Random, cap: float = 3600.0) -> float:

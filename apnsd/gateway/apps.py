@@ -21,7 +21,7 @@ from apnsd.gateway.credentials import (
     verify_hostname,
 )
 from apnsd.gateway.session import Session
-from apnsd.gateway.transport import TlsTransport
+from apnsd.gateway.transport import TlsSessions, TlsTransport
 
 
 def load_credentials(name: str, app: AppConfig) -> AppCredentials:
@@ -91,10 +91,18 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
     alpn = b"h2" if http2 else None
     ctx = client_context(creds.identity, app.ca_file, [alpn] if alpn else None)
     host, port = app.gateway()
+    sessions = TlsSessions()
 
     def make_transport() -> TlsTransport:
         return TlsTransport(
-            host, port, ctx, alpn=alpn, timeout=app.connect_timeout, verify_host=verify_hostname, proxy=app.proxy
+            host,
+            port,
+            ctx,
+            alpn=alpn,
+            timeout=app.connect_timeout,
+            verify_host=verify_hostname,
+            proxy=app.proxy,
+            sessions=sessions,
         )
 
     log = logs.get("session", app=name, protocol=app.protocol)

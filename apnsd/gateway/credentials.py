@@ -204,6 +204,9 @@ def server_context(
             ctx.load_verify_locations(client_ca_file)
             ctx.load_client_ca(client_ca_file.encode())
             ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+            # Without a session id context OpenSSL aborts (internal error alert) every resumption attempt
+            # by a client whose certificate it verified, instead of resuming or doing a full handshake.
+            ctx.set_session_id(b"apnsd-mock")
     except SSL.Error as exc:
         raise CredentialsError(f"cannot use server credentials {cert_file} / {key_file}: {exc}") from None
     if alpn:

@@ -66,6 +66,7 @@ class Http2Session(Session):
         self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
         self._unsendable: Resolved = []  # notifications whose headers could not be encoded
         self._alone: int | None = None  # the stream of a suspect on the wire by itself (see _suspects)
+        self._early_goaway = False  # a GOAWAY came within SHORT_LIVED of connecting
         self._timed: dict[int, float] = {}  # sampled stream id → when its request was written
         self._round_trip = metrics.ROUND_TRIP.labels(self.app)
         host, port = self.cfg.gateway()
@@ -90,6 +91,7 @@ class Http2Session(Session):
         self._expired_from_sid = 0
         self._hold = False
         self._alone = None
+        self._early_goaway = False
         self._timed.clear()
         self._template = None
         self._last_activity = self._last_received = now
@@ -281,9 +283,9 @@ class Http2Session(Session):
         self.pending.extendleft(reversed(again))
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
-        if now - self.connected_at < SHORT_LIVED:
-            # a gateway that says goodbye right after hello is failing: back off as for a failed connect
-            self.pacer.failed(now)
+        # A gateway that says goodbye right after hello is failing: the connect counts as failed when this
+        # connection closes (after any delivery on it was counted as productive, which must not undo it).
+        self._early_goaway = now - self.connected_at < SHORT_LIVED
         self.explanation = f"GOAWAY {ev.reason or ev.error_code}"
         self.log.warning(
             "goaway",
@@ -294,6 +296,17 @@ class Http2Session(Session):
             awaiting=len(self._streams),
         )
         return out
+
+    def _count_early_goaway(self, now: float) -> None:
+        """A connection ended by a GOAWAY soon after it opened counts as a failed connect (once)."""
+        if self._early_goaway:
+            self._early_goaway = False
+            self.pacer.failed(now)
+
+    def _lost(self, cause: str, now: float, loss: Loss | None = None) -> Resolved:
+        """The connection is gone (see Session._lost); one that said GOAWAY right after opening backs off."""
+        self._count_early_goaway(now)
+        return super()._lost(cause, now, loss)
 
     def _suspects(self, last_stream_id: int) -> Resolved:
         """A GOAWAY with an error: one of the processed, unanswered requests may have caused it.
@@ -321,6 +334,7 @@ class Http2Session(Session):
             out, self._unsendable = self._unsendable, []
             return out
         if h2.goaway is not None and not self._streams:
+            self._count_early_goaway(now)
             self.close(self.explanation or "goaway")
             return []
         if self._ping_sent is not None and now - self._ping_sent > self.cfg.ping_timeout:

@@ -25,6 +25,7 @@ from apnsd.errors import GatewayError, GatewayRejected
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
+FINAL_READ_TIMEOUT = 0.25  # after a failed write, how long the gateway's last words may take to arrive
 
 
 class State(Enum):
@@ -54,10 +55,13 @@ class Transport(Protocol):
     def send(self, data: bytes | bytearray) -> None: ...
     def flush(self) -> None: ...
     def read(self) -> bytes: ...
+    def read_final(self, timeout: float) -> bytes: ...
     def close(self) -> None: ...
 
     @property
     def wants_write(self) -> bool: ...
+    @property
+    def unsent(self) -> int: ...
 
 
 class Session:
@@ -85,6 +89,7 @@ class Session:
         self.last_connect_error: str | None = None
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
         self.explanation: str | None = None  # why the gateway said it is ending this connection, if it did
+        self._productive = False  # this connection has delivered something (see ConnectPacer.productive)
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -113,6 +118,8 @@ class Session:
             out += self._read(now)
         if self.transport is not None:
             out += self._tick(now)
+        if out and not self._productive:
+            self._check_productive(out)
         if out and self.watch_answers:
             out = self._watch_answers(out, now)
         sending = not self.suspended or self.hold.trial is not None
@@ -131,6 +138,8 @@ class Session:
         except GatewayError as exc:
             return self._lost(str(exc), now)
         out = self.on_bytes(data, now) if data else []
+        if out and not self._productive:
+            self._check_productive(out)  # before a loss below, which may count this connection as failed
         if t.closed and self.transport is t:
             out += self._lost(self.explanation or "gateway closed the connection", now)
         return out
@@ -166,6 +175,8 @@ class Session:
     def _write_failed(self, exc: GatewayError, now: float) -> Resolved:
         """A write failed: pick up what the gateway said before it went (e.g. an error response), then lose it."""
         out = self._read_remaining(now)
+        if out and not self._productive:
+            self._check_productive(out)
         out += self._lost(str(exc), now)
         return out
 
@@ -343,19 +354,24 @@ class Session:
         self.state = State.OPEN
         self.connected_at = now
         self.explanation = None
+        self._productive = False
         metrics.CONNECTS.labels(self.app).inc()
         self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
         self.on_connected(now)
 
+    def _check_productive(self, resolved: Resolved) -> None:
+        """Once per connection: the first delivery makes its connect attempt a productive one."""
+        if any(outcome.kind is Kind.DELIVERED for _, outcome in resolved):
+            self._productive = True
+            self.pacer.productive()
+
     def _read_remaining(self, now: float) -> Resolved:
-        """After a failed write, pick up what the gateway said before it went (e.g. an error response)."""
+        """After a failed write, pick up what the gateway said before it went (e.g. an error response that
+        raced the reset), waiting for it at most FINAL_READ_TIMEOUT."""
         t = self.transport
         if t is None or t.closed:
             return []
-        try:
-            data = t.read()
-        except GatewayError:
-            return []
+        data = t.read_final(FINAL_READ_TIMEOUT)
         return self.on_bytes(data, now) if data else []
 
     def _lost(self, cause: str, now: float, loss: Loss | None = None) -> Resolved:

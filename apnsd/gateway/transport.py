@@ -85,8 +85,25 @@ def _connect_tunnel(
     sock.settimeout(None)
 
 
+CHUNK = 128 * 1024  # plaintext encrypted at a time; ``written`` advances by a chunk once its ciphertext is sent
+
+
+class TlsSessions:
+    """The TLS session of an app's latest connection, offered on its next one: a reconnect (after every binary
+    error response, say) then resumes instead of repeating the certificate exchange and its signatures."""
+
+    def __init__(self) -> None:
+        self.session: SSL.Session | None = None
+
+
 class TlsTransport:
-    """One TLS connection to a gateway; the thread that created it is its only reader and writer."""
+    """One TLS connection to a gateway; the thread that created it is its only reader and writer.
+
+    OpenSSL works on memory buffers and this class moves the ciphertext to and from the socket. OpenSSL
+    (3.x) treats a socket write that fails as fatal to the whole TLS session: a gateway that writes an
+    error response and closes at once would make the write fail with ECONNRESET and the answer it sent
+    before unreadable. Here the TLS session never sees the socket fail, so what the peer sent before it
+    went can still be read and decrypted after a failed write."""
 
     def __init__(
         self,
@@ -98,18 +115,24 @@ class TlsTransport:
         timeout: float = 10.0,
         verify_host: Callable[[x509.Certificate, str], bool] | None = None,
         proxy: str = "",
+        sessions: TlsSessions | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._proxy = proxy
+        self._sessions = sessions
         self._context = context
         self._alpn = alpn
         self._timeout = timeout
         self._verify_host = verify_host
         self._sock: socket.socket | None = None
         self._conn: SSL.Connection | None = None
-        self._out = bytearray()
-        self.written = 0  # bytes flush() has handed to the socket since connect
+        self._out = bytearray()  # plaintext not yet encrypted
+        self._cipher = bytearray()  # ciphertext not yet taken by the socket
+        self._encrypted = 0  # plaintext bytes whose ciphertext is (partly) in _cipher
+        self._write_failure: str | None = None  # once a socket write failed, every later flush fails too
+        self.written = 0  # plaintext bytes flush() has handed to the socket since connect
         self.closed = True
+        self._established = False  # the handshake completed (so the session may be resumed later)
         self.peer = f"{host}:{port}" + (f" via proxy {parse_proxy(proxy)}" if proxy else "")
 
     def connect(self) -> None:
@@ -118,33 +141,40 @@ class TlsTransport:
         sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        conn = SSL.Connection(self._context, sock)
+        conn = SSL.Connection(self._context, None)
         if not _is_ip(self.host):
             conn.set_tlsext_host_name(self.host.encode("idna"))
         conn.set_connect_state()
+        if self._sessions is not None and self._sessions.session is not None:
+            conn.set_session(self._sessions.session)
         self._sock, self._conn = sock, conn
         try:
             self._handshake(deadline)
         except BaseException:
+            if self._sessions is not None:
+                self._sessions.session = None  # start afresh after a failed handshake
             self._abort()
             raise
         self.closed = False
+        self._established = True
 
     def _handshake(self, deadline: float) -> None:
         conn = self._conn
         assert conn is not None
-        while True:
-            try:
-                conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                self._wait_io(deadline, write=False)
-            except SSL.WantWriteError:
-                self._wait_io(deadline, write=True)
-            except SSL.Error as exc:
-                raise GatewayRejected(f"TLS handshake with {self.peer} failed: {describe_ssl_error(exc)}") from None
-            except OSError as exc:
-                raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
+        try:
+            while True:
+                try:
+                    conn.do_handshake()
+                    break
+                except SSL.WantReadError:
+                    self._push_handshake(deadline)
+                    self._pull_handshake(deadline)
+                except SSL.Error as exc:
+                    self._push_handshake(deadline)  # our alert, if OpenSSL wrote one, tells the gateway why
+                    raise GatewayRejected(f"TLS handshake with {self.peer} failed: {describe_ssl_error(exc)}") from None
+            self._push_handshake(deadline)
+        except OSError as exc:
+            raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
         if self._alpn is not None and conn.get_alpn_proto_negotiated() != self._alpn:
             raise GatewayRejected(
                 f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)"
@@ -153,12 +183,36 @@ class TlsTransport:
         if self._verify_host is not None and (cert is None or not self._verify_host(cert, self.host)):
             raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
 
+    def _push_handshake(self, deadline: float) -> None:
+        """Send every handshake byte OpenSSL has produced, waiting for the socket up to the deadline."""
+        self._take_ciphertext()
+        while self._cipher:
+            self._wait_io(deadline, write=True)
+            sent = self._send_some()
+            del self._cipher[:sent]
+
+    def _pull_handshake(self, deadline: float) -> None:
+        """Wait for the gateway's next handshake bytes and hand them to OpenSSL (EOF included)."""
+        self._wait_io(deadline, write=False)
+        conn, sock = self._conn, self._sock
+        assert conn is not None and sock is not None
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            conn.bio_write(data)
+        else:
+            conn.bio_shutdown()  # OpenSSL then reports the unexpected end of the handshake
+
     def _wait_io(self, deadline: float, write: bool) -> None:
         assert self._sock is not None
         left = deadline - time.monotonic()
         if left <= 0:
             raise GatewayError(f"TLS handshake with {self.peer} timed out")
-        r, w, _ = select.select([] if write else [self._sock], [self._sock] if write else [], [], left)
+        sock = self._sock
+        assert sock is not None
+        r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], left)
         if not r and not w:
             raise GatewayError(f"TLS handshake with {self.peer} timed out")
 
@@ -174,61 +228,106 @@ class TlsTransport:
     @property
     def wants_write(self) -> bool:
         """True while queued bytes have not all been written."""
-        return bool(self._out)
+        return bool(self._out) or bool(self._cipher)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued (plaintext, or ciphertext of it) that the socket has not taken yet."""
+        return len(self._out) + len(self._cipher)
 
     def flush(self) -> None:
         """Write as much of the queued bytes as the socket takes now, without blocking."""
         conn = self._conn
-        if conn is None or self.closed or not self._out:
+        if conn is None or self.closed:
             return
-        out = self._out
-        sent = 0
-        failure: str | None = None
-        with memoryview(out) as view:
+        if self._write_failure is not None:
+            raise GatewayError(f"connection to {self.peer} lost: {self._write_failure}")
+        out, cipher = self._out, self._cipher
+        while cipher or out:
+            if not cipher:
+                # One chunk at a time, so that ``written`` says how far the socket has taken the stream.
+                take = min(len(out), CHUNK)
+                with memoryview(out) as view:
+                    self._encrypted = conn.send(view[:take])
+                del out[: self._encrypted]
+                self._take_ciphertext()
             try:
-                while sent < len(out):
-                    sent += conn.send(view[sent : sent + 1024 * 1024])
-            except (SSL.WantWriteError, SSL.WantReadError):
-                pass
-            except SSL.ZeroReturnError:
-                failure = "peer closed the TLS session"
-            except SSL.SysCallError as exc:
-                failure = _syscall_reason(exc)
-            except SSL.Error as exc:
-                failure = describe_ssl_error(exc)
-        del out[:sent]
-        self.written += sent
-        if failure is not None:
-            raise GatewayError(f"connection to {self.peer} lost: {failure}")
+                sent = self._send_some()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._write_failure = _os_reason(exc)
+                raise GatewayError(f"connection to {self.peer} lost: {self._write_failure}") from None
+            del cipher[:sent]
+            if cipher:
+                return  # the socket is full
+            self.written += self._encrypted
+            self._encrypted = 0
+
+    def _send_some(self) -> int:
+        assert self._sock is not None
+        with memoryview(self._cipher) as view:
+            return self._sock.send(view)
+
+    def _take_ciphertext(self) -> None:
+        """Move what OpenSSL has encrypted (records, handshake messages, alerts) to the outgoing buffer."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            while True:
+                self._cipher += conn.bio_read(CHUNK + 4096)
+        except SSL.WantReadError:
+            pass
 
     def read(self) -> bytes:
-        """Every byte available now (b'' if none); raises GatewayError when the peer has closed."""
-        conn = self._conn
-        if conn is None or self.closed:
+        """Every byte available now (b'' if none); raises GatewayError when the peer has closed.
+
+        When the peer closed after sending something, that is returned and ``closed`` becomes True."""
+        conn, sock = self._conn, self._sock
+        if conn is None or sock is None or self.closed:
             raise GatewayError(f"connection to {self.peer} is closed")
+        ended: str | None = None
+        while True:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                ended = _os_reason(exc)
+                break
+            if not data:
+                ended = "peer closed the connection"
+                break
+            conn.bio_write(data)
         chunks: list[bytes] = []
         try:
             while True:
-                chunk = conn.recv(READ_SIZE)
-                if not chunk:
-                    raise self._lost("peer closed the connection")
-                chunks.append(chunk)
-        except SSL.WantReadError:
-            pass
-        except SSL.WantWriteError:
+                chunks.append(conn.recv(READ_SIZE))
+        except (SSL.WantReadError, SSL.WantWriteError):
             pass
         except SSL.ZeroReturnError:
-            if chunks:
-                self.closed = True
-                return b"".join(chunks)
-            raise self._lost("peer closed the TLS session") from None
-        except SSL.SysCallError as exc:
-            if chunks:
-                self.closed = True
-                return b"".join(chunks)
-            raise self._lost(_syscall_reason(exc)) from None
+            ended = "peer closed the TLS session"
         except SSL.Error as exc:
-            raise self._lost(describe_ssl_error(exc)) from None
+            ended = describe_ssl_error(exc)
+        if ended is None:
+            return b"".join(chunks)
+        if chunks:
+            self.closed = True
+            return b"".join(chunks)
+        raise self._lost(ended)
+
+    def read_final(self, timeout: float) -> bytes:
+        """After a failed write: what the peer sent before it went, waiting at most ``timeout`` for it."""
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        while not self.closed and self._sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                break
+            try:
+                chunks.append(self.read())
+            except GatewayError:
+                break
         return b"".join(chunks)
 
     def _lost(self, reason: str) -> GatewayError:
@@ -237,14 +336,21 @@ class TlsTransport:
 
     def close(self) -> None:
         """Send close_notify if possible and close the socket; never raises."""
-        if self._conn is not None and not self.closed:
+        if self._conn is not None and not self.closed and self._write_failure is None:
             try:
                 self._conn.shutdown()
+                self._take_ciphertext()
+                self._send_some()
             except (SSL.Error, OSError):
                 pass
         self._abort()
 
     def _abort(self) -> None:
+        if self._sessions is not None and self._conn is not None and self._established:
+            # Taken at the end rather than after the handshake: under TLS 1.3 the session tickets that make it
+            # resumable arrive afterwards, with the first data read.
+            self._sessions.session = self._conn.get_session()
+        self._established = False
         self.closed = True
         if self._sock is not None:
             try:
@@ -254,6 +360,7 @@ class TlsTransport:
         self._sock = None
         self._conn = None
         self._out.clear()
+        self._cipher.clear()
 
 
 def _is_ip(host: str) -> bool:
@@ -266,11 +373,9 @@ def _is_ip(host: str) -> bool:
     return False
 
 
-def _syscall_reason(exc: SSL.SysCallError) -> str:
-    code = exc.args[0] if exc.args else None
-    if code == -1 or code == 0:
-        return "peer closed the connection"
-    if isinstance(code, int) and code in errno.errorcode:
+def _os_reason(exc: OSError) -> str:
+    code = exc.errno
+    if code is not None and code in errno.errorcode:
         return f"{errno.errorcode[code]} ({code})"
     return str(exc)
 

@@ -173,6 +173,7 @@ _QUEUE_READ = """
 local requeue = list(tonumber(nxt()))
 local sched = list(2 * tonumber(nxt()))
 local batch_id = nxt()
+local keep = nxt()  -- '' when the batch is done; else what stays in flight (a partial commit)
 if #requeue > 0 then check(KEYS[Q], 'list') end
 if #sched > 0 then check(KEYS[Q + 1], 'zset') end
 check(KEYS[Q + 2], 'hash')
@@ -180,7 +181,9 @@ check(KEYS[Q + 2], 'hash')
 _QUEUE_WRITE = """
 chunked('RPUSH', KEYS[Q], requeue)
 chunked('ZADD', KEYS[Q + 1], sched)
-return redis.call('HDEL', KEYS[Q + 2], batch_id)
+if keep == '' then return redis.call('HDEL', KEYS[Q + 2], batch_id) end
+redis.call('HSET', KEYS[Q + 2], batch_id, keep)
+return 1
 """
 # KEYS: dead, unregistered, results, stats, gone channels, queue, scheduled, in-flight.
 COMMIT_SCRIPT = "local Q = 6\n" + _COMMIT_LIB + _OUTCOMES_READ + _QUEUE_READ + _OUTCOMES_WRITE + _QUEUE_WRITE
@@ -200,9 +203,33 @@ return 1
 COMMIT_QUEUE_SCRIPT = "local Q = 1\n" + _COMMIT_LIB + _QUEUE_READ + _QUEUE_WRITE
 
 
+def pack_jobs(raws: list[bytes]) -> bytes:
+    """An in-flight batch as the scripts store it: a msgpack array of msgpack *str* items, as Lua's
+    cmsgpack.pack writes them (cmsgpack cannot read msgpack's bin type; the bytes need not be UTF-8)."""
+    n = len(raws)
+    parts = [
+        bytes([0x90 | n])
+        if n < 16
+        else (b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
+    ]
+    for raw in raws:
+        size = len(raw)
+        if size < 32:
+            parts.append(bytes([0xA0 | size]))
+        elif size < 256:
+            parts.append(b"\xd9" + bytes([size]))
+        elif size < 65536:
+            parts.append(b"\xda" + size.to_bytes(2, "big"))
+        else:
+            parts.append(b"\xdb" + size.to_bytes(4, "big"))
+        parts.append(raw)
+    return b"".join(parts)
+
+
 @dataclass
 class Commit:
-    """Everything one batch resolves to, written to Redis in a single transaction."""
+    """Everything one batch resolves to, written to Redis in a single transaction. With ``keep`` it is
+    a partial commit: the batch stays in flight holding just those jobs (the ones still unresolved)."""
 
     queue: str
     batch_id: str
@@ -215,6 +242,7 @@ class Commit:
     counts: dict[str, int] = field(default_factory=dict)
     sent: bool = False  # an attempt went out: if its answer was lost, it may have run
     outcomes_written: bool = False  # cluster mode: the prefix-slot half is done (a retry skips it)
+    keep: list[bytes] | None = None
 
 
 def outcome_args(c: Commit, results_maxlen: int) -> list[bytes | str | int | float]:
@@ -239,11 +267,12 @@ def outcome_args(c: Commit, results_maxlen: int) -> list[bytes | str | int | flo
 
 
 def queue_args(c: Commit) -> list[bytes | str | int | float]:
-    """The queue half: jobs returned to the queue (first-taken last, so it ends up rightmost), retries, batch_id."""
+    """The queue half: jobs returned to the queue (first-taken last, so it ends up rightmost), retries, the batch
+    id, and what stays in flight after a partial commit ("" when the batch is done)."""
     args: list[bytes | str | int | float] = [len(c.requeue), *reversed(c.requeue), len(c.scheduled)]
     for job, at in c.scheduled.items():
         args += (at, job)
-    args.append(c.batch_id)
+    args += (c.batch_id, pack_jobs(c.keep) if c.keep is not None else "")
     return args
 
 

@@ -37,6 +37,7 @@ from apnsd.store.layout import (
     Commit,
     Keys,
     outcome_args,
+    pack_jobs,
     queue_args,
 )
 
@@ -202,10 +203,17 @@ class JobQueue:
         """
         k = self.keys
         with redis_errors("writing outcomes"):
-            # If an earlier attempt's answer was lost and the batch's batch_id is gone, that attempt ran
-            # (the script drops the batch_id together with its writes) and must not run a second time.
+            # If an earlier attempt's answer was lost and the batch id is gone (for a partial commit: holds
+            # exactly what it kept), that attempt ran (the script drops or rewrites the batch together with its
+            # writes) and must not run a second time.
             retry = c.sent
-            if retry and not self.client.hexists(k.inflight(c.queue, self.worker_id), c.batch_id):
+            inflight = k.inflight(c.queue, self.worker_id)
+            kept = pack_jobs(c.keep) if c.keep is not None else None
+            if retry and (
+                self.client.hget(inflight, c.batch_id) == kept
+                if kept is not None
+                else not self.client.hexists(inflight, c.batch_id)
+            ):
                 return
             c.sent = True
             queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
@@ -229,6 +237,11 @@ class JobQueue:
             self._commit(
                 keys=[*outcome_keys, *queue_keys], args=[*outcome_args(c, self.results_maxlen), *queue_args(c)]
             )
+
+    def commits_partially(self, queue: str) -> bool:
+        """Can a batch taken from ``queue`` be committed in parts (one script, so not across cluster slots,
+        where a retried half could not tell one part from the next)?"""
+        return not self._other_slot(queue)
 
     def _pop_done_markers(self, most: int = 100) -> list[str]:
         """Markers of finished cluster commits, taken off the shared deque (loops commit on their own threads)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from apnsd import logs
 from apnsd.errors import ProtocolError
 from apnsd.gateway.credentials import inspect_certificate, server_context
 from apnsd.testing.record import MockRecord, Received
@@ -22,11 +23,14 @@ READ_SIZE = 256 * 1024
 
 @dataclass(frozen=True)
 class BinaryFaults:
-    """Faults the binary mock injects: error responses for token prefixes, an abrupt close after N."""
+    """Faults the binary mock injects: error responses for token prefixes, an abrupt close after N, a
+    Shutdown (status 10) after N; ``hard_close`` closes right after an error response without reading on."""
 
     fail_prefixes: tuple[tuple[str, int], ...] = ()
     close_after: int = 0
     once: bool = True
+    shutdown_after: int = 0
+    hard_close: bool = False
 
 
 @dataclass
@@ -55,13 +59,21 @@ class MockGateway:
         now: Callable[[], float] | None = None,
     ) -> None:
         self.protocol = protocol
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
         self.record = record or MockRecord()
         self.binary_faults = binary_faults
         self.http2_faults = http2_faults
         self.feedback = list(feedback or [])
         self._now = now or time.time
+        self.log = logs.get("mock", protocol=protocol)
         alpn = [b"h2"] if protocol == "http2" else None
         self._ctx = server_context(cert_file, key_file, client_ca_file, alpn)
+        if protocol == "binary":
+            # TLS 1.3 servers send session tickets after the handshake. Providers of the binary era never
+            # read (the tutorials' PHP writes and closes), so their close() finds unread bytes and resets
+            # the connection, discarding frames Nagle still held: the gateway would never see them.
+            # TLS 1.2 puts the ticket inside the handshake, as the legacy gateway's clients expected.
+            self._ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.host, self.port = host, self._listener.getsockname()[1]
         self._feedback_listener: socket.socket | None = None
@@ -118,6 +130,12 @@ class MockGateway:
         for t in self._threads:
             t.join(timeout=5)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being served right now."""
+        with self._lock:
+            return len(self._conns)
+
     def __enter__(self) -> MockGateway:
         return self.start()
 
@@ -140,6 +158,9 @@ class MockGateway:
     def _handle(self, sock: socket.socket, serve: Callable[[SSL.Connection], None]) -> None:
         with self._lock:
             self._conns.add(sock)
+        # An error response must leave before a hard close that follows it (Nagle could hold it back, and a
+        # close with unread data resets the connection, discarding what is still unsent).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = SSL.Connection(self._ctx, sock)
         conn.set_accept_state()
         try:
@@ -175,29 +196,52 @@ class MockGateway:
             if not data:
                 return
             buf += data
+            bad: binary.MalformedInput | None = None
             try:
                 frames, used = binary.decode_frames(buf)
-            except ProtocolError:
-                conn.sendall(binary.encode_error_response(128, 0))
-                _close_gracefully(conn)
-                return
+            except binary.MalformedInput as exc:
+                frames, used, bad = exc.decoded, 0, exc
             del buf[:used]
-            accepted: list[Received] = []
-            for f in frames:
-                ident = f.identifier or 0
-                status = self._binary_status(f, faults)
-                if status is None and self._should_close(faults):
-                    self.record.add(accepted)
-                    return  # abrupt: no error response, no TLS goodbye
-                if status is not None:
-                    self.record.add([*accepted, Received(f.token.hex(), f.payload, str(ident), status)])
+            if not self._take_frames(conn, frames, faults):
+                return
+            if bad is not None:
+                # Like APNs: status 128 (could not parse), then close; the log says what was wrong.
+                self.log.warning("unparseable_input", error=str(bad), status=128, notifications_before=len(frames))
+                conn.sendall(binary.encode_error_response(128, 0))
+                self._end_after_error(conn, faults)
+                return
+
+    def _take_frames(self, conn: SSL.Connection, frames: list[binary.Frame], faults: BinaryFaults) -> bool:
+        """Record and answer decoded notifications; False once the connection is over."""
+        accepted: list[Received] = []
+        keep = self.record.keep_payloads
+        for f in frames:
+            ident = f.identifier or 0
+            status = self._binary_status(f, faults)
+            if status is None and self._should_close(faults):
+                self.record.add(accepted)
+                return False  # abrupt: no error response, no TLS goodbye
+            if status is None and self._should_shut_down(faults):
+                # Status 10 names the last notification processed; this one and all after it are discarded.
+                self.record.add(accepted)
+                conn.sendall(binary.encode_error_response(10, int(accepted[-1].ident) if accepted else 0))
+                self._end_after_error(conn, faults)
+                return False
+            if status is not None:
+                self.record.add([*accepted, Received(f.token.hex(), f.payload, str(ident), status)])
+                if f.command != binary.COMMAND_SIMPLE:  # command 0 has no identifier: APNs just closes
                     conn.sendall(binary.encode_error_response(status, ident))
-                    _close_gracefully(conn)
-                    return
-                accepted.append(
-                    Received(f.token.hex(), f.payload if self.record.keep_payloads else b"", str(ident), 200)
-                )
-            self.record.add(accepted)
+                self._end_after_error(conn, faults)
+                return False
+            accepted.append(Received(f.token.hex(), f.payload if keep else b"", str(ident), 200))
+        self.record.add(accepted)
+        return True
+
+    def _end_after_error(self, conn: SSL.Connection, faults: BinaryFaults) -> None:
+        """Close after an error response: gracefully, or (``hard_close``) at once as Apple's gateway did,
+        so that the client's unread frames make the kernel reset the connection under its writes."""
+        if not faults.hard_close:
+            _close_gracefully(conn)
 
     def _binary_status(self, f: binary.Frame, faults: BinaryFaults) -> int | None:
         token = f.token.hex()
@@ -215,14 +259,21 @@ class MockGateway:
         return None
 
     def _should_close(self, faults: BinaryFaults) -> bool:
-        if not faults.close_after:
+        return self._count_towards(faults.close_after, faults.once)
+
+    def _should_shut_down(self, faults: BinaryFaults) -> bool:
+        return self._count_towards(faults.shutdown_after, faults.once)
+
+    def _count_towards(self, limit: int, once: bool) -> bool:
+        """Count one accepted notification; True when it is the one past ``limit`` (then start again)."""
+        if not limit:
             return False
         c = self._counters
         with c.lock:
-            if faults.once and c.closes:
+            if once and c.closes:
                 return False
             c.accepted += 1
-            if c.accepted > faults.close_after:
+            if c.accepted > limit:
                 c.closes += 1
                 c.accepted = 0
                 return True

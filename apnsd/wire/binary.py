@@ -1,4 +1,4 @@
-"""Sans-IO legacy binary protocol: command-2 frames, error responses (command 8), feedback tuples."""
+"""Sans-IO legacy binary protocol: notifications (commands 0, 1, 2), error responses (command 8), feedback."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 from apnsd.errors import ProtocolError
 
-COMMAND_FRAME = 2
+COMMAND_SIMPLE, COMMAND_ENHANCED, COMMAND_FRAME = 0, 1, 2
 COMMAND_ERROR = 8
 ITEM_TOKEN, ITEM_PAYLOAD, ITEM_ID, ITEM_EXPIRY, ITEM_PRIORITY = 1, 2, 3, 4, 5
 ERROR_RESPONSE_SIZE = 6
 MAX_FRAME_LENGTH = 65_536
 
 _FRAME_HEAD = struct.Struct(">BI")
+_SIMPLE_HEAD = struct.Struct(">BH")  # command 0: command, token length
+_ENHANCED_HEAD = struct.Struct(">BIIH")  # command 1: command, identifier, expiry, token length
+_LENGTH = struct.Struct(">H")
 _ITEM_HEAD = struct.Struct(">BH")
 _ERROR = struct.Struct(">BBI")
 _FEEDBACK_HEAD = struct.Struct(">IH")
@@ -21,13 +24,22 @@ _FEEDBACK_HEAD = struct.Struct(">IH")
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded command-2 notification."""
+    """One decoded notification; ``command`` says which format carried it (0 simple, 1 enhanced, 2 frame)."""
 
     token: bytes
     payload: bytes
     identifier: int | None = None
     expiry: int | None = None
     priority: int | None = None
+    command: int = COMMAND_FRAME
+
+
+class MalformedInput(ProtocolError):
+    """Bytes that are not a notification; ``decoded`` holds the whole notifications that came before them."""
+
+    def __init__(self, message: str, decoded: list[Frame]) -> None:
+        super().__init__(message)
+        self.decoded = decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +87,64 @@ def _layout(token_length: int, payload_length: int) -> struct.Struct:
 
 
 def decode_frames(buf: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
-    """Decode every whole frame at the start of ``buf``; returns them and the bytes consumed."""
+    """Decode every whole notification (command 0, 1 or 2) at the start of ``buf``; returns them and the
+    bytes consumed. Any other command, or a malformed notification, raises MalformedInput (a ProtocolError)
+    carrying the notifications decoded before it."""
     frames: list[Frame] = []
-    view = memoryview(buf)
+    try:
+        return _decode_into(frames, memoryview(buf))
+    except ProtocolError as exc:
+        raise MalformedInput(str(exc), frames) from None
+
+
+def _decode_into(frames: list[Frame], view: memoryview) -> tuple[list[Frame], int]:
+    """Append whole notifications from ``view`` to ``frames``; returns them and the bytes they took."""
     pos, end = 0, len(view)
-    while end - pos >= 5:
-        command, length = _FRAME_HEAD.unpack_from(view, pos)
-        if command != COMMAND_FRAME:
-            raise ProtocolError(f"unsupported command {command} at offset {pos}")
-        if length > MAX_FRAME_LENGTH:
-            raise ProtocolError(f"frame length {length} is too large")
-        if end - pos - 5 < length:
-            break
-        frames.append(_decode_items(view[pos + 5 : pos + 5 + length]))
-        pos += 5 + length
+    while pos < end:
+        command = view[pos]
+        if command == COMMAND_FRAME:
+            if end - pos < 5:
+                break
+            _, length = _FRAME_HEAD.unpack_from(view, pos)
+            if length > MAX_FRAME_LENGTH:
+                raise ProtocolError(f"frame length {length} is too large")
+            if end - pos - 5 < length:
+                break
+            frames.append(_decode_items(view[pos + 5 : pos + 5 + length]))
+            pos += 5 + length
+        elif command == COMMAND_SIMPLE or command == COMMAND_ENHANCED:
+            found = _decode_legacy(view, pos, end)
+            if found is None:
+                break
+            frame, pos = found
+            frames.append(frame)
+        else:
+            raise ProtocolError(f"unknown command {command} at offset {pos}")
     return frames, pos
+
+
+def _decode_legacy(view: memoryview, pos: int, end: int) -> tuple[Frame, int] | None:
+    """One command-0 or command-1 notification at ``pos`` and the offset after it; None if incomplete."""
+    if view[pos] == COMMAND_SIMPLE:
+        head, identifier, expiry = _SIMPLE_HEAD, None, None
+        if end - pos < head.size:
+            return None
+        _, token_length = head.unpack_from(view, pos)
+    else:
+        head = _ENHANCED_HEAD
+        if end - pos < head.size:
+            return None
+        _, identifier, expiry, token_length = head.unpack_from(view, pos)
+    at = pos + head.size + token_length
+    if end - at < _LENGTH.size:
+        return None
+    (payload_length,) = _LENGTH.unpack_from(view, at)
+    stop = at + _LENGTH.size + payload_length
+    if stop > end:
+        return None
+    token = bytes(view[pos + head.size : at])
+    payload = bytes(view[at + _LENGTH.size : stop])
+    return Frame(token, payload, identifier, expiry, None, int(view[pos])), stop
 
 
 def _decode_items(items: memoryview) -> Frame:

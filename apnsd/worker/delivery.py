@@ -32,6 +32,7 @@ from apnsd.worker.outcome_log import Batch, OutcomeRecorder
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
+COMMIT_SLICE = 0.05  # resolved parts of unfinished batches are committed this often (bounds crash duplicates)
 WINDOW_EVERY = 0.1  # seconds between adjustments of the lower lanes' window (lanes.next_window)
 
 
@@ -133,6 +134,9 @@ class DeliveryLoop:
         self._published_shape: tuple[Any, ...] = ()
         self.published = LoopSnapshot(time.monotonic(), 0, {})
         self.status = LoopStatus(Phase.RUNNING, 0, False, False, self._app_status(time.monotonic()))
+        # Batches resolved in part since the last slice; None where a batch cannot be committed in parts.
+        self._touched: list[Batch] | None = [] if jq.commits_partially(queue) else None
+        self._next_slice = 0.0
 
     # --- what other threads call -----------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class DeliveryLoop:
         self._wake_feeder()
         self._rotate()
         self._retire()
+        self._commit_slices(now)
         self._commit_ready(now)
         if self.phase is Phase.STOPPING:
             self._finish_stopping(now)
@@ -309,11 +314,21 @@ class DeliveryLoop:
             rejects += bad
         for n in notes:
             n.batch = batch
+        batch.unresolved = {id(n): n for n in notes}
+        batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
         self.handoff.parsed(len(taken.raws), batch.remaining)
         metrics.JOBS_TAKEN.labels(queue).inc(len(taken.raws))
         metrics.BATCH_SIZE.labels(queue).observe(len(taken.raws))
         return batch, notes, rejects
+
+    def _commit_slices(self, now: float) -> None:
+        """Every COMMIT_SLICE, queue the resolved part of each unfinished batch for commit, so that a crash
+        repeats only what was resolved in the last slice, not whole batches still waiting for their last
+        answer (binary: for their confirm_delay)."""
+        if self._touched and now >= self._next_slice:
+            self._next_slice = now + COMMIT_SLICE
+            self._ready.extend(self.recorder.split(self._touched))
 
     def _return_unsent(self) -> None:
         """Stopping: notifications not yet written go back to the queue at once instead of being sent.
@@ -398,8 +413,10 @@ class DeliveryLoop:
             self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.wrong_type.recovered()
-            self.handoff.held.discard(b.commit.batch_id)
             done += sum(b.commit.counts.values())
+            if b.commit.keep is not None:
+                continue  # a partial commit: the batch stays held, its log line comes when it completes
+            self.handoff.held.discard(b.commit.batch_id)
             self.log.info(
                 "batch_committed",
                 batch=b.commit.batch_id,
@@ -461,6 +478,8 @@ class DeliveryLoop:
                     wlist.append(fd)
         if self._ready:
             timeout = min(timeout, max(0.0, self._next_commit_try - now))
+        if self._touched:
+            timeout = min(timeout, max(0.0, self._next_slice - now))
         if self.phase is Phase.STOPPING:
             timeout = min(timeout, max(0.0, self._deadline - now))
         start = time.monotonic()

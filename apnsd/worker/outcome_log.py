@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -31,6 +32,11 @@ class Batch:
     reasons: dict[str, int] = field(
         default_factory=dict
     )  # dead-letter and unregistered reasons, for the batch log line
+    unresolved: dict[int, Notification] = field(default_factory=dict)  # by id(), in taking order
+    # The owning loop's list of batches resolved in part since its last slice (None: commit whole batches
+    # only), and whether this batch is on it.
+    slices: list[Batch] | None = None
+    touched: bool = False
 
 
 def dead_entry(
@@ -101,6 +107,7 @@ class OutcomeRecorder:
     def record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
         """Record one outcome; returns the batch when it just became complete."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         if outcome is DELIVERED and not self.results:  # the hot path: nothing to write but a count
             if n.enqueued_at is not None:
                 metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
@@ -201,6 +208,7 @@ class OutcomeRecorder:
     def defer(self, n: Notification, at: float) -> Batch | None:
         """Park a notification whose send_at is still ahead in the scheduled set."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         b.commit.scheduled[single_job(n)] = at
         b.tally[(n.app, "scheduled")] += 1
         return self._done(b)
@@ -208,6 +216,7 @@ class OutcomeRecorder:
     def give_back(self, n: Notification) -> Batch | None:
         """Return an unanswered notification to the front of its queue (at shutdown)."""
         b: Batch = n.batch
+        del b.unresolved[id(n)]
         b.commit.requeue.append(single_job(n))
         b.tally[(n.app, "returned")] += 1
         return self._done(b)
@@ -219,10 +228,50 @@ class OutcomeRecorder:
     def _done(self, b: Batch) -> Batch | None:
         b.remaining -= 1
         if b.remaining:
+            if not b.touched and b.slices is not None:
+                b.touched = True
+                b.slices.append(b)
             return None
-        counts: Counter[str] = Counter()
-        for (app, kind), k in b.tally.items():
-            metrics.NOTIFICATIONS.labels(self._label(app), kind).inc(k)
-            counts[kind] += k
-        b.commit.counts = dict(counts)
+        b.commit.counts = _counts(b.tally, self._label)
         return b
+
+    def split(self, touched: list[Batch]) -> list[Batch]:
+        """The resolved part of each batch touched since the last slice, as partial commits: each takes the
+        outcome writes recorded so far and leaves the batch in flight with only its unresolved jobs (a
+        fan-out job's resolved tokens drop out of it). Batches completed meanwhile are left whole; the
+        list is emptied."""
+        parts: list[Batch] = []
+        for b in touched:
+            b.touched = False
+            if not b.remaining or not b.tally:
+                continue
+            c = b.commit
+            keep = [single_job(n) for n in b.unresolved.values()]
+            resolved = Commit(
+                c.queue,
+                c.batch_id,
+                dead=c.dead,
+                unregistered=c.unregistered,
+                channels_gone=c.channels_gone,
+                scheduled=c.scheduled,
+                requeue=c.requeue,
+                results=c.results,
+                keep=keep,
+            )
+            part = Batch(resolved, tally=b.tally, reasons=b.reasons)
+            part.commit.counts = _counts(b.tally, self._label)
+            b.commit = Commit(c.queue, c.batch_id)
+            b.tally, b.reasons = Counter(), {}
+            parts.append(part)
+        touched.clear()
+        return parts
+
+
+def _counts(tally: Counter[tuple[str, str]], label: Callable[[str | None], str]) -> dict[str, int]:
+    """Outcome counts by kind for the stats hash; the per-app counts go to the metrics now (``label`` keeps
+    label values to configured app names)."""
+    counts: Counter[str] = Counter()
+    for (app, kind), k in tally.items():
+        metrics.NOTIFICATIONS.labels(label(app), kind).inc(k)
+        counts[kind] += k
+    return dict(counts)

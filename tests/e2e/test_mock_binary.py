@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from OpenSSL import SSL
 from apnsd.gateway.credentials import client_context, load_identity
 from apnsd.testing.mock import MockGateway
 from apnsd.wire.binary import encode_frame
+from tests.support.faultkit import LogTap
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,14 +133,15 @@ def refusal(connect: Callable[[], Client]) -> tuple[bytes, str]:
         return b"", f"alert: {exc}"
 
 
-@pytest.mark.parametrize(("cert", "alert"), [(None, "certificate required"), ("untrusted_pem", "unknown ca")])
+# The binary mock speaks TLS 1.2 (see MockGateway): a missing certificate is a handshake failure there.
+@pytest.mark.parametrize(("cert", "alert"), [(None, "handshake failure"), ("untrusted_pem", "unknown ca")])
 def test_client_without_a_trusted_certificate_is_refused(binary_mock, client, pki, cert, alert):
     """A client with no certificate, or one from another CA, is refused with a TLS alert and nothing is served."""
     mock = binary_mock()
 
     data, how = refusal(lambda: client(mock.port, getattr(pki, cert) if cert else None))
 
-    assert (b"", True) == (data, alert in how)
+    assert (b"", True) == (data, alert in how), how
     assert (0, []) == (mock.record.connections, mock.record.received)
 
 
@@ -179,14 +182,90 @@ def test_invalid_notifications_get_apples_status_codes(binary_mock, client):
     assert (bytes.fromhex("080400000004"), "close_notify") == c2.read_to_end()
 
 
-def test_unparseable_frame_gets_protocol_error_128(binary_mock, client):
-    """Bytes that are not a command-2 frame are answered with status 128 and the connection is closed."""
+def test_unknown_command_gets_protocol_error_128_and_a_log_line(binary_mock, client):
+    """A command other than 0, 1 or 2 is answered with status 128 and logged; notifications before it count."""
+    mock = binary_mock()
+    c = client(mock.port)
+    tap = LogTap()
+
+    c.send(frames(GOOD[0]) + bytes.fromhex("0300000001") + GOOD[1])
+
+    assert (bytes.fromhex("088000000000"), "close_notify") == c.read_to_end()
+    assert [(GOOD[0].hex(), "1", 200)] == answers(mock)
+    wait_for(lambda: bool(tap.events("unparseable_input")), IO_TIMEOUT, "the unparseable_input log line")
+    assert [(128, "unknown command 3 at offset 83", 1)] == [
+        (e["status"], e["error"], e["notifications_before"]) for e in tap.events("unparseable_input")
+    ]
+
+
+def simple(token: bytes, payload: bytes = PAYLOAD) -> bytes:
+    """A command-0 notification, spelled out from the fact sheet (§1.1)."""
+    return b"\x00" + len(token).to_bytes(2, "big") + token + len(payload).to_bytes(2, "big") + payload
+
+
+def enhanced(ident: int, token: bytes, expiry: int = 0, payload: bytes = PAYLOAD) -> bytes:
+    """A command-1 notification, spelled out from the fact sheet (§1.2)."""
+    head = b"\x01" + ident.to_bytes(4, "big") + expiry.to_bytes(4, "big")
+    return head + len(token).to_bytes(2, "big") + token + len(payload).to_bytes(2, "big") + payload
+
+
+def test_simple_enhanced_and_frame_formats_are_recorded_alike(binary_mock, client):
+    """Commands 0, 1 and 2 mixed on one connection are all accepted and recorded in order (command 0 as id 0)."""
     mock = binary_mock()
     c = client(mock.port)
 
-    c.send(bytes.fromhex("0100000001000000000020") + GOOD[0] + b"\x00\x02{}")
+    c.send(simple(GOOD[0]) + enhanced(5, GOOD[1], 1_790_000_000) + frames(GOOD[2], first_id=6) + simple(GOOD[3]))
 
-    assert (bytes.fromhex("088000000000"), "close_notify") == c.read_to_end()
+    wait_for(lambda: 4 == len(mock.record.received), IO_TIMEOUT, "four notifications recorded")
+    assert [
+        (GOOD[0].hex(), "0", 200),
+        (GOOD[1].hex(), "5", 200),
+        (GOOD[2].hex(), "6", 200),
+        (GOOD[3].hex(), "0", 200),
+    ] == (answers(mock))
+
+
+def test_enhanced_format_error_response_carries_its_identifier(binary_mock, client):
+    """A rejected command-1 notification is named by its own identifier in the error response."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),))
+    c = client(mock.port)
+
+    c.send(enhanced(0x11223344, GOOD[0]) + enhanced(0x55667788, BAD) + enhanced(1, GOOD[1]))
+
+    assert (bytes.fromhex("080855667788"), "close_notify") == c.read_to_end()
+    assert [(GOOD[0].hex(), str(0x11223344), 200), (BAD.hex(), str(0x55667788), 8)] == answers(mock)
+
+
+def test_simple_format_rejection_closes_without_an_error_response(binary_mock, client):
+    """Command 0 has no identifier, so, as APNs did, a rejected one ends the connection with no answer."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),))
+    c = client(mock.port)
+
+    c.send(simple(GOOD[0]) + simple(BAD) + simple(GOOD[1]))
+
+    assert (b"", "close_notify") == c.read_to_end()
+    assert [(GOOD[0].hex(), "0", 200), (BAD.hex(), "0", 8)] == answers(mock)
+
+
+def test_hard_close_sends_the_error_response_then_closes_without_a_goodbye(binary_mock, client):
+    """With hard_close the error response is followed by a plain socket close, no TLS close_notify."""
+    mock = binary_mock(fail_prefixes=(("bad0", 8),), hard_close=True)
+    c = client(mock.port)
+
+    c.send(frames(GOOD[0], BAD, GOOD[1], first_id=41))
+
+    assert (bytes.fromhex("08080000002a"), "abrupt") == c.read_to_end()
+
+
+def test_shutdown_after_names_the_last_notification_accepted(binary_mock, client):
+    """shutdown_after=N accepts N notifications, answers status 10 naming the N-th, and discards the rest."""
+    mock = binary_mock(shutdown_after=2)
+    c = client(mock.port)
+
+    c.send(frames(*GOOD[:4], first_id=20))
+
+    assert (bytes.fromhex("080a00000015"), "close_notify") == c.read_to_end()
+    assert [(GOOD[0].hex(), "20", 200), (GOOD[1].hex(), "21", 200)] == answers(mock)
 
 
 def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, client):
@@ -234,7 +313,7 @@ def test_feedback_port_requires_the_client_certificate(pki, client):
     try:
         data, how = refusal(lambda: client(mock.feedback_port, None))
 
-        assert (b"", True) == (data, "certificate required" in how)
+        assert (b"", True) == (data, "handshake failure" in how)
         assert [(1_600_000_000, GOOD[0])] == mock.feedback
     finally:
         mock.stop()
@@ -272,54 +351,72 @@ class Lines:
         return out
 
 
-def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
-    """`apnsd mock --protocol binary` prints where it listens, serves TLS, and on SIGTERM prints a JSON summary and exits 0."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
-    env["PYTHONPATH"] = str(REPO)
-    pki_dir = tmp_path / "pki"
-    stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as err_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "apnsd.cli",
-                "mock",
-                "--protocol",
-                "binary",
-                "--pki-dir",
-                str(pki_dir),
-                "--fail-prefix",
-                "bad0=8",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err_file,
-            text=True,
-        )
-    try:
-        lines = Lines(proc)
-        first = lines.next()
-        match = re.fullmatch(r"apnsd mock \(binary\) listening on 127\.0\.0\.1:(\d+), feedback on (\d+)\n", first)
-        assert match, first
-        assert f"  CA for clients (ca_file): {pki_dir / 'ca.pem'}\n" == lines.next()
-        assert f"  client certificate (cert): {pki_dir / 'client.pem'}\n" == lines.next()
+class MockProcess:
+    """`apnsd mock --protocol binary` as a child process: its port, the lines it prints, its stderr."""
 
-        c = Client(int(match.group(1)), str(pki_dir / "client.pem"), str(pki_dir / "ca.pem"))
+    def __init__(self, tmp_path: Path, *options: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+        env["PYTHONPATH"] = str(REPO)
+        self.stderr = tmp_path / "stderr.txt"
+        with self.stderr.open("w") as err_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apnsd.cli", "mock", "--protocol", "binary", *options],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err_file,
+                text=True,
+            )
+        self.lines = Lines(self.proc)
+        try:
+            first = self.lines.next()
+            match = re.fullmatch(r"apnsd mock \(binary\) listening on 127\.0\.0\.1:(\d+), feedback on (\d+)\n", first)
+            assert match, first
+        except BaseException:
+            self.kill()  # the test never gets the object, so its cleanup cannot stop the child
+            raise
+        self.port = int(match.group(1))
+
+    def printed(self, count: int) -> list[str]:
+        """The next ``count`` lines the mock printed, without indentation and newlines."""
+        return [self.lines.next().strip() for _ in range(count)]
+
+    def stop(self) -> tuple[int, list[str]]:
+        """SIGTERM; the exit code and every line printed after the file list (the JSON summary)."""
+        self.proc.send_signal(signal.SIGTERM)
+        rest = self.lines.rest()
+        return self.proc.wait(timeout=30), rest
+
+    def kill(self) -> None:
+        """Kill the child if it still runs (cleanup)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
+    """`apnsd mock --protocol binary` prints where it listens and the files it uses, serves TLS, and on SIGTERM
+    prints a JSON summary and exits 0."""
+    pki_dir = tmp_path / "pki"
+    mock = MockProcess(tmp_path, "--pki-dir", str(pki_dir), "--fail-prefix", "bad0=8")
+    try:
+        files = mock.printed(5)
+        c = Client(mock.port, str(pki_dir / "client.pem"), str(pki_dir / "ca.pem"))
         c.send(frames(GOOD[0], BAD))
         assert (bytes.fromhex("080800000002"), "close_notify") == c.read_to_end()
         c.close()
-
-        proc.send_signal(signal.SIGTERM)
-        rest = lines.rest()
-        code = proc.wait(timeout=30)
+        code, rest = mock.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        mock.kill()
 
-    assert (0, "") == (code, stderr.read_text())
+    assert [
+        f"server certificate: {pki_dir / 'server.pem'}",
+        f"server key: {pki_dir / 'server-key.pem'}",
+        f"client CA (client certificates must chain to it): {pki_dir / 'ca.pem'}",
+        f"CA for clients (ca_file): {pki_dir / 'ca.pem'}",
+        f"client certificate (cert): {pki_dir / 'client.pem'}",
+    ] == files
+    assert (0, "") == (code, mock.stderr.read_text())
     assert [
         {
             "received": 2,
@@ -330,3 +427,67 @@ def test_apnsd_mock_binary_prints_its_port_and_a_summary_on_sigterm(tmp_path):
             "concurrency_violations": 0,
         }
     ] == [json.loads(line) for line in rest]
+
+
+def test_apnsd_mock_prints_the_certificate_key_and_client_ca_it_was_given(tmp_path, pki):
+    """With --cert, --key and --client-ca the mock names those files (not the dev PKI's) and serves with them."""
+    mock = MockProcess(
+        tmp_path,
+        "--pki-dir",
+        str(tmp_path / "unused-pki"),
+        "--cert",
+        pki.server_cert,
+        "--key",
+        pki.server_key,
+        "--client-ca",
+        pki.ca_cert,
+    )
+    try:
+        files = mock.printed(3)
+        c = Client(mock.port, pki.client_pem, pki.ca_cert)
+        c.send(frames(GOOD[0]))
+        c.close()
+        code, rest = mock.stop()
+    finally:
+        mock.kill()
+
+    assert [
+        f"server certificate: {pki.server_cert}",
+        f"server key: {pki.server_key}",
+        f"client CA (client certificates must chain to it): {pki.ca_cert}",
+    ] == files
+    assert (0, 1) == (code, json.loads(rest[-1])["connections"])
+
+
+@pytest.mark.skipif(shutil.which("php") is None, reason="php is not installed (apt-get install php-cli)")
+def test_the_tutorial_php_provider_delivers_ten_notifications_to_apnsd_mock(tmp_path):
+    """The tutorials' PHP provider (stream_socket_client over TLS, command-0 frames) sends 10 notifications
+    to `apnsd mock`, and the record holds those 10."""
+    pki_dir, record = tmp_path / "pki", tmp_path / "record.jsonl"
+    tokens = [bytes([0x10 + i]) * 32 for i in range(10)]
+    (tmp_path / "tokens.txt").write_text("".join(t.hex() + "\n" for t in tokens))
+    mock = MockProcess(tmp_path, "--pki-dir", str(pki_dir), "--record", str(record))
+    try:
+        php = subprocess.run(
+            [
+                "php",
+                str(REPO / "tests" / "support" / "providers" / "simple_push.php"),
+                "127.0.0.1",
+                str(mock.port),
+                str(pki_dir / "client.pem"),
+                str(pki_dir / "ca.pem"),
+                str(tmp_path / "tokens.txt"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (0, "delivered 10\n") == (php.returncode, php.stdout), php.stderr
+        code, rest = mock.stop()
+    finally:
+        mock.kill()
+
+    received = [json.loads(line) for line in record.read_text().splitlines()]
+    assert 0 == code
+    assert [(t.hex(), 200) for t in tokens] == [(r["token"], r["status"]) for r in received]
+    assert (10, 10, 1) == tuple(json.loads(rest[-1])[k] for k in ("received", "accepted", "connections"))

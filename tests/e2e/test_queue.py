@@ -184,6 +184,39 @@ def test_requeued_jobs_are_taken_again_first_taken_first(jq, worker):
     assert items == take_all(jq)
 
 
+def test_partial_commit_writes_outcomes_and_keeps_only_the_unresolved_jobs_in_flight(jq, rdb, worker):
+    """A commit with ``keep`` writes its outcomes and leaves the batch in flight holding just those jobs,
+    which are what a recovery returns to the queue (any bytes, not only UTF-8)."""
+    items = [*jobs(4), b"\xff\xfe not json " * 20]
+    lpush_each(jq, items)
+    w = worker("w1")
+    batch, taken = w.take(Q, 5)
+
+    w.commit(Commit(Q, batch, dead=[b'{"reason":"x"}'], counts={"delivered": 2, "dead": 1}, keep=taken[3:]))
+
+    assert ([b'{"reason":"x"}'], 2) == (rdb.lrange("apnsd:dead", 0, -1), jq.inflight_count(Q, "w1"))
+    assert 2 == jq.counts()["total_delivered"]
+    assert taken[3:] == w.claim(Q, batch)
+    rdb.sadd("apnsd:workers", "w1")  # registered, without a heartbeat: w1 died
+    assert {"w1": 2} == worker("rescuer").recover_dead([Q])
+    assert items[3:] == take_all(jq)
+
+
+def test_retried_partial_commit_that_already_ran_writes_nothing_twice(jq, rdb, worker):
+    """A partial commit sent again after its answer was lost finds the batch holding exactly what it kept,
+    so its dead letters are not written a second time; the final commit then drops the batch."""
+    lpush_each(jq, jobs(3))
+    w = worker("w1")
+    batch, taken = w.take(Q, 3)
+    part = Commit(Q, batch, dead=[b"d1"], keep=taken[1:])
+    w.commit(part)
+
+    w.commit(part)  # ``sent`` is set: this is a retry of an attempt that ran
+    w.commit(Commit(Q, batch, dead=[b"d2"]))
+
+    assert ([b"d2", b"d1"], 0) == (rdb.lrange("apnsd:dead", 0, -1), jq.inflight_count(Q, "w1"))
+
+
 def test_commit_of_results_writes_a_capped_stream(jq, rdb, redis_server):
     """Receipts go to the results stream when the worker keeps one."""
     w = JobQueue(connect(redis_server.url), "apnsd", "w1", results_maxlen=10)

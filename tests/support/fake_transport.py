@@ -96,6 +96,17 @@ class FakeTransport:
             raise GatewayError(f"connection to {self.peer} lost: {self._peer_gone}")
         return data
 
+    def read_final(self, timeout: float) -> bytes:
+        """After a failed write: whatever was fed, even from a peer that has gone (no waiting: it is scripted)."""
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        return data
+
+    @property
+    def unsent(self) -> int:
+        """Queued bytes not yet flushed."""
+        return len(self._out)
+
     def close(self) -> None:
         """The session closes the connection."""
         self.closed = True

@@ -14,6 +14,7 @@ from apnsd.errors import ProtocolError
 from apnsd.wire.binary import (
     ErrorResponse,
     Frame,
+    MalformedInput,
     decode_frames,
     encode_error_response,
     encode_feedback,
@@ -121,8 +122,8 @@ TOKEN_ITEM = bytes.fromhex("010020") + TOKEN
 PAYLOAD_ITEM = bytes.fromhex("020002") + b"{}"
 
 MALFORMED = {
-    "enhanced format (command 1)": bytes.fromhex("0100000001000000000020") + TOKEN + bytes.fromhex("0002") + b"{}",
-    "simple format (command 0)": bytes.fromhex("000020") + TOKEN + bytes.fromhex("0002") + b"{}",
+    "unknown command 3": bytes.fromhex("0300000005") + PAYLOAD_ITEM,
+    "an error response sent to the gateway": bytes.fromhex("080800000001"),
     "frame length over 64 KiB": bytes.fromhex("0200010001"),
     "truncated item header": bytes.fromhex("02000000020100"),
     "item overruns its frame": bytes.fromhex("0200000005010020aabb"),
@@ -146,6 +147,53 @@ def test_malformed_frame_after_good_ones_is_still_an_error():
     """A bad frame following good ones in the same buffer raises rather than being skipped."""
     with pytest.raises(ProtocolError):
         decode_frames(VECTOR + MALFORMED["no payload"])
+
+
+def test_malformed_input_carries_the_notifications_before_it():
+    """The error for bad bytes holds the whole notifications decoded before them, so none is dropped."""
+    with pytest.raises(MalformedInput) as caught:
+        decode_frames(VECTOR + MALFORMED["unknown command 3"])
+
+    assert [Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10)] == caught.value.decoded
+    assert f"unknown command 3 at offset {len(VECTOR)}" == str(caught.value)
+
+
+# Command 0 (§1.1): command, token length (2), token, payload length (2), payload.
+SIMPLE = bytes.fromhex("000020") + TOKEN + bytes.fromhex("0046") + PAYLOAD
+# Command 1 (§1.2): command, identifier (4), expiry (4), token length (2), token, payload length (2), payload.
+ENHANCED = bytes.fromhex("01010203046ab13b800020") + TOKEN + bytes.fromhex("0046") + PAYLOAD
+
+
+def test_simple_format_decodes_without_identifier_or_expiry():
+    """A command-0 notification decodes to its token and payload, with no identifier, expiry or priority."""
+    assert ([Frame(TOKEN, PAYLOAD, None, None, None, 0)], 37 + 70) == decode_frames(SIMPLE)
+
+
+def test_enhanced_format_decodes_with_identifier_and_expiry():
+    """A command-1 notification decodes to its identifier, expiry, token and payload (45 + n bytes)."""
+    assert ([Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, None, 1)], 45 + 70) == decode_frames(ENHANCED)
+
+
+def test_all_three_formats_mixed_decode_in_order():
+    """Commands 0, 1 and 2 back to back in one buffer decode in order and consume it all."""
+    buf = SIMPLE + VECTOR + ENHANCED
+
+    frames, used = decode_frames(buf)
+
+    assert [0, 2, 1] == [f.command for f in frames]
+    assert len(buf) == used
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 20, 35, 36, 37 + 69])
+def test_partial_simple_notification_is_left_unconsumed(cut):
+    """A command-0 notification cut anywhere stays in the buffer after the whole ones before it."""
+    assert ([Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10)], len(VECTOR)) == decode_frames(VECTOR + SIMPLE[:cut])
+
+
+@pytest.mark.parametrize("cut", [1, 8, 10, 11, 43, 44, 45 + 69])
+def test_partial_enhanced_notification_is_left_unconsumed(cut):
+    """A command-1 notification cut anywhere stays in the buffer after the whole ones before it."""
+    assert ([Frame(TOKEN, PAYLOAD, IDENT, EXPIRY, 10)], len(VECTOR)) == decode_frames(VECTOR + ENHANCED[:cut])
 
 
 def test_error_response_packet_parses():

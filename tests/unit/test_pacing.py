@@ -130,3 +130,44 @@ def test_success_does_not_lift_the_per_minute_cap():
 def test_retry_delay_grows_exponentially_with_jitter_and_a_cap(attempts, ceiling):
     """A notification's retry waits base·2^attempts, jittered into [ceiling/2, ceiling], at most the cap."""
     assert (ceiling / 2, ceiling) == (retry_delay(attempts, 2.0, Lowest()), retry_delay(attempts, 2.0, Highest()))
+
+
+def test_a_productive_connection_leaves_the_per_minute_count_and_resets_the_backoff():
+    """After a connection that delivered, its attempt no longer counts toward the cap and the next is immediate."""
+    pacer = ConnectPacer(2, 1.0, 60.0, rng=Highest())
+    pacer.attempted(0.0)
+    pacer.failed(0.0)
+    pacer.attempted(1.0)
+
+    pacer.productive()
+
+    assert (0, True) == (pacer.failures, pacer.next_attempt(1.0) <= 1.0)
+    for t in (1.0, 1.1, 1.2):  # each of these connections delivers, ends on an error response, reconnects
+        assert True is (pacer.next_attempt(t) <= t)
+        pacer.attempted(t)
+        pacer.productive()
+
+
+def test_connections_that_deliver_nothing_stay_under_the_cap():
+    """Attempts whose connections delivered nothing keep counting: the cap holds them to N per minute."""
+    pacer = ConnectPacer(2, 1.0, 60.0)
+    pacer.attempted(0.0)
+    pacer.attempted(0.5)
+
+    assert 60.0 == pacer.next_attempt(1.0)
+
+
+def test_answered_connections_leave_the_count_and_a_run_of_them_waits_a_short_fixed_delay():
+    """Connections ended by the answer about their first notification do not count toward the cap; the first
+    reconnects at once, the second in a row waits the given delay, whatever the backoff had grown to."""
+    pacer = ConnectPacer(2, 1.0, 60.0, rng=Highest())
+    pacer.attempted(0.0)
+    pacer.failed(0.0)
+    pacer.attempted(2.0)  # the cap is reached: without the answer the next attempt would wait for 60.0
+
+    pacer.answered(2.0, 0.25)
+    first = pacer.next_attempt(2.0)
+    pacer.attempted(2.0)
+    pacer.answered(2.0, 0.25)
+
+    assert (0, True, 2.25) == (pacer.failures, first <= 2.0, pacer.next_attempt(2.0))
