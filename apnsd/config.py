@@ -41,7 +41,8 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 def has_hash_tag(key: str) -> bool:
-    """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}`` (the first ``{`` and the next ``}``)."""
+    """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}`` (the first ``{`` and the
+    next ``}``)."""
     start = key.find("{")
     return start >= 0 and key.find("}", start + 1) > start + 1
 
@@ -359,7 +360,8 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if section not in _SECTIONS or not key:
             raise ConfigError(
                 var,
-                "is not a known setting (APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)",
+                "is not a known setting "
+                "(APNSD_REDIS_*, APNSD_WORKER_*, APNSD_METRICS_*, APNSD_LOG_*, APNSD_APP_<NAME>_*)",
             )
         secret = _secret_file_key("_" + key, SECRET_KEYS.get(section, ()))
         table = raw.setdefault(section, {})

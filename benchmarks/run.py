@@ -1,7 +1,7 @@
 """apnsd benchmarks: end-to-end notifications/s from Redis to gateway answer, beside raw ceilings from the same run.
 
     .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
-                                       [--only http2-cert,http2-token,http2-2proc,binary,binary-errors,latency,memory,rtt]
+                [--only http2-cert,http2-token,http2-2proc,binary,binary-errors,latency,memory,rtt]
                                        [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting

@@ -63,7 +63,8 @@ def render(data: dict[str, Any]) -> str:
     lines.append(f"workers: {len(live)} alive, {len(data['workers']) - len(live)} dead")
     for w in data["workers"]:
         lines.append(
-            f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, {w['in_flight']} in flight"
+            f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, "
+            f"{w['in_flight']} in flight"
         )
     lines.append(f"dead letters: {data['dead']}    unregistered tokens: {data['unregistered']}")
     if data.get("channels_gone"):

@@ -135,7 +135,8 @@ def parse_token(token: str) -> tuple[str, bytes]:
     if "length" in token or "bytes" in token or "{" in token or "…" in token or "..." in token:
         raise JobError(
             "token_is_description",
-            "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; send the hex of the token bytes",
+            "token looks like an iOS 13 NSData description ({length = …, bytes = 0x…}), which is truncated; "
+            "send the hex of the token bytes",
         )
     t = token.replace(" ", "").replace("<", "").replace(">", "").lower()
     if not t:
@@ -150,7 +151,8 @@ def parse_token(token: str) -> tuple[str, bytes]:
     if len(t) % 2 or not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
         raise JobError(
             "bad_token_length",
-            f"token has {len(t)} hex digits; expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}",
+            f"token has {len(t)} hex digits; "
+            f"expected an even count from {2 * MIN_TOKEN_BYTES} to {2 * MAX_TOKEN_BYTES}",
         )
     return t, raw
 

@@ -39,7 +39,7 @@ class ConnectPacer:
         self._attempts.append(now)
 
     def failed(self, now: float) -> float:
-        """Record a failure; returns the delay chosen before the next attempt (equal jitter: half fixed, half random)."""
+        """Record a failure; returns the delay before the next attempt (equal jitter: half fixed, half random)."""
         self._failures += 1
         ceiling = min(self._cap, self._initial * 2 ** (self._failures - 1))
         delay = self._rng.uniform(ceiling / 2, ceiling)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one hash field (named by the batch id) of this worker's
-# in-flight hash, in one atomic step, so no job ever lives only in process memory. Taking into a batch id
-# that already exists returns that batch instead: redis-py resends a command whose answer was lost
-# (timeout, dropped connection), and a second run must not overwrite the batch the first one took.
+# Move up to ARGV[1] jobs from the consuming (right) end of the queue into one hash field (named by the
+# batch id) of this worker's in-flight hash, in one atomic step, so no job ever lives only in process
+# memory. Taking into a batch id that already exists returns that batch instead: redis-py resends a
+# command whose answer was lost (timeout, dropped connection), and a second run must not overwrite the
+# batch the first one took.
 TAKE_SCRIPT = """
 local held = redis.call('HGET', KEYS[2], ARGV[2])
 if held then return cmsgpack.unpack(held) end
@@ -187,8 +188,8 @@ return 1
 """
 # KEYS: dead, unregistered, results, stats, gone channels, queue, scheduled, in-flight.
 COMMIT_SCRIPT = "local Q = 6\n" + _COMMIT_LIB + _OUTCOMES_READ + _QUEUE_READ + _OUTCOMES_WRITE + _QUEUE_WRITE
-# Cluster, shared slot. KEYS: dead, unregistered, results, stats, gone channels, the "written" marker, then finished markers
-# to delete. The last ARGV is the marker's TTL.
+# Cluster, shared slot. KEYS: dead, unregistered, results, stats, gone channels, the "written" marker, then
+# finished markers to delete. The last ARGV is the marker's TTL.
 COMMIT_OUTCOMES_SCRIPT = (
     _COMMIT_LIB
     + _OUTCOMES_READ

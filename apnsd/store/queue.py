@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 import redis
@@ -41,7 +41,7 @@ from apnsd.store.layout import (
     queue_args,
 )
 
-Client = Union[redis.Redis, redis.cluster.RedisCluster]
+Client = redis.Redis | redis.cluster.RedisCluster
 WRITTEN_MARKER_TTL = 3600  # seconds a cluster commit's "outcomes written" marker outlives a forgotten delete
 
 
@@ -142,7 +142,7 @@ class JobQueue:
         with redis_errors("waiting for jobs", queue):
             # BLMOVE from the right end back onto the right end is a blocking no-op: it wakes us
             # when a job arrives but leaves the job where it is, so nothing is held outside Redis.
-            return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None
+            return self.client.blmove(queue, queue, timeout, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]  # redis takes float seconds
 
     def next_batch_id(self) -> str:
         """A new in-flight batch id (the hash field it is stored under), increasing for this worker."""
@@ -256,7 +256,7 @@ class JobQueue:
     def heartbeat(self, ttl: float, status: dict[str, Any]) -> None:
         """Refresh this worker's liveness key and registry entry (and follow a Sentinel failover)."""
         with redis_errors("heartbeat"):
-            pool = self.client.connection_pool if not self.cluster else None
+            pool = self.client.connection_pool if isinstance(self.client, redis.Redis) else None
             if isinstance(pool, redis.sentinel.SentinelConnectionPool):
                 # Asking the sentinels drops idle connections to a master they no longer name. A
                 # deliberate failover leaves the old master up and writable until the sentinels
@@ -304,7 +304,7 @@ class JobQueue:
         """
         key = self.keys.inflight(queue, self.worker_id)
         with redis_errors("returning orphaned in-flight jobs"):
-            batch_ids = {f.decode() for f in self.client.hkeys(key)}
+            batch_ids = {_text(f) for f in self.client.hkeys(key)}
             if not batch_ids:
                 return 0
             orphans = sorted(batch_ids - set(held()))
@@ -315,7 +315,7 @@ class JobQueue:
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):
             for worker in self.client.smembers(self.keys.workers):
-                wid = worker.decode()
+                wid = _text(worker)
                 if wid == self.worker_id:
                     continue
                 # Cluster: the heartbeat and a queue's in-flight hash are in different slots, so the
@@ -356,7 +356,7 @@ class JobQueue:
         """Write unregistered-token entries that did not come from a batch (feedback service)."""
         if entries:
             with redis_errors("recording unregistered tokens"):
-                self.client.hset(self.keys.unregistered, mapping=entries)
+                self.client.hset(self.keys.unregistered, items=[x for pair in entries.items() for x in pair])
 
     def inflight_batches(self, queue: str) -> int:
         """How many batches this worker holds in Redis for a queue (one HLEN)."""
@@ -368,7 +368,7 @@ class JobQueue:
         with redis_errors("counting in-flight jobs"):
             blobs = self.client.hvals(self.keys.inflight(queue, worker))
         # Count without decoding the jobs: they are msgpack str, and not every job is valid UTF-8.
-        return sum(len(msgspec.msgpack.decode(b, type=list[msgspec.Raw])) for b in blobs)
+        return sum(len(msgspec.msgpack.decode(_raw(b), type=list[msgspec.Raw])) for b in blobs)
 
     # --- inspection (stats, health, dead letters) -------------------------------------------
 
@@ -413,7 +413,7 @@ class JobQueue:
     def workers(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Registered workers with their last heartbeat status (None when it lapsed)."""
         with redis_errors("listing workers"):
-            ids = sorted(w.decode() for w in self.client.smembers(self.keys.workers))
+            ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
             beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
         return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats, strict=False)]
 
@@ -523,7 +523,7 @@ class JobQueue:
         with redis_errors("reading unregistered tokens"):
             if tokens is None:
                 items = self.client.hgetall(self.keys.unregistered).items()
-                return {k.decode(): json.loads(v) for k, v in items}
+                return {_text(k): json.loads(v) for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
         return {t: json.loads(v) for t, v in zip(tokens, values, strict=False) if v}
 
@@ -531,7 +531,7 @@ class JobQueue:
         """Broadcast channels APNs answered ChannelNotRegistered for: channel id → entry."""
         with redis_errors("reading gone channels"):
             items = self.client.hgetall(self.keys.channels_gone).items()
-        return {k.decode(): json.loads(v) for k, v in items}
+        return {_text(k): json.loads(v) for k, v in items}
 
     def channels_gone_count(self) -> int:
         """How many channel ids the channels-gone store holds."""
@@ -551,3 +551,13 @@ class JobQueue:
             return 0
         with redis_errors("forgetting unregistered tokens"):
             return int(self.client.hdel(self.keys.unregistered, *tokens))
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (our clients return bytes; redis-py's types also allow str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str) -> bytes:
+    """A Redis reply as bytes."""
+    return value if isinstance(value, bytes) else value.encode()

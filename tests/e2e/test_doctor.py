@@ -36,8 +36,8 @@ def test_good_certificate(pki: DevPki) -> None:
     code, report = check(cert=pki.client_pem, topic="com.example.app")
     assert (0, []) == (code, problems(report))
     assert (
-        "  topics        com.example.app (app), com.example.app.voip (voip), com.example.app.complication (complication)"
-        in report
+        "  topics        com.example.app (app), com.example.app.voip (voip), "
+        "com.example.app.complication (complication)" in report
     )
 
 
@@ -110,7 +110,10 @@ def test_pem_without_key(pki: DevPki) -> None:
 def test_unknown_topic(pki: DevPki) -> None:
     """A configured topic the certificate does not list is an error listing the allowed ones."""
     code, report = check(cert=pki.client_pem, topic="com.other.app")
-    expected = "ERROR  topic 'com.other.app' is not one of the certificate's topics: com.example.app, com.example.app.voip, com.example.app.complication"
+    expected = (
+        "ERROR  topic 'com.other.app' is not one of the certificate's topics: "
+        "com.example.app, com.example.app.voip, com.example.app.complication"
+    )
     assert (1, [expected]) == (code, problems(report))
 
 

@@ -144,7 +144,7 @@ class Container:
 
 
 def setup_container(base: Path, user: tuple[int, int] | None, private_tmp: bool, pki: Any) -> Container:
-    """Lay out a fresh install: the conf where the Dockerfile copies it, credentials readable by the user, an empty /tmp."""
+    """Lay out a fresh install: the conf where the Dockerfile puts it, credentials the user can read, an empty /tmp."""
     c = Container(base, user, private_tmp)
     base.chmod(0o755)
     c.tmp.mkdir(mode=0o1777)

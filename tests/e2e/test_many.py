@@ -121,7 +121,8 @@ def interleave(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_each_app_gets_exactly_its_own_jobs_over_one_connection(
     jq, rdb, http2_mock, binary_mock, pki, redis_server, tmp_path
 ):
-    """Certificate, token-auth and binary apps in one daemon, on a shared and an own queue, each reach only their gateway, once."""
+    """Certificate, token-auth and binary apps in one daemon, on a shared and an own queue, each reach only
+    their gateway, once."""
     mock_alpha = http2_mock()
     mock_beta = http2_mock(
         client_ca=False,
@@ -174,7 +175,7 @@ def test_each_app_gets_exactly_its_own_jobs_over_one_connection(
 def test_an_app_with_an_expired_certificate_does_not_stop_the_others(
     jq, rdb, http2_mock, binary_mock, pki, redis_server, tmp_path
 ):
-    """The expired app's jobs are dead-lettered as app_disabled without a connection; the other apps deliver everything."""
+    """The expired app's jobs are dead-lettered as app_disabled without a connection; the others deliver everything."""
     mock_alpha, mock_stale, mock_gamma = http2_mock(), http2_mock(), binary_mock()
     config = apps_config(
         redis_server,

@@ -278,7 +278,8 @@ def test_payload_size_counts_utf8_bytes_not_characters():
     ],
 )
 def test_invalid_fields_are_rejected_with_their_reason(fields, expected):
-    """Priorities other than 10/5/1 (binary: 10/5), out-of-range expiry, long collapse ids and unknown push types are refused."""
+    """Priorities other than 10/5/1 (binary: 10/5), out-of-range expiry, long collapse ids and unknown push types
+    are refused."""
     assert expected == reason(raw_job(**fields))
 
 
