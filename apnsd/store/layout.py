@@ -79,7 +79,7 @@ return {0, {}, 0}
 # Return in-flight batches (KEYS[1]) to the consuming end of the queue (KEYS[2]), oldest first: the
 # given batch ids (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
-# move each job exactly once. (In cluster mode the heartbeat lives in another slot; see recover_dead.)
+# move each job exactly once. (In cluster mode the heartbeat lives in another slot; see requeue_from_dead_workers.)
 RECOVER_SCRIPT = """
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local batch_ids = ARGV

@@ -289,12 +289,12 @@ class JobQueue:
             p.srem(self.keys.workers, self.worker_id)
             p.execute()
 
-    def release_all(self, queue: str) -> int:
+    def requeue_held(self, queue: str) -> int:
         """Return every batch still in this worker's in-flight storage to the front of the queue."""
         with redis_errors("returning in-flight jobs"):
             return int(self._recover(keys=[self.keys.inflight(queue, self.worker_id), queue]))
 
-    def release_orphans(self, queue: str, held: Callable[[], Collection[str]]) -> int:
+    def requeue_orphans(self, queue: str, held: Callable[[], Collection[str]]) -> int:
         """Return this worker's in-flight batches that its process no longer holds; returns jobs moved.
 
         After a Sentinel failover the new master can lack writes the old one acknowledged: a batch
@@ -310,7 +310,7 @@ class JobQueue:
             orphans = sorted(batch_ids - set(held()))
             return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
-    def recover_dead(self, queues: list[str]) -> dict[str, int]:
+    def requeue_from_dead_workers(self, queues: list[str]) -> dict[str, int]:
         """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker."""
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):

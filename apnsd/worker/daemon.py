@@ -191,7 +191,7 @@ class Daemon:
                 # commit that failed at the end, a batch a failover resurrected) goes back to the queue
                 # before the worker leaves the registry, where no one would look for it.
                 for lane in self._lanes():
-                    self.jq.release_all(lane)
+                    self.jq.requeue_held(lane)
                 self.jq.retire()
         except QueueError as exc:
             self.log.warning("retire_failed", error=str(exc))
@@ -284,9 +284,9 @@ class Daemon:
 
     def _recover(self) -> None:
         try:
-            moved = self.jq.recover_dead(self._lanes())
+            moved = self.jq.requeue_from_dead_workers(self._lanes())
             orphaned = {
-                lane: self.jq.release_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
+                lane: self.jq.requeue_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
             }
         except QueueError:
             return
@@ -348,7 +348,7 @@ class Daemon:
                     if self.jq.depth(lane) or self.jq.scheduled_count(lane, time.time() + DRAIN_HORIZON):
                         return False
                     if lp.status.in_flight == 0 and self.jq.inflight_batches(lane):
-                        return False  # an orphaned batch (see release_orphans) is still to be delivered
+                        return False  # an orphaned batch (see requeue_orphans) is still to be delivered
         except QueueError:
             return False
         return all(lp.status.idle for lp in self.loops) and not self._others_in_flight()

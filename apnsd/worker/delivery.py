@@ -175,7 +175,7 @@ class DeliveryLoop:
         self._dispatch_new(now)
         self._let_out_lower()
         if self.phase is Phase.STOPPING:
-            self._return_unsent()  # after dispatch: a batch handed over just before the stop goes back too
+            self._requeue_unsent()  # after dispatch: a batch handed over just before the stop goes back too
         self._step_sessions(now)
         self._wake_feeder()
         self._rotate()
@@ -203,7 +203,7 @@ class DeliveryLoop:
         if not self.handoff.batches and self.handoff.in_flight == 0 and not self._ready:
             self.phase = Phase.DONE
         elif now >= self._deadline:
-            self._give_back(now)
+            self._requeue_unanswered(now)
             self.phase = Phase.DONE
 
     # --- the steps of one turn -------------------------------------------------------------------
@@ -330,7 +330,7 @@ class DeliveryLoop:
             self._next_slice = now + COMMIT_SLICE
             self._ready.extend(self.recorder.split(self._touched))
 
-    def _return_unsent(self) -> None:
+    def _requeue_unsent(self) -> None:
         """Stopping: notifications not yet written go back to the queue at once instead of being sent.
 
         Only what is already on the wire waits for its answer. Sending the backlog during the grace
@@ -339,11 +339,11 @@ class DeliveryLoop:
         returned = 0
         for s in self._all_sessions():
             while s.pending:
-                self._completed(self.recorder.give_back(s.pending.popleft()))
+                self._completed(self.recorder.requeue(s.pending.popleft()))
                 returned += 1
         for waiting in self._lower.values():
             while waiting:
-                self._completed(self.recorder.give_back(waiting.popleft()))
+                self._completed(self.recorder.requeue(waiting.popleft()))
                 returned += 1
         if returned:
             self.log.info("returned_unsent", notifications=returned)
@@ -518,12 +518,12 @@ class DeliveryLoop:
         if batch is not None:
             self._ready.append(batch)
 
-    def _give_back(self, now: float) -> None:
+    def _requeue_unanswered(self, now: float) -> None:
         """Grace period over: write what is known and return every unanswered job to the queue."""
         returned = 0
         for s in self._all_sessions():
             for n in s.unresolved():
-                self._completed(self.recorder.give_back(n))
+                self._completed(self.recorder.requeue(n))
                 returned += 1
         self._commit_ready(now)
         self.log.info("returned_to_queue", notifications=returned, in_flight_left=self.handoff.in_flight)

@@ -213,7 +213,7 @@ class OutcomeRecorder:
         b.tally[(n.app, "scheduled")] += 1
         return self._done(b)
 
-    def give_back(self, n: Notification) -> Batch | None:
+    def requeue(self, n: Notification) -> Batch | None:
         """Return an unanswered notification to the front of its queue (at shutdown)."""
         b: Batch = n.batch
         del b.unresolved[id(n)]

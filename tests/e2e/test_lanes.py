@@ -141,7 +141,7 @@ def test_a_dead_workers_lane_batch_goes_back_to_its_lane(jq, worker):
     dead.take_lanes(Q, LANES, 1, "1", 0, NO_RATES)
     dead.client.delete(dead.keys.heartbeat("dead"))
 
-    moved = worker("w2").recover_dead(LANES)
+    moved = worker("w2").requeue_from_dead_workers(LANES)
 
     assert {"dead": 1} == moved
     assert [b"b2", b"b1"] == jq.client.lrange(BULK, 0, -1)

@@ -198,7 +198,7 @@ def test_partial_commit_writes_outcomes_and_keeps_only_the_unresolved_jobs_in_fl
     assert 2 == jq.counts()["total_delivered"]
     assert taken[3:] == w.claim(Q, batch)
     rdb.sadd("apnsd:workers", "w1")  # registered, without a heartbeat: w1 died
-    assert {"w1": 2} == worker("rescuer").recover_dead([Q])
+    assert {"w1": 2} == worker("rescuer").requeue_from_dead_workers([Q])
     assert items[3:] == take_all(jq)
 
 
@@ -279,7 +279,7 @@ def test_dead_workers_batches_return_to_the_consuming_end_oldest_first(jq, rdb, 
     _dead_worker_with_batches(jq, rdb, worker, "dead", items[:7], [3, 2, 2])
     lpush_each(jq, items[7:])
 
-    moved = worker("rescuer").recover_dead([Q])
+    moved = worker("rescuer").requeue_from_dead_workers([Q])
 
     assert {"dead": 7} == moved
     assert items == take_all(jq)
@@ -298,7 +298,7 @@ def test_racing_recoveries_move_each_job_exactly_once(jq, rdb, worker, round_):
 
     def recover(q: JobQueue) -> None:
         barrier.wait()
-        results.append(q.recover_dead([Q]))
+        results.append(q.requeue_from_dead_workers([Q]))
 
     threads = [threading.Thread(target=recover, args=(q,)) for q in rescuers]
     for t in threads:
@@ -318,20 +318,20 @@ def test_alive_workers_are_not_recovered(jq, rdb, worker):
     alive.heartbeat(30.0, {})
     alive.take(Q, 3)
 
-    assert {} == worker("rescuer").recover_dead([Q])
+    assert {} == worker("rescuer").requeue_from_dead_workers([Q])
     assert 3 == jq.inflight_count(Q, "alive")
     assert {b"alive"} == rdb.smembers("apnsd:workers")
 
 
 def test_a_worker_never_recovers_its_own_batches(jq, rdb, worker):
-    """recover_dead skips the calling worker even when its own heartbeat has lapsed."""
+    """requeue_from_dead_workers skips the calling worker even when its own heartbeat has lapsed."""
     lpush_each(jq, jobs(2))
     me = worker("me")
     me.heartbeat(30.0, {})
     me.take(Q, 2)
     rdb.delete(me.keys.heartbeat("me"))
 
-    assert {} == me.recover_dead([Q])
+    assert {} == me.requeue_from_dead_workers([Q])
     assert 2 == jq.inflight_count(Q, "me")
 
 
@@ -347,7 +347,7 @@ def test_recovery_covers_every_queue_given(jq, rdb, worker):
     dead.take(other, 2)
     rdb.delete(dead.keys.heartbeat("dead"))
 
-    assert {"dead": 4} == worker("rescuer").recover_dead([Q, other])
+    assert {"dead": 4} == worker("rescuer").requeue_from_dead_workers([Q, other])
     assert (a, b) == (take_all(jq), take_all(jq, other))
 
 
@@ -359,7 +359,7 @@ def test_release_all_returns_every_batch_in_original_order(jq, rdb, worker):
     w.take(Q, 3)
     w.take(Q, 2)
 
-    assert 5 == w.release_all(Q)
+    assert 5 == w.requeue_held(Q)
     assert items == take_all(jq)
     assert [] == list(rdb.scan_iter(match="*:inflight:w1"))
 

@@ -108,7 +108,7 @@ def test_a_repeated_take_into_the_same_field_returns_that_batch_and_takes_nothin
 
 
 def test_batches_the_process_no_longer_holds_go_back_to_the_queue(jq):
-    """release_orphans returns in-flight batches missing from the held set, oldest first, and keeps held ones."""
+    """requeue_orphans returns in-flight batches missing from the held set, oldest first, and keeps held ones."""
     items = [job(t) for t in good_tokens(6)]
     jq.push("apnsd:queue", items)
     w = JobQueue(jq.client, "apnsd", "w1")
@@ -116,7 +116,7 @@ def test_batches_the_process_no_longer_holds_go_back_to_the_queue(jq):
     w.take("apnsd:queue", 2, "2")
     w.take("apnsd:queue", 2, "3")
 
-    moved = w.release_orphans("apnsd:queue", lambda: {"2"})
+    moved = w.requeue_orphans("apnsd:queue", lambda: {"2"})
 
     assert 4 == moved
     assert items[:2] + items[4:] == jq.take("apnsd:queue", 10)[1]
@@ -326,8 +326,8 @@ def test_sharded_queues_spread_over_the_cluster_deliver_every_job_exactly_once(c
 
 
 def test_a_dead_workers_batches_on_every_shard_are_recovered_once(cluster):
-    """recover_dead checks the heartbeat (prefix slot) and then moves each shard's in-flight jobs in its own
-    slot; two racing rescuers together move every job exactly once."""
+    """requeue_from_dead_workers checks the heartbeat (prefix slot), then moves each shard's in-flight jobs in
+    its own slot; two racing rescuers together move every job exactly once."""
     cluster.flush()
     config = load_config(
         None, {"APNSD_REDIS_URL": cluster.url, "APNSD_REDIS_CLUSTER": "true", "APNSD_REDIS_SHARDS": "3"}
@@ -341,7 +341,7 @@ def test_a_dead_workers_batches_on_every_shard_are_recovered_once(cluster):
     wait_for(lambda: dead.heartbeat_of("dead-worker") is None, 15.0, "heartbeat lapsed", ignore=REDIS_ERRORS)
     rescuers = [JobQueue(client_for(config.redis), "apnsd", f"rescuer{i}") for i in range(2)]
     moved: list[dict[str, int]] = []
-    threads = [threading.Thread(target=lambda r=r: moved.append(r.recover_dead(shards))) for r in rescuers]
+    threads = [threading.Thread(target=lambda r=r: moved.append(r.requeue_from_dead_workers(shards))) for r in rescuers]
     for t in threads:
         t.start()
     for t in threads:
