@@ -33,8 +33,8 @@ from apnsd.worker import probes
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.gauges import RedisGauges, set_loop_gauges
 from apnsd.worker.lanes import LanePlan
-from apnsd.worker.outcome_log import OutcomeRecorder
 from apnsd.worker.progress import DrainProgress
+from apnsd.worker.recorder import OutcomeRecorder
 from apnsd.worker.state import ensure_private_dir, write_private_file
 
 EXPIRY_CHECK_INTERVAL = 86_400.0

@@ -27,7 +27,7 @@ from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
 from apnsd.worker.lanes import WINDOW_MIN, LanePlan, next_window
-from apnsd.worker.outcome_log import Batch, OutcomeRecorder
+from apnsd.worker.recorder import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set

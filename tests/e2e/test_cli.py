@@ -17,7 +17,7 @@ import pytest
 from apnsd.cli.main import main
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
-from apnsd.worker.outcome_log import dead_entry
+from apnsd.worker.recorder import dead_entry
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"

@@ -21,7 +21,7 @@ from apnsd.client import Client
 from apnsd.errors import JobError
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.worker.daemon import Daemon
-from apnsd.worker.outcome_log import dead_entry
+from apnsd.worker.recorder import dead_entry
 from tests.e2e.test_client import ROOT, doc_example, localised
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for

@@ -13,7 +13,7 @@ import pytest
 from apnsd.errors import QueueError
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
-from apnsd.worker.outcome_log import dead_entry
+from apnsd.worker.recorder import dead_entry
 from tests.support.wait import wait_for
 
 Q = "apnsd:queue"

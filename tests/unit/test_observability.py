@@ -140,7 +140,7 @@ def test_label_values_come_from_configuration_not_from_jobs() -> None:
     from apnsd.config import AppConfig
     from apnsd.core.jobs import Rejected
     from apnsd.store.layout import Commit
-    from apnsd.worker.outcome_log import Batch, OutcomeRecorder
+    from apnsd.worker.recorder import Batch, OutcomeRecorder
 
     recorder = OutcomeRecorder({"default": AppConfig()}, False)
     batch = Batch(Commit("q", "1"), remaining=1)
