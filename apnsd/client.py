@@ -19,6 +19,7 @@ import msgspec
 from apnsd.config import DEFAULT_LANE, LANE_NAME, AppConfig, Config, lane_key, parser_limits
 from apnsd.core.jobs import JobParser, normalise_token
 from apnsd.errors import ConfigError, JobError
+from apnsd.store.layout import Keys
 from apnsd.store.queue import JobQueue, client_for, connect
 
 CHUNK = 1000  # jobs per LPUSH in enqueue_many
@@ -50,7 +51,7 @@ class Client:
         self._jq = JobQueue(redis_client, prefix, f"client:{socket.gethostname()}:{os.getpid()}")
         self._config = config
         self._apps = dict(apps) if apps is not None else None
-        self._default_queue = f"{prefix}:queue"
+        self._default_queue = Keys(prefix).default_queue
         # Configured apps share one parser (unknown apps are refused); otherwise one per app name seen.
         self._configured = _parser_for(apps) if apps is not None else None
         self._parsers: dict[str, JobParser] = {}

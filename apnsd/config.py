@@ -40,6 +40,12 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Base for config sections: immutable, and unknown keys are an error rather than ignored."""
 
 
+def tagged_prefix(prefix: str, cluster: bool) -> str:
+    """The prefix key names start with. In cluster mode it is wrapped as a hash tag (``{apnsd}``) so that the
+    shared keys (dead, unregistered, results, stats, workers, heartbeats) live in one slot."""
+    return f"{{{prefix}}}" if cluster and not has_hash_tag(prefix) else prefix
+
+
 def has_hash_tag(key: str) -> bool:
     """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}`` (the first ``{`` and the
     next ``}``)."""
@@ -66,9 +72,8 @@ class RedisConfig(_Section, frozen=True):
 
     @property
     def key_prefix(self) -> str:
-        """The prefix key names start with. In cluster mode it is wrapped as a hash tag (``{apnsd}``) so
-        that the shared keys (dead, unregistered, results, stats, workers, heartbeats) live in one slot."""
-        return f"{{{self.prefix}}}" if self.cluster and not has_hash_tag(self.prefix) else self.prefix
+        """The prefix key names start with (``tagged_prefix``)."""
+        return tagged_prefix(self.prefix, self.cluster)
 
 
 class WorkerConfig(_Section, frozen=True):

@@ -23,7 +23,7 @@ import redis.cluster
 import redis.sentinel
 from redis.crc import key_slot
 
-from apnsd.config import RedisConfig, has_hash_tag
+from apnsd.config import RedisConfig, tagged_prefix
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.layout import (
     CLAIM_SCRIPT,
@@ -122,8 +122,7 @@ class JobQueue:
     def __init__(self, client: Client, prefix: str, worker_id: str, results_maxlen: int = 0) -> None:
         self.client = client
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
-        # Cluster mode keeps the shared keys in one slot: the same wrapping as RedisConfig.key_prefix.
-        self.keys = Keys(f"{{{prefix}}}" if self.cluster and not has_hash_tag(prefix) else prefix)
+        self.keys = Keys(tagged_prefix(prefix, self.cluster))
         self.worker_id = worker_id
         self.results_maxlen = results_maxlen
         self._done_markers: deque[str] = deque()  # cluster: "written" markers of finished commits
