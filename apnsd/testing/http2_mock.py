@@ -12,7 +12,6 @@ drives it lives in ``apnsd.testing.mock``.
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import h2.exceptions
 import h2.settings
 import msgspec
 
+from apnsd.core.headers import UUID
 from apnsd.core.jobs import MAX_COLLAPSE_ID, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES, PUSH_TYPE_SUFFIXES
 from apnsd.testing.record import MockRecord, Received
 
@@ -74,7 +74,7 @@ TOKEN_UPDATE_INTERVAL = 1200.0  # APNs accepts a new provider token on a connect
 _PATH_PREFIX = "/3/device/"
 _BROADCAST_PREFIX = "/4/broadcasts/apps/"
 _HEX = frozenset("0123456789abcdefABCDEF")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = UUID  # what Apple accepts as apns-id: the same full-string rule the client applies
 _GC_EVERY = 256  # answered streams between sweeps of h2's closed streams
 _json = msgspec.json.Decoder()
 
