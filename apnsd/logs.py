@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 
@@ -42,15 +42,26 @@ def _clear_line(_logger: Any, _method: str, line: str) -> str:
     return "\r\x1b[K" + line
 
 
-def get(name: str, **bound: Any) -> Any:
+class Logger(Protocol):
+    """What apnsd's components log through: structlog's bound loggers (see get()), or a wrapper of one."""
+
+    def debug(self, event: str, **kw: Any) -> Any: ...
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+    def error(self, event: str, **kw: Any) -> Any: ...
+    def exception(self, event: str, **kw: Any) -> Any: ...
+
+
+def get(name: str, **bound: Any) -> Logger:
     """A logger for one component, with fields bound to every event it logs."""
-    return structlog.get_logger(component=name, **bound)
+    logger: Logger = structlog.get_logger(component=name, **bound)
+    return logger
 
 
 class OnceLogger:
     """Logs an outage once when it starts and once when it ends (with a count), not on every retry."""
 
-    def __init__(self, log: Any, event: str) -> None:
+    def __init__(self, log: Logger, event: str) -> None:
         self._log, self._event = log, event
         self.failures = 0
 

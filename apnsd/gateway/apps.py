@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config, parser_limits
@@ -56,7 +55,7 @@ def validity_problem(creds: AppCredentials, now: datetime | None = None) -> str 
     return None
 
 
-def expiry_problem(name: str, creds: AppCredentials, log: Any, now: datetime | None = None) -> str | None:
+def expiry_problem(name: str, creds: AppCredentials, log: logs.Logger, now: datetime | None = None) -> str | None:
     """Warn when the certificate expires within 30 days; return the reason when it has expired."""
     if creds.identity is None:
         return None

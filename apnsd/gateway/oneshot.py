@@ -56,6 +56,10 @@ class _Recorder:
         """Error line."""
         self._log("error", event, **kw)
 
+    def exception(self, event: str, **kw: Any) -> None:
+        """Error line with the current exception."""
+        self._log("exception", event, **kw)
+
     def last(self, event: str, key: str) -> str:
         """The ``key`` field of the latest ``event``, or ''."""
         return next((str(kw.get(key, "")) for ev, kw in reversed(self.events) if ev == event), "")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
-from apnsd import metrics
+from apnsd import logs, metrics
 from apnsd.config import AppConfig
 from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
@@ -70,7 +70,7 @@ class Session:
     protocol = ""
     watch_answers = True  # False for a one-shot send, which reports every answer itself
 
-    def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: Any) -> None:
+    def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: logs.Logger) -> None:
         self.app = app
         self.cfg = cfg
         self.make_transport = make_transport

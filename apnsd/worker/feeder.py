@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
@@ -27,7 +26,13 @@ class Feeder(threading.Thread):
     """Takes while there is room under max_in_flight; blocks on Redis only when every lane is empty."""
 
     def __init__(
-        self, queue: str, jq: JobQueue, handoff: Handoff, worker: WorkerConfig, log: Any, plan: LanePlan | None = None
+        self,
+        queue: str,
+        jq: JobQueue,
+        handoff: Handoff,
+        worker: WorkerConfig,
+        log: logs.Logger,
+        plan: LanePlan | None = None,
     ) -> None:
         super().__init__(name=f"feeder:{queue}", daemon=True)
         self.queue = queue
