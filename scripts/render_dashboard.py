@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apnsd import logs
 from apnsd.config import load_config
 from apnsd.store.queue import JobQueue, connect
+from apnsd.testing.daemon_env import mock_app_env
 from apnsd.testing.devpki import make_dev_pki
 from apnsd.testing.http2_mock import Http2Faults
 from apnsd.testing.mock import MockGateway
@@ -182,16 +183,14 @@ def main() -> int:
         MockGateway("http2", pki.server_cert, pki.server_key, pki.ca_cert, http2_faults=faults) as mock,
     ):
         port = free_port()
-        env = {
-            "APNSD_REDIS_URL": redis.url,
-            "APNSD_APP_DEFAULT_HOST": mock.host,
-            "APNSD_APP_DEFAULT_PORT": str(mock.port),
-            "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
-            "APNSD_APP_DEFAULT_CERT": pki.client_pem,
-            "APNSD_WORKER_STATE_DIR": os.path.join(home, "state"),
-            "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.5",
-            "APNSD_METRICS_LISTEN": f"127.0.0.1:{port}",
-        }
+        env = mock_app_env(
+            redis.url,
+            mock,
+            pki,
+            os.path.join(home, "state"),
+            APNSD_WORKER_HEARTBEAT_INTERVAL="0.5",
+            APNSD_METRICS_LISTEN=f"127.0.0.1:{port}",
+        )
         daemon = Daemon(load_config(None, env))
         runner = threading.Thread(target=daemon.run, daemon=True)
         runner.start()

@@ -13,6 +13,7 @@ import msgspec
 from apnsd import logs
 from apnsd.config import load_config
 from apnsd.store.queue import JobQueue, connect
+from apnsd.testing.daemon_env import mock_app_env
 from apnsd.testing.devpki import make_dev_pki
 from apnsd.testing.mock import MockGateway
 from apnsd.testing.redis_server import RedisServer, free_port
@@ -64,16 +65,14 @@ def run_demo(count: int, drain: bool) -> int:
             http2_faults=Http2Faults(reject_prefixes=((UNREGISTERED_PREFIX, 410, "Unregistered"),)),
         ) as mock,
     ):
-        env = {
-            "APNSD_REDIS_URL": redis.url,
-            "APNSD_APP_DEFAULT_HOST": mock.host,
-            "APNSD_APP_DEFAULT_PORT": str(mock.port),
-            "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
-            "APNSD_APP_DEFAULT_CERT": pki.client_pem,
-            "APNSD_WORKER_STATE_DIR": str(home / "state"),
-            "APNSD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-            "APNSD_WORKER_GRACE_PERIOD": "5",
-        }
+        env = mock_app_env(
+            redis.url,
+            mock,
+            pki,
+            str(home / "state"),
+            APNSD_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+            APNSD_WORKER_GRACE_PERIOD="5",
+        )
         config = load_config(None, env)
         q = JobQueue(connect(redis.url), config.redis.prefix, "demo")
         jobs = sample_jobs(count)
