@@ -51,8 +51,6 @@ def test_imports_point_down_the_layers(path: Path) -> None:
     if own is None:
         return  # apnsd/__init__.py and __main__.py
     upward = [
-        m
-        for m in imports(path)
-        if (target := layer_of(m)) is not None and target != own and LAYER[target] > LAYER[own]
+        m for m in imports(path) if (target := layer_of(m)) is not None and target != own and LAYER[target] > LAYER[own]
     ]
     assert [] == upward
