@@ -17,7 +17,7 @@ from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer
 from tests.support.jobs import LOG
 
-pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy"]
+pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy", "tests.support.daemons"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,10 +20,10 @@ from apnsd.cli.demo import sample_jobs
 from apnsd.client import Client
 from apnsd.core.jobs import MAX_COLLAPSE_ID, PRIORITIES, PUSH_TYPE_SUFFIXES
 from apnsd.errors import JobError
+from tests.support.docs_examples import doc_example, localised
 from tests.support.jobs import good_tokens, inflight_keys, run_drained
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC_TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
 ALERT = {"aps": {"alert": "hello"}}
 T = good_tokens(1, seed=60)[0]
 
@@ -58,20 +58,6 @@ def schema() -> jsonschema.Draft202012Validator:
     doc = json.loads((ROOT / "docs" / "job.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(doc)
     return jsonschema.Draft202012Validator(doc)
-
-
-def doc_example(marker: str) -> str:
-    """The fenced code block right after ``<!-- run: marker -->`` in docs/clients.md."""
-    text = (ROOT / "docs" / "clients.md").read_text()
-    found = re.search(rf"<!-- run: {re.escape(marker)} -->\n```\w*\n(.*?)\n```", text, re.S)
-    assert found, f"docs/clients.md has no block marked 'run: {marker}'"
-    return found.group(1)
-
-
-def localised(code: str, port: int, token: str) -> str:
-    """A docs example pointed at the test's Redis port and token instead of the documented ones."""
-    assert "6379" in code and DOC_TOKEN in code
-    return re.sub(r"\b6379\b", str(port), code).replace(DOC_TOKEN, token)
 
 
 def queued(rdb: Any, queue: str = "apnsd:queue") -> list[dict[str, Any]]:

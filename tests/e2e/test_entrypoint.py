@@ -16,7 +16,7 @@ import pytest
 
 from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import free_port
-from tests.e2e.test_deploy import copied_to, exec_form, instructions
+from tests.support.dockerfile import copied_to, exec_form, instructions
 from tests.support.jobs import job, push_all
 from tests.support.supervised import SUPERVISORD_CONF, VENV_BIN, OutputReader, stop_by_pid
 from tests.support.wait import wait_for

@@ -22,7 +22,7 @@ from apnsd.errors import JobError
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
-from tests.e2e.test_client import ROOT, doc_example, localised
+from tests.support.docs_examples import ROOT, doc_example, localised
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for
 

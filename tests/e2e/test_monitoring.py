@@ -1,6 +1,5 @@
 """deploy/prometheus/alerts.yml and deploy/grafana/apnsd.json against what a running daemon really exports."""
 
-# ruff: noqa: F811 (the fixtures imported from test_metrics_health are used as parameters)
 from __future__ import annotations
 
 import json
@@ -18,7 +17,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from apnsd.testing.redis_server import free_port
-from tests.e2e.test_metrics_health import app_env, start_daemon  # noqa: F401
 from tests.support.jobs import job, push_all
 from tests.support.wait import wait_for
 

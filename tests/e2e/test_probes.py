@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures imported from test_metrics_health are used as parameters)
 """The metrics listener's probes (/healthz, /readyz, 404 elsewhere) and the gauges added for operators."""
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 
 from apnsd.store.queue import JobQueue
 from apnsd.testing.redis_server import RedisServer, free_port
-from tests.e2e.test_metrics_health import app_env, events_since, health, log_mark, sample, scrape, start_daemon  # noqa: F401 (fixtures)
+from tests.support.daemons import events_since, health, log_mark, sample, scrape
 from tests.support.jobs import job, push_all, run_drained
 from tests.support.supervised import VENV_BIN, clean_env, stop_by_pid
 from tests.support.wait import wait_for
