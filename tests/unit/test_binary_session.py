@@ -11,19 +11,7 @@ from apnsd.core.outcomes import Kind
 from apnsd.gateway.binary_session import BinarySession
 from apnsd.gateway.session import State
 from apnsd.wire import binary
-
-
-class FakeTransport:
-    """Keeps what the session sends; ``written`` is set by the test, as a real transport's flush would."""
-
-    def __init__(self) -> None:
-        self.sent = bytearray()
-        self.written = 0
-        self.closed = False
-        self.unsent = 0
-
-    def send(self, data: bytes) -> None:
-        self.sent += data
+from tests.support.fake_transport import FakeTransport
 
 
 def notes(count: int) -> list[Notification]:
@@ -38,16 +26,18 @@ def notes(count: int) -> list[Notification]:
 
 def session_with(count: int, written_frames: int) -> tuple[BinarySession, list[Notification]]:
     """A connected session that sent ``count`` notifications, of which the transport counts ``written_frames``."""
-    s = BinarySession("default", AppConfig(protocol="binary"), FakeTransport, structlog.get_logger())  # type: ignore[arg-type]
+    s = BinarySession("default", AppConfig(protocol="binary"), FakeTransport, structlog.get_logger())
     t = FakeTransport()
-    s.transport = t  # type: ignore[assignment]
+    t.connect()
+    s.transport = t
     s.state = State.OPEN  # what Session._try_connect sets once a transport connected
     s.on_connected(0.0)
     sent = notes(count)
     s.submit(sent)
     s.send_pending(0.0)
-    frame_size = len(t.sent) // count
-    t.written = frame_size * written_frames
+    frame_size = t.unsent // count
+    t.limit_writes(frame_size * written_frames)  # the socket takes only these frames' bytes
+    t.flush()
     return s, sent
 
 
