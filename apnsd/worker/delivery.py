@@ -166,6 +166,8 @@ class DeliveryLoop:
                 "delivery_loop_crashed", note="in-flight jobs stay in Redis and are recovered after a restart"
             )
             raise
+        finally:
+            self.handoff.release()
         self.log.info("delivery_stopped", in_flight=self.handoff.in_flight)
 
     def _iterate(self) -> None:

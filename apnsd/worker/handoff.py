@@ -60,6 +60,7 @@ class Handoff:
         self._taking = threading.Lock()  # held by the feeder from its closed check until the batch is given
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._pipe_lock = threading.Lock()  # a wake-up never writes to a pipe release() is closing
 
     def full(self, reserve: bool = False) -> bool:
         """True when the feeder should wait: too much in flight, or enough taken but not yet sent.
@@ -97,20 +98,33 @@ class Handoff:
         with self.room:
             self.unsent += len(taken.raws)
         self.batches.append(taken)
-        os.write(self._wake_w, b"x")
+        self._wake()
 
     # --- any thread ----------------------------------------------------------------------------
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop's thread (the only one allowed to touch its sessions)."""
         self.posted.append(fn)
-        os.write(self._wake_w, b"x")
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._pipe_lock:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     # --- loop side -----------------------------------------------------------------------------
 
     def fileno(self) -> int:
         """The wake-up pipe's read end, for the loop's select."""
         return self._wake_r
+
+    def release(self) -> None:
+        """The loop is done: close the wake-up pipe (wake-ups after this are dropped)."""
+        with self._pipe_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def drain_wakeups(self) -> None:
         """Empty the wake-up pipe (its bytes only say "look at the queues")."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 from collections.abc import Iterator
 
@@ -12,8 +13,10 @@ from apnsd.worker.handoff import BACKLOG_BATCHES, Handoff, Taken
 
 @pytest.fixture
 def handoff() -> Iterator[Handoff]:
-    """A hand-over for max_in_flight 1,000 and batches of 100."""
-    yield Handoff(max_in_flight=1_000, batch_size=100)
+    """A hand-over for max_in_flight 1,000 and batches of 100 (its pipe closed afterwards)."""
+    h = Handoff(max_in_flight=1_000, batch_size=100)
+    yield h
+    h.release()
 
 
 def readable(h: Handoff) -> bool:
@@ -81,3 +84,17 @@ def test_once_closed_no_take_starts_and_waiting_for_room_returns(handoff: Handof
     with handoff.taking() as still_open:
         assert not still_open
     assert handoff.closed.is_set()
+
+
+def test_release_closes_the_wake_up_pipe_and_later_wake_ups_are_dropped() -> None:
+    """Once the loop is done its pipe is closed; a post or give after that neither raises nor reopens it."""
+    h = Handoff(max_in_flight=100, batch_size=10)
+    read_end = h.fileno()
+
+    h.release()
+    h.post(lambda: None)
+    h.give(Taken("b1", [b"job"]))
+
+    assert (-1, 1) == (h.fileno(), len(h.posted))
+    with pytest.raises(OSError):
+        os.fstat(read_end)
