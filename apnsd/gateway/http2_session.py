@@ -10,7 +10,7 @@ from apnsd import metrics
 from apnsd.core.jobs import Notification, bundle_of, live_activity_topic
 from apnsd.core.outcomes import Kind, Outcome, http2_outcome
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
-from apnsd.errors import JobError
+from apnsd.errors import GatewayError, JobError
 from apnsd.gateway.credentials import MIN_TOKEN_REFRESH, TokenSigner
 from apnsd.gateway.session import MAX_LOSSES, SHORT_LIVED, Loss, Resolved, Session, State
 from apnsd.wire.http2.connection import (
@@ -236,8 +236,17 @@ class Http2Session(Session):
         self._push()
         if failure is not None:
             self.explanation = f"HTTP/2 protocol error: {failure}"
+            self._flush_goodbye()
             out += self._lost(self.explanation, now)
         return out
+
+    def _flush_goodbye(self) -> None:
+        """Best effort: let the GOAWAY the connection queued for a protocol error reach the gateway first."""
+        if self.transport is not None:
+            try:
+                self.transport.flush()
+            except GatewayError:
+                pass
 
     def _outcome(self, ev: ResponseReceived) -> Outcome:
         if ev.status == 200:

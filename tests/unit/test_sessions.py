@@ -282,6 +282,22 @@ def test_http2_goaway_without_last_stream_id_is_a_protocol_error_that_resends_wi
     assert 2 == net.connections
 
 
+def test_http2_protocol_error_tells_the_gateway_with_a_goaway_before_closing():
+    """On a malformed frame from the gateway (a GOAWAY too short), our GOAWAY FRAME_SIZE_ERROR is written first."""
+    s, net, _, _ = h2_connected(1)
+    net.current.feed(raw_frame(frames.GOAWAY, 0, 0, b"\0\0\0"))
+
+    s.step(T0 + 0.1, True)
+
+    wire, pos, sent = bytes(net.transports[0].wire), 0, []  # written since the gateway last read: frame by frame
+    while pos + 9 <= len(wire):
+        length, ftype = int.from_bytes(wire[pos : pos + 3], "big"), wire[pos + 3]
+        sent.append((ftype, wire[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    goaways = [int.from_bytes(payload[4:8], "big") for ftype, payload in sent if ftype == frames.GOAWAY]
+    assert [frames.FRAME_SIZE_ERROR] == goaways
+
+
 def test_http2_refused_stream_is_sent_again_on_the_same_connection():
     """RST_STREAM REFUSED_STREAM: never processed, so the request goes out again at once, no attempt counted."""
     s, net, gw, batch = h2_connected(2)
