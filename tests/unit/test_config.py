@@ -8,22 +8,9 @@ import pytest
 
 from apnsd.config import AppConfig, load_config
 from apnsd.errors import ConfigError
+from tests.support.configs import config_error, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write(tmp_path: Path, text: str, name: str = "apnsd.toml") -> str:
-    """Write a config file and return its path."""
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def config_error(path: str | None = None, env: dict[str, str] | None = None) -> ConfigError:
-    """The ConfigError that loading raises."""
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env or {})
-    return info.value
 
 
 def test_defaults_without_file_or_environment():

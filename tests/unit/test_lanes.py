@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from apnsd.config import load_config
-from apnsd.errors import ConfigError
 from apnsd.worker.lanes import LanePlan, next_window
-
-
-def write(tmp_path: Path, text: str) -> str:
-    """Write a config file and return its path."""
-    path = tmp_path / "apnsd.toml"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def config_error(path: str | None = None, env: dict[str, str] | None = None) -> ConfigError:
-    """The ConfigError that loading raises."""
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env or {})
-    return info.value
+from tests.support.configs import config_error, write
 
 
 def test_lanes_are_lists_beside_the_queue_whose_default_lane_is_the_queue_itself():
