@@ -14,6 +14,7 @@ from apnsd.testing.devpki import BUNDLE_ID, TOPICS
 from apnsd.testing.http2_mock import APPLE_REASONS
 from apnsd.worker.daemon import Daemon
 from tests.support.jobs import LOG, good_tokens, push_all, run_drained
+from tests.support.pki import token_auth_env
 from tests.support.wait import wait_for
 
 
@@ -112,11 +113,7 @@ def token_auth(make_config, mock, pki, **env: str):
     """A config for token (.p8) auth against ``mock``."""
     return make_config(
         mock,
-        APP_DEFAULT_CERT="",
-        APP_DEFAULT_TOKEN_KEY=pki.p8_key,
-        APP_DEFAULT_KEY_ID=pki.key_id,
-        APP_DEFAULT_TEAM_ID=pki.team_id,
-        APP_DEFAULT_TOPIC=BUNDLE_ID,
+        **token_auth_env(pki),
         **env,
     )
 

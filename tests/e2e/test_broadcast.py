@@ -17,9 +17,9 @@ import pytest
 from apnsd.cli import main as cli
 from apnsd.errors import ConfigError, JobError
 from apnsd.gateway.channels import ChannelApiError, ChannelManager
-from apnsd.gateway.credentials import load_public_key
 from apnsd.testing.devpki import BUNDLE_ID
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.pki import token_auth_env, token_mock_options
 
 UPDATE = {"aps": {"timestamp": 1685952000, "event": "update", "content-state": {"score": "2-1"}}}
 CHANNEL = "dHN0LXNyY2gtY2hubA=="
@@ -124,16 +124,10 @@ def test_channel_management_errors_carry_apples_status_and_reason(http2_mock, ma
 
 def test_channels_under_token_auth_send_a_provider_token_the_mock_verifies(jq, http2_mock, make_config, pki):
     """With a .p8 key, management requests and broadcasts carry an ES256 bearer token the mock accepts."""
-    mock = http2_mock(
-        client_ca=False, jwt_public_key=load_public_key(pki.p8_public), jwt_key_id=pki.key_id, jwt_team_id=pki.team_id
-    )
+    mock = http2_mock(**token_mock_options(pki))
     config = make_config(
         mock,
-        APP_DEFAULT_CERT="",
-        APP_DEFAULT_TOKEN_KEY=pki.p8_key,
-        APP_DEFAULT_KEY_ID=pki.key_id,
-        APP_DEFAULT_TEAM_ID=pki.team_id,
-        APP_DEFAULT_TOPIC="com.example.app",
+        **token_auth_env(pki),
         APP_DEFAULT_CHANNELS_PORT=str(mock.channels_port),
     )
     channels = ChannelManager("default", config.apps["default"])

@@ -9,8 +9,8 @@ import subprocess
 import msgspec
 import pytest
 
-from apnsd.gateway.credentials import load_public_key
 from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.pki import token_auth_env, token_mock_options
 
 
 def test_ten_thousand_jobs_under_certificate_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config):
@@ -30,18 +30,12 @@ def test_ten_thousand_jobs_under_certificate_auth_arrive_exactly_once(jq, rdb, h
 
 def test_ten_thousand_jobs_under_token_auth_arrive_exactly_once(jq, rdb, http2_mock, make_config, pki):
     """With a .p8 key the daemon signs an ES256 provider token the gateway verifies, and everything arrives."""
-    mock = http2_mock(
-        client_ca=False, jwt_public_key=load_public_key(pki.p8_public), jwt_key_id=pki.key_id, jwt_team_id=pki.team_id
-    )
+    mock = http2_mock(**token_mock_options(pki))
     tokens = good_tokens(10_000, seed=7)
     push_all(jq, [job(t) for t in tokens])
     config = make_config(
         mock,
-        APP_DEFAULT_CERT="",
-        APP_DEFAULT_TOKEN_KEY=pki.p8_key,
-        APP_DEFAULT_KEY_ID=pki.key_id,
-        APP_DEFAULT_TEAM_ID=pki.team_id,
-        APP_DEFAULT_TOPIC="com.example.app",
+        **token_auth_env(pki),
     )
 
     assert 0 == run_drained(config)

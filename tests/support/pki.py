@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 from OpenSSL import SSL
 
-from apnsd.gateway.credentials import server_context
-from apnsd.testing.devpki import DevPki, make_dev_pki
+from apnsd.gateway.credentials import load_public_key, server_context
+from apnsd.testing.devpki import BUNDLE_ID, DevPki, make_dev_pki
 
 H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
@@ -76,3 +76,25 @@ def tls_server(pki: DevPki) -> Iterator[Callable[..., OneShotServer]]:
     yield start
     for thread in threads:
         thread.join(timeout=15)
+
+
+def token_auth_env(pki: DevPki, **env: str) -> dict[str, str]:
+    """make_config overrides for app "default" under token (.p8) auth with the test key, topic BUNDLE_ID."""
+    return {
+        "APP_DEFAULT_CERT": "",
+        "APP_DEFAULT_TOKEN_KEY": pki.p8_key,
+        "APP_DEFAULT_KEY_ID": pki.key_id,
+        "APP_DEFAULT_TEAM_ID": pki.team_id,
+        "APP_DEFAULT_TOPIC": BUNDLE_ID,
+        **env,
+    }
+
+
+def token_mock_options(pki: DevPki) -> dict[str, object]:
+    """http2_mock options for a gateway that verifies the test key's provider tokens instead of client certificates."""
+    return {
+        "client_ca": False,
+        "jwt_public_key": load_public_key(pki.p8_public),
+        "jwt_key_id": pki.key_id,
+        "jwt_team_id": pki.team_id,
+    }
