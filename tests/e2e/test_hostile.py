@@ -76,7 +76,8 @@ def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commi
 
 def test_second_process_with_a_live_worker_id_refuses_to_start(rdb, http2_mock, make_config, tmp_path):
     """A worker id whose heartbeat belongs to another live process is refused with a clear error, nothing taken."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # another live process: it waits on its stdin, so it also ends if this test process dies
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         heartbeat = {"worker": "x", "pid": other.pid, "host": socket.gethostname(), "time": time.time()}
         rdb.set("apnsd:worker:x", json.dumps(heartbeat), px=30_000)
