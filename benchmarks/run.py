@@ -254,19 +254,23 @@ class Bench:
         res["mock_summary"] = res_summary
         return res
 
+    def _binary_env(self, redis_url: str, port: int) -> dict[str, str]:
+        """The daemon's environment for a binary app sending to a sink on ``port``."""
+        return workload.daemon_env(
+            redis_url,
+            os.path.join(self.workdir, "state"),
+            protocol="binary",
+            port=port,
+            ca_file=self.pki.ca_cert,
+            cert=self.pki.client_pem,
+            extra=self.args.daemon_env,
+        )
+
     def binary_drain(self) -> dict[str, Any]:
         with RedisServer() as rs:
             if self.binary_sink_choice.get("used") == "mock":
                 mock = MockBinarySink(REPO, self.python, self.pki.dir)
-                env = workload.daemon_env(
-                    rs.url,
-                    os.path.join(self.workdir, "state"),
-                    protocol="binary",
-                    port=mock.port,
-                    ca_file=self.pki.ca_cert,
-                    cert=self.pki.client_pem,
-                    extra=self.args.daemon_env,
-                )
+                env = self._binary_env(rs.url, mock.port)
                 try:
                     out = self._drain(rs, [workload.DaemonSpec("binary", env)], lambda: 0)
                 finally:
@@ -276,15 +280,7 @@ class Bench:
                 return out
             assert self.binsink
             sink = self.binsink
-            env = workload.daemon_env(
-                rs.url,
-                os.path.join(self.workdir, "state"),
-                protocol="binary",
-                port=sink.port,
-                ca_file=self.pki.ca_cert,
-                cert=self.pki.client_pem,
-                extra=self.args.daemon_env,
-            )
+            env = self._binary_env(rs.url, sink.port)
             return self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections)
 
     def binary_errors_drain(self, bad_every: int) -> dict[str, Any]:
@@ -293,15 +289,7 @@ class Bench:
         assert self.errsink
         sink = self.errsink
         with RedisServer() as rs:
-            env = workload.daemon_env(
-                rs.url,
-                os.path.join(self.workdir, "state"),
-                protocol="binary",
-                port=sink.port,
-                ca_file=self.pki.ca_cert,
-                cert=self.pki.client_pem,
-                extra=self.args.daemon_env,
-            )
+            env = self._binary_env(rs.url, sink.port)
             out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
         out["invalid_tokens"] = self.n // bad_every if bad_every else 0
         return out
