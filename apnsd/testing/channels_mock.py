@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from apnsd.core.headers import UUID
 from apnsd.core.jobs import PUSH_TYPE_SUFFIXES, parse_channel_id
 from apnsd.errors import JobError
-from apnsd.testing.http2_mock import _UUID, Http2GatewayConnection, _Request, body_verdict
+from apnsd.testing.http2_mock import Http2GatewayConnection, _Request, body_verdict
 from apnsd.testing.record import Received
 
 BROADCAST_PREFIX = "/4/broadcasts/apps/"
@@ -122,7 +123,7 @@ def judge_broadcast(
     expiration = h.get("apns-expiration", "")
     if not (expiration.isascii() and expiration.isdigit()):
         return 400, "BadExpirationDate"
-    if "apns-request-id" in h and not _UUID.fullmatch(h["apns-request-id"]):
+    if "apns-request-id" in h and not UUID.fullmatch(h["apns-request-id"]):
         return 400, "BadMessageId"
     policy = registry.policy(bundle, h["apns-channel-id"])
     if policy is None:
@@ -138,7 +139,7 @@ class ChannelApiConnection(Http2GatewayConnection):
     def _answer(self, sid: int, req: _Request) -> Received:
         h: dict[str, str] = dict(req.headers)
         request_id = h.get("apns-request-id", "")
-        if not _UUID.fullmatch(request_id):
+        if not UUID.fullmatch(request_id):
             request_id = str(uuid.uuid4())
         status, reason, extra, body = self._manage(h, bytes(req.body))
         self._state.channels.note(h.get(":method", ""), h.get(":path", ""), status, reason)
