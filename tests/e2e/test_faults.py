@@ -540,7 +540,9 @@ def test_sigterm_mid_flush_returns_the_rest_and_a_second_run_finishes(
 
 
 CONFIRM_DELAY = 0.2  # what daemon_env configures
-BURST = 1000  # frames that can share one silence clock
+# The kill comes once the gateway has received the second number of the first: over a second into the stream for binary
+# (which sends about 100,000/s here), so commits are under way and the rate is the steady one.
+SIGKILL_RUN = {"binary": (200_000, 150_000), "http2": (50_000, 30_000)}  # protocol → (jobs, kill at)
 
 
 def receive_rate_until(mock: MockGateway, count: int, timeout: float, window: float = 0.25) -> float:
@@ -562,10 +564,12 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     protocol, jq, rdb, redis_server, pki, binary_mock, http2_mock, tmp_path
 ):
     """After kill -9 a new worker recovers the dead worker's in-flight jobs once its heartbeat lapses: every
-    job is delivered, duplicates only among what the dead worker held in flight: no more than the gateway
-    received in the last confirm_delay + COMMIT_SLICE before the kill (rate × that time), plus what was
-    still in socket buffers and reached it after the kill."""
-    tokens, _ = make_tokens(seed=808, n=JOBS_PER_PROCESS_TEST)
+    job is delivered, duplicates only among what the dead worker held in flight. Of what the gateway had
+    received at the kill, no more than it received in the last confirm_delay + COMMIT_SLICE (rate × that
+    time) is delivered again; what was still in socket buffers reaches it after the kill and is counted apart
+    (no sender can know it was read)."""
+    jobs, kill_at = SIGKILL_RUN[protocol]
+    tokens, _ = make_tokens(seed=808, n=jobs)
     mock = mock_for(protocol, binary_mock, http2_mock)
     push_all(jq, [job(t) for t in tokens])
     env = daemon_env(
@@ -581,7 +585,7 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     )
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
-        rate = receive_rate_until(mock, 10_000, 60)
+        rate = receive_rate_until(mock, kill_at, 60, window=1.0)  # the gateway reads in bursts: average them
         first.signal(signal.SIGKILL)
         at_kill = received(mock)
         assert -signal.SIGKILL == first.wait(10)
@@ -603,16 +607,15 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
         recovered=sum(e["jobs"] for e in recovered),
         rate_before_kill=f"{rate:.0f}/s",
         bound_rate_x_confirm_delay_plus_slice=f"{bound:.0f}",
+        duplicates_received_before_kill=t.duplicates - in_transit,
         received_after_kill=in_transit,
     )
     assert_resolved(t)
-    assert JOBS_PER_PROCESS_TEST == t.delivered
+    assert jobs == t.delivered
     assert held > 0
     assert held == sum(e["jobs"] for e in recovered)
     assert t.duplicates <= held
-    # Slack: frames counted written together (one 128 KiB chunk, under 1,000 frames) share their silence
-    # clock, and on a loaded machine the loop and the commit's round trip can lag by up to another slice.
-    assert t.duplicates <= bound + in_transit + BURST + rate * COMMIT_SLICE
+    assert t.duplicates - in_transit <= bound
 
 
 @pytest.mark.timeout(60)
