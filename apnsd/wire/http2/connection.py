@@ -15,6 +15,7 @@ from typing import NoReturn
 from apnsd.errors import ProtocolError
 from apnsd.wire.http2 import frames as f
 from apnsd.wire.http2.events import (
+    CompactEvent,
     Event,
     GoAwayReceived,
     H2ProtocolError,
@@ -31,6 +32,7 @@ from apnsd.wire.http2.hpack import TABLE_SIZE_ZERO, RequestEncoder
 from apnsd.wire.http2.status import response_ids, response_status
 
 __all__ = [
+    "CompactEvent",
     "Event",
     "GoAwayReceived",
     "H2ClientConnection",
@@ -61,6 +63,9 @@ STREAMS_BEFORE_SETTINGS = 1
 UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
+_END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
+_STATUS_200 = 0x88  # HPACK: indexed static entry 8, ":status: 200"
+_TABLE_ZERO = TABLE_SIZE_ZERO[0]  # HPACK: dynamic table size update to 0
 
 
 class _Stream:
@@ -84,13 +89,16 @@ class _Stream:
 class H2ClientConnection:
     """One client-side HTTP/2 connection to APNs, free of I/O: feed bytes in, drain bytes out."""
 
-    def __init__(self, read_ids: bool = False) -> None:
+    def __init__(self, read_ids: bool = False, compact: bool = False) -> None:
         # apns-id / apns-unique-id are read from every response when read_ids, else only from errors:
         # a 200's apns-id is the one we sent, and skipping the walk keeps the hot path at :status alone.
         self.read_ids = read_ids
+        # compact: a plain 200 (no ids to read, no body) comes back as its stream id, an int, instead of a
+        # ResponseReceived; building that frozen event cost more than the rest of reading the answer.
+        self.compact = compact
         self._out = bytearray()
         self._in = bytearray()
-        self._events: list[Event] = []
+        self._events: list[CompactEvent] = []
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._peer_max_streams = STREAMS_BEFORE_SETTINGS
@@ -241,7 +249,7 @@ class H2ClientConnection:
             self.closing = True
             self._out += f.goaway_frame(0, error_code)  # 0: the server opened no streams
 
-    def receive_data(self, data: bytes | bytearray) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[CompactEvent]:
         """Feed bytes read from the socket; returns the events they complete."""
         if self.failed:
             raise H2ProtocolError(f.PROTOCOL_ERROR, "the connection already failed", [])
@@ -250,10 +258,14 @@ class H2ClientConnection:
             buf: bytes | bytearray = self._in
         else:
             buf = data
-        events: list[Event] = []
+        events: list[CompactEvent] = []
         self._events = events
         pos, end = 0, len(buf)
         unpack = f.FRAME_HEAD.unpack_from
+        streams = self._streams
+        # The common answer, read inline: HEADERS with END_STREAM|END_HEADERS whose block opens with :status 200
+        # (static index 8), after an optional table size update to 0; see _plain_ok.
+        plain = not self.read_ids and not self.keep_responses
         while end - pos >= 9:
             word, flags, sid = unpack(buf, pos)
             length, ftype = word >> 8, word & 0xFF
@@ -272,7 +284,27 @@ class H2ClientConnection:
             if self._block_stream and (ftype != f.CONTINUATION or sid != self._block_stream):
                 self._fail(f.PROTOCOL_ERROR, "header block interrupted before END_HEADERS")
             if ftype == f.HEADERS:
-                self._on_headers(flags, sid, buf[start:pos])
+                s = streams.get(sid) if plain and flags == _END_BOTH and length >= 2 else None
+                if (
+                    s is not None
+                    and s.status is None
+                    and s.local_done
+                    and (buf[start] == _STATUS_200 or (buf[start] == _TABLE_ZERO and buf[start + 1] == _STATUS_200))
+                ):
+                    del streams[sid]
+                    s.remote_done = True
+                    s.status = 200
+                    events.append(sid if self.compact else ResponseReceived(sid, 200))
+                else:
+                    self._on_headers(flags, sid, buf[start:pos])
+            elif ftype == f.WINDOW_UPDATE and length == 4 and sid in streams and not self._ready:
+                # a stream's window opened (nginx sends one per request): nothing waits to be sent
+                s = streams[sid]
+                increment = f.unpack_u32(buf[start:pos]) & f.MAX_WINDOW
+                s.window += increment
+                if not increment or s.window > f.MAX_WINDOW or sid in self._stalled:
+                    s.window -= increment
+                    self._on_control(ftype, flags, sid, buf[start:pos])  # the rare cases, and their errors
             elif ftype == f.DATA:
                 self._on_data(flags, sid, buf[start:pos])
             else:
