@@ -125,6 +125,21 @@ def test_header_blocks_stay_valid_across_templates_and_table_size_changes() -> N
     assert expected == pair.requests()
 
 
+def test_cached_header_parts_follow_each_request() -> None:
+    """Requests alternating body lengths, push types and token lengths (up to 100 bytes) decode exactly."""
+    pair = client_pair()
+    cases = [
+        (i, "ab" * (32 + 34 * (i % 3)), b"{}" if i % 2 else b'{"aps":{}}', ("alert", "voip")[i % 2]) for i in range(6)
+    ]
+    sids = [send(pair.client, i, token=t, payload=p, push_type=k) for i, t, p, k in cases]
+    pair.to_server()
+    expected = {
+        sid: expected_headers(token=t, ident=apns_id(i), length=len(p), push_type=k)
+        for sid, (i, t, p, k) in zip(sids, cases, strict=True)
+    }
+    assert expected == pair.requests()
+
+
 @pytest.mark.parametrize(
     ("template", "options"),
     [

@@ -64,6 +64,7 @@ UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 _END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
+_HEAD = f.FRAME_HEAD.pack
 _STATUS_200 = 0x88  # HPACK: indexed static entry 8, ":status: 200"
 _TABLE_ZERO = TABLE_SIZE_ZERO[0]  # HPACK: dynamic table size update to 0
 
@@ -185,7 +186,15 @@ class H2ClientConnection:
         block: bytes | None = None,
     ) -> int:
         """Queue one POST /3/device/<token>, or the request of a ready header ``block``; returns its stream id."""
-        if self.available_streams <= 0:
+        sid = self._next_id
+        streams = self._streams
+        if (
+            len(streams) >= self._peer_max_streams
+            or sid > f.MAX_STREAM_ID
+            or self.goaway is not None
+            or self.closing
+            or self.failed
+        ):
             raise NoStreamAvailable("no HTTP/2 stream available on this connection")
         if block is None:
             block = self._encoder.block(
@@ -196,21 +205,26 @@ class H2ClientConnection:
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
             block = TABLE_SIZE_ZERO + block
             self._table_update_due = False
-        sid = self._next_id
-        self._next_id += 2
-        s = _Stream(sid, self._peer_window, payload or None)
-        self._streams[sid] = s
-        self._out += f.header_frames(sid, block, not payload, self._peer_max_frame)
+        self._next_id = sid + 2
         n = len(payload)
-        if not n:
-            return sid
-        if not self._ready and n <= self._send_window and n <= s.window and n <= self._peer_max_frame:
-            # the common case: the whole body fits in one frame and in both windows
-            self._out += f.FRAME_HEAD.pack(n << 8 | f.DATA, f.FLAG_END_STREAM, sid) + payload
+        window = self._peer_window
+        out = self._out
+        if 0 < n <= self._send_window and n <= window and n <= self._peer_max_frame and not self._ready:
+            # the common case: the headers in one frame, the whole body in one frame and in both windows
+            streams[sid] = _Stream(sid, window - n, None)
+            if len(block) <= self._peer_max_frame:
+                out += _HEAD(len(block) << 8 | f.HEADERS, f.FLAG_END_HEADERS, sid)
+                out += block
+            else:
+                out += f.header_frames(sid, block, False, self._peer_max_frame)
+            out += _HEAD(n << 8 | f.DATA, f.FLAG_END_STREAM, sid)
+            out += payload
             self._send_window -= n
-            s.window -= n
-            s.body, s.local_done = None, True
-        else:
+            return sid
+        s = _Stream(sid, window, payload or None)
+        streams[sid] = s
+        out += f.header_frames(sid, block, not payload, self._peer_max_frame)
+        if n:
             self._ready.append(s)
             self._flush_data()
         return sid
