@@ -307,15 +307,7 @@ class DeliveryLoop:
         """Validate a taken batch; from here its notifications count as in flight."""
         queue = taken.queue or self.queue
         batch = Batch(Commit(queue, taken.batch_id))
-        notes: list[Notification] = []
-        rejects: list[Rejected] = []
-        parse = self.parser.parse
-        for raw in taken.raws:
-            good, bad = parse(raw)
-            notes += good
-            rejects += bad
-        for n in notes:
-            n.batch = batch
+        notes, rejects = self.parser.parse_many(taken.raws, batch)
         batch.unresolved = {id(n): n for n in notes}
         batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
