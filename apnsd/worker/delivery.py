@@ -503,10 +503,7 @@ class DeliveryLoop:
     def _record_all(self, resolved: list[tuple[Notification, Outcome]]) -> None:
         if not resolved:
             return
-        wall = time.time()
-        record = self.recorder.record
-        for n, outcome in resolved:
-            self._completed(record(n, outcome, wall))
+        self._ready.extend(self.recorder.record_all(resolved, time.time()))
 
     def _completed(self, batch: Batch | None) -> None:
         if batch is not None:
