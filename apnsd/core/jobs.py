@@ -261,9 +261,9 @@ class JobParser:
             fanout = spec.tokens is not None
             tokens: list[str] | tuple[str] = spec.tokens if spec.tokens is not None else (spec.token or "",)
             own_id = job_uuid if len(tokens) == 1 else None  # one device: the job's UUID is its apns-id
-            failed: dict[str, str] = {}
+            failed: dict[str, str] | None = None
             first: JobError | None = None
-            http2 = protocol == "http2"
+            new_id = self.new_id if protocol == "http2" else None
             for token in tokens:
                 tb = _plain_hex(token)
                 if tb is not None:
@@ -272,11 +272,12 @@ class JobParser:
                     try:
                         t, tb = parse_token(token)
                     except JobError as exc:
+                        failed = failed or {}
                         failed[token] = exc.reason
                         first = first or exc
                         continue
                 # the binary protocol has no apns-id: its frames carry a per-connection number
-                apns_id = own_id or (self.new_id() if http2 else "")
+                apns_id = own_id or (new_id() if new_id is not None else "")
                 good.append(
                     Notification(
                         t,
@@ -305,7 +306,7 @@ class JobParser:
             if not fanout:
                 bad.append(Rejected(raw, first.reason, first.detail, spec.app, spec.token))
             else:
-                bad.append(_failed_tokens(raw, spec.app, failed, first))
+                bad.append(_failed_tokens(raw, spec.app, failed or {}, first))
         except RecursionError:  # nested deeper than the decoder goes
             del good[added:]
             bad.append(Rejected(raw, "not_json", "job is not valid JSON: nested too deeply", None))
@@ -378,10 +379,11 @@ class JobParser:
             raise JobError(
                 "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
             )
-        if spec.token is None and not spec.tokens:
-            raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
-        if spec.token is not None and spec.tokens is not None:
-            raise JobError("bad_field", "give 'token' or 'tokens', not both")
+        if spec.token is None or spec.tokens is not None:  # anything but the common shape: one token
+            if spec.token is None and not spec.tokens:
+                raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
+            if spec.token is not None and spec.tokens is not None:
+                raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
         if spec.attempts and not 0 <= spec.attempts <= MAX_ATTEMPTS_FIELD:
             raise JobError("bad_attempts", f"attempts must be a whole number from 0 to {MAX_ATTEMPTS_FIELD}")
