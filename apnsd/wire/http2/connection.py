@@ -9,6 +9,7 @@ is a ``len()``, and incoming frames are parsed with ``struct`` in one loop. ``h2
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import NoReturn
 
@@ -65,6 +66,9 @@ MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 _END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
 _HEAD = f.FRAME_HEAD.pack
+_unpack_u32 = struct.Struct(">I").unpack_from
+_HEADERS, _WINDOW_UPDATE, _SETTINGS = f.HEADERS, f.WINDOW_UPDATE, f.SETTINGS
+_MAX_STREAM_ID, _MAX_WINDOW = f.MAX_STREAM_ID, f.MAX_WINDOW
 _STATUS_200 = 0x88  # HPACK: indexed static entry 8, ":status: 200"
 _TABLE_ZERO = TABLE_SIZE_ZERO[0]  # HPACK: dynamic table size update to 0
 
@@ -278,12 +282,12 @@ class H2ClientConnection:
         unpack = f.FRAME_HEAD.unpack_from
         streams = self._streams
         # The common answer, read inline: HEADERS with END_STREAM|END_HEADERS whose block opens with :status 200
-        # (static index 8), after an optional table size update to 0; see _plain_ok.
+        # (static index 8), after an optional table size update to 0. Else _on_headers reads it.
         plain = not self.read_ids and not self.keep_responses
         while end - pos >= 9:
             word, flags, sid = unpack(buf, pos)
             length, ftype = word >> 8, word & 0xFF
-            if not self._settings_seen and ftype != f.SETTINGS:
+            if not self._settings_seen and ftype != _SETTINGS:
                 self._fail(
                     f.PROTOCOL_ERROR,
                     f"expected the server's SETTINGS first, got frame type {ftype} (is this an HTTP/2 server?)",
@@ -294,10 +298,10 @@ class H2ClientConnection:
             if end - start < length:
                 break
             pos = start + length
-            sid &= f.MAX_STREAM_ID
+            sid &= _MAX_STREAM_ID
             if self._block_stream and (ftype != f.CONTINUATION or sid != self._block_stream):
                 self._fail(f.PROTOCOL_ERROR, "header block interrupted before END_HEADERS")
-            if ftype == f.HEADERS:
+            if ftype == _HEADERS:
                 s = streams.get(sid) if plain and flags == _END_BOTH and length >= 2 else None
                 if (
                     s is not None
@@ -311,12 +315,12 @@ class H2ClientConnection:
                     events.append(sid if self.compact else ResponseReceived(sid, 200))
                 else:
                     self._on_headers(flags, sid, buf[start:pos])
-            elif ftype == f.WINDOW_UPDATE and length == 4 and sid in streams and not self._ready:
+            elif ftype == _WINDOW_UPDATE and length == 4 and sid in streams and not self._ready:
                 # a stream's window opened (nginx sends one per request): nothing waits to be sent
                 s = streams[sid]
-                increment = f.unpack_u32(buf[start:pos]) & f.MAX_WINDOW
+                increment = _unpack_u32(buf, start)[0] & _MAX_WINDOW
                 s.window += increment
-                if not increment or s.window > f.MAX_WINDOW or sid in self._stalled:
+                if not increment or s.window > _MAX_WINDOW or sid in self._stalled:
                     s.window -= increment
                     self._on_control(ftype, flags, sid, buf[start:pos])  # the rare cases, and their errors
             elif ftype == f.DATA:
