@@ -37,6 +37,7 @@ MAX_ATTEMPTS_FIELD = 1_000_000
 _CHANNEL_ID = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 MAX_CHANNEL_ID = 256  # Apple sets no size ("don't make assumptions"); ids seen are ~24 characters
 LIVE_ACTIVITY = "liveactivity"
+UUID_LENGTH = 36
 
 
 class JobSpec(msgspec.Struct, kw_only=True):
@@ -99,6 +100,9 @@ class Rejected:
     tokens: dict[str, str] | None = None  # a fan-out job's rejected tokens → reason
 
 
+_LOW_HEX = [f"{i:02x}" for i in range(256)]
+
+
 class ApnsIds:
     """Fast unique canonical UUIDs for apns-id: a random per-process prefix and a counter."""
 
@@ -106,10 +110,15 @@ class ApnsIds:
         r = os.urandom(10).hex()
         self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-a{r[17:20]}-"
         self._next = count(int.from_bytes(os.urandom(3), "big") << 24).__next__
+        self._high = ""  # the id up to its last two hex digits, redone every 256 ids (formatting each cost more)
 
     def __call__(self) -> str:
         """A new lowercase 8-4-4-4-12 id, unique within this process."""
-        return f"{self._prefix}{self._next() & 0xFFFFFFFFFFFF:012x}"
+        n = self._next() & 0xFFFFFFFFFFFF
+        low = n & 0xFF
+        if not low or not self._high:
+            self._high = f"{self._prefix}{n >> 8:010x}"
+        return self._high + _LOW_HEX[low]
 
 
 def normalise_token(token: str) -> str:
@@ -199,32 +208,62 @@ class JobParser:
 
     def parse(self, raw: bytes) -> tuple[list[Notification], list[Rejected]]:
         """Validate one job; every token ends up either as a notification or a rejection, whatever ``raw`` holds."""
+        good: list[Notification] = []
+        bad: list[Rejected] = []
+        self._parse_into(raw, good, bad, None)
+        return good, bad
+
+    def parse_many(self, raws: list[bytes], batch: Any = None) -> tuple[list[Notification], list[Rejected]]:
+        """Validate a taken batch of jobs (as ``parse`` does each), every notification carrying ``batch``."""
+        good: list[Notification] = []
+        bad: list[Rejected] = []
+        parse = self._parse_into
+        for raw in raws:
+            parse(raw, good, bad, batch)
+        return good, bad
+
+    def _parse_into(self, raw: bytes, good: list[Notification], bad: list[Rejected], batch: Any) -> None:
+        """Validate one job, appending its notifications to ``good`` and its rejection, if any, to ``bad``."""
+        added = len(good)
         try:  # free unless something raises (3.11+): no wrapper call on the hot path
             try:
                 spec = _decoder.decode(raw)
             except msgspec.ValidationError as exc:
-                return [], [self._reject_whole(raw, exc)]
+                bad.append(self._reject_whole(raw, exc))
+                return
             except msgspec.DecodeError as exc:
-                return [], [Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None)]
+                bad.append(Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None))
+                return
             job_uuid = None
-            if spec.id is not None:
-                job_uuid = spec.id.lower()
-                if not is_uuid(job_uuid):
+            job_id = spec.id
+            if job_id is not None:
+                # a canonical UUID is 36 characters: the length spares the pattern for every other id
+                job_uuid = job_id.lower() if len(job_id) == UUID_LENGTH else None
+                if job_uuid is None or not is_uuid(job_uuid):
                     job_uuid = None
                     try:
-                        check_job_id(spec.id)
+                        check_job_id(job_id)
                     except JobError as exc:
-                        return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+                        bad.append(Rejected(raw, exc.reason, exc.detail, spec.app))
+                        return
             if spec.channel is not None:
-                return self._broadcast(raw, spec, job_uuid)
+                notes, rejects = self._broadcast(raw, spec, job_uuid)
+                for n in notes:
+                    n.batch = batch
+                good += notes
+                bad += rejects
+                return
             try:
                 payload, protocol, push_type = self._common(spec)
             except JobError as exc:
-                return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
-            tokens: list[str] = spec.tokens if spec.tokens is not None else [spec.token or ""]
-            good: list[Notification] = []
-            bad: dict[str, str] = {}
+                bad.append(Rejected(raw, exc.reason, exc.detail, spec.app))
+                return
+            fanout = spec.tokens is not None
+            tokens: list[str] | tuple[str] = spec.tokens if spec.tokens is not None else (spec.token or "",)
+            own_id = job_uuid if len(tokens) == 1 else None  # one device: the job's UUID is its apns-id
+            failed: dict[str, str] | None = None
             first: JobError | None = None
+            new_id = self.new_id if protocol == "http2" else None
             for token in tokens:
                 tb = _plain_hex(token)
                 if tb is not None:
@@ -233,13 +272,12 @@ class JobParser:
                     try:
                         t, tb = parse_token(token)
                     except JobError as exc:
-                        bad[token] = exc.reason
+                        failed = failed or {}
+                        failed[token] = exc.reason
                         first = first or exc
                         continue
-                if job_uuid and len(tokens) == 1:
-                    apns_id = job_uuid
-                else:  # the binary protocol has no apns-id: its frames carry a per-connection number
-                    apns_id = self.new_id() if protocol == "http2" else ""
+                # the binary protocol has no apns-id: its frames carry a per-connection number
+                apns_id = own_id or (new_id() if new_id is not None else "")
                 good.append(
                     Notification(
                         t,
@@ -247,7 +285,7 @@ class JobParser:
                         payload,
                         spec.app,
                         apns_id,
-                        spec.id,
+                        job_id,
                         spec.priority,
                         spec.expiration,
                         push_type,
@@ -256,20 +294,25 @@ class JobParser:
                         spec.attempts,
                         spec.enqueued_at,
                         raw,
-                        spec.tokens is not None,
+                        fanout,
                         spec.send_at,
-                        failing_since=spec.failing_since,
+                        batch,
+                        0,
+                        spec.failing_since,
                     )
                 )
             if first is None:
-                return good, []
-            if spec.tokens is None:
-                return good, [Rejected(raw, first.reason, first.detail, spec.app, spec.token)]
-            return good, [_failed_tokens(raw, spec.app, bad, first)]
+                return
+            if not fanout:
+                bad.append(Rejected(raw, first.reason, first.detail, spec.app, spec.token))
+            else:
+                bad.append(_failed_tokens(raw, spec.app, failed or {}, first))
         except RecursionError:  # nested deeper than the decoder goes
-            return [], [Rejected(raw, "not_json", "job is not valid JSON: nested too deeply", None)]
+            del good[added:]
+            bad.append(Rejected(raw, "not_json", "job is not valid JSON: nested too deeply", None))
         except Exception as exc:  # a bug must cost this one job, never the loop that parses it
-            return [], [Rejected(raw, f"internal_error:{type(exc).__name__}", "validating the job failed", None)]
+            del good[added:]
+            bad.append(Rejected(raw, f"internal_error:{type(exc).__name__}", "validating the job failed", None))
 
     def _broadcast(self, raw: bytes, spec: JobSpec, job_uuid: str | None) -> tuple[list[Notification], list[Rejected]]:
         """A channel job: one Live Activity broadcast, validated like any job plus the broadcast rules."""
@@ -336,10 +379,11 @@ class JobParser:
             raise JobError(
                 "unknown_app", f"app {spec.app!r} is not configured (known: {', '.join(sorted(self._limits))})"
             )
-        if spec.token is None and not spec.tokens:
-            raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
-        if spec.token is not None and spec.tokens is not None:
-            raise JobError("bad_field", "give 'token' or 'tokens', not both")
+        if spec.token is None or spec.tokens is not None:  # anything but the common shape: one token
+            if spec.token is None and not spec.tokens:
+                raise JobError("missing_token", "job has no 'token', non-empty 'tokens' list or 'channel'")
+            if spec.token is not None and spec.tokens is not None:
+                raise JobError("bad_field", "give 'token' or 'tokens', not both")
         protocol, limit, voip_limit = limits
         if spec.attempts and not 0 <= spec.attempts <= MAX_ATTEMPTS_FIELD:
             raise JobError("bad_attempts", f"attempts must be a whole number from 0 to {MAX_ATTEMPTS_FIELD}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from apnsd import metrics
 from apnsd.core.jobs import Notification, bundle_of, live_activity_topic
-from apnsd.core.outcomes import Kind, Outcome, http2_outcome
+from apnsd.core.outcomes import DELIVERED, Kind, Outcome, http2_outcome
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, topic_for
 from apnsd.errors import GatewayError, JobError
 from apnsd.gateway.credentials import MIN_TOKEN_REFRESH, TokenSigner
@@ -84,7 +84,7 @@ class Http2Session(Session):
     def on_connected(self, now: float) -> None:
         """Send the connection preface and SETTINGS."""
         # apns-unique-id exists only in the development environment: read ids there (and from errors)
-        self._h2 = H2ClientConnection(read_ids=self.cfg.environment == "sandbox")
+        self._h2 = H2ClientConnection(read_ids=self.cfg.environment == "sandbox", compact=True)
         self._h2.initiate()
         self._streams.clear()
         self._sent_marks.clear()
@@ -203,7 +203,16 @@ class Http2Session(Session):
         out: Resolved = []
         streams = self._streams
         for ev in events:
-            if type(ev) is ResponseReceived:
+            if type(ev) is int:  # a plain 200 (the compact form of ResponseReceived(ev, 200))
+                note = streams.pop(ev, None)
+                if note is None:
+                    continue
+                out.append((note, DELIVERED))
+                if ev & RTT_SAMPLE_MASK == 1:
+                    sent = self._timed.pop(ev, None)
+                    if sent is not None:
+                        self._round_trip.observe(max(0.0, now - sent))
+            elif type(ev) is ResponseReceived:
                 note = streams.pop(ev.stream_id, None)
                 if note is None:
                     continue

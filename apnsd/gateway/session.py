@@ -11,7 +11,7 @@ from apnsd import logs, metrics
 from apnsd.config import AppConfig
 from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
-from apnsd.core.outcomes import BAD_DEVICE_TOKEN, Kind, Outcome
+from apnsd.core.outcomes import BAD_DEVICE_TOKEN, DELIVERED, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer
 from apnsd.core.suspension import (
     CREDENTIAL_REASONS,
@@ -264,8 +264,14 @@ class Session:
         hold = self.hold
         if hold.trial is not None:
             self._judge_trial(out, now)
+        # Nearly every answer is a delivery, which neither trips the breaker nor the guard nor is parked.
+        odd = [o for _, o in out if o is not DELIVERED]
+        if not odd and hold.suspension is None:
+            if self.guard.min_answers and self.guard.observe(len(out), 0, now) and self.guard.tripped is not None:
+                self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
+            return out
         if not self.suspended:
-            refused = next((o for _, o in out if o.reason in CREDENTIAL_REASONS), None)
+            refused = next((o for o in odd if o.reason in CREDENTIAL_REASONS), None)
             if refused is not None:
                 probe = self.cfg.credential_probe_interval
                 self.suspend(credential_suspension(refused.reason, refused.status, self.cfg.environment, probe), now)
@@ -276,7 +282,7 @@ class Session:
                 out = [(n, o) for n, o in out if not hold.parks(o.reason)]
         elif self.guard.min_answers:
             # The answers that trip the guard are recorded: they are the evidence; later ones are parked.
-            bad = sum(1 for _, o in out if o.reason == BAD_DEVICE_TOKEN)
+            bad = sum(1 for o in odd if o.reason == BAD_DEVICE_TOKEN)
             if self.guard.observe(len(out), bad, now) and self.guard.tripped is not None:
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
         return out

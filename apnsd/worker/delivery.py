@@ -307,15 +307,7 @@ class DeliveryLoop:
         """Validate a taken batch; from here its notifications count as in flight."""
         queue = taken.queue or self.queue
         batch = Batch(Commit(queue, taken.batch_id))
-        notes: list[Notification] = []
-        rejects: list[Rejected] = []
-        parse = self.parser.parse
-        for raw in taken.raws:
-            good, bad = parse(raw)
-            notes += good
-            rejects += bad
-        for n in notes:
-            n.batch = batch
+        notes, rejects = self.parser.parse_many(taken.raws, batch)
         batch.unresolved = {id(n): n for n in notes}
         batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
@@ -511,10 +503,7 @@ class DeliveryLoop:
     def _record_all(self, resolved: list[tuple[Notification, Outcome]]) -> None:
         if not resolved:
             return
-        wall = time.time()
-        record = self.recorder.record
-        for n, outcome in resolved:
-            self._completed(record(n, outcome, wall))
+        self._ready.extend(self.recorder.record_all(resolved, time.time()))
 
     def _completed(self, batch: Batch | None) -> None:
         if batch is not None:

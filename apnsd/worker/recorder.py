@@ -123,6 +123,51 @@ class OutcomeRecorder:
             b.tally[(n.app, Kind.DEAD.value)] += 1
             return self._done(b)
 
+    def record_all(self, resolved: list[tuple[Notification, Outcome]], now: float) -> list[Batch]:
+        """Record outcomes in order (as ``record`` does each); returns the batches they completed, in order.
+
+        Deliveries without receipts, the bulk of every answer, are counted per run of one batch: one tally
+        update and one check for completion per run instead of per notification.
+        """
+        done: list[Batch] = []
+        if self.results:
+            for n, outcome in resolved:
+                completed = self.record(n, outcome, now)
+                if completed is not None:
+                    done.append(completed)
+            return done
+        run: Batch | None = None  # the batch of the current run of deliveries, and how many it has
+        app = ""
+        k = 0
+        for n, outcome in resolved:
+            if outcome is DELIVERED:
+                b: Batch = n.batch
+                if b is not run or n.app != app:
+                    if run is not None and self._delivered(run, app, k):
+                        done.append(run)
+                    run, app, k = b, n.app, 0
+                del b.unresolved[id(n)]
+                if n.enqueued_at is not None:
+                    metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
+                k += 1
+                continue
+            if run is not None:
+                if self._delivered(run, app, k):
+                    done.append(run)
+                run = None
+            completed = self.record(n, outcome, now)
+            if completed is not None:
+                done.append(completed)
+        if run is not None and self._delivered(run, app, k):
+            done.append(run)
+        return done
+
+    def _delivered(self, b: Batch, app: str, k: int) -> bool:
+        """Count ``k`` deliveries of one app in ``b``; True when that completed the batch."""
+        b.tally[(app, _DELIVERED)] += k
+        b.remaining -= k - 1  # the last one through _done, which completes or marks the batch
+        return self._done(b) is not None
+
     def _record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
         b: Batch = n.batch
         c = b.commit

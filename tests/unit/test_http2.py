@@ -125,6 +125,21 @@ def test_header_blocks_stay_valid_across_templates_and_table_size_changes() -> N
     assert expected == pair.requests()
 
 
+def test_cached_header_parts_follow_each_request() -> None:
+    """Requests alternating body lengths, push types and token lengths (up to 100 bytes) decode exactly."""
+    pair = client_pair()
+    cases = [
+        (i, "ab" * (32 + 34 * (i % 3)), b"{}" if i % 2 else b'{"aps":{}}', ("alert", "voip")[i % 2]) for i in range(6)
+    ]
+    sids = [send(pair.client, i, token=t, payload=p, push_type=k) for i, t, p, k in cases]
+    pair.to_server()
+    expected = {
+        sid: expected_headers(token=t, ident=apns_id(i), length=len(p), push_type=k)
+        for sid, (i, t, p, k) in zip(sids, cases, strict=True)
+    }
+    assert expected == pair.requests()
+
+
 @pytest.mark.parametrize(
     ("template", "options"),
     [
@@ -307,6 +322,29 @@ def test_responses_map_to_status_reason_and_timestamp() -> None:
     assert 0 == pair.client.open_streams
 
 
+def test_compact_reports_a_plain_200_as_its_stream_id() -> None:
+    """With compact, a 200 without a body is its stream id; other answers stay ResponseReceived, in order."""
+    pair = client_pair()
+    pair.client.compact = True
+    sids = [send(pair.client, i) for i in range(3)]
+    pair.to_server()
+    pair.answer(sids[0], ident=apns_id(0))
+    pair.answer(sids[1], 400, b'{"reason":"BadDeviceToken"}', apns_id(1))
+    pair.answer(sids[2], ident=apns_id(2))
+    assert [sids[0], ResponseReceived(sids[1], 400, "BadDeviceToken"), sids[2]] == pair.to_client()
+    assert 0 == pair.client.open_streams
+
+
+def test_compact_with_read_ids_still_reads_every_answer() -> None:
+    """read_ids wins over compact: a 200's apns-id is read, so it stays a ResponseReceived."""
+    pair = client_pair()
+    pair.client.compact = pair.client.read_ids = True
+    sid = send(pair.client)
+    pair.to_server()
+    pair.answer(sid, ident=APNS_ID)
+    assert [(ResponseReceived, 200, APNS_ID)] == [(type(e), e.status, e.apns_id) for e in pair.to_client()]
+
+
 def test_response_fed_one_byte_at_a_time() -> None:
     """Frames split across reads, a padded body in two DATA frames, still make one event."""
     pair = client_pair()
@@ -412,6 +450,8 @@ def test_bad_server_preface_is_a_protocol_error(data: bytes, code: int) -> None:
         (raw_frame(f.PING, 0, 1, b"12345678"), f.PROTOCOL_ERROR),
         (raw_frame(f.WINDOW_UPDATE, 0, 0, b"\x7f\xff\xff\xff"), f.FLOW_CONTROL_ERROR),
         (raw_frame(f.WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x00"), f.PROTOCOL_ERROR),
+        (raw_frame(f.WINDOW_UPDATE, 0, 1, b"\x7f\xff\xff\xff"), f.FLOW_CONTROL_ERROR),  # an open stream's window
+        (raw_frame(f.WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x00"), f.PROTOCOL_ERROR),
         (raw_frame(f.HEADERS, 4, 2, b"\x88"), f.PROTOCOL_ERROR),  # server-initiated stream
         (raw_frame(f.HEADERS, 4, 9, b"\x88"), f.PROTOCOL_ERROR),  # stream never opened
         (raw_frame(f.HEADERS, 4, 1, b"\xff\xff\xff\xff\x0f"), f.COMPRESSION_ERROR),

@@ -382,6 +382,14 @@ def test_generated_apns_ids_are_unique_canonical_lowercase_uuids():
     assert [] == [i for i in ids if not UUID_RE.match(i)]
 
 
+def test_generated_apns_ids_count_up_across_their_last_two_digits():
+    """Consecutive ids end in consecutive 48-bit numbers, also where the last two hex digits wrap."""
+    gen = ApnsIds()
+    ends = [int(gen()[-12:], 16) for _ in range(600)]
+
+    assert list(range(ends[0], ends[0] + 600)) == ends
+
+
 # --- single_job / retry_job ----------------------------------------------------------------------
 
 

@@ -9,12 +9,14 @@ is a ``len()``, and incoming frames are parsed with ``struct`` in one loop. ``h2
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import NoReturn
 
 from apnsd.errors import ProtocolError
 from apnsd.wire.http2 import frames as f
 from apnsd.wire.http2.events import (
+    CompactEvent,
     Event,
     GoAwayReceived,
     H2ProtocolError,
@@ -31,6 +33,7 @@ from apnsd.wire.http2.hpack import TABLE_SIZE_ZERO, RequestEncoder
 from apnsd.wire.http2.status import response_ids, response_status
 
 __all__ = [
+    "CompactEvent",
     "Event",
     "GoAwayReceived",
     "H2ClientConnection",
@@ -61,6 +64,13 @@ STREAMS_BEFORE_SETTINGS = 1
 UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
+_END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
+_HEAD = f.FRAME_HEAD.pack
+_unpack_u32 = struct.Struct(">I").unpack_from
+_HEADERS, _WINDOW_UPDATE, _SETTINGS = f.HEADERS, f.WINDOW_UPDATE, f.SETTINGS
+_MAX_STREAM_ID, _MAX_WINDOW = f.MAX_STREAM_ID, f.MAX_WINDOW
+_STATUS_200 = 0x88  # HPACK: indexed static entry 8, ":status: 200"
+_TABLE_ZERO = TABLE_SIZE_ZERO[0]  # HPACK: dynamic table size update to 0
 
 
 class _Stream:
@@ -84,13 +94,16 @@ class _Stream:
 class H2ClientConnection:
     """One client-side HTTP/2 connection to APNs, free of I/O: feed bytes in, drain bytes out."""
 
-    def __init__(self, read_ids: bool = False) -> None:
+    def __init__(self, read_ids: bool = False, compact: bool = False) -> None:
         # apns-id / apns-unique-id are read from every response when read_ids, else only from errors:
         # a 200's apns-id is the one we sent, and skipping the walk keeps the hot path at :status alone.
         self.read_ids = read_ids
+        # compact: a plain 200 (no ids to read, no body) comes back as its stream id, an int, instead of a
+        # ResponseReceived; building that frozen event cost more than the rest of reading the answer.
+        self.compact = compact
         self._out = bytearray()
         self._in = bytearray()
-        self._events: list[Event] = []
+        self._events: list[CompactEvent] = []
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1
         self._peer_max_streams = STREAMS_BEFORE_SETTINGS
@@ -177,7 +190,15 @@ class H2ClientConnection:
         block: bytes | None = None,
     ) -> int:
         """Queue one POST /3/device/<token>, or the request of a ready header ``block``; returns its stream id."""
-        if self.available_streams <= 0:
+        sid = self._next_id
+        streams = self._streams
+        if (
+            len(streams) >= self._peer_max_streams
+            or sid > f.MAX_STREAM_ID
+            or self.goaway is not None
+            or self.closing
+            or self.failed
+        ):
             raise NoStreamAvailable("no HTTP/2 stream available on this connection")
         if block is None:
             block = self._encoder.block(
@@ -188,21 +209,26 @@ class H2ClientConnection:
             # chose (RFC 7541 §4.2 wants an update after each change); we never index anyway.
             block = TABLE_SIZE_ZERO + block
             self._table_update_due = False
-        sid = self._next_id
-        self._next_id += 2
-        s = _Stream(sid, self._peer_window, payload or None)
-        self._streams[sid] = s
-        self._out += f.header_frames(sid, block, not payload, self._peer_max_frame)
+        self._next_id = sid + 2
         n = len(payload)
-        if not n:
-            return sid
-        if not self._ready and n <= self._send_window and n <= s.window and n <= self._peer_max_frame:
-            # the common case: the whole body fits in one frame and in both windows
-            self._out += f.FRAME_HEAD.pack(n << 8 | f.DATA, f.FLAG_END_STREAM, sid) + payload
+        window = self._peer_window
+        out = self._out
+        if 0 < n <= self._send_window and n <= window and n <= self._peer_max_frame and not self._ready:
+            # the common case: the headers in one frame, the whole body in one frame and in both windows
+            streams[sid] = _Stream(sid, window - n, None)
+            if len(block) <= self._peer_max_frame:
+                out += _HEAD(len(block) << 8 | f.HEADERS, f.FLAG_END_HEADERS, sid)
+                out += block
+            else:
+                out += f.header_frames(sid, block, False, self._peer_max_frame)
+            out += _HEAD(n << 8 | f.DATA, f.FLAG_END_STREAM, sid)
+            out += payload
             self._send_window -= n
-            s.window -= n
-            s.body, s.local_done = None, True
-        else:
+            return sid
+        s = _Stream(sid, window, payload or None)
+        streams[sid] = s
+        out += f.header_frames(sid, block, not payload, self._peer_max_frame)
+        if n:
             self._ready.append(s)
             self._flush_data()
         return sid
@@ -241,7 +267,7 @@ class H2ClientConnection:
             self.closing = True
             self._out += f.goaway_frame(0, error_code)  # 0: the server opened no streams
 
-    def receive_data(self, data: bytes | bytearray) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[CompactEvent]:
         """Feed bytes read from the socket; returns the events they complete."""
         if self.failed:
             raise H2ProtocolError(f.PROTOCOL_ERROR, "the connection already failed", [])
@@ -250,14 +276,18 @@ class H2ClientConnection:
             buf: bytes | bytearray = self._in
         else:
             buf = data
-        events: list[Event] = []
+        events: list[CompactEvent] = []
         self._events = events
         pos, end = 0, len(buf)
         unpack = f.FRAME_HEAD.unpack_from
+        streams = self._streams
+        # The common answer, read inline: HEADERS with END_STREAM|END_HEADERS whose block opens with :status 200
+        # (static index 8), after an optional table size update to 0. Else _on_headers reads it.
+        plain = not self.read_ids and not self.keep_responses
         while end - pos >= 9:
             word, flags, sid = unpack(buf, pos)
             length, ftype = word >> 8, word & 0xFF
-            if not self._settings_seen and ftype != f.SETTINGS:
+            if not self._settings_seen and ftype != _SETTINGS:
                 self._fail(
                     f.PROTOCOL_ERROR,
                     f"expected the server's SETTINGS first, got frame type {ftype} (is this an HTTP/2 server?)",
@@ -268,11 +298,31 @@ class H2ClientConnection:
             if end - start < length:
                 break
             pos = start + length
-            sid &= f.MAX_STREAM_ID
+            sid &= _MAX_STREAM_ID
             if self._block_stream and (ftype != f.CONTINUATION or sid != self._block_stream):
                 self._fail(f.PROTOCOL_ERROR, "header block interrupted before END_HEADERS")
-            if ftype == f.HEADERS:
-                self._on_headers(flags, sid, buf[start:pos])
+            if ftype == _HEADERS:
+                s = streams.get(sid) if plain and flags == _END_BOTH and length >= 2 else None
+                if (
+                    s is not None
+                    and s.status is None
+                    and s.local_done
+                    and (buf[start] == _STATUS_200 or (buf[start] == _TABLE_ZERO and buf[start + 1] == _STATUS_200))
+                ):
+                    del streams[sid]
+                    s.remote_done = True
+                    s.status = 200
+                    events.append(sid if self.compact else ResponseReceived(sid, 200))
+                else:
+                    self._on_headers(flags, sid, buf[start:pos])
+            elif ftype == _WINDOW_UPDATE and length == 4 and sid in streams and not self._ready:
+                # a stream's window opened (nginx sends one per request): nothing waits to be sent
+                s = streams[sid]
+                increment = _unpack_u32(buf, start)[0] & _MAX_WINDOW
+                s.window += increment
+                if not increment or s.window > _MAX_WINDOW or sid in self._stalled:
+                    s.window -= increment
+                    self._on_control(ftype, flags, sid, buf[start:pos])  # the rare cases, and their errors
             elif ftype == f.DATA:
                 self._on_data(flags, sid, buf[start:pos])
             else:

@@ -66,6 +66,8 @@ class PingAcked:
 
 
 Event = ResponseReceived | StreamReset | GoAwayReceived | SettingsChanged | PingAcked
+# What receive_data returns: events, and with ``compact`` a plain 200 as just its stream id.
+CompactEvent = Event | int
 
 
 class NoStreamAvailable(GatewayError):
@@ -97,7 +99,7 @@ def decode_response_reason(body: bytes) -> tuple[str, int | None]:
 class H2ProtocolError(ProtocolError):
     """The server broke HTTP/2; a GOAWAY is queued. ``events`` are the answers read before the fault."""
 
-    def __init__(self, error_code: int, message: str, events: list[Event]) -> None:
+    def __init__(self, error_code: int, message: str, events: list[CompactEvent]) -> None:
         super().__init__(f"{ERROR_NAMES.get(error_code, error_code)}: {message}")
         self.error_code = error_code
         self.events = events

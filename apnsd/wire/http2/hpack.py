@@ -84,6 +84,8 @@ _CHANNEL_ID = literal_name("apns-channel-id")
 _REQUEST_ID = literal_name("apns-request-id")
 _LIVE_ACTIVITY = literal("apns-push-type", "liveactivity")
 _CACHE_LIMIT = 256  # topics and push types come from jobs: keep their caches bounded
+_TAIL_CACHE_LIMIT = 8192  # body lengths: a few KB at most each, so this holds every one in practice
+_PATH_PREFIX_LEN = len(_PATH_PREFIX)
 
 
 class RequestEncoder:
@@ -91,9 +93,14 @@ class RequestEncoder:
 
     def __init__(self) -> None:
         self._template: RequestTemplate | None = None
-        self._pseudo = self._topic = self._auth = b""
+        self._pseudo = self._pseudo_path = self._topic = self._auth = b""
         self._topics: dict[str, bytes] = {}
         self._push_types: dict[str, bytes] = {}
+        # Per template, the encoded fields between the path and the apns-id value (topic, push type,
+        # priority, the apns-id name) by their values, and the fields after it (content-length, authorization)
+        # by body length: a request is then a join of six byte strings.
+        self._middles: dict[tuple[str | None, str | None, int | None], bytes] = {}
+        self._tails: dict[int, bytes] = {}
 
     def block(
         self,
@@ -110,6 +117,20 @@ class RequestEncoder:
         """The header block: pseudo-headers, apns-* headers, content-length, then authorization."""
         if template is not self._template:
             self._use(template)
+        if expiration is None and collapse_id is None:  # the common shape, from cached parts
+            middle = self._middles.get((topic, push_type, priority))
+            if middle is None:
+                middle = self._middle(template, topic, push_type, priority)
+            tail = self._tails.get(length)
+            if tail is None:
+                tail = self._tail(length)
+            path = token_hex.encode()
+            ident = apns_id.encode()
+            n, m = len(path) + _PATH_PREFIX_LEN, len(ident)
+            if n < 127 and m < 127:
+                return b"".join(
+                    (self._pseudo_path, _SHORT_LENGTHS[n], _PATH_PREFIX, path, middle, _SHORT_LENGTHS[m], ident, tail)
+                )
         topic_field = self._topic
         if topic is not None and topic != template.topic:
             topic_field = self._topics.get(topic) or self._cached(self._topics, "apns-topic", topic)
@@ -171,6 +192,32 @@ class RequestEncoder:
             else b""
         )
         self._template, self._pseudo, self._topic, self._auth = t, pseudo, topic, auth
+        self._pseudo_path = pseudo + _PATH
+        self._middles.clear()
+        self._tails.clear()
+
+    def _middle(self, t: RequestTemplate, topic: str | None, push_type: str | None, priority: int | None) -> bytes:
+        """The encoded topic, push type, priority and apns-id name of requests with these values (cached)."""
+        topic_field = self._topic
+        if topic is not None and topic != t.topic:
+            topic_field = self._topics.get(topic) or self._cached(self._topics, "apns-topic", topic)
+        parts = [topic_field]
+        if push_type is not None:
+            parts.append(self._push_types.get(push_type) or self._cached(self._push_types, "apns-push-type", push_type))
+        if priority is not None:
+            parts.append(_PRIORITIES.get(priority) or literal("apns-priority", str(priority)))
+        parts.append(_APNS_ID)
+        if len(self._middles) >= _CACHE_LIMIT:
+            self._middles.clear()
+        middle = self._middles[(topic, push_type, priority)] = b"".join(parts)
+        return middle
+
+    def _tail(self, length: int) -> bytes:
+        """The encoded content-length and authorization of a request whose body is ``length`` bytes (cached)."""
+        if len(self._tails) >= _TAIL_CACHE_LIMIT:
+            self._tails.clear()
+        tail = self._tails[length] = _CONTENT_LENGTH + encode_str(str(length).encode()) + self._auth
+        return tail
 
     @staticmethod
     def _cached(cache: dict[str, bytes], name: str, value: str) -> bytes:
