@@ -316,7 +316,7 @@ class DeliveryLoop:
             rejects += bad
         for n in notes:
             n.batch = batch
-        batch.unresolved = {id(n): n for n in notes}
+        batch.unresolved = dict.fromkeys(notes)
         batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
         self.handoff.parsed(len(taken.raws), batch.remaining)
