@@ -63,7 +63,9 @@ class JobSpec(msgspec.Struct, kw_only=True):
 class Notification:
     """One device's notification, ready for either protocol; ``raw`` is the job it came from."""
 
-    token: str
+    # None when the token is the lower-case hex of ``token_bytes`` (every parsed device token): tens of
+    # thousands wait in flight at once, and the hex string would cost another 113 bytes each.
+    _token: str | None
     token_bytes: bytes
     payload: bytes
     app: str
@@ -85,6 +87,12 @@ class Notification:
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
     channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
     suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
+
+    @property
+    def token(self) -> str:
+        """The device token in lower-case hex, or the channel id of a broadcast."""
+        t = self._token
+        return self.token_bytes.hex() if t is None else t
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +235,9 @@ class JobParser:
             first: JobError | None = None
             for token in tokens:
                 tb = _plain_hex(token)
-                if tb is not None:
-                    t = token.lower()
-                else:
+                if tb is None:
                     try:
-                        t, tb = parse_token(token)
+                        tb = parse_token(token)[1]  # the normalised text is the bytes' hex: not kept
                     except JobError as exc:
                         bad[token] = exc.reason
                         first = first or exc
@@ -242,7 +248,7 @@ class JobParser:
                     apns_id = self.new_id() if protocol == "http2" else ""
                 good.append(
                     Notification(
-                        t,
+                        None,
                         tb,
                         payload,
                         spec.app,

@@ -124,6 +124,22 @@ def test_notification_carries_normalised_token_and_its_bytes():
     assert (TOKEN, bytes.fromhex(TOKEN)) == (n.token, n.token_bytes)
 
 
+@pytest.mark.parametrize("given", [TOKEN, TOKEN.upper(), "<" + TOKEN[:32] + " " + TOKEN[32:] + ">"])
+def test_a_parsed_notification_keeps_its_token_only_as_bytes(given):
+    """Tens of thousands wait in flight at once: a parsed device token is held once, as bytes, and its text
+    (lowercase hex) is derived from them, whatever form the job gave it in."""
+    n = one(raw_job(token=given))
+
+    assert (None, TOKEN) == (n._token, n.token)
+
+
+def test_a_notification_has_no_instance_dict():
+    """Notifications use slots: no per-instance __dict__ (about 100 bytes each) in flight."""
+    n = one(raw_job())
+
+    assert False is hasattr(n, "__dict__")
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
