@@ -67,7 +67,9 @@ class Notification:
     # thousands wait in flight at once, and the hex string would cost another 113 bytes each.
     _token: str | None
     token_bytes: bytes
-    payload: bytes
+    # The payload as it stands in the raw job (msgspec's ~48-byte view into ``raw``, held anyway) when it is
+    # sent as pushed, the common case; the bytes to send otherwise (a pre-encoded string, a compacted one).
+    _payload: bytes | msgspec.Raw
     app: str
     apns_id: str
     job_id: str | None
@@ -93,6 +95,12 @@ class Notification:
         """The device token in lower-case hex, or the channel id of a broadcast."""
         t = self._token
         return self.token_bytes.hex() if t is None else t
+
+    @property
+    def payload(self) -> bytes:
+        """The JSON payload to send."""
+        p = self._payload
+        return p if type(p) is bytes else bytes(p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +237,9 @@ class JobParser:
                 payload, protocol, push_type = self._common(spec)
             except JobError as exc:
                 return [], [Rejected(raw, exc.reason, exc.detail, spec.app)]
+            # Same length: the payload object as pushed (a decoded string or a compacted payload is shorter),
+            # so the notification keeps the view into ``raw`` rather than a copy of it.
+            body: bytes | msgspec.Raw = spec.payload if len(payload) == len(spec.payload) else payload
             tokens: list[str] = spec.tokens if spec.tokens is not None else [spec.token or ""]
             good: list[Notification] = []
             bad: dict[str, str] = {}
@@ -250,7 +261,7 @@ class JobParser:
                     Notification(
                         None,
                         tb,
-                        payload,
+                        body,
                         spec.app,
                         apns_id,
                         spec.id,

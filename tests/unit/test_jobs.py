@@ -263,6 +263,25 @@ def test_pretty_printed_payload_over_the_limit_is_compacted_when_that_fits():
     assert msgspec.json.encode(payload) == one(raw).payload
 
 
+OBJECT = {"aps": {"alert": "hello"}}
+
+
+@pytest.mark.parametrize(
+    ("payload", "held", "expected"),
+    [
+        (OBJECT, msgspec.Raw, msgspec.json.encode(OBJECT)),  # as pushed: a view into the raw job, no copy
+        (json.dumps(OBJECT), bytes, json.dumps(OBJECT).encode()),  # a pre-encoded string: its text
+        (json.dumps(sized_payload(2048), indent=4), bytes, msgspec.json.encode(sized_payload(2048))),  # compacted
+    ],
+)
+def test_only_a_payload_sent_as_pushed_is_held_as_a_view_into_the_raw_job(payload, held, expected):
+    """A payload object is kept as msgspec's view into the raw job (held anyway), not a second copy; a payload
+    that had to change is kept as the bytes to send. Either way the payload handed out is those bytes."""
+    n = one(raw_job(app="legacy", payload=payload))
+
+    assert (held, expected) == (type(n._payload), n.payload)
+
+
 def test_pretty_printed_payload_string_over_the_limit_is_compacted_when_that_fits():
     """A pre-encoded payload string with indentation is compacted too when that brings it under the limit."""
     payload = sized_payload(2048)
