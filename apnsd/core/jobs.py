@@ -64,9 +64,13 @@ class JobSpec(msgspec.Struct, kw_only=True):
 class Notification:
     """One device's notification, ready for either protocol; ``raw`` is the job it came from."""
 
-    token: str
+    # None when the token is the lower-case hex of ``token_bytes`` (every parsed device token): tens of
+    # thousands wait in flight at once, and the hex string would cost another 113 bytes each.
+    _token: str | None
     token_bytes: bytes
-    payload: bytes
+    # The payload as it stands in the raw job (msgspec's ~48-byte view into ``raw``, held anyway) when it is
+    # sent as pushed, the common case; the bytes to send otherwise (a pre-encoded string, a compacted one).
+    _payload: bytes | msgspec.Raw
     app: str
     apns_id: str
     job_id: str | None
@@ -86,6 +90,18 @@ class Notification:
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
     channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
     suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
+
+    @property
+    def token(self) -> str:
+        """The device token in lower-case hex, or the channel id of a broadcast."""
+        t = self._token
+        return self.token_bytes.hex() if t is None else t
+
+    @property
+    def payload(self) -> bytes:
+        """The JSON payload to send."""
+        p = self._payload
+        return p if type(p) is bytes else bytes(p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +274,9 @@ class JobParser:
             except JobError as exc:
                 bad.append(Rejected(raw, exc.reason, exc.detail, spec.app))
                 return
+            # Same length: the payload object as pushed (a decoded string or a compacted payload is shorter),
+            # so the notification keeps the view into ``raw`` rather than a copy of it.
+            body: bytes | msgspec.Raw = spec.payload if len(payload) == len(spec.payload) else payload
             fanout = spec.tokens is not None
             tokens: list[str] | tuple[str] = spec.tokens if spec.tokens is not None else (spec.token or "",)
             own_id = job_uuid if len(tokens) == 1 else None  # one device: the job's UUID is its apns-id
@@ -266,11 +285,9 @@ class JobParser:
             new_id = self.new_id if protocol == "http2" else None
             for token in tokens:
                 tb = _plain_hex(token)
-                if tb is not None:
-                    t = token.lower()
-                else:
+                if tb is None:
                     try:
-                        t, tb = parse_token(token)
+                        tb = parse_token(token)[1]  # the normalised text is the bytes' hex: not kept
                     except JobError as exc:
                         failed = failed or {}
                         failed[token] = exc.reason
@@ -280,9 +297,9 @@ class JobParser:
                 apns_id = own_id or (new_id() if new_id is not None else "")
                 good.append(
                     Notification(
-                        t,
+                        None,
                         tb,
-                        payload,
+                        body,
                         spec.app,
                         apns_id,
                         job_id,

@@ -20,6 +20,16 @@ ANSWERED_DELAY = 0.25  # reconnect delay after a connection whose first notifica
 UNSENT_LIMIT = 512 * 1024
 
 
+class _Run:
+    """Consecutive window entries whose frames finished writing at the same moment."""
+
+    __slots__ = ("at", "count")
+
+    def __init__(self, count: int, at: float) -> None:
+        self.count = count
+        self.at = at
+
+
 class BinarySession(Session):
     """Binary APNs: silence means success, so a notification is delivered once ``confirm_delay`` passes
     without an error response; an error names the failed one, and everything after it is sent again.
@@ -32,8 +42,13 @@ class BinarySession(Session):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._unwritten: deque[tuple[int, int, Notification]] = deque()  # (id, end offset, n), still buffered
-        self._window: deque[tuple[int, float, Notification]] = deque()  # (id, written at, n), awaiting silence
+        # At ~100,000/s the window holds tens of thousands of notifications, so it keeps nothing per frame but
+        # the notification itself: identifiers are consecutive from ``_first_id`` (window first, then the
+        # unwritten frames), and the write times are kept per run of frames written together.
+        self._unwritten: deque[tuple[int, Notification]] = deque()  # (end offset, n), still buffered
+        self._window: deque[Notification] = deque()  # written, awaiting silence
+        self._runs: deque[_Run] = deque()  # the window's write times, oldest first; counts sum to len(_window)
+        self._first_id = 1  # the identifier of the oldest unanswered frame (window[0], else unwritten[0])
         self._queued = 0  # bytes handed to the current transport
         self._next_id = 1
         self._rx = bytearray()
@@ -64,13 +79,15 @@ class BinarySession(Session):
             if count <= 0:
                 return
         ident, queued = self._next_id, self._queued
+        if not unwritten and not self._window:
+            self._first_id = ident
         frames = []
         for _ in range(count):
             n = pending.popleft()
             frame = encode(n.token_bytes, n.payload, ident, n.expiration or 0, n.priority or 10)
             frames.append(frame)
             queued += len(frame)
-            unwritten.append((ident, queued, n))
+            unwritten.append((queued, n))
             ident = (ident + 1) % ID_MOD
         self._next_id, self._queued = ident, queued
         data = b"".join(frames)
@@ -81,9 +98,29 @@ class BinarySession(Session):
         """Start the silence clock of frames whose bytes the transport has written since."""
         unwritten, window = self._unwritten, self._window
         written = self.transport.written if self.transport is not None else 0
-        while unwritten and unwritten[0][1] <= written:
-            ident, _, n = unwritten.popleft()
-            window.append((ident, now, n))
+        moved = 0
+        while unwritten and unwritten[0][0] <= written:
+            window.append(unwritten.popleft()[1])
+            moved += 1
+        if moved:
+            self._stamp(moved, now)
+
+    def _stamp(self, count: int, now: float) -> None:
+        """The last ``count`` window entries were written at ``now``."""
+        runs = self._runs
+        if runs and runs[-1].at == now:
+            runs[-1].count += count
+        else:
+            runs.append(_Run(count, now))
+
+    def _pop(self) -> Notification:
+        """Take the oldest window entry (answered or confirmed)."""
+        self._first_id = (self._first_id + 1) % ID_MOD
+        run = self._runs[0]
+        run.count -= 1
+        if not run.count:
+            self._runs.popleft()
+        return self._window.popleft()
 
     def on_bytes(self, data: bytes, now: float) -> Resolved:
         """Parse error responses; resolve the named notification and those before it."""
@@ -101,10 +138,12 @@ class BinarySession(Session):
         even if the transport's count of written bytes (per chunk) has not caught up yet."""
         unwritten = self._unwritten
         if unwritten:
-            k = (identifier - unwritten[0][0]) % ID_MOD
-            for _ in range(k + 1 if k < len(unwritten) else 0):
-                ident, _, n = unwritten.popleft()
-                self._window.append((ident, now, n))
+            k = (identifier - self._first_id - len(self._window)) % ID_MOD
+            reached = k + 1 if k < len(unwritten) else 0
+            for _ in range(reached):
+                self._window.append(unwritten.popleft()[1])
+            if reached:
+                self._stamp(reached, now)
 
     def _on_error(self, err: binary.ErrorResponse, now: float) -> Resolved:
         self._reached(err.identifier, now)
@@ -113,7 +152,7 @@ class BinarySession(Session):
         if not window:
             self.log.warning("error_response_late", status=err.status, identifier=err.identifier)
             return out
-        idx = (err.identifier - window[0][0]) % ID_MOD
+        idx = (err.identifier - self._first_id) % ID_MOD
         if idx >= len(window):
             # The named notification was confirmed already (or never ours): everything still in the
             # window came after it, so the gateway discarded all of it and it must all be resent.
@@ -125,13 +164,13 @@ class BinarySession(Session):
         if idx == 0 and err.status != 10 and not self._productive:
             self.pacer.answered(now, ANSWERED_DELAY)  # nothing delivered, but the gateway did answer
         for _ in range(idx):
-            out.append((window.popleft()[2], DELIVERED))
+            out.append((self._pop(), DELIVERED))
         outcome = binary_outcome(err.status)
         if err.status == 10:
             # Shutdown names the last notification processed, which therefore succeeded.
-            out.append((window.popleft()[2], DELIVERED))
+            out.append((self._pop(), DELIVERED))
         else:
-            n = window.popleft()[2]
+            n = self._pop()
             out.append((n, outcome))
             self.log.info(
                 "error_response",
@@ -147,14 +186,16 @@ class BinarySession(Session):
     def on_timer(self, now: float) -> Resolved:
         """Confirm notifications that stayed unanswered for ``confirm_delay`` after they were written."""
         self._written(now)
-        window, cutoff = self._window, now - self.cfg.confirm_delay
+        window, runs, cutoff = self._window, self._runs, now - self.cfg.confirm_delay
         out: Resolved = []
-        if window and window[0][1] <= cutoff and self.transport is not None:
+        if runs and runs[0].at <= cutoff and self.transport is not None:
             # Silence counts only if we listened: when the loop was held up (a busy machine), an error
             # response can sit unread in the socket although the clock says confirm_delay has passed.
             out += self._read(now)
-        while window and window[0][1] <= cutoff:
-            out.append((window.popleft()[2], DELIVERED))
+        while runs and runs[0].at <= cutoff:
+            count = runs.popleft().count
+            self._first_id = (self._first_id + count) % ID_MOD
+            out += [(window.popleft(), DELIVERED) for _ in range(count)]
         if out and self._cap is not None:
             self._cap *= 2
             if self._cap >= FULL_WINDOW:
@@ -170,7 +211,7 @@ class BinarySession(Session):
         """When the oldest unconfirmed notification will be confirmed (now, if frames were written since, or
         if pending ones can be encoded: the transport has room and the window allows)."""
         t = self.transport
-        if self._unwritten and t is not None and self._unwritten[0][1] <= t.written:
+        if self._unwritten and t is not None and self._unwritten[0][0] <= t.written:
             return now
         if (
             self.pending
@@ -180,7 +221,7 @@ class BinarySession(Session):
             and (self._cap is None or self.unanswered_count() < self._cap)
         ):
             return now
-        return self._window[0][1] + self.cfg.confirm_delay if self._window else now + 3600.0
+        return self._runs[0].at + self.cfg.confirm_delay if self._runs else now + 3600.0
 
     def unanswered_count(self) -> int:
         """Sent (written or still buffered) but not yet confirmed."""
@@ -188,7 +229,8 @@ class BinarySession(Session):
 
     def take_unanswered(self) -> list[Notification]:
         """Empty the window and the unwritten frames, oldest first."""
-        notes = [n for _, _, n in self._window] + [n for _, _, n in self._unwritten]
+        notes = [*self._window, *(n for _, n in self._unwritten)]
         self._window.clear()
+        self._runs.clear()
         self._unwritten.clear()
         return notes

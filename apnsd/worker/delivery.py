@@ -308,7 +308,7 @@ class DeliveryLoop:
         queue = taken.queue or self.queue
         batch = Batch(Commit(queue, taken.batch_id))
         notes, rejects = self.parser.parse_many(taken.raws, batch)
-        batch.unresolved = {id(n): n for n in notes}
+        batch.unresolved = dict.fromkeys(notes)
         batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
         self.handoff.parsed(len(taken.raws), batch.remaining)

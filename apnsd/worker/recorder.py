@@ -32,7 +32,8 @@ class Batch:
     reasons: dict[str, int] = field(
         default_factory=dict
     )  # dead-letter and unregistered reasons, for the batch log line
-    unresolved: dict[int, Notification] = field(default_factory=dict)  # by id(), in taking order
+    # In taking order; keyed by the notification itself (it hashes by identity), no id() number per entry.
+    unresolved: dict[Notification, None] = field(default_factory=dict)
     # The owning loop's list of batches resolved in part since its last slice (None: commit whole batches
     # only), and whether this batch is on it.
     slices: list[Batch] | None = None
@@ -107,7 +108,7 @@ class OutcomeRecorder:
     def record(self, n: Notification, outcome: Outcome, now: float) -> Batch | None:
         """Record one outcome; returns the batch when it just became complete."""
         b: Batch = n.batch
-        del b.unresolved[id(n)]
+        del b.unresolved[n]
         if outcome is DELIVERED and not self.results:  # the hot path: nothing to write but a count
             if n.enqueued_at is not None:
                 metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
@@ -146,7 +147,7 @@ class OutcomeRecorder:
                     if run is not None and self._delivered(run, app, k):
                         done.append(run)
                     run, app, k = b, n.app, 0
-                del b.unresolved[id(n)]
+                del b.unresolved[n]
                 if n.enqueued_at is not None:
                     metrics.LATENCY.labels(n.app).observe(max(0.0, now - n.enqueued_at))
                 k += 1
@@ -253,7 +254,7 @@ class OutcomeRecorder:
     def defer(self, n: Notification, at: float) -> Batch | None:
         """Park a notification whose send_at is still ahead in the scheduled set."""
         b: Batch = n.batch
-        del b.unresolved[id(n)]
+        del b.unresolved[n]
         b.commit.scheduled[single_job(n)] = at
         b.tally[(n.app, "scheduled")] += 1
         return self._done(b)
@@ -261,7 +262,7 @@ class OutcomeRecorder:
     def requeue(self, n: Notification) -> Batch | None:
         """Return an unanswered notification to the front of its queue (at shutdown)."""
         b: Batch = n.batch
-        del b.unresolved[id(n)]
+        del b.unresolved[n]
         b.commit.requeue.append(single_job(n))
         b.tally[(n.app, "returned")] += 1
         return self._done(b)
@@ -291,7 +292,7 @@ class OutcomeRecorder:
             if not b.remaining or not b.tally:
                 continue
             c = b.commit
-            keep = [single_job(n) for n in b.unresolved.values()]
+            keep = [single_job(n) for n in b.unresolved]
             resolved = Commit(
                 c.queue,
                 c.batch_id,

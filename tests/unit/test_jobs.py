@@ -124,6 +124,22 @@ def test_notification_carries_normalised_token_and_its_bytes():
     assert (TOKEN, bytes.fromhex(TOKEN)) == (n.token, n.token_bytes)
 
 
+@pytest.mark.parametrize("given", [TOKEN, TOKEN.upper(), "<" + TOKEN[:32] + " " + TOKEN[32:] + ">"])
+def test_a_parsed_notification_keeps_its_token_only_as_bytes(given):
+    """Tens of thousands wait in flight at once: a parsed device token is held once, as bytes, and its text
+    (lowercase hex) is derived from them, whatever form the job gave it in."""
+    n = one(raw_job(token=given))
+
+    assert (None, TOKEN) == (n._token, n.token)
+
+
+def test_a_notification_has_no_instance_dict():
+    """Notifications use slots: no per-instance __dict__ (about 100 bytes each) in flight."""
+    n = one(raw_job())
+
+    assert False is hasattr(n, "__dict__")
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -245,6 +261,25 @@ def test_pretty_printed_payload_over_the_limit_is_compacted_when_that_fits():
     assert len(pretty) > 2048
 
     assert msgspec.json.encode(payload) == one(raw).payload
+
+
+OBJECT = {"aps": {"alert": "hello"}}
+
+
+@pytest.mark.parametrize(
+    ("payload", "held", "expected"),
+    [
+        (OBJECT, msgspec.Raw, msgspec.json.encode(OBJECT)),  # as pushed: a view into the raw job, no copy
+        (json.dumps(OBJECT), bytes, json.dumps(OBJECT).encode()),  # a pre-encoded string: its text
+        (json.dumps(sized_payload(2048), indent=4), bytes, msgspec.json.encode(sized_payload(2048))),  # compacted
+    ],
+)
+def test_only_a_payload_sent_as_pushed_is_held_as_a_view_into_the_raw_job(payload, held, expected):
+    """A payload object is kept as msgspec's view into the raw job (held anyway), not a second copy; a payload
+    that had to change is kept as the bytes to send. Either way the payload handed out is those bytes."""
+    n = one(raw_job(app="legacy", payload=payload))
+
+    assert (held, expected) == (type(n._payload), n.payload)
 
 
 def test_pretty_printed_payload_string_over_the_limit_is_compacted_when_that_fits():

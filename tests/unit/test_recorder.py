@@ -26,7 +26,7 @@ def _batches(slices: list[Batch]) -> tuple[list[Batch], list[Notification]]:
         ]
         good, bad = parser.parse_many(raws, b)
         assert [] == bad
-        b.unresolved = {id(n): n for n in good}
+        b.unresolved = dict.fromkeys(good)
         b.remaining = len(good)
         batches.append(b)
         notes += good
