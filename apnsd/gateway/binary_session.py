@@ -23,6 +23,9 @@ UNSENT_LIMIT = 512 * 1024
 # AHEAD_FACTOR × the usual run of accepted frames between two errors (and at least AHEAD_MIN) are at risk at once.
 AHEAD_FACTOR = 3
 AHEAD_MIN = 128
+# And they go out in steps of half that run (at least AHEAD_STEP), so that an error response is seen between two
+# writes rather than after a long one.
+AHEAD_STEP = 32
 SMOOTHING = 0.25  # weight of the newest sample in the answer-lag and run averages
 
 
@@ -113,11 +116,12 @@ class BinarySession(Session):
         """How many more frames may be put at risk now (None: no limit, error responses are not frequent)."""
         if not self._gap:
             return None
-        limit = max(AHEAD_MIN, int(AHEAD_FACTOR * max(self._gap, self._run)))
+        run = max(self._gap, self._run)
+        limit = max(AHEAD_MIN, int(AHEAD_FACTOR * run))
         cutoff, marks = now - 2 * self._lag, self._marks
         while len(marks) > 1 and marks[1][0] <= cutoff:
             marks.popleft()
-        return limit - (self._moved - marks[0][1]) - len(self._unwritten)
+        return min(limit - (self._moved - marks[0][1]) - len(self._unwritten), max(AHEAD_STEP, int(run / 2)))
 
     def on_bytes(self, data: bytes, now: float) -> Resolved:
         """Parse error responses; resolve the named notification and those before it."""

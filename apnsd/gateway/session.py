@@ -150,8 +150,8 @@ class Session:
             self._connect(now)
         if self.transport is not None:
             out += self._write(now, sending)
-        if self._wants_standby(sending) and now >= self.pacer.next_attempt(now):
-            self._dial(now)
+        while self._wants_standby(sending) and now >= self.pacer.next_attempt(now):
+            self._dial(now)  # each one adds a connect in progress (or a standby), or fails and backs off
         return out
 
     def _read(self, now: float) -> Resolved:

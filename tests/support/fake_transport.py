@@ -130,10 +130,12 @@ class FakeNetwork:
 
     transports: list[FakeTransport] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # connect attempts to refuse first, with these causes
+    slow_handshakes: bool = False  # new connections wait for the test to set ``handshake_done``
 
     def __call__(self) -> FakeTransport:
         """A new connection (what ``make_transport`` returns)."""
         t = _Refusing(self.refusals.pop(0)) if self.refusals else FakeTransport()
+        t.handshake_done = not self.slow_handshakes
         self.transports.append(t)
         return t
 
