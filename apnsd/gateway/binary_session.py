@@ -110,7 +110,8 @@ class BinarySession(Session):
             moved += 1
         if moved:
             self._moved += moved
-            self._marks.append((now, self._moved))
+            if self._gap:  # only while error responses are frequent is the age of written frames looked at
+                self._marks.append((now, self._moved))
 
     def _ahead_room(self, now: float) -> int | None:
         """How many more frames may be put at risk now (None: no limit, error responses are not frequent)."""

@@ -207,7 +207,7 @@ class Session:
 
     def deadline(self, now: float) -> float:
         """When step() must next run even if the socket stays quiet."""
-        dial = min((t.handshake_deadline for t in self._dialing), default=now + 3600.0)
+        dial = min(t.handshake_deadline for t in self._dialing) if self._dialing else now + 3600.0
         if self.transport is None:
             if self.pending and not self.disabled and not self._dialing:
                 return now if self.standbys else self.pacer.next_attempt(now)
