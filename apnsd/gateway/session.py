@@ -106,10 +106,6 @@ class Session:
         """Queue notifications for sending on this app's connection."""
         self.pending.extend(notes)
 
-    def fileno(self) -> int | None:
-        """The socket to watch for reading, if connected."""
-        return self.transport.fileno() if self.transport is not None else None
-
     def watched(self) -> list[tuple[int, bool]]:
         """Every socket of this session to watch (current, connecting, standby), each with whether it waits to
         write; step(now, True) is due when any of them is ready."""
@@ -118,11 +114,6 @@ class Session:
         if self.transport is not None:
             out.append((self.transport.fileno(), self.transport.wants_write))
         return out
-
-    @property
-    def wants_write(self) -> bool:
-        """True while bytes are waiting for the socket to take them."""
-        return self.transport is not None and self.transport.wants_write
 
     @property
     def busy(self) -> bool:
