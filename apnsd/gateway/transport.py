@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.proxy import parse_proxy
@@ -96,6 +96,7 @@ class TlsSessions:
 
     def __init__(self) -> None:
         self.session: SSL.Session | None = None
+        self.verified: tuple[str, bytes] = ("", b"")  # (host, certificate DER) last found valid for that host
 
 
 class TlsTransport:
@@ -255,10 +256,22 @@ class TlsTransport:
             raise GatewayRejected(
                 f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)"
             )
-        cert = conn.get_peer_certificate(as_cryptography=True)
-        if self._verify_host is not None and (cert is None or not self._verify_host(cert, self.host)):
-            raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
+        if self._verify_host is not None:
+            self._check_name(conn)
         return True
+
+    def _check_name(self, conn: SSL.Connection) -> None:
+        """The gateway's certificate must be valid for the host (OpenSSL has verified the chain); the same
+        certificate as last time, on every reconnect, is not parsed again."""
+        assert self._verify_host is not None
+        cert = conn.get_peer_certificate()
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) if cert is not None else b""
+        if der and self._sessions is not None and (self.host, der) == self._sessions.verified:
+            return
+        if cert is None or not self._verify_host(cert.to_cryptography(), self.host):
+            raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
+        if self._sessions is not None:
+            self._sessions.verified = (self.host, der)
 
     def _push_handshake(self) -> None:
         """Send the handshake bytes OpenSSL has produced, as far as the socket takes them now (the rest waits
