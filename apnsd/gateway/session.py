@@ -419,13 +419,13 @@ class Session:
         benefits, while connections keep ending on error responses after delivering, and none failing. Rare errors,
         and a gateway that refuses us, drops us or rejects everything, never see an extra connection."""
         return (
-            len(self._dialing) + len(self.standbys) < self.standby_target
+            self._error_run >= ERRORS_FOR_STANDBY  # first: false on every turn of an error-free loop
+            and len(self._dialing) + len(self.standbys) < self.standby_target
             and self.state is State.OPEN
             and not self.wants_replacement
             and sending
             and not self.suspended
             and not self.disabled
-            and self._error_run >= ERRORS_FOR_STANDBY
             and not self.pacer.failures
             and (bool(self.pending) or self.unanswered_count() > 0)
         )
