@@ -156,6 +156,7 @@ class AppConfig(_Section, frozen=True):
     ping_timeout: float = 15.0
     stall_timeout: float = 10.0
     confirm_delay: float = 0.3
+    standby_connections: int = 1
     feedback_interval: float = 0.0
     feedback_host: str = ""
     feedback_port: int = 0
@@ -688,6 +689,11 @@ def _validate_app(name: str, app: AppConfig) -> None:
     _require(0 < app.throttle_delay <= 3600, k + "throttle_delay", "must be between 0 and 3600 seconds")
     _require(0 < app.retry_for <= 30 * 86_400, k + "retry_for", "must be between 0 and 2592000 seconds (30 days)")
     _require(app.confirm_delay > 0, k + "confirm_delay", "must be positive")
+    _require(
+        0 <= app.standby_connections <= 4,
+        k + "standby_connections",
+        "must be between 0 (off) and 4 (binary: warm connections kept while error responses are frequent)",
+    )
     _require(app.ping_interval > 0, k + "ping_interval", "must be positive")
     _require(0 < app.ping_timeout <= 300, k + "ping_timeout", "must be between 0 and 300 seconds")
     _require(0 < app.stall_timeout <= 3600, k + "stall_timeout", "must be between 0 and 3600 seconds")

@@ -18,6 +18,15 @@ FULL_WINDOW = 65_536  # past this the cap is lifted
 ENCODE_AT_ONCE = 512
 ANSWERED_DELAY = 0.25  # reconnect delay after a connection whose first notification was rejected
 UNSENT_LIMIT = 512 * 1024
+# While error responses are frequent, frames written in the last 2 × (the gateway's usual answer lag) are "at
+# risk": one of them may be rejected, and everything after it is then discarded and written again. At most
+# AHEAD_FACTOR × the usual run of accepted frames between two errors (and at least AHEAD_MIN) are at risk at once.
+AHEAD_FACTOR = 3
+AHEAD_MIN = 128
+# And they go out in steps of half that run (at least AHEAD_STEP), so that an error response is seen between two
+# writes rather than after a long one.
+AHEAD_STEP = 32
+SMOOTHING = 0.25  # weight of the newest sample in the answer-lag and run averages
 
 
 class _Run:
@@ -39,6 +48,7 @@ class BinarySession(Session):
     them there would record as delivered what a lost connection then throws away unsent."""
 
     protocol = "binary"
+    keeps_standby = True  # every error response ends the connection: the resend starts on a warm one
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -56,12 +66,19 @@ class BinarySession(Session):
         # small and doubles as confirmations arrive: a gateway that keeps dropping the connection then
         # costs a few hundred resends per drop, not the whole window each time.
         self._cap: int | None = None
+        self._lag = 0.0  # average seconds from writing a frame to the error response naming it (0: none seen yet)
+        self._gap = 0.0  # average run of frames accepted between two error responses (0: none seen yet)
+        self._run = 0  # frames accepted since the last error response
+        self._moved = 0  # frames written on this connection (their bytes left for the socket)
+        self._marks: deque[tuple[float, int]] = deque()  # (time, _moved then): when the written frames left
 
     def on_connected(self, now: float) -> None:
         """Start identifiers and byte offsets afresh on each connection."""
         self._next_id = 1
         self._queued = 0
         self._rx.clear()
+        self._moved = 0
+        self._marks = deque([(float("-inf"), 0)])
 
     def send_pending(self, now: float) -> None:
         """Encode pending notifications (all, or what the slow-start cap allows) and write them at once."""
@@ -76,6 +93,11 @@ class BinarySession(Session):
         count = min(len(pending), ENCODE_AT_ONCE)
         if self._cap is not None:
             count = min(count, self._cap - self.unanswered_count())
+            if count <= 0:
+                return
+        room = self._ahead_room(now)
+        if room is not None:
+            count = min(count, room)
             if count <= 0:
                 return
         ident, queued = self._next_id, self._queued
@@ -112,6 +134,9 @@ class BinarySession(Session):
             runs[-1].count += count
         else:
             runs.append(_Run(count, now))
+        self._moved += count
+        if self._gap:  # only while error responses are frequent is the age of written frames looked at
+            self._marks.append((now, self._moved))
 
     def _pop(self) -> Notification:
         """Take the oldest window entry (answered or confirmed)."""
@@ -121,6 +146,17 @@ class BinarySession(Session):
         if not run.count:
             self._runs.popleft()
         return self._window.popleft()
+
+    def _ahead_room(self, now: float) -> int | None:
+        """How many more frames may be put at risk now (None: no limit, error responses are not frequent)."""
+        if not self._gap:
+            return None
+        run = max(self._gap, self._run)
+        limit = max(AHEAD_MIN, int(AHEAD_FACTOR * run))
+        cutoff, marks = now - 2 * self._lag, self._marks
+        while len(marks) > 1 and marks[1][0] <= cutoff:
+            marks.popleft()
+        return min(limit - (self._moved - marks[0][1]) - len(self._unwritten), max(AHEAD_STEP, int(run / 2)))
 
     def on_bytes(self, data: bytes, now: float) -> Resolved:
         """Parse error responses; resolve the named notification and those before it."""
@@ -166,11 +202,15 @@ class BinarySession(Session):
         for _ in range(idx):
             out.append((self._pop(), DELIVERED))
         outcome = binary_outcome(err.status)
+        self._run += idx
         if err.status == 10:
             # Shutdown names the last notification processed, which therefore succeeded.
             out.append((self._pop(), DELIVERED))
+            self._run += 1
         else:
+            written_at = self._runs[0].at
             n = self._pop()
+            self._learn(now - written_at)
             out.append((n, outcome))
             self.log.info(
                 "error_response",
@@ -182,6 +222,16 @@ class BinarySession(Session):
             )
         self.explanation = f"error response {err.status} ({outcome.reason})"
         return out
+
+    def _learn(self, lag: float) -> None:
+        """An error response came ``lag`` seconds after its frame was written, after a run of accepted frames."""
+        lag = min(lag, self.cfg.confirm_delay)
+        if self._gap:
+            self._lag += SMOOTHING * (lag - self._lag)
+            self._gap += SMOOTHING * (self._run - self._gap)
+        else:
+            self._lag, self._gap = lag, float(max(self._run, 1))
+        self._run = 0
 
     def on_timer(self, now: float) -> Resolved:
         """Confirm notifications that stayed unanswered for ``confirm_delay`` after they were written."""
@@ -196,6 +246,7 @@ class BinarySession(Session):
             count = runs.popleft().count
             self._first_id = (self._first_id + count) % ID_MOD
             out += [(window.popleft(), DELIVERED) for _ in range(count)]
+        self._run += len(out)
         if out and self._cap is not None:
             self._cap *= 2
             if self._cap >= FULL_WINDOW:
@@ -213,6 +264,7 @@ class BinarySession(Session):
         t = self.transport
         if self._unwritten and t is not None and self._unwritten[0][0] <= t.written:
             return now
+        confirm = self._runs[0].at + self.cfg.confirm_delay if self._runs else now + 3600.0
         if (
             self.pending
             and t is not None
@@ -220,8 +272,12 @@ class BinarySession(Session):
             and t.unsent < UNSENT_LIMIT
             and (self._cap is None or self.unanswered_count() < self._cap)
         ):
-            return now
-        return self._runs[0].at + self.cfg.confirm_delay if self._runs else now + 3600.0
+            room = self._ahead_room(now)
+            if room is None or room > 0:
+                return now
+            if len(self._marks) > 1:  # room comes back as the oldest frames at risk age past the answer lag
+                return min(confirm, self._marks[1][0] + 2 * self._lag)
+        return confirm
 
     def unanswered_count(self) -> int:
         """Sent (written or still buffered) but not yet confirmed."""

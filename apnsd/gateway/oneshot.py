@@ -73,6 +73,7 @@ def send_one(session: Session, note: Notification, timeout: float, keep_open: bo
     log = session.log if isinstance(session.log, _Recorder) else _Recorder(session.log)
     session.log = log
     session.watch_answers = False  # report the gateway's verdict, even a refused credential, instead of parking it
+    session.standby_target = 0  # one request: no second connection
     answered = False
     session.submit([note])
     start = time.monotonic()
@@ -101,13 +102,13 @@ def send_one(session: Session, note: Notification, timeout: float, keep_open: bo
                 return OneShot(
                     None, note.apns_id, now - start, _since(start, connected_at), f"no answer within {timeout:.0f} s"
                 )
-            fd = session.fileno()
+            watched = session.watched()
             wait = max(0.0, min(deadline, session.deadline(now)) - now)
-            if fd is None:
+            if not watched:
                 time.sleep(min(wait, 0.05))
                 readable = False
                 continue
-            r, _, _ = select.select([fd], [fd] if session.wants_write else [], [], min(wait, 0.05))
+            r, _, _ = select.select([fd for fd, _ in watched], [fd for fd, out in watched if out], [], min(wait, 0.05))
             readable = bool(r)
     finally:
         if not (keep_open and answered):

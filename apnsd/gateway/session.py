@@ -25,6 +25,7 @@ from apnsd.errors import GatewayError, GatewayRejected
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
+ERRORS_FOR_STANDBY = 2  # connections in a row that delivered, then ended young on the gateway's answer
 FINAL_READ_TIMEOUT = 0.25  # after a failed write, how long the gateway's last words may take to arrive
 
 
@@ -49,8 +50,10 @@ class Transport(Protocol):
     peer: str
     closed: bool
     written: int
+    handshake_deadline: float
 
-    def connect(self) -> None: ...
+    def start(self) -> None: ...
+    def advance(self) -> bool: ...
     def fileno(self) -> int: ...
     def send(self, data: bytes | bytearray) -> None: ...
     def flush(self) -> None: ...
@@ -69,6 +72,7 @@ class Session:
 
     protocol = ""
     watch_answers = True  # False for a one-shot send, which reports every answer itself
+    keeps_standby = False  # the protocol benefits from a warm standby connection (binary: every error ends one)
 
     def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: logs.Logger) -> None:
         self.app = app
@@ -90,6 +94,11 @@ class Session:
         self.pacer = ConnectPacer(cfg.max_connects_per_minute, cfg.backoff_initial, cfg.backoff_max)
         self.explanation: str | None = None  # why the gateway said it is ending this connection, if it did
         self._productive = False  # this connection has delivered something (see ConnectPacer.productive)
+        self._error_run = 0  # connections in a row that delivered, then ended young on an error response
+        self._dialing: list[Transport] = []  # connects (TCP, then TLS handshake) in progress
+        self.standbys: list[tuple[Transport, float]] = []  # established idle connections (and since when), oldest first
+        # How many standby connections to keep (connecting or ready) while error responses keep ending connections.
+        self.standby_target = cfg.standby_connections if self.keeps_standby else 0
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -97,14 +106,14 @@ class Session:
         """Queue notifications for sending on this app's connection."""
         self.pending.extend(notes)
 
-    def fileno(self) -> int | None:
-        """The socket to watch for reading, if connected."""
-        return self.transport.fileno() if self.transport is not None else None
-
-    @property
-    def wants_write(self) -> bool:
-        """True while bytes are waiting for the socket to take them."""
-        return self.transport is not None and self.transport.wants_write
+    def watched(self) -> list[tuple[int, bool]]:
+        """Every socket of this session to watch (current, connecting, standby), each with whether it waits to
+        write; step(now, True) is due when any of them is ready."""
+        out = [(t.fileno(), t.wants_write) for t in self._dialing]
+        out += [(t.fileno(), False) for t, _ in self.standbys]
+        if self.transport is not None:
+            out.append((self.transport.fileno(), self.transport.wants_write))
+        return out
 
     @property
     def busy(self) -> bool:
@@ -116,6 +125,11 @@ class Session:
         out: Resolved = []
         if readable and self.transport is not None:
             out += self._read(now)
+        if readable and self.standbys:
+            self._check_standbys(now)
+        for t in self._dialing:
+            if readable or t.wants_write or now >= t.handshake_deadline:
+                self._advance_dial(t, now)
         if self.transport is not None:
             out += self._tick(now)
         if out and not self._productive:
@@ -124,9 +138,11 @@ class Session:
             out = self._watch_answers(out, now)
         sending = not self.suspended or self.hold.trial is not None
         if self.transport is None and self.pending and not self.disabled and sending:
-            self._try_connect(now)
+            self._connect(now)
         if self.transport is not None:
             out += self._write(now, sending)
+        while self._wants_standby(sending) and now >= self.pacer.next_attempt(now):
+            self._dial(now)  # each one adds a connect in progress (or a standby), or fails and backs off
         return out
 
     def _read(self, now: float) -> Resolved:
@@ -182,11 +198,14 @@ class Session:
 
     def deadline(self, now: float) -> float:
         """When step() must next run even if the socket stays quiet."""
+        dial = min(t.handshake_deadline for t in self._dialing) if self._dialing else now + 3600.0
         if self.transport is None:
-            if self.pending and not self.disabled:
-                return self.pacer.next_attempt(now)
-            return now + 3600.0
-        return min(self.timer_deadline(now), self.connected_at + self.cfg.reconnect_interval)
+            if self.pending and not self.disabled and not self._dialing:
+                return now if self.standbys else self.pacer.next_attempt(now)
+            return dial
+        if self._wants_standby(not self.suspended):
+            dial = min(dial, self.pacer.next_attempt(now))
+        return min(self.timer_deadline(now), self.connected_at + self.cfg.reconnect_interval, dial)
 
     def unresolved(self) -> list[Notification]:
         """Everything not yet answered (sent or not), removed from the session — used at shutdown."""
@@ -196,7 +215,9 @@ class Session:
         return notes
 
     def close(self, cause: str) -> None:
-        """Close the connection cleanly (protocol goodbye first); unanswered ones go back to pending."""
+        """Close the connection cleanly (protocol goodbye first), and the standby and a connect in progress;
+        unanswered ones go back to pending."""
+        self._close_spares(cause)
         if self.transport is None:
             return
         self.say_goodbye()
@@ -208,6 +229,7 @@ class Session:
 
     def retire(self) -> None:
         """Replaced by a new session: send nothing new, close once everything sent is answered."""
+        self._close_spares("replaced")
         if self.state is State.OPEN:
             self.state = State.DRAINING
 
@@ -224,6 +246,7 @@ class Session:
     def disable(self, reason: str) -> None:
         """Stop this app: no more connects; its notifications are dead-lettered by the loop."""
         self.disabled = reason
+        self._close_spares("disabled")
         metrics.SUSPENDED.labels(self.app).set(1)
         self.log.error("app_disabled", reason=reason)
 
@@ -236,6 +259,7 @@ class Session:
     def suspend(self, suspension: Suspension, now: float) -> None:
         """Stop sending: the loop parks this app's jobs until a reload (or an accepted trial) resumes it."""
         if self.hold.suspend(suspension, now):
+            self._close_spares("suspended")
             metrics.SUSPENDED.labels(self.app).set(1)
             self.log.error(
                 "app_suspended", cause=suspension.cause, reason=suspension.message, environment=self.cfg.environment
@@ -338,32 +362,111 @@ class Session:
 
     # --- connection management ----------------------------------------------------------------
 
-    def _try_connect(self, now: float) -> None:
-        if now < self.pacer.next_attempt(now):
-            return
+    def _connect(self, now: float) -> None:
+        """Work is pending and there is no connection: take the standby, or start a connect (paced)."""
+        if self.standbys:
+            t, _ = self.standbys.pop(0)
+            self.log.debug("standby_taken", gateway=t.peer)
+            self._opened(t, now)
+        elif not self._dialing and now >= self.pacer.next_attempt(now):
+            self._dial(now)
+
+    def _dial(self, now: float) -> None:
+        """Start a connect without blocking; the loop's selector drives it on (_advance_dial)."""
         self.pacer.attempted(now)
         transport = self.make_transport()
         try:
-            transport.connect()
+            transport.start()
         except GatewayError as exc:
-            delay = self.pacer.failed(now)
-            self.last_connect_error = str(exc)
-            metrics.CONNECT_FAILURES.labels(self.app).inc()
-            level = self.log.error if isinstance(exc, GatewayRejected) else self.log.warning
-            if self.pacer.failures == 1 or self.pacer.failures % 10 == 0:
-                level("connect_failed", error=str(exc), retry_in=round(delay, 2), failures=self.pacer.failures)
+            self._connect_failed(exc, now)
             return
+        self._dialing.append(transport)
+        self._advance_dial(transport, now)
+
+    def _advance_dial(self, t: Transport, now: float) -> None:
+        """Take a connect in progress further; once established it carries the work, or waits as a standby."""
+        try:
+            if not t.advance():
+                return
+        except GatewayError as exc:
+            self._dialing.remove(t)
+            self._connect_failed(exc, now)
+            return
+        self._dialing.remove(t)
         if self.pacer.failures:
             self.log.info("connect_recovered", failed_attempts=self.pacer.failures)
         self.last_connect_error = None
+        metrics.CONNECTS.labels(self.app).inc()
+        if self.transport is None:
+            self.log.info("connected", gateway=t.peer, protocol=self.protocol)
+            self._opened(t, now)
+        else:
+            self.log.info("connected", gateway=t.peer, protocol=self.protocol, standby=True)
+            self.standbys.append((t, now))
+
+    def _opened(self, transport: Transport, now: float) -> None:
         self.transport = transport
         self.state = State.OPEN
         self.connected_at = now
         self.explanation = None
         self._productive = False
-        metrics.CONNECTS.labels(self.app).inc()
-        self.log.info("connected", gateway=transport.peer, protocol=self.protocol)
         self.on_connected(now)
+
+    def _connect_failed(self, exc: GatewayError, now: float) -> None:
+        delay = self.pacer.failed(now)
+        self.last_connect_error = str(exc)
+        metrics.CONNECT_FAILURES.labels(self.app).inc()
+        level = self.log.error if isinstance(exc, GatewayRejected) else self.log.warning
+        if self.pacer.failures == 1 or self.pacer.failures % 10 == 0:
+            level("connect_failed", error=str(exc), retry_in=round(delay, 2), failures=self.pacer.failures)
+
+    def _wants_standby(self, sending: bool) -> bool:
+        """Whether a standby connection should be opened now (pacing aside): a busy connection of a protocol that
+        benefits, while connections keep ending on error responses after delivering, and none failing. Rare errors,
+        and a gateway that refuses us, drops us or rejects everything, never see an extra connection."""
+        return (
+            self._error_run >= ERRORS_FOR_STANDBY  # first: false on every turn of an error-free loop
+            and len(self._dialing) + len(self.standbys) < self.standby_target
+            and self.state is State.OPEN
+            and not self.wants_replacement
+            and sending
+            and not self.suspended
+            and not self.disabled
+            and not self.pacer.failures
+            and (bool(self.pending) or self.unanswered_count() > 0)
+        )
+
+    def _check_standbys(self, now: float) -> None:
+        """A socket of this session was readable: an idle standby the gateway closed (or that it spoke on) is dropped
+        and, while still wanted, replaced through the pacer; one closed young backs off like any connection that
+        died young. TLS 1.3 session tickets arriving on a new standby are taken in here."""
+        for t, since in list(self.standbys):
+            try:
+                data = t.read()
+            except GatewayError as exc:
+                cause = str(exc)
+            else:
+                if not data and not t.closed:
+                    continue
+                cause = "gateway spoke on an idle standby connection"
+            self.standbys.remove((t, since))
+            t.close()
+            metrics.DISCONNECTS.labels(self.app, "standby_lost").inc()
+            if now - since < SHORT_LIVED:
+                # Accept-and-drop is churn: the next connect backs off, and no standby is opened until a connection
+                # proves itself again; no notification is touched.
+                self.log.info("standby_lost", reason=cause, retry_in=round(self.pacer.failed(now), 2))
+            else:
+                self.log.info("standby_lost", reason=cause)
+
+    def _close_spares(self, cause: str) -> None:
+        """Close the standbys and any connect in progress (rotation, stop, suspension, disabling)."""
+        spares = self._dialing + [t for t, _ in self.standbys]
+        for t in spares:
+            t.close()
+        if spares:
+            self.log.debug("standby_closed", reason=cause, connections=len(spares))
+        self._dialing, self.standbys = [], []
 
     def _check_productive(self, resolved: Resolved) -> None:
         """Once per connection: the first delivery makes its connect attempt a productive one."""
@@ -400,8 +503,10 @@ class Session:
         self.pending.extendleft(reversed(again))
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
-        if abrupt and now - self.connected_at < SHORT_LIVED:
+        young = now - self.connected_at < SHORT_LIVED
+        if abrupt and young:
             self.pacer.failed(now)
+        self._error_run = self._error_run + 1 if not abrupt and young and self._productive else 0
         self.after_loss(loss)
         self._drop(cause, resent=len(again))
         return out

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.proxy import parse_proxy
@@ -94,6 +96,7 @@ class TlsSessions:
 
     def __init__(self) -> None:
         self.session: SSL.Session | None = None
+        self.verified: tuple[str, bytes] = ("", b"")  # (host, certificate DER) last found valid for that host
 
 
 class TlsTransport:
@@ -133,23 +136,46 @@ class TlsTransport:
         self.written = 0  # plaintext bytes flush() has handed to the socket since connect
         self.closed = True
         self._established = False  # the handshake completed (so the session may be resumed later)
+        self._addresses: list[tuple[int, int, int, str, tuple[Any, ...]]] = []  # resolved, not tried yet
+        self._dialing = False  # the non-blocking TCP connect is in progress
+        self.handshake_deadline = 0.0  # when start() must have become an established connection
         self.peer = f"{host}:{port}" + (f" via proxy {parse_proxy(proxy)}" if proxy else "")
 
     def connect(self) -> None:
-        """Open TCP and complete the TLS handshake within the timeout; raise GatewayError with the cause."""
-        deadline = time.monotonic() + self._timeout
-        sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        conn = SSL.Connection(self._context, None)
-        if not _is_ip(self.host):
-            conn.set_tlsext_host_name(self.host.encode("idna"))
-        conn.set_connect_state()
-        if self._sessions is not None and self._sessions.session is not None:
-            conn.set_session(self._sessions.session)
-        self._sock, self._conn = sock, conn
+        """Open TCP and complete the TLS handshake within the timeout, blocking; raise GatewayError with the cause.
+
+        For one-shot users (send, check, feedback); the delivery loop uses start() and advance() instead."""
+        self.start()
+        while not self.advance():
+            self._wait_io(self.handshake_deadline, write=self.wants_write)
+
+    def start(self) -> None:
+        """Begin connecting without blocking (the TCP connect in progress); advance() takes it further.
+
+        Through a proxy the TCP connection and the CONNECT tunnel are opened blocking (bounded by the timeout);
+        the TLS handshake is step-wise all the same."""
+        self.handshake_deadline = time.monotonic() + self._timeout
+        if self._proxy:
+            sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
+            sock.setblocking(False)
+        else:
+            self._addresses = _resolve(self.host, self.port)
+            sock = self._dial_next(None)
+        self._setup(sock)
+
+    def advance(self) -> bool:
+        """Take the connect and handshake as far as they go without blocking; True once established.
+
+        Raises GatewayError (GatewayRejected for a refused handshake) on failure or once the timeout passed."""
+        if not self.closed:
+            return True
         try:
-            self._handshake(deadline)
+            if self._dialing and not self._tcp_connected():
+                self._check_timeout()
+                return False
+            if not self._handshake_step():
+                self._check_timeout()
+                return False
         except BaseException:
             if self._sessions is not None:
                 self._sessions.session = None  # start afresh after a failed handshake
@@ -157,64 +183,128 @@ class TlsTransport:
             raise
         self.closed = False
         self._established = True
+        return True
 
-    def _handshake(self, deadline: float) -> None:
+    def _setup(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = SSL.Connection(self._context, None)
+        if not _is_ip(self.host):
+            conn.set_tlsext_host_name(self.host.encode("idna"))
+        conn.set_connect_state()
+        if self._sessions is not None and self._sessions.session is not None:
+            conn.set_session(self._sessions.session)
+        self._sock, self._conn = sock, conn
+
+    def _dial_next(self, error: str | None) -> socket.socket:
+        """A non-blocking connect to the next resolved address; GatewayError once none is left."""
+        while self._addresses:
+            family, kind, proto, _, addr = self._addresses.pop(0)
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            code = sock.connect_ex(addr)
+            if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                self._dialing = code != 0
+                return sock
+            sock.close()
+            error = os.strerror(code)
+        raise GatewayError(f"cannot reach {self.peer}: {error} (outgoing port {self.port} blocked?)")
+
+    def _tcp_connected(self) -> bool:
+        """Whether the TCP connect finished; a refused address moves on to the next one."""
+        sock = self._sock
+        assert sock is not None
+        if not select.select([], [sock], [], 0)[1]:
+            return False
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            self._sock = None
+            self._setup(self._dial_next(os.strerror(code)))
+            return False
+        self._dialing = False
+        return True
+
+    def _check_timeout(self) -> None:
+        if time.monotonic() >= self.handshake_deadline:
+            if self._dialing:
+                raise GatewayError(
+                    f"cannot reach {self.peer}: connection timed out (outgoing port {self.port} blocked?)"
+                )
+            raise GatewayError(f"TLS handshake with {self.peer} timed out")
+
+    def _handshake_step(self) -> bool:
+        """One non-blocking round of the handshake: feed what arrived, send what OpenSSL wrote; True when done."""
         conn = self._conn
         assert conn is not None
         try:
             while True:
+                fed = self._pull_handshake()
                 try:
                     conn.do_handshake()
                     break
                 except SSL.WantReadError:
-                    self._push_handshake(deadline)
-                    self._pull_handshake(deadline)
+                    self._push_handshake()
+                    if not fed:
+                        return False
                 except SSL.Error as exc:
-                    self._push_handshake(deadline)  # our alert, if OpenSSL wrote one, tells the gateway why
+                    self._push_handshake()  # our alert, if OpenSSL wrote one, tells the gateway why
                     raise GatewayRejected(f"TLS handshake with {self.peer} failed: {describe_ssl_error(exc)}") from None
-            self._push_handshake(deadline)
+            self._push_handshake()
         except OSError as exc:
             raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
         if self._alpn is not None and conn.get_alpn_proto_negotiated() != self._alpn:
             raise GatewayRejected(
                 f"{self.peer} did not select ALPN {self._alpn.decode()} (is it an HTTP/2 APNs endpoint?)"
             )
-        cert = conn.get_peer_certificate(as_cryptography=True)
-        if self._verify_host is not None and (cert is None or not self._verify_host(cert, self.host)):
-            raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
+        if self._verify_host is not None:
+            self._check_name(conn)
+        return True
 
-    def _push_handshake(self, deadline: float) -> None:
-        """Send every handshake byte OpenSSL has produced, waiting for the socket up to the deadline."""
+    def _check_name(self, conn: SSL.Connection) -> None:
+        """The gateway's certificate must be valid for the host (OpenSSL has verified the chain); the same
+        certificate as last time, on every reconnect, is not parsed again."""
+        assert self._verify_host is not None
+        cert = conn.get_peer_certificate()
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) if cert is not None else b""
+        if der and self._sessions is not None and (self.host, der) == self._sessions.verified:
+            return
+        if cert is None or not self._verify_host(cert.to_cryptography(), self.host):
+            raise GatewayRejected(f"{self.peer} presented a certificate that is not valid for {self.host}")
+        if self._sessions is not None:
+            self._sessions.verified = (self.host, der)
+
+    def _push_handshake(self) -> None:
+        """Send the handshake bytes OpenSSL has produced, as far as the socket takes them now (the rest waits
+        in the outgoing buffer: wants_write)."""
         self._take_ciphertext()
         while self._cipher:
-            self._wait_io(deadline, write=True)
-            sent = self._send_some()
+            try:
+                sent = self._send_some()
+            except (BlockingIOError, InterruptedError):
+                return
             del self._cipher[:sent]
 
-    def _pull_handshake(self, deadline: float) -> None:
-        """Wait for the gateway's next handshake bytes and hand them to OpenSSL (EOF included)."""
-        self._wait_io(deadline, write=False)
+    def _pull_handshake(self) -> bool:
+        """Hand the gateway's handshake bytes that arrived to OpenSSL (EOF included); True if there were any."""
         conn, sock = self._conn, self._sock
         assert conn is not None and sock is not None
-        try:
-            data = sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        if data:
+        fed = False
+        while True:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return fed
+            if not data:
+                conn.bio_shutdown()  # OpenSSL then reports the unexpected end of the handshake
+                return True
             conn.bio_write(data)
-        else:
-            conn.bio_shutdown()  # OpenSSL then reports the unexpected end of the handshake
+            fed = True
 
     def _wait_io(self, deadline: float, write: bool) -> None:
         assert self._sock is not None
         left = deadline - time.monotonic()
-        if left <= 0:
-            raise GatewayError(f"TLS handshake with {self.peer} timed out")
-        sock = self._sock
-        assert sock is not None
-        r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], left)
-        if not r and not w:
-            raise GatewayError(f"TLS handshake with {self.peer} timed out")
+        if left > 0:
+            select.select([] if write else [self._sock], [self._sock] if write else [], [], left)
 
     def fileno(self) -> int:
         """The socket's descriptor, for the owner's selector."""
@@ -227,8 +317,8 @@ class TlsTransport:
 
     @property
     def wants_write(self) -> bool:
-        """True while queued bytes have not all been written."""
-        return bool(self._out) or bool(self._cipher)
+        """True while queued bytes have not all been written (or, connecting, the TCP connect is in progress)."""
+        return bool(self._out) or bool(self._cipher) or self._dialing
 
     @property
     def unsent(self) -> int:
@@ -309,6 +399,7 @@ class TlsTransport:
             ended = "peer closed the TLS session"
         except SSL.Error as exc:
             ended = describe_ssl_error(exc)
+            self._established = False  # a broken TLS session is not offered again
         if ended is None:
             return b"".join(chunks)
         if chunks:
@@ -350,7 +441,11 @@ class TlsTransport:
             # Taken at the end rather than after the handshake: under TLS 1.3 the session tickets that make it
             # resumable arrive afterwards, with the first data read.
             self._sessions.session = self._conn.get_session()
+            # A connection the gateway ended without close_notify (an error response, then an immediate close)
+            # would otherwise make OpenSSL drop its session when it is freed; TLS 1.1 and later allow resuming it.
+            self._conn.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         self._established = False
+        self._dialing = False
         self.closed = True
         if self._sock is not None:
             try:
@@ -361,6 +456,15 @@ class TlsTransport:
         self._conn = None
         self._out.clear()
         self._cipher.clear()
+
+
+def _resolve(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:
+    """The addresses to try for host:port, in the resolver's order; GatewayError if the name does not resolve."""
+    try:
+        return [(f, k, p, c, a) for f, k, p, c, a in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)]
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise GatewayError(f"cannot reach {host}:{port}: {reason} (outgoing port {port} blocked?)") from None
 
 
 def _is_ip(host: str) -> bool:

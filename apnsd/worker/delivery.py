@@ -464,11 +464,10 @@ class DeliveryLoop:
         fds: dict[int, Session] = {}
         for s in self._all_sessions():
             timeout = min(timeout, s.deadline(now) - now)
-            fd = s.fileno()
-            if fd is not None:
+            for fd, out in s.watched():
                 fds[fd] = s
                 rlist.append(fd)
-                if s.wants_write:
+                if out:
                     wlist.append(fd)
         if self._ready:
             timeout = min(timeout, max(0.0, self._next_commit_try - now))
@@ -481,12 +480,14 @@ class DeliveryLoop:
         later = time.monotonic()
         self._idle += later - start
         if not r:
-            return
+            return  # a socket became writable: the next turn's _step_sessions writes (or connects) on
         if wake in r:
             self.handoff.drain_wakeups()
+        stepped: set[Session] = set()  # a session's connections share one step
         for fd in r:
             ready = fds.get(fd)
-            if ready is not None:
+            if ready is not None and ready not in stepped:
+                stepped.add(ready)
                 self._record_all(ready.step(later, True))
 
     # --- helpers ---------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ class FakeTransport:
         self._peer_gone: str | None = None  # set: read raises (or returns the last bytes with closed set)
         self._write_failure: str | None = None
         self._write_room: int | None = None  # bytes the socket still takes; None = unlimited
+        self.handshake_deadline = float("inf")
+        self.handshake_done = True  # False: advance() waits until the test sets it (a handshake in progress)
 
     # --- scripting, from the test ------------------------------------------------------------
 
@@ -55,6 +57,15 @@ class FakeTransport:
     def connect(self) -> None:
         """Connected at once."""
         self.closed = False
+
+    def start(self) -> None:
+        """The connect begins; advance() completes it."""
+
+    def advance(self) -> bool:
+        """Established as soon as ``handshake_done`` allows."""
+        if self.handshake_done:
+            self.closed = False
+        return self.handshake_done
 
     def fileno(self) -> int:
         """No socket: a number no selector will see."""
@@ -119,10 +130,12 @@ class FakeNetwork:
 
     transports: list[FakeTransport] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # connect attempts to refuse first, with these causes
+    slow_handshakes: bool = False  # new connections wait for the test to set ``handshake_done``
 
     def __call__(self) -> FakeTransport:
         """A new connection (what ``make_transport`` returns)."""
         t = _Refusing(self.refusals.pop(0)) if self.refusals else FakeTransport()
+        t.handshake_done = not self.slow_handshakes
         self.transports.append(t)
         return t
 
@@ -147,3 +160,7 @@ class _Refusing(FakeTransport):
     def connect(self) -> None:
         """Refuse, as an unreachable gateway does."""
         raise GatewayError(f"cannot reach {self.peer}: {self.cause}")
+
+    def start(self) -> None:
+        """Refuse, as an unreachable gateway does."""
+        self.connect()

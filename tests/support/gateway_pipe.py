@@ -25,10 +25,19 @@ class GatewayPipe:
         self._in = bytearray()
         self.closed = False
         self.peer = "pipe"
+        self.handshake_deadline = float("inf")
 
     def connect(self) -> None:
         """The gateway's preface arrives at once."""
         self._in += self._gateway.initiate()
+
+    def start(self) -> None:
+        """Connecting is instant: see advance()."""
+
+    def advance(self) -> bool:
+        """Established at once, as connect()."""
+        self.connect()
+        return True
 
     def fileno(self) -> int:
         """No descriptor: the test calls step() itself."""
