@@ -233,7 +233,7 @@ def test_receipts_keep_their_field_order_and_exact_bytes(jq, rdb, redis_server):
     w = JobQueue(connect(redis_server.url), "apnsd", "w1", results_maxlen=1000)
     lpush_each(jq, jobs(2))
     batch, _ = w.take(Q, 2)
-    odd = "caf\u00e9 \"\u2603\" \\ {}[]"
+    odd = 'caf\u00e9 "\u2603" \\ {}[]'
     receipts = [{"id": odd, "reason": "", "time": "1.500"}, {"id": "x" * 300, "outcome": "dead"}]
 
     w.commit(Commit(Q, batch, results=receipts))
