@@ -222,7 +222,7 @@ class DeliveryLoop:
         wall = time.time()
         taken = [batches.popleft() for _ in range(len(batches))]  # the feeder may append meanwhile
         jumps = [t for t in taken if t.ahead]
-        if jumps and len(jumps) < len(taken):
+        if jumps and len(jumps) < len(taken) and self.phase is Phase.RUNNING:  # stopping: nothing new is written
             for t in jumps:
                 self._dispatch(t, now, wall)
             self._step_sessions(now)
