@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
+_receipts = msgspec.msgpack.encode  # str items only: Lua's cmsgpack cannot read msgpack's bin type
+
 # Move up to ARGV[1] jobs from the consuming (right) end of the queue into one hash field (named by the
 # batch id) of this worker's in-flight hash, in one atomic step, so no job ever lives only in process
 # memory. Taking into a batch id that already exists returns that batch instead: redis-py resends a
@@ -148,7 +152,7 @@ local gone = list(2 * tonumber(nxt()))
 local nres = tonumber(nxt())
 local maxlen = nxt()
 local results = {}
-for j = 1, nres do results[j] = list(2 * tonumber(nxt())) end
+if nres > 0 then results = cmsgpack.unpack(nxt()) end
 local counts = list(2 * tonumber(nxt()))
 if #dead > 0 then check(KEYS[1], 'list') end
 if #unreg > 0 then check(KEYS[2], 'hash') end
@@ -160,13 +164,8 @@ _OUTCOMES_WRITE = """
 chunked('LPUSH', KEYS[1], dead)
 chunked('HSET', KEYS[2], unreg)
 chunked('HSET', KEYS[5], gone)
-for j = 1, nres do
-  local args = {KEYS[3]}
-  if maxlen ~= '0' then args = {KEYS[3], 'MAXLEN', '~', maxlen} end
-  table.insert(args, '*')
-  for _, v in ipairs(results[j]) do table.insert(args, v) end
-  redis.call('XADD', unpack(args))
-end
+for j = 1, nres do redis.call('XADD', KEYS[3], '*', unpack(results[j])) end
+if nres > 0 and maxlen ~= '0' then redis.call('XTRIM', KEYS[3], 'MAXLEN', '~', maxlen) end
 for j = 1, #counts, 2 do redis.call('HINCRBY', KEYS[4], counts[j], counts[j + 1]) end
 """
 # KEYS (after the outcome keys, from index Q): queue, scheduled set, in-flight hash.
@@ -256,10 +255,10 @@ def outcome_args(c: Commit, results_maxlen: int) -> list[bytes | str | int | flo
     for channel, entry in c.channels_gone.items():
         args += (channel, entry)
     args += (len(c.results), results_maxlen)
-    for r in c.results:
-        args.append(len(r))
-        for name, value in r.items():
-            args += (name, value)
+    if c.results:
+        # One argument for every receipt: as name/value arguments a campaign's receipts were most of a commit's
+        # cost, on the delivery loop's thread (encoding) and in Redis (the script walking them).
+        args.append(_receipts([[part for item in r.items() for part in item] for r in c.results]))
     counts = [(name, n) for name, n in c.counts.items() if n]
     args.append(len(counts))
     for name, n in counts:

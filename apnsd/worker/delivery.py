@@ -211,43 +211,75 @@ class DeliveryLoop:
     # --- the steps of one turn -------------------------------------------------------------------
 
     def _dispatch_new(self, now: float) -> None:
-        """Parse the batches the feeder handed over and route each notification to a session."""
+        """Parse the batches the feeder handed over and route each notification to a session.
+
+        Batches that jump the backlog (the first lane's) are parsed first and written at once: a campaign's
+        batches handed over beside them are parsed after that, not in front of an urgent job.
+        """
         batches = self.handoff.batches
         if not batches:
             return
         wall = time.time()
-        while batches:
-            taken = batches.popleft()
-            batch, notes, rejects = self._parse(taken)
-            ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if taken.ahead else None
-            if taken.ahead:
-                self._ahead.add(batch)
-            lower = len(self.lanes) > 1 and not taken.ahead
-            for r in rejects:
-                self._completed(self.recorder.reject(batch, r, wall))
-            routes = self._routes
-            for n in notes:
-                choices = routes.get(n.app)
-                s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
-                if s is None or s.disabled:
-                    reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
-                    self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
-                elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
-                    self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
-                elif s.suspended:
-                    s.start_trial(n)  # the credential breaker's probe: this one goes out alone
-                elif n.expiration and n.expiration < wall:
-                    self._completed(self.recorder.record(n, EXPIRED, wall))
-                elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
-                    self._completed(self.recorder.defer(n, n.send_at))
-                elif ahead is not None:
-                    ahead.setdefault(id(s), (s, []))[1].append(n)
-                elif lower:
-                    self._lower.setdefault(s, deque()).append(n)
-                else:
-                    s.pending.append(n)
-            for session, first in (ahead or {}).values():
-                self._put_ahead(session, first)
+        taken = [batches.popleft() for _ in range(len(batches))]  # the feeder may append meanwhile
+        jumps = [t for t in taken if t.ahead]
+        if jumps and len(jumps) < len(taken) and self.phase is Phase.RUNNING:  # stopping: nothing new is written
+            for t in jumps:
+                self._dispatch(t, now, wall)
+            self._step_sessions(now)
+            taken = [t for t in taken if not t.ahead]
+        for t in taken:
+            self._dispatch(t, now, wall)
+
+    def _dispatch(self, taken: Taken, now: float, wall: float) -> None:
+        """Parse one batch and route its notifications: parked, dead-lettered, deferred, or queued to a session."""
+        batch, notes, rejects = self._parse(taken)
+        first_lane = taken.ahead and taken.queue == self.lanes[0]
+        ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if first_lane else None
+        if first_lane:
+            self._ahead.add(batch)
+        lower = len(self.lanes) > 1 and not first_lane
+        for r in rejects:
+            self._completed(self.recorder.reject(batch, r, wall))
+        routes = self._routes
+        touched: set[Session] = set()
+        for n in notes:
+            choices = routes.get(n.app)
+            s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
+            if s is None or s.disabled:
+                reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
+                self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
+            elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
+                self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
+            elif s.suspended:
+                s.start_trial(n)  # the credential breaker's probe: this one goes out alone
+            elif n.expiration and n.expiration < wall:
+                self._completed(self.recorder.record(n, EXPIRED, wall))
+            elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
+                self._completed(self.recorder.defer(n, n.send_at))
+            elif ahead is not None:
+                ahead.setdefault(id(s), (s, []))[1].append(n)
+            elif lower:
+                self._lower.setdefault(s, deque()).append(n)
+                touched.add(s)
+            else:
+                s.pending.append(n)
+        for session, first in (ahead or {}).values():
+            self._put_ahead(session, first)
+        if taken.ahead and not first_lane:
+            for s in touched:
+                self._guard_share(s)
+
+    def _guard_share(self, s: Session) -> None:
+        """The starvation guard's take: a window of the lower lanes' oldest work jumps the backlog.
+
+        Only a window, not the whole batch, and the oldest first: lower lanes still progress when urgent
+        work fills the connection, without a whole batch written in front of the next urgent job.
+        """
+        waiting = self._lower[s]
+        share = [waiting.popleft() for _ in range(min(int(self._window), len(waiting)))]
+        for n in share:
+            self._ahead.add(n.batch)
+        self._put_ahead(s, share)
 
     def _let_out_lower(self) -> None:
         """Move lower lanes' work into the sessions while fewer than ``lane_window`` of it are queued or unanswered.

@@ -388,3 +388,33 @@ def test_lower_lane_work_is_spread_over_the_apps_connections(jq, rdb, http2_mock
 
     assert dict.fromkeys(bulk, 1) == dict(mock.record.accepted_tokens())
     assert 2 == mock.record.connections
+
+
+@pytest.mark.parametrize("protocol", ["http2", "binary"])
+def test_an_urgent_job_pushed_behind_a_campaign_goes_out_before_its_tail(
+    protocol, jq, rdb, http2_mock, binary_mock, make_config
+):
+    """An urgent job pushed while 50,000 bulk jobs drain is sent within a window of the push; none is lost."""
+    mock = http2_mock() if protocol == "http2" else binary_mock()
+    bulk, urgent = good_tokens(50_000, seed=75), good_tokens(1, seed=76)[0]
+    push_all(jq, [job(t) for t in bulk], BULK)
+    d = Daemon(make_config(mock, **THREE_LANES))
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: len(mock.record.received) >= 2000, 60, "the campaign draining")
+        before = len(mock.record.received)
+        push_all(jq, [job(urgent)], URGENT)
+        wait_for(lambda: urgent in mock.record.accepted_tokens(), 30, "the urgent job delivered")
+    finally:
+        d.request_stop()
+        t.join(30)
+
+    received = [r.token for r in mock.record.received]
+    delivered = mock.record.accepted_tokens()
+    waiting = [json.loads(raw)["token"] for raw in rdb.lrange(BULK, 0, -1)]
+    assert received.index(urgent) - before < 1000  # at most a lower-lane window was written ahead of it
+    assert len(waiting) > 25_000  # the campaign's tail was still queued when it went out
+    assert all(n == 1 for n in delivered.values())
+    assert (set(bulk), set()) == (set(waiting) | (set(bulk) & set(delivered)), set(waiting) & set(delivered))
+    assert [] == inflight_keys(rdb)

@@ -228,6 +228,23 @@ def test_commit_of_results_writes_a_capped_stream(jq, rdb, redis_server):
     assert [{b"apns_id": b"a", b"outcome": b"delivered"}] == [fields for _, fields in rdb.xrange("apnsd:results")]
 
 
+def test_receipts_keep_their_field_order_and_exact_bytes(jq, rdb, redis_server):
+    """A batch's receipts reach the stream in order, each field as its UTF-8 bytes, odd characters included."""
+    w = JobQueue(connect(redis_server.url), "apnsd", "w1", results_maxlen=1000)
+    lpush_each(jq, jobs(2))
+    batch, _ = w.take(Q, 2)
+    odd = 'caf\u00e9 "\u2603" \\ {}[]'
+    receipts = [{"id": odd, "reason": "", "time": "1.500"}, {"id": "x" * 300, "outcome": "dead"}]
+
+    w.commit(Commit(Q, batch, results=receipts))
+
+    expected = [{k.encode(): v.encode() for k, v in r.items()} for r in receipts]
+    assert expected == [fields for _, fields in rdb.xrange("apnsd:results")]
+    assert [[b"id", odd.encode(), b"reason", b"", b"time", b"1.500"]] == [
+        [part for item in rdb.xrange("apnsd:results")[0][1].items() for part in item]
+    ]
+
+
 # --- heartbeats and recovery ---------------------------------------------------------------------
 
 
