@@ -191,6 +191,7 @@ class MockGateway:
     def _serve_binary(self, conn: SSL.Connection) -> None:
         buf = bytearray()
         faults = self.binary_faults
+        last = [0]  # the identifier of the last notification this connection accepted, across reads
         while True:
             data = conn.recv(READ_SIZE)
             if not data:
@@ -202,7 +203,7 @@ class MockGateway:
             except binary.MalformedInput as exc:
                 frames, used, bad = exc.decoded, 0, exc
             del buf[:used]
-            if not self._take_frames(conn, frames, faults):
+            if not self._take_frames(conn, frames, faults, last):
                 return
             if bad is not None:
                 # Like APNs: status 128 (could not parse), then close; the log says what was wrong.
@@ -211,8 +212,11 @@ class MockGateway:
                 self._end_after_error(conn, faults)
                 return
 
-    def _take_frames(self, conn: SSL.Connection, frames: list[binary.Frame], faults: BinaryFaults) -> bool:
-        """Record and answer decoded notifications; False once the connection is over."""
+    def _take_frames(
+        self, conn: SSL.Connection, frames: list[binary.Frame], faults: BinaryFaults, last: list[int]
+    ) -> bool:
+        """Record and answer decoded notifications; False once the connection is over. ``last`` holds the
+        identifier of the connection's last accepted notification, which a Shutdown names."""
         accepted: list[Received] = []
         keep = self.record.keep_payloads
         for f in frames:
@@ -224,7 +228,7 @@ class MockGateway:
             if status is None and self._should_shut_down(faults):
                 # Status 10 names the last notification processed; this one and all after it are discarded.
                 self.record.add(accepted)
-                conn.sendall(binary.encode_error_response(10, int(accepted[-1].ident) if accepted else 0))
+                conn.sendall(binary.encode_error_response(10, last[0]))
                 self._end_after_error(conn, faults)
                 return False
             if status is not None:
@@ -234,6 +238,7 @@ class MockGateway:
                 self._end_after_error(conn, faults)
                 return False
             accepted.append(Received(f.token.hex(), f.payload if keep else b"", str(ident), 200))
+            last[0] = ident
         self.record.add(accepted)
         return True
 

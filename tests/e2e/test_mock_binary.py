@@ -268,6 +268,20 @@ def test_shutdown_after_names_the_last_notification_accepted(binary_mock, client
     assert [(GOOD[0].hex(), "20", 200), (GOOD[1].hex(), "21", 200)] == answers(mock)
 
 
+def test_shutdown_names_the_last_accepted_even_when_it_came_in_an_earlier_read(binary_mock, client):
+    """When the notification past the limit is the first of a later read, status 10 still names the last one
+    accepted on the connection (it arrived in the read before), not 0."""
+    mock = binary_mock(shutdown_after=2)
+    c = client(mock.port)
+
+    c.send(frames(*GOOD[:2], first_id=20))
+    wait_for(lambda: len(mock.record.received) == 2, IO_TIMEOUT, "the mock to take the first two")
+    c.send(frames(GOOD[2], first_id=22))
+
+    assert (bytes.fromhex("080a00000015"), "close_notify") == c.read_to_end()
+    assert ["20", "21"] == [ident for _, ident, _ in answers(mock)]
+
+
 def test_close_after_drops_the_first_connection_abruptly_once(binary_mock, client):
     """close_after=N accepts N notifications, then drops the connection without an answer; later ones are served."""
     mock = binary_mock(close_after=2)
