@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import math
 import os
 import random
@@ -209,6 +210,9 @@ class Child:
 
 def start_daemon(spec: DaemonSpec, python: str, repo: str, workdir: str) -> Child:
     """`python -m apnsd.cli run [--drain] --config <empty file>` with the spec's environment."""
+    # As installed (pip compiles a package's modules): without this, a checkout run with
+    # PYTHONDONTWRITEBYTECODE set compiles every apnsd module again on each daemon start.
+    compileall.compile_dir(os.path.join(repo, "apnsd"), quiet=1)
     empty = os.path.join(workdir, "empty.toml")
     Path(empty).touch()
     log = os.path.join(workdir, f"daemon-{spec.name}.log")
