@@ -533,6 +533,8 @@ class DeliveryLoop:
             return  # a socket became writable: the next turn's _step_sessions writes (or connects) on
         if wake in r:
             self.handoff.drain_wakeups()
+            if self._ahead_arrived():
+                return  # the sockets stay readable: the next turn reads them once the urgent batch is written
         stepped: set[Session] = set()  # a session's connections share one step
         for fd in r:
             ready = fds.get(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +78,13 @@ def test_commits_stop_for_an_urgent_batch_handed_over_meanwhile_and_resume_next_
     loop._dispatch_new(0.0)
     loop._commit_ready(0.0)
     assert (["b1", "b2", "b3", "u1"], False) == (jq.committed, loop._ahead_arrived())
+
+
+def test_a_turn_that_saw_an_urgent_batch_arrive_goes_round_again_without_waiting(loop: DeliveryLoop) -> None:
+    """With an urgent batch given since the last dispatch, the wait returns at once and leaves the wake-up unread."""
+    loop.handoff.give(Taken("u1", [b"{}"], URGENT, ahead=True))
+
+    loop._wait(0.0)
+
+    assert (True, 1) == (loop._ahead_arrived(), len(loop.handoff.batches))
+    assert select.select([loop.handoff.fileno()], [], [], 0)[0]
