@@ -136,6 +136,7 @@ class DeliveryLoop:
         self.status = LoopStatus(Phase.RUNNING, 0, False, False, self._app_status(time.monotonic()))
         # Batches resolved in part since the last slice; None where a batch cannot be committed in parts.
         self._touched: list[Batch] | None = [] if jq.commits_partially(queue) else None
+        self._ahead_seen = 0  # handoff.ahead_given when the loop last took the handed-over batches
         self._next_slice = 0.0
 
     # --- what other threads call -----------------------------------------------------------------
@@ -214,21 +215,34 @@ class DeliveryLoop:
         """Parse the batches the feeder handed over and route each notification to a session.
 
         Batches that jump the backlog (the first lane's) are parsed first and written at once: a campaign's
-        batches handed over beside them are parsed after that, not in front of an urgent job.
+        batches handed over beside them are parsed after that, not in front of an urgent job, and one handed
+        over while campaign batches are being parsed is taken in between them (``_ahead_arrived``).
         """
         batches = self.handoff.batches
-        if not batches:
-            return
+        rest: deque[Taken] = deque()  # campaign batches taken out of the hand-over, not yet parsed
         wall = time.time()
-        taken = [batches.popleft() for _ in range(len(batches))]  # the feeder may append meanwhile
-        jumps = [t for t in taken if t.ahead]
-        if jumps and len(jumps) < len(taken) and self.phase is Phase.RUNNING:  # stopping: nothing new is written
-            for t in jumps:
-                self._dispatch(t, now, wall)
-            self._step_sessions(now)
-            taken = [t for t in taken if not t.ahead]
-        for t in taken:
-            self._dispatch(t, now, wall)
+        while True:
+            self._ahead_seen = self.handoff.ahead_given  # before popping: a batch given meanwhile counts as new
+            if not batches and not rest:
+                return
+            taken = [batches.popleft() for _ in range(len(batches))]  # the feeder may append meanwhile
+            jumps = [t for t in taken if t.ahead]
+            # stopping: nothing new is written
+            if jumps and (rest or len(jumps) < len(taken)) and self.phase is Phase.RUNNING:
+                for t in jumps:
+                    self._dispatch(t, now, wall)
+                self._step_sessions(now)
+                taken = [t for t in taken if not t.ahead]
+            rest.extend(taken)
+            while rest and not self._ahead_arrived():
+                self._dispatch(rest.popleft(), now, wall)
+            if not rest:
+                return
+
+    def _ahead_arrived(self) -> bool:
+        """True when a batch that jumps the backlog was handed over since the loop last looked: campaign work
+        (parsing, committing) yields to it, so that an urgent job waits for at most one piece of that work."""
+        return self.handoff.ahead_given != self._ahead_seen and self.phase is Phase.RUNNING
 
     def _dispatch(self, taken: Taken, now: float, wall: float) -> None:
         """Parse one batch and route its notifications: parked, dead-lettered, deferred, or queued to a session."""
@@ -440,15 +454,17 @@ class DeliveryLoop:
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.wrong_type.recovered()
             done += sum(b.commit.counts.values())
-            if b.commit.keep is not None:
-                continue  # a partial commit: the batch stays held, its log line comes when it completes
-            self.handoff.held.discard(b.commit.batch_id)
-            self.log.info(
-                "batch_committed",
-                batch=b.commit.batch_id,
-                **b.commit.counts,
-                **({"reasons": b.reasons} if b.reasons else {}),
-            )
+            # A partial commit (keep) leaves the batch held: its log line comes when it completes.
+            if b.commit.keep is None:
+                self.handoff.held.discard(b.commit.batch_id)
+                self.log.info(
+                    "batch_committed",
+                    batch=b.commit.batch_id,
+                    **b.commit.counts,
+                    **({"reasons": b.reasons} if b.reasons else {}),
+                )
+            if self._ahead_arrived():
+                break  # an urgent batch came: the next turn writes it, then commits the rest
         if done:
             self.handoff.resolved(done)
             metrics.IN_FLIGHT.labels(self.queue).set(self.handoff.in_flight)
@@ -489,6 +505,8 @@ class DeliveryLoop:
 
     def _wait(self, now: float) -> None:
         """Sleep until a socket is readable (or writable when bytes wait), a wake-up, or the next deadline."""
+        if self._ahead_arrived():
+            return  # an urgent batch came during this turn: dispatch it before reading a campaign's answers
         timeout = IDLE_WAIT
         wake = self.handoff.fileno()
         rlist: list[int] = [wake]
@@ -515,6 +533,8 @@ class DeliveryLoop:
             return  # a socket became writable: the next turn's _step_sessions writes (or connects) on
         if wake in r:
             self.handoff.drain_wakeups()
+            if self._ahead_arrived():
+                return  # the sockets stay readable: the next turn reads them once the urgent batch is written
         stepped: set[Session] = set()  # a session's connections share one step
         for fd in r:
             ready = fds.get(fd)

@@ -59,6 +59,7 @@ class Handoff:
         self.unsent = 0  # raw jobs handed over and not yet parsed
         self.backlog = 0  # notifications waiting in the sessions' queues (published by the loop)
         self.feeder_waiting = False
+        self.ahead_given = 0  # batches given that jump the backlog so far: the loop's campaign work yields to new ones
         self.closed = threading.Event()
         self._taking = threading.Lock()  # held by the feeder from its closed check until the batch is given
         self._wake_r, self._wake_w = os.pipe()
@@ -101,6 +102,8 @@ class Handoff:
         with self.room:
             self.unsent += len(taken.raws)
         self.batches.append(taken)
+        if taken.ahead:
+            self.ahead_given += 1  # after the append (only this thread writes it): never counted before it is there
         self._wake()
 
     # --- any thread ----------------------------------------------------------------------------

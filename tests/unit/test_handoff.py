@@ -98,3 +98,12 @@ def test_release_closes_the_wake_up_pipe_and_later_wake_ups_are_dropped() -> Non
     assert (-1, 1) == (h.fileno(), len(h.posted))
     with pytest.raises(OSError):
         os.fstat(read_end)
+
+
+def test_only_batches_that_jump_the_backlog_are_counted_as_given_ahead(handoff: Handoff) -> None:
+    """ahead_given counts the first lane's (and the guard's) batches, not a campaign's, so the loop sees new ones."""
+    handoff.give(Taken("b1", [b"{}"], "q:bulk"))
+    handoff.give(Taken("u1", [b"{}"], "q:urgent", ahead=True))
+    handoff.give(Taken("b2", [b"{}"], "q:bulk"))
+
+    assert (1, 3) == (handoff.ahead_given, len(handoff.batches))
