@@ -288,15 +288,10 @@ class Bench:
         with every ``bad_every``-th token invalid (0: none, the error-free figure of the same run)."""
         assert self.errsink
         sink = self.errsink
-        read0 = sink.bytes_read()
         with RedisServer() as rs:
             env = self._binary_env(rs.url, sink.port)
             out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
         out["invalid_tokens"] = self.n // bad_every if bad_every else 0
-        # Everything written after a rejected frame is discarded and written again: beside the error-free run's
-        # figure, this says how many times each job's frame was written (as far as the sink read it).
-        sink.wait_all_closed()
-        out["sink_bytes_per_job"] = (sink.bytes_read() - read0) / self.n
         return out
 
     # --- latency ---------------------------------------------------------------------------------
@@ -536,10 +531,7 @@ class Bench:
                     self.add(self.runs, "binary-errors", res)
                     self.report_drain(tag, f"binary, 1 in {ERROR_EVERY} tokens invalid", res)
                     if clean["ok"] and res["ok"]:
-                        log(
-                            f"{tag} 1 % invalid / error-free: {res['rate'] / clean['rate']:.2f}; frames read per job "
-                            f"{res['sink_bytes_per_job'] / clean['sink_bytes_per_job']:.2f}"
-                        )
+                        log(f"{tag} 1 % invalid / error-free: {res['rate'] / clean['rate']:.2f}")
                 if "latency" in only:
                     res = self.latency()
                     self.add(self.runs, "latency", res)
@@ -720,13 +712,6 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": median(ratios) if ratios else None,
                 "cpu_per_10k": median([r["cpu_per_10k"] for r in good]),
                 "handshakes": sorted({r["handshakes"] for r in rs}),
-                "frames_per_job": median(
-                    [
-                        r["sink_bytes_per_job"] / c["sink_bytes_per_job"]
-                        for r, c in zip(rs, cs, strict=False)
-                        if r["ok"] and c["ok"] and c.get("sink_bytes_per_job")
-                    ]
-                ),
             }
         )
     if "latency" in runs:

@@ -315,16 +315,6 @@ class CountingBinarySink(_LineProcess):
         """Completed TLS handshakes since start."""
         return len(self.events("connected"))
 
-    def bytes_read(self) -> int:
-        """Bytes read on every connection closed so far (frames written twice are read twice)."""
-        return sum(int(e.get("bytes", 0)) for e in self.events("closed"))
-
-    def wait_all_closed(self, timeout: float = 10.0) -> None:
-        """Until every connection opened so far has reported its close (or the timeout)."""
-        deadline = time.monotonic() + timeout
-        while len(self.events("closed")) < self.connections() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     def wait_closed(self, conn_count_before: int, timeout: float = 30.0) -> dict[str, Any]:
         """The 'closed' event of the first connection opened after conn_count_before connections."""
         target = conn_count_before + 1
