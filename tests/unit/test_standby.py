@@ -23,7 +23,6 @@ def make_session(**cfg: Any) -> tuple[BinarySession, FakeNetwork]:
     """A binary session for app "default" whose connects go to a FakeNetwork."""
     net = FakeNetwork()
     cfg.setdefault("max_connects_per_minute", 1000)
-    cfg.setdefault("standby_connections", 1)  # the mechanics below are shown on one; the default is tested on its own
     app = AppConfig(protocol="binary", confirm_delay=CONFIRM, **cfg)
     return BinarySession("default", app, net, logs.get("session", app="default")), net
 
@@ -108,19 +107,6 @@ def test_standby_connections_zero_turns_it_off():
     s, net, _, _ = warmed_up(standby_connections=0)
 
     assert (3, []) == (net.connections, s.standbys)
-
-
-def test_two_standbys_are_kept_by_default():
-    """Without standby_connections in the config, two ready connections are kept beside the current one."""
-    net = FakeNetwork()
-    app = AppConfig(protocol="binary", confirm_delay=CONFIRM, max_connects_per_minute=1000)
-    s = BinarySession("default", app, net, logs.get("session", app="default"))
-    s.submit(notes(40))
-    s.step(T0, False)
-    reject(s, 3, T0 + 0.001)
-    reject(s, 3, T0 + 0.002)
-
-    assert (5, 2) == (net.connections, len(s.standbys))
 
 
 def test_two_standbys_are_kept_when_configured():
