@@ -40,7 +40,9 @@ LIVE_ACTIVITY = "liveactivity"
 UUID_LENGTH = 36
 
 
-class JobSpec(msgspec.Struct, kw_only=True):
+# gc=False: a spec holds only strings, numbers, a list of strings and a payload view, so it can never be part
+# of a reference cycle; untracked, the one decoded per job no longer counts toward (or lengthens) a collection.
+class JobSpec(msgspec.Struct, kw_only=True, gc=False):
     """The JSON object applications push; unknown keys are kept out of the way, not rejected."""
 
     token: str | None = None
