@@ -40,9 +40,7 @@ LIVE_ACTIVITY = "liveactivity"
 UUID_LENGTH = 36
 
 
-# gc=False: a spec holds only strings, numbers, a list of strings and a payload view, so it can never be part
-# of a reference cycle; untracked, the one decoded per job no longer counts toward (or lengthens) a collection.
-class JobSpec(msgspec.Struct, kw_only=True, gc=False):
+class JobSpec(msgspec.Struct, kw_only=True):
     """The JSON object applications push; unknown keys are kept out of the way, not rejected."""
 
     token: str | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 
-from apnsd.core.jobs import _decoder
 from apnsd.worker.daemon import GC_YOUNG_THRESHOLD, tune_gc
 
 
@@ -18,9 +17,3 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
-
-
-def test_a_decoded_job_spec_is_not_tracked_by_the_collector() -> None:
-    """A JobSpec (one per job) is left out of cyclic garbage collection: it can hold no cycle."""
-    spec = _decoder.decode(b'{"token": "ab", "tokens": ["cd"], "payload": {"aps": {}}}')
-    assert (["cd"], False) == (spec.tokens, gc.is_tracked(spec))
