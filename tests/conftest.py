@@ -15,6 +15,7 @@ from apnsd.config import Config, load_config
 from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.mock import BinaryFaults, MockGateway
 from apnsd.testing.redis_server import RedisServer
+from tests.support.configs import quick_worker_env
 from tests.support.jobs import LOG
 
 pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy", "tests.support.daemons"]
@@ -92,7 +93,7 @@ def make_config(redis_server: RedisServer, pki: Any, tmp_path: Any) -> Callable[
 
     def make(mock: MockGateway, **env: str) -> Config:
         base = {
-            "APNSD_REDIS_URL": redis_server.url,
+            **quick_worker_env(redis_server.url, tmp_path / "state"),
             "APNSD_APP_DEFAULT_HOST": mock.host,
             "APNSD_APP_DEFAULT_PORT": str(mock.port),
             "APNSD_APP_DEFAULT_CA_FILE": pki.ca_cert,
@@ -104,10 +105,6 @@ def make_config(redis_server: RedisServer, pki: Any, tmp_path: Any) -> Callable[
             "APNSD_APP_DEFAULT_RETRY_BACKOFF": "0.05",
             "APNSD_APP_DEFAULT_OUTAGE_BACKOFF": "0.05",
             "APNSD_APP_DEFAULT_THROTTLE_DELAY": "0.05",
-            "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
-            "APNSD_WORKER_GRACE_PERIOD": "5",
-            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
-            "APNSD_METRICS_LISTEN": "",
         }
         base.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in env.items()})
         return load_config(None, base)

@@ -19,6 +19,7 @@ from apnsd.gateway.credentials import load_public_key
 from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue, connect
 from apnsd.worker.daemon import Daemon
+from tests.support.configs import quick_worker_env
 from tests.support.jobs import LOG, good_tokens, job, push_all
 from tests.support.wait import wait_for
 
@@ -34,14 +35,7 @@ def start(
     started: list[tuple[Daemon, threading.Thread]] = []
 
     def run(apps: dict[str, tuple[Any, dict[str, str]]]) -> Daemon:
-        env = {
-            "APNSD_REDIS_URL": redis_server.url,
-            "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
-            "APNSD_WORKER_GRACE_PERIOD": "5",
-            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
-            "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
-            "APNSD_METRICS_LISTEN": "",
-        }
+        env = {**quick_worker_env(redis_server.url, tmp_path / "state"), "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2"}
         for name, (gateway, keys) in apps.items():
             a = f"APNSD_APP_{name.upper()}_"
             env |= {

@@ -15,10 +15,10 @@ from apnsd.gateway.credentials import load_public_key
 from apnsd.store.queue import JobQueue
 from apnsd.testing.mock import MockGateway
 from apnsd.worker.daemon import Daemon
+from tests.support.configs import quick_worker_env
 from tests.support.jobs import good_tokens, inflight_keys, run_drained
 
 ALERT = {"aps": {"alert": "hello"}}
-BASE_ENV = {"APNSD_WORKER_GRACE_PERIOD": "5", "APNSD_WORKER_BLOCK_TIMEOUT": "0.2", "APNSD_METRICS_LISTEN": ""}
 
 
 def app_env(name: str, mock: MockGateway, pki: Any, **keys: str) -> dict[str, str]:
@@ -40,7 +40,7 @@ def app_env(name: str, mock: MockGateway, pki: Any, **keys: str) -> dict[str, st
 
 def apps_config(redis_server: Any, tmp_path: Any, *apps: dict[str, str]) -> Config:
     """A Config with exactly the given apps (no implicit default app)."""
-    base = {"APNSD_REDIS_URL": redis_server.url, "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"), **BASE_ENV}
+    base = quick_worker_env(redis_server.url, tmp_path / "state")
     for a in apps:
         base.update(a)
     return load_config(None, base)

@@ -15,6 +15,7 @@ from apnsd.config import load_config
 from apnsd.metrics import REGISTRY
 from apnsd.store.queue import JobQueue, connect
 from apnsd.worker.daemon import Daemon
+from tests.support.configs import quick_worker_env
 from tests.support.jobs import LOG, good_tokens, job, push_all
 from tests.support.wait import wait_for
 
@@ -34,14 +35,7 @@ def two_apps(
     """Apps "prod" (its gateway answers BadDeviceToken to every token) and "other" (a healthy gateway), one queue."""
     bad_gateway = http2_mock(reject_prefixes=(("", 400, "BadDeviceToken"),))
     good_gateway = http2_mock()
-    env = {
-        "APNSD_REDIS_URL": redis_server.url,
-        "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
-        "APNSD_WORKER_GRACE_PERIOD": "5",
-        "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
-        "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
-        "APNSD_METRICS_LISTEN": "",
-    }
+    env = {**quick_worker_env(redis_server.url, tmp_path / "state"), "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2"}
     for app, gateway in (("PROD", bad_gateway), ("OTHER", good_gateway)):
         a = f"APNSD_APP_{app}_"
         env |= {

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apnsd.cli import main as cli
 from apnsd.config import Config, load_config
 from apnsd.worker.daemon import Daemon
+from tests.support.configs import quick_worker_env
 from tests.support.jobs import LOG
 from tests.support.wait import wait_for
 
@@ -49,7 +50,7 @@ def app_env(
     def make(app: str, host: str, port: int, cert: str, **extra: str) -> dict[str, str]:
         a = f"APNSD_APP_{app.upper()}_"
         env = {
-            "APNSD_REDIS_URL": redis_server.url,
+            **quick_worker_env(redis_server.url, tmp_path / "state"),
             a + "HOST": host,
             a + "PORT": str(port),
             a + "CA_FILE": pki.ca_cert,
@@ -59,12 +60,8 @@ def app_env(
             a + "MAX_CONNECTS_PER_MINUTE": "60",
             a + "BACKOFF_INITIAL": "0.05",
             a + "CONFIRM_DELAY": "0.2",
-            "APNSD_WORKER_STATE_DIR": str(tmp_path / "state"),
-            "APNSD_WORKER_GRACE_PERIOD": "5",
-            "APNSD_WORKER_BLOCK_TIMEOUT": "0.2",
             "APNSD_WORKER_HEARTBEAT_INTERVAL": "0.2",
             "APNSD_WORKER_HEARTBEAT_TTL": "3",
-            "APNSD_METRICS_LISTEN": "",
         }
         env.update({k if k.startswith("APNSD_") else f"APNSD_{k}": v for k, v in extra.items()})
         for k, v in env.items():
