@@ -104,7 +104,7 @@ class Node:
         args = [REDIS_SERVER, str(self.conf)] + (["--sentinel"] if self.sentinel else [])
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(
-            lambda: self._alive() and self.client().ping(),
+            lambda: self._alive() and self.client().info("server")["process_id"] == self.proc.pid,  # type: ignore[union-attr]
             15.0,
             f"redis node {self.addr or self.socket} up",
             ignore=REDIS_ERRORS,
