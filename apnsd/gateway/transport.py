@@ -203,7 +203,7 @@ class TlsTransport:
         if self._sessions is not None and self._sessions.session is not None:
             conn.set_session(self._sessions.session)
         self._sock, self._conn = sock, conn
-        if FAST_READ and self._record_buf is None:
+        if FAST_READ and self._record_buf is None and hasattr(conn, "_ssl"):
             self._record_buf = _ffi.new("char[]", RECORD_SIZE)
 
     def _dial_next(self, error: str | None) -> socket.socket:
