@@ -17,6 +17,14 @@ from apnsd.errors import GatewayError, GatewayRejected
 from apnsd.proxy import parse_proxy
 
 READ_SIZE = 64 * 1024  # below glibc's mmap threshold: pyOpenSSL allocates this per recv call
+RECORD_SIZE = 16 * 1024  # the most plaintext one TLS record carries (RFC 8446 §5.1), so one SSL_read's most
+# pyOpenSSL's recv() wraps each SSL_read in about a microsecond of Python, and SSL_read returns one record: a
+# gateway that answers each request in a record of its own (nginx does) costs a recv per answer. Where its cffi
+# binding is reachable, SSL_read is called on it directly into one buffer per connection; every error still
+# goes through pyOpenSSL's own translation (_raise_ssl_error), and recv() remains the fallback.
+_ffi: Any = getattr(SSL, "_ffi", None)
+_SSL_read: Any = getattr(getattr(SSL, "_lib", None), "SSL_read", None)
+FAST_READ = _ffi is not None and _SSL_read is not None and hasattr(SSL.Connection, "_raise_ssl_error")
 MAX_PROXY_RESPONSE = 16 * 1024  # a CONNECT answer is a status line and a few headers
 _PROXY_HINTS = {
     407: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
@@ -129,6 +137,7 @@ class TlsTransport:
         self._verify_host = verify_host
         self._sock: socket.socket | None = None
         self._conn: SSL.Connection | None = None
+        self._record_buf: Any = None  # SSL_read's destination when FAST_READ
         self._out = bytearray()  # plaintext not yet encrypted
         self._cipher = bytearray()  # ciphertext not yet taken by the socket
         self._encrypted = 0  # plaintext bytes whose ciphertext is (partly) in _cipher
@@ -194,6 +203,8 @@ class TlsTransport:
         if self._sessions is not None and self._sessions.session is not None:
             conn.set_session(self._sessions.session)
         self._sock, self._conn = sock, conn
+        if FAST_READ and self._record_buf is None and hasattr(conn, "_ssl"):
+            self._record_buf = _ffi.new("char[]", RECORD_SIZE)
 
     def _dial_next(self, error: str | None) -> socket.socket:
         """A non-blocking connect to the next resolved address; GatewayError once none is left."""
@@ -389,10 +400,9 @@ class TlsTransport:
                 ended = "peer closed the connection"
                 break
             conn.bio_write(data)
-        chunks: list[bytes] = []
+        plain = bytearray()
         try:
-            while True:
-                chunks.append(conn.recv(READ_SIZE))
+            self._decrypt(conn, plain)
         except (SSL.WantReadError, SSL.WantWriteError):
             pass
         except SSL.ZeroReturnError:
@@ -401,11 +411,26 @@ class TlsTransport:
             ended = describe_ssl_error(exc)
             self._established = False  # a broken TLS session is not offered again
         if ended is None:
-            return b"".join(chunks)
-        if chunks:
+            return bytes(plain)
+        if plain:
             self.closed = True
-            return b"".join(chunks)
+            return bytes(plain)
         raise self._lost(ended)
+
+    def _decrypt(self, conn: SSL.Connection, plain: bytearray) -> None:
+        """Append every byte OpenSSL can decrypt now to ``plain``; ends with pyOpenSSL's WantReadError (or the
+        error that stopped it, the bytes before it kept)."""
+        buf = self._record_buf
+        if buf is None:
+            while True:
+                plain += conn.recv(READ_SIZE)
+        ssl, read, view = conn._ssl, _SSL_read, _ffi.buffer
+        while True:
+            n = read(ssl, buf, RECORD_SIZE)
+            if n <= 0:
+                conn._raise_ssl_error(ssl, n)
+                raise SSL.Error(f"SSL_read returned {n} without an error")  # never loop on a silent failure
+            plain += view(buf, n)
 
     def read_final(self, timeout: float) -> bytes:
         """After a failed write: what the peer sent before it went, waiting at most ``timeout`` for it."""
