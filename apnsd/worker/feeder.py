@@ -16,6 +16,9 @@ from apnsd.worker.handoff import Handoff, Taken
 from apnsd.worker.lanes import LanePlan, LowerBatch
 
 THROTTLE_TICK = 0.02  # shortest wait for tokens: a tenth-of-a-second bucket is never left full meanwhile
+# Longest a full worker blocks on its first lane (in Redis, where the loop cannot wake it) before it looks for
+# room again: the loop empties a backlog of two batches in tens of milliseconds, then would sit idle.
+ROOM_POLL = 0.005
 
 
 class FeederDied(RuntimeError):
@@ -62,7 +65,7 @@ class Feeder(threading.Thread):
             try:
                 if len(self.plan.keys) > 1 and handoff.full() and not handoff.full(reserve=True):
                     # The room is taken (by a campaign): only the first lane may take, into the reserve.
-                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll)):
+                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll, ROOM_POLL)):
                         continue
                     first_only = True
                 else:

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 from apnsd.config import Config
 
-LOWER_BATCH = 100  # most jobs per connection one take moves from a lane other than the first, while it is quiet
-LOWER_BATCH_URGENT = 50  # the same while the first lane is active (see LowerBatch)
-URGENT_RECENT = 1.0  # seconds after a take from the first lane during which it counts as active
+LOWER_BATCH = 50  # most jobs per connection one take moves from a lane other than the first while that is active
+URGENT_RECENT = 1.0  # seconds after first-lane work during which the first lane counts as active (FirstLane)
 
 
 @dataclass(frozen=True)
@@ -20,8 +19,7 @@ class LanePlan:
     queue_rate: float = 0.0
     lane_rates: tuple[float, ...] = ()
     lower_lane_every: int = 10
-    lower_batch: int = 0  # most jobs one take moves from a lane other than the first (0: batch_size)
-    lower_batch_urgent: int = 0  # the same while the first lane is active (0: lower_batch)
+    lower_batch: int = 0  # most jobs one take moves from a lane other than the first while it is active (0: any)
 
     @classmethod
     def for_queue(cls, config: Config, queue: str) -> LanePlan:
@@ -31,14 +29,10 @@ class LanePlan:
         every = next((app.lower_lane_every for app in apps), 10)
         lanes = config.lanes(queue)
 
-        # A big batch holds the loop (parse, commit) while an urgent job waits its turn: lower lanes are
-        # taken in small ones (their work goes out a window at a time anyway), smaller still while urgent
-        # work is about (LowerBatch).
-        def per_take(most: int) -> int:
-            return sum(min(app.lane_window, most) * app.connections for app in apps) if len(lanes) > 1 else 0
-
-        lower, urgent = per_take(LOWER_BATCH), per_take(LOWER_BATCH_URGENT)
-        return cls(queue, tuple(lanes), queue_rate, tuple(lane_rates), every, lower, urgent)
+        # A big batch holds the loop (parse, commit) while an urgent job waits its turn: while the first lane
+        # is active, lower lanes are taken in small ones (their work goes out a window at a time anyway).
+        lower = sum(min(app.lane_window, LOWER_BATCH) * app.connections for app in apps) if len(lanes) > 1 else 0
+        return cls(queue, tuple(lanes), queue_rate, tuple(lane_rates), every, lower)
 
     @property
     def simple(self) -> bool:
@@ -63,30 +57,44 @@ class LanePlan:
         return lane
 
 
-class LowerBatch:
-    """How many jobs the feeder's next take may move from a lane below the first: fewer while the first is active.
+class FirstLane:
+    """Whether a queue's first lane is active: it had work within the last ``recent`` seconds (times passed in).
 
-    A lower-lane batch is a piece of work (parse, write, commit) that an urgent job handed over meanwhile
-    waits for; smaller ones shorten that wait but cost the campaign throughput (more takes and commits per
-    job). So they are small only within ``recent`` seconds of a take from the first lane: a campaign with no
-    urgent traffic drains at full speed, one beside urgent traffic gives up a few per cent.
+    Lower lanes give way to it only then. Small batches and a small window on the wire shorten what an
+    urgent job waits for, but they cap a campaign (more takes and commits per job, fewer requests in
+    flight): a campaign alone drains as a queue without lanes does, one beside urgent traffic gives way.
     """
 
-    def __init__(self, plan: LanePlan, count: int, recent: float = URGENT_RECENT) -> None:
-        self.quiet = min(count, plan.lower_batch) if plan.lower_batch else count
-        self.urgent = min(self.quiet, plan.lower_batch_urgent) if plan.lower_batch_urgent else self.quiet
+    def __init__(self, recent: float = URGENT_RECENT) -> None:
         self.recent = recent
-        self._first_at: float | None = None  # when the first lane was last taken from
+        self._at: float | None = None  # when the first lane last had work
+
+    def saw(self, now: float) -> None:
+        """The first lane had work at ``now``."""
+        self._at = now
+
+    def active(self, now: float) -> bool:
+        """True within ``recent`` seconds of the last ``saw``."""
+        return self._at is not None and now - self._at < self.recent
+
+
+class LowerBatch:
+    """How many jobs the feeder's next take may move from a lane below the first: ``plan.lower_batch`` while the
+    first lane is active (FirstLane), a whole batch otherwise."""
+
+    def __init__(self, plan: LanePlan, count: int, recent: float = URGENT_RECENT) -> None:
+        self.quiet = count
+        self.urgent = min(count, plan.lower_batch) if plan.lower_batch else count
+        self.first = FirstLane(recent)
 
     def taken(self, lane: int, now: float) -> None:
         """A take at ``now`` returned jobs from ``lane`` (an index into the plan's keys)."""
         if lane == 0:
-            self._first_at = now
+            self.first.saw(now)
 
     def size(self, now: float) -> int:
         """Most jobs a take at ``now`` may move from a lane other than the first."""
-        active = self._first_at is not None and now - self._first_at < self.recent
-        return self.urgent if active else self.quiet
+        return self.urgent if self.first.active(now) else self.quiet
 
 
 WINDOW_MIN = 10  # lower lanes' work per connection the adaptive window never goes below

@@ -174,49 +174,50 @@ def test_the_lower_lane_window_follows_how_busy_the_loop_is(window, busy, waitin
 
 
 def _lower_batch(count: int = 1000) -> LowerBatch:
-    """The lower-lane take size of a three-lane queue on one connection with the default lane_window."""
+    """The lower-lane take size of a three-lane queue on one connection (default lane_window) and ``count`` batches."""
     config = load_config(None, {"APNSD_APP_DEFAULT_LANES": "urgent,default,bulk"})
     return LowerBatch(LanePlan.for_queue(config, "apnsd:queue"), count)
 
 
-def test_lower_lanes_are_taken_full_size_while_the_first_lane_is_quiet():
-    """No take from the first lane yet: a lower-lane take moves 100 jobs (a campaign alone drains at full speed)."""
+def test_lower_lanes_are_taken_in_whole_batches_while_the_first_lane_is_quiet():
+    """No take from the first lane yet: a lower-lane take moves batch_size jobs (a campaign alone drains at full
+    speed)."""
     lower = _lower_batch()
 
-    assert [100, 100] == [lower.size(0.0), lower.size(1000.0)]
+    assert [1000, 1000] == [lower.size(0.0), lower.size(1000.0)]
 
 
 def test_lower_lanes_are_taken_small_within_a_second_of_a_first_lane_take():
-    """A first-lane take at t=10: 50 until t=11, then 100 again."""
+    """A first-lane take at t=10: 50 until t=11, then whole batches again."""
     lower = _lower_batch()
 
     lower.taken(0, 10.0)
 
-    assert [50, 50, 100, 100] == [lower.size(t) for t in (10.0, 10.999, 11.0, 30.0)]
+    assert [50, 50, 1000, 1000] == [lower.size(t) for t in (10.0, 10.999, 11.0, 30.0)]
 
 
 def test_only_a_take_from_the_first_lane_makes_lower_takes_small():
-    """Takes from the default and bulk lanes (indexes 1 and 2) leave the size full."""
+    """Takes from the default and bulk lanes (indexes 1 and 2) leave the size whole."""
     lower = _lower_batch()
 
     lower.taken(1, 5.0)
     lower.taken(2, 5.0)
 
-    assert 100 == lower.size(5.0)
+    assert 1000 == lower.size(5.0)
 
 
 def test_each_first_lane_take_extends_the_small_spell():
-    """Urgent takes at t=0 and t=0.8 keep lower takes small until t=1.8."""
+    """Urgent takes at t=0 and t=0.75 keep lower takes small until t=1.75."""
     lower = _lower_batch()
 
     lower.taken(0, 0.0)
-    lower.taken(0, 0.8)
+    lower.taken(0, 0.75)
 
-    assert [50, 100] == [lower.size(1.7), lower.size(1.8)]
+    assert [50, 1000] == [lower.size(1.5), lower.size(1.75)]
 
 
 def test_the_lower_take_never_exceeds_batch_size():
-    """batch_size 30: both sizes are capped at 30."""
+    """batch_size 30: the small size too is 30."""
     lower = _lower_batch(30)
 
     lower.taken(0, 0.0)
