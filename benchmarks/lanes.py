@@ -1,7 +1,8 @@
 """Priority lanes and throttles, measured end to end against the nginx HTTP/2 sink.
 
-    .venv/bin/python -m benchmarks.lanes [--only latency,throttle,far,drain] [--bulk 1000000] [--seconds 20] [--repeat 3]
-                                         [--urgent-rate 100] [--max-rate 5000] [--workers 3] [--daemon-env K=V]
+    .venv/bin/python -m benchmarks.lanes [--only latency,throttle,far,drain] [--bulk 1000000] [--seconds 20]
+                                         [--repeat 3] [--urgent-rate 100] [--max-rate 5000] [--workers 3]
+                                         [--daemon-env K=V]
 
 latency:  urgent jobs pushed at --urgent-rate onto the urgent lane, enqueue → answer p50/p99 (receipt time minus
           enqueued_at), with nothing else queued and while --bulk jobs preloaded on the bulk lane drain
