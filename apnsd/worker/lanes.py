@@ -28,7 +28,6 @@ class LanePlan:
         apps = [config.apps[a] for a in config.queues().get(queue, [])]
         every = next((app.lower_lane_every for app in apps), 10)
         lanes = config.lanes(queue)
-
         # A big batch holds the loop (parse, commit) while an urgent job waits its turn: while the first lane
         # is active, lower lanes are taken in small ones (their work goes out a window at a time anyway).
         lower = sum(min(app.lane_window, LOWER_BATCH) * app.connections for app in apps) if len(lanes) > 1 else 0
