@@ -1,7 +1,8 @@
 """Priority lanes and throttles, measured end to end against the nginx HTTP/2 sink.
 
-    .venv/bin/python -m benchmarks.lanes [--only latency,throttle] [--bulk 1000000] [--seconds 20] [--repeat 3]
-                                         [--urgent-rate 100] [--max-rate 5000] [--workers 3] [--daemon-env K=V]
+    .venv/bin/python -m benchmarks.lanes [--only latency,throttle,far,drain] [--bulk 1000000] [--seconds 20]
+                                         [--repeat 3] [--urgent-rate 100] [--max-rate 5000] [--workers 3]
+                                         [--daemon-env K=V]
 
 latency:  urgent jobs pushed at --urgent-rate onto the urgent lane, enqueue → answer p50/p99 (receipt time minus
           enqueued_at), with nothing else queued and while --bulk jobs preloaded on the bulk lane drain
@@ -11,6 +12,8 @@ throttle: max_rate = --max-rate on one app, --workers worker processes, a backlo
           drain; the delivered rate over the --seconds window (after a 2 s warm-up), against the cap.
 far:      a campaign alone against a sink that answers 50 ms late, with and without lanes: delivered/s over
           --far-seconds (lower lanes go out a window at a time; this checks it opens up for a far gateway).
+drain:    --bulk jobs alone against the loopback sink, on the bulk lane and without lanes, alternately, --repeat
+          times: delivered/s over --far-seconds when no urgent job comes (lower lanes are then taken full size).
 Prints the figures with the load average and writes benchmarks/results/lanes-<UTC timestamp>.json.
 """
 
@@ -188,23 +191,26 @@ class LaneBench:
 
     # --- campaign throughput against a far gateway ------------------------------------------------
 
-    def far(self, lanes: bool) -> dict[str, Any]:
-        """Bulk-only drain against a sink answering 50 ms late: delivered/s over the window, with or without lanes.
+    def far(self, lanes: bool, near: bool = False) -> dict[str, Any]:
+        """Bulk-only drain against a sink answering 50 ms late (``near``: the loopback sink, --bulk jobs), with or
+        without lanes: delivered/s over the window.
 
         Lower lanes go out a window at a time; this shows whether that window opens up far enough when the
         gateway, not the worker, is what takes time.
         """
         a = self.args
-        if self.far_nginx is None:
+        if self.far_nginx is None and not near:
             self.far_nginx = NginxSink(os.path.join(self.workdir, "far"), self.pki, LOCATIONS_50MS).start()
+        sink = self.nginx if near else self.far_nginx
+        assert sink is not None
         with RedisServer() as rs:
             r = redis.Redis.from_url(rs.url)
             queue = BULK if lanes else workload.QUEUE
-            workload.preload(r, a.far_jobs, "F", queue=queue)
+            workload.preload(r, a.bulk if near else a.far_jobs, "F", queue=queue)
             env = self.env(rs.url, LANES if lanes else {})
-            env["APNSD_APP_DEFAULT_PORT"] = str(self.far_nginx.cert_port)
+            env["APNSD_APP_DEFAULT_PORT"] = str(sink.cert_port)
             child = workload.start_daemon(
-                workload.DaemonSpec(f"far-{lanes}", env, drain=False), self.python, REPO, self.workdir
+                workload.DaemonSpec(f"far-{lanes}-{near}", env, drain=False), self.python, REPO, self.workdir
             )
             try:
                 while workload.resolved(workload.outcomes(r)) == 0:
@@ -216,7 +222,8 @@ class LaneBench:
                 left = r.llen(queue)
             finally:
                 child.stop()
-        return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0}
+        load = round(os.getloadavg()[0], 2)
+        return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0, "load": load}
 
     def close(self) -> None:
         self.nginx.stop()
@@ -277,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
                 "bulk against a 50 ms gateway: "
                 + ", ".join(f"{'with' if f['lanes'] else 'without'} lanes {f['rate']:.0f}/s" for f in report["far"])
             )
+        if "drain" in only:
+            report["drain"] = [bench.far(lanes, near=True) for _ in range(args.repeat) for lanes in (True, False)]
+            log(
+                "campaign alone on the loopback sink, delivered/s: "
+                + ", ".join(f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f}" for f in report["drain"])
+            )
         if "throttle" in only:
             thr = bench.throttle()
             report["throttle"] = thr
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"results: {os.path.relpath(path, REPO)}")
     ok = all(r.get("ok") for rs in report.get("latency", {}).values() for r in rs)
-    ok = ok and all(f["ok"] for f in report.get("far", []))
+    ok = ok and all(f["ok"] for f in report.get("far", []) + report.get("drain", []))
     return 0 if ok and report.get("throttle", {}).get("ok", True) else 1
 
 

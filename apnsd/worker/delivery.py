@@ -26,7 +26,7 @@ from apnsd.gateway.session import Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
-from apnsd.worker.lanes import WINDOW_MIN, LanePlan, next_window
+from apnsd.worker.lanes import WINDOW_MIN, FirstLane, LanePlan, next_window
 from apnsd.worker.recorder import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
@@ -123,6 +123,7 @@ class DeliveryLoop:
         self._lower: dict[Session, deque[Notification]] = {}  # lower lanes' work, let out a window at a time
         self._window_max = max((s.cfg.lane_window for s in sessions.values()), default=WINDOW_MIN)
         self._window = float(min(self._window_max, 100))  # lower lanes' work per connection, now
+        self._first_lane = FirstLane()  # the window applies only while the first lane is active
         self._idle = 0.0  # seconds waited in select since the last window adjustment
         self._window_at = time.monotonic()
         self._ready: deque[Batch] = deque()  # complete batches waiting for their commit, oldest first
@@ -176,7 +177,7 @@ class DeliveryLoop:
         now = time.monotonic()
         self.handoff.run_posted()  # first: a posted stop closes the feeder before the batches are read
         self._dispatch_new(now)
-        self._let_out_lower()
+        self._let_out_lower(now)
         if self.phase is Phase.STOPPING:
             self._requeue_unsent()  # after dispatch: a batch handed over just before the stop goes back too
         self._step_sessions(now)
@@ -251,6 +252,7 @@ class DeliveryLoop:
         ahead: dict[int, tuple[Session, list[Notification]]] | None = {} if first_lane else None
         if first_lane:
             self._ahead.add(batch)
+            self._first_lane.saw(now)
         lower = len(self.lanes) > 1 and not first_lane
         for r in rejects:
             self._completed(self.recorder.reject(batch, r, wall))
@@ -295,14 +297,15 @@ class DeliveryLoop:
             self._ahead.add(n.batch)
         self._put_ahead(s, share)
 
-    def _let_out_lower(self) -> None:
-        """Move lower lanes' work into the sessions while fewer than ``lane_window`` of it are queued or unanswered.
+    def _let_out_lower(self, now: float) -> None:
+        """Move lower lanes' work into the sessions while fewer than the window of it are queued or unanswered.
 
         What is on the wire cannot be overtaken: a first-lane job written now is answered after everything
         written before it that the gateway (or this process) has yet to get through. Keeping the lower lanes'
-        share small bounds that wait, at the cost of lower-lane throughput when the gateway is far away.
+        share small bounds that wait, at the cost of lower-lane throughput: so the adaptive window applies
+        only while the first lane is active, ``lane_window`` otherwise.
         """
-        window = int(self._window)
+        window = int(self._window) if self._first_lane.active(now) else self._window_max
         for s, waiting in self._lower.items():
             room = min(window, s.cfg.lane_window) - len(s.pending) - s.unanswered_count()
             if room <= 0 or not waiting:

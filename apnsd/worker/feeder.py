@@ -13,9 +13,12 @@ from apnsd.core.pacing import outage_delay
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.queue import JobQueue
 from apnsd.worker.handoff import Handoff, Taken
-from apnsd.worker.lanes import LanePlan
+from apnsd.worker.lanes import LanePlan, LowerBatch
 
 THROTTLE_TICK = 0.02  # shortest wait for tokens: a tenth-of-a-second bucket is never left full meanwhile
+# Longest a full worker blocks on its first lane (in Redis, where the loop cannot wake it) before it looks for
+# room again: the loop empties a backlog of two batches in tens of milliseconds, then would sit idle.
+ROOM_POLL = 0.005
 
 
 class FeederDied(RuntimeError):
@@ -38,6 +41,7 @@ class Feeder(threading.Thread):
         self.queue = queue
         self.plan = plan or LanePlan(queue, (queue,))
         self._takes = 0  # takes from the lanes so far: the starvation guard counts them
+        self._lower = LowerBatch(self.plan, worker.batch_size)  # how much a take moves from a lower lane
         self.jq = jq
         self.handoff = handoff
         self.worker = worker
@@ -61,7 +65,7 @@ class Feeder(threading.Thread):
             try:
                 if len(self.plan.keys) > 1 and handoff.full() and not handoff.full(reserve=True):
                     # The room is taken (by a campaign): only the first lane may take, into the reserve.
-                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll)):
+                    if not self.jq.wait(self.plan.keys[0], min(cfg.block_timeout, cfg.lane_poll, ROOM_POLL)):
                         continue
                     first_only = True
                 else:
@@ -120,12 +124,14 @@ class Feeder(threading.Thread):
         self._uncertain = batch_id
         self._takes += 1
         first = 0 if len(plan.keys) == 1 else plan.first_lane(self._takes)
-        lower = min(count, plan.lower_batch) if plan.lower_batch else count
+        now = time.monotonic()
+        lower = min(count, self._lower.size(now))  # small while the first lane is active (lanes.LowerBatch)
         lane, raws, wait = self.jq.take_lanes(plan.queue, list(plan.keys), count, batch_id, first, plan.rates, lower)
         self._uncertain = None
         if not raws:
             held.discard(batch_id)
             return Taken(batch_id, [], plan.queue), wait
+        self._lower.taken(lane, now)
         return Taken(batch_id, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
 
     def _take_simple(self, count: int) -> Taken:

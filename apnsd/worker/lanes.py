@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from apnsd.config import Config
 
-LOWER_BATCH = 100  # most jobs per connection one take moves from a lane other than the first
+LOWER_BATCH = 50  # most jobs per connection one take moves from a lane other than the first while that is active
+URGENT_RECENT = 1.0  # seconds after first-lane work during which the first lane counts as active (FirstLane)
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class LanePlan:
     queue_rate: float = 0.0
     lane_rates: tuple[float, ...] = ()
     lower_lane_every: int = 10
-    lower_batch: int = 0  # most jobs one take moves from a lane other than the first (0: batch_size)
+    lower_batch: int = 0  # most jobs one take moves from a lane other than the first while it is active (0: any)
 
     @classmethod
     def for_queue(cls, config: Config, queue: str) -> LanePlan:
@@ -27,8 +28,8 @@ class LanePlan:
         apps = [config.apps[a] for a in config.queues().get(queue, [])]
         every = next((app.lower_lane_every for app in apps), 10)
         lanes = config.lanes(queue)
-        # A big batch holds the loop (parse, commit) while an urgent job waits its turn: lower lanes are
-        # taken in small ones (their work goes out a window at a time anyway).
+        # A big batch holds the loop (parse, commit) while an urgent job waits its turn: while the first lane
+        # is active, lower lanes are taken in small ones (their work goes out a window at a time anyway).
         lower = sum(min(app.lane_window, LOWER_BATCH) * app.connections for app in apps) if len(lanes) > 1 else 0
         return cls(queue, tuple(lanes), queue_rate, tuple(lane_rates), every, lower)
 
@@ -53,6 +54,46 @@ class LanePlan:
         while lane < len(self.keys) - 1 and n % every ** (lane + 1) == 0:
             lane += 1
         return lane
+
+
+class FirstLane:
+    """Whether a queue's first lane is active: it had work within the last ``recent`` seconds (times passed in).
+
+    Lower lanes give way to it only then. Small batches and a small window on the wire shorten what an
+    urgent job waits for, but they cap a campaign (more takes and commits per job, fewer requests in
+    flight): a campaign alone drains as a queue without lanes does, one beside urgent traffic gives way.
+    """
+
+    def __init__(self, recent: float = URGENT_RECENT) -> None:
+        self.recent = recent
+        self._at: float | None = None  # when the first lane last had work
+
+    def saw(self, now: float) -> None:
+        """The first lane had work at ``now``."""
+        self._at = now
+
+    def active(self, now: float) -> bool:
+        """True within ``recent`` seconds of the last ``saw``."""
+        return self._at is not None and now - self._at < self.recent
+
+
+class LowerBatch:
+    """How many jobs the feeder's next take may move from a lane below the first: ``plan.lower_batch`` while the
+    first lane is active (FirstLane), a whole batch otherwise."""
+
+    def __init__(self, plan: LanePlan, count: int, recent: float = URGENT_RECENT) -> None:
+        self.quiet = count
+        self.urgent = min(count, plan.lower_batch) if plan.lower_batch else count
+        self.first = FirstLane(recent)
+
+    def taken(self, lane: int, now: float) -> None:
+        """A take at ``now`` returned jobs from ``lane`` (an index into the plan's keys)."""
+        if lane == 0:
+            self.first.saw(now)
+
+    def size(self, now: float) -> int:
+        """Most jobs a take at ``now`` may move from a lane other than the first."""
+        return self.urgent if self.first.active(now) else self.quiet
 
 
 WINDOW_MIN = 10  # lower lanes' work per connection the adaptive window never goes below

@@ -398,7 +398,9 @@ def test_an_urgent_job_pushed_behind_a_campaign_goes_out_before_its_tail(
     mock = http2_mock() if protocol == "http2" else binary_mock()
     bulk, urgent = good_tokens(50_000, seed=75), good_tokens(1, seed=76)[0]
     push_all(jq, [job(t) for t in bulk], BULK)
-    d = Daemon(make_config(mock, **THREE_LANES))
+    # The campaign runs alone until the push, so its work goes out lane_window at a time (not the adaptive
+    # window): 500 leaves room under the bound for what is answered while the urgent job is being taken.
+    d = Daemon(make_config(mock, **THREE_LANES, APP_DEFAULT_LANE_WINDOW="500"))
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     try:

@@ -1,9 +1,12 @@
-"""The delivery loop's campaign work (parsing, committing) yields to a first-lane batch handed over meanwhile."""
+"""The delivery loop's campaign work (parsing, committing) yields to a first-lane batch handed over meanwhile, and
+lower lanes' work goes out a window at a time only while the first lane is active."""
 
 from __future__ import annotations
 
 import select
+from collections import deque
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -88,3 +91,55 @@ def test_a_turn_that_saw_an_urgent_batch_arrive_goes_round_again_without_waiting
 
     assert (True, 1) == (loop._ahead_arrived(), len(loop.handoff.batches))
     assert select.select([loop.handoff.fileno()], [], [], 0)[0]
+
+
+class Connection:
+    """Stands in for a session as the lower lanes' let-out sees it: a send queue and nothing unanswered."""
+
+    def __init__(self, lane_window: int) -> None:
+        self.cfg = SimpleNamespace(lane_window=lane_window)
+        self.pending: deque[int] = deque()
+        self.suspended = self.disabled = None
+
+    def unanswered_count(self) -> int:
+        """Nothing written is awaiting its answer."""
+        return 0
+
+
+@pytest.fixture
+def campaign(loop: DeliveryLoop) -> Connection:
+    """2,000 lower-lane notifications waiting for one connection with lane_window 1000; the window is at 10."""
+    conn = Connection(1000)
+    loop._lower[conn] = deque(range(2000))  # type: ignore[index,arg-type]
+    loop._window_max, loop._window = 1000, 10.0
+    return conn
+
+
+def test_lower_lanes_fill_lane_window_while_the_first_lane_is_quiet(loop: DeliveryLoop, campaign: Connection) -> None:
+    """No first-lane work yet: a campaign goes to the connection lane_window at a time, as without lanes."""
+    loop._let_out_lower(0.0)
+
+    assert 1000 == len(campaign.pending)
+
+
+def test_lower_lanes_go_out_a_window_at_a_time_within_a_second_of_first_lane_work(
+    loop: DeliveryLoop, campaign: Connection
+) -> None:
+    """First-lane work at t=5: until t=6 only the adaptive window (10) is let out, then lane_window again."""
+    loop._first_lane.saw(5.0)
+
+    loop._let_out_lower(5.5)
+    during = len(campaign.pending)
+    campaign.pending.clear()
+    loop._let_out_lower(6.0)
+
+    assert (10, 1000) == (during, len(campaign.pending))
+
+
+def test_a_first_lane_batch_makes_the_first_lane_active_and_a_campaign_batch_does_not(loop: DeliveryLoop) -> None:
+    """Dispatching a bulk batch at t=3 leaves the first lane quiet; an urgent one at t=7 makes it active until t=8."""
+    loop._dispatch(Taken("b1", [b"{}"], BULK, ahead=False), 3.0, 0.0)
+    after_bulk = loop._first_lane.active(3.5)
+    loop._dispatch(Taken("u1", [b"{}"], URGENT, ahead=True), 7.0, 0.0)
+
+    assert (False, True, False) == (after_bulk, loop._first_lane.active(7.5), loop._first_lane.active(8.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apnsd.config import load_config
-from apnsd.worker.lanes import LanePlan, next_window
+from apnsd.worker.lanes import LanePlan, LowerBatch, next_window
 from tests.support.configs import config_error, write
 
 
@@ -171,3 +171,64 @@ def test_a_lane_list_cannot_be_another_queue(tmp_path):
 def test_the_lower_lane_window_follows_how_busy_the_loop_is(window, busy, waiting, expected):
     """Shrinks x0.7 above 90 % busy (not below 10), grows x1.25+1 below 70 % while work waits (up to the max)."""
     assert expected == pytest.approx(next_window(window, busy, waiting, 1000))
+
+
+def _lower_batch(count: int = 1000) -> LowerBatch:
+    """The lower-lane take size of a three-lane queue on one connection (default lane_window) and ``count`` batches."""
+    config = load_config(None, {"APNSD_APP_DEFAULT_LANES": "urgent,default,bulk"})
+    return LowerBatch(LanePlan.for_queue(config, "apnsd:queue"), count)
+
+
+def test_lower_lanes_are_taken_in_whole_batches_while_the_first_lane_is_quiet():
+    """No take from the first lane yet: a lower-lane take moves batch_size jobs (a campaign alone drains at full
+    speed)."""
+    lower = _lower_batch()
+
+    assert [1000, 1000] == [lower.size(0.0), lower.size(1000.0)]
+
+
+def test_lower_lanes_are_taken_small_within_a_second_of_a_first_lane_take():
+    """A first-lane take at t=10: 50 until t=11, then whole batches again."""
+    lower = _lower_batch()
+
+    lower.taken(0, 10.0)
+
+    assert [50, 50, 1000, 1000] == [lower.size(t) for t in (10.0, 10.999, 11.0, 30.0)]
+
+
+def test_only_a_take_from_the_first_lane_makes_lower_takes_small():
+    """Takes from the default and bulk lanes (indexes 1 and 2) leave the size whole."""
+    lower = _lower_batch()
+
+    lower.taken(1, 5.0)
+    lower.taken(2, 5.0)
+
+    assert 1000 == lower.size(5.0)
+
+
+def test_each_first_lane_take_extends_the_small_spell():
+    """Urgent takes at t=0 and t=0.75 keep lower takes small until t=1.75."""
+    lower = _lower_batch()
+
+    lower.taken(0, 0.0)
+    lower.taken(0, 0.75)
+
+    assert [50, 1000] == [lower.size(1.5), lower.size(1.75)]
+
+
+def test_the_lower_take_never_exceeds_batch_size():
+    """batch_size 30: the small size too is 30."""
+    lower = _lower_batch(30)
+
+    lower.taken(0, 0.0)
+
+    assert [30, 30] == [lower.size(0.5), lower.size(5.0)]
+
+
+def test_a_queue_without_lanes_takes_whole_batches_whatever_the_first_lane_does():
+    """One lane: no lower-lane cap, a take moves batch_size jobs."""
+    lower = LowerBatch(LanePlan.for_queue(load_config(None, {}), "apnsd:queue"), 1000)
+
+    lower.taken(0, 0.0)
+
+    assert 1000 == lower.size(0.1)
