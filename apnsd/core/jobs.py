@@ -111,6 +111,11 @@ class Notification(msgspec.Struct, eq=False):
         p = self._payload
         return p if type(p) is bytes else bytes(p)
 
+    @property
+    def body(self) -> bytes | msgspec.Raw:
+        """The payload's bytes as held (a view into ``raw`` or bytes): for writers that take any bytes-like object."""
+        return self._payload
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
