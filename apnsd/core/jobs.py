@@ -77,7 +77,9 @@ class Notification(msgspec.Struct, eq=False):
     _payload: bytes | msgspec.Raw
     app: str
     apns_id: str
-    job_id: str | None
+    # The application's id; IN_RAW when it is left in ``raw`` (read again only for receipts and rewritten jobs):
+    # the window holds tens of thousands of notifications, and the string would cost ~55 bytes each.
+    _job_id: str | None
     priority: int | None
     expiration: int | None
     push_type: str | None
@@ -94,6 +96,12 @@ class Notification(msgspec.Struct, eq=False):
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
     channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
     suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
+
+    @property
+    def job_id(self) -> str | None:
+        """The application's id of the job, if it gave one."""
+        j = self._job_id
+        return _id_decoder.decode(self.raw).id if j is IN_RAW else j
 
     def __repr__(self) -> str:
         """The fields that say which notification this is (not the raw job, nor the batch it came in)."""
@@ -115,6 +123,18 @@ class Notification(msgspec.Struct, eq=False):
     def body(self) -> bytes | msgspec.Raw:
         """The payload's bytes as held (a view into ``raw`` or bytes): for writers that take any bytes-like object."""
         return self._payload
+
+
+IN_RAW = "\x00in raw"  # Notification._job_id: read the id from the raw job (a control character: never a valid id)
+
+
+class _JobId(msgspec.Struct):
+    """Only a job's id (every other key skipped)."""
+
+    id: str | None = None
+
+
+_id_decoder = msgspec.json.Decoder(_JobId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +418,7 @@ class JobParser:
             spec.payload,
             spec.app,
             own_id or (self.new_id() if limits[0] == "http2" else ""),  # binary frames carry no apns-id
-            job_id,
+            job_id if job_id is None else IN_RAW,
             None,
             None,
             push_type,

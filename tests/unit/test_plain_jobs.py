@@ -30,10 +30,16 @@ def parsers() -> tuple[JobParser, JobParser]:
     return fast, full
 
 
-def outcome(parsed: tuple[list[Notification], list[Rejected]]) -> tuple[list[tuple[Any, ...]], list[Rejected]]:
-    """Notifications as tuples of every field (they compare by identity), and the rejections."""
+def fields(n: Notification) -> dict[str, Any]:
+    """Every field of a notification (they compare by identity), the job id as its readers see it."""
+    out = {name: getattr(n, name) for name in n.__struct_fields__ if name != "_job_id"}
+    return {**out, "job_id": n.job_id}
+
+
+def outcome(parsed: tuple[list[Notification], list[Rejected]]) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """The notifications' fields, and the rejections."""
     good, bad = parsed
-    return [msgspec.structs.astuple(n) for n in good], bad
+    return [fields(n) for n in good], bad
 
 
 tokens = st.one_of(
