@@ -61,11 +61,15 @@ class JobSpec(msgspec.Struct, kw_only=True):
     failing_since: float | None = None  # set by apnsd on the first retry: retry_for counts from here
 
 
-class Notification(msgspec.Struct, eq=False):
+class Notification(msgspec.Struct, eq=False, gc=False):
     """One device's notification, ready for either protocol; ``raw`` is the job it came from.
 
     A Struct rather than a dataclass: one is made per job, and msgspec's constructor (in C) takes a third of
     the time of the generated ``__init__``. ``eq=False`` keeps identity equality and hashing.
+
+    ``gc=False``: the cyclic collector never walks the tens of thousands in flight (16 bytes and a traversal
+    less each). The one cycle through a notification, ``n.batch.unresolved[n]``, ends when its outcome is
+    recorded (the recorder deletes the entry), and every notification's outcome is recorded.
     """
 
     # None when the token is the lower-case hex of ``token_bytes`` (every parsed device token): tens of
