@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import msgspec
+
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import DELIVERED, binary_outcome
 from apnsd.gateway.session import Loss, Resolved, Session, State
@@ -89,7 +91,7 @@ class BinarySession(Session):
             or self.transport.unsent >= UNSENT_LIMIT
         ):
             return
-        pending, unwritten, encode = self.pending, self._unwritten, binary.encode_frame
+        pending, unwritten, parts, overhead = self.pending, self._unwritten, binary.frame_parts, binary.FRAME_OVERHEAD
         count = min(len(pending), ENCODE_AT_ONCE)
         if self._cap is not None:
             count = min(count, self._cap - self.unanswered_count())
@@ -103,18 +105,19 @@ class BinarySession(Session):
         ident, queued = self._next_id, self._queued
         if not unwritten and not self._window:
             self._first_id = ident
-        frames = []
+        out: list[bytes | memoryview | msgspec.Raw] = []
+        add = out.extend
         for _ in range(count):
             n = pending.popleft()
-            frame = encode(n.token_bytes, n.payload, ident, n.expiration or 0, n.priority or 10)
-            frames.append(frame)
-            queued += len(frame)
+            token, payload = n.token_bytes, n.body  # the payload as held: joined below without a copy of its own
+            add(parts(token, payload, ident, n.expiration or 0, n.priority or 10))
+            queued += len(token) + len(payload) + overhead
             unwritten.append((queued, n))
             ident = (ident + 1) % ID_MOD
         self._next_id, self._queued = ident, queued
-        data = b"".join(frames)
+        data = b"".join(out)
         self.transport.send(data)
-        self.log.debug("batch_written", notifications=len(frames), bytes=len(data))
+        self.log.debug("batch_written", notifications=count, bytes=len(data))
 
     def _written(self, now: float) -> None:
         """Start the silence clock of frames whose bytes the transport has written since."""

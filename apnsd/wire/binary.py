@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from apnsd.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import msgspec
 
 COMMAND_SIMPLE, COMMAND_ENHANCED, COMMAND_FRAME = 0, 1, 2
 COMMAND_ERROR = 8
@@ -52,38 +56,40 @@ class ErrorResponse:
 
 def encode_frame(token: bytes, payload: bytes, identifier: int, expiry: int = 0, priority: int = 10) -> bytes:
     """One command-2 notification with all five items, in the order 1, 2, 3, 4, 5."""
+    return b"".join(frame_parts(token, payload, identifier, expiry, priority))
+
+
+# A frame in three parts, so that the payload goes into the joined write as it is (any bytes-like object,
+# no copy): everything before the payload (frame header, the token item, the payload item's header), the
+# payload, and everything after it (items 3, 4 and 5: identifier, expiry, priority).
+_TAIL = struct.Struct(">BHIBHIBHB")
+TAIL_SIZE = _TAIL.size
+_HEADS: dict[int, struct.Struct] = {}
+# Bytes a frame adds around its token and payload: frame header 5, item headers 5 × 3, items 3-5 4 + 4 + 1.
+FRAME_OVERHEAD = 5 + 15 + 9
+
+
+def frame_parts(
+    token: bytes, payload: bytes | memoryview | msgspec.Raw, identifier: int, expiry: int = 0, priority: int = 10
+) -> tuple[bytes, bytes | memoryview | msgspec.Raw, bytes]:
+    """One command-2 notification as (head, payload, tail): ``b"".join`` of them is ``encode_frame``'s bytes.
+
+    The whole frame is ``len(token) + len(payload) + FRAME_OVERHEAD`` bytes."""
     tl, pl = len(token), len(payload)
-    layout = _LAYOUTS.get((tl, pl)) or _layout(tl, pl)
-    return layout.pack(
-        COMMAND_FRAME,
-        tl + pl + 24,
-        ITEM_TOKEN,
-        tl,
-        token,
-        ITEM_PAYLOAD,
-        pl,
+    head = _HEADS.get(tl) or _head(tl)
+    return (
+        head.pack(COMMAND_FRAME, tl + pl + FRAME_OVERHEAD - 5, ITEM_TOKEN, tl, token, ITEM_PAYLOAD, pl),
         payload,
-        ITEM_ID,
-        4,
-        identifier,
-        ITEM_EXPIRY,
-        4,
-        expiry,
-        ITEM_PRIORITY,
-        1,
-        priority,
+        _TAIL.pack(ITEM_ID, 4, identifier, ITEM_EXPIRY, 4, expiry, ITEM_PRIORITY, 1, priority),
     )
 
 
-_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
-
-
-def _layout(token_length: int, payload_length: int) -> struct.Struct:
-    """The whole frame as one struct for these lengths (one C call per frame; cached, few distinct)."""
-    layout = struct.Struct(f">BIBH{token_length}sBH{payload_length}sBHIBHIBHB")
-    if len(_LAYOUTS) < 4096:
-        _LAYOUTS[(token_length, payload_length)] = layout
-    return layout
+def _head(token_length: int) -> struct.Struct:
+    """The frame header, the token item and the payload item's header, for tokens of this length (cached)."""
+    head = struct.Struct(f">BIBH{token_length}sBH")
+    if len(_HEADS) < 256:  # token lengths are few (32 bytes, all of them, today)
+        _HEADS[token_length] = head
+    return head
 
 
 def decode_frames(buf: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:

@@ -6,12 +6,14 @@ response) and §1.7 (feedback tuple); none is produced by the encoder under test
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apnsd.errors import ProtocolError
 from apnsd.wire.binary import (
+    FRAME_OVERHEAD,
     ErrorResponse,
     Frame,
     MalformedInput,
@@ -19,6 +21,7 @@ from apnsd.wire.binary import (
     encode_error_response,
     encode_feedback,
     encode_frame,
+    frame_parts,
     parse_error_response,
     parse_feedback,
 )
@@ -64,6 +67,17 @@ def test_frame_sizes_follow_the_fact_sheet_formula():
 
     assert 56 + len(PAYLOAD) == int.from_bytes(frame[1:5], "big")
     assert 61 + len(PAYLOAD) == len(frame)
+
+
+def test_frame_parts_join_to_the_hand_written_bytes_around_a_payload_view():
+    """The three parts of a frame, its payload a msgspec view into a job, join to the hand-written vector."""
+    job = b'{"payload":' + PAYLOAD + b"}"
+    view = msgspec.json.decode(job, type=dict[str, msgspec.Raw])["payload"]
+
+    head, payload, tail = frame_parts(TOKEN, view, IDENT, EXPIRY, 10)
+
+    assert (VECTOR, view) == (head + bytes(payload) + tail, payload)
+    assert len(VECTOR) == len(TOKEN) + len(PAYLOAD) + FRAME_OVERHEAD
 
 
 def test_encoder_defaults_are_store_nothing_and_immediate():

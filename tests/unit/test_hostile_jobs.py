@@ -212,12 +212,19 @@ def test_a_fan_out_of_thousands_of_bad_tokens_is_one_rejection_holding_the_job_o
     assert len(bad[0].raw) <= len(raw)
 
 
-def test_a_bug_while_validating_dead_letters_the_job_as_internal_error(monkeypatch):
+@pytest.mark.parametrize(
+    ("step", "job"),
+    [
+        ("_plain", {"token": TOKEN, "payload": {}}),  # the common shape's fast path
+        ("_common", {"token": TOKEN, "payload": {}, "priority": 5}),  # the full path
+    ],
+)
+def test_a_bug_while_validating_dead_letters_the_job_as_internal_error(monkeypatch, step, job):
     """An unexpected exception inside the parser costs the job (internal_error:<Class>), not the caller."""
     parser = JobParser(LIMITS)
-    monkeypatch.setattr(parser, "_common", lambda spec: 1 / 0)
+    monkeypatch.setattr(parser, step, lambda *args: 1 / 0)
 
-    good, bad = parser.parse(msgspec.json.encode({"token": TOKEN, "payload": {}}))
+    good, bad = parser.parse(msgspec.json.encode(job))
 
     assert ([], ["internal_error:ZeroDivisionError"]) == (good, [r.reason for r in bad])
 

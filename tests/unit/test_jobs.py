@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from typing import Any
@@ -462,3 +463,11 @@ def test_retry_job_keeps_the_applications_job_id():
     first = one(raw_job(id="order-1234"))
 
     assert "order-1234" == one(retry_job(first, 1.0)).job_id
+
+
+def test_notifications_in_flight_are_left_out_of_the_cyclic_collector():
+    """A parsed notification, even holding its batch, is not one of the objects the garbage collector walks."""
+    batch = {"unresolved": {}}
+    good, _ = JobParser(LIMITS).parse_many([raw_job(app="legacy")], batch)
+
+    assert [False] == [gc.is_tracked(n) for n in good]
