@@ -81,7 +81,7 @@ class WorkerConfig(_Section, frozen=True):
 
     id: str = ""
     batch_size: int = 1000
-    max_in_flight: int = 50_000
+    max_in_flight: int = 64_000
     block_timeout: float = 1.0
     grace_period: float = 20.0
     heartbeat_interval: float = 5.0
