@@ -62,7 +62,7 @@ def serve(conn: ssl.SSLSocket, number: int, fail_prefix: bytes = b"") -> None:
     view = memoryview(buf)
     try:
         conn.do_handshake()
-        emit({"event": "connected", "conn": number, "t": time.monotonic()})
+        emit({"event": "connected", "conn": number, "t": time.monotonic(), "resumed": conn.session_reused})
         while True:
             n = conn.recv_into(buf, READ)
             if not n:

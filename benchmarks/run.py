@@ -290,7 +290,10 @@ class Bench:
         sink = self.errsink
         with RedisServer() as rs:
             env = self._binary_env(rs.url, sink.port)
+            cpu0, seen = sink.cpu(), sink.connections()
             out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
+            out["sink_cpu_seconds"] = sink.cpu() - cpu0
+            out["resumed"] = sum(1 for e in sink.events("connected")[seen:] if e.get("resumed"))
         out["invalid_tokens"] = self.n // bad_every if bad_every else 0
         return out
 
@@ -623,6 +626,8 @@ class Bench:
         log(
             f"{tag} {name}: {res['rate']:,.0f} notif/s ({res['jobs']:,} in {res['seconds']:.2f} s{steady}), "
             f"CPU {res['cpu_per_10k']:.2f} s/10k, handshakes {res['handshakes']}"
+            + (f", sink CPU {res['sink_cpu_seconds']:.2f} s" if "sink_cpu_seconds" in res else "")
+            + (f", resumed {res['resumed']}" if "resumed" in res else "")
             + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500])
         )
 

@@ -288,6 +288,10 @@ class _LineProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far."""
+        return proc_cpu(self.proc.pid)
+
 
 class CountingBinarySink(_LineProcess):
     """benchmarks.binsink in its own process."""
