@@ -97,6 +97,7 @@ static void finish(conn_t *c, int sentinel, int rejected) {
     /* Marked as shut down (nothing is sent) so that OpenSSL keeps its session resumable. */
     SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(c->ssl);
+    ERR_clear_error(); /* a reset connection leaves entries that would pile up over thousands of them */
     totals.frames += c->frames;
     totals.bytes += c->bytes;
     totals.sentinels += (uint64_t)sentinel;
