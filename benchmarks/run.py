@@ -119,6 +119,7 @@ class Bench:
         self.ceil: dict[str, list[dict[str, Any]]] = {}
         self.notes: list[str] = []
         self.binary_sink_choice: dict[str, Any] = {}
+        self.error_sink_used = ""
         self._frames: tuple[bytes, int] | None = None
         self.rtt_runs: list[dict[str, Any]] = []
 
@@ -290,7 +291,10 @@ class Bench:
         sink = self.errsink
         with RedisServer() as rs:
             env = self._binary_env(rs.url, sink.port)
+            cpu0, seen = sink.cpu(), sink.connections()
             out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
+            out["sink_cpu_seconds"] = sink.cpu() - cpu0
+            out["resumed"] = sum(1 for e in sink.events("connected")[seen:] if e.get("resumed"))
         out["invalid_tokens"] = self.n // bad_every if bad_every else 0
         return out
 
@@ -476,8 +480,21 @@ class Bench:
             if "binary" in only:
                 self.choose_binary_sink()
             if "binary-errors" in only:
-                self.errsink = CountingBinarySink(REPO, self.python, self.pki.dir, fail_prefix=workload.BAD_PREFIX)
-                log(f"binary error-answering sink: pid {self.errsink.pid}, port {self.errsink.port}")
+                native = a.error_sink == "c"
+                self.errsink = CountingBinarySink(
+                    REPO, self.python, self.pki.dir, fail_prefix=workload.BAD_PREFIX, native=native
+                )
+                self.error_sink_used = self.errsink.name
+                if native and "binsink.py" in self.errsink.name:
+                    self.notes.append(
+                        "binary-errors: the C sink (benchmarks/binsink.c) could not be built (gcc, libssl-dev: "
+                        "benchmarks/setup.sh); the Python sink answered instead, and its own CPU per connection "
+                        "weighs on the 1 % invalid figure"
+                    )
+                log(
+                    f"binary error-answering sink: {self.errsink.name}, pid {self.errsink.pid}, "
+                    f"port {self.errsink.port}"
+                )
             for rep in range(a.repeat):
                 tag = f"[{rep + 1}/{a.repeat}]"
                 if any(f in only for f in HTTP2):
@@ -582,6 +599,7 @@ class Bench:
             "machine": info,
             "args": dict(vars(a).items()),
             "binary_sink": self.binary_sink_choice,
+            "error_sink": self.error_sink_used,
             "notes": self.notes,
             "ceilings": self.ceil,
             "runs": self.runs,
@@ -623,6 +641,8 @@ class Bench:
         log(
             f"{tag} {name}: {res['rate']:,.0f} notif/s ({res['jobs']:,} in {res['seconds']:.2f} s{steady}), "
             f"CPU {res['cpu_per_10k']:.2f} s/10k, handshakes {res['handshakes']}"
+            + (f", sink CPU {res['sink_cpu_seconds']:.2f} s" if "sink_cpu_seconds" in res else "")
+            + (f", resumed {res['resumed']}" if "resumed" in res else "")
             + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500])
         )
 
@@ -841,6 +861,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["auto", "count", "mock"],
         default="auto",
         help="auto: measure the project's mock's intake and use it only if it keeps up with raw writes",
+    )
+    p.add_argument(
+        "--error-sink",
+        choices=["c", "python"],
+        default="c",
+        help="binary-errors: the error-answering sink (c: benchmarks/binsink.c, built when first used; python)",
     )
     p.add_argument(
         "--min-ceiling-requests", type=int, default=50_000, help="at least this many requests per ceiling run"

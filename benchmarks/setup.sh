@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent: install what the benchmarks need on a fresh Debian 12 machine, if it is missing:
 # nginx-light + the echo module (HTTP/2 sink), nghttp2-client (h2load, the HTTP/2 ceiling) and
-# redis-server; then the project's .venv (scripts/setup.sh) if it does not exist yet, matplotlib for the
+# redis-server, gcc + libssl-dev (the C counting sink, benchmarks/binsink.c); then the project's .venv (scripts/setup.sh) if it does not exist yet, matplotlib for the
 # charts, and the npm peers under benchmarks/peers/ when npm is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(nginx-light libnginx-mod-http-echo nghttp2-client redis-server)
+pkgs=(nginx-light libnginx-mod-http-echo nghttp2-client redis-server gcc libc6-dev libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +28,9 @@ for exe in nginx h2load redis-server; do
 done
 [ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ] || { echo "benchmarks/setup.sh: nginx echo module missing" >&2; exit 1; }
 [ -x .venv/bin/python ] || bash scripts/setup.sh
+# The error-answering binary sink, in C (benchmarks.run builds it too when missing or stale; Python fallback).
+mkdir -p benchmarks/build
+gcc -O2 -o benchmarks/build/binsink benchmarks/binsink.c -lssl -lcrypto
 # Charts (matplotlib, the optional extra 'bench'): the results JSON is written without it.
 .venv/bin/pip install -q -e '.[bench]' || echo "benchmarks/setup.sh: matplotlib not installed: no charts" >&2
 # Peers measured in the same run (@parse/node-apn, node apn 1.7): npm packages, installed under

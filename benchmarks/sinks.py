@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from apnsd.testing.devpki import DevPki
+from apnsd.testing.devpki import DevPki, make_dev_pki
 from apnsd.testing.redis_server import free_port
 
 ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
@@ -288,15 +288,46 @@ class _LineProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process has used so far."""
+        return proc_cpu(self.proc.pid)
+
+
+def native_binsink(repo: str) -> str | None:
+    """The C counting sink (benchmarks/binsink.c), built into benchmarks/build/ when missing or older than its
+    source; None when it cannot be built here (no gcc or no OpenSSL headers: see benchmarks/setup.sh)."""
+    src = os.path.join(repo, "benchmarks", "binsink.c")
+    exe = os.path.join(repo, "benchmarks", "build", "binsink")
+    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(src):
+        return exe
+    gcc = shutil.which("gcc")
+    if not gcc:
+        return None
+    os.makedirs(os.path.dirname(exe), exist_ok=True)
+    tmp = f"{exe}.{os.getpid()}.tmp"
+    built = subprocess.run([gcc, "-O2", "-o", tmp, src, "-lssl", "-lcrypto"], capture_output=True, text=True)
+    if built.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        return None
+    os.replace(tmp, exe)
+    return exe
+
 
 class CountingBinarySink(_LineProcess):
-    """benchmarks.binsink in its own process."""
+    """The counting binary sink in its own process: the C one (benchmarks/binsink.c) with ``native``, when it
+    can be built, else benchmarks/binsink.py; both behave alike and print the same events."""
 
-    name = "counting sink (benchmarks/binsink.py)"
-
-    def __init__(self, repo: str, python: str, pki_dir: str, fail_prefix: str = "") -> None:
+    def __init__(self, repo: str, python: str, pki_dir: str, fail_prefix: str = "", native: bool = False) -> None:
         extra = ["--fail-prefix", fail_prefix] if fail_prefix else []
-        super().__init__([python, "-m", "benchmarks.binsink", "--port", "0", "--pki-dir", pki_dir, *extra], repo)
+        exe = native_binsink(repo) if native else None
+        if exe:
+            pki = make_dev_pki(pki_dir)
+            argv = [exe, "--port", "0", "--cert", pki.server_cert, "--key", pki.server_key, "--ca", pki.ca_cert]
+            self.name = "counting sink (benchmarks/binsink.c)"
+        else:
+            argv = [python, "-m", "benchmarks.binsink", "--port", "0", "--pki-dir", pki_dir]
+            self.name = "counting sink (benchmarks/binsink.py)"
+        super().__init__([*argv, *extra], repo)
         self.port = int(json.loads(self.wait_line(lambda s: '"listening"' in s))["port"])
 
     def events(self, kind: str) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@
 # With --test it also installs what the tests drive besides Python: curl (an independent HTTP/2
 # client), PHP and Ruby with their Redis clients (the documented one-liners are run for real), and
 # tinyproxy (the HTTP CONNECT proxy the proxy tests put in front of the mock gateway), and promtool
-# (Debian's prometheus package) to check deploy/prometheus/alerts.yml.
+# (Debian's prometheus package) to check deploy/prometheus/alerts.yml, and gcc with OpenSSL's headers
+# (the benchmarks' C binary sink, which tests/e2e/test_binsinks.py builds and checks beside the Python one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v ruby >/dev/null 2>&1 && ruby -e 'require "redis"' 2>/dev/null || need_apt+=(ruby ruby-redis)
   [ -x /usr/bin/tinyproxy ] || command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v gcc >/dev/null 2>&1 && [ -f /usr/include/openssl/ssl.h ] || need_apt+=(gcc libc6-dev libssl-dev)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
