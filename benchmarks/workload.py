@@ -276,6 +276,13 @@ class DrainResult:
             return None
         return (self.jobs - first[1]) / (self.all_outcomes - first[0])
 
+    def outcome_span(self) -> float | None:
+        """Seconds from the first outcome seen to the last one (None if there were not two moments)."""
+        first = next((t for t, done in self.progress if done > 0), None)
+        if first is None or self.all_outcomes is None or self.all_outcomes <= first:
+            return None
+        return self.all_outcomes - first
+
     @property
     def cpu(self) -> float:
         return sum(c.cpu_user + c.cpu_sys for c in self.children)
