@@ -43,15 +43,6 @@ def apnsd_run(bench: Any, port: int, connections: int, jobs: int) -> dict[str, A
         return bench._drain(rs, [spec], lambda: bench.nginx.connections(port), nginx=True, jobs=jobs)
 
 
-def round_trip_rate(res: dict[str, Any], jobs: int, delay: float) -> float:
-    """Jobs over whole round trips: answers come in waves, one per round trip, so K waves span (K - 1) round
-    trips from the first answer to the last; adding one round trip counts every job over its own. Counting
-    only the jobs after the first sample instead overstated it whenever that sample caught the first wave
-    half-committed (1.18 of the bound at 500 ms, 6 waves, once)."""
-    span = res.get("outcome_span")
-    return jobs / (span + delay) if span else float(res["rate"])
-
-
 def measure(bench: Any, delay: float, connections: int, tag: str) -> dict[str, Any]:
     """apnsd, h2load and (when installed) @parse/node-apn at one delay and connection count, side by side."""
     a = bench.args
@@ -66,7 +57,7 @@ def measure(bench: Any, delay: float, connections: int, tag: str) -> dict[str, A
         "bound": limit,
         "jobs": jobs,
         "apnsd": res,
-        "apnsd_rate": round_trip_rate(res, jobs, delay),
+        "apnsd_rate": res.get("middle_rate") or res["rate"],
         "h2load": h2,
     }
     out["ratio_bound"] = out["apnsd_rate"] / limit

@@ -192,7 +192,7 @@ class Bench:
             "rate": res.rate,
             "steady_rate": res.steady_rate,
             "answer_rate": res.answer_rate(),
-            "outcome_span": res.outcome_span(),
+            "middle_rate": res.middle_rate(),
             "seconds": res.seconds,
             "exit_seconds": res.exit_seconds,
             "cpu_seconds": res.cpu,

@@ -276,12 +276,15 @@ class DrainResult:
             return None
         return (self.jobs - first[1]) / (self.all_outcomes - first[0])
 
-    def outcome_span(self) -> float | None:
-        """Seconds from the first outcome seen to the last one (None if there were not two moments)."""
-        first = next((t for t, done in self.progress if done > 0), None)
-        if first is None or self.all_outcomes is None or self.all_outcomes <= first:
+    def middle_rate(self, low: float = 0.25, high: float = 0.75) -> float | None:
+        """Jobs resolved between the first polls that saw ``low`` and ``high`` of them resolved, over the time
+        between those polls: the start (connections opening one after another) and the tail stay out, and
+        both ends are taken just after a wave of answers landed, so waves (one per round trip) do not bias it."""
+        a = next(((t, done) for t, done in self.progress if done >= low * self.jobs), None)
+        b = next(((t, done) for t, done in self.progress if done >= high * self.jobs), None)
+        if a is None or b is None or b[0] <= a[0]:
             return None
-        return self.all_outcomes - first
+        return (b[1] - a[1]) / (b[0] - a[0])
 
     @property
     def cpu(self) -> float:

@@ -35,18 +35,29 @@ def test_answer_rate_leaves_out_the_first_wave_so_waves_are_measured_exactly() -
     assert 10_000 == round(res.answer_rate() or 0)
 
 
-def test_round_trip_rate_counts_whole_round_trips_even_when_the_first_sample_catches_part_of_a_wave() -> None:
+def test_middle_rate_is_exact_for_waves_even_when_the_first_poll_catches_part_of_one() -> None:
     """Six waves of 1,000 at 0.5 s are 2,000/s, though the first poll saw only 200 of the first wave."""
     waves = [(0.0, 0), (0.5, 200)] + [(0.5 + 0.5 * k, 1000 * (k + 1)) for k in range(1, 6)]
     res = drain_with(waves, 6000, waves[-1][0])
 
     assert 2_320 == round(res.answer_rate() or 0)  # the old figure: 1.16 of the bound
-    assert 2_000 == round(rtt.round_trip_rate({"outcome_span": res.outcome_span(), "rate": 1.0}, 6000, 0.5))
+    assert 2_000 == round(res.middle_rate() or 0)
 
 
-def test_round_trip_rate_falls_back_to_the_whole_run_without_two_outcome_moments() -> None:
-    """No span measured: the end-to-end rate, never a division by nothing."""
-    assert 1_500.0 == rtt.round_trip_rate({"outcome_span": None, "rate": 1500.0}, 6000, 0.5)
+def test_middle_rate_leaves_out_a_late_second_connection() -> None:
+    """Two connections of 6 waves each, the second starting one round trip late: 4,000/s once both run."""
+    progress = [(0.0, 0)]
+    for k in range(1, 8):
+        done = 1000 * min(k, 6) + 1000 * min(max(k - 1, 0), 6)
+        progress.append((0.5 * k, done))
+    res = drain_with(progress, 12_000, progress[-1][0])
+
+    assert 4_000 == round(res.middle_rate() or 0)
+
+
+def test_middle_rate_is_none_without_two_distinct_moments() -> None:
+    """All jobs resolved at one poll: no rate can be taken from the middle."""
+    assert None is drain_with([(0.0, 0), (1.0, 1000)], 1000, 1.0).middle_rate()
 
 
 def test_answer_rate_is_none_before_any_outcome() -> None:
