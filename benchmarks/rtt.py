@@ -15,6 +15,9 @@ from apnsd.testing.redis_server import RedisServer
 from benchmarks import ceilings, peers, workload
 
 STREAMS = 1000  # nginx's http2_max_concurrent_streams, as APNs announces
+# Answers come in waves, one per round trip per connection: a run of a few waves cannot be measured to a few
+# per cent whatever the method, so a run lasts at least this many round trips (8 s at 500 ms).
+MIN_ROUND_TRIPS = 16
 
 
 def bound(connections: int, delay: float, streams: int = STREAMS) -> float:
@@ -48,7 +51,7 @@ def measure(bench: Any, delay: float, connections: int, tag: str) -> dict[str, A
     a = bench.args
     port = bench.nginx.delayed_port[delay]
     limit = bound(connections, delay)
-    jobs = jobs_for(limit, a.rtt_seconds, 5_000, a.rtt_max_jobs)
+    jobs = jobs_for(limit, max(a.rtt_seconds, MIN_ROUND_TRIPS * delay), 5_000, a.rtt_max_jobs)
     h2 = ceilings.run_h2load(port, jobs, bench.workdir, connections=connections, streams=STREAMS)
     res = apnsd_run(bench, port, connections, jobs)
     out: dict[str, Any] = {
