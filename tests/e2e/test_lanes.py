@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jsonschema
@@ -25,6 +26,19 @@ from apnsd.worker.recorder import dead_entry
 from tests.support.docs_examples import ROOT, doc_example, localised
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for
+
+
+@contextmanager
+def running(d: Daemon) -> Iterator[Daemon]:
+    """The daemon running in a thread for the block; asked to stop and joined (30 s at most) after it."""
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        yield d
+    finally:
+        d.request_stop()
+        t.join(30)
+
 
 Q = "apnsd:queue"
 URGENT, BULK = f"{Q}:urgent", f"{Q}:bulk"
@@ -215,13 +229,8 @@ def test_jobs_over_the_rate_stay_queued_and_the_wait_is_counted(jq, http2_mock, 
     throttled_before = metrics.THROTTLED.labels(Q)._value.get()
     d = Daemon(make_config(mock, APP_DEFAULT_MAX_RATE="50"))
     start = time.monotonic()
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
+    with running(d):
         wait_for(lambda: len(mock.record.received) >= 20, 30, "20 notifications delivered")
-    finally:
-        d.request_stop()
-        t.join(30)
     elapsed = time.monotonic() - start
 
     delivered = len(mock.record.accepted_tokens())
@@ -360,13 +369,8 @@ def test_a_graceful_stop_mid_campaign_returns_held_back_work_to_its_lane(jq, rdb
     push_all(jq, [job(t) for t in bulk], BULK)
     push_all(jq, [job(t) for t in urgent], URGENT)
     d = Daemon(make_config(mock, **THREE_LANES, APP_DEFAULT_LANE_WINDOW="20"))
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
+    with running(d):
         wait_for(lambda: len(mock.record.received) >= 300, 30, "300 notifications delivered")
-    finally:
-        d.request_stop()
-        t.join(30)
 
     delivered = mock.record.accepted_tokens()
     waiting = {lane: [json.loads(raw)["token"] for raw in rdb.lrange(lane, 0, -1)] for lane in LANES}
@@ -401,16 +405,11 @@ def test_an_urgent_job_pushed_behind_a_campaign_goes_out_before_its_tail(
     # The campaign runs alone until the push, so its work goes out lane_window at a time (not the adaptive
     # window): 500 leaves room under the bound for what is answered while the urgent job is being taken.
     d = Daemon(make_config(mock, **THREE_LANES, APP_DEFAULT_LANE_WINDOW="500"))
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    try:
+    with running(d):
         wait_for(lambda: len(mock.record.received) >= 2000, 60, "the campaign draining")
         before = len(mock.record.received)
         push_all(jq, [job(urgent)], URGENT)
         wait_for(lambda: urgent in mock.record.accepted_tokens(), 30, "the urgent job delivered")
-    finally:
-        d.request_stop()
-        t.join(30)
 
     received = [r.token for r in mock.record.received]
     delivered = mock.record.accepted_tokens()
