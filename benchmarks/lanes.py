@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -226,9 +227,11 @@ class LaneBench:
         return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0, "load": load}
 
     def close(self) -> None:
+        """Stop the sinks by their PIDs and remove the work directory (PKI, nginx files, daemon state)."""
         self.nginx.stop()
         if self.far_nginx is not None:
             self.far_nginx.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
