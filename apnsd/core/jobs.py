@@ -23,6 +23,7 @@ from apnsd.core.headers import (
     check_priority,
     check_topic,
     is_known_topic,
+    is_text,
     is_uuid,
 )
 from apnsd.core.push_types import PUSH_TYPE_SUFFIXES, infer_push_type, topic_problem
@@ -386,18 +387,12 @@ class JobParser:
         """The notification of a one-token job without delivery options when it passes every check the full
         path would make (so yields the same notification), else None: the full path decides, and explains."""
         limits = self._limits.get(spec.app)
-        token = spec.token or ""
-        try:
-            tb = bytes.fromhex(token)
-        except ValueError:
-            return None
+        tb = _plain_hex(spec.token or "")
         payload = bytes(spec.payload)
         job_id = spec.id
         if (
             limits is None
-            # plain hex only: fromhex skips whitespace, so equal lengths say there was none
-            or len(tb) * 2 != len(token)
-            or not MIN_TOKEN_BYTES <= len(tb) <= MAX_TOKEN_BYTES
+            or tb is None
             or payload[:1] != b"{"  # an object, as pushed (decode_payload's first case)
             or len(payload) > limits[1]  # no topic or push type: never voip, so the plain limit applies
             or not 0 <= spec.attempts <= MAX_ATTEMPTS_FIELD
@@ -408,12 +403,7 @@ class JobParser:
             own_id = job_id.lower()  # a UUID becomes the apns-id
             if not is_uuid(own_id):
                 return None
-        elif job_id is not None and (
-            not 0 < len(job_id) <= MAX_JOB_ID
-            or not job_id.isprintable()  # is_text, inline
-            or job_id[0] == " "
-            or job_id[-1] == " "
-        ):
+        elif job_id is not None and (len(job_id) > MAX_JOB_ID or not is_text(job_id)):  # check_job_id's rule
             return None
         push_type = "alert" if payload.find(_SILENT_KEY) < 0 else infer_push_type(None, payload)
         return Notification(
