@@ -12,6 +12,7 @@ import time
 from apnsd.errors import QueueError
 
 _handed_out: set[int] = set()
+MAX_INFO = 64 * 1024  # INFO server is about 1 KiB: whatever answers on a port is read no further than this
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,7 +38,7 @@ def server_pid(host: str, port: int, timeout: float = 0.2) -> int | None:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"INFO server\r\n")
             data = b""
-            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+            while (b"process_id:" not in data or not data.endswith(b"\r\n")) and len(data) < MAX_INFO:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
