@@ -9,6 +9,7 @@ between them can only repeat an outcome, never lose a job.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -241,18 +242,12 @@ class JobQueue:
         """Commit batches oldest first, as ``commit`` does, in one round trip where it can; returns
         how many were written (at least one; a failure raises, as ``commit``).
 
-        Only first attempts on one Redis node, one per batch, go together: each is its own script call, so
-        each stays atomic, and a retry after a failed round trip goes one batch at a time through ``commit``,
-        whose check skips the ones that ran. With several workers on one Redis, a commit's round trip often waits behind
+        Only first attempts on one Redis node go together: each is its own script call, so each stays atomic,
+        and a retry after a failed round trip goes one batch at a time through ``commit``, whose check skips
+        the ones that ran. With several workers on one Redis, a commit's round trip often waits behind
         another worker's take: one wait per delivery-loop turn instead of one per batch.
         """
-        group: list[Commit] = []
-        for c in commits if not self.cluster else []:
-            # A retry's check for a partial commit (the batch holds what it kept) holds only while no later
-            # commit of that batch has been sent: so one commit per batch in a round trip.
-            if c.sent or any(c.batch_id == g.batch_id and c.queue == g.queue for g in group):
-                break
-            group.append(c)
+        group = list(itertools.takewhile(lambda c: not c.sent, commits)) if not self.cluster else []
         if len(group) < 2:
             self.commit(commits[0])
             return 1

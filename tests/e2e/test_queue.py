@@ -232,19 +232,6 @@ def test_commit_many_writes_each_batch_as_its_own_script_call(jq, rdb, worker):
     assert ({b"delivered": b"6"}, 0) == (rdb.hgetall("apnsd:stats"), jq.inflight_count(Q, "w1"))
 
 
-def test_commit_many_never_sends_two_commits_of_one_batch_in_one_round_trip(jq, rdb, worker):
-    """A partial commit and its batch's final commit go one after the other: were both sent and their answers
-    lost, the retry of the partial one would find the batch gone and write its dead letters again."""
-    lpush_each(jq, jobs(3))
-    w = worker("w1")
-    batch, taken = w.take(Q, 3)
-    commits = [Commit(Q, batch, dead=[b"d1"], keep=taken[1:]), Commit(Q, batch, dead=[b"d2"])]
-
-    written = [w.commit_many(commits), w.commit_many(commits[1:])]
-
-    assert ([1, 1], [b"d2", b"d1"], 0) == (written, rdb.lrange("apnsd:dead", 0, -1), jq.inflight_count(Q, "w1"))
-
-
 def test_commit_many_loads_the_script_into_a_redis_that_lost_it(jq, rdb, worker):
     """After SCRIPT FLUSH (as after a Redis restart) nothing ran, so the script is loaded and the batches sent again."""
     lpush_each(jq, jobs(2))

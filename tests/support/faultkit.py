@@ -303,7 +303,6 @@ class RedisCutter:
         self._lock = threading.Lock()
         self.seen = 0
         self.cuts = 0
-        self._due = 0  # chosen counts passed and not yet cut
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._conns: list[Any] = []
@@ -350,11 +349,7 @@ class RedisCutter:
                     with self._lock:
                         first = self.seen + 1
                         self.seen += seen
-                        # Several commits can share one round trip (JobQueue.commit_many): a request passing
-                        # several chosen counts is cut once, and the rest wait for the next one carrying it.
-                        self._due += sum(1 for n in self._cut if first <= n <= self.seen)
-                        hit = seen > 0 and self._due > 0
-                        self._due -= hit
+                        hit = any(first <= n <= self.seen for n in self._cut)
                     if hit:
                         self._swallow_answer(server)
                         with self._lock:
