@@ -9,7 +9,6 @@ between them can only repeat an outcome, never lose a job.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
@@ -217,7 +216,7 @@ class JobQueue:
                 return
             c.sent = True
             queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
-            outcome_keys = self._outcome_keys()
+            outcome_keys = [k.dead, k.unregistered, k.results, k.stats, k.channels_gone]
             if self._other_slot(c.queue):
                 marker = k.written(self.worker_id, c.queue, c.batch_id)
                 if not c.outcomes_written and not (retry and self.client.exists(marker)):
@@ -237,48 +236,6 @@ class JobQueue:
             self._commit(
                 keys=[*outcome_keys, *queue_keys], args=[*outcome_args(c, self.results_maxlen), *queue_args(c)]
             )
-
-    def commit_many(self, commits: list[Commit]) -> int:
-        """Commit batches oldest first, as ``commit`` does, in one round trip where it can; returns
-        how many were written (at least one; a failure raises, as ``commit``).
-
-        Only first attempts on one Redis node go together: each is its own script call, so each stays atomic,
-        and a retry after a failed round trip goes one batch at a time through ``commit``, whose check skips
-        the ones that ran. With several workers on one Redis, a commit's round trip often waits behind
-        another worker's take: one wait per delivery-loop turn instead of one per batch.
-        """
-        group = list(itertools.takewhile(lambda c: not c.sent, commits)) if not self.cluster else []
-        if len(group) < 2:
-            self.commit(commits[0])
-            return 1
-        k = self.keys
-        calls = []
-        for c in group:
-            c.sent = True
-            keys = [*self._outcome_keys(), c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
-            calls.append((len(keys), *keys, *outcome_args(c, self.results_maxlen), *queue_args(c)))
-        with redis_errors("writing outcomes"):
-            results = self._evalsha_all(calls)
-            if all(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                # a new or restarted Redis does not know the script yet, so none of them ran: load it, send again
-                self.client.script_load(COMMIT_SCRIPT)
-                results = self._evalsha_all(calls)
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return len(group)
-
-    def _evalsha_all(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        """The commit script once per argument tuple, in one round trip; errors come back as values."""
-        p = self.client.pipeline(transaction=False)
-        for args in calls:
-            p.evalsha(self._commit.sha, *args)
-        return list(p.execute(raise_on_error=False))
-
-    def _outcome_keys(self) -> list[str]:
-        """The keys a commit's outcome half writes: dead, unregistered, results, stats, gone channels."""
-        k = self.keys
-        return [k.dead, k.unregistered, k.results, k.stats, k.channels_gone]
 
     def commits_partially(self, queue: str) -> bool:
         """Can a batch taken from ``queue`` be committed in parts (one script, so not across cluster slots,

@@ -7,7 +7,6 @@ the thread protocol); what other threads may know about it, it publishes as a ``
 
 from __future__ import annotations
 
-import itertools
 import select
 import time
 import weakref
@@ -34,7 +33,6 @@ EXPIRED = Outcome(Kind.DEAD, None, "expired")
 SCHEDULE_SLACK = 0.5  # a job due this soon is sent now rather than parked in the scheduled set
 APP_STATUS_INTERVAL = 0.25  # how often the per-connection part of the published status is refreshed
 COMMIT_SLICE = 0.05  # resolved parts of unfinished batches are committed this often (bounds crash duplicates)
-COMMITS_PER_TRIP = 16  # complete batches written in one Redis round trip (JobQueue.commit_many)
 WINDOW_EVERY = 0.1  # seconds between adjustments of the lower lanes' window (lanes.next_window)
 
 
@@ -444,8 +442,9 @@ class DeliveryLoop:
             return
         done = 0
         while self._ready:
+            b = self._ready[0]
             try:
-                written = self.jq.commit_many([b.commit for b in itertools.islice(self._ready, COMMITS_PER_TRIP)])
+                self.jq.commit(b.commit)
             except KeyTypeError as exc:  # not an outage: the batch stays in flight until an operator fixes the key
                 self.wrong_type.failed(str(exc), key=exc.key)
                 self._next_commit_try = now + outage_delay(self.wrong_type.failures)
@@ -454,20 +453,19 @@ class DeliveryLoop:
                 self.commit_outage.failed(str(exc))
                 self._next_commit_try = now + outage_delay(self.commit_outage.failures)
                 break
+            self._ready.popleft()
             self.commit_outage.recovered()  # here, not after the loop: a later batch may fail again
             self.wrong_type.recovered()
-            for _ in range(written):
-                b = self._ready.popleft()
-                done += sum(b.commit.counts.values())
-                # A partial commit (keep) leaves the batch held: its log line comes when it completes.
-                if b.commit.keep is None:
-                    self.handoff.held.discard(b.commit.batch_id)
-                    self.log.info(
-                        "batch_committed",
-                        batch=b.commit.batch_id,
-                        **b.commit.counts,
-                        **({"reasons": b.reasons} if b.reasons else {}),
-                    )
+            done += sum(b.commit.counts.values())
+            # A partial commit (keep) leaves the batch held: its log line comes when it completes.
+            if b.commit.keep is None:
+                self.handoff.held.discard(b.commit.batch_id)
+                self.log.info(
+                    "batch_committed",
+                    batch=b.commit.batch_id,
+                    **b.commit.counts,
+                    **({"reasons": b.reasons} if b.reasons else {}),
+                )
             if self._ahead_arrived():
                 break  # an urgent batch came: the next turn writes it, then commits the rest
         if done:

@@ -11,7 +11,6 @@ import msgspec
 import pytest
 
 from apnsd.errors import QueueError
-from apnsd.store.layout import COMMIT_SCRIPT
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.recorder import dead_entry
@@ -216,52 +215,6 @@ def test_retried_partial_commit_that_already_ran_writes_nothing_twice(jq, rdb, w
     w.commit(Commit(Q, batch, dead=[b"d2"]))
 
     assert ([b"d2", b"d1"], 0) == (rdb.lrange("apnsd:dead", 0, -1), jq.inflight_count(Q, "w1"))
-
-
-def test_commit_many_writes_each_batch_as_its_own_script_call(jq, rdb, worker):
-    """Three first attempts go out together, each its own script call, and every batch is written and dropped."""
-    lpush_each(jq, jobs(6))
-    w = worker("w1")
-    taken = [w.take(Q, 2) for _ in range(3)]
-    rdb.script_load(COMMIT_SCRIPT)
-    rdb.config_resetstat()
-
-    written = w.commit_many([Commit(Q, batch, counts={"delivered": len(raws)}) for batch, raws in taken])
-
-    assert (3, 3) == (written, command_calls(rdb).get("evalsha"))
-    assert ({b"delivered": b"6"}, 0) == (rdb.hgetall("apnsd:stats"), jq.inflight_count(Q, "w1"))
-
-
-def test_commit_many_loads_the_script_into_a_redis_that_lost_it(jq, rdb, worker):
-    """After SCRIPT FLUSH (as after a Redis restart) nothing ran, so the script is loaded and the batches sent again."""
-    lpush_each(jq, jobs(2))
-    w = worker("w1")
-    taken = [w.take(Q, 1) for _ in range(2)]
-    rdb.script_flush()
-
-    written = w.commit_many([Commit(Q, batch, counts={"delivered": 1}) for batch, _ in taken])
-
-    assert (2, {b"delivered": b"2"}, 0) == (written, rdb.hgetall("apnsd:stats"), jq.inflight_count(Q, "w1"))
-
-
-def test_commit_many_retried_after_a_failed_round_trip_writes_nothing_twice(jq, rdb, worker):
-    """When the second of two batches sent together fails, the retry goes one batch at a time: the first,
-    which ran, is skipped, so its outcomes are counted once."""
-    lpush_each(jq, jobs(2))
-    w = worker("w1")
-    commits = [
-        Commit(Q, w.take(Q, 1)[0], counts={"delivered": 1}),
-        Commit(Q, w.take(Q, 1)[0], dead=[b"d"], counts={"dead": 1}),
-    ]
-    rdb.set("apnsd:dead", "not a list")  # only the second writes a dead letter: it alone fails
-
-    with pytest.raises(QueueError):
-        w.commit_many(commits)
-    rdb.delete("apnsd:dead")
-    written = [w.commit_many(commits), w.commit_many(commits[1:])]
-
-    assert ([1, 1], {b"delivered": b"1", b"dead": b"1"}) == (written, rdb.hgetall("apnsd:stats"))
-    assert ([b"d"], 0) == (rdb.lrange("apnsd:dead", 0, -1), jq.inflight_count(Q, "w1"))
 
 
 def test_commit_of_results_writes_a_capped_stream(jq, rdb, redis_server):

@@ -39,11 +39,6 @@ class CommitLog:
         if self.on_commit:
             self.on_commit.pop(0)()  # type: ignore[operator]
 
-    def commit_many(self, commits: list[Commit]) -> int:
-        """One batch per call (a retry does the same), so that a hook runs between any two commits."""
-        self.commit(commits[0])
-        return 1
-
 
 @pytest.fixture
 def loop() -> Iterator[DeliveryLoop]:
