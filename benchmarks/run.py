@@ -1,8 +1,8 @@
 """apnsd benchmarks: end-to-end notifications/s from Redis to gateway answer, beside raw ceilings from the same run.
 
     .venv/bin/python -m benchmarks.run [--jobs 200000] [--repeat 3] [--quick]
-                [--only http2-cert,http2-token,http2-2proc,binary,binary-errors,latency,memory,rtt]
-                                       [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
+                [--only http2-cert,http2-token,http2-2proc,binary,binary-2proc,binary-errors,latency,memory,rtt]
+                [--procs-jobs 600000] [--rtt-delays 10,50,100,500] [--rtt-connections 1,2,4,8]
 
 Sinks: nginx (HTTP/2 over TLS, client certificate required on one port, not on another) and a counting
 binary TLS sink (or the project's mock), all child processes on free loopback ports, stopped by PID.
@@ -29,8 +29,8 @@ import redis
 
 from apnsd.testing.devpki import BUNDLE_ID, make_dev_pki
 from apnsd.testing.redis_server import RedisServer
-from benchmarks import ceilings, chart, peers, rtt, workload
-from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, python_for
+from benchmarks import ceilings, chart, peers, procs, rtt, workload
+from benchmarks.sinks import CountingBinarySink, MockBinarySink, NginxSink, proc_cpu, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
 FIGURES = (
@@ -38,6 +38,7 @@ FIGURES = (
     "http2-token",
     "http2-2proc",
     "binary",
+    "binary-2proc",
     "binary-errors",
     "latency",
     "memory",
@@ -115,6 +116,7 @@ class Bench:
         self.nginx: NginxSink | None = None
         self.binsink: CountingBinarySink | None = None
         self.errsink: CountingBinarySink | None = None
+        self.csink: CountingBinarySink | None = None  # binary-2proc: the C counting sink
         self.runs: dict[str, list[dict[str, Any]]] = {}
         self.ceil: dict[str, list[dict[str, Any]]] = {}
         self.notes: list[str] = []
@@ -168,6 +170,7 @@ class Bench:
         jobs: int | None = None,
         sample_memory: bool = False,
         bad_every: int = 0,
+        sink: CountingBinarySink | None = None,
     ) -> dict[str, Any]:
         n = jobs or self.n
         r = redis.Redis.from_url(rs.url)
@@ -175,6 +178,10 @@ class Bench:
         before = handshakes()
         counters0 = self.nginx.counters() if nginx and self.nginx else (0, 0)
         cpu0 = self.nginx.cpu() if nginx and self.nginx else 0.0
+        # around the drain only (not the preload): where the machine's cores went besides the daemons
+        assert rs.proc
+        redis_cpu0, sink_cpu0 = proc_cpu(rs.proc.pid), sink.cpu() if sink else 0.0
+        harness0 = time.process_time()
         res = workload.drain(
             r,
             n,
@@ -186,6 +193,8 @@ class Bench:
             sample_memory=sample_memory,
             invalid=n // bad_every if bad_every else 0,
         )
+        redis_cpu = proc_cpu(rs.proc.pid) - redis_cpu0
+        harness_cpu = time.process_time() - harness0
         out: dict[str, Any] = {
             "jobs": n,
             "ok": res.ok,
@@ -200,6 +209,9 @@ class Bench:
             "cpu_user": sum(c.cpu_user for c in res.children),
             "cpu_sys": sum(c.cpu_sys for c in res.children),
             "cpu_wait_seconds": sum(c.cpu_wait for c in res.children),
+            "redis_cpu_seconds": redis_cpu,
+            "redis_cpu_per_10k": redis_cpu / n * 10_000,
+            "harness_cpu_seconds": harness_cpu,
             "peak_rss_mb": max(c.hwm_kb for c in res.children) / 1024,
             "ru_maxrss_kb": max(c.maxrss_kb for c in res.children),  # polluted by the fork image: not reported
             "handshakes": handshakes() - before,
@@ -215,6 +227,8 @@ class Bench:
             out["tcp_connections"] = accepts - counters0[0] - 1
             out["sink_requests"] = requests - counters0[1] - 1
             out["sink_cpu_seconds"] = self.nginx.cpu() - cpu0
+        if sink:
+            out["sink_cpu_seconds"] = sink.cpu() - sink_cpu0
         if sample_memory:
             out["_samples"] = res.samples
         if not res.ok:
@@ -283,7 +297,7 @@ class Bench:
             assert self.binsink
             sink = self.binsink
             env = self._binary_env(rs.url, sink.port)
-            return self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections)
+            return self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, sink=sink)
 
     def binary_errors_drain(self, bad_every: int) -> dict[str, Any]:
         """Binary into the sink that rejects invalid tokens as APNs did (status 8, then an immediate close),
@@ -292,9 +306,10 @@ class Bench:
         sink = self.errsink
         with RedisServer() as rs:
             env = self._binary_env(rs.url, sink.port)
-            cpu0, seen = sink.cpu(), sink.connections()
-            out = self._drain(rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every)
-            out["sink_cpu_seconds"] = sink.cpu() - cpu0
+            seen = sink.connections()
+            out = self._drain(
+                rs, [workload.DaemonSpec("binary", env)], sink.connections, bad_every=bad_every, sink=sink
+            )
             out["resumed"] = sum(1 for e in sink.events("connected")[seen:] if e.get("resumed"))
         out["invalid_tokens"] = self.n // bad_every if bad_every else 0
         return out
@@ -480,6 +495,14 @@ class Bench:
                 log(f"binary counting sink: pid {self.binsink.pid}, port {self.binsink.port}")
             if "binary" in only:
                 self.choose_binary_sink()
+            if "binary-2proc" in only:
+                self.csink = CountingBinarySink(REPO, self.python, self.pki.dir, native=True)
+                if "binsink.py" in self.csink.name:
+                    self.notes.append(
+                        "binary-2proc: the C sink (benchmarks/binsink.c) could not be built (gcc, libssl-dev: "
+                        "benchmarks/setup.sh); the Python sink's own CPU competes with the daemons for the cores"
+                    )
+                log(f"binary-2proc sink: {self.csink.name}, pid {self.csink.pid}, port {self.csink.port}")
             if "binary-errors" in only:
                 native = a.error_sink == "c"
                 self.errsink = CountingBinarySink(
@@ -505,18 +528,18 @@ class Bench:
                         f"{tag} ceiling h2load -c1 -m1000: {c['rate']:,.0f} req/s "
                         f"({c['succeeded']:,}/{c['requests']:,} ok)"
                     )
-                for name, procs, token in (
+                for name, nprocs, token in (
                     ("http2-cert", 1, False),
                     ("http2-token", 1, True),
                     ("http2-2proc", 2, False),
                 ):
                     if name not in only:
                         continue
-                    if procs == 2:
+                    if nprocs == 2:
                         c = self.h2load(2)
                         self.add(self.ceil, "h2load-c2", c)
                         log(f"{tag} ceiling h2load -c2 -m1000: {c['rate']:,.0f} req/s")
-                    res = self.http2_drain(name, procs, token)
+                    res = self.http2_drain(name, nprocs, token)
                     self.add(self.runs, name, res)
                     self.report_drain(tag, name, res)
                 if "binary" in only:
@@ -541,6 +564,10 @@ class Bench:
                             f"{tag} peer node apn 1.7 (binary, from memory): {p['rate']:,.0f} notif/s "
                             f"({p['sent']:,} written), CPU {p['cpu_per_10k']:.2f} s/10k"
                         )
+                if "binary-2proc" in only:
+                    one, two = procs.measure(self, tag)
+                    self.add(self.runs, "binary-2proc-1", one)
+                    self.add(self.runs, "binary-2proc", two)
                 if "binary-errors" in only:
                     clean = self.binary_errors_drain(0)
                     self.add(self.runs, "binary-errors-clean", clean)
@@ -588,6 +615,8 @@ class Bench:
                 self.binsink.stop()
             if self.errsink:
                 self.errsink.stop()
+            if self.csink:
+                self.csink.stop()
             if self.nginx:
                 self.nginx.stop()
             if not a.keep_workdir:
@@ -642,6 +671,7 @@ class Bench:
         log(
             f"{tag} {name}: {res['rate']:,.0f} notif/s ({res['jobs']:,} in {res['seconds']:.2f} s{steady}), "
             f"CPU {res['cpu_per_10k']:.2f} s/10k, handshakes {res['handshakes']}"
+            + (f", Redis CPU {res['redis_cpu_seconds']:.2f} s" if "redis_cpu_seconds" in res else "")
             + (f", sink CPU {res['sink_cpu_seconds']:.2f} s" if "sink_cpu_seconds" in res else "")
             + (f", resumed {res['resumed']}" if "resumed" in res else "")
             + ("" if res["ok"] else "  FAILED: " + res.get("error", "")[:1500])
@@ -705,6 +735,12 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
     by = {r["figure"]: r for r in rows}
     if "http2-2proc" in by and "http2-cert" in by and by["http2-cert"]["value"] and by["http2-2proc"]["value"]:
         by["http2-2proc"]["x_one_process"] = by["http2-2proc"]["value"] / by["http2-cert"]["value"]
+    if "http2-2proc" in by:
+        by["http2-2proc"]["sink_bound"] = procs.sink_bound(
+            ceil.get("h2load-c1", []), ceil.get("h2load-c2", []), runs["http2-2proc"]
+        )
+    if "binary-2proc" in runs:
+        rows.append(procs.summarize(runs.get("binary-2proc-1", []), runs["binary-2proc"]))
     apn = ceil.get("apn-1.7", [])
     if "binary" in by and apn:
         b = by["binary"]
@@ -790,6 +826,12 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
                     f"{'  … 2 processes ÷ 1 process (same run)':<42} {r['x_one_process']:>17.2f}×"
                     f"   sink answered {r['extra_requests']} request(s) beyond one per job"
                 )
+            sb = r.get("sink_bound")
+            if sb and sb["h2load_c2_over_c1"] and sb["nginx_cpu_per_daemon_cpu"]:
+                lines.append(
+                    f"{'  … sink-bound: h2load -c2 ÷ -c1':<42} {sb['h2load_c2_over_c1']:>17.2f}×"
+                    f"   nginx CPU ÷ daemons' CPU {sb['nginx_cpu_per_daemon_cpu']:.2f} (2 cores in all)"
+                )
             if r.get("peer"):
                 pr = r["peer"]
                 lines.append(
@@ -797,6 +839,8 @@ def render(rows: list[dict[str, Any]], report: dict[str, Any]) -> str:
                     f"{pr['rate']:>15,.0f}/s {pr['name'].split(' (')[0]} {r.get('x_peer') or 0:>5.2f}× "
                     f"{pr['cpu_per_10k']:>8.2f}"
                 )
+        elif r["figure"] == "binary-2proc":
+            lines += procs.render(r)
         elif r["figure"] == "binary-errors":
             val = f"{r['value']:,.0f}/s" if r["value"] else "FAILED"
             ceiling = f"{r['ceiling']:,.0f}/s error-free" if r["ceiling"] else "n/a"
@@ -851,6 +895,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="jobs per end-to-end run (default 200,000; --quick 20,000)")
     p.add_argument("--only", default=",".join(FIGURES), help=f"comma list of: {', '.join(FIGURES)}")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians are reported)")
+    p.add_argument(
+        "--procs-jobs",
+        type=int,
+        default=None,
+        help="binary-2proc: jobs per run, 1 and 2 processes alike (default 600,000: seconds of steady state; "
+        "--quick 60,000)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 20,000 jobs, 5 s latency, 100,000-job memory run")
     p.add_argument("--latency-seconds", type=float, default=None, help="steady-load duration (default 30; --quick 5)")
     p.add_argument("--latency-rate", type=float, default=1000.0, help="offered jobs/s in the latency run")
@@ -894,6 +945,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-workdir", action="store_true")
     a = p.parse_args(argv)
     a.jobs = a.jobs or (20_000 if a.quick else 200_000)
+    a.procs_jobs = a.procs_jobs or (60_000 if a.quick else 600_000)
     a.latency_seconds = a.latency_seconds or (5.0 if a.quick else 30.0)
     a.memory_jobs = a.memory_jobs or (100_000 if a.quick else 1_000_000)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]

@@ -346,6 +346,19 @@ class CountingBinarySink(_LineProcess):
         """Completed TLS handshakes since start."""
         return len(self.events("connected"))
 
+    def closed_since(self, conn_count_before: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The 'closed' events of every connection opened after conn_count_before connections, once each one
+        that was opened has closed (call it after the writers exited); raises if one stays open."""
+        deadline = time.monotonic() + timeout
+        while True:
+            opened = {e["conn"] for e in self.events("connected") if e["conn"] > conn_count_before}
+            closed = [e for e in self.events("closed") if e["conn"] > conn_count_before]
+            if opened <= {e["conn"] for e in closed}:
+                return sorted(closed, key=lambda e: e["conn"])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"counting sink: connection(s) {sorted(opened)} still open after {timeout} s")
+            time.sleep(0.02)
+
     def wait_closed(self, conn_count_before: int, timeout: float = 30.0) -> dict[str, Any]:
         """The 'closed' event of the first connection opened after conn_count_before connections."""
         target = conn_count_before + 1

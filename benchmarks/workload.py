@@ -182,10 +182,14 @@ class Child:
             pass
         if "VmHWM" in out:
             self.hwm_kb = max(self.hwm_kb, out["VmHWM"])
-        try:  # on a shared machine, this says how much of the run the daemon was starved of CPU
-            self.cpu_wait = int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
+        # On a shared machine, this says how much of the run the daemon was starved of CPU. Summed over its
+        # threads: /proc/<pid>/schedstat is the main thread's alone, which only waits for the others.
+        try:
+            waits = [int(t.read_text().split()[1]) for t in Path(f"/proc/{self.proc.pid}/task").glob("*/schedstat")]
         except (OSError, IndexError, ValueError):
-            pass
+            waits = []
+        if waits:  # threads that have exited take their share with them: keep the highest sum seen
+            self.cpu_wait = max(self.cpu_wait, sum(waits) / 1e9)
         return out
 
     def stop(self, timeout: float = 40.0) -> None:
