@@ -19,7 +19,6 @@ from apnsd.gateway.credentials import (
     load_identity,
     verify_hostname,
 )
-from apnsd.gateway.dialer import Dialer
 from apnsd.gateway.session import Session
 from apnsd.gateway.transport import TlsSessions, TlsTransport
 
@@ -85,9 +84,8 @@ def vet_session(session: Session, creds: AppCredentials, now: float) -> None:
             session.suspend(certificate_suspension(f"certificate {creds.identity.source}: {mismatch}"), now)
 
 
-def build_session(name: str, app: AppConfig, creds: AppCredentials, dialer: Dialer | None = None) -> Session:
-    """The session for one app, connecting lazily on its first notification; a binary one opens its connections
-    on ``dialer``'s thread when given one."""
+def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
+    """The session for one app, connecting lazily on its first notification."""
     http2 = app.protocol == "http2"
     alpn = b"h2" if http2 else None
     ctx = client_context(creds.identity, app.ca_file, [alpn] if alpn else None)
@@ -116,9 +114,7 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials, dialer: Dial
         )
     from apnsd.gateway.binary_session import BinarySession
 
-    session = BinarySession(name, app, make_transport, log)
-    session.dialer = dialer
-    return session
+    return BinarySession(name, app, make_transport, log)
 
 
 def default_topic(app: AppConfig, creds: AppCredentials) -> str | None:

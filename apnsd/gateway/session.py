@@ -21,7 +21,6 @@ from apnsd.core.suspension import (
     mismatch_suspension,
 )
 from apnsd.errors import GatewayError, GatewayRejected
-from apnsd.gateway.dialer import Dial, Dialer
 
 Resolved = list[tuple[Notification, Outcome]]
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
@@ -96,10 +95,7 @@ class Session:
         self.explanation: str | None = None  # why the gateway said it is ending this connection, if it did
         self._productive = False  # this connection has delivered something (see ConnectPacer.productive)
         self._error_run = 0  # connections in a row that delivered, then ended young on an error response
-        self._dialing: list[Transport] = []  # connects (TCP, then TLS handshake) in progress on the loop's thread
-        # With a dialer, connects run on its thread instead, each one owned by it until handed over (``_collect``).
-        self.dialer: Dialer | None = None
-        self._remote: list[Dial[Transport]] = []
+        self._dialing: list[Transport] = []  # connects (TCP, then TLS handshake) in progress
         self.standbys: list[tuple[Transport, float]] = []  # established idle connections (and since when), oldest first
         # How many standby connections to keep (connecting or ready) while error responses keep ending connections.
         self.standby_target = cfg.standby_connections if self.keeps_standby else 0
@@ -114,7 +110,6 @@ class Session:
         """Every socket of this session to watch (current, connecting, standby), each with whether it waits to
         write; step(now, True) is due when any of them is ready."""
         out = [(t.fileno(), t.wants_write) for t in self._dialing]
-        out += [(d.fileno(), False) for d in self._remote]
         out += [(t.fileno(), False) for t, _ in self.standbys]
         if self.transport is not None:
             out.append((self.transport.fileno(), self.transport.wants_write))
@@ -135,8 +130,6 @@ class Session:
         for t in self._dialing:
             if readable or t.wants_write or now >= t.handshake_deadline:
                 self._advance_dial(t, now)
-        if readable and self._remote:
-            self._collect(now)
         if self.transport is not None:
             out += self._tick(now)
         if out and not self._productive:
@@ -207,7 +200,7 @@ class Session:
         """When step() must next run even if the socket stays quiet."""
         dial = min(t.handshake_deadline for t in self._dialing) if self._dialing else now + 3600.0
         if self.transport is None:
-            if self.pending and not self.disabled and not self._dialing and not self._remote:
+            if self.pending and not self.disabled and not self._dialing:
                 return now if self.standbys else self.pacer.next_attempt(now)
             return dial
         if self._wants_standby(not self.suspended):
@@ -243,7 +236,6 @@ class Session:
     def clone(self) -> Session:
         """A fresh session for the same app, sharing the connect pacing (for make-before-break)."""
         new = type(self)(self.app, self.cfg, self.make_transport, self.log)
-        new.dialer = self.dialer
         self.share_state(new)
         return new
 
@@ -376,16 +368,12 @@ class Session:
             t, _ = self.standbys.pop(0)
             self.log.debug("standby_taken", gateway=t.peer)
             self._opened(t, now)
-        elif not self._dialing and not self._remote and now >= self.pacer.next_attempt(now):
+        elif not self._dialing and now >= self.pacer.next_attempt(now):
             self._dial(now)
 
     def _dial(self, now: float) -> None:
-        """Start a connect without blocking: on the dialer's thread if there is one (_collect takes it over),
-        else driven on by the loop's selector (_advance_dial)."""
+        """Start a connect without blocking; the loop's selector drives it on (_advance_dial)."""
         self.pacer.attempted(now)
-        if self.dialer is not None:
-            self._remote.append(self.dialer.dial(self.make_transport))
-            return
         transport = self.make_transport()
         try:
             transport.start()
@@ -405,19 +393,6 @@ class Session:
             self._connect_failed(exc, now)
             return
         self._dialing.remove(t)
-        self._established(t, now)
-
-    def _collect(self, now: float) -> None:
-        """Take over the connects the dialer has finished: established ones carry the work or wait as standbys."""
-        for d in [d for d in self._remote if d.ended]:
-            self._remote.remove(d)
-            t, exc = d.take()
-            if exc is not None:
-                self._connect_failed(exc, now)
-            elif t is not None:
-                self._established(t, now)
-
-    def _established(self, t: Transport, now: float) -> None:
         if self.pacer.failures:
             self.log.info("connect_recovered", failed_attempts=self.pacer.failures)
         self.last_connect_error = None
@@ -451,7 +426,7 @@ class Session:
         and a gateway that refuses us, drops us or rejects everything, never see an extra connection."""
         return (
             self._error_run >= ERRORS_FOR_STANDBY  # first: false on every turn of an error-free loop
-            and len(self._dialing) + len(self._remote) + len(self.standbys) < self.standby_target
+            and len(self._dialing) + len(self.standbys) < self.standby_target
             and self.state is State.OPEN
             and not self.wants_replacement
             and sending
@@ -489,12 +464,9 @@ class Session:
         spares = self._dialing + [t for t, _ in self.standbys]
         for t in spares:
             t.close()
-        if self.dialer is not None:
-            for d in self._remote:
-                self.dialer.cancel(d)  # closed by whichever thread holds it now; never handed over
-        if spares or self._remote:
-            self.log.debug("standby_closed", reason=cause, connections=len(spares) + len(self._remote))
-        self._dialing, self.standbys, self._remote = [], [], []
+        if spares:
+            self.log.debug("standby_closed", reason=cause, connections=len(spares))
+        self._dialing, self.standbys = [], []
 
     def _check_productive(self, resolved: Resolved) -> None:
         """Once per connection: the first delivery makes its connect attempt a productive one."""

@@ -27,7 +27,6 @@ from apnsd.gateway.apps import (
     vet_session,
 )
 from apnsd.gateway.credentials import AppCredentials
-from apnsd.gateway.dialer import STOP_WAIT, Dialer
 from apnsd.gateway.feedback import poll_feedback, unregistered_entries
 from apnsd.gateway.session import Session
 from apnsd.store.queue import JobQueue, client_for
@@ -77,7 +76,6 @@ class Daemon:
         self._reload = threading.Event()
         self.loops: list[DeliveryLoop] = []
         self._threads: list[threading.Thread] = []
-        self.dialer = Dialer()  # binary connections are opened on its thread, beside the delivery loops
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
@@ -151,7 +149,7 @@ class Daemon:
             sessions: dict[str, Session] = {}
             for name in app_names:
                 for i in range(cfg.apps[name].connections):
-                    s = build_session(name, cfg.apps[name], self.creds[name], self.dialer)
+                    s = build_session(name, cfg.apps[name], self.creds[name])
                     if i:
                         s.hold = sessions[name].hold  # one suspension per app in a loop, whichever connection trips
                     vet_session(s, self.creds[name], time.monotonic())
@@ -207,8 +205,6 @@ class Daemon:
         for t in self._threads:
             t.join(max(0.1, limit - time.monotonic()))
         clean = not any(t.is_alive() or lp.status.crashed for t, lp in zip(self._threads, self.loops, strict=False))
-        if not self.dialer.stop():
-            self.log.warning("dialer_still_running", waited=STOP_WAIT)
         try:
             if clean:
                 # Nothing is held any more: whatever is still in this worker's in-flight storage (a
@@ -415,7 +411,7 @@ class Daemon:
                 if problem:
                     self.log.error("reload_rejected", app=name, error=problem, keeping="previous credentials")
                     continue
-                session = build_session(name, new.apps[name], creds[name], self.dialer)
+                session = build_session(name, new.apps[name], creds[name])
                 session.hold = holds.setdefault(name, session.hold)
                 vet_session(session, creds[name], time.monotonic())  # expiry metric and warning, fit to the config
                 self.creds[name] = creds[name]
