@@ -34,7 +34,7 @@ SMOOTHING = 0.25  # weight of the newest sample in the answer-lag and run averag
 # the frames that followed the rejected one are written again from them, with new identifiers patched in, instead
 # of being encoded again.
 KEEP_BYTES = 256 * 1024
-_ID = struct.Struct(">I")
+_ID = struct.Struct(">I")  # a frame's identifier; also its length, at offset 1 (the 5-byte header's last 4)
 ID_FROM_END = binary.TAIL_SIZE - 3  # a frame's identifier starts this many bytes before its end
 
 
@@ -80,11 +80,11 @@ class BinarySession(Session):
         self._run = 0  # frames accepted since the last error response
         self._moved = 0  # frames written on this connection (their bytes left for the socket)
         self._marks: deque[tuple[float, int]] = deque()  # (time, _moved then): when the written frames left
-        self._kept: deque[tuple[int, bytes]] = deque()  # (stream offset, bytes) of this connection's latest writes
-        # Frames of the lost connection to write again as they were (identifiers aside): the notifications, each
-        # frame's size, and their bytes from _reuse_at on.
+        # (stream offset, bytes, first identifier, frames) of this connection's latest writes
+        self._kept: deque[tuple[int, bytes, int, int]] = deque()
+        # Frames of the lost connection to write again as they were (identifiers aside): the notifications, and
+        # their frames from _reuse_at on.
         self._reuse: deque[Notification] = deque()
-        self._reuse_sizes: deque[int] = deque()
         self._reuse_buf = bytearray()
         self._reuse_at = 0
 
@@ -121,7 +121,7 @@ class BinarySession(Session):
         if not unwritten and not self._window:
             self._first_id = ident
         out: list[bytes | memoryview | msgspec.Raw] = []
-        start, total = queued, count
+        start, first, total = queued, ident, count
         if self._reuse:
             ident, queued, count = self._take_reused(count, ident, queued, out)
         add = out.extend
@@ -136,7 +136,7 @@ class BinarySession(Session):
         data = b"".join(out)
         self.transport.send(data)
         kept = self._kept
-        kept.append((start, data))
+        kept.append((start, data, first, total))
         while len(kept) > 1 and queued - kept[1][0] >= KEEP_BYTES:
             kept.popleft()
         self.log.debug("batch_written", notifications=total, bytes=len(data))
@@ -146,13 +146,14 @@ class BinarySession(Session):
     ) -> tuple[int, int, int]:
         """Write up to ``count`` pending notifications from the frames kept of the lost connection, as long as they
         come in the same order; returns the next identifier, the stream offset and how many are left to encode."""
-        reuse, sizes, pending, unwritten = self._reuse, self._reuse_sizes, self.pending, self._unwritten
+        reuse, pending, unwritten = self._reuse, self.pending, self._unwritten
         buf, pos = self._reuse_buf, self._reuse_at
-        begin, patch = pos, _ID.pack_into
-        while count and reuse and pending and pending[0] is reuse[0]:
+        begin, patch, length = pos, _ID.pack_into, _ID.unpack_from
+        end = len(buf)
+        while count and reuse and pending and pending[0] is reuse[0] and pos < end:
             n = pending.popleft()
             reuse.popleft()
-            size = sizes.popleft()
+            size = length(buf, pos + 1)[0] + 5
             pos += size
             queued += size
             patch(buf, pos - ID_FROM_END, ident)
@@ -168,29 +169,36 @@ class BinarySession(Session):
 
     def _drop_reuse(self) -> None:
         self._reuse.clear()
-        self._reuse_sizes.clear()
         self._reuse_buf = bytearray()
         self._reuse_at = 0
 
     def _keep_for_resend(self, notes: list[Notification]) -> None:
-        """The lost connection's unanswered frames (the last ones written on it) are kept to be written again."""
+        """The lost connection's unanswered frames (the last ones written on it, from identifier _first_id on) are
+        kept to be written again, if the writes kept reach back to the first of them."""
         self._drop_reuse()
-        kept, end = self._kept, self._queued
-        if not notes or not kept:
+        kept, first = self._kept, self._first_id
+        if not notes or not kept or kept[-1][0] + len(kept[-1][1]) != self._queued:
+            kept.clear()
             return
-        overhead = binary.FRAME_OVERHEAD
-        sizes = [len(n.token_bytes) + len(n.body) + overhead for n in notes]
-        begin = end - sum(sizes)
-        if begin < kept[0][0] or kept[-1][0] + len(kept[-1][1]) != end:
-            self._kept.clear()
-            return  # not all of them kept (or not as written): they are encoded again
-        buf = bytearray()
-        for at, data in kept:
-            if at + len(data) > begin:
-                buf += memoryview(data)[max(0, begin - at) :]
+        for i in range(len(kept) - 1, -1, -1):
+            _, data, ident, count = kept[i]
+            skip = (first - ident) % ID_MOD
+            if skip < count:
+                break
+        else:
+            kept.clear()
+            return  # not kept so far back: they are encoded again
+        pos, length = 0, _ID.unpack_from
+        for _ in range(skip):
+            pos += length(data, pos + 1)[0] + 5
+        if length(data, pos + length(data, pos + 1)[0] + 5 - ID_FROM_END)[0] != first:
+            kept.clear()  # never expected: the kept bytes do not start with the first frame to resend
+            return
+        buf = bytearray(memoryview(data)[pos:])
+        for _, data, _, _ in list(kept)[i + 1 :]:
+            buf += data
         kept.clear()
         self._reuse.extend(notes)
-        self._reuse_sizes.extend(sizes)
         self._reuse_buf = buf
 
     def _written(self, now: float) -> None:

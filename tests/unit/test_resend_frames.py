@@ -119,3 +119,25 @@ def test_only_the_latest_writes_are_kept(monkeypatch):
         s.step(T0 + 0.003 + i * 0.0001, False)
 
     assert expected_wire(batch[2:], 1) == net.current.take_wire()
+
+
+def test_the_resend_encodes_nothing_again(monkeypatch):
+    """The 35 frames after the rejected one are not encoded a second time: only the first connection's 40 are."""
+    encoded: list[int] = []
+    real = binary.frame_parts
+
+    def counting(*args: Any) -> Any:
+        encoded.append(args[2])  # the identifier
+        return real(*args)
+
+    s, net = make_session()
+    batch = notes(40)
+    expected = expected_wire(batch[5:], 1)  # encoded here, before counting starts
+    monkeypatch.setattr(binary, "frame_parts", counting)
+    s.submit(batch)
+    s.step(T0, False)
+    reject(s, 5, T0 + 0.001)
+    s.step(T0 + 0.002, False)
+
+    assert expected == net.current.take_wire()
+    assert list(range(1, 41)) == encoded
