@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 import msgspec
@@ -29,6 +30,12 @@ AHEAD_MIN = 128
 # writes rather than after a long one.
 AHEAD_STEP = 32
 SMOOTHING = 0.25  # weight of the newest sample in the answer-lag and run averages
+# The latest bytes written on a connection are kept (at least this many, whole writes): after an error response
+# the frames that followed the rejected one are written again from them, with new identifiers patched in, instead
+# of being encoded again.
+KEEP_BYTES = 256 * 1024
+_ID = struct.Struct(">I")  # a frame's identifier; also its length, at offset 1 (the 5-byte header's last 4)
+ID_FROM_END = binary.TAIL_SIZE - 3  # a frame's identifier starts this many bytes before its end
 
 
 class _Run:
@@ -73,6 +80,13 @@ class BinarySession(Session):
         self._run = 0  # frames accepted since the last error response
         self._moved = 0  # frames written on this connection (their bytes left for the socket)
         self._marks: deque[tuple[float, int]] = deque()  # (time, _moved then): when the written frames left
+        # (stream offset, bytes, first identifier, frames) of this connection's latest writes
+        self._kept: deque[tuple[int, bytes, int, int]] = deque()
+        # Frames of the lost connection to write again as they were (identifiers aside): the notifications, and
+        # their frames from _reuse_at on.
+        self._reuse: deque[Notification] = deque()
+        self._reuse_buf = bytearray()
+        self._reuse_at = 0
 
     def on_connected(self, now: float) -> None:
         """Start identifiers and byte offsets afresh on each connection."""
@@ -81,6 +95,7 @@ class BinarySession(Session):
         self._rx.clear()
         self._moved = 0
         self._marks = deque([(float("-inf"), 0)])
+        self._kept.clear()
 
     def send_pending(self, now: float) -> None:
         """Encode pending notifications (all, or what the slow-start cap allows) and write them at once."""
@@ -106,6 +121,9 @@ class BinarySession(Session):
         if not unwritten and not self._window:
             self._first_id = ident
         out: list[bytes | memoryview | msgspec.Raw] = []
+        start, first, total = queued, ident, count
+        if self._reuse:
+            ident, queued, count = self._take_reused(count, ident, queued, out)
         add = out.extend
         for _ in range(count):
             n = pending.popleft()
@@ -117,7 +135,71 @@ class BinarySession(Session):
         self._next_id, self._queued = ident, queued
         data = b"".join(out)
         self.transport.send(data)
-        self.log.debug("batch_written", notifications=count, bytes=len(data))
+        kept = self._kept
+        kept.append((start, data, first, total))
+        while len(kept) > 1 and queued - kept[1][0] >= KEEP_BYTES:
+            kept.popleft()
+        self.log.debug("batch_written", notifications=total, bytes=len(data))
+
+    def _take_reused(
+        self, count: int, ident: int, queued: int, out: list[bytes | memoryview | msgspec.Raw]
+    ) -> tuple[int, int, int]:
+        """Write up to ``count`` pending notifications from the frames kept of the lost connection, as long as they
+        come in the same order; returns the next identifier, the stream offset and how many are left to encode."""
+        reuse, pending, unwritten = self._reuse, self.pending, self._unwritten
+        buf, pos = self._reuse_buf, self._reuse_at
+        begin, patch, length = pos, _ID.pack_into, _ID.unpack_from
+        end = len(buf)
+        while count and reuse and pending and pending[0] is reuse[0] and pos < end:
+            n = pending.popleft()
+            reuse.popleft()
+            size = length(buf, pos + 1)[0] + 5
+            pos += size
+            queued += size
+            patch(buf, pos - ID_FROM_END, ident)
+            unwritten.append((queued, n))
+            ident = (ident + 1) % ID_MOD
+            count -= 1
+        if pos > begin:
+            out.append(memoryview(buf)[begin:pos])
+        self._reuse_at = pos
+        if reuse and (not pending or pending[0] is not reuse[0]):
+            self._drop_reuse()  # something else goes first now (a trial, a notification given up): encode again
+        return ident, queued, count
+
+    def _drop_reuse(self) -> None:
+        self._reuse.clear()
+        self._reuse_buf = bytearray()
+        self._reuse_at = 0
+
+    def _keep_for_resend(self, notes: list[Notification]) -> None:
+        """The lost connection's unanswered frames (the last ones written on it, from identifier _first_id on) are
+        kept to be written again, if the writes kept reach back to the first of them."""
+        self._drop_reuse()
+        kept, first = self._kept, self._first_id
+        if not notes or not kept or kept[-1][0] + len(kept[-1][1]) != self._queued:
+            kept.clear()
+            return
+        for i in range(len(kept) - 1, -1, -1):
+            _, data, ident, count = kept[i]
+            skip = (first - ident) % ID_MOD
+            if skip < count:
+                break
+        else:
+            kept.clear()
+            return  # not kept so far back: they are encoded again
+        pos, length = 0, _ID.unpack_from
+        for _ in range(skip):
+            pos += length(data, pos + 1)[0] + 5
+        if length(data, pos + length(data, pos + 1)[0] + 5 - ID_FROM_END)[0] != first:
+            kept.clear()  # never expected: the kept bytes do not start with the first frame to resend
+            return
+        buf = bytearray(memoryview(data)[pos:])
+        for _, data, _, _ in list(kept)[i + 1 :]:
+            buf += data
+        kept.clear()
+        self._reuse.extend(notes)
+        self._reuse_buf = buf
 
     def _written(self, now: float) -> None:
         """Start the silence clock of frames whose bytes the transport has written since."""
@@ -289,6 +371,7 @@ class BinarySession(Session):
     def take_unanswered(self) -> list[Notification]:
         """Empty the window and the unwritten frames, oldest first."""
         notes = [*self._window, *(n for _, n in self._unwritten)]
+        self._keep_for_resend(notes)
         self._window.clear()
         self._runs.clear()
         self._unwritten.clear()

@@ -3,6 +3,9 @@ gateway sent before a write failed."""
 
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from typing import Any
 
 import pytest
@@ -65,3 +68,44 @@ def test_error_response_is_read_after_a_write_fails_on_the_reset(pki: Any, binar
 
     wait_for(write_fails, 10, "a write to fail on the closed connection")
     assert binary.encode_error_response(8, 7) == t.read_final(1.0)
+
+
+def test_binary_connections_stop_at_tls_1_2_and_still_resume(pki: Any) -> None:
+    """Against a gateway that offers TLS 1.3, an ALPN-less (binary) connection speaks TLS 1.2, resumes its session
+    on the reconnect, and an HTTP/2 context from the same code still gets TLS 1.3."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki.server_cert, pki.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(count: int) -> None:
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(10)
+                try:
+                    tls.recv(1)  # until the client closes
+                except (OSError, ssl.SSLError):
+                    pass
+
+    server = threading.Thread(target=serve, args=(3,), daemon=True)
+    server.start()
+    identity = load_identity(pki.client_pem)
+    binary_ctx = client_context(identity, pki.ca_cert)
+    sessions = TlsSessions()
+    versions, resumes = [], []
+    for _ in range(2):
+        t = TlsTransport("127.0.0.1", port, binary_ctx, sessions=sessions)
+        t.connect()
+        versions.append(t._conn.get_protocol_version_name())  # type: ignore[union-attr]
+        resumes.append(resumed(t))
+        t.close()
+    h2 = TlsTransport("127.0.0.1", port, client_context(identity, pki.ca_cert, [b"h2"]))
+    h2.connect()
+    versions.append(h2._conn.get_protocol_version_name())  # type: ignore[union-attr]
+    h2.close()
+    server.join(10)
+    listener.close()
+
+    assert ["TLSv1.2", "TLSv1.2", "TLSv1.3"] == versions
+    assert [False, True] == resumes
