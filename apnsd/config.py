@@ -324,6 +324,8 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{path} is not UTF-8 text") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
     _read_secret_files(raw, base)

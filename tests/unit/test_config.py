@@ -316,6 +316,16 @@ def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     assert problem in err.problem
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """A file that is not UTF-8 text (a binary, a Latin-1 export) is an error about --config, not a traceback."""
+    path = tmp_path / "apnsd.toml"
+    path.write_bytes(b'[apps.default]\ntopic = "caf\xe9"\n')
+
+    err = config_error(str(path))
+
+    assert ("--config", f"{path} is not UTF-8 text") == (err.key, err.problem)
+
+
 @pytest.mark.parametrize(
     ("protocol", "environment", "expected"),
     [
