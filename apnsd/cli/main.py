@@ -24,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    garbled = _not_utf8(args)
+    if garbled:
+        print(f"apnsd {args.command}: --{garbled.replace('_', '-')} is not UTF-8 text", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except ApnsdError as exc:
@@ -31,6 +35,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# Options naming files: the OS takes any bytes there (Python keeps them as surrogate escapes, and hands them back).
+PATH_OPTIONS = frozenset({"config", "pki_dir", "cert", "key", "client_ca", "jwt_key", "feedback", "record"})
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first text option holding bytes that are not UTF-8 (a Latin-1 terminal): no job or request carries them."""
+    for name, value in vars(args).items():
+        if name in PATH_OPTIONS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return name
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -377,6 +377,33 @@ def test_push_with_a_bad_token_as_a_process_prints_one_line_and_no_traceback(red
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [b"push", b"--token", TOKEN.encode(), b"--alert", b"caf\xe9"],
+        [b"send", b"--token", TOKEN.encode(), b"--title", b"\xff"],
+        [b"dead", b"list", b"--reason", b"Bad\xff"],
+    ],
+    ids=["push", "send", "dead"],
+)
+def test_an_argument_that_is_not_utf8_as_a_process_is_one_line_not_a_traceback(redis_server, argv):
+    """A Latin-1 shell's bytes in a text option give exit 2 and one line naming the option, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env.update(APNSD_REDIS_URL=redis_server.url, PYTHONPATH=str(REPO))
+    option = next(a for a in reversed(argv) if a.startswith(b"--")).decode()
+
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"apnsd.cli", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+
+    expected = f"apnsd {argv[0].decode()}: {option} is not UTF-8 text\n".encode()
+    assert (2, b"", expected) == (proc.returncode, proc.stdout, proc.stderr)
+
+
 # --- run and demo ----------------------------------------------------------------------------------
 
 
