@@ -519,6 +519,7 @@ def _require(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
+REDIS_INT_MAX = 2**63 - 1  # Redis refuses larger integer arguments (XTRIM MAXLEN): every commit would fail
 MAX_SECONDS = 1_000_000.0  # every duration setting; larger ones overflow timers (and mean a typo)
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
 
@@ -611,7 +612,11 @@ def _validate_redis(config: Config) -> None:
             )
     _require(0 <= r.shards <= 1024, "redis.shards", "must be between 0 (one queue) and 1024")
     _require(r.socket_timeout > 0, "redis.socket_timeout", "must be positive")
-    _require(r.results_maxlen >= 0, "redis.results_maxlen", "must be 0 (no cap) or more")
+    _require(
+        0 <= r.results_maxlen <= REDIS_INT_MAX,
+        "redis.results_maxlen",
+        f"must be 0 (no cap) or more, at most {REDIS_INT_MAX} (what Redis takes)",
+    )
     _require(_printable(r.prefix), "redis.prefix", "must be printable text without spaces")
 
 

@@ -469,6 +469,7 @@ def test_credential_probe_interval_is_off_or_a_sane_number_of_seconds(value):
         ("APNSD_REDIS_SOCKET_TIMEOUT", "0", "redis.socket_timeout"),
         ("APNSD_REDIS_SOCKET_TIMEOUT", "nan", "redis.socket_timeout"),
         ("APNSD_REDIS_RESULTS_MAXLEN", "-5", "redis.results_maxlen"),
+        ("APNSD_REDIS_RESULTS_MAXLEN", "9223372036854775808", "redis.results_maxlen"),  # Redis: out of range
         ("APNSD_WORKER_GRACE_PERIOD", "inf", "worker.grace_period"),
         ("APNSD_WORKER_GRACE_PERIOD", "1e300", "worker.grace_period"),
         ("APNSD_WORKER_HEARTBEAT_TTL", "inf", "worker.heartbeat_ttl"),
