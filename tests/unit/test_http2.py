@@ -455,6 +455,8 @@ def test_bad_server_preface_is_a_protocol_error(data: bytes, code: int) -> None:
         (raw_frame(f.HEADERS, 4, 2, b"\x88"), f.PROTOCOL_ERROR),  # server-initiated stream
         (raw_frame(f.HEADERS, 4, 9, b"\x88"), f.PROTOCOL_ERROR),  # stream never opened
         (raw_frame(f.HEADERS, 4, 1, b"\xff\xff\xff\xff\x0f"), f.COMPRESSION_ERROR),
+        (raw_frame(f.HEADERS, 4, 1, b"\x48\x81\xff"), f.COMPRESSION_ERROR),  # :status, bad Huffman code
+        (raw_frame(f.HEADERS, 4, 1, b"\x8c\x40\x81\xff\x01x"), f.COMPRESSION_ERROR),  # 400, then a bad one
         (raw_frame(f.HEADERS, 4, 1, b"\x82"), f.PROTOCOL_ERROR),  # no :status
         (raw_frame(f.DATA, 0, 1, b"x"), f.PROTOCOL_ERROR),  # body before headers
         (raw_frame(f.CONTINUATION, 4, 1, b"\x88"), f.PROTOCOL_ERROR),
