@@ -437,7 +437,7 @@ class JobQueue:
     def dead_entries(self, count: int) -> list[dict[str, Any]]:
         """The newest ``count`` dead-letter entries."""
         with redis_errors("reading dead letters"):
-            return [json.loads(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
+            return [read_dead_entry(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
 
     def _select_dead(self, limit: int | None, reason: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Dead entries, newest first, whose reason starts with ``reason``; at most ``limit`` (None: all)."""
@@ -445,12 +445,7 @@ class JobQueue:
             return
         found = 0
         for raw in self.client.lrange(self.keys.dead, 0, -1):
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                entry = {"reason": "(unreadable dead letter)"}
-            if not isinstance(entry, dict):
-                entry = {"reason": "(unreadable dead letter)"}
+            entry = read_dead_entry(raw)
             if reason and not str(entry.get("reason", "")).startswith(reason):
                 continue
             yield raw, entry
@@ -501,7 +496,8 @@ class JobQueue:
         self, raw: Any, entry: dict[str, Any], queue_for: dict[str, str], default_queue: str, lanes: Collection[str]
     ) -> bool:
         """Move one dead entry's job onto its lane or app's queue; False when another requeuer took it first."""
-        queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
+        app = entry.get("app")
+        queue, job = queue_for.get(app if isinstance(app, str) else "", default_queue), entry["job"].encode()
         if isinstance(entry.get("queue"), str) and entry["queue"] in lanes:
             queue = entry["queue"]  # only a configured lane: a dead entry never names a key to write to
         if self._other_slot(queue):
@@ -560,3 +556,15 @@ def _text(value: bytes | str) -> str:
 def _raw(value: bytes | str) -> bytes:
     """A Redis reply as bytes."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+UNREADABLE_DEAD = {"reason": "(unreadable dead letter)"}
+
+
+def read_dead_entry(raw: bytes | str) -> dict[str, Any]:
+    """A dead letter as a dict; one that is not a JSON object (written by another program) reads as unreadable."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the decoder goes
+        return dict(UNREADABLE_DEAD)
+    return entry if isinstance(entry, dict) else dict(UNREADABLE_DEAD)

@@ -265,6 +265,49 @@ def test_dead_purge_deletes_the_selected_entries(cli_env, rdb, capsys):
     assert 0 == rdb.llen("apnsd:queue")
 
 
+# Entries another program (or a hand-edit) may have left in apnsd:dead, oldest first.
+FOREIGN_DEAD = [
+    b"garbage",
+    b"\xff\xfe",
+    b"[1, 2]",
+    b"[" * 100_000,
+    b'{"reason": "odd", "job": "{}", "app": ["x"], "token": 7, "time": "soon", "status": {}}',
+    b'{"reason": "far", "job": "{}", "time": 1e999}',
+    b'{"reason": "old", "job": "{}", "time": -1e300, "detail": 5}',
+]
+
+
+def test_dead_list_shows_entries_it_cannot_read_instead_of_failing(cli_env, rdb, capsys):
+    """Entries that are not apnsd's JSON, or hold fields of the wrong type, are listed as such: exit 0, no error."""
+    rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
+    add_dead(rdb, TOKEN, "bad_payload")
+
+    code, out, err = run(capsys, "dead", "list")
+    as_json = run(capsys, "dead", "list", "--json")
+
+    lines = out.splitlines()
+    assert (0, "", 9) == (code, err, len(lines))
+    assert "bad_payload" in lines[0] and "token c9d4c07c…" in lines[0]
+    assert 4 == sum("(unreadable dead letter)" in line for line in lines)
+    assert "(8 shown, 8 in apnsd:dead)" == lines[-1]
+    assert (0, "") == (as_json[0], as_json[2])
+    assert ["bad_payload", "old", "far", "odd"] + ["(unreadable dead letter)"] * 4 == [
+        json.loads(line)["reason"] for line in as_json[1].splitlines()
+    ]
+
+
+def test_dead_requeue_and_purge_pass_over_entries_they_cannot_read(cli_env, rdb, capsys):
+    """Requeue moves the entries that hold a job (an app of the wrong type means the default queue); purge the rest."""
+    rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
+
+    requeue = run(capsys, "dead", "requeue", "--all")
+    purge = run(capsys, "dead", "purge", "--all")
+
+    assert (0, "requeued 3 job(s), by reason:\n         1  old\n         1  far\n         1  odd\n", "") == requeue
+    assert (0, "deleted 4 job(s), by reason:\n         4  (unreadable dead letter)\n", "") == purge
+    assert (0, [b"{}"] * 3) == (rdb.llen("apnsd:dead"), rdb.lrange("apnsd:queue", 0, -1))
+
+
 # --- health ----------------------------------------------------------------------------------------
 
 
