@@ -274,11 +274,7 @@ class JobQueue:
             if self.client.set(key, json.dumps(status), px=int(ttl * 1000), nx=True):
                 return None
             raw = self.client.get(key)
-        try:
-            held = json.loads(raw) if raw else None
-        except ValueError:
-            return {}
-        return held if isinstance(held, dict) or held is None else {}
+        return read_status(raw) if raw else None
 
     def retire(self) -> None:
         """Remove this worker's heartbeat and registry entry at a clean stop."""
@@ -414,13 +410,13 @@ class JobQueue:
         with redis_errors("listing workers"):
             ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
             beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
-        return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats, strict=False)]
+        return [(w, read_status(b) if b else None) for w, b in zip(ids, beats, strict=False)]
 
     def heartbeat_of(self, worker: str) -> dict[str, Any] | None:
         """One worker's heartbeat status, or None if it lapsed."""
         with redis_errors("reading heartbeat"):
             raw = self.client.get(self.keys.heartbeat(worker))
-        return json.loads(raw) if raw else None
+        return read_status(raw) if raw else None
 
     def counts(self) -> dict[str, int]:
         """Dead letters, unregistered tokens and lifetime outcome totals."""
@@ -568,3 +564,12 @@ def read_dead_entry(raw: bytes | str) -> dict[str, Any]:
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the decoder goes
         return dict(UNREADABLE_DEAD)
     return entry if isinstance(entry, dict) else dict(UNREADABLE_DEAD)
+
+
+def read_status(raw: bytes | str) -> dict[str, Any]:
+    """A heartbeat's status; {} when the key holds something else (the worker is alive, its status unreadable)."""
+    try:
+        status = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return status if isinstance(status, dict) else {}

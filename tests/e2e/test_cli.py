@@ -182,6 +182,18 @@ def test_stats_text_is_readable(cli_env, rdb, capsys):
     assert "dead letters: 0    unregistered tokens: 0" in out.splitlines()
 
 
+@pytest.mark.parametrize("beat", [b"garbage", b"[1]", b"\xff", b"[" * 100_000])
+def test_stats_counts_a_worker_whose_heartbeat_it_cannot_read_as_alive(cli_env, rdb, capsys, beat):
+    """A heartbeat key holding something other than apnsd's JSON still means a live worker: stats goes on."""
+    rdb.sadd("apnsd:workers", "other")
+    rdb.set("apnsd:worker:other", beat, ex=60)
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    expected = [{"id": "other", "alive": True, "in_flight": 0, "last_heartbeat": None}]
+    assert (0, "", expected) == (code, err, json.loads(out)["workers"])
+
+
 def test_dead_list_shows_newest_entries(cli_env, rdb, capsys):
     """`apnsd dead list --json` prints one JSON entry per dead letter, newest first, filtered by reason."""
     add_dead(rdb, TOKEN, "bad_payload")
