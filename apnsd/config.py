@@ -410,10 +410,12 @@ def _read_secret_files(raw: dict[str, Any], base: Path) -> None:
             file = base / path
             try:
                 value = file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
             except UnicodeDecodeError:
                 raise ConfigError(name, f"{file} is not UTF-8 text") from None
+            except OSError as exc:
+                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
+            except ValueError:  # the OS takes no NUL byte in a path
+                raise ConfigError(name, "must be the path of a file (it holds a NUL character)") from None
             _require(bool(value), name, f"{file} is empty")
             table[key] = value
 
@@ -561,6 +563,10 @@ def validate(config: Config) -> None:
     _require(w.max_in_flight <= 10_000_000, "worker.max_in_flight", "must be at most 10000000")
     _require(_printable(w.id), "worker.id", "must be printable text without spaces")
     _validate_redis(config)
+    _validate_paths(config.redis, "redis", _REDIS_PATH_KEYS)
+    _validate_paths(w, "worker", ("state_dir",))
+    for name, app in config.apps.items():
+        _validate_paths(app, f"apps.{name}", _PATH_KEYS)
     if config.metrics.listen:
         _host, sep, port = config.metrics.listen.rpartition(":")
         _require(
@@ -572,6 +578,12 @@ def validate(config: Config) -> None:
     for name, app in config.apps.items():
         _validate_app(name, app)
         _validate_lanes(config, name, app)
+
+
+def _validate_paths(section: _Section, base: str, keys: tuple[str, ...]) -> None:
+    """File paths the OS can take: no NUL character (open() would raise instead of saying which key)."""
+    for key in keys:
+        _require("\x00" not in getattr(section, key), f"{base}.{key}", "must be a file path without a NUL character")
 
 
 def _validate_redis(config: Config) -> None:

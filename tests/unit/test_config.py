@@ -440,6 +440,8 @@ def test_environment_secret_wins_over_a_file_in_toml(tmp_path):
     ("toml", "key", "problem"),
     [
         ('[apps.default]\npassphrase_file = "nope"\n', "apps.default.passphrase_file", "cannot read"),
+        ('[apps.default]\npassphrase_file = "a\\u0000b"\n', "apps.default.passphrase_file", "NUL character"),
+        ('[redis]\nurl_file = "\\u0000"\n', "redis.url_file", "must be the path of a file"),
         ('[apps.default]\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "is empty"),
         ('[apps.default]\npassphrase = "x"\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "not both"),
         ("[redis]\nurl_file = 3\n", "redis.url_file", "must be the path of a file"),
@@ -452,6 +454,22 @@ def test_bad_secret_files_name_the_key(tmp_path, toml, key, problem):
         load_config(write(tmp_path, toml), {})
     assert key == info.value.key
     assert problem in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[apps.default]\ncert = "/run/a\\u0000b.pem"\n', "apps.default.cert"),
+        ('[apps.default]\ncert = "/c.pem"\nkey = "\\u0000"\n', "apps.default.key"),
+        ('[apps.default]\npkcs12 = "c\\u0000.p12"\n', "apps.default.pkcs12"),
+        ('[apps.default]\ncert = "/c.pem"\nca_file = "\\u0000"\n', "apps.default.ca_file"),
+        ('[redis]\nurl = "rediss://h"\nssl_ca_file = "\\u0000"\n[apps.a]\ncert = "/c.pem"\n', "redis.ssl_ca_file"),
+        ('[worker]\nstate_dir = "/tmp/\\u0000"\n[apps.default]\ncert = "/c.pem"\n', "worker.state_dir"),
+    ],
+)
+def test_a_file_path_holding_a_nul_character_names_the_key(tmp_path, toml, key):
+    """TOML can spell a NUL character, which no file path holds: a config error naming the key, not a ValueError."""
+    assert key == config_error(write(tmp_path, toml)).key
 
 
 @pytest.mark.parametrize("value", ["-1", "0.5", "nan", "inf", "86401", "soon"])
