@@ -162,7 +162,12 @@ def _send_at(text: str) -> float:
         at = math.nan
     if not math.isfinite(at):
         raise argparse.ArgumentTypeError(f"{text!r} is neither unix seconds nor +SECONDS")
+    if not at < LAST_SEND_AT:  # checked before anything is pushed: the confirmation prints the date
+        raise argparse.ArgumentTypeError(f"{text!r} is after the year 9999")
     return at
+
+
+LAST_SEND_AT = 253_402_300_800.0  # 10000-01-01T00:00:00Z; time.localtime() overflows not far beyond
 
 
 def _load(args: argparse.Namespace) -> Any:

@@ -142,7 +142,7 @@ def test_push_at_absolute_time_schedules_at_that_time(cli_env, rdb, capsys):
     assert [1_900_000_000.0] == [score for _, score in rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)]
 
 
-@pytest.mark.parametrize("at", ["soon", "+", "+abc", "inf", "nan"])
+@pytest.mark.parametrize("at", ["soon", "+", "+abc", "inf", "nan", "1e300", "+1e300", "253402300800"])
 def test_push_at_with_a_bad_time_exits_2_with_a_message(cli_env, rdb, capsys, at):
     """An --at that is neither unix seconds nor +SECONDS is a usage error, not a traceback."""
     with pytest.raises(SystemExit) as info:
