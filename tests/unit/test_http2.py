@@ -401,6 +401,13 @@ def test_goaway_with_plain_text_debug_data() -> None:
     assert [GoAwayReceived(0, 1, "Maximum active streams violated")] == pair.to_client()
 
 
+def test_goaway_with_deeply_nested_debug_data() -> None:
+    """GOAWAY debug data nested deeper than the JSON decoder goes is passed on as text, not an exception."""
+    pair = client_pair()
+    pair.server.close_connection(error_code=0, additional_data=b"[" * 5_000)
+    assert [GoAwayReceived(0, 0, "[" * 5_000)] == pair.to_client()
+
+
 def test_ping_both_ways() -> None:
     """Our PING is acknowledged with its payload; the server's PING gets an ACK from us."""
     pair = client_pair()
@@ -516,11 +523,23 @@ def test_background_defaults_to_priority_five() -> None:
         (b"[1]", ("", None)),
         (b"not json", ("", None)),
         (b"", ("", None)),
+        (b"[" * 10_000 + b"]" * 10_000, ("", None)),  # nested deeper than the decoder goes
+        (b'{"reason":"BadTopic","x":' + b"[" * 10_000, ("", None)),
     ],
 )
 def test_decode_response_reason(body: bytes, expected: tuple[str, int | None]) -> None:
     """Apple's error body yields reason and timestamp; anything malformed yields ("", None)."""
     assert expected == decode_response_reason(body)
+
+
+def test_a_deeply_nested_error_body_is_an_answer_without_a_reason() -> None:
+    """A gateway's error body nested thousands deep is read as a 400 without reason, not an exception."""
+    pair = client_pair()
+    sid = send(pair.client)
+    pair.to_server()
+    pair.answer(sid, 400, b"[" * 10_000)
+
+    assert [ResponseReceived(sid, 400, "", None, APNS_ID)] == pair.to_client()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
