@@ -224,11 +224,13 @@ def rss_kib() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.parametrize("results_stream", ["false", "true"])
 def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_delivered_once(
-    jq, rdb, http2_mock, make_config
+    jq, rdb, http2_mock, make_config, results_stream
 ):
-    """Every hostile case pushed between good jobs into one running daemon: each hostile job one dead entry with
-    its reason, each good job delivered once, the daemon never stops, Redis memory, RSS and /metrics stay bounded."""
+    """Every hostile case pushed between good jobs into one running daemon (receipts off and on): each hostile job
+    one dead entry with its reason, each good job delivered once, the daemon never stops, Redis memory, RSS and
+    /metrics stay bounded."""
     mock = http2_mock()
     cases = hostile_cases()
     good = good_tokens(2000, seed=5)
@@ -240,7 +242,7 @@ def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_d
     rss_before, redis_before = rss_kib(), rdb.info("memory")["used_memory"]
     apps_before = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")}  # earlier tests' apps
     push_all(jq, jobs)
-    d = DaemonThread(make_config(mock)).start()
+    d = DaemonThread(make_config(mock, REDIS_RESULTS_STREAM=results_stream)).start()
     try:
         wait_for(
             lambda: rdb.llen("apnsd:dead") >= hostile_jobs and sum(mock.record.accepted_tokens().values()) >= len(good),
