@@ -226,7 +226,7 @@ def _push(args: argparse.Namespace) -> int:
     if args.payload:
         try:
             payload = msgspec.json.decode(args.payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder goes
             print(f"apnsd push: --payload is not valid JSON: {exc}", file=sys.stderr)
             return 2
     else:

@@ -109,6 +109,7 @@ def test_push_with_several_tokens_fans_out(cli_env, rdb, capsys):
         (["--token", TOKEN, "--alert", "x", "--push-type", "voip", "--topic", "com.example.app"], "bad_topic"),
         (["--token", TOKEN, "--payload", "[1]"], "bad_payload"),
         (["--token", TOKEN, "--payload", "{oops"], "--payload is not valid JSON"),
+        (["--token", TOKEN, "--payload", '{"a":' + "[" * 5000 + "]" * 5000 + "}"], "--payload is not valid JSON"),
         (["--token", TOKEN, "--app", "nosuchapp"], "app 'nosuchapp' is not configured"),
     ],
 )
