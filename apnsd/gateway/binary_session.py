@@ -8,6 +8,7 @@ import msgspec
 
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import DELIVERED, binary_outcome
+from apnsd.errors import ProtocolError
 from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire import binary
 
@@ -167,7 +168,11 @@ class BinarySession(Session):
         self._rx += data
         out: Resolved = []
         while len(self._rx) >= binary.ERROR_RESPONSE_SIZE:
-            err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
+            try:
+                err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
+            except ProtocolError as exc:  # not the binary protocol: nothing it names can be trusted
+                self._rx.clear()
+                return out + self._lost(f"unreadable answer from the gateway: {exc}", now, Loss.ABRUPT)
             del self._rx[: binary.ERROR_RESPONSE_SIZE]
             out += self._on_error(err, now)
         return out

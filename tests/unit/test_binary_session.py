@@ -115,3 +115,17 @@ def test_identifiers_wrap_around_at_two_to_the_32():
     assert [Kind.DELIVERED] * 3 + [Kind.UNREGISTERED] == [o.kind for _, o in out]
     assert [n.token for n in sent[:4]] == [n.token for n, _ in out]
     assert [n.token for n in sent[4:]] == [n.token for n in s.take_unanswered()]
+
+
+def test_an_answer_that_is_not_an_error_response_loses_the_connection_and_sends_everything_again():
+    """Six bytes that are not command 8 (a gateway speaking something else) end the connection like an abrupt loss:
+    no exception out of step(), every unconfirmed notification goes back to be sent again on a new connection."""
+    s, sent = session_with(3, written_frames=3)
+    t = s.transport
+    assert isinstance(t, FakeTransport)
+    t.feed(b"\x09\x08\x00\x00\x00\x01")
+
+    out = s.step(1.0, True)
+
+    assert ([], None, True) == (out, s.transport, t.closed)
+    assert ([n.token for n in sent], [1, 1, 1]) == ([n.token for n in s.pending], [n.losses for n in s.pending])
