@@ -460,6 +460,27 @@ def test_an_argument_that_is_not_utf8_as_a_process_is_one_line_not_a_traceback(r
     assert (2, b"", expected) == (proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--feedback", "/nonexistent/tokens.txt"], "--feedback /nonexistent/tokens.txt: "),
+        (["--protocol", "binary", "--feedback", "{tokens}"], "--feedback {tokens}: "),
+        (["--host", "256.1.1.1"], "cannot listen on 256.1.1.1:0: "),
+    ],
+)
+def test_a_mock_that_cannot_start_says_why_in_one_line(argv, problem, tmp_path, capsys):
+    """A missing or malformed feedback file or an address it cannot bind: exit 2, one line naming it, no traceback."""
+    (tmp_path / "tokens.txt").write_text("not-hex\n")
+    names = {"tokens": str(tmp_path / "tokens.txt")}
+    argv = [a.format(**names) for a in argv]
+
+    code = main(["mock", "--port", "0", "--pki-dir", str(tmp_path / "pki"), *argv])
+
+    err = capsys.readouterr().err
+    assert (2, 1) == (code, len(err.splitlines()))
+    assert err.startswith("apnsd mock: " + problem.format(**names))
+
+
 # --- run and demo ----------------------------------------------------------------------------------
 
 
