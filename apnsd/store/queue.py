@@ -514,15 +514,15 @@ class JobQueue:
         with redis_errors("reading unregistered tokens"):
             if tokens is None:
                 items = self.client.hgetall(self.keys.unregistered).items()
-                return {_text(k): json.loads(v) for k, v in items}
+                return {_text(k): read_object(v) or {} for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
-        return {t: json.loads(v) for t, v in zip(tokens, values, strict=False) if v}
+        return {t: read_object(v) or {} for t, v in zip(tokens, values, strict=False) if v}
 
     def channels_gone(self) -> dict[str, dict[str, Any]]:
         """Broadcast channels APNs answered ChannelNotRegistered for: channel id → entry."""
         with redis_errors("reading gone channels"):
             items = self.client.hgetall(self.keys.channels_gone).items()
-        return {_text(k): json.loads(v) for k, v in items}
+        return {_text(k): read_object(v) or {} for k, v in items}
 
     def channels_gone_count(self) -> int:
         """How many channel ids the channels-gone store holds."""
@@ -557,19 +557,22 @@ def _raw(value: bytes | str) -> bytes:
 UNREADABLE_DEAD = {"reason": "(unreadable dead letter)"}
 
 
-def read_dead_entry(raw: bytes | str) -> dict[str, Any]:
-    """A dead letter as a dict; one that is not a JSON object (written by another program) reads as unreadable."""
+def read_object(raw: bytes | str) -> dict[str, Any] | None:
+    """A stored JSON object (dead letter, heartbeat, unregistered entry); None when another program wrote
+    something else there."""
     try:
-        entry = json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the decoder goes
-        return dict(UNREADABLE_DEAD)
-    return entry if isinstance(entry, dict) else dict(UNREADABLE_DEAD)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_dead_entry(raw: bytes | str) -> dict[str, Any]:
+    """A dead letter as a dict; one that is not a JSON object reads as unreadable."""
+    entry = read_object(raw)
+    return dict(UNREADABLE_DEAD) if entry is None else entry
 
 
 def read_status(raw: bytes | str) -> dict[str, Any]:
     """A heartbeat's status; {} when the key holds something else (the worker is alive, its status unreadable)."""
-    try:
-        status = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    return status if isinstance(status, dict) else {}
+    return read_object(raw) or {}

@@ -323,6 +323,18 @@ def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_c
     )
 
 
+def test_unregistered_and_gone_channel_entries_another_program_wrote_read_as_empty(rdb, redis_server):
+    """A value in apnsd:unregistered or apnsd:channels:gone that is not apnsd's JSON object reads as {}: the token
+    (or channel) is still listed for pruning, and reading the store never raises."""
+    rdb.hset("apnsd:unregistered", mapping={T: b"garbage", "ab" * 32: b"[" * 5000, "cd" * 32: b'{"reason": "x"}'})
+    rdb.hset("apnsd:channels:gone", mapping={"dGVzdA==": b"\xff"})
+    client = Client(redis_server.url)
+
+    assert {T: {}, "ab" * 32: {}, "cd" * 32: {"reason": "x"}} == client.unregistered()
+    assert {T: {}, "CD" * 32: {"reason": "x"}} == client.unregistered([T, "CD" * 32])
+    assert {"dGVzdA==": {}} == client.channels_gone()
+
+
 @pytest.mark.timeout(60)
 def test_unregistered_tokens_are_read_as_passed_and_forgotten(rdb, redis_server, http2_mock, make_config):
     """Tokens the gateway reported gone are found in any accepted spelling, and forgetting removes them."""
