@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from apnsd import logs
 from apnsd.cli.main import main
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
+from tests.support.jobs import LOG
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
@@ -474,7 +476,10 @@ def test_a_mock_that_cannot_start_says_why_in_one_line(argv, problem, tmp_path, 
     names = {"tokens": str(tmp_path / "tokens.txt")}
     argv = [a.format(**names) for a in argv]
 
-    code = main(["mock", "--port", "0", "--pki-dir", str(tmp_path / "pki"), *argv])
+    try:
+        code = main(["mock", "--port", "0", "--pki-dir", str(tmp_path / "pki"), *argv])
+    finally:
+        logs.configure("json", "info", LOG)  # `apnsd mock` logs to this test's captured stderr: put the buffer back
 
     err = capsys.readouterr().err
     assert (2, 1) == (code, len(err.splitlines()))
