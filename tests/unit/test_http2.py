@@ -11,6 +11,7 @@ from apnsd.core.jobs import PUSH_TYPE_SUFFIXES
 from apnsd.errors import JobError
 from apnsd.wire.http2 import frames as f
 from apnsd.wire.http2.connection import (
+    MAX_RESPONSE_BODY,
     GoAwayReceived,
     H2ClientConnection,
     H2ProtocolError,
@@ -482,6 +483,42 @@ def test_connection_errors_raise_and_queue_goaway(data: bytes, code: int) -> Non
         pair.client.receive_data(data)
     terminated = [e.error_code for e in pair.to_server() if isinstance(e, h2.events.ConnectionTerminated)]
     assert (code, [code]) == (info.value.error_code, terminated)
+
+
+def test_a_header_block_continued_without_end_is_cut_off() -> None:
+    """CONTINUATION frames that never end the block (a flood) fail the connection once the block passes its cap,
+    instead of growing it without bound."""
+    pair = client_pair()
+    sid = send(pair.client)
+    pair.to_server()
+    flood = raw_frame(f.HEADERS, 0, sid, b"\x88") + raw_frame(f.CONTINUATION, 0, sid, b"\x00" * 16_384) * 8
+
+    with pytest.raises(H2ProtocolError) as info:
+        pair.client.receive_data(flood)
+
+    assert (f.PROTOCOL_ERROR, True) == (info.value.error_code, "header block" in str(info.value))
+
+
+def test_an_error_body_beyond_its_cap_fails_the_connection() -> None:
+    """A response body larger than any APNs error body (a gateway streaming without end) fails the connection
+    before it grows past the cap; one at the cap is still read."""
+    pair = client_pair()
+    ok, big = send(pair.client), send(pair.client)
+    pair.to_server()
+    at_cap = b'{"reason":"BadTopic","pad":"' + b"x" * (MAX_RESPONSE_BODY - 30) + b'"}'
+    assert MAX_RESPONSE_BODY == len(at_cap)
+    answer = raw_frame(f.HEADERS, 4, ok, b"\x8c")  # END_HEADERS, :status 400
+    chunks = [at_cap[i : i + 16_384] for i in range(0, len(at_cap), 16_384)]
+    answer += b"".join(raw_frame(f.DATA, 0, ok, c) for c in chunks[:-1]) + raw_frame(f.DATA, 1, ok, chunks[-1])
+    read = pair.client.receive_data(answer)
+    assert [(ok, 400, "BadTopic")] == [(e.stream_id, e.status, e.reason) for e in read]
+    head = raw_frame(f.HEADERS, 4, big, b"\x8c")
+    body = raw_frame(f.DATA, 0, big, b"x" * 16_384) * (MAX_RESPONSE_BODY // 16_384 + 1)
+
+    with pytest.raises(H2ProtocolError) as info:
+        pair.client.receive_data(head + body)
+
+    assert (f.PROTOCOL_ERROR, True) == (info.value.error_code, "response body" in str(info.value))
 
 
 def test_protocol_error_keeps_answers_read_before_it() -> None:
