@@ -42,6 +42,9 @@ BINARY_STATUS_REASONS = {
     255: "Unknown",
 }
 _BINARY_RETRY = frozenset({1, 255})
+# Error responses whose identifier names the last notification the gateway processed, not a rejected one:
+# 0 (No errors encountered: clients treat the id as accepted) and 10 (Shutdown).
+BINARY_PROCESSED = frozenset({0, 10})
 
 
 def binary_outcome(status: int) -> Outcome:

@@ -129,3 +129,14 @@ def test_an_answer_that_is_not_an_error_response_loses_the_connection_and_sends_
 
     assert ([], None, True) == (out, s.transport, t.closed)
     assert ([n.token for n in sent], [1, 1, 1]) == ([n.token for n in s.pending], [n.losses for n in s.pending])
+
+
+def test_status_0_no_errors_names_a_delivered_notification_and_the_rest_is_sent_again():
+    """Status 0 (No errors encountered) names a notification the gateway accepted, as status 10 (Shutdown) does:
+    it and those before it are delivered, nothing is dead-lettered, and only those after it are sent again."""
+    s, sent = session_with(10, written_frames=10)
+
+    out = s.on_bytes(binary.encode_error_response(0, 6), 1.0)
+
+    assert [(n.token, Kind.DELIVERED) for n in sent[:6]] == [(n.token, o.kind) for n, o in out]
+    assert [n.token for n in sent[6:]] == [n.token for n in s.take_unanswered()]
