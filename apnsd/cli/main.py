@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+LAST_SEND_AT = 253_402_300_800.0  # 10000-01-01T00:00:00Z; time.localtime() overflows not far beyond
+
+
 def _send_at(text: str) -> float:
     """--at as an absolute unix time: unix seconds, or +SECONDS from now."""
     try:
@@ -165,9 +168,6 @@ def _send_at(text: str) -> float:
     if not at < LAST_SEND_AT:  # checked before anything is pushed: the confirmation prints the date
         raise argparse.ArgumentTypeError(f"{text!r} is after the year 9999")
     return at
-
-
-LAST_SEND_AT = 253_402_300_800.0  # 10000-01-01T00:00:00Z; time.localtime() overflows not far beyond
 
 
 def _load(args: argparse.Namespace) -> Any:
