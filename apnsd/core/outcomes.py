@@ -65,6 +65,8 @@ BAD_DEVICE_TOKEN = "BadDeviceToken"
 # A broadcast to a channel that was deleted (or never existed in this environment): like a gone token, the
 # application must stop using it. Recorded in the channels-gone store, not with the tokens.
 CHANNEL_NOT_REGISTERED = "ChannelNotRegistered"
+# A job naming a configured app, pushed onto a queue that app does not read: requeued to the app's own queue.
+WRONG_QUEUE = "wrong_queue"
 RETRY_REASONS = frozenset(
     {
         "ExpiredProviderToken",

@@ -24,6 +24,7 @@ import redis.sentinel
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, tagged_prefix
+from apnsd.core.outcomes import WRONG_QUEUE
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.layout import (
     CLAIM_SCRIPT,
@@ -494,7 +495,8 @@ class JobQueue:
         """Move one dead entry's job onto its lane or app's queue; False when another requeuer took it first."""
         app = entry.get("app")
         queue, job = queue_for.get(app if isinstance(app, str) else "", default_queue), entry["job"].encode()
-        if isinstance(entry.get("queue"), str) and entry["queue"] in lanes:
+        wrong = str(entry.get("reason", "")).startswith(WRONG_QUEUE)  # its lane is another app's: the app's queue
+        if isinstance(entry.get("queue"), str) and entry["queue"] in lanes and not wrong:
             queue = entry["queue"]  # only a configured lane: a dead entry never names a key to write to
         if self._other_slot(queue):
             # No transaction across slots: push first, so a crash can only requeue twice;
