@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -591,6 +592,10 @@ def _validate_redis(config: Config) -> None:
     scheme, _, rest = r.url.partition("://")
     _require(bool(r.prefix), "redis.prefix", "must not be empty")
     _require(scheme in ("redis", "rediss", "unix"), "redis.url", "must start with redis://, rediss:// or unix://")
+    try:
+        _ = urlsplit(r.url).port  # parsing it is the check: a port out of range or not a number, a bad IPv6 address
+    except ValueError as exc:
+        raise ConfigError("redis.url", f"is not a valid URL: {exc}") from None
     for key in _REDIS_PATH_KEYS:
         _require(not getattr(r, key) or scheme == "rediss", f"redis.{key}", "is used only with a rediss:// url")
     _require(not (r.cluster and r.sentinels), "redis.cluster", "choose Sentinel (redis.sentinels) or Cluster, not both")

@@ -25,7 +25,7 @@ from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, tagged_prefix
 from apnsd.core.outcomes import WRONG_QUEUE
-from apnsd.errors import KeyTypeError, QueueError
+from apnsd.errors import ConfigError, KeyTypeError, QueueError
 from apnsd.store.layout import (
     CLAIM_SCRIPT,
     COMMIT_OUTCOMES_SCRIPT,
@@ -102,6 +102,13 @@ def client_for(rc: RedisConfig) -> Client:
         )
         if v
     }
+    try:
+        return _client(rc, timeouts, tls)
+    except ValueError as exc:  # redis-py's URL parsing: a port out of range or not a number, a bad query value
+        raise ConfigError("redis.url", f"is not a valid Redis URL: {exc}") from None
+
+
+def _client(rc: RedisConfig, timeouts: dict[str, Any], tls: dict[str, Any]) -> Client:
     with redis_errors("connecting"):
         if rc.cluster:
             return redis.cluster.RedisCluster.from_url(rc.url, **timeouts, **tls)

@@ -365,6 +365,9 @@ def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, caps
         ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "5"}, "apps.default.reconnect_interval"),
         ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
         ({"APNSD_WORKER_BATCHSIZE": "5"}, "worker.batchsize"),
+        ({"APNSD_REDIS_URL": "redis://127.0.0.1:99999/0"}, "redis.url"),
+        ({"APNSD_REDIS_URL": "redis://127.0.0.1:six/0"}, "redis.url"),
+        ({"APNSD_REDIS_URL": "redis://[::1/0"}, "redis.url"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key_without_a_traceback(cli_env, monkeypatch, capsys, env, key):
@@ -377,6 +380,15 @@ def test_bad_config_exits_2_naming_the_key_without_a_traceback(cli_env, monkeypa
         assert (2, "") == (code, out)
         assert f"config key {key!r}" in err
         assert "Traceback" not in err
+
+
+def test_a_redis_url_query_value_redis_cannot_read_exits_2_naming_the_key(cli_env, monkeypatch, capsys):
+    """A URL option redis-py cannot read (socket_timeout=soon) is a config error naming redis.url, not a ValueError."""
+    monkeypatch.setenv("APNSD_REDIS_URL", "redis://127.0.0.1/0?socket_timeout=soon")
+
+    for argv in (["stats"], ["push", "--token", TOKEN, "--alert", "x"]):
+        code, out, err = run(capsys, *argv)
+        assert (2, "", True) == (code, out, "config key 'redis.url': is not a valid Redis URL" in err)
 
 
 def test_missing_config_file_exits_2(cli_env, capsys, tmp_path):
