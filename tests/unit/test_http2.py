@@ -521,6 +521,23 @@ def test_an_error_body_beyond_its_cap_fails_the_connection() -> None:
     assert (f.PROTOCOL_ERROR, True) == (info.value.error_code, "response body" in str(info.value))
 
 
+def test_a_kept_response_body_may_be_larger_than_an_error_body() -> None:
+    """With keep_responses (the channel management API, whose channel list can run to ~300 KB), a body over the
+    error-body cap is read whole."""
+    pair = client_pair()
+    pair.client.keep_responses = True
+    sid = send(pair.client)
+    pair.to_server()
+    body = b'{"channels":["' + b"x" * (4 * MAX_RESPONSE_BODY) + b'"]}'
+    chunks = [body[i : i + 16_384] for i in range(0, len(body), 16_384)]
+    answer = raw_frame(f.HEADERS, 4, sid, b"\x88")  # END_HEADERS, :status 200
+    answer += b"".join(raw_frame(f.DATA, 0, sid, c) for c in chunks[:-1]) + raw_frame(f.DATA, 1, sid, chunks[-1])
+
+    read = pair.client.receive_data(answer)
+
+    assert ([(sid, 200)], body) == ([(e.stream_id, e.status) for e in read], pair.client.full_responses[sid][1])
+
+
 def test_protocol_error_keeps_answers_read_before_it() -> None:
     """Answers that arrived before a fatal frame travel with the exception, so they are not resent."""
     pair = client_pair()

@@ -67,6 +67,8 @@ MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
 # continued without end, a body streamed without end) is not APNs, and would otherwise grow memory without bound.
 MAX_HEADER_BLOCK = 64 * 1024
 MAX_RESPONSE_BODY = 64 * 1024
+# With keep_responses (the channel management API), a body is a result: listing 10,000 channels is ~300 KB.
+MAX_KEPT_RESPONSE_BODY = 4 * 1024 * 1024
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 _END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
 _HEAD = f.FRAME_HEAD.pack
@@ -431,8 +433,9 @@ class H2ClientConnection:
             s.data = bytearray(payload)
         else:
             s.data += payload
-            if len(s.data) > MAX_RESPONSE_BODY:
-                self._fail(f.PROTOCOL_ERROR, f"response body on stream {sid} beyond {MAX_RESPONSE_BODY} bytes")
+            cap = MAX_KEPT_RESPONSE_BODY if self.keep_responses else MAX_RESPONSE_BODY
+            if len(s.data) > cap:
+                self._fail(f.PROTOCOL_ERROR, f"response body on stream {sid} beyond {cap} bytes")
         if flags & f.FLAG_END_STREAM:
             self._finish(s)
             return
