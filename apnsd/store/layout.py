@@ -127,7 +127,9 @@ return #due
 # A batch's commit is a script, not a MULTI/EXEC: Redis does not roll a transaction back when one of its
 # commands fails (a shared key holding the wrong type), so the in-flight HDEL would succeed while the
 # outcome writes it stands for failed, and the outcomes would vanish. The script checks every key it is
-# about to write first and raises WRONGTYPE naming the key before it writes anything; the batch then stays
+# about to write first (and that the counts it will HINCRBY are integers: a script is not rolled back either,
+# so a failed HINCRBY after the writes would have them repeated by the retry) and raises WRONGTYPE naming the
+# key before it writes anything; the batch then stays
 # in flight and is committed, once, after the key is fixed. Arguments come as counted runs (see
 # commit_args); the outcome half (shared keys) and the queue half (queue slot) are separate pieces so that
 # cluster mode can run them as two scripts, one per slot.
@@ -158,7 +160,16 @@ if #dead > 0 then check(KEYS[1], 'list') end
 if #unreg > 0 then check(KEYS[2], 'hash') end
 if #gone > 0 then check(KEYS[5], 'hash') end
 if nres > 0 then check(KEYS[3], 'stream') end
-if #counts > 0 then check(KEYS[4], 'hash') end
+if #counts > 0 then
+  check(KEYS[4], 'hash')
+  local fields = {}
+  for j = 1, #counts, 2 do fields[#fields + 1] = counts[j] end
+  for _, v in ipairs(redis.call('HMGET', KEYS[4], unpack(fields))) do
+    if v and not string.match(v, '^%-?%d+$') then  -- HINCRBY would fail after the writes above it
+      error({err = 'WRONGTYPE ' .. KEYS[4] .. ' holds a count that is not an integer, expected a hash of integers'})
+    end
+  end
+end
 """
 _OUTCOMES_WRITE = """
 chunked('LPUSH', KEYS[1], dead)

@@ -435,7 +435,8 @@ class JobQueue:
             p.hgetall(self.keys.stats)
             dead, unreg, totals = p.execute()
         out = {"dead": int(dead), "unregistered": int(unreg)}
-        out.update({f"total_{k.decode()}": int(v) for k, v in totals.items()})
+        # a count another program set to something else is left out rather than failing every reader
+        out.update({f"total_{_text(k)}": int(v) for k, v in totals.items() if _raw(v).isdigit()})
         return out
 
     def dead_entries(self, count: int) -> list[dict[str, Any]]:

@@ -197,6 +197,16 @@ def test_stats_counts_a_worker_whose_heartbeat_it_cannot_read_as_alive(cli_env, 
     assert (0, "", expected) == (code, err, json.loads(out)["workers"])
 
 
+def test_stats_leaves_out_a_lifetime_count_another_program_set_to_text(cli_env, rdb, capsys):
+    """A field of apnsd:stats that is not a number is left out of the totals: stats still answers (exit 0)."""
+    rdb.hset("apnsd:stats", mapping={"delivered": "many", "dead": "3"})
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    data = json.loads(out)
+    assert (0, "", 3, False) == (code, err, data["total_dead"], "total_delivered" in data)
+
+
 def test_dead_list_shows_newest_entries(cli_env, rdb, capsys):
     """`apnsd dead list --json` prints one JSON entry per dead letter, newest first, filtered by reason."""
     add_dead(rdb, TOKEN, "bad_payload")
