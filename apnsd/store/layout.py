@@ -84,16 +84,27 @@ return {0, {}, 0}
 # given batch ids (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
 # move each job exactly once. (In cluster mode the heartbeat lives in another slot; see requeue_from_dead_workers.)
+# A field another program wrote there (not a msgpack list of jobs) is returned as one queue element, which the
+# parser then dead-letters: it neither vanishes nor stops the recovery of the batches around it.
 RECOVER_SCRIPT = """
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local batch_ids = ARGV
 if #batch_ids == 0 then batch_ids = redis.call('HKEYS', KEYS[1]) end
-table.sort(batch_ids, function(a, b) return tonumber(a) < tonumber(b) end)
+local function order(id) return tonumber(id) or math.huge end  -- a field apnsd did not write sorts last
+table.sort(batch_ids, function(a, b) return order(a) < order(b) end)
+local function batch(blob)  -- the jobs of a batch apnsd wrote; anything else comes back as it is
+  local ok, jobs = pcall(cmsgpack.unpack, blob)
+  if not ok or type(jobs) ~= 'table' then return {blob} end
+  for _, job in ipairs(jobs) do
+    if type(job) ~= 'string' then return {blob} end
+  end
+  return jobs
+end
 local n = 0
 for i = #batch_ids, 1, -1 do
   local blob = redis.call('HGET', KEYS[1], batch_ids[i])
   if blob then
-    local jobs = cmsgpack.unpack(blob)
+    local jobs = batch(blob)
     for j = #jobs, 1, -1 do
       redis.call('RPUSH', KEYS[2], jobs[j])
       n = n + 1
