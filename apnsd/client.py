@@ -8,6 +8,7 @@ would have dead-lettered it with. Redis access goes through ``apnsd.store.queue`
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -111,6 +112,8 @@ class Client:
         by_queue: dict[str, list[bytes]] = {}
         scheduled: list[tuple[str, bytes, float]] = []
         for i, spec in enumerate(jobs):
+            if not isinstance(spec, Mapping):
+                raise JobError("bad_field", f"job {i}: a job is a mapping of fields, got {type(spec).__name__}")
             job = dict(spec)
             lane = job.pop("lane", None)
             job.setdefault("enqueued_at", now)
@@ -207,6 +210,8 @@ class Client:
             raise JobError(
                 "bad_field", f"unknown job field(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})"
             )
+        if not isinstance(token, (str, list, tuple)):
+            raise JobError("bad_field", f"token must be a string or a list of strings, got {type(token).__name__}")
         job: dict[str, Any] = {"token": token} if isinstance(token, str) else {"tokens": list(token)}
         job.update(payload=payload, app=app)
         job.update({k: v for k, v in fields.items() if v is not None})
@@ -215,9 +220,12 @@ class Client:
 
     def _validate(self, job: dict[str, Any]) -> bytes:
         """The job as the bytes to push, or JobError with the daemon's reason for refusing it."""
+        at = job.get("send_at")
+        if isinstance(at, float) and not math.isfinite(at):  # JSON has none: it would be encoded as null
+            raise JobError("bad_field", f"send_at must be a finite unix time, got {at}")
         try:
             raw = _encode(job)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # Unicode: a lone surrogate
             raise JobError("bad_field", f"job cannot be encoded as JSON: {exc}") from None
         good, bad = self._parser(job.get("app", "default")).parse(raw)
         if bad:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -324,6 +325,8 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{path} is not UTF-8 text") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
     _read_secret_files(raw, base)
@@ -408,10 +411,12 @@ def _read_secret_files(raw: dict[str, Any], base: Path) -> None:
             file = base / path
             try:
                 value = file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
             except UnicodeDecodeError:
                 raise ConfigError(name, f"{file} is not UTF-8 text") from None
+            except OSError as exc:
+                raise ConfigError(name, f"cannot read {file}: {exc.strerror or exc}") from None
+            except ValueError:  # the OS takes no NUL byte in a path
+                raise ConfigError(name, "must be the path of a file (it holds a NUL character)") from None
             _require(bool(value), name, f"{file} is empty")
             table[key] = value
 
@@ -517,6 +522,7 @@ def _require(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
+REDIS_INT_MAX = 2**63 - 1  # Redis refuses larger integer arguments (XTRIM MAXLEN): every commit would fail
 MAX_SECONDS = 1_000_000.0  # every duration setting; larger ones overflow timers (and mean a typo)
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
 
@@ -558,6 +564,10 @@ def validate(config: Config) -> None:
     _require(w.max_in_flight <= 10_000_000, "worker.max_in_flight", "must be at most 10000000")
     _require(_printable(w.id), "worker.id", "must be printable text without spaces")
     _validate_redis(config)
+    _validate_paths(config.redis, "redis", _REDIS_PATH_KEYS)
+    _validate_paths(w, "worker", ("state_dir",))
+    for name, app in config.apps.items():
+        _validate_paths(app, f"apps.{name}", _PATH_KEYS)
     if config.metrics.listen:
         _host, sep, port = config.metrics.listen.rpartition(":")
         _require(
@@ -571,11 +581,21 @@ def validate(config: Config) -> None:
         _validate_lanes(config, name, app)
 
 
+def _validate_paths(section: _Section, base: str, keys: tuple[str, ...]) -> None:
+    """File paths the OS can take: no NUL character (open() would raise instead of saying which key)."""
+    for key in keys:
+        _require("\x00" not in getattr(section, key), f"{base}.{key}", "must be a file path without a NUL character")
+
+
 def _validate_redis(config: Config) -> None:
     r = config.redis
     scheme, _, rest = r.url.partition("://")
     _require(bool(r.prefix), "redis.prefix", "must not be empty")
     _require(scheme in ("redis", "rediss", "unix"), "redis.url", "must start with redis://, rediss:// or unix://")
+    try:
+        _ = urlsplit(r.url).port  # parsing it is the check: a port out of range or not a number, a bad IPv6 address
+    except ValueError as exc:
+        raise ConfigError("redis.url", f"is not a valid URL: {exc}") from None
     for key in _REDIS_PATH_KEYS:
         _require(not getattr(r, key) or scheme == "rediss", f"redis.{key}", "is used only with a rediss:// url")
     _require(not (r.cluster and r.sentinels), "redis.cluster", "choose Sentinel (redis.sentinels) or Cluster, not both")
@@ -609,7 +629,11 @@ def _validate_redis(config: Config) -> None:
             )
     _require(0 <= r.shards <= 1024, "redis.shards", "must be between 0 (one queue) and 1024")
     _require(r.socket_timeout > 0, "redis.socket_timeout", "must be positive")
-    _require(r.results_maxlen >= 0, "redis.results_maxlen", "must be 0 (no cap) or more")
+    _require(
+        0 <= r.results_maxlen <= REDIS_INT_MAX,
+        "redis.results_maxlen",
+        f"must be 0 (no cap) or more, at most {REDIS_INT_MAX} (what Redis takes)",
+    )
     _require(_printable(r.prefix), "redis.prefix", "must be printable text without spaces")
 
 

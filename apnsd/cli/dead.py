@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 from collections import Counter
+from typing import Any
 
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
@@ -64,14 +65,26 @@ def dead_list(q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int
         if as_json:
             print(json.dumps(e))
         else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time") or 0))
-            token = (e.get("token") or "")[:8]
-            print(
-                f"{when}  {e.get('app') or '-':<10} {e.get('reason')}"
-                + (f" (status {e['status']})" if e.get("status") else "")
-                + (f" token {token}…" if token else "")
-                + (f": {e['detail']}" if e.get("detail") else "")
-            )
+            print(_line(e))
     if not as_json:
         print(f"({len(entries)} shown, {q.counts()['dead']} in {q.keys.dead})")
     return 0
+
+
+def _line(e: dict[str, Any]) -> str:
+    """One dead letter as a line; fields of the wrong type (another program's entries) are shown, never fatal."""
+    stamp = e.get("time")
+    when = "????-??-?? ??:??:??"
+    if type(stamp) in (int, float):
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+        except (ValueError, OverflowError, OSError):  # NaN, or beyond what a date holds
+            pass
+    token = e.get("token")
+    token = token[:8] if isinstance(token, str) else ""
+    return (
+        f"{when}  {e.get('app') or '-'!s:<10} {e.get('reason')}"
+        + (f" (status {e['status']})" if e.get("status") else "")
+        + (f" token {token}…" if token else "")
+        + (f": {e['detail']}" if e.get("detail") else "")
+    )

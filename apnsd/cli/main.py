@@ -24,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    garbled = _not_utf8(args)
+    if garbled:
+        print(f"apnsd {args.command}: --{garbled.replace('_', '-')} is not UTF-8 text", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except ApnsdError as exc:
@@ -31,6 +35,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# Options naming files: the OS takes any bytes there (Python keeps them as surrogate escapes, and hands them back).
+PATH_OPTIONS = frozenset({"config", "pki_dir", "cert", "key", "client_ca", "jwt_key", "feedback", "record"})
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first text option holding bytes that are not UTF-8 (a Latin-1 terminal): no job or request carries them."""
+    for name, value in vars(args).items():
+        if name in PATH_OPTIONS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return name
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+LAST_SEND_AT = 253_402_300_800.0  # 10000-01-01T00:00:00Z; time.localtime() overflows not far beyond
+
+
 def _send_at(text: str) -> float:
     """--at as an absolute unix time: unix seconds, or +SECONDS from now."""
     try:
@@ -140,6 +165,8 @@ def _send_at(text: str) -> float:
         at = math.nan
     if not math.isfinite(at):
         raise argparse.ArgumentTypeError(f"{text!r} is neither unix seconds nor +SECONDS")
+    if not at < LAST_SEND_AT:  # checked before anything is pushed: the confirmation prints the date
+        raise argparse.ArgumentTypeError(f"{text!r} is after the year 9999")
     return at
 
 
@@ -199,7 +226,7 @@ def _push(args: argparse.Namespace) -> int:
     if args.payload:
         try:
             payload = msgspec.json.decode(args.payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder goes
             print(f"apnsd push: --payload is not valid JSON: {exc}", file=sys.stderr)
             return 2
     else:

@@ -11,15 +11,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from apnsd.errors import ApnsdError
+
 
 def add_mock_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `apnsd mock`."""
     p.set_defaults(func=run_mock)
     p.add_argument("--protocol", choices=["http2", "binary"], default="http2")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+    p.add_argument("--port", type=_port, default=0, help="0 picks a free port (printed at start)")
     p.add_argument(
-        "--channels-port", type=int, default=0, help="http2: the channel management API's port (0 = a free one)"
+        "--channels-port", type=_port, default=0, help="http2: the channel management API's port (0 = a free one)"
     )
     p.add_argument(
         "--pki-dir",
@@ -99,6 +101,13 @@ def add_mock_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", metavar="FILE", help="on exit, write what was received as JSON lines")
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 0 for a free one."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
+
+
 def _reason(text: str) -> str:
     """One of Apple's HTTP/2 reasons, by name."""
     from apnsd.testing.http2_mock import APPLE_REASONS
@@ -142,7 +151,10 @@ def build_mock(args: argparse.Namespace) -> Any:
     from apnsd.testing.devpki import make_dev_pki
     from apnsd.testing.mock import BinaryFaults, MockGateway
 
-    pki = make_dev_pki(args.pki_dir)
+    try:
+        pki = make_dev_pki(args.pki_dir)
+    except OSError as exc:
+        raise ApnsdError(f"--pki-dir {args.pki_dir}: {exc.strerror or exc}") from None
     client_ca = None if args.no_client_cert or args.jwt_key else (args.client_ca or pki.ca_cert)
     prefixes = args.fail_prefix
     kwargs: dict[str, Any] = {}
@@ -173,11 +185,16 @@ def build_mock(args: argparse.Namespace) -> Any:
     if args.feedback:
         import time
 
-        feedback = [
-            (int(time.time()), bytes.fromhex(line.strip()))
-            for line in Path(args.feedback).read_text().split()
-            if line.strip()
-        ]
+        try:
+            feedback = [
+                (int(time.time()), bytes.fromhex(line.strip()))
+                for line in Path(args.feedback).read_text().split()
+                if line.strip()
+            ]
+        except OSError as exc:
+            raise ApnsdError(f"--feedback {args.feedback}: {exc.strerror or exc}") from None
+        except ValueError:  # not hex (or not UTF-8 text)
+            raise ApnsdError(f"--feedback {args.feedback}: expected one hex device token per line") from None
     return MockGateway(
         args.protocol,
         args.cert or pki.server_cert,
@@ -209,8 +226,15 @@ def run_mock(args: argparse.Namespace) -> int:
     from apnsd import logs
 
     logs.configure("auto", "info", sys.stderr)  # stdout carries the addresses and the summary
-    mock, pki = build_mock(args)
-    mock.start(with_feedback=args.protocol == "binary", channels_port=args.channels_port)
+    try:
+        mock, pki = build_mock(args)  # binds its port
+    except OSError as exc:
+        raise ApnsdError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    try:
+        mock.start(with_feedback=args.protocol == "binary", channels_port=args.channels_port)
+    except OSError as exc:  # the feedback or channel management port
+        mock.stop()
+        raise ApnsdError(f"cannot start the mock on {args.host}: {exc.strerror or exc}") from None
     print(
         f"apnsd mock ({args.protocol}) listening on {mock.host}:{mock.port}"
         + (f", feedback on {mock.feedback_port}" if mock.feedback_port else "")

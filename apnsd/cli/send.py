@@ -91,7 +91,7 @@ def build_payload(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         try:
             data = msgspec.json.decode(args.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than the decoder goes
             raise ValueError(f"--data is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError("--data must be a JSON object")

@@ -288,6 +288,11 @@ class JobParser:
             except msgspec.DecodeError as exc:
                 bad.append(Rejected(raw, "not_json", f"job is not valid JSON: {exc}", None))
                 return
+            # msgspec checks the UTF-8 of the strings it decodes, not of the payload it keeps as pushed (Raw)
+            # nor of keys it skips: a non-ASCII job is checked whole (an ASCII one, the common case, is valid)
+            if not raw.isascii() and not _is_utf8(raw):
+                bad.append(Rejected(raw, "not_json", "job is not valid JSON: invalid UTF-8", spec.app))
+                return
             if (  # the common shape (one token, no delivery options) has a fast path; it declines anything else
                 spec.token is not None
                 and spec.tokens is None
@@ -545,6 +550,15 @@ class JobParser:
             check_collapse_id(spec.collapse_id)
         if spec.topic is not None and not is_known_topic(spec.topic):
             check_topic(spec.topic)
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8 (no lone surrogates, as Python's codec and RFC 3629 say)."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _failed_tokens(raw: bytes, app: str, bad: dict[str, str], first: JobError) -> Rejected:

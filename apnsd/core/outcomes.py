@@ -42,6 +42,9 @@ BINARY_STATUS_REASONS = {
     255: "Unknown",
 }
 _BINARY_RETRY = frozenset({1, 255})
+# Error responses whose identifier names the last notification the gateway processed, not a rejected one:
+# 0 (No errors encountered: clients treat the id as accepted) and 10 (Shutdown).
+BINARY_PROCESSED = frozenset({0, 10})
 
 
 def binary_outcome(status: int) -> Outcome:
@@ -62,6 +65,8 @@ BAD_DEVICE_TOKEN = "BadDeviceToken"
 # A broadcast to a channel that was deleted (or never existed in this environment): like a gone token, the
 # application must stop using it. Recorded in the channels-gone store, not with the tokens.
 CHANNEL_NOT_REGISTERED = "ChannelNotRegistered"
+# A job naming a configured app, pushed onto a queue that app does not read: requeued to the app's own queue.
+WRONG_QUEUE = "wrong_queue"
 RETRY_REASONS = frozenset(
     {
         "ExpiredProviderToken",

@@ -8,7 +8,8 @@ from collections import deque
 import msgspec
 
 from apnsd.core.jobs import Notification
-from apnsd.core.outcomes import DELIVERED, binary_outcome
+from apnsd.core.outcomes import BINARY_PROCESSED, DELIVERED, binary_outcome
+from apnsd.errors import ProtocolError
 from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire import binary
 
@@ -249,7 +250,11 @@ class BinarySession(Session):
         self._rx += data
         out: Resolved = []
         while len(self._rx) >= binary.ERROR_RESPONSE_SIZE:
-            err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
+            try:
+                err = binary.parse_error_response(bytes(self._rx[: binary.ERROR_RESPONSE_SIZE]))
+            except ProtocolError as exc:  # not the binary protocol: nothing it names can be trusted
+                self._rx.clear()
+                return out + self._lost(f"unreadable answer from the gateway: {exc}", now, Loss.ABRUPT)
             del self._rx[: binary.ERROR_RESPONSE_SIZE]
             out += self._on_error(err, now)
         return out
@@ -282,14 +287,14 @@ class BinarySession(Session):
             )
             self.explanation = f"error response {err.status}"
             return out
-        if idx == 0 and err.status != 10 and not self._productive:
+        if idx == 0 and err.status not in BINARY_PROCESSED and not self._productive:
             self.pacer.answered(now, ANSWERED_DELAY)  # nothing delivered, but the gateway did answer
         for _ in range(idx):
             out.append((self._pop(), DELIVERED))
         outcome = binary_outcome(err.status)
         self._run += idx
-        if err.status == 10:
-            # Shutdown names the last notification processed, which therefore succeeded.
+        if err.status in BINARY_PROCESSED:
+            # No errors (0) and Shutdown (10) name the last notification processed, which therefore succeeded.
             out.append((self._pop(), DELIVERED))
             self._run += 1
         else:

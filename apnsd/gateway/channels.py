@@ -90,7 +90,7 @@ class ChannelSession(Http2Session):
             headers = {}
         try:
             data = _json.decode(body) if body else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than the decoder goes
             data = None
         self.answer = ChannelAnswer(ev.status, ev.reason, headers.get("apns-request-id", ""), headers, data)
         return http2_outcome(200 if ev.status in (200, 201, 204) else ev.status, ev.reason)

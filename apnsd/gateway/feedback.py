@@ -8,14 +8,20 @@ import time
 import msgspec
 
 from apnsd.config import AppConfig
+from apnsd.core.jobs import MAX_TOKEN_BYTES, MIN_TOKEN_BYTES
 from apnsd.errors import GatewayError
 from apnsd.gateway.credentials import AppCredentials, client_context, verify_hostname
 from apnsd.gateway.transport import TlsTransport
 from apnsd.wire import binary
 
+# A tuple is 38 bytes: this is ~1.7 million tokens in one poll. A service sending more (one streaming without end)
+# is read no further, so that it cannot grow the daemon's memory without bound.
+MAX_FEEDBACK_BYTES = 64 * 1024 * 1024
+
 
 def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]]:
-    """Connect once, read every (timestamp, token) tuple until the service closes, and return them."""
+    """Connect once, read every (timestamp, token) tuple until the service closes (or the cap), and return those
+    whose token has a device token's length."""
     host, port = app.feedback_gateway()
     t = TlsTransport(
         host,
@@ -29,7 +35,7 @@ def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]
     buf = bytearray()
     deadline = time.monotonic() + app.connect_timeout
     try:
-        while not t.closed and time.monotonic() < deadline:
+        while not t.closed and time.monotonic() < deadline and len(buf) < MAX_FEEDBACK_BYTES:
             select.select([t.fileno()], [], [], max(0.0, deadline - time.monotonic()))
             try:
                 buf += t.read()
@@ -37,8 +43,8 @@ def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]
                 break
     finally:
         t.close()
-    tuples, _ = binary.parse_feedback(buf)
-    return [(ts, token.hex()) for ts, token in tuples]
+    tuples, _ = binary.parse_feedback(buf[:MAX_FEEDBACK_BYTES])
+    return [(ts, token.hex()) for ts, token in tuples if MIN_TOKEN_BYTES <= len(token) <= MAX_TOKEN_BYTES]
 
 
 def unregistered_entries(app_name: str, tuples: list[tuple[int, str]], now: float) -> dict[str, bytes]:

@@ -84,16 +84,27 @@ return {0, {}, 0}
 # given batch ids (ARGV), or all of them. With a heartbeat key (KEYS[3]) nothing moves while it exists:
 # the check and the move are one atomic step, so two workers racing to recover the same dead worker
 # move each job exactly once. (In cluster mode the heartbeat lives in another slot; see requeue_from_dead_workers.)
+# A field another program wrote there (not a msgpack list of jobs) is returned as one queue element, which the
+# parser then dead-letters: it neither vanishes nor stops the recovery of the batches around it.
 RECOVER_SCRIPT = """
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local batch_ids = ARGV
 if #batch_ids == 0 then batch_ids = redis.call('HKEYS', KEYS[1]) end
-table.sort(batch_ids, function(a, b) return tonumber(a) < tonumber(b) end)
+local function order(id) return tonumber(id) or math.huge end  -- a field apnsd did not write sorts last
+table.sort(batch_ids, function(a, b) return order(a) < order(b) end)
+local function batch(blob)  -- the jobs of a batch apnsd wrote; anything else comes back as it is
+  local ok, jobs = pcall(cmsgpack.unpack, blob)
+  if not ok or type(jobs) ~= 'table' then return {blob} end
+  for _, job in ipairs(jobs) do
+    if type(job) ~= 'string' then return {blob} end
+  end
+  return jobs
+end
 local n = 0
 for i = #batch_ids, 1, -1 do
   local blob = redis.call('HGET', KEYS[1], batch_ids[i])
   if blob then
-    local jobs = cmsgpack.unpack(blob)
+    local jobs = batch(blob)
     for j = #jobs, 1, -1 do
       redis.call('RPUSH', KEYS[2], jobs[j])
       n = n + 1
@@ -127,7 +138,9 @@ return #due
 # A batch's commit is a script, not a MULTI/EXEC: Redis does not roll a transaction back when one of its
 # commands fails (a shared key holding the wrong type), so the in-flight HDEL would succeed while the
 # outcome writes it stands for failed, and the outcomes would vanish. The script checks every key it is
-# about to write first and raises WRONGTYPE naming the key before it writes anything; the batch then stays
+# about to write first (and that the counts it will HINCRBY are integers: a script is not rolled back either,
+# so a failed HINCRBY after the writes would have them repeated by the retry) and raises WRONGTYPE naming the
+# key before it writes anything; the batch then stays
 # in flight and is committed, once, after the key is fixed. Arguments come as counted runs (see
 # commit_args); the outcome half (shared keys) and the queue half (queue slot) are separate pieces so that
 # cluster mode can run them as two scripts, one per slot.
@@ -158,7 +171,16 @@ if #dead > 0 then check(KEYS[1], 'list') end
 if #unreg > 0 then check(KEYS[2], 'hash') end
 if #gone > 0 then check(KEYS[5], 'hash') end
 if nres > 0 then check(KEYS[3], 'stream') end
-if #counts > 0 then check(KEYS[4], 'hash') end
+if #counts > 0 then
+  check(KEYS[4], 'hash')
+  local fields = {}
+  for j = 1, #counts, 2 do fields[#fields + 1] = counts[j] end
+  for _, v in ipairs(redis.call('HMGET', KEYS[4], unpack(fields))) do
+    if v and not string.match(v, '^%-?%d+$') then  -- HINCRBY would fail after the writes above it
+      error({err = 'WRONGTYPE ' .. KEYS[4] .. ' holds a count that is not an integer, expected a hash of integers'})
+    end
+  end
+end
 """
 _OUTCOMES_WRITE = """
 chunked('LPUSH', KEYS[1], dead)

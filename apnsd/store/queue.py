@@ -24,7 +24,8 @@ import redis.sentinel
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, tagged_prefix
-from apnsd.errors import KeyTypeError, QueueError
+from apnsd.core.outcomes import WRONG_QUEUE
+from apnsd.errors import ConfigError, KeyTypeError, QueueError
 from apnsd.store.layout import (
     CLAIM_SCRIPT,
     COMMIT_OUTCOMES_SCRIPT,
@@ -101,6 +102,13 @@ def client_for(rc: RedisConfig) -> Client:
         )
         if v
     }
+    try:
+        return _client(rc, timeouts, tls)
+    except ValueError as exc:  # redis-py's URL parsing: a port out of range or not a number, a bad query value
+        raise ConfigError("redis.url", f"is not a valid Redis URL: {exc}") from None
+
+
+def _client(rc: RedisConfig, timeouts: dict[str, Any], tls: dict[str, Any]) -> Client:
     with redis_errors("connecting"):
         if rc.cluster:
             return redis.cluster.RedisCluster.from_url(rc.url, **timeouts, **tls)
@@ -274,11 +282,7 @@ class JobQueue:
             if self.client.set(key, json.dumps(status), px=int(ttl * 1000), nx=True):
                 return None
             raw = self.client.get(key)
-        try:
-            held = json.loads(raw) if raw else None
-        except ValueError:
-            return {}
-        return held if isinstance(held, dict) or held is None else {}
+        return read_status(raw) if raw else None
 
     def retire(self) -> None:
         """Remove this worker's heartbeat and registry entry at a clean stop."""
@@ -414,13 +418,13 @@ class JobQueue:
         with redis_errors("listing workers"):
             ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
             beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
-        return [(w, json.loads(b) if b else None) for w, b in zip(ids, beats, strict=False)]
+        return [(w, read_status(b) if b else None) for w, b in zip(ids, beats, strict=False)]
 
     def heartbeat_of(self, worker: str) -> dict[str, Any] | None:
         """One worker's heartbeat status, or None if it lapsed."""
         with redis_errors("reading heartbeat"):
             raw = self.client.get(self.keys.heartbeat(worker))
-        return json.loads(raw) if raw else None
+        return read_status(raw) if raw else None
 
     def counts(self) -> dict[str, int]:
         """Dead letters, unregistered tokens and lifetime outcome totals."""
@@ -431,13 +435,14 @@ class JobQueue:
             p.hgetall(self.keys.stats)
             dead, unreg, totals = p.execute()
         out = {"dead": int(dead), "unregistered": int(unreg)}
-        out.update({f"total_{k.decode()}": int(v) for k, v in totals.items()})
+        # a count another program set to something else is left out rather than failing every reader
+        out.update({f"total_{_text(k)}": int(v) for k, v in totals.items() if _raw(v).isdigit()})
         return out
 
     def dead_entries(self, count: int) -> list[dict[str, Any]]:
         """The newest ``count`` dead-letter entries."""
         with redis_errors("reading dead letters"):
-            return [json.loads(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
+            return [read_dead_entry(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
 
     def _select_dead(self, limit: int | None, reason: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Dead entries, newest first, whose reason starts with ``reason``; at most ``limit`` (None: all)."""
@@ -445,12 +450,7 @@ class JobQueue:
             return
         found = 0
         for raw in self.client.lrange(self.keys.dead, 0, -1):
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                entry = {"reason": "(unreadable dead letter)"}
-            if not isinstance(entry, dict):
-                entry = {"reason": "(unreadable dead letter)"}
+            entry = read_dead_entry(raw)
             if reason and not str(entry.get("reason", "")).startswith(reason):
                 continue
             yield raw, entry
@@ -501,8 +501,10 @@ class JobQueue:
         self, raw: Any, entry: dict[str, Any], queue_for: dict[str, str], default_queue: str, lanes: Collection[str]
     ) -> bool:
         """Move one dead entry's job onto its lane or app's queue; False when another requeuer took it first."""
-        queue, job = queue_for.get(entry.get("app") or "", default_queue), entry["job"].encode()
-        if isinstance(entry.get("queue"), str) and entry["queue"] in lanes:
+        app = entry.get("app")
+        queue, job = queue_for.get(app if isinstance(app, str) else "", default_queue), entry["job"].encode()
+        wrong = str(entry.get("reason", "")).startswith(WRONG_QUEUE)  # its lane is another app's: the app's queue
+        if isinstance(entry.get("queue"), str) and entry["queue"] in lanes and not wrong:
             queue = entry["queue"]  # only a configured lane: a dead entry never names a key to write to
         if self._other_slot(queue):
             # No transaction across slots: push first, so a crash can only requeue twice;
@@ -522,15 +524,15 @@ class JobQueue:
         with redis_errors("reading unregistered tokens"):
             if tokens is None:
                 items = self.client.hgetall(self.keys.unregistered).items()
-                return {_text(k): json.loads(v) for k, v in items}
+                return {_text(k): read_object(v) or {} for k, v in items}
             values = self.client.hmget(self.keys.unregistered, tokens) if tokens else []
-        return {t: json.loads(v) for t, v in zip(tokens, values, strict=False) if v}
+        return {t: read_object(v) or {} for t, v in zip(tokens, values, strict=False) if v}
 
     def channels_gone(self) -> dict[str, dict[str, Any]]:
         """Broadcast channels APNs answered ChannelNotRegistered for: channel id → entry."""
         with redis_errors("reading gone channels"):
             items = self.client.hgetall(self.keys.channels_gone).items()
-        return {_text(k): json.loads(v) for k, v in items}
+        return {_text(k): read_object(v) or {} for k, v in items}
 
     def channels_gone_count(self) -> int:
         """How many channel ids the channels-gone store holds."""
@@ -560,3 +562,27 @@ def _text(value: bytes | str) -> str:
 def _raw(value: bytes | str) -> bytes:
     """A Redis reply as bytes."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+UNREADABLE_DEAD = {"reason": "(unreadable dead letter)"}
+
+
+def read_object(raw: bytes | str) -> dict[str, Any] | None:
+    """A stored JSON object (dead letter, heartbeat, unregistered entry); None when another program wrote
+    something else there."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the decoder goes
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_dead_entry(raw: bytes | str) -> dict[str, Any]:
+    """A dead letter as a dict; one that is not a JSON object reads as unreadable."""
+    entry = read_object(raw)
+    return dict(UNREADABLE_DEAD) if entry is None else entry
+
+
+def read_status(raw: bytes | str) -> dict[str, Any]:
+    """A heartbeat's status; {} when the key holds something else (the worker is alive, its status unreadable)."""
+    return read_object(raw) or {}

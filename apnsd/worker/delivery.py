@@ -19,7 +19,7 @@ from typing import Any
 from apnsd import logs, metrics
 from apnsd.config import WorkerConfig
 from apnsd.core.jobs import JobParser, Notification, Rejected
-from apnsd.core.outcomes import Kind, Outcome
+from apnsd.core.outcomes import WRONG_QUEUE, Kind, Outcome
 from apnsd.core.pacing import outage_delay
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.gateway.session import Session, State
@@ -262,7 +262,7 @@ class DeliveryLoop:
             choices = routes.get(n.app)
             s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
             if s is None or s.disabled:
-                reason = f"app_disabled: {s.disabled}" if s is not None else "unknown_app"
+                reason = f"app_disabled: {s.disabled}" if s is not None else self._no_route(n.app)
                 self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
             elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
                 self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
@@ -410,6 +410,12 @@ class DeliveryLoop:
         for name, s in list(self.sessions.items()):
             if s.wants_replacement:
                 self.replace_session(name, s.clone(), "reconnect_interval")
+
+    def _no_route(self, app: str) -> str:
+        """Why a parsed job's app has no connection in this loop: configured, it reads another queue."""
+        if app in self.recorder.apps:
+            return f"{WRONG_QUEUE}: app {app!r} takes its jobs from its own queue, not {self.queue}"
+        return "unknown_app"
 
     def replace_session(self, name: str, new: Session, why: str = "reload") -> None:
         """Make-before-break: new work goes to ``new``; the old session finishes what it sent, then closes."""

@@ -25,7 +25,7 @@ def enqueued_at(raw: bytes) -> float | None:
     """A job's enqueued_at (unix seconds), or None when it is absent, not a finite number or the job is not JSON."""
     try:
         at = _stamp.decode(raw).enqueued_at
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # RecursionError: nested too deeply
         return None
     return at if at is not None and math.isfinite(at) else None
 

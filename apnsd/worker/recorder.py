@@ -78,7 +78,7 @@ def _job_id(raw: bytes) -> str:
     """The application's id of a job that failed validation, when it has a readable one."""
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a job nested deeper than the decoder goes has no readable id
         return ""
     job_id = obj.get("id") if isinstance(obj, dict) else None
     return job_id if isinstance(job_id, str) else ""

@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from apnsd import logs
 from apnsd.cli.main import main
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
+from tests.support.jobs import LOG
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "c9d4c07cfbbc26d6ef87a44d53e169831096a5d5fd82547556659dddf715defc"
@@ -109,6 +111,7 @@ def test_push_with_several_tokens_fans_out(cli_env, rdb, capsys):
         (["--token", TOKEN, "--alert", "x", "--push-type", "voip", "--topic", "com.example.app"], "bad_topic"),
         (["--token", TOKEN, "--payload", "[1]"], "bad_payload"),
         (["--token", TOKEN, "--payload", "{oops"], "--payload is not valid JSON"),
+        (["--token", TOKEN, "--payload", '{"a":' + "[" * 5000 + "]" * 5000 + "}"], "--payload is not valid JSON"),
         (["--token", TOKEN, "--app", "nosuchapp"], "app 'nosuchapp' is not configured"),
     ],
 )
@@ -142,7 +145,7 @@ def test_push_at_absolute_time_schedules_at_that_time(cli_env, rdb, capsys):
     assert [1_900_000_000.0] == [score for _, score in rdb.zrange("apnsd:scheduled", 0, -1, withscores=True)]
 
 
-@pytest.mark.parametrize("at", ["soon", "+", "+abc", "inf", "nan"])
+@pytest.mark.parametrize("at", ["soon", "+", "+abc", "inf", "nan", "1e300", "+1e300", "253402300800"])
 def test_push_at_with_a_bad_time_exits_2_with_a_message(cli_env, rdb, capsys, at):
     """An --at that is neither unix seconds nor +SECONDS is a usage error, not a traceback."""
     with pytest.raises(SystemExit) as info:
@@ -180,6 +183,28 @@ def test_stats_text_is_readable(cli_env, rdb, capsys):
     assert 0 == code
     assert "queue apnsd:queue: 1 waiting, 0 scheduled (apps: default)" in out.splitlines()
     assert "dead letters: 0    unregistered tokens: 0" in out.splitlines()
+
+
+@pytest.mark.parametrize("beat", [b"garbage", b"[1]", b"\xff", b"[" * 100_000])
+def test_stats_counts_a_worker_whose_heartbeat_it_cannot_read_as_alive(cli_env, rdb, capsys, beat):
+    """A heartbeat key holding something other than apnsd's JSON still means a live worker: stats goes on."""
+    rdb.sadd("apnsd:workers", "other")
+    rdb.set("apnsd:worker:other", beat, ex=60)
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    expected = [{"id": "other", "alive": True, "in_flight": 0, "last_heartbeat": None}]
+    assert (0, "", expected) == (code, err, json.loads(out)["workers"])
+
+
+def test_stats_leaves_out_a_lifetime_count_another_program_set_to_text(cli_env, rdb, capsys):
+    """A field of apnsd:stats that is not a number is left out of the totals: stats still answers (exit 0)."""
+    rdb.hset("apnsd:stats", mapping={"delivered": "many", "dead": "3"})
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    data = json.loads(out)
+    assert (0, "", 3, False) == (code, err, data["total_dead"], "total_delivered" in data)
 
 
 def test_dead_list_shows_newest_entries(cli_env, rdb, capsys):
@@ -265,6 +290,49 @@ def test_dead_purge_deletes_the_selected_entries(cli_env, rdb, capsys):
     assert 0 == rdb.llen("apnsd:queue")
 
 
+# Entries another program (or a hand-edit) may have left in apnsd:dead, oldest first.
+FOREIGN_DEAD = [
+    b"garbage",
+    b"\xff\xfe",
+    b"[1, 2]",
+    b"[" * 100_000,
+    b'{"reason": "odd", "job": "{}", "app": ["x"], "token": 7, "time": "soon", "status": {}}',
+    b'{"reason": "far", "job": "{}", "time": 1e999}',
+    b'{"reason": "old", "job": "{}", "time": -1e300, "detail": 5}',
+]
+
+
+def test_dead_list_shows_entries_it_cannot_read_instead_of_failing(cli_env, rdb, capsys):
+    """Entries that are not apnsd's JSON, or hold fields of the wrong type, are listed as such: exit 0, no error."""
+    rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
+    add_dead(rdb, TOKEN, "bad_payload")
+
+    code, out, err = run(capsys, "dead", "list")
+    as_json = run(capsys, "dead", "list", "--json")
+
+    lines = out.splitlines()
+    assert (0, "", 9) == (code, err, len(lines))
+    assert "bad_payload" in lines[0] and "token c9d4c07c…" in lines[0]
+    assert 4 == sum("(unreadable dead letter)" in line for line in lines)
+    assert "(8 shown, 8 in apnsd:dead)" == lines[-1]
+    assert (0, "") == (as_json[0], as_json[2])
+    assert ["bad_payload", "old", "far", "odd"] + ["(unreadable dead letter)"] * 4 == [
+        json.loads(line)["reason"] for line in as_json[1].splitlines()
+    ]
+
+
+def test_dead_requeue_and_purge_pass_over_entries_they_cannot_read(cli_env, rdb, capsys):
+    """Requeue moves the entries that hold a job (an app of the wrong type means the default queue); purge the rest."""
+    rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
+
+    requeue = run(capsys, "dead", "requeue", "--all")
+    purge = run(capsys, "dead", "purge", "--all")
+
+    assert (0, "requeued 3 job(s), by reason:\n         1  old\n         1  far\n         1  odd\n", "") == requeue
+    assert (0, "deleted 4 job(s), by reason:\n         4  (unreadable dead letter)\n", "") == purge
+    assert (0, [b"{}"] * 3) == (rdb.llen("apnsd:dead"), rdb.lrange("apnsd:queue", 0, -1))
+
+
 # --- health ----------------------------------------------------------------------------------------
 
 
@@ -307,6 +375,9 @@ def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, caps
         ({"APNSD_APP_DEFAULT_RECONNECT_INTERVAL": "5"}, "apps.default.reconnect_interval"),
         ({"APNSD_APP_DEFAULT_PORT": "https"}, "apps.default.port"),
         ({"APNSD_WORKER_BATCHSIZE": "5"}, "worker.batchsize"),
+        ({"APNSD_REDIS_URL": "redis://127.0.0.1:99999/0"}, "redis.url"),
+        ({"APNSD_REDIS_URL": "redis://127.0.0.1:six/0"}, "redis.url"),
+        ({"APNSD_REDIS_URL": "redis://[::1/0"}, "redis.url"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key_without_a_traceback(cli_env, monkeypatch, capsys, env, key):
@@ -319,6 +390,15 @@ def test_bad_config_exits_2_naming_the_key_without_a_traceback(cli_env, monkeypa
         assert (2, "") == (code, out)
         assert f"config key {key!r}" in err
         assert "Traceback" not in err
+
+
+def test_a_redis_url_query_value_redis_cannot_read_exits_2_naming_the_key(cli_env, monkeypatch, capsys):
+    """A URL option redis-py cannot read (socket_timeout=soon) is a config error naming redis.url, not a ValueError."""
+    monkeypatch.setenv("APNSD_REDIS_URL", "redis://127.0.0.1/0?socket_timeout=soon")
+
+    for argv in (["stats"], ["push", "--token", TOKEN, "--alert", "x"]):
+        code, out, err = run(capsys, *argv)
+        assert (2, "", True) == (code, out, "config key 'redis.url': is not a valid Redis URL" in err)
 
 
 def test_missing_config_file_exits_2(cli_env, capsys, tmp_path):
@@ -375,6 +455,57 @@ def test_push_with_a_bad_token_as_a_process_prints_one_line_and_no_traceback(red
     assert 1 == len(proc.stderr.strip().splitlines())
     assert proc.stderr.startswith("apnsd push: bad_token: ")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [b"push", b"--token", TOKEN.encode(), b"--alert", b"caf\xe9"],
+        [b"send", b"--token", TOKEN.encode(), b"--title", b"\xff"],
+        [b"dead", b"list", b"--reason", b"Bad\xff"],
+    ],
+    ids=["push", "send", "dead"],
+)
+def test_an_argument_that_is_not_utf8_as_a_process_is_one_line_not_a_traceback(redis_server, argv):
+    """A Latin-1 shell's bytes in a text option give exit 2 and one line naming the option, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env.update(APNSD_REDIS_URL=redis_server.url, PYTHONPATH=str(REPO))
+    option = next(a for a in reversed(argv) if a.startswith(b"--")).decode()
+
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"apnsd.cli", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+
+    expected = f"apnsd {argv[0].decode()}: {option} is not UTF-8 text\n".encode()
+    assert (2, b"", expected) == (proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--feedback", "/nonexistent/tokens.txt"], "--feedback /nonexistent/tokens.txt: "),
+        (["--protocol", "binary", "--feedback", "{tokens}"], "--feedback {tokens}: "),
+        (["--host", "256.1.1.1"], "cannot listen on 256.1.1.1:0: "),
+    ],
+)
+def test_a_mock_that_cannot_start_says_why_in_one_line(argv, problem, tmp_path, capsys):
+    """A missing or malformed feedback file or an address it cannot bind: exit 2, one line naming it, no traceback."""
+    (tmp_path / "tokens.txt").write_text("not-hex\n")
+    names = {"tokens": str(tmp_path / "tokens.txt")}
+    argv = [a.format(**names) for a in argv]
+
+    try:
+        code = main(["mock", "--port", "0", "--pki-dir", str(tmp_path / "pki"), *argv])
+    finally:
+        logs.configure("json", "info", LOG)  # `apnsd mock` logs to this test's captured stderr: put the buffer back
+
+    err = capsys.readouterr().err
+    assert (2, 1) == (code, len(err.splitlines()))
+    assert err.startswith("apnsd mock: " + problem.format(**names))
 
 
 # --- run and demo ----------------------------------------------------------------------------------

@@ -192,6 +192,30 @@ def test_enqueue_refuses_misspelt_fields_and_bad_tokens(jq, redis_server):
     assert 0 == jq.depth("apnsd:queue")
 
 
+@pytest.mark.parametrize(
+    ("call", "reason"),
+    [
+        (lambda c: c.schedule(T, ALERT, float("inf")), "bad_field"),  # JSON has no infinity: it would go as null
+        (lambda c: c.schedule(T, ALERT, float("nan")), "bad_field"),
+        (lambda c: c.enqueue(T, ALERT, send_at=float("inf")), "bad_field"),
+        (lambda c: c.enqueue_many([{"token": T, "payload": ALERT, "send_at": float("-inf")}]), "bad_field"),
+        (lambda c: c.broadcast("dGVzdA==", ALERT, send_at=float("nan")), "bad_field"),
+        (lambda c: c.enqueue(None, ALERT), "bad_field"),
+        (lambda c: c.enqueue(5, ALERT), "bad_field"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "caf\udce9"}}), "bad_field"),  # a lone surrogate: not UTF-8
+        (lambda c: c.enqueue_many([5]), "bad_field"),
+    ],
+)
+def test_client_refuses_what_json_cannot_carry_with_a_job_error(jq, redis_server, call, reason):
+    """A non-finite send_at, a token that is neither text nor a list, or text that is not Unicode: JobError, no push."""
+    client = Client(redis_server.url)
+
+    with pytest.raises(JobError) as info:
+        call(client)
+
+    assert (reason, 0, 0) == (info.value.reason, jq.depth("apnsd:queue"), jq.scheduled_count("apnsd:queue"))
+
+
 @pytest.mark.timeout(60)
 def test_enqueue_adds_enqueued_at_and_fans_out(rdb, redis_server, http2_mock, make_config, schema):
     """enqueue stamps enqueued_at, keeps the given fields, fans a token list out, and the daemon delivers it all."""
@@ -297,6 +321,18 @@ def test_from_config_uses_each_apps_queue_and_limits(jq, rdb, http2_mock, make_c
         [j["app"] for j in queued(rdb)],
         [j["app"] for j in queued(rdb, "apnsd:legacy")],
     )
+
+
+def test_unregistered_and_gone_channel_entries_another_program_wrote_read_as_empty(rdb, redis_server):
+    """A value in apnsd:unregistered or apnsd:channels:gone that is not apnsd's JSON object reads as {}: the token
+    (or channel) is still listed for pruning, and reading the store never raises."""
+    rdb.hset("apnsd:unregistered", mapping={T: b"garbage", "ab" * 32: b"[" * 5000, "cd" * 32: b'{"reason": "x"}'})
+    rdb.hset("apnsd:channels:gone", mapping={"dGVzdA==": b"\xff"})
+    client = Client(redis_server.url)
+
+    assert {T: {}, "ab" * 32: {}, "cd" * 32: {"reason": "x"}} == client.unregistered()
+    assert {T: {}, "CD" * 32: {"reason": "x"}} == client.unregistered([T, "CD" * 32])
+    assert {"dGVzdA==": {}} == client.channels_gone()
 
 
 @pytest.mark.timeout(60)

@@ -226,3 +226,36 @@ def test_ipv6_loopback_gateway(jq, rdb, pki, make_config):
 
     assert set(tokens) == set(mock.record.accepted_tokens())
     assert {f"[::1]:{mock.port}"} == authorities
+
+
+def test_a_job_pushed_onto_another_apps_queue_is_dead_lettered_as_wrong_queue_and_requeued_to_its_own(
+    jq, rdb, http2_mock, pki, make_config
+):
+    """A job naming a configured app that reads its own queue, LPUSHed onto the shared queue instead, is
+    dead-lettered as wrong_queue (not unknown_app: the app exists), and requeue puts it on the app's queue."""
+    mock = http2_mock()
+    config = make_config(
+        mock,
+        APP_OTHER_QUEUE="apnsd:other",
+        APP_OTHER_CERT=pki.client_pem,
+        APP_OTHER_HOST=mock.host,
+        APP_OTHER_PORT=str(mock.port),
+        APP_OTHER_CA_FILE=pki.ca_cert,
+    )
+    stray = job(good_tokens(1, seed=71)[0], app="other")
+    push_all(jq, [stray])
+
+    assert 0 == run_drained(config)
+
+    dead = jq.dead_entries(10)
+    assert [("wrong_queue", "other", "apnsd:queue")] == [
+        (e["reason"].split(":")[0], e["app"], e["queue"]) for e in dead
+    ]
+    assert 1 == jq.requeue_dead(
+        {"default": "apnsd:queue", "other": "apnsd:other"},
+        "apnsd:queue",
+        None,
+        None,
+        lanes={"apnsd:queue", "apnsd:other"},
+    )
+    assert ([], [stray]) == (rdb.lrange("apnsd:queue", 0, -1), rdb.lrange("apnsd:other", 0, -1))

@@ -40,13 +40,19 @@ def session_logs() -> Iterator[None]:
     logs.configure("json", "info", LOG)
 
 
-@pytest.mark.parametrize("key", ["apnsd:dead", "apnsd:stats"])
+@pytest.mark.parametrize(
+    ("key", "spoil"), [("apnsd:dead", "string"), ("apnsd:stats", "string"), ("apnsd:stats", "text_count")]
+)
 def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commits_once(
-    key, jq, rdb, http2_mock, make_config
+    key, spoil, jq, rdb, http2_mock, make_config
 ):
-    """A shared key holding a string stops commits (logged once, naming the key) without losing an outcome."""
+    """A shared key holding a string (or, for the stats hash, a count that is not a number) stops commits (logged
+    once, naming the key) without losing an outcome, and the daemon keeps running."""
     mock = http2_mock()
-    rdb.set(key, "not what apnsd writes here")
+    if spoil == "string":
+        rdb.set(key, "not what apnsd writes here")
+    else:  # the count the first commit (the two rejected jobs) increments, after writing their dead letters
+        rdb.hset(key, "dead", "many")
     tokens = good_tokens(20, seed=7)
     push_all(jq, [job(t) for t in tokens] + [job("nothex"), b"{not json"])
     tap = LogTap()
@@ -54,7 +60,10 @@ def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commi
     try:
         wait_for(lambda: tap.events("redis_key_wrong_type"), 20, "redis_key_wrong_type")
         assert 1 == len(inflight_keys(rdb))
-        rdb.delete(key)
+        if spoil == "string":
+            rdb.delete(key)
+        else:
+            rdb.hdel(key, "dead")
         wait_for(lambda: not inflight_keys(rdb), 20, "the batch to be committed")
     finally:
         d.stop()
@@ -224,11 +233,13 @@ def rss_kib() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.parametrize("results_stream", ["false", "true"])
 def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_delivered_once(
-    jq, rdb, http2_mock, make_config
+    jq, rdb, http2_mock, make_config, results_stream
 ):
-    """Every hostile case pushed between good jobs into one running daemon: each hostile job one dead entry with
-    its reason, each good job delivered once, the daemon never stops, Redis memory, RSS and /metrics stay bounded."""
+    """Every hostile case pushed between good jobs into one running daemon (receipts off and on): each hostile job
+    one dead entry with its reason, each good job delivered once, the daemon never stops, Redis memory, RSS and
+    /metrics stay bounded."""
     mock = http2_mock()
     cases = hostile_cases()
     good = good_tokens(2000, seed=5)
@@ -240,7 +251,7 @@ def test_hostile_jobs_between_good_ones_each_get_one_outcome_and_good_ones_are_d
     rss_before, redis_before = rss_kib(), rdb.info("memory")["used_memory"]
     apps_before = {s.labels["app"] for s in metric_samples("apnsd_notifications_failed")}  # earlier tests' apps
     push_all(jq, jobs)
-    d = DaemonThread(make_config(mock)).start()
+    d = DaemonThread(make_config(mock, REDIS_RESULTS_STREAM=results_stream)).start()
     try:
         wait_for(
             lambda: rdb.llen("apnsd:dead") >= hostile_jobs and sum(mock.record.accepted_tokens().values()) >= len(good),

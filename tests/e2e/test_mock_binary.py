@@ -333,6 +333,48 @@ def test_feedback_port_requires_the_client_certificate(pki, client):
         mock.stop()
 
 
+def poll(pki: Any, mock: MockGateway) -> list[tuple[int, str]]:
+    """What apnsd's feedback poller reads from the mock's feedback service."""
+    from apnsd.config import AppConfig
+    from apnsd.gateway.apps import load_credentials
+    from apnsd.gateway.feedback import poll_feedback
+
+    app = AppConfig(
+        protocol="binary", host="127.0.0.1", feedback_port=mock.feedback_port, cert=pki.client_pem, ca_file=pki.ca_cert
+    )
+    return poll_feedback(app, load_credentials("default", app))
+
+
+def test_feedback_tuples_whose_token_is_no_device_token_are_not_recorded(pki):
+    """A tuple of a token shorter than 32 or longer than 100 bytes (an empty one, a stray byte) is not a device
+    token: the poller passes over it rather than recording it as unregistered."""
+    feed = [
+        (1_600_000_000, b""),
+        (1_600_000_001, b"\x01" * 5),
+        (1_600_000_002, GOOD[0]),
+        (1_600_000_003, b"\x02" * 101),
+    ]
+    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert, feedback=feed).start(with_feedback=True)
+    try:
+        assert [(1_600_000_002, GOOD[0].hex())] == poll(pki, mock)
+    finally:
+        mock.stop()
+
+
+def test_the_feedback_poller_reads_at_most_its_cap(pki, monkeypatch):
+    """A feedback service that sends more than the poller's cap (one streaming without end) is read only up to the
+    cap, whole tuples only: memory stays bounded."""
+    from apnsd.gateway import feedback
+
+    monkeypatch.setattr(feedback, "MAX_FEEDBACK_BYTES", 100)  # two 38-byte tuples and part of a third
+    feed = [(1_600_000_000 + i, GOOD[i]) for i in range(5)]
+    mock = MockGateway("binary", pki.server_cert, pki.server_key, pki.ca_cert, feedback=feed).start(with_feedback=True)
+    try:
+        assert [(1_600_000_000, GOOD[0].hex()), (1_600_000_001, GOOD[1].hex())] == poll(pki, mock)
+    finally:
+        mock.stop()
+
+
 # --- apnsd mock as a process -----------------------------------------------------------------------
 
 

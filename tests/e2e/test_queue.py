@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from apnsd.errors import QueueError
+from apnsd.store.layout import pack_jobs
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.recorder import dead_entry
@@ -350,6 +351,22 @@ def test_a_worker_never_recovers_its_own_batches(jq, rdb, worker):
 
     assert {} == me.requeue_from_dead_workers([Q])
     assert 2 == jq.inflight_count(Q, "me")
+
+
+def test_recovery_returns_in_flight_entries_another_program_wrote_as_they_are(jq, rdb, worker):
+    """In-flight fields apnsd did not write (a blob that is not a batch, an id that is not a number) do not stop the
+    recovery of that worker or of the next: the good batch comes back as its jobs, a blob that is no batch as
+    itself (the parser then dead-letters it), and the recovery goes on to the next dead worker."""
+    good, other = jobs(2, "g"), jobs(1, "o")
+    rdb.hset(f"{Q}:inflight:a-ghost", mapping={"1": pack_jobs(good), "x": b"\xc1 not msgpack", "2": b"\x2a"})
+    rdb.hset(f"{Q}:inflight:b-ghost", mapping={"1": pack_jobs(other)})
+    rdb.sadd("apnsd:workers", "a-ghost", "b-ghost")  # registered, without heartbeats: both died
+
+    moved = worker("rescuer").requeue_from_dead_workers([Q])
+
+    assert {"a-ghost": 4, "b-ghost": 1} == moved
+    assert sorted([*good, b"\xc1 not msgpack", b"\x2a", *other]) == sorted(take_all(jq))
+    assert [] == rdb.keys(f"{Q}:inflight:*-ghost")
 
 
 def test_recovery_covers_every_queue_given(jq, rdb, worker):

@@ -141,6 +141,7 @@ def test_send_bad_device_token_explains_the_environment(cli, config_file, http2_
     [
         (["--token", "zz"], "bad_token"),
         (["--token", TOKEN, "--data", "[1]"], "--data must be a JSON object"),
+        (["--token", TOKEN, "--data", '{"a":' + "[" * 5000 + "]" * 5000 + "}"], "--data is not valid JSON"),
         (["--token", TOKEN, "--app", "nope"], "app 'nope' is not configured"),
     ],
 )

@@ -115,3 +115,28 @@ def test_identifiers_wrap_around_at_two_to_the_32():
     assert [Kind.DELIVERED] * 3 + [Kind.UNREGISTERED] == [o.kind for _, o in out]
     assert [n.token for n in sent[:4]] == [n.token for n, _ in out]
     assert [n.token for n in sent[4:]] == [n.token for n in s.take_unanswered()]
+
+
+def test_an_answer_that_is_not_an_error_response_loses_the_connection_and_sends_everything_again():
+    """Six bytes that are not command 8 (a gateway speaking something else) end the connection like an abrupt loss:
+    no exception out of step(), every unconfirmed notification goes back to be sent again on a new connection."""
+    s, sent = session_with(3, written_frames=3)
+    t = s.transport
+    assert isinstance(t, FakeTransport)
+    t.feed(b"\x09\x08\x00\x00\x00\x01")
+
+    out = s.step(1.0, True)
+
+    assert ([], None, True) == (out, s.transport, t.closed)
+    assert ([n.token for n in sent], [1, 1, 1]) == ([n.token for n in s.pending], [n.losses for n in s.pending])
+
+
+def test_status_0_no_errors_names_a_delivered_notification_and_the_rest_is_sent_again():
+    """Status 0 (No errors encountered) names a notification the gateway accepted, as status 10 (Shutdown) does:
+    it and those before it are delivered, nothing is dead-lettered, and only those after it are sent again."""
+    s, sent = session_with(10, written_frames=10)
+
+    out = s.on_bytes(binary.encode_error_response(0, 6), 1.0)
+
+    assert [(n.token, Kind.DELIVERED) for n in sent[:6]] == [(n.token, o.kind) for n, o in out]
+    assert [n.token for n in sent[6:]] == [n.token for n in s.take_unanswered()]

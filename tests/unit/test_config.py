@@ -316,6 +316,16 @@ def test_unreadable_file_is_a_config_error(tmp_path, text, problem):
     assert problem in err.problem
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """A file that is not UTF-8 text (a binary, a Latin-1 export) is an error about --config, not a traceback."""
+    path = tmp_path / "apnsd.toml"
+    path.write_bytes(b'[apps.default]\ntopic = "caf\xe9"\n')
+
+    err = config_error(str(path))
+
+    assert ("--config", f"{path} is not UTF-8 text") == (err.key, err.problem)
+
+
 @pytest.mark.parametrize(
     ("protocol", "environment", "expected"),
     [
@@ -430,6 +440,8 @@ def test_environment_secret_wins_over_a_file_in_toml(tmp_path):
     ("toml", "key", "problem"),
     [
         ('[apps.default]\npassphrase_file = "nope"\n', "apps.default.passphrase_file", "cannot read"),
+        ('[apps.default]\npassphrase_file = "a\\u0000b"\n', "apps.default.passphrase_file", "NUL character"),
+        ('[redis]\nurl_file = "\\u0000"\n', "redis.url_file", "must be the path of a file"),
         ('[apps.default]\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "is empty"),
         ('[apps.default]\npassphrase = "x"\npassphrase_file = "empty"\n', "apps.default.passphrase_file", "not both"),
         ("[redis]\nurl_file = 3\n", "redis.url_file", "must be the path of a file"),
@@ -442,6 +454,22 @@ def test_bad_secret_files_name_the_key(tmp_path, toml, key, problem):
         load_config(write(tmp_path, toml), {})
     assert key == info.value.key
     assert problem in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[apps.default]\ncert = "/run/a\\u0000b.pem"\n', "apps.default.cert"),
+        ('[apps.default]\ncert = "/c.pem"\nkey = "\\u0000"\n', "apps.default.key"),
+        ('[apps.default]\npkcs12 = "c\\u0000.p12"\n', "apps.default.pkcs12"),
+        ('[apps.default]\ncert = "/c.pem"\nca_file = "\\u0000"\n', "apps.default.ca_file"),
+        ('[redis]\nurl = "rediss://h"\nssl_ca_file = "\\u0000"\n[apps.a]\ncert = "/c.pem"\n', "redis.ssl_ca_file"),
+        ('[worker]\nstate_dir = "/tmp/\\u0000"\n[apps.default]\ncert = "/c.pem"\n', "worker.state_dir"),
+    ],
+)
+def test_a_file_path_holding_a_nul_character_names_the_key(tmp_path, toml, key):
+    """TOML can spell a NUL character, which no file path holds: a config error naming the key, not a ValueError."""
+    assert key == config_error(write(tmp_path, toml)).key
 
 
 @pytest.mark.parametrize("value", ["-1", "0.5", "nan", "inf", "86401", "soon"])
@@ -459,6 +487,7 @@ def test_credential_probe_interval_is_off_or_a_sane_number_of_seconds(value):
         ("APNSD_REDIS_SOCKET_TIMEOUT", "0", "redis.socket_timeout"),
         ("APNSD_REDIS_SOCKET_TIMEOUT", "nan", "redis.socket_timeout"),
         ("APNSD_REDIS_RESULTS_MAXLEN", "-5", "redis.results_maxlen"),
+        ("APNSD_REDIS_RESULTS_MAXLEN", "9223372036854775808", "redis.results_maxlen"),  # Redis: out of range
         ("APNSD_WORKER_GRACE_PERIOD", "inf", "worker.grace_period"),
         ("APNSD_WORKER_GRACE_PERIOD", "1e300", "worker.grace_period"),
         ("APNSD_WORKER_HEARTBEAT_TTL", "inf", "worker.heartbeat_ttl"),

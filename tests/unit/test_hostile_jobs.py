@@ -246,3 +246,20 @@ def test_the_header_encoder_fed_any_text_encodes_or_rejects_the_job(topic, colla
         return
     headers = dict(hpack.Decoder().decode(block))
     assert [] == [v for v in headers.values() if "\0" in v or "\r" in v or "\n" in v or v != v.strip(" \t")]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"token":"%s","payload":{"aps":{"alert":"\xff"}}}',  # the common shape (fast path)
+        b'{"token":"%s","payload":{"\xc3":1},"priority":5}',  # the full path
+        b'{"token":"%s","payload":"{\\"a\\":\\"\xe2\x82\\"}"}',  # a pre-encoded payload string
+        b'{"tokens":["%s"],"payload":{"a":"\xed\xa0\x80"}}',  # a UTF-8-encoded surrogate
+        b'{"token":"%s","payload":{},"note":"\xff"}',  # a key apnsd does not read
+    ],
+)
+def test_bytes_that_are_not_utf8_anywhere_in_the_job_are_not_json(raw):
+    """JSON is UTF-8: invalid bytes inside the payload (which is kept as pushed) reject the job, never reach APNs."""
+    good, bad = check(raw.replace(b"%s", TOKEN.encode()))
+
+    assert ([], ["not_json"]) == (good, [r.reason for r in bad])

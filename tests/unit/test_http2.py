@@ -11,6 +11,7 @@ from apnsd.core.jobs import PUSH_TYPE_SUFFIXES
 from apnsd.errors import JobError
 from apnsd.wire.http2 import frames as f
 from apnsd.wire.http2.connection import (
+    MAX_RESPONSE_BODY,
     GoAwayReceived,
     H2ClientConnection,
     H2ProtocolError,
@@ -401,6 +402,13 @@ def test_goaway_with_plain_text_debug_data() -> None:
     assert [GoAwayReceived(0, 1, "Maximum active streams violated")] == pair.to_client()
 
 
+def test_goaway_with_deeply_nested_debug_data() -> None:
+    """GOAWAY debug data nested deeper than the JSON decoder goes is passed on as text, not an exception."""
+    pair = client_pair()
+    pair.server.close_connection(error_code=0, additional_data=b"[" * 5_000)
+    assert [GoAwayReceived(0, 0, "[" * 5_000)] == pair.to_client()
+
+
 def test_ping_both_ways() -> None:
     """Our PING is acknowledged with its payload; the server's PING gets an ACK from us."""
     pair = client_pair()
@@ -455,6 +463,8 @@ def test_bad_server_preface_is_a_protocol_error(data: bytes, code: int) -> None:
         (raw_frame(f.HEADERS, 4, 2, b"\x88"), f.PROTOCOL_ERROR),  # server-initiated stream
         (raw_frame(f.HEADERS, 4, 9, b"\x88"), f.PROTOCOL_ERROR),  # stream never opened
         (raw_frame(f.HEADERS, 4, 1, b"\xff\xff\xff\xff\x0f"), f.COMPRESSION_ERROR),
+        (raw_frame(f.HEADERS, 4, 1, b"\x48\x81\xff"), f.COMPRESSION_ERROR),  # :status, bad Huffman code
+        (raw_frame(f.HEADERS, 4, 1, b"\x8c\x40\x81\xff\x01x"), f.COMPRESSION_ERROR),  # 400, then a bad one
         (raw_frame(f.HEADERS, 4, 1, b"\x82"), f.PROTOCOL_ERROR),  # no :status
         (raw_frame(f.DATA, 0, 1, b"x"), f.PROTOCOL_ERROR),  # body before headers
         (raw_frame(f.CONTINUATION, 4, 1, b"\x88"), f.PROTOCOL_ERROR),
@@ -473,6 +483,59 @@ def test_connection_errors_raise_and_queue_goaway(data: bytes, code: int) -> Non
         pair.client.receive_data(data)
     terminated = [e.error_code for e in pair.to_server() if isinstance(e, h2.events.ConnectionTerminated)]
     assert (code, [code]) == (info.value.error_code, terminated)
+
+
+def test_a_header_block_continued_without_end_is_cut_off() -> None:
+    """CONTINUATION frames that never end the block (a flood) fail the connection once the block passes its cap,
+    instead of growing it without bound."""
+    pair = client_pair()
+    sid = send(pair.client)
+    pair.to_server()
+    flood = raw_frame(f.HEADERS, 0, sid, b"\x88") + raw_frame(f.CONTINUATION, 0, sid, b"\x00" * 16_384) * 8
+
+    with pytest.raises(H2ProtocolError) as info:
+        pair.client.receive_data(flood)
+
+    assert (f.PROTOCOL_ERROR, True) == (info.value.error_code, "header block" in str(info.value))
+
+
+def test_an_error_body_beyond_its_cap_fails_the_connection() -> None:
+    """A response body larger than any APNs error body (a gateway streaming without end) fails the connection
+    before it grows past the cap; one at the cap is still read."""
+    pair = client_pair()
+    ok, big = send(pair.client), send(pair.client)
+    pair.to_server()
+    at_cap = b'{"reason":"BadTopic","pad":"' + b"x" * (MAX_RESPONSE_BODY - 30) + b'"}'
+    assert MAX_RESPONSE_BODY == len(at_cap)
+    answer = raw_frame(f.HEADERS, 4, ok, b"\x8c")  # END_HEADERS, :status 400
+    chunks = [at_cap[i : i + 16_384] for i in range(0, len(at_cap), 16_384)]
+    answer += b"".join(raw_frame(f.DATA, 0, ok, c) for c in chunks[:-1]) + raw_frame(f.DATA, 1, ok, chunks[-1])
+    read = pair.client.receive_data(answer)
+    assert [(ok, 400, "BadTopic")] == [(e.stream_id, e.status, e.reason) for e in read]
+    head = raw_frame(f.HEADERS, 4, big, b"\x8c")
+    body = raw_frame(f.DATA, 0, big, b"x" * 16_384) * (MAX_RESPONSE_BODY // 16_384 + 1)
+
+    with pytest.raises(H2ProtocolError) as info:
+        pair.client.receive_data(head + body)
+
+    assert (f.PROTOCOL_ERROR, True) == (info.value.error_code, "response body" in str(info.value))
+
+
+def test_a_kept_response_body_may_be_larger_than_an_error_body() -> None:
+    """With keep_responses (the channel management API, whose channel list can run to ~300 KB), a body over the
+    error-body cap is read whole."""
+    pair = client_pair()
+    pair.client.keep_responses = True
+    sid = send(pair.client)
+    pair.to_server()
+    body = b'{"channels":["' + b"x" * (4 * MAX_RESPONSE_BODY) + b'"]}'
+    chunks = [body[i : i + 16_384] for i in range(0, len(body), 16_384)]
+    answer = raw_frame(f.HEADERS, 4, sid, b"\x88")  # END_HEADERS, :status 200
+    answer += b"".join(raw_frame(f.DATA, 0, sid, c) for c in chunks[:-1]) + raw_frame(f.DATA, 1, sid, chunks[-1])
+
+    read = pair.client.receive_data(answer)
+
+    assert ([(sid, 200)], body) == ([(e.stream_id, e.status) for e in read], pair.client.full_responses[sid][1])
 
 
 def test_protocol_error_keeps_answers_read_before_it() -> None:
@@ -514,11 +577,23 @@ def test_background_defaults_to_priority_five() -> None:
         (b"[1]", ("", None)),
         (b"not json", ("", None)),
         (b"", ("", None)),
+        (b"[" * 10_000 + b"]" * 10_000, ("", None)),  # nested deeper than the decoder goes
+        (b'{"reason":"BadTopic","x":' + b"[" * 10_000, ("", None)),
     ],
 )
 def test_decode_response_reason(body: bytes, expected: tuple[str, int | None]) -> None:
     """Apple's error body yields reason and timestamp; anything malformed yields ("", None)."""
     assert expected == decode_response_reason(body)
+
+
+def test_a_deeply_nested_error_body_is_an_answer_without_a_reason() -> None:
+    """A gateway's error body nested thousands deep is read as a 400 without reason, not an exception."""
+    pair = client_pair()
+    sid = send(pair.client)
+    pair.to_server()
+    pair.answer(sid, 400, b"[" * 10_000)
+
+    assert [ResponseReceived(sid, 400, "", None, APNS_ID)] == pair.to_client()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

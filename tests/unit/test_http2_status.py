@@ -71,11 +71,20 @@ def test_literal_status_with_literal_name_is_read():
     assert 410 == response_status(block)
 
 
-@pytest.mark.parametrize("block", [b"", b"\x3f\xe1\x1f\x88", b"\xbe", b"\x48\x05", b"\x7f\x01\x03200"])
+@pytest.mark.parametrize(
+    "block",
+    [b"", b"\x3f\xe1\x1f\x88", b"\xbe", b"\x48\x05", b"\x7f\x01\x03200", b"\x48\x81\xff", b"\x08\x83\xff\xff\xff"],
+)
 def test_blocks_a_table_less_peer_cannot_send_are_protocol_errors(block):
-    """Empty blocks, dynamic references, raised tables and truncated strings are HPACK errors, never guessed."""
+    """Empty blocks, dynamic references, raised tables, truncated strings and bad Huffman codes are HPACK errors."""
     with pytest.raises(ProtocolError):
         response_status(block)
+
+
+def test_a_bad_huffman_code_after_the_status_is_a_protocol_error():
+    """An undecodable Huffman string among the other fields (read for apns-id on errors) is an HPACK error too."""
+    with pytest.raises(ProtocolError):
+        response_ids(b"\x8c\x40\x81\xff\x01x")
 
 
 @pytest.mark.parametrize("block", [b"\x82", b"\x00\x03abc\x03200", b"\x48\x02ok"])

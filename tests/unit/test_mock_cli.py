@@ -56,6 +56,8 @@ def test_goaway_reason_stall_and_environment_are_options():
         ["--fail-prefix", "ab=NoSuchReason"],
         ["--burst", "503:ServiceUnavailable:many"],
         ["--goaway-reason", "Bye"],
+        ["--port", "70000"],
+        ["--channels-port", "-1"],
     ],
 )
 def test_malformed_fault_options_exit_2_with_a_message(argv, capsys):

@@ -52,7 +52,7 @@ def test_readiness_names_redis_stopping_disabled_and_failing_connections() -> No
 
 def test_enqueued_at_reads_only_a_finite_number() -> None:
     """enqueued_at comes from the job's field; absent, wrong type or broken JSON give None."""
-    assert [1700000000.5, None, None, None, None] == [
+    assert [1700000000.5, None, None, None, None, None] == [
         enqueued_at(raw)
         for raw in (
             b'{"token": "ab", "enqueued_at": 1700000000.5}',
@@ -60,6 +60,7 @@ def test_enqueued_at_reads_only_a_finite_number() -> None:
             b'{"enqueued_at": "yesterday"}',
             b'{"enqueued_at": 1e999}',
             b"not json",
+            b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # nested too deeply (the heartbeat reads the head job)
         )
     ]
 

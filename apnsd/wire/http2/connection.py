@@ -63,6 +63,12 @@ LOCAL_SETTINGS = {
 STREAMS_BEFORE_SETTINGS = 1
 UNLIMITED_STREAMS = 2**31 - 1
 MAX_INBOUND_FRAME = f.MIN_FRAME_SIZE  # we never raise SETTINGS_MAX_FRAME_SIZE
+# APNs answers with a few headers and a JSON body of ~100 bytes; a gateway that sends far more (a header block
+# continued without end, a body streamed without end) is not APNs, and would otherwise grow memory without bound.
+MAX_HEADER_BLOCK = 64 * 1024
+MAX_RESPONSE_BODY = 64 * 1024
+# With keep_responses (the channel management API), a body is a result: listing 10,000 channels is ~300 KB.
+MAX_KEPT_RESPONSE_BODY = 4 * 1024 * 1024
 _NO_TEMPLATE = RequestTemplate("")  # send_raw's requests carry their own header block
 _END_BOTH = f.FLAG_END_STREAM | f.FLAG_END_HEADERS
 _HEAD = f.FRAME_HEAD.pack
@@ -361,6 +367,8 @@ class H2ClientConnection:
         if not self._block_stream:
             self._fail(f.PROTOCOL_ERROR, "CONTINUATION without a HEADERS frame")
         self._block.append(bytes(payload))
+        if len(self._block) * MAX_INBOUND_FRAME > MAX_HEADER_BLOCK and sum(map(len, self._block)) > MAX_HEADER_BLOCK:
+            self._fail(f.PROTOCOL_ERROR, f"header block continued beyond {MAX_HEADER_BLOCK} bytes")
         if flags & f.FLAG_END_HEADERS:
             block, self._block, self._block_stream = b"".join(self._block), [], 0
             self._on_block(sid, block, self._block_end_stream)
@@ -425,6 +433,9 @@ class H2ClientConnection:
             s.data = bytearray(payload)
         else:
             s.data += payload
+            cap = MAX_KEPT_RESPONSE_BODY if self.keep_responses else MAX_RESPONSE_BODY
+            if len(s.data) > cap:
+                self._fail(f.PROTOCOL_ERROR, f"response body on stream {sid} beyond {cap} bytes")
         if flags & f.FLAG_END_STREAM:
             self._finish(s)
             return

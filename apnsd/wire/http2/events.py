@@ -88,7 +88,7 @@ def decode_response_reason(body: bytes) -> tuple[str, int | None]:
     """Reason and timestamp (ms) from an APNs error body ``{"reason": ..., "timestamp": ...}``."""
     try:
         obj = _json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return "", None
     if not isinstance(obj, dict):
         return "", None

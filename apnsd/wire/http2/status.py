@@ -9,6 +9,7 @@ cost per request at high rates.
 
 from __future__ import annotations
 
+from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 
 from apnsd.errors import ProtocolError
@@ -48,7 +49,12 @@ def _string(block: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     if end > len(block):
         raise ProtocolError("truncated HPACK string")
     raw = block[pos:end]
-    return (decode_huffman(raw) if huffman else bytes(raw)), end
+    if not huffman:
+        return bytes(raw), end
+    try:
+        return decode_huffman(raw), end
+    except HPACKDecodingError as exc:  # a gateway's bad Huffman code fails the connection, not the loop
+        raise ProtocolError(f"bad Huffman-coded string: {exc}") from None
 
 
 def response_status(block: bytes | bytearray) -> int | None:
