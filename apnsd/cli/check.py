@@ -309,7 +309,8 @@ def _tls_probe(sock: socket.socket, app: AppConfig, identity: ClientIdentity | N
     host, port = app.gateway()
     http2 = app.protocol == "http2"
     try:
-        ctx = client_context(identity, app.ca_file, [b"h2"] if http2 else None)
+        # tls13: the daemon offers it to a binary gateway that refuses TLS 1.2 (TlsTransport's newer_context)
+        ctx = client_context(identity, app.ca_file, [b"h2"] if http2 else None, tls13=True)
     except CredentialsError as exc:
         report.error(str(exc))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
 from apnsd import logs, metrics
 from apnsd.config import AppConfig, Config, parser_limits
@@ -102,6 +103,7 @@ def build_session(name: str, app: AppConfig, creds: AppCredentials) -> Session:
             verify_host=verify_hostname,
             proxy=app.proxy,
             sessions=sessions,
+            newer_context=None if http2 else partial(client_context, creds.identity, app.ca_file, tls13=True),
         )
 
     log = logs.get("session", app=name, protocol=app.protocol)

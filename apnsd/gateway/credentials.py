@@ -164,16 +164,19 @@ def load_ca_certificates(path: str) -> tuple[x509.Certificate, ...]:
     return tuple(_pem_certificates(_read(path, "CA file"), path))
 
 
-def client_context(identity: ClientIdentity | None, ca_file: str = "", alpn: list[bytes] | None = None) -> SSL.Context:
+def client_context(
+    identity: ClientIdentity | None, ca_file: str = "", alpn: list[bytes] | None = None, tls13: bool = False
+) -> SSL.Context:
     """A TLS 1.2+ client context that verifies the gateway (ca_file or the system store) and presents identity.
 
-    Without ALPN (the legacy binary gateway and its feedback service) it stops at TLS 1.2, the TLS of that
-    gateway's era (the project's mock serves binary the same way). A binary gateway ends the connection on every
-    error response, and resuming a TLS 1.2 session needs no key exchange, where a resumed TLS 1.3 handshake
-    repeats the (EC)DHE one: ~65 µs of OpenSSL per reconnect against ~250 µs (OpenSSL 4.0, loopback)."""
+    Without ALPN (the legacy binary gateway and its feedback service) it stops at TLS 1.2 unless ``tls13``, the
+    TLS of that gateway's era (the project's mock serves binary the same way). A binary gateway ends the connection
+    on every error response, and resuming a TLS 1.2 session needs no key exchange, where a resumed TLS 1.3
+    handshake repeats the (EC)DHE one: ~65 µs of OpenSSL per reconnect against ~250 µs (OpenSSL 4.0, loopback).
+    A gateway that refuses TLS 1.2 gets a ``tls13`` context instead (TlsTransport's ``newer_context``)."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    if not alpn:
+    if not alpn and not tls13:
         ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_verify(SSL.VERIFY_PEER)
     try:

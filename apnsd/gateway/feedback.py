@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import time
+from functools import partial
 
 import msgspec
 
@@ -30,6 +31,7 @@ def poll_feedback(app: AppConfig, creds: AppCredentials) -> list[tuple[int, str]
         timeout=app.connect_timeout,
         verify_host=verify_hostname,
         proxy=app.proxy,
+        newer_context=partial(client_context, creds.identity, app.ca_file, tls13=True),
     )
     t.connect()
     buf = bytearray()

@@ -105,6 +105,7 @@ class TlsSessions:
     def __init__(self) -> None:
         self.session: SSL.Session | None = None
         self.verified: tuple[str, bytes] = ("", b"")  # (host, certificate DER) last found valid for that host
+        self.context: SSL.Context | None = None  # the newer_context, once the gateway refused the first one's TLS
 
 
 class TlsTransport:
@@ -127,11 +128,15 @@ class TlsTransport:
         verify_host: Callable[[x509.Certificate, str], bool] | None = None,
         proxy: str = "",
         sessions: TlsSessions | None = None,
+        newer_context: Callable[[], SSL.Context] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._proxy = proxy
         self._sessions = sessions
-        self._context = context
+        self._context = sessions.context if sessions is not None and sessions.context is not None else context
+        # A context offering newer TLS versions than ``context`` (binary stops at TLS 1.2): a gateway that refuses
+        # the handshake for its version is dialled again, once, with this one (and so are its later connections).
+        self._newer_context = newer_context if self._context is context else None
         self._alpn = alpn
         self._timeout = timeout
         self._verify_host = verify_host
@@ -164,6 +169,10 @@ class TlsTransport:
         Through a proxy the TCP connection and the CONNECT tunnel are opened blocking (bounded by the timeout);
         the TLS handshake is step-wise all the same."""
         self.handshake_deadline = time.monotonic() + self._timeout
+        self._open()
+
+    def _open(self) -> None:
+        """Open the TCP connection (directly: non-blocking; through a proxy: blocking) and set up TLS on it."""
         if self._proxy:
             sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
             sock.setblocking(False)
@@ -259,7 +268,10 @@ class TlsTransport:
                         return False
                 except SSL.Error as exc:
                     self._push_handshake()  # our alert, if OpenSSL wrote one, tells the gateway why
-                    raise GatewayRejected(f"TLS handshake with {self.peer} failed: {describe_ssl_error(exc)}") from None
+                    reason = describe_ssl_error(exc)
+                    if self._offer_newer_versions(reason):
+                        return False
+                    raise GatewayRejected(f"TLS handshake with {self.peer} failed: {reason}") from None
             self._push_handshake()
         except OSError as exc:
             raise GatewayError(f"TLS handshake with {self.peer} failed: {exc}") from None
@@ -269,6 +281,21 @@ class TlsTransport:
             )
         if self._verify_host is not None:
             self._check_name(conn)
+        return True
+
+    def _offer_newer_versions(self, reason: str) -> bool:
+        """The gateway refused our TLS version ("protocol version" alert) and a newer context exists: dial again
+        with it (same deadline) and keep it for the session's later connections. True when redialling."""
+        newer = self._newer_context
+        if newer is None or "protocol version" not in reason:
+            return False
+        self._newer_context = None
+        self._context = newer()
+        if self._sessions is not None:
+            self._sessions.context = self._context
+            self._sessions.session = None  # a TLS 1.2 session cannot be resumed under TLS 1.3
+        self._abort()
+        self._open()
         return True
 
     def _check_name(self, conn: SSL.Connection) -> None:

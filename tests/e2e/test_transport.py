@@ -109,3 +109,104 @@ def test_binary_connections_stop_at_tls_1_2_and_still_resume(pki: Any) -> None:
 
     assert ["TLSv1.2", "TLSv1.2", "TLSv1.3"] == versions
     assert [False, True] == resumes
+
+
+class Tls13OnlyGateway:
+    """A TLS server that refuses anything older than TLS 1.3 and closes each connection once its handshake is done
+    (as a feedback service with nothing to report does), counting the connections it accepted."""
+
+    def __init__(self, pki: Any) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)  # so that the serving thread sees close() promptly
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            conn.settimeout(10)
+            try:
+                self.ctx.wrap_socket(conn, server_side=True).close()
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_a_binary_gateway_that_refuses_tls_1_2_is_dialled_again_with_tls_1_3_once(pki: Any) -> None:
+    """A binary transport refused for its TLS version redials at once with its newer context (one failed TCP
+    connection in all), and the session's later connections start with that context."""
+    gateway = Tls13OnlyGateway(pki)
+    identity = load_identity(pki.client_pem)
+    sessions = TlsSessions()
+    versions = []
+    try:
+        for _ in range(2):
+            t = TlsTransport(
+                "127.0.0.1",
+                gateway.port,
+                client_context(identity, pki.ca_cert),
+                sessions=sessions,
+                newer_context=lambda: client_context(identity, pki.ca_cert, tls13=True),
+            )
+            t.connect()
+            versions.append(t._conn.get_protocol_version_name())  # type: ignore[union-attr]
+            t.close()
+        wait_for(lambda: gateway.accepted == 3, 10, "the gateway to accept three connections")
+    finally:
+        gateway.close()
+
+    assert ["TLSv1.3", "TLSv1.3"] == versions
+    assert 3 == gateway.accepted
+
+
+def test_without_a_newer_context_the_version_refusal_is_the_error(pki: Any) -> None:
+    """A transport with no newer context (TLS 1.2 only) reports the gateway's refusal as the handshake error."""
+    gateway = Tls13OnlyGateway(pki)
+    try:
+        t = TlsTransport("127.0.0.1", gateway.port, client_context(load_identity(pki.client_pem), pki.ca_cert))
+        with pytest.raises(GatewayError, match="protocol version"):
+            t.connect()
+    finally:
+        gateway.close()
+
+
+def test_the_daemon_and_feedback_poller_reach_a_tls_1_3_only_binary_gateway(pki: Any) -> None:
+    """The transports the daemon's binary session and the feedback poller make fall back to TLS 1.3."""
+    from apnsd.config import AppConfig
+    from apnsd.gateway.apps import build_session, load_credentials
+    from apnsd.gateway.feedback import poll_feedback
+
+    gateway = Tls13OnlyGateway(pki)
+    try:
+        app = AppConfig(
+            protocol="binary",
+            host="127.0.0.1",
+            port=gateway.port,
+            feedback_port=gateway.port,
+            cert=pki.client_pem,
+            ca_file=pki.ca_cert,
+        )
+        creds = load_credentials("default", app)
+        t = build_session("default", app, creds).make_transport()
+        t.connect()
+        version = t._conn.get_protocol_version_name()  # type: ignore[union-attr]
+        t.close()
+        tuples = poll_feedback(app, creds)  # connects, reads until the gateway closes: no tuples
+    finally:
+        gateway.close()
+
+    assert ("TLSv1.3", []) == (version, tuples)
