@@ -176,8 +176,9 @@ if #counts > 0 then
   local fields = {}
   for j = 1, #counts, 2 do fields[#fields + 1] = counts[j] end
   for _, v in ipairs(redis.call('HMGET', KEYS[4], unpack(fields))) do
-    if v and not string.match(v, '^%-?%d+$') then  -- HINCRBY would fail after the writes above it
-      error({err = 'WRONGTYPE ' .. KEYS[4] .. ' holds a count that is not an integer, expected a hash of integers'})
+    -- HINCRBY would fail after the writes above it: on text, and on a count it would take past 2^63 - 1
+    if v and (not string.match(v, '^%-?%d+$') or #v > 18) then
+      error({err = 'WRONGTYPE ' .. KEYS[4] .. ' holds a count that is not an integer below 10^18'})
     end
   end
 end

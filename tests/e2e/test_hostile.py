@@ -41,18 +41,19 @@ def session_logs() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    ("key", "spoil"), [("apnsd:dead", "string"), ("apnsd:stats", "string"), ("apnsd:stats", "text_count")]
+    ("key", "spoil"),
+    [("apnsd:dead", "string"), ("apnsd:stats", "string"), ("apnsd:stats", "text_count"), ("apnsd:stats", "max_count")],
 )
 def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commits_once(
     key, spoil, jq, rdb, http2_mock, make_config
 ):
-    """A shared key holding a string (or, for the stats hash, a count that is not a number) stops commits (logged
-    once, naming the key) without losing an outcome, and the daemon keeps running."""
+    """A shared key holding a string (or, for the stats hash, a count that is not a number, or one at 2^63 - 1)
+    stops commits (logged once, naming the key) without losing an outcome, and the daemon keeps running."""
     mock = http2_mock()
     if spoil == "string":
         rdb.set(key, "not what apnsd writes here")
     else:  # the count the first commit (the two rejected jobs) increments, after writing their dead letters
-        rdb.hset(key, "dead", "many")
+        rdb.hset(key, "dead", "many" if spoil == "text_count" else str(2**63 - 1))  # max: HINCRBY would overflow
     tokens = good_tokens(20, seed=7)
     push_all(jq, [job(t) for t in tokens] + [job("nothex"), b"{not json"])
     tap = LogTap()
