@@ -321,6 +321,36 @@ def test_dead_list_shows_entries_it_cannot_read_instead_of_failing(cli_env, rdb,
     ]
 
 
+def strict_json(text: str) -> Any:
+    """Decode ``text`` as RFC 8259 JSON: NaN, Infinity and -Infinity are refused."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_dead_list_json_is_strict_json_whatever_an_entry_holds(cli_env, rdb, capsys):
+    """Numbers Python reads as non-finite (1e999, NaN) are printed as strings, so every line is valid JSON."""
+    rdb.lpush("apnsd:dead", b'{"reason": "far", "time": 1e999, "status": -1e999, "detail": NaN, "n": [Infinity]}')
+
+    code, out, err = run(capsys, "dead", "list", "--json")
+
+    expected = {"reason": "far", "time": "Infinity", "status": "-Infinity", "detail": "NaN", "n": ["Infinity"]}
+    assert (0, "", expected) == (code, err, strict_json(out))
+
+
+def test_stats_json_is_strict_json_whatever_a_heartbeat_holds(cli_env, rdb, capsys):
+    """A heartbeat time another program set to 1e999 is printed as a string, so the output is valid JSON."""
+    rdb.sadd("apnsd:workers", "other")
+    rdb.set("apnsd:worker:other", b'{"time": 1e999}', ex=60)
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    expected = [{"id": "other", "alive": True, "in_flight": 0, "last_heartbeat": "Infinity"}]
+    assert (0, "", expected) == (code, err, strict_json(out)["workers"])
+
+
 def test_dead_requeue_and_purge_pass_over_entries_they_cannot_read(cli_env, rdb, capsys):
     """Requeue moves the entries that hold a job (an app of the wrong type means the default queue); purge the rest."""
     rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
