@@ -439,6 +439,17 @@ def test_missing_config_file_exits_2(cli_env, capsys, tmp_path):
     assert "does not exist" in err
 
 
+def test_missing_config_file_named_by_the_variable_names_the_variable(cli_env, monkeypatch, capsys, tmp_path):
+    """$APNSD_CONFIG naming a file that does not exist exits 2 with an error about APNSD_CONFIG, not --config."""
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("APNSD_CONFIG", str(missing))
+
+    code, out, err = run(capsys, "stats")
+
+    expected = f"config key 'APNSD_CONFIG': file {missing} does not exist"
+    assert (2, "", True, False) == (code, out, expected in err, "--config" in err)
+
+
 def test_unreachable_redis_exits_2_with_the_cause(cli_env, monkeypatch, capsys):
     """When Redis cannot be reached the command exits 2 with a one-line explanation."""
     monkeypatch.setenv("APNSD_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
