@@ -92,6 +92,9 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or until drained with --drain); returns the exit code."""
         cfg = self.config
+        # First: a signal during start-up (loading credentials, waiting for Redis) is honoured once the
+        # loops run, instead of killing the process (SIGHUP's and SIGTERM's default action).
+        self._install_signals()
         require_credentials(cfg)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         ensure_private_dir(self.health_path.parent)
@@ -111,7 +114,6 @@ class Daemon:
                 )
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
-        self._install_signals()
         self.log.info(
             "started",
             queues=[lp.queue for lp in self.loops],

@@ -1,0 +1,38 @@
+"""Process control of a real `apnsd run`: signals that arrive while it is still starting up."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.faultkit import DaemonProcess, RedisCutter, daemon_env
+from tests.support.wait import wait_for
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=["hup", "term", "int"])
+def test_a_signal_during_start_up_is_honoured_not_fatal(sig, redis_server, http2_mock, pki, tmp_path: Path) -> None:
+    """A signal that comes while the daemon waits for Redis at start-up does what it does later: SIGHUP
+    reloads and the daemon runs on; SIGTERM and SIGINT stop it gracefully, exit 0 (not death by signal)."""
+    mock: Any = http2_mock()
+    cutter = RedisCutter(redis_server.port, b"no marker", set())
+    cutter.gate.clear()  # the daemon's first Redis connection waits: it is inside its start-up
+    env = daemon_env(cutter.url, mock.host, mock.port, "http2", pki, tmp_path / "state")
+    proc = DaemonProcess(env, tmp_path / "daemon.log")
+    try:
+        wait_for(cutter.accepted.is_set, 30, "the daemon's first Redis connection")
+        proc.signal(sig)
+        cutter.gate.set()
+        if sig is signal.SIGHUP:
+            wait_for(lambda: proc.events("reloaded") or proc.proc.poll() is not None, 30, "the reload")
+            assert (None, 1) == (proc.proc.poll(), len(proc.events("started"))), proc.tail()
+            proc.signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+        cutter.close()
+
+    assert (0, [True]) == (code, [e["clean"] for e in proc.events("stopped")]), proc.tail()
