@@ -116,6 +116,22 @@ def test_reason_label_keeps_identifiers_and_bounds_the_rest() -> None:
     ]
 
 
+def test_cause_label_is_a_closed_set_whatever_the_gateway_or_its_address() -> None:
+    """Causes carrying a peer address, GOAWAY debug data or a gateway's reason map to one label each."""
+    causes = (
+        "connection to 17.188.143.34:443 lost: reset by peer",
+        "connection to [2620:149:a44::1]:443 is closed",
+        "GOAWAY attacker-chosen-debug-data-1",
+        "GOAWAY 11",
+        "error response 8 (InvalidToken)",
+        "HTTP/2 protocol error: frame too large",
+        "shutdown",
+        "a cause no table knows",
+    )
+    expected = ["connection_lost"] * 2 + ["goaway"] * 2 + ["error_response", "protocol_error", "shutdown", "other"]
+    assert expected == [metrics.cause_label(c) for c in causes]
+
+
 def test_fatal_listener_stops_on_apnsd_fatal_and_acknowledges_every_event() -> None:
     """A FATAL of apnsd calls stop; a FATAL of another program does not; each event gets READY and a result."""
 

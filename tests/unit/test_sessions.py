@@ -15,6 +15,7 @@ from apnsd.core.outcomes import DELIVERED, Kind
 from apnsd.gateway.binary_session import SLOW_START, BinarySession
 from apnsd.gateway.http2_session import Http2Session
 from apnsd.gateway.session import MAX_LOSSES, Resolved, State
+from apnsd.metrics import REGISTRY
 from apnsd.wire import binary
 from apnsd.wire.http2 import frames
 from tests.support.fake_transport import FakeNetwork, FakeTransport
@@ -351,6 +352,22 @@ def test_http2_answered_ping_keeps_the_connection():
     s.step(ping_at + s.cfg.ping_timeout + 1, False)
 
     assert State.OPEN == s.state and 1 == net.connections
+
+
+def test_http2_goaway_debug_data_never_becomes_a_metric_label():
+    """A GOAWAY's debug data (the gateway's free text) is counted under cause "goaway", not as a label of its own."""
+    s, _, gw, _ = h2_connected(1)
+    gw.answer(1)
+    s.step(T0 + 0.1, True)
+    before = REGISTRY.get_sample_value("apnsd_disconnects_total", {"app": "default", "cause": "goaway"}) or 0.0
+    gw.server.close_connection(additional_data=b"unique-debug-data-8431")
+    gw.send()
+
+    s.step(T0 + 0.2, True)
+
+    causes = {m.labels["cause"] for f in REGISTRY.collect() for m in f.samples if f.name == "apnsd_disconnects"}
+    after = REGISTRY.get_sample_value("apnsd_disconnects_total", {"app": "default", "cause": "goaway"})
+    assert (State.DISCONNECTED, before + 1, False) == (s.state, after, any("unique" in c for c in causes))
 
 
 # --- rotation ----------------------------------------------------------------------------------
