@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import sys
 from typing import Any, Protocol, TextIO
 
@@ -23,6 +25,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _json_safe,  # the console renderer shows values with repr(): control characters are escaped there
         renderer,
     ]
     if console and stream.isatty():
@@ -35,6 +38,32 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
+
+
+MAX_TEXT = 4096  # characters kept of one logged text value (a gateway's debug data, another program's text)
+_SURROGATES = re.compile("[\ud800-\udfff]")  # in a Python str, always unpaired: not Unicode, refused by JSON readers
+
+
+def _safe(value: Any, cut: bool = True) -> Any:
+    """``value`` as any JSON reader takes it: no unpaired surrogate, no NaN or infinity, long text cut."""
+    if isinstance(value, str):
+        if not value.isascii():
+            value = _SURROGATES.sub("\ufffd", value)
+        if cut and len(value) > MAX_TEXT:
+            value = f"{value[:MAX_TEXT]}…(+{len(value) - MAX_TEXT} characters)"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {_safe(k): _safe(v, cut) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v, cut) for v in value]
+    return value
+
+
+def _json_safe(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every field valid in a JSON line whatever it holds; a traceback is kept whole."""
+    return {_safe(k): _safe(v, k != "exception") for k, v in event.items()}
 
 
 def _clear_line(_logger: Any, _method: str, line: str) -> str:

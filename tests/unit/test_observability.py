@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
+from typing import Any
 
-from apnsd import metrics
+from apnsd import logs, metrics
 from apnsd.cli.fatal import listen
 from apnsd.worker.delivery import ConnectionState, LoopSnapshot
 from apnsd.worker.gauges import OldestJob, enqueued_at
 from apnsd.worker.probes import LoopView, liveness, readiness
 from apnsd.worker.progress import DrainProgress
+from tests.support.jobs import LOG
 
 
 def conn(up: bool = True, disabled: str | None = None, failures: int = 0, error: str | None = None) -> ConnectionState:
@@ -130,6 +133,38 @@ def test_cause_label_is_a_closed_set_whatever_the_gateway_or_its_address() -> No
     )
     expected = ["connection_lost"] * 2 + ["goaway"] * 2 + ["error_response", "protocol_error", "shutdown", "other"]
     assert expected == [metrics.cause_label(c) for c in causes]
+
+
+def strict_json(line: str) -> Any:
+    """Decode one line as RFC 8259 JSON (NaN and infinities refused) holding only Unicode text."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    value = json.loads(line, parse_constant=refuse)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # an unpaired surrogate cannot be encoded
+    return value
+
+
+def test_a_log_line_is_strict_json_whatever_its_values_hold() -> None:
+    """CR/LF, NUL, unpaired surrogates, NaN, infinities and huge text in fields still make one valid JSON line."""
+    start = len(LOG.getvalue())
+
+    logs.get("test", app="a\udcff").warning(
+        "hostile",
+        reason="line\r\nfake\x00 \ud800",
+        wait=float("nan"),
+        limits={"k\udce9": float("-inf"), "l": [float("inf"), "x" * 100_000]},
+        big="y" * 100_000,
+    )
+
+    lines = LOG.getvalue()[start:].splitlines()
+    event = strict_json(lines[0])
+    cut = "…(+95904 characters)"
+    assert 1 == len(lines)
+    assert ("a\ufffd", "line\r\nfake\x00 \ufffd", "nan") == (event["app"], event["reason"], event["wait"])
+    assert {"k\ufffd": "-inf", "l": ["inf", "x" * logs.MAX_TEXT + cut]} == event["limits"]
+    assert "y" * logs.MAX_TEXT + cut == event["big"]
 
 
 def test_fatal_listener_stops_on_apnsd_fatal_and_acknowledges_every_event() -> None:
