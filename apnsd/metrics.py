@@ -190,6 +190,11 @@ def totals(metric: Counter, by: str) -> dict[str, dict[str, float]]:
 Probe = Callable[[], tuple[bool, str]]
 
 
+# A connection that sends no complete request within this many seconds is closed: without it, each idle
+# (or slowloris) client of the listener held a thread for ever.
+IDLE_TIMEOUT = 10.0
+
+
 def serve(listen: str, probes: dict[str, Probe] | None = None) -> Callable[[], None]:
     """Serve /metrics and the probes (path → check) on host:port in a background thread; returns the stop function.
 
@@ -200,6 +205,8 @@ def serve(listen: str, probes: dict[str, Probe] | None = None) -> Callable[[], N
     routes = dict(probes or {})
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT
+
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/metrics":
