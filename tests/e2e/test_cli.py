@@ -374,6 +374,28 @@ def test_health_without_a_worker_exits_1_with_a_reason(cli_env, capsys):
     assert out.startswith("unhealthy: no worker has written a fresh status to ")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1]",
+        '{"time": null, "worker": "w"}',
+        '{"time": "now", "worker": "w"}',
+        '{"time": 1e999, "worker": "w"}',
+        "[" * 100_000,
+    ],
+)
+def test_health_reads_a_status_file_apnsd_did_not_write_as_no_status(cli_env, capsys, content):
+    """A worker status file holding something else (another program, another version) counts as no fresh
+    status: exit 1 with the usual reason, never a traceback."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    (cli_env / "worker-other.json").write_text(content)
+
+    code, out, err = run(capsys, "health", "--liveness")
+
+    assert (1, "") == (code, err)
+    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+
+
 def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, capsys, binary_mock, make_config):
     """`apnsd health` exits 0 while a worker heartbeats and 1 once it has stopped."""
     daemon = Daemon(make_config(binary_mock(), WORKER_STATE_DIR=str(cli_env)))
