@@ -1,14 +1,18 @@
-"""Process control of a real `apnsd run`: signals that arrive while it is still starting up."""
+"""Process control of a real `apnsd run`: signals that arrive while it is still starting up, a log output
+that goes away."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.faultkit import DaemonProcess, RedisCutter, daemon_env
+from tests.support.faultkit import REPO, DaemonProcess, RedisCutter, daemon_env
+from tests.support.jobs import good_tokens, job, push_all
 from tests.support.wait import wait_for
 
 
@@ -38,3 +42,35 @@ def test_a_signal_during_start_up_is_honoured_not_fatal(sig, redis_server, http2
 
     expected = (130, []) if sig is signal.SIGINT else (0, [True])
     assert expected == (code, [e["clean"] for e in proc.events("stopped")]), proc.tail()
+
+
+@pytest.mark.timeout(90)
+def test_a_log_output_that_goes_away_costs_log_lines_not_deliveries(
+    jq, redis_server, http2_mock, pki, tmp_path
+) -> None:
+    """stdout is a pipe whose reader has gone (a log shipper died): the daemon says so once on stderr, delivers
+    every job and stops gracefully with exit 0, instead of dying on its first log line."""
+    mock: Any = http2_mock()
+    env = daemon_env(redis_server.url, mock.host, mock.port, "http2", pki, tmp_path / "state")
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "apnsd.cli", "run"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr
+        )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader goes away before the first line
+    tokens = good_tokens(20, seed=51)
+    push_all(jq, [job(t) for t in tokens])
+    try:
+        wait_for(lambda: len(mock.record.accepted_tokens()) == 20 or proc.poll() is not None, 30, "the deliveries")
+        running = proc.poll()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    text = err.read_text()
+    assert (None, 0, set(tokens)) == (running, code, set(mock.record.accepted_tokens())), text[-2000:]
+    assert 1 == text.count("the log output is gone"), text[-2000:]
