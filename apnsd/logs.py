@@ -86,6 +86,7 @@ class _Output:
 
 
 MAX_TEXT = 4096  # characters kept of one logged text value (a gateway's debug data, another program's text)
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}  # as `apnsd dead list --json` writes them
 _SURROGATES = re.compile("[\ud800-\udfff]")  # in a Python str, always unpaired: not Unicode, refused by JSON readers
 
 
@@ -98,7 +99,7 @@ def _safe(value: Any, cut: bool = True) -> Any:
             value = f"{value[:MAX_TEXT]}…(+{len(value) - MAX_TEXT} characters)"
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
     if isinstance(value, dict):
         return {_safe(k): _safe(v, cut) for k, v in value.items()}
     if isinstance(value, list | tuple):

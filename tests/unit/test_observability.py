@@ -162,8 +162,8 @@ def test_a_log_line_is_strict_json_whatever_its_values_hold() -> None:
     event = strict_json(lines[0])
     cut = "…(+95904 characters)"
     assert 1 == len(lines)
-    assert ("a\ufffd", "line\r\nfake\x00 \ufffd", "nan") == (event["app"], event["reason"], event["wait"])
-    assert {"k\ufffd": "-inf", "l": ["inf", "x" * logs.MAX_TEXT + cut]} == event["limits"]
+    assert ("a\ufffd", "line\r\nfake\x00 \ufffd", "NaN") == (event["app"], event["reason"], event["wait"])
+    assert {"k\ufffd": "-Infinity", "l": ["Infinity", "x" * logs.MAX_TEXT + cut]} == event["limits"]
     assert "y" * logs.MAX_TEXT + cut == event["big"]
 
 
