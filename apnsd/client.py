@@ -224,6 +224,12 @@ class Client:
         if isinstance(at, float) and not math.isfinite(at):  # JSON has none: it would be encoded as null
             raise JobError("bad_field", f"send_at must be a finite unix time, got {at}")
         try:
+            problem = _not_json(job, "")
+        except RecursionError:  # deeper than Python goes: the encoder refuses it below
+            problem = None
+        if problem:
+            raise JobError("bad_field", problem)
+        try:
             raw = _encode(job)
         except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:  # Unicode: a lone surrogate
             raise JobError("bad_field", f"job cannot be encoded as JSON: {exc}") from None
@@ -241,6 +247,31 @@ class Client:
         if name not in self._parsers:
             self._parsers[name] = _parser_for({name: AppConfig()})
         return self._parsers[name]
+
+
+# What JSON holds as itself. msgspec would also encode others, altering them silently: NaN and infinities
+# as null, bytes as base64, sets as arrays, dates as text, non-text keys as text.
+_JSON_SCALARS = (str, int, type(None))
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    """What in ``value`` (found at field path ``where``) JSON cannot carry as it is; None when all of it can."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value}, which JSON cannot carry (no NaN or infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where or 'job'} has the key {key!r}: JSON object keys are text"
+            problem = _not_json(item, f"{where}.{key}" if where else key)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        return next((p for i, item in enumerate(value) if (p := _not_json(item, f"{where}[{i}]"))), None)
+    kind = type(value).__name__
+    return f"{where} is a {kind}, which JSON cannot carry as it is (text, number, bool, null, list or object)"
 
 
 def _parser_for(apps: Mapping[str, AppConfig]) -> JobParser:

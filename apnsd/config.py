@@ -317,16 +317,18 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if path:
+        # Errors about the file name what named it: the variable when the path came from there.
+        origin = "APNSD_CONFIG" if env.get("APNSD_CONFIG") == path else "--config"
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError("--config", f"file {path} does not exist") from None
+            raise ConfigError(origin, f"file {path} does not exist") from None
         except OSError as exc:
-            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(origin, f"cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+            raise ConfigError(origin, f"{path} is not valid TOML: {exc}") from None
         except UnicodeDecodeError:
-            raise ConfigError("--config", f"{path} is not UTF-8 text") from None
+            raise ConfigError(origin, f"{path} is not UTF-8 text") from None
         base = Path(path).resolve().parent
     _apply_env(raw, env)
     _read_secret_files(raw, base)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
+import re
 import sys
 from typing import Any, Protocol, TextIO
 
@@ -23,6 +26,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _json_safe,  # the console renderer shows values with repr(): control characters are escaped there
         renderer,
     ]
     if console and stream.isatty():
@@ -32,9 +36,80 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # One write per line (PrintLogger writes the newline separately): where apnsd shares a pipe with
         # another writer, as under supervisord, a line cannot be split by the other's output.
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(_Output(stream)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+
+
+class _Output:
+    """The log stream, as structlog writes to it; a write that fails (the reader of a pipe went away) costs
+    log lines, never the component logging: apnsd keeps delivering with nowhere to log."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def write(self, text: str) -> None:
+        """Write one line (or drop it once the output is gone)."""
+        try:
+            self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self._gone()
+
+    def flush(self) -> None:
+        """Flush (or drop what is buffered once the output is gone)."""
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._gone()
+
+    def _gone(self) -> None:
+        """Point the output's descriptor at /dev/null, so that what is buffered and every later line drain
+        there (instead of failing again, up to Python's exit status 120), and say so once on stderr."""
+        if self._lost:
+            return
+        self._lost = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+        if self._stream is not sys.stderr:
+            try:
+                print("apnsd: the log output is gone (closed pipe?); log lines are discarded", file=sys.stderr)
+            except (OSError, ValueError):
+                pass
+
+
+MAX_TEXT = 4096  # characters kept of one logged text value (a gateway's debug data, another program's text)
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}  # as `apnsd dead list --json` writes them
+_SURROGATES = re.compile("[\ud800-\udfff]")  # in a Python str, always unpaired: not Unicode, refused by JSON readers
+
+
+def _safe(value: Any, cut: bool = True) -> Any:
+    """``value`` as any JSON reader takes it: no unpaired surrogate, no NaN or infinity, long text cut."""
+    if isinstance(value, str):
+        if not value.isascii():
+            value = _SURROGATES.sub("\ufffd", value)
+        if cut and len(value) > MAX_TEXT:
+            value = f"{value[:MAX_TEXT]}…(+{len(value) - MAX_TEXT} characters)"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if isinstance(value, dict):
+        return {_safe(k): _safe(v, cut) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(v, cut) for v in value]
+    return value
+
+
+def _json_safe(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every field valid in a JSON line whatever it holds; a traceback is kept whole."""
+    return {_safe(k): _safe(v, k != "exception") for k, v in event.items()}
 
 
 def _clear_line(_logger: Any, _method: str, line: str) -> str:

@@ -153,6 +153,28 @@ def reason_label(reason: str) -> str:
     return head
 
 
+# How a connection ended, as a closed set of label values: the free text of a cause (the peer's address,
+# a GOAWAY's debug data, the gateway's reason) stays in the disconnected log line.
+_CAUSES = (
+    ("connection to ", "connection_lost"),
+    ("GOAWAY", "goaway"),
+    ("HTTP/2 protocol error", "protocol_error"),
+    ("PING unanswered", "ping_unanswered"),
+    ("error response", "error_response"),
+    ("unreadable answer", "unreadable_answer"),
+    ("starved", "starved"),
+    ("gateway closed", "gateway_closed"),
+)
+
+
+def cause_label(cause: str) -> str:
+    """A bounded label value for why a connection ended (apnsd_disconnects_total's cause)."""
+    for prefix, label in _CAUSES:
+        if cause.startswith(prefix):
+            return label
+    return reason_label(cause)  # apnsd's own one-word causes (shutdown, suspended, ...); anything else: other
+
+
 def totals(metric: Counter, by: str) -> dict[str, dict[str, float]]:
     """A counter's values summed per app and per value of label ``by`` (for heartbeats and live stats)."""
     out: dict[str, dict[str, float]] = {}
@@ -168,6 +190,11 @@ def totals(metric: Counter, by: str) -> dict[str, dict[str, float]]:
 Probe = Callable[[], tuple[bool, str]]
 
 
+# A connection that sends no complete request within this many seconds is closed: without it, each idle
+# (or slowloris) client of the listener held a thread for ever.
+IDLE_TIMEOUT = 10.0
+
+
 def serve(listen: str, probes: dict[str, Probe] | None = None) -> Callable[[], None]:
     """Serve /metrics and the probes (path → check) on host:port in a background thread; returns the stop function.
 
@@ -178,6 +205,8 @@ def serve(listen: str, probes: dict[str, Probe] | None = None) -> Callable[[], N
     routes = dict(probes or {})
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT
+
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/metrics":

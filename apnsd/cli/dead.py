@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from typing import Any
 
+from apnsd.cli import jsonout
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 
@@ -63,7 +63,7 @@ def dead_list(q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int
     ][:limit]
     for e in entries:
         if as_json:
-            print(json.dumps(e))
+            print(jsonout.dumps(e))
         else:
             print(_line(e))
     if not as_json:

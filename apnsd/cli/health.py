@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -25,9 +26,13 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
     for f in sorted(state.glob("worker-*.json")):
         try:
             status = json.loads(f.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
-        if now - float(status.get("time", 0)) <= ttl:
+        # A file apnsd did not write (another version, another program): unreadable, not a traceback.
+        stamp = status.get("time") if isinstance(status, dict) else None
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not isinstance(status.get("worker"), str):
+            continue
+        if math.isfinite(stamp) and now - stamp <= ttl:
             fresh.append(status)
     if not fresh:
         return False, f"unhealthy: no worker has written a fresh status to {state} in the last {ttl:.0f} s"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -302,6 +301,7 @@ def _interval(text: str) -> float:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from apnsd.cli import jsonout
     from apnsd.cli.stats import collect, render
 
     if args.watch is not None:
@@ -310,7 +310,7 @@ def _stats(args: argparse.Namespace) -> int:
         config = _load(args)
         return watch(config, _queue(config), args.watch, args.json, sys.stdout)
     data = collect(_load(args), _queue)
-    print(json.dumps(data, indent=2) if args.json else render(data))
+    print(jsonout.dumps(data, indent=2) if args.json else render(data))
     return 0
 
 

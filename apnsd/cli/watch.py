@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from apnsd.cli import jsonout
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 from apnsd.worker.gauges import OldestJob
@@ -208,7 +208,7 @@ def _refresh(
         cur = read(config, q, oldest)
         add_rates(prev, cur)
         if json_lines:
-            out.write(json.dumps(as_json(cur)) + "\n")
+            out.write(jsonout.dumps(as_json(cur)) + "\n")
         else:
             out.write((HOME_AND_CLEAR if live else "\n" if n else "") + render(cur, every) + "\n")
         out.flush()

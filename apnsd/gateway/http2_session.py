@@ -62,6 +62,7 @@ class Http2Session(Session):
         self._ping_sent: float | None = None
         self._sent_marks: deque[tuple[int, float]] = deque()  # (first stream id of a write, when)
         self._parked_until = 0.0  # after TooManyProviderTokenUpdates, no sends before this
+        self._starved_since: float | None = None  # notifications wait, yet the gateway allows no stream
         self._hold = False  # this connection must send nothing more: the work waits for a fresh one
         self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
         self._unsendable: Resolved = []  # notifications whose headers could not be encoded
@@ -94,6 +95,7 @@ class Http2Session(Session):
         self._early_goaway = False
         self._timed.clear()
         self._template = None
+        self._starved_since = None
         self._last_activity = self._last_received = now
         self._ping_sent = None
         self._push()
@@ -121,7 +123,10 @@ class Http2Session(Session):
         if n <= 0:
             if h2.streams_exhausted:
                 self.wants_replacement = True
+            elif self._starved_since is None and h2.max_concurrent_streams == 0:
+                self._starved_since = now  # the gateway allows no stream: see on_timer
             return
+        self._starved_since = None
         template = self._current_template()
         pending, streams, send, type_topics = self.pending, self._streams, h2.send_request, self._type_topics
         first = 0  # the first stream id this write opens, for the stall check's send-time marks
@@ -357,13 +362,40 @@ class Http2Session(Session):
             return []
         if self._ping_sent is not None and now - self._ping_sent > self.cfg.ping_timeout:
             return self._lost("PING unanswered", now, Loss.ABRUPT)
-        if self._ping_sent is None and (
-            now - self._last_activity >= self.cfg.ping_interval or now >= self._stall_check_at(now)
-        ):
+        starved = self._starved_since
+        if starved is not None and now - starved >= self.cfg.stall_timeout:
+            if self.pending and h2.carries_nothing:
+                return self._starved(h2, now)
+            self._starved_since = None  # the limit was raised, or the work went elsewhere
+        stalled = self._ping_sent is None and now >= self._stall_check_at(now)
+        if stalled and h2.carries_nothing:  # nothing received for stall_timeout and no body could be sent
+            return self._starved(h2, now)
+        if self._ping_sent is None and (now - self._last_activity >= self.cfg.ping_interval or stalled):
             h2.ping()
             self._ping_sent = now
             self._push()
         return []
+
+    def _starved(self, h2: H2ClientConnection, now: float) -> Resolved:
+        """The gateway let no request through for stall_timeout (no stream allowed, or no flow-control window
+        for any body): reconnect, paced like a failed connect, resending what waited without counting a loss
+        (none of it can have been processed)."""
+        limit, blocked = h2.max_concurrent_streams, h2.blocked_bytes
+        if self._streams:
+            self.explanation = f"starved: gateway opens no flow-control window for {blocked} request body bytes"
+        else:
+            self.explanation = "starved: gateway allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0)"
+        self.log.warning(
+            "connection_starved",
+            reason=self.explanation,
+            waited=round(now - (self._starved_since or self._last_received), 1),
+            max_concurrent_streams=limit,
+            blocked_bytes=blocked,
+            open_streams=len(self._streams),
+            pending=len(self.pending),
+        )
+        self.pacer.failed(now)
+        return self._lost(self.explanation, now, Loss.EXPLAINED)
 
     def _stall_check_at(self, now: float) -> float:
         """When the oldest unanswered request will have waited stall_timeout with nothing received (or a
@@ -395,6 +427,8 @@ class Http2Session(Session):
         if self._ping_sent is not None:
             return self._ping_sent + self.cfg.ping_timeout
         parked = self._parked_until if self._parked_until > now else float("inf")
+        if self._starved_since is not None:
+            parked = min(parked, self._starved_since + self.cfg.stall_timeout)
         return min(self._last_activity + self.cfg.ping_interval, self._stall_check_at(now), parked)
 
     def unanswered_count(self) -> int:

@@ -516,7 +516,7 @@ class Session:
             self.transport.close()
         self.transport = None
         self.state = State.DISCONNECTED
-        metrics.DISCONNECTS.labels(self.app, cause.split(":")[0][:40]).inc()
+        metrics.DISCONNECTS.labels(self.app, metrics.cause_label(cause)).inc()
         self.log.info("disconnected", reason=cause, resend=resent)
 
     def describe(self, n: Notification) -> str:

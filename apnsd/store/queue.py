@@ -336,7 +336,7 @@ class JobQueue:
                     alive = alive or n < 0
                     total += max(n, 0)
                 if not alive:
-                    self.client.srem(self.keys.workers, wid)
+                    self.client.srem(self.keys.workers, worker)  # as stored: a member that is not UTF-8 goes too
                     moved[wid] = total
         return moved
 
@@ -555,8 +555,9 @@ class JobQueue:
 
 
 def _text(value: bytes | str) -> str:
-    """A Redis reply as text (our clients return bytes; redis-py's types also allow str)."""
-    return value.decode() if isinstance(value, bytes) else value
+    """A Redis reply as text (our clients return bytes; redis-py's types also allow str); bytes that are not
+    UTF-8 (another program wrote them: apnsd writes only text) read as U+FFFD instead of raising."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _raw(value: bytes | str) -> bytes:

@@ -92,6 +92,10 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or until drained with --drain); returns the exit code."""
         cfg = self.config
+        # First: SIGTERM or SIGHUP during start-up (loading credentials, waiting for Redis) is honoured once
+        # the loops run, instead of killing the process (their default action). SIGINT interrupts start-up
+        # at once (exit 130), so that Ctrl-C never waits for a slow step: nothing has been taken yet.
+        self._install_signals(signal.SIGTERM, signal.SIGHUP)
         require_credentials(cfg)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         ensure_private_dir(self.health_path.parent)
@@ -111,7 +115,7 @@ class Daemon:
                 )
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=cfg.metrics.listen, error=str(exc))
-        self._install_signals()
+        self._install_signals(signal.SIGINT)
         self.log.info(
             "started",
             queues=[lp.queue for lp in self.loops],
@@ -157,12 +161,13 @@ class Daemon:
             plan = LanePlan.for_queue(cfg, queue)
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder, plan))
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, *signals: signal.Signals) -> None:
+        """SIGHUP asks for a reload, SIGTERM and SIGINT for a graceful stop: the handlers only set flags."""
         if threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        for sig in signals:
+            flag = self._reload if sig is signal.SIGHUP else self._stop
+            signal.signal(sig, lambda *_, flag=flag: flag.set())
 
     def _main_loop(self) -> None:
         w = self.config.worker

@@ -321,6 +321,36 @@ def test_dead_list_shows_entries_it_cannot_read_instead_of_failing(cli_env, rdb,
     ]
 
 
+def strict_json(text: str) -> Any:
+    """Decode ``text`` as RFC 8259 JSON: NaN, Infinity and -Infinity are refused."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_dead_list_json_is_strict_json_whatever_an_entry_holds(cli_env, rdb, capsys):
+    """Numbers Python reads as non-finite (1e999, NaN) are printed as strings, so every line is valid JSON."""
+    rdb.lpush("apnsd:dead", b'{"reason": "far", "time": 1e999, "status": -1e999, "detail": NaN, "n": [Infinity]}')
+
+    code, out, err = run(capsys, "dead", "list", "--json")
+
+    expected = {"reason": "far", "time": "Infinity", "status": "-Infinity", "detail": "NaN", "n": ["Infinity"]}
+    assert (0, "", expected) == (code, err, strict_json(out))
+
+
+def test_stats_json_is_strict_json_whatever_a_heartbeat_holds(cli_env, rdb, capsys):
+    """A heartbeat time another program set to 1e999 is printed as a string, so the output is valid JSON."""
+    rdb.sadd("apnsd:workers", "other")
+    rdb.set("apnsd:worker:other", b'{"time": 1e999}', ex=60)
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    expected = [{"id": "other", "alive": True, "in_flight": 0, "last_heartbeat": "Infinity"}]
+    assert (0, "", expected) == (code, err, strict_json(out)["workers"])
+
+
 def test_dead_requeue_and_purge_pass_over_entries_they_cannot_read(cli_env, rdb, capsys):
     """Requeue moves the entries that hold a job (an app of the wrong type means the default queue); purge the rest."""
     rdb.lpush("apnsd:dead", *FOREIGN_DEAD)
@@ -341,6 +371,28 @@ def test_health_without_a_worker_exits_1_with_a_reason(cli_env, capsys):
     code, out, _ = run(capsys, "health")
 
     assert 1 == code
+    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1]",
+        '{"time": null, "worker": "w"}',
+        '{"time": "now", "worker": "w"}',
+        '{"time": 1e999, "worker": "w"}',
+        "[" * 100_000,
+    ],
+)
+def test_health_reads_a_status_file_apnsd_did_not_write_as_no_status(cli_env, capsys, content):
+    """A worker status file holding something else (another program, another version) counts as no fresh
+    status: exit 1 with the usual reason, never a traceback."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    (cli_env / "worker-other.json").write_text(content)
+
+    code, out, err = run(capsys, "health", "--liveness")
+
+    assert (1, "") == (code, err)
     assert out.startswith("unhealthy: no worker has written a fresh status to ")
 
 
@@ -407,6 +459,17 @@ def test_missing_config_file_exits_2(cli_env, capsys, tmp_path):
 
     assert 2 == code
     assert "does not exist" in err
+
+
+def test_missing_config_file_named_by_the_variable_names_the_variable(cli_env, monkeypatch, capsys, tmp_path):
+    """$APNSD_CONFIG naming a file that does not exist exits 2 with an error about APNSD_CONFIG, not --config."""
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("APNSD_CONFIG", str(missing))
+
+    code, out, err = run(capsys, "stats")
+
+    expected = f"config key 'APNSD_CONFIG': file {missing} does not exist"
+    assert (2, "", True, False) == (code, out, expected in err, "--config" in err)
 
 
 def test_unreachable_redis_exits_2_with_the_cause(cli_env, monkeypatch, capsys):

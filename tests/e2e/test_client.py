@@ -216,6 +216,30 @@ def test_client_refuses_what_json_cannot_carry_with_a_job_error(jq, redis_server
     assert (reason, 0, 0) == (info.value.reason, jq.depth("apnsd:queue"), jq.scheduled_count("apnsd:queue"))
 
 
+@pytest.mark.parametrize(
+    ("call", "detail"),
+    [
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x"}, "v": float("nan")}), "payload.v is nan"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x", "badge": float("inf")}}), "payload.aps.badge is inf"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x"}, "l": [1, float("-inf")]}), "payload.l[1] is -inf"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x"}, "blob": b"\x00\x01"}), "payload.blob is a bytes"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x"}, "s": {1, 2}}), "payload.s is a set"),
+        (lambda c: c.enqueue(T, {"aps": {"alert": "x"}, "m": {1: "a"}}), "payload.m has the key 1"),
+        (lambda c: c.enqueue(T, ALERT, collapse_id=b"abc"), "collapse_id is a bytes"),
+        (lambda c: c.enqueue_many([{"token": T, "payload": {"aps": {"alert": "x"}, "n": float("nan")}}]), "payload.n"),
+        (lambda c: c.broadcast("dGVzdA==", {"aps": {"alert": "x"}, "b": bytearray(b"x")}), "payload.b is a bytearr"),
+    ],
+)
+def test_client_refuses_a_job_json_cannot_carry_as_it_is_naming_the_field(jq, redis_server, call, detail):
+    """NaN, infinities, bytes, sets or non-text keys inside a job are a JobError naming the field, never altered."""
+    client = Client(redis_server.url)
+
+    with pytest.raises(JobError) as info:
+        call(client)
+
+    assert ("bad_field", True, 0) == (info.value.reason, detail in info.value.detail, jq.depth("apnsd:queue"))
+
+
 @pytest.mark.timeout(60)
 def test_enqueue_adds_enqueued_at_and_fans_out(rdb, redis_server, http2_mock, make_config, schema):
     """enqueue stamps enqueued_at, keeps the given fields, fans a token list out, and the daemon delivers it all."""

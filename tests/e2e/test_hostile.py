@@ -419,3 +419,29 @@ def test_fan_out_tokens_the_gateway_refuses_are_dead_lettered_with_their_own_tok
     assert sorted(tokens) == sorted(e["token"] for e in dead)
     assert [e["token"] for e in dead] == [j["token"] for j in jobs]
     assert [] == [j for j in jobs if "tokens" in j]
+
+
+def test_registry_and_hash_members_that_are_not_utf8_neither_stop_the_daemon_nor_the_cli(
+    session_logs, env_clean, monkeypatch, jq, rdb, redis_server, http2_mock, make_config, capsys
+):
+    """A worker id, token or stats field another program wrote in bytes that are not UTF-8: the daemon starts,
+    delivers and drops the foreign worker from the registry; stats, health and the client still answer."""
+    from apnsd.client import Client
+
+    rdb.sadd("apnsd:workers", b"\xff\xfe-foreign")
+    rdb.hset("apnsd:unregistered", b"\xff" * 32, b"{}")
+    rdb.hset("apnsd:stats", b"\xffdead", b"3")
+    monkeypatch.setenv("APNSD_REDIS_URL", redis_server.url)
+    mock = http2_mock()
+    tokens = good_tokens(5, seed=31)
+    push_all(jq, [job(t) for t in tokens])
+
+    code = run_drained(make_config(mock))
+    stats = main(["stats", "--json"])
+    health = main(["health"])
+    _, err = capsys.readouterr()
+
+    assert (0, 0, "") == (code, stats, err)
+    assert 1 == health  # no live worker: the drained one retired, the foreign one is gone
+    assert (set(tokens), set()) == (set(mock.record.accepted_tokens()), rdb.smembers("apnsd:workers"))
+    assert ["\ufffd" * 32] == list(Client(redis_server.url).unregistered())

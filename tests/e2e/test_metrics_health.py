@@ -192,3 +192,24 @@ def test_reload_keeps_an_expired_app_disabled_and_enables_it_once_renewed(
     wait_for(lambda: token in mock.record.accepted_tokens(), 10, "delivery with the renewed certificate")
     wait_for(lambda: health(capsys)[0] == 0, 10, "health back to 0")
     assert ["app_disabled"] == [e["reason"].split(":")[0] for e in jq.dead_entries(10)]
+
+
+def test_metrics_listener_closes_a_connection_that_sends_no_request(monkeypatch) -> None:
+    """A client that connects and sends nothing (or half a request) is disconnected after IDLE_TIMEOUT."""
+    import socket
+
+    from apnsd import metrics
+
+    monkeypatch.setattr(metrics, "IDLE_TIMEOUT", 0.5)
+    port = free_port()
+    stop = metrics.serve(f"127.0.0.1:{port}")
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: the request never ends
+        for s in (idle, half):
+            s.settimeout(10)
+        closed = [s.recv(1024) for s in (idle, half)]  # b"": the listener hung up
+    finally:
+        stop()
+    assert [b"", b""] == closed

@@ -306,6 +306,10 @@ class RedisCutter:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._conns: list[Any] = []
+        # Cleared: a connection is accepted (``accepted`` is set) but not forwarded until it is set again.
+        self.gate = threading.Event()
+        self.gate.set()
+        self.accepted = threading.Event()
         threading.Thread(target=self._accept, daemon=True, name="redis-cutter").start()
 
     @property
@@ -321,6 +325,8 @@ class RedisCutter:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted.set()
+            self.gate.wait()
             server = socket.create_connection(("127.0.0.1", self._upstream))
             with self._lock:
                 self._conns += [client, server]

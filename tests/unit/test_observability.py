@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
+from typing import Any
 
-from apnsd import metrics
+from apnsd import logs, metrics
 from apnsd.cli.fatal import listen
 from apnsd.worker.delivery import ConnectionState, LoopSnapshot
 from apnsd.worker.gauges import OldestJob, enqueued_at
 from apnsd.worker.probes import LoopView, liveness, readiness
 from apnsd.worker.progress import DrainProgress
+from tests.support.jobs import LOG
 
 
 def conn(up: bool = True, disabled: str | None = None, failures: int = 0, error: str | None = None) -> ConnectionState:
@@ -114,6 +117,54 @@ def test_reason_label_keeps_identifiers_and_bounds_the_rest() -> None:
         metrics.reason_label(r)
         for r in ("BadDeviceToken", "app_disabled: certificate /x expired", "no spaces allowed", "x" * 49)
     ]
+
+
+def test_cause_label_is_a_closed_set_whatever_the_gateway_or_its_address() -> None:
+    """Causes carrying a peer address, GOAWAY debug data or a gateway's reason map to one label each."""
+    causes = (
+        "connection to 17.188.143.34:443 lost: reset by peer",
+        "connection to [2620:149:a44::1]:443 is closed",
+        "GOAWAY attacker-chosen-debug-data-1",
+        "GOAWAY 11",
+        "error response 8 (InvalidToken)",
+        "HTTP/2 protocol error: frame too large",
+        "shutdown",
+        "a cause no table knows",
+    )
+    expected = ["connection_lost"] * 2 + ["goaway"] * 2 + ["error_response", "protocol_error", "shutdown", "other"]
+    assert expected == [metrics.cause_label(c) for c in causes]
+
+
+def strict_json(line: str) -> Any:
+    """Decode one line as RFC 8259 JSON (NaN and infinities refused) holding only Unicode text."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    value = json.loads(line, parse_constant=refuse)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # an unpaired surrogate cannot be encoded
+    return value
+
+
+def test_a_log_line_is_strict_json_whatever_its_values_hold() -> None:
+    """CR/LF, NUL, unpaired surrogates, NaN, infinities and huge text in fields still make one valid JSON line."""
+    start = len(LOG.getvalue())
+
+    logs.get("test", app="a\udcff").warning(
+        "hostile",
+        reason="line\r\nfake\x00 \ud800",
+        wait=float("nan"),
+        limits={"k\udce9": float("-inf"), "l": [float("inf"), "x" * 100_000]},
+        big="y" * 100_000,
+    )
+
+    lines = LOG.getvalue()[start:].splitlines()
+    event = strict_json(lines[0])
+    cut = "…(+95904 characters)"
+    assert 1 == len(lines)
+    assert ("a\ufffd", "line\r\nfake\x00 \ufffd", "NaN") == (event["app"], event["reason"], event["wait"])
+    assert {"k\ufffd": "-Infinity", "l": ["Infinity", "x" * logs.MAX_TEXT + cut]} == event["limits"]
+    assert "y" * logs.MAX_TEXT + cut == event["big"]
 
 
 def test_fatal_listener_stops_on_apnsd_fatal_and_acknowledges_every_event() -> None:

@@ -15,10 +15,11 @@ from apnsd.core.outcomes import DELIVERED, Kind
 from apnsd.gateway.binary_session import SLOW_START, BinarySession
 from apnsd.gateway.http2_session import Http2Session
 from apnsd.gateway.session import MAX_LOSSES, Resolved, State
+from apnsd.metrics import REGISTRY
 from apnsd.wire import binary
 from apnsd.wire.http2 import frames
 from tests.support.fake_transport import FakeNetwork, FakeTransport
-from tests.support.h2factories import h2_server, raw_frame
+from tests.support.h2factories import S, h2_server, raw_frame
 from tests.support.jobs import good_tokens, job
 
 T0 = 1_000.0  # a monotonic clock reading to start from
@@ -353,6 +354,22 @@ def test_http2_answered_ping_keeps_the_connection():
     assert State.OPEN == s.state and 1 == net.connections
 
 
+def test_http2_goaway_debug_data_never_becomes_a_metric_label():
+    """A GOAWAY's debug data (the gateway's free text) is counted under cause "goaway", not as a label of its own."""
+    s, _, gw, _ = h2_connected(1)
+    gw.answer(1)
+    s.step(T0 + 0.1, True)
+    before = REGISTRY.get_sample_value("apnsd_disconnects_total", {"app": "default", "cause": "goaway"}) or 0.0
+    gw.server.close_connection(additional_data=b"unique-debug-data-8431")
+    gw.send()
+
+    s.step(T0 + 0.2, True)
+
+    causes = {m.labels["cause"] for f in REGISTRY.collect() for m in f.samples if f.name == "apnsd_disconnects"}
+    after = REGISTRY.get_sample_value("apnsd_disconnects_total", {"app": "default", "cause": "goaway"})
+    assert (State.DISCONNECTED, before + 1, False) == (s.state, after, any("unique" in c for c in causes))
+
+
 # --- rotation ----------------------------------------------------------------------------------
 
 
@@ -401,3 +418,86 @@ def test_http2_retired_session_closes_with_goaway_once_its_streams_are_answered(
     assert State.DISCONNECTED == s.state and net.transports[0].closed
     assert [h2.events.ConnectionTerminated] == [type(e) for e in events]
     assert 1 == len(s.pending)  # left for the loop to hand to the replacement
+
+
+# --- a gateway that lets nothing through -------------------------------------------------------
+
+
+class Recorder:
+    """A logger that keeps (level, event, fields) of what a session logs."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+
+def starved_session(**settings: int) -> tuple[Http2Session, FakeNetwork, Gateway, list[Notification], Recorder]:
+    """An HTTP/2 session with 4 notifications on an h2 gateway that answers the one sent before its SETTINGS,
+    then applies ``settings``; returns the three notifications still waiting."""
+    net = FakeNetwork()
+    rec = Recorder()
+    s = Http2Session("default", AppConfig(protocol="http2", max_connects_per_minute=1000), net, rec)
+    first, *batch = notes(4, "http2")
+    s.pending.extend([first, *batch])
+    s.step(T0, False)  # connect: preface, SETTINGS and the one request allowed before the gateway's SETTINGS
+    gw = Gateway(net.current, max_concurrent_streams=1)
+    gw.exchange()
+    gw.server.update_settings({S[name.upper()]: value for name, value in settings.items()})
+    gw.answer(1)
+    assert [(first, DELIVERED)] == s.step(T0, True)
+    gw.exchange()
+    s.step(T0 + 0.1, True)
+    return s, net, gw, batch, rec
+
+
+def starved_events(rec: Recorder) -> list[dict[str, Any]]:
+    """The fields of each connection_starved warning."""
+    return [kw for level, event, kw in rec.events if (level, event) == ("warning", "connection_starved")]
+
+
+def test_http2_gateway_allowing_no_stream_is_left_after_stall_timeout_paced_and_logged():
+    """SETTINGS_MAX_CONCURRENT_STREAMS 0 for stall_timeout: a warning, a reconnect after a backoff, no loss counted."""
+    s, net, _, batch, rec = starved_session(max_concurrent_streams=0)
+    assert (State.OPEN, 1, 3) == (s.state, net.connections, len(s.pending))
+    assert s.timer_deadline(T0 + 0.1) <= T0 + 0.1 + s.cfg.stall_timeout
+
+    held = s.step(T0 + s.cfg.stall_timeout / 2, False)
+    assert ([], State.OPEN) == (held, s.state)
+    assert [] == s.step(T0 + 0.1 + s.cfg.stall_timeout, False)
+
+    starved = starved_events(rec)
+    assert (True, 1, 1) == (net.transports[0].closed, len(starved), net.connections)  # no reconnect yet: paced
+    assert (0, 3, batch) == (starved[0]["max_concurrent_streams"], starved[0]["pending"], list(s.pending))
+    assert [0, 0, 0] == [n.losses for n in batch]
+    s.step(T0 + LATER, False)
+    assert 2 == net.connections
+
+
+def test_http2_gateway_opening_no_window_is_left_after_stall_timeout_resending_without_a_loss():
+    """An initial window of 0: the request bodies wait for stall_timeout, then a reconnect resends them, uncounted."""
+    s, net, _, batch, rec = starved_session(max_concurrent_streams=10, initial_window_size=0)
+    assert (3, 0) == (s.unanswered_count(), len(s.pending))
+
+    s.step(T0 + 0.1 + s.cfg.stall_timeout, False)
+
+    starved = starved_events(rec)
+    assert (True, 1, 3) == (net.transports[0].closed, len(starved), starved[0]["open_streams"])
+    assert (batch, [0, 0, 0]) == (list(s.pending), [n.losses for n in batch])
+    s.step(T0 + LATER, False)
+    assert 2 == net.connections
+
+
+def test_http2_gateway_raising_a_zero_stream_limit_in_time_keeps_the_connection():
+    """A limit of 0 raised before stall_timeout: the notifications are sent on the same connection."""
+    s, net, gw, _, rec = starved_session(max_concurrent_streams=0)
+    gw.server.update_settings({S["MAX_CONCURRENT_STREAMS"]: 10})
+    gw.send()
+    s.step(T0 + 1, True)
+    gw.exchange()
+
+    s.step(T0 + s.cfg.stall_timeout + 0.2, False)
+
+    assert (State.OPEN, 1, 0, 3) == (s.state, net.connections, len(s.pending), s.unanswered_count())
+    assert [] == starved_events(rec)

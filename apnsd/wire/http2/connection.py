@@ -181,6 +181,16 @@ class H2ClientConnection:
         waiting = (*self._ready, *self._stalled.values())
         return sum(len(s.body) - s.sent for s in waiting if s.body is not None)
 
+    @property
+    def carries_nothing(self) -> bool:
+        """True when no request can complete: the server allows no stream at all, or every open stream still
+        waits for a flow-control window to send its body (so the server cannot have processed any of them)."""
+        if self.goaway or self.closing or self.failed:
+            return False
+        if not self._streams:
+            return self._peer_max_streams == 0
+        return all(s.body is not None for s in self._streams.values())
+
     def send_request(
         self,
         template: RequestTemplate,
