@@ -233,6 +233,19 @@ class BinarySession(Session):
             self._runs.popleft()
         return self._window.popleft()
 
+    def _deliver(self, count: int) -> Resolved:
+        """The ``count`` oldest window entries were delivered (an error response named a later one)."""
+        runs, window, left = self._runs, self._window, count
+        self._first_id = (self._first_id + count) % ID_MOD
+        while left:
+            run = runs[0]
+            if run.count > left:
+                run.count -= left
+                break
+            left -= run.count
+            runs.popleft()
+        return [(window.popleft(), DELIVERED) for _ in range(count)]
+
     def _ahead_room(self, now: float) -> int | None:
         """How many more frames may be put at risk now (None: no limit, error responses are not frequent)."""
         if not self._gap:
@@ -289,8 +302,8 @@ class BinarySession(Session):
             return out
         if idx == 0 and err.status not in BINARY_PROCESSED and not self._productive:
             self.pacer.answered(now, ANSWERED_DELAY)  # nothing delivered, but the gateway did answer
-        for _ in range(idx):
-            out.append((self._pop(), DELIVERED))
+        if idx:
+            out = self._deliver(idx)
         outcome = binary_outcome(err.status)
         self._run += idx
         if err.status in BINARY_PROCESSED:

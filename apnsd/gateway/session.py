@@ -99,6 +99,10 @@ class Session:
         self.standbys: list[tuple[Transport, float]] = []  # established idle connections (and since when), oldest first
         # How many standby connections to keep (connecting or ready) while error responses keep ending connections.
         self.standby_target = cfg.standby_connections if self.keeps_standby else 0
+        # This app's counters, looked up once: a binary app reconnects after every error response.
+        self._connects = metrics.CONNECTS.labels(app)
+        self._resent = metrics.RESENT.labels(app)
+        self._disconnects: dict[str, metrics.Counter] = {}
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -396,7 +400,7 @@ class Session:
         if self.pacer.failures:
             self.log.info("connect_recovered", failed_attempts=self.pacer.failures)
         self.last_connect_error = None
-        metrics.CONNECTS.labels(self.app).inc()
+        self._connects.inc()
         if self.transport is None:
             self.log.info("connected", gateway=t.peer, protocol=self.protocol)
             self._opened(t, now)
@@ -502,7 +506,7 @@ class Session:
                 again.append(n)
         self.pending.extendleft(reversed(again))
         if again:
-            metrics.RESENT.labels(self.app).inc(len(again))
+            self._resent.inc(len(again))
         young = now - self.connected_at < SHORT_LIVED
         if abrupt and young:
             self.pacer.failed(now)
@@ -516,7 +520,11 @@ class Session:
             self.transport.close()
         self.transport = None
         self.state = State.DISCONNECTED
-        metrics.DISCONNECTS.labels(self.app, metrics.cause_label(cause)).inc()
+        label = metrics.cause_label(cause)
+        counter = self._disconnects.get(label)
+        if counter is None:
+            counter = self._disconnects[label] = metrics.DISCONNECTS.labels(self.app, label)
+        counter.inc()
         self.log.info("disconnected", reason=cause, resend=resent)
 
     def describe(self, n: Notification) -> str:

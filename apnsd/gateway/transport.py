@@ -25,6 +25,9 @@ RECORD_SIZE = 16 * 1024  # the most plaintext one TLS record carries (RFC 8446 Â
 _ffi: Any = getattr(SSL, "_ffi", None)
 _SSL_read: Any = getattr(getattr(SSL, "_lib", None), "SSL_read", None)
 FAST_READ = _ffi is not None and _SSL_read is not None and hasattr(SSL.Connection, "_raise_ssl_error")
+# Whether a handshake resumed a session (pyOpenSSL has no wrapper for it); without the binding every handshake
+# checks the certificate's name as on a full one.
+_SSL_session_reused: Any = getattr(getattr(SSL, "_lib", None), "SSL_session_reused", None)
 MAX_PROXY_RESPONSE = 16 * 1024  # a CONNECT answer is a status line and a few headers
 _PROXY_HINTS = {
     407: ' (the proxy wants credentials, or refused these: proxy = "http://user:pass@host:port")',
@@ -131,6 +134,7 @@ class TlsTransport:
         newer_context: Callable[[], SSL.Context] | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._ip = _is_ip(host)
         self._proxy = proxy
         self._sessions = sessions
         self._context = sessions.context if sessions is not None and sessions.context is not None else context
@@ -177,7 +181,7 @@ class TlsTransport:
             sock = open_tcp(self.host, self.port, self._timeout, self._proxy)
             sock.setblocking(False)
         else:
-            self._addresses = _resolve(self.host, self.port)
+            self._addresses = _resolve(self.host, self.port, self._ip)
             sock = self._dial_next(None)
         self._setup(sock)
 
@@ -206,7 +210,7 @@ class TlsTransport:
     def _setup(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = SSL.Connection(self._context, None)
-        if not _is_ip(self.host):
+        if not self._ip:
             conn.set_tlsext_host_name(self.host.encode("idna"))
         conn.set_connect_state()
         if self._sessions is not None and self._sessions.session is not None:
@@ -302,6 +306,16 @@ class TlsTransport:
         """The gateway's certificate must be valid for the host (OpenSSL has verified the chain); the same
         certificate as last time, on every reconnect, is not parsed again."""
         assert self._verify_host is not None
+        sessions = self._sessions
+        if (
+            sessions is not None
+            and sessions.verified[0] == self.host
+            and _SSL_session_reused is not None
+            and _SSL_session_reused(conn._ssl) == 1
+        ):
+            # A resumed session was saved only from a connection to this host whose certificate passed (or from one
+            # that resumed such a session): the peer proved it holds that session's secret.
+            return
         cert = conn.get_peer_certificate()
         der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) if cert is not None else b""
         if der and self._sessions is not None and (self.host, der) == self._sessions.verified:
@@ -510,8 +524,15 @@ class TlsTransport:
         self._cipher.clear()
 
 
-def _resolve(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:
-    """The addresses to try for host:port, in the resolver's order; GatewayError if the name does not resolve."""
+def _resolve(host: str, port: int, ip: bool = False) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:
+    """The addresses to try for host:port, in the resolver's order; GatewayError if the name does not resolve.
+
+    An IP address is its own answer: the resolver (and Python's IDNA codec before it) is not asked on every
+    reconnect."""
+    if ip:
+        if ":" in host:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
     try:
         return [(f, k, p, c, a) for f, k, p, c, a in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)]
     except (OSError, UnicodeError) as exc:

@@ -210,3 +210,32 @@ def test_the_daemon_and_feedback_poller_reach_a_tls_1_3_only_binary_gateway(pki:
         gateway.close()
 
     assert ("TLSv1.3", []) == (version, tuples)
+
+
+def test_a_resumed_handshake_skips_the_name_check_only_for_the_host_it_was_checked_for(pki: Any, binary_mock):
+    """The certificate's name is checked on a full handshake; a resumed one to the host whose certificate passed
+    skips it, and a resumed one whose session store names another host checks it again."""
+    mock = binary_mock()
+    ctx = client_context(load_identity(pki.client_pem), pki.ca_cert)
+    sessions = TlsSessions()
+    checked: list[str] = []
+
+    def verify(cert: Any, host: str) -> bool:
+        checked.append(host)
+        return True
+
+    def connect() -> bool:
+        t = TlsTransport(mock.host, mock.port, ctx, verify_host=verify, sessions=sessions)
+        t.connect()
+        was_resumed = resumed(t)
+        t.close()
+        return was_resumed
+
+    first = connect()
+    sessions.verified = (mock.host, b"not the certificate")  # so that only the resumption can spare the check
+    second = connect()
+    sessions.verified = ("another.example", sessions.verified[1])
+    third = connect()
+
+    assert (False, True, True) == (first, second, third)
+    assert [mock.host, mock.host] == checked
