@@ -7,7 +7,7 @@ from typing import Any
 import hpack
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apnsd.core.jobs import JobParser, Notification, Rejected
@@ -235,6 +235,9 @@ def test_a_bug_while_validating_dead_letters_the_job_as_internal_error(monkeypat
     st.one_of(st.none(), st.text(max_size=30)),
     st.one_of(st.none(), st.text(max_size=30)),
 )
+@example("a", "\ud800", None)  # lone surrogates: st.text() leaves them out, Python callers can pass them
+@example("\udfff", None, None)
+@example("a", None, "x\ud800")
 def test_the_header_encoder_fed_any_text_encodes_or_rejects_the_job(topic, collapse_id, push_type):
     """Behind the parser, the encoder itself turns a value HTTP/2 forbids into a job rejection, never a bad field."""
     try:
