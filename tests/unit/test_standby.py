@@ -20,9 +20,11 @@ CONFIRM = 0.3
 
 
 def make_session(**cfg: Any) -> tuple[BinarySession, FakeNetwork]:
-    """A binary session for app "default" whose connects go to a FakeNetwork."""
+    """A binary session for app "default" whose connects go to a FakeNetwork; one standby unless a test asks for
+    another number (the default is 2), since most cases count the connections one standby makes."""
     net = FakeNetwork()
     cfg.setdefault("max_connects_per_minute", 1000)
+    cfg.setdefault("standby_connections", 1)
     app = AppConfig(protocol="binary", confirm_delay=CONFIRM, **cfg)
     return BinarySession("default", app, net, logs.get("session", app="default")), net
 
