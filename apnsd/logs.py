@@ -86,12 +86,13 @@ class _Output:
 
 
 MAX_TEXT = 4096  # characters kept of one logged text value (a gateway's debug data, another program's text)
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}  # as `apnsd dead list --json` writes them
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _SURROGATES = re.compile("[\ud800-\udfff]")  # in a Python str, always unpaired: not Unicode, refused by JSON readers
 
 
-def _safe(value: Any, cut: bool = True) -> Any:
-    """``value`` as any JSON reader takes it: no unpaired surrogate, no NaN or infinity, long text cut."""
+def json_safe(value: Any, cut: bool = True) -> Any:
+    """``value`` as any JSON reader takes it: no unpaired surrogate, no NaN or infinity (written as the strings
+    "NaN", "Infinity", "-Infinity"), text longer than MAX_TEXT cut unless not ``cut``."""
     if isinstance(value, str):
         if not value.isascii():
             value = _SURROGATES.sub("\ufffd", value)
@@ -101,15 +102,15 @@ def _safe(value: Any, cut: bool = True) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
     if isinstance(value, dict):
-        return {_safe(k): _safe(v, cut) for k, v in value.items()}
+        return {json_safe(k, cut): json_safe(v, cut) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_safe(v, cut) for v in value]
+        return [json_safe(v, cut) for v in value]
     return value
 
 
 def _json_safe(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Every field valid in a JSON line whatever it holds; a traceback is kept whole."""
-    return {_safe(k): _safe(v, k != "exception") for k, v in event.items()}
+    return {json_safe(k): json_safe(v, k != "exception") for k, v in event.items()}
 
 
 def _clear_line(_logger: Any, _method: str, line: str) -> str:

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-# Python's json reads 1e999 as inf and NaN/Infinity literals as floats, and would write them back as
-# Infinity/NaN, which no RFC 8259 reader accepts: they are written as these strings instead.
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
-
-
-def strict(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by "Infinity", "-Infinity" or "NaN"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return _NON_FINITE.get(value, "NaN")
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict(v) for v in value]
-    return value
+from apnsd.logs import json_safe
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
-    """``value`` as RFC 8259 JSON text (non-finite numbers as strings)."""
-    return json.dumps(strict(value), indent=indent, allow_nan=False)
+    """``value`` as RFC 8259 JSON text: non-finite numbers as the strings "NaN", "Infinity", "-Infinity" (Python's
+    json would write bare NaN/Infinity, which no strict reader accepts), unpaired surrogates as U+FFFD, as in the
+    log lines; nothing cut."""
+    return json.dumps(json_safe(value, cut=False), indent=indent, allow_nan=False)
