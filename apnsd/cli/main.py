@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from apnsd import __version__
+from apnsd.core.headers import is_utf8
 from apnsd.errors import ApnsdError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,11 +47,8 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
         if name in PATH_OPTIONS:
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not item.isascii():
-                try:
-                    item.encode()
-                except UnicodeEncodeError:
-                    return name
+            if isinstance(item, str) and not is_utf8(item):
+                return name
     return None
 
 

@@ -39,6 +39,18 @@ def is_text(value: str) -> bool:
     return value.isprintable() and value[:1] != " " and value[-1:] != " " and value != ""
 
 
+def is_utf8(value: str) -> bool:
+    """True when ``value`` can be written as UTF-8: no unpaired surrogate (which Python callers, and arguments
+    in bytes that are not UTF-8, can hand over; JSON jobs cannot carry one)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_job_id(value: str) -> str:
     """The application's id: printable text without control characters, at most 256 characters."""
     if len(value) > MAX_JOB_ID or not is_text(value):

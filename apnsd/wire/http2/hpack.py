@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from apnsd.core.headers import is_utf8
 from apnsd.errors import JobError
 
 if TYPE_CHECKING:
@@ -69,11 +70,8 @@ def checked(name: str, value: str) -> str:
     """
     if "\0" in value or "\r" in value or "\n" in value or value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):
         raise JobError("bad_header_value", f"{name} {value!r} has NUL, CR, LF or surrounding whitespace")
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:  # a lone surrogate (from Python callers; JSON jobs cannot carry one)
-            raise JobError("bad_header_value", f"{name} {value!r} is not valid UTF-8 text") from None
+    if not is_utf8(value):
+        raise JobError("bad_header_value", f"{name} {value!r} is not valid UTF-8 text")
     return value
 
 
