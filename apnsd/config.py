@@ -35,6 +35,7 @@ CHANNEL_GATEWAYS = {
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
 MAX_TOKEN_REFRESH = 3300.0  # below Apple's 3600 s token lifetime, with room for clock skew
 VOIP_PAYLOAD_LIMIT = 5120
+STOP_MARGIN = 5.0  # seconds past grace_period + block_timeout a stop may take to write the last outcomes and close
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +91,11 @@ class WorkerConfig(_Section, frozen=True):
     recover_interval: float = 10.0
     state_dir: str = ""  # empty: default_state_dir()
     lane_poll: float = 0.05
+
+    @property
+    def stop_allowance(self) -> float:
+        """The longest a graceful stop takes: the grace period, a last take coming back, and closing up."""
+        return self.grace_period + self.block_timeout + STOP_MARGIN
 
 
 def state_dir(w: WorkerConfig, env: Mapping[str, str] | None = None) -> Path:

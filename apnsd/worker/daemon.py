@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from apnsd import logs, metrics
-from apnsd.config import Config, WorkerConfig, load_config, redact_url, require_credentials, state_dir
+from apnsd.config import Config, load_config, redact_url, require_credentials, state_dir
 from apnsd.core.suspension import SuspendState
 from apnsd.errors import ApnsdError, ConfigError, GatewayError, KeyTypeError, QueueError
 from apnsd.gateway.apps import (
@@ -49,7 +49,6 @@ GIL_SWITCH_INTERVAL = 0.0005
 # default threshold (700 allocations) a young collection ran every few hundred jobs. Nearly everything apnsd
 # frees goes by reference counting, so collecting young objects less often costs little memory.
 GC_YOUNG_THRESHOLD = 20_000
-STOP_MARGIN = 5.0  # seconds past grace_period + block_timeout a stop may take to write the last outcomes and close
 
 
 def tune_gc() -> None:
@@ -59,11 +58,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
-def stop_allowance(w: WorkerConfig) -> float:
-    """The longest a graceful stop takes: the grace period, a last take coming back, and closing up."""
-    return w.grace_period + w.block_timeout + STOP_MARGIN
 
 
 def default_worker_id() -> str:
@@ -230,7 +224,7 @@ class Daemon:
         self.log.info("stopping", grace_period=self.config.worker.grace_period)
         for lp in self.loops:
             lp.request_stop()
-        limit = time.monotonic() + stop_allowance(self.config.worker)
+        limit = time.monotonic() + self.config.worker.stop_allowance
         hurried = False
         for t in self._threads:
             while t.is_alive() and time.monotonic() < limit:
