@@ -50,7 +50,7 @@ def run_dead(args: argparse.Namespace, config: Config, q: JobQueue) -> int:
         verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {count} job(s)" + (", by reason:" if reasons else ""))
     for reason, n in reasons.most_common():
-        print(f"  {n:>8}  {reason}")
+        print(f"  {n:>8}  {shown(reason)}")
     return 0
 
 
@@ -83,8 +83,18 @@ def _line(e: dict[str, Any]) -> str:
     token = e.get("token")
     token = token[:8] if isinstance(token, str) else ""
     return (
-        f"{when}  {e.get('app') or '-'!s:<10} {e.get('reason')}"
-        + (f" (status {e['status']})" if e.get("status") else "")
-        + (f" token {token}…" if token else "")
-        + (f": {e['detail']}" if e.get("detail") else "")
+        f"{when}  {shown(e.get('app') or '-'):<10} {shown(e.get('reason'))}"
+        + (f" (status {shown(e['status'])})" if e.get("status") else "")
+        + (f" token {shown(token)}…" if token else "")
+        + (f": {shown(e['detail'])}" if e.get("detail") else "")
     )
+
+
+SHOWN = 300  # characters of one field a text line shows
+
+
+def shown(value: Any) -> str:
+    """A field another program may have written, as a safe piece of one terminal line: control characters
+    (a newline, an escape sequence) as `?`, cut after SHOWN characters (`--json` shows it whole)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}…(+{len(text) - SHOWN} characters)"

@@ -226,6 +226,21 @@ return 1
 COMMIT_QUEUE_SCRIPT = "local Q = 1\n" + _COMMIT_LIB + _QUEUE_READ + _QUEUE_WRITE
 
 
+def batch_length(blob: bytes) -> int:
+    """How many queue elements recovering an in-flight batch gives back (RECOVER_SCRIPT's rule): its jobs, or 1
+    for a value another program wrote there (not a msgpack array of str)."""
+    try:
+        items = msgspec.msgpack.decode(blob, type=list[msgspec.Raw])
+    except msgspec.MsgspecError:
+        return 1
+    if all(memoryview(item)[:1].tobytes() in _MSGPACK_STR_HEADS for item in items):
+        return len(items)
+    return 1
+
+
+_MSGPACK_STR_HEADS = frozenset(bytes([b]) for b in (*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB))
+
+
 def pack_jobs(raws: list[bytes]) -> bytes:
     """An in-flight batch as the scripts store it: a msgpack array of msgpack *str* items, as Lua's
     cmsgpack.pack writes them (cmsgpack cannot read msgpack's bin type; the bytes need not be UTF-8)."""

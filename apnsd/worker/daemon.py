@@ -176,7 +176,7 @@ class Daemon:
         for sig in signals:
             if sig is signal.SIGUSR2:
                 # Written by the interpreter's C handler: it works even while the main loop itself is stuck.
-                faulthandler.register(sig, file=sys.stderr, all_threads=True, chain=False)
+                faulthandler.register(sig, file=_stderr_fd(), all_threads=True, chain=False)
             elif sig is signal.SIGHUP:
                 signal.signal(sig, lambda *_: self._reload.set())
             elif sig is signal.SIGUSR1:
@@ -460,6 +460,14 @@ class Daemon:
                 self.creds[name] = creds[name]
                 lp.post(partial(lp.replace_session, key, session))
         self.log.info("reloaded", config=self.config.source or "(environment)")
+
+
+def _stderr_fd() -> int:
+    """The descriptor of stderr, or 2 when sys.stderr is not a file (an embedding application, a test capture)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return 2
 
 
 def _alive_elsewhere(status: dict[str, Any]) -> bool:

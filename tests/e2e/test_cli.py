@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from apnsd import logs
 from apnsd.cli.main import main
+from apnsd.errors import QueueError
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
@@ -646,3 +648,86 @@ def test_stats_watch_rejects_a_bad_interval(cli_env, capsys, value):
         main(["stats", "--watch", value])
     assert 2 == exc.value.code
     assert f"argument --watch: {value!r} is not a number of seconds of at least 0.1" in capsys.readouterr().err
+
+
+def test_stats_counts_a_value_another_program_left_in_flight_as_one_job(cli_env, rdb, capsys):
+    """A dead worker's in-flight hash holding values apnsd did not write (not msgpack, not a list of jobs)
+    counts each as one job, as recovery returns it to the queue: exit 0, no traceback."""
+    from apnsd.store.layout import pack_jobs
+
+    rdb.sadd("apnsd:workers", "gone")
+    rdb.hset(
+        "apnsd:queue:inflight:gone",
+        mapping={"1": pack_jobs([b"a", b"\xff"]), "2": b"junk", "3": b"\x92\x01\x02", "4": b"\xdd\xff"},
+    )
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    assert (0, "", 5) == (code, err, json.loads(out)["workers"][0]["in_flight"])
+
+
+@pytest.mark.parametrize(
+    "key, argv",
+    [
+        ("apnsd:queue", ["stats"]),
+        ("apnsd:dead", ["dead", "list"]),
+        ("apnsd:dead", ["dead", "purge", "--all"]),
+        ("apnsd:queue", ["push", "--token", TOKEN, "--alert", "x"]),
+        ("apnsd:unregistered", ["stats", "--json"]),
+    ],
+)
+def test_a_wrong_typed_key_is_named_in_one_line_with_exit_2(cli_env, rdb, capsys, key, argv):
+    """An operator tool meeting a key of another type names the key (or the keys it may be) and points to
+    `apnsd check`, in one line on stderr, exit 2."""
+    rdb.set(key, "another program's string")
+
+    code, out, err = run(capsys, *argv)
+
+    assert (2, "", 1, True) == (code, out, len(err.splitlines()), key in err), err
+    assert "holds another type than apnsd uses there (`apnsd check` names such keys" in err
+
+
+def test_stats_watch_rides_out_a_redis_outage():
+    """`stats --watch --json` whose Redis goes away after the first refresh writes an `error` line instead of
+    exiting, and carries on once Redis is back; a Redis it cannot reach at the first refresh is exit 2."""
+    from apnsd.cli.watch import watch
+    from apnsd.config import load_config
+    from apnsd.store.queue import JobQueue, client_for
+    from apnsd.testing.redis_server import RedisServer
+
+    server = RedisServer().start()
+    config = load_config(None, {"APNSD_REDIS_URL": server.url, "APNSD_REDIS_SOCKET_TIMEOUT": "2"})
+    q = JobQueue(client_for(config.redis), "apnsd", "watcher")
+
+    def outage(_seconds: float) -> None:
+        if server.proc is not None:  # down after the first refresh, back after the second
+            server.stop()
+        else:
+            server.start()
+
+    out = io.StringIO()
+    try:
+        code = watch(config, q, 1.0, True, out, refreshes=3, sleep=outage)
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+
+    assert (0, [False, True, False]) == (code, ["error" in line for line in lines]), out.getvalue()
+    assert "Redis unavailable" in lines[1]["error"]
+    with pytest.raises(QueueError):
+        watch(config, q, 1.0, True, io.StringIO(), refreshes=1)
+
+
+def test_dead_list_shows_each_entry_on_one_safe_line_however_long_or_garbled(cli_env, rdb, capsys):
+    """A dead letter another program wrote with a newline, a terminal escape sequence and 100,000 characters in
+    its reason is one line without control characters, cut after 300 characters; `--json` keeps it whole."""
+    reason = "evil\n\x1b[2J" + "A" * 100_000
+    rdb.lpush("apnsd:dead", json.dumps({"reason": reason, "app": "x\ry", "detail": "d\x07", "time": 0}))
+
+    code, out, _ = run(capsys, "dead", "list")
+    json_code, json_out, _ = run(capsys, "dead", "list", "--json")
+
+    first = out.splitlines()[0]
+    assert (0, 2, False) == (code, len(out.splitlines()), any(c in first for c in "\x1b\r\x07"))
+    assert first.endswith("x?y        evil??[2J" + "A" * 291 + "…(+99709 characters): d?")
+    assert (0, reason) == (json_code, json.loads(json_out)["reason"])
