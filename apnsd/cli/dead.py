@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from apnsd.cli import jsonout
+from apnsd.cli.plain import shown
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 
@@ -88,13 +89,3 @@ def _line(e: dict[str, Any]) -> str:
         + (f" token {shown(token)}…" if token else "")
         + (f": {shown(e['detail'])}" if e.get("detail") else "")
     )
-
-
-SHOWN = 300  # characters of one field a text line shows
-
-
-def shown(value: Any) -> str:
-    """A field another program may have written, as a safe piece of one terminal line: control characters
-    (a newline, an escape sequence) as `?`, cut after SHOWN characters (`--json` shows it whole)."""
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text if len(text) <= SHOWN else f"{text[:SHOWN]}…(+{len(text) - SHOWN} characters)"

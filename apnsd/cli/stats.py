@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from apnsd.cli.dead import shown
+from apnsd.cli.plain import shown
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 

@@ -398,6 +398,36 @@ def test_health_reads_a_status_file_apnsd_did_not_write_as_no_status(cli_env, ca
     assert out.startswith("unhealthy: no worker has written a fresh status to ")
 
 
+@pytest.mark.parametrize(
+    "queues",
+    [[1], {"q": "x"}, {"q": {"apps": [1]}}, {"q": {"apps": {"default": 3}}}],
+    ids=["list", "str", "apps", "app"],
+)
+def test_health_reads_a_fresh_status_of_another_shape_as_no_status(cli_env, capsys, queues):
+    """A fresh worker status file whose queues or apps are not what apnsd writes (another version, another
+    program) counts as no status: exit 1 with the usual reason, never a traceback."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    status = {"time": time.time(), "worker": "w", "redis": True, "queues": queues}
+    (cli_env / "worker-other.json").write_text(json.dumps(status))
+
+    code, out, err = run(capsys, "health")
+
+    assert (1, "") == (code, err)
+    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+
+
+def test_health_reason_is_one_line_whatever_the_status_file_holds(cli_env, capsys):
+    """A connect error holding a newline and a terminal escape sequence is shown on one line, without them."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    apps = {"default": {"last_connect_error": "x\x1b[2Jy\nz"}}
+    status = {"time": time.time(), "worker": "w", "redis": True, "queues": {"apnsd:queue": {"apps": apps}}}
+    (cli_env / "worker-other.json").write_text(json.dumps(status))
+
+    code, out, _ = run(capsys, "health")
+
+    assert (1, "unhealthy: app default: last connection attempt failed: x?[2Jy?z\n") == (code, out)
+
+
 def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, capsys, binary_mock, make_config):
     """`apnsd health` exits 0 while a worker heartbeats and 1 once it has stopped."""
     daemon = Daemon(make_config(binary_mock(), WORKER_STATE_DIR=str(cli_env)))
