@@ -761,3 +761,29 @@ def test_dead_list_shows_each_entry_on_one_safe_line_however_long_or_garbled(cli
     assert (0, 2, False) == (code, len(out.splitlines()), any(c in first for c in "\x1b\r\x07"))
     assert first.endswith("x?y        evil??[2J" + "A" * 291 + "…(+99709 characters): d?")
     assert (0, reason) == (json_code, json.loads(json_out)["reason"])
+
+
+def test_dead_list_piped_into_a_reader_that_stops_early_ends_quietly(redis_server, rdb):
+    """`apnsd dead list | head -1` as real processes: once the reader has gone, apnsd stops with exit 141 (what
+    a shell shows for SIGPIPE), and no traceback on stderr."""
+    for _ in range(5):
+        add_dead(rdb, TOKEN, "BadDeviceToken")
+    rdb.lpush("apnsd:dead", *[rdb.lindex("apnsd:dead", 0)] * 20_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env.update(APNSD_REDIS_URL=redis_server.url, PYTHONPATH=str(REPO))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apnsd.cli", "dead", "list", "--limit", "20000"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(60)
+
+    assert (141, "") == (code, err)
+    assert b"BadDeviceToken" in first
