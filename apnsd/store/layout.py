@@ -115,6 +115,17 @@ end
 return n
 """
 
+# `apnsd dead requeue`, one entry, when the dead list and the queue share a slot. KEYS: dead list, queue.
+# ARGV: the dead entry, its job. The push comes first: a queue holding another type fails the script before
+# the entry leaves the dead list (a MULTI would remove the entry and then fail the push: the job lost).
+# Returns 0, with nothing changed, when another requeuer took the entry first.
+REQUEUE_DEAD_SCRIPT = """
+redis.call('LPUSH', KEYS[2], ARGV[2])
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then return 1 end
+redis.call('LREM', KEYS[2], 1, ARGV[2])
+return 0
+"""
+
 # The jobs of one in-flight batch, unpacked by Redis so that they come back as the bytes that were taken
 # (msgpack str entries decoded in Python would be text, and not every job is valid UTF-8).
 CLAIM_SCRIPT = """

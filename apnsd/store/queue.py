@@ -33,6 +33,7 @@ from apnsd.store.layout import (
     LANES_TAKE_SCRIPT,
     PROMOTE_SCRIPT,
     RECOVER_SCRIPT,
+    REQUEUE_DEAD_SCRIPT,
     TAKE_SCRIPT,
     Commit,
     Keys,
@@ -148,6 +149,7 @@ class JobQueue:
         self._commit_outcomes = client.register_script(COMMIT_OUTCOMES_SCRIPT)
         self._commit_queue = client.register_script(COMMIT_QUEUE_SCRIPT)
         self._take_lanes = client.register_script(LANES_TAKE_SCRIPT)
+        self._requeue_dead = client.register_script(REQUEUE_DEAD_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
@@ -520,10 +522,7 @@ class JobQueue:
                 return True
             self.client.lrem(queue, 1, job)
             return False
-        p = self.client.pipeline(transaction=True)
-        p.lrem(self.keys.dead, 1, raw)
-        p.lpush(queue, job)
-        return bool(p.execute()[0])
+        return bool(self._requeue_dead(keys=[self.keys.dead, queue], args=[raw, job]))
 
     def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Unregistered-token entries (all, or just the given tokens)."""

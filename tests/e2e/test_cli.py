@@ -787,3 +787,18 @@ def test_dead_list_piped_into_a_reader_that_stops_early_ends_quietly(redis_serve
 
     assert (141, "") == (code, err)
     assert b"BadDeviceToken" in first
+
+
+def test_dead_requeue_onto_a_queue_of_another_type_keeps_every_dead_letter(cli_env, rdb, capsys):
+    """The queue holds a string (another program): requeue fails with exit 2 naming the keys, and every dead
+    letter is still there to requeue once the key is fixed: none removed without being pushed."""
+    jobs = [add_dead(rdb, t, "BadDeviceToken") for t in (TOKEN, OTHER)]
+    rdb.set("apnsd:queue", "another program's string")
+
+    code, _, err = run(capsys, "dead", "requeue", "--all")
+    kept = rdb.llen("apnsd:dead")
+    rdb.delete("apnsd:queue")
+    again, _, _ = run(capsys, "dead", "requeue", "--all")
+
+    assert (2, 2, 0) == (code, kept, again), err
+    assert sorted(jobs) == sorted(rdb.lrange("apnsd:queue", 0, -1))
