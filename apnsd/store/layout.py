@@ -135,12 +135,14 @@ return cmsgpack.unpack(held)
 """
 
 # Move due scheduled jobs (score <= now) to the consuming end of their queue, at most ARGV[2] at once.
-# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first.
+# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first. The pushes come
+# before the removal: a queue holding another type fails the script before any job leaves the scheduled set
+# (a script is not rolled back, so removing first lost the due jobs).
 PROMOTE_SCRIPT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #due == 0 then return 0 end
-redis.call('ZREM', KEYS[1], unpack(due))
 for i = #due, 1, -1 do redis.call('RPUSH', KEYS[2], due[i]) end
+redis.call('ZREM', KEYS[1], unpack(due))
 return #due
 """
 

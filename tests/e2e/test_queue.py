@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.errors import QueueError
+from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.layout import pack_jobs
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
@@ -422,6 +422,23 @@ def test_promote_due_respects_its_limit(jq, worker):
         w.schedule(Q, item, float(i))
 
     assert (2, 2, 1, 0) == tuple(w.promote_due(Q, 10.0, limit=2) for _ in range(4))
+
+
+def test_promote_due_onto_a_queue_of_another_type_keeps_every_scheduled_job(jq, rdb, worker):
+    """The queue holds a string (another program): promoting fails naming the keys and every due job stays in
+    the scheduled set; once the key is fixed they all move."""
+    items = jobs(3)
+    w = worker("w1")
+    for i, item in enumerate(items):
+        w.schedule(Q, item, float(i))
+    rdb.set(Q, "another program's string")
+
+    with pytest.raises(KeyTypeError):
+        w.promote_due(Q, 10.0)
+    kept = jq.scheduled_count(Q)
+    rdb.delete(Q)
+
+    assert (3, 3, items) == (kept, w.promote_due(Q, 10.0), take_all(jq))
 
 
 def test_racing_promoters_move_each_job_once(jq, worker):
