@@ -57,11 +57,7 @@ def run_dead(args: argparse.Namespace, config: Config, q: JobQueue) -> int:
 
 def dead_list(q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int:
     """Print the newest dead letters."""
-    entries = [
-        e
-        for e in q.dead_entries(limit if not reason else 10_000)
-        if not reason or str(e.get("reason", "")).startswith(reason)
-    ][:limit]
+    entries = q.dead_matching(limit, reason)
     for e in entries:
         if as_json:
             print(jsonout.dumps(e))

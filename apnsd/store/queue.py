@@ -457,7 +457,7 @@ class JobQueue:
         if limit is not None and limit <= 0:
             return
         found = 0
-        for raw in self.client.lrange(self.keys.dead, 0, -1):
+        for raw in self._dead_pages():
             entry = read_dead_entry(raw)
             if reason and not str(entry.get("reason", "")).startswith(reason):
                 continue
@@ -465,6 +465,21 @@ class JobQueue:
             found += 1
             if limit is not None and found >= limit:
                 return
+
+    def _dead_pages(self, page: int = 1000) -> Iterator[Any]:
+        """The dead list, newest first, read a page at a time (it may hold millions of entries)."""
+        start = 0
+        while True:
+            raws = self.client.lrange(self.keys.dead, start, start + page - 1)
+            yield from raws
+            if len(raws) < page:
+                return
+            start += page
+
+    def dead_matching(self, limit: int, reason: str | None) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead entries whose reason starts with ``reason`` (all entries when None)."""
+        with redis_errors("reading dead letters", self.keys.dead):
+            return [entry for _, entry in self._select_dead(limit, reason)]
 
     def purge_dead(
         self, limit: int | None, reason: str | None, dry_run: bool = False, reasons: Counter[str] | None = None

@@ -802,3 +802,14 @@ def test_dead_requeue_onto_a_queue_of_another_type_keeps_every_dead_letter(cli_e
 
     assert (2, 2, 0) == (code, kept, again), err
     assert sorted(jobs) == sorted(rdb.lrange("apnsd:queue", 0, -1))
+
+
+def test_dead_list_by_reason_finds_a_match_behind_ten_thousand_newer_entries(cli_env, rdb, capsys):
+    """`dead list --reason R` looks through the whole dead list, not just its newest 10,000 entries."""
+    add_dead(rdb, OTHER, "TopicDisallowed")
+    rdb.lpush("apnsd:dead", *[rdb.lindex("apnsd:dead", 0).replace(b"TopicDisallowed", b"BadDeviceToken")] * 10_050)
+
+    code, out, _ = run(capsys, "dead", "list", "--reason", "Topic")
+
+    assert (0, 2) == (code, len(out.splitlines()))
+    assert " TopicDisallowed token abababab…" in out.splitlines()[0]
