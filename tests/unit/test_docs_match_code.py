@@ -236,6 +236,32 @@ def test_the_readme_metric_table_is_what_the_daemon_exports() -> None:
     assert exported_metrics() == documented
 
 
+# The series the design contract (DESIGN.md, "Metrics listener") promises, and the metric that carries each.
+DESIGN_SERIES = {
+    "jobs taken": "apnsd_jobs_taken_total",
+    "delivered": "apnsd_notifications_total",
+    "failed by reason": "apnsd_notifications_failed_total",
+    "retried": "apnsd_notifications_retried_total",
+    "queue depth": "apnsd_queue_depth",
+    "oldest-job age": "apnsd_queue_oldest_job_age_seconds",
+    "in-flight": "apnsd_in_flight",
+    "dead-letter size": "apnsd_dead_letters",
+    "unregistered size": "apnsd_unregistered_tokens",
+    "connection state": "apnsd_connection_up",
+    "reconnects": "apnsd_connects_total",
+    "gateway round trip": "apnsd_gateway_round_trip_seconds",
+    "certificate expiry": "apnsd_certificate_expiry_timestamp_seconds",
+    "delivery latency": "apnsd_delivery_latency_seconds",
+}
+
+
+def test_every_series_the_design_promises_is_exported() -> None:
+    """Each series of the design contract's metrics list has its metric among those the daemon exports."""
+    missing = {what: name for what, name in DESIGN_SERIES.items() if name not in exported_metrics()}
+
+    assert {} == missing
+
+
 NOT_EVENTS = {"event", "reason", "cause", "key", "debug", "info", "warning", "error"}
 
 
