@@ -236,6 +236,7 @@ class Daemon:
                     for lp in self.loops:
                         lp.hurry_stop()
                 t.join(min(0.1, max(0.01, limit - time.monotonic())))
+            t.join(0.1)  # past the limit each loop still gets a last moment, as before
         clean = not any(t.is_alive() or lp.status.crashed for t, lp in zip(self._threads, self.loops, strict=False))
         try:
             if clean:
