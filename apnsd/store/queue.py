@@ -321,8 +321,11 @@ class JobQueue:
             orphans = sorted(batch_ids - set(held()))
             return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
-    def requeue_from_dead_workers(self, queues: list[str]) -> dict[str, int]:
-        """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker."""
+    def requeue_from_dead_workers(self, queues: list[str], wrong: list[str] | None = None) -> dict[str, int]:
+        """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker.
+
+        An in-flight key (or queue) holding another type is passed over, its worker kept registered, and named
+        in ``wrong``: it must not keep every other dead worker's jobs from coming back."""
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):
             for worker in self.client.smembers(self.keys.workers):
@@ -340,7 +343,14 @@ class JobQueue:
                 total, alive = 0, False
                 for q in queues:
                     keys = [self.keys.inflight(q, wid), q]
-                    n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
+                    try:
+                        with redis_errors("recovering a dead worker's jobs", f"{keys[0]} or {q}"):
+                            n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
+                    except KeyTypeError as exc:
+                        if wrong is None:
+                            raise
+                        wrong.append(exc.key)
+                        n = -1  # keep the worker registered: its jobs come back once the key is fixed
                     alive = alive or n < 0
                     total += max(n, 0)
                 if not alive:

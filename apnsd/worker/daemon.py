@@ -83,6 +83,7 @@ class Daemon:
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
         self._wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
+        self._wrong_recovery = logs.OnceLogger(self.log, "redis_key_wrong_type")  # a dead worker's in-flight key
         self._main_beat = time.monotonic()  # the main loop's last iteration (liveness)
         self.redis_error: str | None = "not checked yet"  # the last heartbeat's Redis problem (readiness)
         self._progress: DrainProgress | None = None
@@ -347,13 +348,20 @@ class Daemon:
             self.log.warning("health_file_unwritable", path=str(self.health_path), error=str(exc))
 
     def _recover(self) -> None:
+        wrong: list[str] = []
         try:
-            moved = self.jq.requeue_from_dead_workers(self._lanes())
+            moved = self.jq.requeue_from_dead_workers(self._lanes(), wrong)
             orphaned = {
                 lane: self.jq.requeue_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
             }
         except QueueError:
             return
+        if wrong:  # the other dead workers' jobs came back; these wait until an operator fixes the key
+            self._wrong_recovery.failed(
+                f"{len(wrong)} in-flight key(s) of a dead worker hold another type", key=wrong[0]
+            )
+        else:
+            self._wrong_recovery.recovered()
         for worker, n in moved.items():
             self.log.warning("recovered_dead_worker", dead_worker=worker, jobs=n)
         for queue, n in orphaned.items():
