@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 import tomllib
 import typing
 import zlib
@@ -35,6 +37,29 @@ CHANNEL_GATEWAYS = {
 PAYLOAD_LIMITS = {"binary": 2048, "http2": 4096}
 MAX_TOKEN_REFRESH = 3300.0  # below Apple's 3600 s token lifetime, with room for clock skew
 VOIP_PAYLOAD_LIMIT = 5120
+STOP_MARGIN = 5.0  # seconds past grace_period + block_timeout a stop may take to write the last outcomes and close
+
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a config, secret or credential file; a larger one is a mistake (a disk image)
+
+
+def read_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes: a device, a pipe or a directory is refused at once (reading /dev/zero or a FIFO
+    never ends), as is a file over ``limit`` bytes. Errors are OSError with a readable strerror."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: opening a FIFO must not wait
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device, a pipe or a socket)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +115,11 @@ class WorkerConfig(_Section, frozen=True):
     recover_interval: float = 10.0
     state_dir: str = ""  # empty: default_state_dir()
     lane_poll: float = 0.05
+
+    @property
+    def stop_allowance(self) -> float:
+        """The longest a graceful stop takes: the grace period, a last take coming back, and closing up."""
+        return self.grace_period + self.block_timeout + STOP_MARGIN
 
 
 def state_dir(w: WorkerConfig, env: Mapping[str, str] | None = None) -> Path:
@@ -320,7 +350,7 @@ def load_config(path: str | None, env: Mapping[str, str] | None = None) -> Confi
         # Errors about the file name what named it: the variable when the path came from there.
         origin = "APNSD_CONFIG" if env.get("APNSD_CONFIG") == path else "--config"
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            raw = tomllib.loads(read_file(path).decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(origin, f"file {path} does not exist") from None
         except OSError as exc:
@@ -412,7 +442,7 @@ def _read_secret_files(raw: dict[str, Any], base: Path) -> None:
             _require(not table.get(key), name, f"set {key} or {key}_file, not both")
             file = base / path
             try:
-                value = file.read_text(encoding="utf-8").rstrip("\r\n")
+                value = read_file(file).decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise ConfigError(name, f"{file} is not UTF-8 text") from None
             except OSError as exc:

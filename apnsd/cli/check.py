@@ -6,13 +6,14 @@ import ipaddress
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO, TypeVar
 
 from cryptography import x509
 from OpenSSL import SSL
 
+from apnsd.cli.supervisor_conf import SUPERVISORD_CONFS, stop_verdicts
 from apnsd.config import AppConfig, Config, redact_url
 from apnsd.errors import CredentialsError, GatewayError, QueueError
 from apnsd.gateway.certinfo import Verdict, judge_environment, judge_topic
@@ -78,13 +79,20 @@ def run_check(
     now: datetime | None = None,
     probe: bool = False,
     redis: bool = False,
+    supervisor_confs: Iterable[str] = SUPERVISORD_CONFS,
 ) -> int:
     """Check every app's credentials (with connect, the gateway; with probe, one real request; with redis,
-    Redis); 0 when no check failed, else 1."""
+    Redis) and the stop timeout of a supervisord config found in ``supervisor_confs``; 0 when no check
+    failed, else 1."""
     now = now or datetime.now(UTC)
     report = _Report(out)
     if redis:
         _check_redis(config, report)
+        out.write("\n")
+    stops = stop_verdicts(config.worker, supervisor_confs)
+    for stop in stops:
+        _say(report, stop)
+    if stops:
         out.write("\n")
     for name, app in config.apps.items():
         host, port = app.gateway()

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from apnsd.cli import jsonout
+from apnsd.cli.plain import shown
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 
@@ -50,17 +51,13 @@ def run_dead(args: argparse.Namespace, config: Config, q: JobQueue) -> int:
         verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {count} job(s)" + (", by reason:" if reasons else ""))
     for reason, n in reasons.most_common():
-        print(f"  {n:>8}  {reason}")
+        print(f"  {n:>8}  {shown(reason)}")
     return 0
 
 
 def dead_list(q: JobQueue, limit: int, reason: str | None, as_json: bool) -> int:
     """Print the newest dead letters."""
-    entries = [
-        e
-        for e in q.dead_entries(limit if not reason else 10_000)
-        if not reason or str(e.get("reason", "")).startswith(reason)
-    ][:limit]
+    entries = q.dead_matching(limit, reason)
     for e in entries:
         if as_json:
             print(jsonout.dumps(e))
@@ -83,8 +80,8 @@ def _line(e: dict[str, Any]) -> str:
     token = e.get("token")
     token = token[:8] if isinstance(token, str) else ""
     return (
-        f"{when}  {e.get('app') or '-'!s:<10} {e.get('reason')}"
-        + (f" (status {e['status']})" if e.get("status") else "")
-        + (f" token {token}…" if token else "")
-        + (f": {e['detail']}" if e.get("detail") else "")
+        f"{when}  {shown(e.get('app') or '-'):<10} {shown(e.get('reason'))}"
+        + (f" (status {shown(e['status'])})" if e.get("status") else "")
+        + (f" token {shown(token)}…" if token else "")
+        + (f": {shown(e['detail'])}" if e.get("detail") else "")
     )

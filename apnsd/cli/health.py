@@ -6,7 +6,9 @@ import json
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
+from apnsd.cli.plain import shown
 from apnsd.config import Config, state_dir
 from apnsd.errors import QueueError
 from apnsd.store.queue import JobQueue
@@ -32,21 +34,22 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
         stamp = status.get("time") if isinstance(status, dict) else None
         if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not isinstance(status.get("worker"), str):
             continue
-        if math.isfinite(stamp) and now - stamp <= ttl:
+        if math.isfinite(stamp) and now - stamp <= ttl and _apps_of(status) is not None:
             fresh.append(status)
     if not fresh:
         return False, f"unhealthy: no worker has written a fresh status to {state} in the last {ttl:.0f} s"
     for status in [] if liveness else fresh:
         if not status.get("redis", False):
-            return False, f"unhealthy: worker {status['worker']} cannot reach Redis: {status.get('redis_error', '')}"
-        for queue in status.get("queues", {}).values():
-            for app, a in queue.get("apps", {}).items():
-                if a.get("disabled"):
-                    return False, f"unhealthy: app {app} is disabled: {a['disabled']}"
-                if a.get("suspended"):
-                    return False, f"unhealthy: app {app} is suspended: {a['suspended']}"
-                if a.get("last_connect_error"):
-                    return False, f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}"
+            return False, shown(
+                f"unhealthy: worker {status['worker']} cannot reach Redis: {status.get('redis_error', '')}"
+            )
+        for app, a in _apps_of(status) or []:
+            if a.get("disabled"):
+                return False, shown(f"unhealthy: app {app} is disabled: {a['disabled']}")
+            if a.get("suspended"):
+                return False, shown(f"unhealthy: app {app} is suspended: {a['suspended']}")
+            if a.get("last_connect_error"):
+                return False, shown(f"unhealthy: app {app}: last connection attempt failed: {a['last_connect_error']}")
     if liveness:
         return True, f"healthy: {len(fresh)} worker(s) alive"
     try:
@@ -57,3 +60,15 @@ def health(config: Config, open_queue: Callable[[Config], JobQueue], liveness: b
     if missing:
         return False, f"unhealthy: heartbeat of {', '.join(missing)} is missing in Redis"
     return True, f"healthy: {len(fresh)} worker(s) alive"
+
+
+def _apps_of(status: dict[str, Any]) -> list[tuple[str, dict[str, Any]]] | None:
+    """(connection, its state) for each app connection of a worker status; None when the status does not have
+    the shape apnsd writes (another version, another program): such a file counts as no status."""
+    queues = status.get("queues", {})
+    if not isinstance(queues, dict) or not all(isinstance(q, dict) for q in queues.values()):
+        return None
+    apps = [q.get("apps", {}) for q in queues.values()]
+    if not all(isinstance(a, dict) and all(isinstance(v, dict) for v in a.values()) for a in apps):
+        return None
+    return [(str(name), state) for a in apps for name, state in a.items()]

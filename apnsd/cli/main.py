@@ -35,6 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `apnsd dead list | head`: the reader has all it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program ended by SIGPIPE, as `cat big | head` does
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not hit the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (an embedding application, a test capture)
+        pass
 
 
 # Options naming files: the OS takes any bytes there (Python keeps them as surrogate escapes, and hands them back).

@@ -153,6 +153,9 @@ def print_result(result: OneShot, protocol: str) -> None:
     o = result.outcome
     if o is None:
         print(f"  error         {result.error}")
+        if result.connect_time is None:  # never connected: no request went out, so no apns-id or round trip
+            print(f"  gave up after {result.round_trip * 1000:.1f} ms")
+            return
     elif protocol == "binary" and o.status == 200:
         print("  status        accepted (binary protocol: no error response within confirm_delay)")
     else:

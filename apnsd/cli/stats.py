@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from apnsd.cli.plain import shown
 from apnsd.config import Config
 from apnsd.store.queue import JobQueue
 
@@ -63,7 +64,7 @@ def render(data: dict[str, Any]) -> str:
     lines.append(f"workers: {len(live)} alive, {len(data['workers']) - len(live)} dead")
     for w in data["workers"]:
         lines.append(
-            f"  {w['id']}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, "
+            f"  {shown(w['id'])}: {'alive' if w['alive'] else 'DEAD (in-flight jobs will be recovered)'}, "
             f"{w['in_flight']} in flight"
         )
     lines.append(f"dead letters: {data['dead']}    unregistered tokens: {data['unregistered']}")

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from apnsd.cli import jsonout
 from apnsd.config import Config
+from apnsd.errors import QueueError
 from apnsd.store.queue import JobQueue
 from apnsd.worker.gauges import OldestJob
 
@@ -205,7 +206,14 @@ def _refresh(
     while refreshes is None or n < refreshes:
         if n:
             sleep(every)
-        cur = read(config, q, oldest)
+        try:
+            cur = read(config, q, oldest)
+        except QueueError as exc:
+            if prev is None:
+                raise  # nothing read yet: a wrong URL or password, not an outage to sit through
+            _say_unavailable(exc, every, json_lines, live, out)
+            n += 1
+            continue
         add_rates(prev, cur)
         if json_lines:
             out.write(jsonout.dumps(as_json(cur)) + "\n")
@@ -215,3 +223,13 @@ def _refresh(
         prev = cur
         n += 1
     return 0
+
+
+def _say_unavailable(exc: QueueError, every: float, json_lines: bool, live: bool, out: TextIO) -> None:
+    """A refresh that could not read Redis (a restart, a failover): say so and try again at the next one."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    if json_lines:
+        out.write(jsonout.dumps({"time": round(time.time(), 3), "error": str(exc)}) + "\n")
+    else:
+        out.write((HOME_AND_CLEAR if live else "\n") + f"apnsd stats  {when} UTC  {exc}; retrying every {every:g}s\n")
+    out.flush()

@@ -7,7 +7,6 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import pkcs12
 from OpenSSL import SSL, crypto
 
+from apnsd.config import read_file
 from apnsd.errors import CredentialsError
 from apnsd.gateway.certinfo import (
     EXPIRY_WARN_DAYS,
@@ -62,7 +62,7 @@ class ClientIdentity:
 
 def _read(path: str, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_file(path)
     except FileNotFoundError:
         raise CredentialsError(f"{what} {path} does not exist") from None
     except OSError as exc:

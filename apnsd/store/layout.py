@@ -115,6 +115,17 @@ end
 return n
 """
 
+# `apnsd dead requeue`, one entry, when the dead list and the queue share a slot. KEYS: dead list, queue.
+# ARGV: the dead entry, its job. The push comes first: a queue holding another type fails the script before
+# the entry leaves the dead list (a MULTI would remove the entry and then fail the push: the job lost).
+# Returns 0, with nothing changed, when another requeuer took the entry first.
+REQUEUE_DEAD_SCRIPT = """
+redis.call('LPUSH', KEYS[2], ARGV[2])
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then return 1 end
+redis.call('LREM', KEYS[2], 1, ARGV[2])
+return 0
+"""
+
 # The jobs of one in-flight batch, unpacked by Redis so that they come back as the bytes that were taken
 # (msgpack str entries decoded in Python would be text, and not every job is valid UTF-8).
 CLAIM_SCRIPT = """
@@ -124,12 +135,14 @@ return cmsgpack.unpack(held)
 """
 
 # Move due scheduled jobs (score <= now) to the consuming end of their queue, at most ARGV[2] at once.
-# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first.
+# The latest-due is pushed first, so the earliest-due ends up rightmost and is taken first. The pushes come
+# before the removal: a queue holding another type fails the script before any job leaves the scheduled set
+# (a script is not rolled back, so removing first lost the due jobs).
 PROMOTE_SCRIPT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #due == 0 then return 0 end
-redis.call('ZREM', KEYS[1], unpack(due))
 for i = #due, 1, -1 do redis.call('RPUSH', KEYS[2], due[i]) end
+redis.call('ZREM', KEYS[1], unpack(due))
 return #due
 """
 
@@ -224,6 +237,21 @@ return 1
 )
 # Cluster, the queue's slot. KEYS: queue, scheduled set, in-flight hash.
 COMMIT_QUEUE_SCRIPT = "local Q = 1\n" + _COMMIT_LIB + _QUEUE_READ + _QUEUE_WRITE
+
+
+def batch_length(blob: bytes) -> int:
+    """How many queue elements recovering an in-flight batch gives back (RECOVER_SCRIPT's rule): its jobs, or 1
+    for a value another program wrote there (not a msgpack array of str)."""
+    try:
+        items = msgspec.msgpack.decode(blob, type=list[msgspec.Raw])
+    except msgspec.MsgspecError:
+        return 1
+    if all(memoryview(item)[:1].tobytes() in _MSGPACK_STR_HEADS for item in items):
+        return len(items)
+    return 1
+
+
+_MSGPACK_STR_HEADS = frozenset(bytes([b]) for b in (*range(0xA0, 0xC0), 0xD9, 0xDA, 0xDB))
 
 
 def pack_jobs(raws: list[bytes]) -> bytes:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import msgspec
 import redis
 import redis.cluster
 import redis.sentinel
@@ -34,9 +33,11 @@ from apnsd.store.layout import (
     LANES_TAKE_SCRIPT,
     PROMOTE_SCRIPT,
     RECOVER_SCRIPT,
+    REQUEUE_DEAD_SCRIPT,
     TAKE_SCRIPT,
     Commit,
     Keys,
+    batch_length,
     outcome_args,
     pack_jobs,
     queue_args,
@@ -56,7 +57,13 @@ def redis_errors(what: str, key: str = "") -> Iterator[None]:
         text = safe_error_text(exc)
         if "WRONGTYPE" in text:
             named = _WRONG_TYPE.search(text)
-            raise KeyTypeError(named.group(1) if named else key or "?", f"Redis refused {what}: {text}") from None
+            culprit = named.group(1) if named else key or "?"
+            where = f"{culprit} holds" if named or key else "a key holds"
+            raise KeyTypeError(
+                culprit,
+                f"Redis refused {what}: {where} another type than apnsd uses there "
+                f"(`apnsd check` names such keys; {text})",
+            ) from None
         raise QueueError(f"Redis refused {what}: {text}") from None
     except redis.exceptions.RedisError as exc:
         raise QueueError(f"Redis unavailable during {what}: {safe_error_text(exc)}") from None
@@ -142,6 +149,7 @@ class JobQueue:
         self._commit_outcomes = client.register_script(COMMIT_OUTCOMES_SCRIPT)
         self._commit_queue = client.register_script(COMMIT_QUEUE_SCRIPT)
         self._take_lanes = client.register_script(LANES_TAKE_SCRIPT)
+        self._requeue_dead = client.register_script(REQUEUE_DEAD_SCRIPT)
         self._seq = int(time.time() * 1000)
 
     def wait(self, queue: str, timeout: float) -> bool:
@@ -313,8 +321,11 @@ class JobQueue:
             orphans = sorted(batch_ids - set(held()))
             return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
 
-    def requeue_from_dead_workers(self, queues: list[str]) -> dict[str, int]:
-        """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker."""
+    def requeue_from_dead_workers(self, queues: list[str], wrong: list[str] | None = None) -> dict[str, int]:
+        """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker.
+
+        An in-flight key (or queue) holding another type is passed over, its worker kept registered, and named
+        in ``wrong``: it must not keep every other dead worker's jobs from coming back."""
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):
             for worker in self.client.smembers(self.keys.workers):
@@ -332,7 +343,14 @@ class JobQueue:
                 total, alive = 0, False
                 for q in queues:
                     keys = [self.keys.inflight(q, wid), q]
-                    n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
+                    try:
+                        with redis_errors("recovering a dead worker's jobs", f"{keys[0]} or {q}"):
+                            n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
+                    except KeyTypeError as exc:
+                        if wrong is None:
+                            raise
+                        wrong.append(exc.key)
+                        n = -1  # keep the worker registered: its jobs come back once the key is fixed
                     alive = alive or n < 0
                     total += max(n, 0)
                 if not alive:
@@ -347,18 +365,18 @@ class JobQueue:
 
     def push(self, queue: str, jobs: list[bytes]) -> int:
         """LPUSH jobs the way applications do (used by `apnsd push` and the demo)."""
-        with redis_errors("pushing jobs"):
+        with redis_errors("pushing jobs", queue):
             return int(self.client.lpush(queue, *jobs))
 
     def schedule(self, queue: str, job: bytes, at: float) -> None:
         """Add a job to the scheduled set, due at unix time ``at``."""
-        with redis_errors("scheduling a job"):
+        with redis_errors("scheduling a job", self.keys.scheduled(queue)):
             self.client.zadd(self.keys.scheduled(queue), {job: at})
 
     def record_unregistered(self, entries: dict[str, bytes]) -> None:
         """Write unregistered-token entries that did not come from a batch (feedback service)."""
         if entries:
-            with redis_errors("recording unregistered tokens"):
+            with redis_errors("recording unregistered tokens", self.keys.unregistered):
                 self.client.hset(self.keys.unregistered, items=[x for pair in entries.items() for x in pair])
 
     def inflight_batches(self, queue: str) -> int:
@@ -368,10 +386,10 @@ class JobQueue:
 
     def inflight_count(self, queue: str, worker: str) -> int:
         """How many jobs a worker holds in flight for a queue."""
-        with redis_errors("counting in-flight jobs"):
+        with redis_errors("counting in-flight jobs", self.keys.inflight(queue, worker)):
             blobs = self.client.hvals(self.keys.inflight(queue, worker))
         # Count without decoding the jobs: they are msgpack str, and not every job is valid UTF-8.
-        return sum(len(msgspec.msgpack.decode(_raw(b), type=list[msgspec.Raw])) for b in blobs)
+        return sum(batch_length(_raw(b)) for b in blobs)
 
     # --- inspection (stats, health, dead letters) -------------------------------------------
 
@@ -398,24 +416,24 @@ class JobQueue:
 
     def depth(self, queue: str) -> int:
         """Jobs waiting in a queue."""
-        with redis_errors("reading queue depth"):
+        with redis_errors("reading queue depth", queue):
             return int(self.client.llen(queue))
 
     def oldest(self, queue: str) -> bytes | None:
         """The job that will be taken next (the consuming end), without taking it; None when the queue is empty."""
-        with redis_errors("reading the oldest job"):
+        with redis_errors("reading the oldest job", queue):
             raw = self.client.lindex(queue, -1)
         return raw.encode() if isinstance(raw, str) else raw  # bytes: the client does not decode responses
 
     def scheduled_count(self, queue: str, until: float | None = None) -> int:
         """Jobs in the scheduled set (due by ``until`` if given)."""
-        with redis_errors("counting scheduled jobs"):
+        with redis_errors("counting scheduled jobs", self.keys.scheduled(queue)):
             key = self.keys.scheduled(queue)
             return int(self.client.zcard(key) if until is None else self.client.zcount(key, "-inf", until))
 
     def workers(self) -> list[tuple[str, dict[str, Any] | None]]:
         """Registered workers with their last heartbeat status (None when it lapsed)."""
-        with redis_errors("listing workers"):
+        with redis_errors("listing workers", f"{self.keys.workers} or a worker heartbeat"):
             ids = sorted(_text(w) for w in self.client.smembers(self.keys.workers))
             beats = self.client.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
         return [(w, read_status(b) if b else None) for w, b in zip(ids, beats, strict=False)]
@@ -428,7 +446,7 @@ class JobQueue:
 
     def counts(self) -> dict[str, int]:
         """Dead letters, unregistered tokens and lifetime outcome totals."""
-        with redis_errors("reading counts"):
+        with redis_errors("reading counts", f"{self.keys.dead}, {self.keys.unregistered} or {self.keys.stats}"):
             p = self.client.pipeline(transaction=False)
             p.llen(self.keys.dead)
             p.hlen(self.keys.unregistered)
@@ -441,7 +459,7 @@ class JobQueue:
 
     def dead_entries(self, count: int) -> list[dict[str, Any]]:
         """The newest ``count`` dead-letter entries."""
-        with redis_errors("reading dead letters"):
+        with redis_errors("reading dead letters", self.keys.dead):
             return [read_dead_entry(e) for e in self.client.lrange(self.keys.dead, 0, count - 1)]
 
     def _select_dead(self, limit: int | None, reason: str | None) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -449,7 +467,7 @@ class JobQueue:
         if limit is not None and limit <= 0:
             return
         found = 0
-        for raw in self.client.lrange(self.keys.dead, 0, -1):
+        for raw in self._dead_pages():
             entry = read_dead_entry(raw)
             if reason and not str(entry.get("reason", "")).startswith(reason):
                 continue
@@ -458,12 +476,27 @@ class JobQueue:
             if limit is not None and found >= limit:
                 return
 
+    def _dead_pages(self, page: int = 1000) -> Iterator[Any]:
+        """The dead list, newest first, read a page at a time (it may hold millions of entries)."""
+        start = 0
+        while True:
+            raws = self.client.lrange(self.keys.dead, start, start + page - 1)
+            yield from raws
+            if len(raws) < page:
+                return
+            start += page
+
+    def dead_matching(self, limit: int, reason: str | None) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead entries whose reason starts with ``reason`` (all entries when None)."""
+        with redis_errors("reading dead letters", self.keys.dead):
+            return [entry for _, entry in self._select_dead(limit, reason)]
+
     def purge_dead(
         self, limit: int | None, reason: str | None, dry_run: bool = False, reasons: Counter[str] | None = None
     ) -> int:
         """Delete up to ``limit`` (None: all) dead entries with a reason prefix; counts them by reason."""
         removed = 0
-        with redis_errors("purging dead letters"):
+        with redis_errors("purging dead letters", self.keys.dead):
             for raw, entry in list(self._select_dead(limit, reason)):
                 if dry_run or self.client.lrem(self.keys.dead, 1, raw):
                     removed += 1
@@ -485,7 +518,7 @@ class JobQueue:
         queue; with ``dry_run`` only count them. Counts by reason go into ``reasons``. An entry that names
         its lane (``queue``) goes back onto that lane when it is one of ``lanes`` (the configured ones)."""
         moved = 0
-        with redis_errors("requeueing dead letters"):
+        with redis_errors("requeueing dead letters", f"{self.keys.dead} or a queue"):
             for raw, entry in list(self._select_dead(None, reason)):
                 if limit is not None and moved >= limit:
                     break
@@ -514,14 +547,11 @@ class JobQueue:
                 return True
             self.client.lrem(queue, 1, job)
             return False
-        p = self.client.pipeline(transaction=True)
-        p.lrem(self.keys.dead, 1, raw)
-        p.lpush(queue, job)
-        return bool(p.execute()[0])
+        return bool(self._requeue_dead(keys=[self.keys.dead, queue], args=[raw, job]))
 
     def unregistered(self, tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Unregistered-token entries (all, or just the given tokens)."""
-        with redis_errors("reading unregistered tokens"):
+        with redis_errors("reading unregistered tokens", self.keys.unregistered):
             if tokens is None:
                 items = self.client.hgetall(self.keys.unregistered).items()
                 return {_text(k): read_object(v) or {} for k, v in items}
@@ -530,27 +560,27 @@ class JobQueue:
 
     def channels_gone(self) -> dict[str, dict[str, Any]]:
         """Broadcast channels APNs answered ChannelNotRegistered for: channel id → entry."""
-        with redis_errors("reading gone channels"):
+        with redis_errors("reading gone channels", self.keys.channels_gone):
             items = self.client.hgetall(self.keys.channels_gone).items()
         return {_text(k): read_object(v) or {} for k, v in items}
 
     def channels_gone_count(self) -> int:
         """How many channel ids the channels-gone store holds."""
-        with redis_errors("reading gone channels"):
+        with redis_errors("reading gone channels", self.keys.channels_gone):
             return int(self.client.hlen(self.keys.channels_gone))
 
     def forget_channels(self, channels: list[str]) -> int:
         """Remove channel ids from the channels-gone store; returns how many were there."""
         if not channels:
             return 0
-        with redis_errors("forgetting gone channels"):
+        with redis_errors("forgetting gone channels", self.keys.channels_gone):
             return int(self.client.hdel(self.keys.channels_gone, *channels))
 
     def forget_unregistered(self, tokens: list[str]) -> int:
         """Remove tokens from the unregistered store (the application has pruned them); returns how many were there."""
         if not tokens:
             return 0
-        with redis_errors("forgetting unregistered tokens"):
+        with redis_errors("forgetting unregistered tokens", self.keys.unregistered):
             return int(self.client.hdel(self.keys.unregistered, *tokens))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import json
 import os
@@ -73,13 +74,16 @@ class Daemon:
         self.worker_id = config.worker.id or default_worker_id()
         self.log = logs.get("daemon", worker=self.worker_id)
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # a second stop signal: end the grace period now
         self._reload = threading.Event()
+        self._report = threading.Event()  # SIGUSR1: log a status line
         self.loops: list[DeliveryLoop] = []
         self._threads: list[threading.Thread] = []
         self.creds: dict[str, AppCredentials] = {}
         self._next_feedback: dict[str, float] = {}
         self._stop_metrics: Callable[[], None] | None = None
         self._wrong_type = logs.OnceLogger(self.log, "redis_key_wrong_type")
+        self._wrong_recovery = logs.OnceLogger(self.log, "redis_key_wrong_type")  # a dead worker's in-flight key
         self._main_beat = time.monotonic()  # the main loop's last iteration (liveness)
         self.redis_error: str | None = "not checked yet"  # the last heartbeat's Redis problem (readiness)
         self._progress: DrainProgress | None = None
@@ -95,7 +99,9 @@ class Daemon:
         # First: SIGTERM or SIGHUP during start-up (loading credentials, waiting for Redis) is honoured once
         # the loops run, instead of killing the process (their default action). SIGINT interrupts start-up
         # at once (exit 130), so that Ctrl-C never waits for a slow step: nothing has been taken yet.
-        self._install_signals(signal.SIGTERM, signal.SIGHUP)
+        # SIGQUIT is a stop like SIGTERM; SIGUSR1 and SIGUSR2 ask for a status line and a stack dump: none of
+        # them may kill the process with jobs in flight (their default action).
+        self._install_signals(signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         require_credentials(cfg)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         ensure_private_dir(self.health_path.parent)
@@ -138,7 +144,9 @@ class Daemon:
         return self._shutdown()
 
     def request_stop(self) -> None:
-        """Ask for a graceful stop (what SIGTERM does)."""
+        """Ask for a graceful stop (what SIGTERM does); asked again, stop now (what a second SIGTERM does)."""
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -162,12 +170,20 @@ class Daemon:
             self.loops.append(DeliveryLoop(queue, sessions, self.jq, parser, cfg.worker, recorder, plan))
 
     def _install_signals(self, *signals: signal.Signals) -> None:
-        """SIGHUP asks for a reload, SIGTERM and SIGINT for a graceful stop: the handlers only set flags."""
+        """SIGHUP asks for a reload, SIGTERM, SIGQUIT and SIGINT for a graceful stop (a second one: stop now),
+        SIGUSR1 for a status line, SIGUSR2 for every thread's stack on stderr: the handlers only set flags."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in signals:
-            flag = self._reload if sig is signal.SIGHUP else self._stop
-            signal.signal(sig, lambda *_, flag=flag: flag.set())
+            if sig is signal.SIGUSR2:
+                # Written by the interpreter's C handler: it works even while the main loop itself is stuck.
+                faulthandler.register(sig, file=_stderr_fd(), all_threads=True, chain=False)
+            elif sig is signal.SIGHUP:
+                signal.signal(sig, lambda *_: self._reload.set())
+            elif sig is signal.SIGUSR1:
+                signal.signal(sig, lambda *_: self._report.set())
+            else:
+                signal.signal(sig, lambda *_: self.request_stop())
 
     def _main_loop(self) -> None:
         w = self.config.worker
@@ -182,6 +198,9 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
+            if self._report.is_set():
+                self._report.clear()
+                self._log_status()
             if any(not t.is_alive() for t in self._threads):
                 self.log.error("delivery_loop_died")
                 break
@@ -206,9 +225,19 @@ class Daemon:
         self.log.info("stopping", grace_period=self.config.worker.grace_period)
         for lp in self.loops:
             lp.request_stop()
-        limit = time.monotonic() + self.config.worker.grace_period + self.config.worker.block_timeout + 5
+        limit = time.monotonic() + self.config.worker.stop_allowance
+        hurried = False
         for t in self._threads:
-            t.join(max(0.1, limit - time.monotonic()))
+            while t.is_alive() and time.monotonic() < limit:
+                if self._hurry.is_set() and not hurried:
+                    hurried = True
+                    self.log.warning(
+                        "stop_hurried", note="second stop signal: unanswered jobs go back to the queue now"
+                    )
+                    for lp in self.loops:
+                        lp.hurry_stop()
+                t.join(min(0.1, max(0.01, limit - time.monotonic())))
+            t.join(0.1)  # past the limit each loop still gets a last moment, as before
         clean = not any(t.is_alive() or lp.status.crashed for t, lp in zip(self._threads, self.loops, strict=False))
         try:
             if clean:
@@ -229,6 +258,17 @@ class Daemon:
             self.log.info("drain_summary", **summary)
         self.log.info("stopped", clean=clean)
         return 0 if clean else 1
+
+    def _log_status(self) -> None:
+        """SIGUSR1: one `status` line with what the heartbeat publishes (queues, in flight, outcomes)."""
+        status = self._status()
+        self.log.info(
+            "status",
+            queues=status["queues"],
+            outcomes=status["outcomes"],
+            redis_error=self.redis_error,
+            stopping=self._stop.is_set(),
+        )
 
     # --- what the metrics listener asks (on its own thread: published values only) -------------
 
@@ -308,13 +348,20 @@ class Daemon:
             self.log.warning("health_file_unwritable", path=str(self.health_path), error=str(exc))
 
     def _recover(self) -> None:
+        wrong: list[str] = []
         try:
-            moved = self.jq.requeue_from_dead_workers(self._lanes())
+            moved = self.jq.requeue_from_dead_workers(self._lanes(), wrong)
             orphaned = {
                 lane: self.jq.requeue_orphans(lane, lp.handoff.held.copy) for lp in self.loops for lane in lp.lanes
             }
         except QueueError:
             return
+        if wrong:  # the other dead workers' jobs came back; these wait until an operator fixes the key
+            self._wrong_recovery.failed(
+                f"{len(wrong)} in-flight key(s) of a dead worker hold another type", key=wrong[0]
+            )
+        else:
+            self._wrong_recovery.recovered()
         for worker, n in moved.items():
             self.log.warning("recovered_dead_worker", dead_worker=worker, jobs=n)
         for queue, n in orphaned.items():
@@ -422,6 +469,14 @@ class Daemon:
                 self.creds[name] = creds[name]
                 lp.post(partial(lp.replace_session, key, session))
         self.log.info("reloaded", config=self.config.source or "(environment)")
+
+
+def _stderr_fd() -> int:
+    """The descriptor of stderr, or 2 when sys.stderr is not a file (an embedding application, a test capture)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return 2
 
 
 def _alive_elsewhere(status: dict[str, Any]) -> bool:

@@ -150,6 +150,10 @@ class DeliveryLoop:
         """Ask the loop to stop: it returns unsent work, awaits answers for ``grace_period``, then ends."""
         self.handoff.post(self._begin_stop)
 
+    def hurry_stop(self) -> None:
+        """Stop now: end the grace period at once, so every unanswered job goes back to the queue."""
+        self.handoff.post(self._end_grace)
+
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self, grace_period: float) -> None:
@@ -201,6 +205,10 @@ class DeliveryLoop:
         self.phase = Phase.STOPPING
         self._deadline = time.monotonic() + self.grace_period
         self.handoff.close()  # from here on every batch this process took is in handoff.batches
+
+    def _end_grace(self) -> None:
+        self._begin_stop()
+        self._deadline = min(self._deadline, time.monotonic())
 
     def _finish_stopping(self, now: float) -> None:
         """STOPPING → DONE once everything is committed, or at the deadline with the rest returned."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from apnsd import logs
 from apnsd.cli.main import main
+from apnsd.errors import QueueError
 from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
@@ -396,6 +398,36 @@ def test_health_reads_a_status_file_apnsd_did_not_write_as_no_status(cli_env, ca
     assert out.startswith("unhealthy: no worker has written a fresh status to ")
 
 
+@pytest.mark.parametrize(
+    "queues",
+    [[1], {"q": "x"}, {"q": {"apps": [1]}}, {"q": {"apps": {"default": 3}}}],
+    ids=["list", "str", "apps", "app"],
+)
+def test_health_reads_a_fresh_status_of_another_shape_as_no_status(cli_env, capsys, queues):
+    """A fresh worker status file whose queues or apps are not what apnsd writes (another version, another
+    program) counts as no status: exit 1 with the usual reason, never a traceback."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    status = {"time": time.time(), "worker": "w", "redis": True, "queues": queues}
+    (cli_env / "worker-other.json").write_text(json.dumps(status))
+
+    code, out, err = run(capsys, "health")
+
+    assert (1, "") == (code, err)
+    assert out.startswith("unhealthy: no worker has written a fresh status to ")
+
+
+def test_health_reason_is_one_line_whatever_the_status_file_holds(cli_env, capsys):
+    """A connect error holding a newline and a terminal escape sequence is shown on one line, without them."""
+    cli_env.mkdir(parents=True, exist_ok=True)
+    apps = {"default": {"last_connect_error": "x\x1b[2Jy\nz"}}
+    status = {"time": time.time(), "worker": "w", "redis": True, "queues": {"apnsd:queue": {"apps": apps}}}
+    (cli_env / "worker-other.json").write_text(json.dumps(status))
+
+    code, out, _ = run(capsys, "health")
+
+    assert (1, "unhealthy: app default: last connection attempt failed: x?[2Jy?z\n") == (code, out)
+
+
 def test_health_is_ok_while_a_daemon_runs_and_fails_after_it_stops(cli_env, capsys, binary_mock, make_config):
     """`apnsd health` exits 0 while a worker heartbeats and 1 once it has stopped."""
     daemon = Daemon(make_config(binary_mock(), WORKER_STATE_DIR=str(cli_env)))
@@ -646,3 +678,138 @@ def test_stats_watch_rejects_a_bad_interval(cli_env, capsys, value):
         main(["stats", "--watch", value])
     assert 2 == exc.value.code
     assert f"argument --watch: {value!r} is not a number of seconds of at least 0.1" in capsys.readouterr().err
+
+
+def test_stats_counts_a_value_another_program_left_in_flight_as_one_job(cli_env, rdb, capsys):
+    """A dead worker's in-flight hash holding values apnsd did not write (not msgpack, not a list of jobs)
+    counts each as one job, as recovery returns it to the queue: exit 0, no traceback."""
+    from apnsd.store.layout import pack_jobs
+
+    rdb.sadd("apnsd:workers", "gone")
+    rdb.hset(
+        "apnsd:queue:inflight:gone",
+        mapping={"1": pack_jobs([b"a", b"\xff"]), "2": b"junk", "3": b"\x92\x01\x02", "4": b"\xdd\xff"},
+    )
+
+    code, out, err = run(capsys, "stats", "--json")
+
+    assert (0, "", 5) == (code, err, json.loads(out)["workers"][0]["in_flight"])
+
+
+@pytest.mark.parametrize(
+    "key, argv",
+    [
+        ("apnsd:queue", ["stats"]),
+        ("apnsd:dead", ["dead", "list"]),
+        ("apnsd:dead", ["dead", "purge", "--all"]),
+        ("apnsd:queue", ["push", "--token", TOKEN, "--alert", "x"]),
+        ("apnsd:unregistered", ["stats", "--json"]),
+    ],
+)
+def test_a_wrong_typed_key_is_named_in_one_line_with_exit_2(cli_env, rdb, capsys, key, argv):
+    """An operator tool meeting a key of another type names the key (or the keys it may be) and points to
+    `apnsd check`, in one line on stderr, exit 2."""
+    rdb.set(key, "another program's string")
+
+    code, out, err = run(capsys, *argv)
+
+    assert (2, "", 1, True) == (code, out, len(err.splitlines()), key in err), err
+    assert "holds another type than apnsd uses there (`apnsd check` names such keys" in err
+
+
+def test_stats_watch_rides_out_a_redis_outage():
+    """`stats --watch --json` whose Redis goes away after the first refresh writes an `error` line instead of
+    exiting, and carries on once Redis is back; a Redis it cannot reach at the first refresh is exit 2."""
+    from apnsd.cli.watch import watch
+    from apnsd.config import load_config
+    from apnsd.store.queue import JobQueue, client_for
+    from apnsd.testing.redis_server import RedisServer
+
+    server = RedisServer().start()
+    config = load_config(None, {"APNSD_REDIS_URL": server.url, "APNSD_REDIS_SOCKET_TIMEOUT": "2"})
+    q = JobQueue(client_for(config.redis), "apnsd", "watcher")
+
+    def outage(_seconds: float) -> None:
+        if server.proc is not None:  # down after the first refresh, back after the second
+            server.stop()
+        else:
+            server.start()
+
+    out = io.StringIO()
+    try:
+        code = watch(config, q, 1.0, True, out, refreshes=3, sleep=outage)
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+
+    assert (0, [False, True, False]) == (code, ["error" in line for line in lines]), out.getvalue()
+    assert "Redis unavailable" in lines[1]["error"]
+    with pytest.raises(QueueError):
+        watch(config, q, 1.0, True, io.StringIO(), refreshes=1)
+
+
+def test_dead_list_shows_each_entry_on_one_safe_line_however_long_or_garbled(cli_env, rdb, capsys):
+    """A dead letter another program wrote with a newline, a terminal escape sequence and 100,000 characters in
+    its reason is one line without control characters, cut after 300 characters; `--json` keeps it whole."""
+    reason = "evil\n\x1b[2J" + "A" * 100_000
+    rdb.lpush("apnsd:dead", json.dumps({"reason": reason, "app": "x\ry", "detail": "d\x07", "time": 0}))
+
+    code, out, _ = run(capsys, "dead", "list")
+    json_code, json_out, _ = run(capsys, "dead", "list", "--json")
+
+    first = out.splitlines()[0]
+    assert (0, 2, False) == (code, len(out.splitlines()), any(c in first for c in "\x1b\r\x07"))
+    assert first.endswith("x?y        evil??[2J" + "A" * 291 + "…(+99709 characters): d?")
+    assert (0, reason) == (json_code, json.loads(json_out)["reason"])
+
+
+def test_dead_list_piped_into_a_reader_that_stops_early_ends_quietly(redis_server, rdb):
+    """`apnsd dead list | head -1` as real processes: once the reader has gone, apnsd stops with exit 141 (what
+    a shell shows for SIGPIPE), and no traceback on stderr."""
+    for _ in range(5):
+        add_dead(rdb, TOKEN, "BadDeviceToken")
+    rdb.lpush("apnsd:dead", *[rdb.lindex("apnsd:dead", 0)] * 20_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APNSD_")}
+    env.update(APNSD_REDIS_URL=redis_server.url, PYTHONPATH=str(REPO))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apnsd.cli", "dead", "list", "--limit", "20000"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(60)
+
+    assert (141, "") == (code, err)
+    assert b"BadDeviceToken" in first
+
+
+def test_dead_requeue_onto_a_queue_of_another_type_keeps_every_dead_letter(cli_env, rdb, capsys):
+    """The queue holds a string (another program): requeue fails with exit 2 naming the keys, and every dead
+    letter is still there to requeue once the key is fixed: none removed without being pushed."""
+    jobs = [add_dead(rdb, t, "BadDeviceToken") for t in (TOKEN, OTHER)]
+    rdb.set("apnsd:queue", "another program's string")
+
+    code, _, err = run(capsys, "dead", "requeue", "--all")
+    kept = rdb.llen("apnsd:dead")
+    rdb.delete("apnsd:queue")
+    again, _, _ = run(capsys, "dead", "requeue", "--all")
+
+    assert (2, 2, 0) == (code, kept, again), err
+    assert sorted(jobs) == sorted(rdb.lrange("apnsd:queue", 0, -1))
+
+
+def test_dead_list_by_reason_finds_a_match_behind_ten_thousand_newer_entries(cli_env, rdb, capsys):
+    """`dead list --reason R` looks through the whole dead list, not just its newest 10,000 entries."""
+    add_dead(rdb, OTHER, "TopicDisallowed")
+    rdb.lpush("apnsd:dead", *[rdb.lindex("apnsd:dead", 0).replace(b"TopicDisallowed", b"BadDeviceToken")] * 10_050)
+
+    code, out, _ = run(capsys, "dead", "list", "--reason", "Topic")
+
+    assert (0, 2) == (code, len(out.splitlines()))
+    assert " TopicDisallowed token abababab…" in out.splitlines()[0]

@@ -445,3 +445,30 @@ def test_registry_and_hash_members_that_are_not_utf8_neither_stop_the_daemon_nor
     assert 1 == health  # no live worker: the drained one retired, the foreign one is gone
     assert (set(tokens), set()) == (set(mock.record.accepted_tokens()), rdb.smembers("apnsd:workers"))
     assert ["\ufffd" * 32] == list(Client(redis_server.url).unregistered())
+
+
+def test_a_dead_workers_in_flight_key_of_another_type_does_not_hold_back_other_recoveries(
+    jq, rdb, http2_mock, make_config
+):
+    """A dead worker whose in-flight key holds a string (another program) is named once as redis_key_wrong_type,
+    while the jobs of a dead worker registered after it come back and are delivered."""
+    from apnsd.store.queue import JobQueue, connect
+
+    mock = http2_mock()
+    tokens = good_tokens(6, seed=61)
+    push_all(jq, [job(t) for t in tokens])
+    rdb.sadd("apnsd:workers", "dead-a")
+    rdb.set("apnsd:queue:inflight:dead-a", "another program's string")
+    JobQueue(connect(make_config(mock).redis.url), "apnsd", "dead-b").take("apnsd:queue", 6)
+    rdb.sadd("apnsd:workers", "dead-b")  # after dead-a: recovery meets the wrong key first
+    tap = LogTap()
+    d = DaemonThread(make_config(mock)).start()
+    try:
+        wait_for(lambda: len(mock.record.accepted_tokens()) == 6, 20, "dead-b's jobs delivered")
+        events = wait_for(lambda: tap.events("redis_key_wrong_type"), 20, "redis_key_wrong_type")
+    finally:
+        d.stop()
+        code = d.join(30)
+
+    assert (0, ["apnsd:queue:inflight:dead-a or apnsd:queue"]) == (code, [e["key"] for e in events])
+    assert set(tokens) == set(mock.record.accepted_tokens())

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from apnsd.errors import QueueError
+from apnsd.errors import KeyTypeError, QueueError
 from apnsd.store.layout import pack_jobs
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.testing.redis_server import free_port
@@ -305,6 +305,24 @@ def test_dead_workers_batches_return_to_the_consuming_end_oldest_first(jq, rdb, 
     assert 0 == jq.inflight_count(Q, "dead")
 
 
+def test_a_dead_workers_in_flight_key_of_another_type_holds_back_only_that_worker(jq, rdb, worker):
+    """One dead worker's in-flight key holds a string (another program): the other dead workers' jobs still come
+    back, the key is named, and that worker stays registered until the key is fixed."""
+    items = jobs(4)
+    for wid in ("dead-a", "dead-c"):
+        _dead_worker_with_batches(jq, rdb, worker, wid, [], [])
+    _dead_worker_with_batches(jq, rdb, worker, "dead-b", items, [4])
+    rdb.set("apnsd:queue:inflight:dead-a", "another program's string")
+    rdb.set("apnsd:queue:inflight:dead-c", "another program's string")
+    wrong: list[str] = []
+
+    moved = worker("rescuer").requeue_from_dead_workers([Q], wrong)
+
+    assert ({"dead-b": 4}, items) == (moved, take_all(jq))
+    assert ["apnsd:queue:inflight:dead-a or apnsd:queue", "apnsd:queue:inflight:dead-c or apnsd:queue"] == sorted(wrong)
+    assert {b"dead-a", b"dead-c"} == rdb.smembers("apnsd:workers")
+
+
 @pytest.mark.parametrize("round_", range(10))
 def test_racing_recoveries_move_each_job_exactly_once(jq, rdb, worker, round_):
     """Two workers recovering the same dead worker at the same moment move every job exactly once."""
@@ -422,6 +440,23 @@ def test_promote_due_respects_its_limit(jq, worker):
         w.schedule(Q, item, float(i))
 
     assert (2, 2, 1, 0) == tuple(w.promote_due(Q, 10.0, limit=2) for _ in range(4))
+
+
+def test_promote_due_onto_a_queue_of_another_type_keeps_every_scheduled_job(jq, rdb, worker):
+    """The queue holds a string (another program): promoting fails naming the keys and every due job stays in
+    the scheduled set; once the key is fixed they all move."""
+    items = jobs(3)
+    w = worker("w1")
+    for i, item in enumerate(items):
+        w.schedule(Q, item, float(i))
+    rdb.set(Q, "another program's string")
+
+    with pytest.raises(KeyTypeError):
+        w.promote_due(Q, 10.0)
+    kept = jq.scheduled_count(Q)
+    rdb.delete(Q)
+
+    assert (3, 3, items) == (kept, w.promote_due(Q, 10.0), take_all(jq))
 
 
 def test_racing_promoters_move_each_job_once(jq, worker):

@@ -213,3 +213,17 @@ def test_probe_with_an_unknown_p8_key_reports_the_rejection(cli, config_file, ht
     assert 1 == code, out
     (line,) = probe_lines(out)
     assert line.startswith("ERROR  probe: the gateway rejected the provider token (.p8): InvalidProviderToken — ")
+
+
+def test_send_to_a_gateway_it_cannot_reach_says_so_without_an_apns_id(cli, config_file, http2_mock, pki):
+    """Nothing listens on the gateway port: one error line naming the cause and how long it tried, no apns-id
+    or round trip of a request that never went out, exit 1."""
+    mock = http2_mock()
+    path = config_file(mock, cert=pki.client_pem, port=1)  # port 1: nothing listens there
+
+    code, out, _ = cli("send", "-c", path, "--token", TOKEN, "--alert", "x")
+
+    lines = out.splitlines()[1:]
+    assert (1, 2) == (code, len(lines)), out
+    assert lines[0].startswith("  error         cannot reach 127.0.0.1:1: ")
+    assert lines[1].startswith("  gave up after ") and "apns-id" not in out

@@ -554,3 +554,31 @@ def test_redis_error_texts_lose_the_quoted_command_and_full_tokens():
     plain = redis.exceptions.ResponseError(f"ERR unknown token {token}")
 
     assert ("WRONGTYPE x", "ERR unknown token c9d4c07c…") == (safe_error_text(exc), safe_error_text(plain))
+
+
+def test_a_device_or_pipe_named_as_a_config_or_secret_file_is_refused_at_once(tmp_path):
+    """--config /dev/zero or a secret file that is a FIFO with no writer is a clear error naming the key, not a
+    read that never ends."""
+    import os
+
+    fifo = tmp_path / "passphrase"
+    os.mkfifo(fifo)
+    env = {"APNSD_APP_DEFAULT_PKCS12": "/x.p12", "APNSD_APP_DEFAULT_PASSPHRASE_FILE": str(fifo)}
+
+    assert (
+        "config key '--config': cannot read /dev/zero: not a regular file (a device, a pipe or a socket)",
+        f"config key 'apps.default.passphrase_file': cannot read {fifo}: not a regular file (a device, a pipe or "
+        "a socket)",
+    ) == (str(config_error("/dev/zero")), str(config_error(None, env)))
+
+
+def test_read_file_refuses_a_file_over_its_limit(tmp_path):
+    """A file larger than the limit (a disk image named by mistake) is refused, not read into memory."""
+    from apnsd.config import read_file
+
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 11)
+
+    assert b"x" * 11 == read_file(path, limit=11)
+    with pytest.raises(OSError, match="larger than 10 bytes"):
+        read_file(path, limit=10)

@@ -447,3 +447,10 @@ def test_dev_pki_refuses_a_symlink_in_place_of_its_directory(tmp_path: Path) -> 
         make_dev_pki(str(tmp_path / "pki"))
 
     assert "pki_dir" == info.value.key
+
+
+def test_a_device_named_as_a_credential_file_is_refused_at_once() -> None:
+    """cert = "/dev/zero" is a clear CredentialsError, not a read that never ends (and not a MemoryError)."""
+    expected = "cannot read certificate file /dev/zero: not a regular file (a device, a pipe or a socket)"
+
+    assert expected == credentials_error(cert="/dev/zero")
