@@ -44,21 +44,22 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # a config, secret or credential file; a larg
 
 
 def read_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """A regular file's bytes: a device, a pipe or a directory is refused at once (reading /dev/zero or a FIFO
-    never ends), as is a file over ``limit`` bytes. Errors are OSError with a readable strerror."""
+    """A file's bytes, read at most ``limit`` + 1 bytes far: a larger one (a disk image, ``/dev/zero``) is refused,
+    as is a directory. A pipe is read like a file, so ``--config <(envsubst < apnsd.toml.in)`` and secrets on
+    ``/dev/stdin`` work; a named pipe no program writes to reads as empty instead of waiting. Errors are OSError
+    with a readable strerror."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: opening a FIFO must not wait
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file (a device, a pipe or a socket)")
+        os.set_blocking(fd, True)  # a writer's data is waited for; with no writer at all, read() ends at once
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        size = f"{limit >> 20} MiB" if limit and not limit % (1 << 20) else f"{limit} bytes"
+        raise OSError(errno.EFBIG, f"larger than {size}")
     return data
 
 

@@ -556,9 +556,9 @@ def test_redis_error_texts_lose_the_quoted_command_and_full_tokens():
     assert ("WRONGTYPE x", "ERR unknown token c9d4c07c…") == (safe_error_text(exc), safe_error_text(plain))
 
 
-def test_a_device_or_pipe_named_as_a_config_or_secret_file_is_refused_at_once(tmp_path):
-    """--config /dev/zero or a secret file that is a FIFO with no writer is a clear error naming the key, not a
-    read that never ends."""
+def test_a_device_named_as_a_config_file_is_refused_and_a_fifo_without_writer_reads_as_empty(tmp_path):
+    """--config /dev/zero is a clear error naming the key, not a read that never ends; a secret file that is a
+    FIFO no program writes to reads as empty at once (a clear "empty" error) instead of waiting for a writer."""
     import os
 
     fifo = tmp_path / "passphrase"
@@ -566,10 +566,24 @@ def test_a_device_or_pipe_named_as_a_config_or_secret_file_is_refused_at_once(tm
     env = {"APNSD_APP_DEFAULT_PKCS12": "/x.p12", "APNSD_APP_DEFAULT_PASSPHRASE_FILE": str(fifo)}
 
     assert (
-        "config key '--config': cannot read /dev/zero: not a regular file (a device, a pipe or a socket)",
-        f"config key 'apps.default.passphrase_file': cannot read {fifo}: not a regular file (a device, a pipe or "
-        "a socket)",
+        "config key '--config': cannot read /dev/zero: larger than 16 MiB",
+        f"config key 'apps.default.passphrase_file': {fifo} is empty",
     ) == (str(config_error("/dev/zero")), str(config_error(None, env)))
+
+
+def test_a_config_file_given_through_a_pipe_is_read(tmp_path):
+    """--config <(generate-config) works: the pipe's bytes are the configuration."""
+    import os
+
+    from apnsd.config import read_file
+
+    r, w = os.pipe()
+    os.write(w, b'[redis]\nprefix = "piped"\n')
+    os.close(w)
+    try:
+        assert b'[redis]\nprefix = "piped"\n' == read_file(f"/dev/fd/{r}")
+    finally:
+        os.close(r)
 
 
 def test_read_file_refuses_a_file_over_its_limit(tmp_path):
