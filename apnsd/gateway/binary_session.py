@@ -130,6 +130,7 @@ class BinarySession(Session):
             n = pending.popleft()
             token, payload = n.token_bytes, n.body  # the payload as held: joined below without a copy of its own
             add(parts(token, payload, ident, n.expiration or 0, n.priority or 10))
+            n.release_payload()  # joined below; the window keeps the notification, not its 48-byte payload view
             queued += len(token) + len(payload) + overhead
             unwritten.append((queued, n))
             ident = (ident + 1) % ID_MOD
