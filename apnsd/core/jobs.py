@@ -79,7 +79,7 @@ class Notification(msgspec.Struct, eq=False, gc=False):
     token_bytes: bytes
     # The payload as it stands in the raw job (msgspec's ~48-byte view into ``raw``, held anyway) when it is
     # sent as pushed, the common case; the bytes to send otherwise (a pre-encoded string, a compacted one).
-    # None once such a view was let go (``release_payload``): it is read from ``raw`` again if ever needed.
+    # None once such a view was let go (``take_body``): it is read from ``raw`` again if ever needed.
     _payload: bytes | msgspec.Raw | None
     app: str
     apns_id: str
@@ -133,13 +133,18 @@ class Notification(msgspec.Struct, eq=False, gc=False):
         p = self._payload
         return _payload_decoder.decode(self.raw).payload if p is None else p
 
-    def release_payload(self) -> None:
-        """Let go of the view of a payload sent as pushed (``body`` reads it from ``raw`` again when asked).
+    def take_body(self) -> bytes | msgspec.Raw:
+        """``body``, for a writer that will not need it again: a view into ``raw`` is let go (read from ``raw``
+        again if ever asked for), bytes that differ from the raw job are kept.
 
         For a binary window: tens of thousands of written frames wait there for silence, and their payloads
         are needed again only if one must be encoded afresh (a resend the kept bytes do not cover)."""
-        if type(self._payload) is msgspec.Raw:
+        p = self._payload
+        if p is None:
+            return _payload_decoder.decode(self.raw).payload
+        if type(p) is msgspec.Raw:
             self._payload = None
+        return p
 
 
 IN_RAW = "\x00in raw"  # Notification._job_id: read the id from the raw job (a control character: never a valid id)
