@@ -306,6 +306,15 @@ def test_a_taken_payload_view_is_read_from_the_raw_job_again(payload, held, expe
     )
 
 
+def test_a_payload_read_again_from_a_job_with_two_payload_keys_is_the_one_sent_first():
+    """A job naming its payload twice: reading it again from the raw job gives the payload parsed the first time."""
+    raw = b'{"token":"%s","payload":{"aps":{"alert":"one"}},"payload":{"aps":{"alert":"two"}}}' % TOKEN.encode()
+    n = one(raw, {"default": ("binary", 2048, 2048)})
+    sent = bytes(n.take_body())
+
+    assert (b'{"aps":{"alert":"two"}}', sent) == (n.payload, bytes(n.body))
+
+
 def test_pretty_printed_payload_string_over_the_limit_is_compacted_when_that_fits():
     """A pre-encoded payload string with indentation is compacted too when that brings it under the limit."""
     payload = sized_payload(2048)
