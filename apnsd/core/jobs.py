@@ -124,14 +124,14 @@ class Notification(msgspec.Struct, eq=False, gc=False):
         """The JSON payload to send."""
         p = self._payload
         if p is None:
-            p = _payload_decoder.decode(self.raw).payload
+            p = self._payload_again()
         return p if type(p) is bytes else bytes(p)
 
     @property
     def body(self) -> bytes | msgspec.Raw:
         """The payload's bytes as held (a view into ``raw`` or bytes): for writers that take any bytes-like object."""
         p = self._payload
-        return _payload_decoder.decode(self.raw).payload if p is None else p
+        return self._payload_again() if p is None else p
 
     def take_body(self) -> bytes | msgspec.Raw:
         """``body``, for a writer that will not need it again: a view into ``raw`` is let go (read from ``raw``
@@ -141,10 +141,14 @@ class Notification(msgspec.Struct, eq=False, gc=False):
         are needed again only if one must be encoded afresh (a resend the kept bytes do not cover)."""
         p = self._payload
         if p is None:
-            return _payload_decoder.decode(self.raw).payload
+            return self._payload_again()
         if type(p) is msgspec.Raw:
             self._payload = None
         return p
+
+    def _payload_again(self) -> msgspec.Raw:
+        """The payload as it stands in ``raw``, read again (the view was let go: it was sent as pushed)."""
+        return _payload_decoder.decode(self.raw).payload
 
 
 IN_RAW = "\x00in raw"  # Notification._job_id: read the id from the raw job (a control character: never a valid id)
