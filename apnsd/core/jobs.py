@@ -79,7 +79,8 @@ class Notification(msgspec.Struct, eq=False, gc=False):
     token_bytes: bytes
     # The payload as it stands in the raw job (msgspec's ~48-byte view into ``raw``, held anyway) when it is
     # sent as pushed, the common case; the bytes to send otherwise (a pre-encoded string, a compacted one).
-    _payload: bytes | msgspec.Raw
+    # None once such a view was let go (``take_body``): it is read from ``raw`` again if ever needed.
+    _payload: bytes | msgspec.Raw | None
     app: str
     apns_id: str
     # The application's id; IN_RAW when it is left in ``raw`` (read again only for receipts and rewritten jobs):
@@ -122,12 +123,32 @@ class Notification(msgspec.Struct, eq=False, gc=False):
     def payload(self) -> bytes:
         """The JSON payload to send."""
         p = self._payload
+        if p is None:
+            p = self._payload_again()
         return p if type(p) is bytes else bytes(p)
 
     @property
     def body(self) -> bytes | msgspec.Raw:
         """The payload's bytes as held (a view into ``raw`` or bytes): for writers that take any bytes-like object."""
-        return self._payload
+        p = self._payload
+        return self._payload_again() if p is None else p
+
+    def take_body(self) -> bytes | msgspec.Raw:
+        """``body``, for a writer that will not need it again: a view into ``raw`` is let go (read from ``raw``
+        again if ever asked for), bytes that differ from the raw job are kept.
+
+        For a binary window: tens of thousands of written frames wait there for silence, and their payloads
+        are needed again only if one must be encoded afresh (a resend the kept bytes do not cover)."""
+        p = self._payload
+        if p is None:
+            return self._payload_again()
+        if type(p) is msgspec.Raw:
+            self._payload = None
+        return p
+
+    def _payload_again(self) -> msgspec.Raw:
+        """The payload as it stands in ``raw``, read again (the view was let go: it was sent as pushed)."""
+        return _payload_decoder.decode(self.raw).payload
 
 
 IN_RAW = "\x00in raw"  # Notification._job_id: read the id from the raw job (a control character: never a valid id)
@@ -140,6 +161,15 @@ class _JobId(msgspec.Struct):
 
 
 _id_decoder = msgspec.json.Decoder(_JobId)
+
+
+class _JobPayload(msgspec.Struct):
+    """Only a job's payload as it stands (every other key skipped)."""
+
+    payload: msgspec.Raw = msgspec.Raw(b"")
+
+
+_payload_decoder = msgspec.json.Decoder(_JobPayload)
 
 
 @dataclass(frozen=True, slots=True)

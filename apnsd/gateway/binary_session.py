@@ -128,7 +128,9 @@ class BinarySession(Session):
         add = out.extend
         for _ in range(count):
             n = pending.popleft()
-            token, payload = n.token_bytes, n.body  # the payload as held: joined below without a copy of its own
+            # The payload as held, joined below without a copy of its own; the window keeps the notification, not
+            # its 48-byte view of the payload (read from the raw job again should the frame be encoded afresh).
+            token, payload = n.token_bytes, n.take_body()
             add(parts(token, payload, ident, n.expiration or 0, n.priority or 10))
             queued += len(token) + len(payload) + overhead
             unwritten.append((queued, n))

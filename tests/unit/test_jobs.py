@@ -283,6 +283,38 @@ def test_only_a_payload_sent_as_pushed_is_held_as_a_view_into_the_raw_job(payloa
     assert (held, expected) == (type(n._payload), n.payload)
 
 
+@pytest.mark.parametrize(
+    ("payload", "held", "expected"),
+    [
+        (OBJECT, type(None), msgspec.json.encode(OBJECT)),  # the view goes: read from the raw job again
+        (json.dumps(OBJECT), bytes, json.dumps(OBJECT).encode()),  # bytes that differ from the raw job stay
+        (json.dumps(sized_payload(2048), indent=4), bytes, msgspec.json.encode(sized_payload(2048))),
+    ],
+)
+def test_a_taken_payload_view_is_read_from_the_raw_job_again(payload, held, expected):
+    """take_body lets go of a view into the raw job only; payload, body and take_body still give the same bytes."""
+    n = one(raw_job(app="legacy", payload=payload))
+
+    first = bytes(n.take_body())
+
+    assert (held, expected, expected, expected, expected) == (
+        type(n._payload),
+        first,
+        n.payload,
+        bytes(n.body),
+        bytes(n.take_body()),
+    )
+
+
+def test_a_payload_read_again_from_a_job_with_two_payload_keys_is_the_one_sent_first():
+    """A job naming its payload twice: reading it again from the raw job gives the payload parsed the first time."""
+    raw = b'{"token":"%s","payload":{"aps":{"alert":"one"}},"payload":{"aps":{"alert":"two"}}}' % TOKEN.encode()
+    n = one(raw, {"default": ("binary", 2048, 2048)})
+    sent = bytes(n.take_body())
+
+    assert (b'{"aps":{"alert":"two"}}', sent) == (n.payload, bytes(n.body))
+
+
 def test_pretty_printed_payload_string_over_the_limit_is_compacted_when_that_fits():
     """A pre-encoded payload string with indentation is compacted too when that brings it under the limit."""
     payload = sized_payload(2048)

@@ -141,3 +141,25 @@ def test_the_resend_encodes_nothing_again(monkeypatch):
 
     assert expected == net.current.take_wire()
     assert list(range(1, 41)) == encoded
+
+
+def test_written_frames_keep_no_payload_view_and_a_resend_past_the_kept_bytes_reads_it_again(monkeypatch):
+    """The window's notifications let go of their payload views once written; a resend reaching back past the
+    bytes kept encodes them from the raw jobs, byte for byte as the first time."""
+    monkeypatch.setattr(binary_session, "KEEP_BYTES", 1)
+    monkeypatch.setattr(binary_session, "ENCODE_AT_ONCE", 8)
+    s, net = make_session()
+    batch = notes(40)
+    expected = expected_wire(batch[2:], 1)  # from the payload views, before anything is written
+    s.submit(batch)
+    for i in range(5):
+        s.step(T0 + i * 0.0001, False)
+    net.current.take_wire()
+    held = [type(n._payload) for n in batch]
+
+    reject(s, 2, T0 + 0.001)
+    s.step(T0 + 0.002, False)
+    for i in range(5):
+        s.step(T0 + 0.003 + i * 0.0001, False)
+
+    assert ([type(None)] * 40, expected) == (held, net.current.take_wire())
