@@ -1,0 +1,249 @@
+// An independent APNs gateway for interoperability tests, on Node's own http2 and tls modules (no npm package).
+//
+//   node node_gateway.js '<options as JSON>'
+//
+// Prints one JSON line per fact on stdout: {"ev": "listening", "port": N} first, then "conn" (a TLS connection
+// was accepted), "req" (a whole request or binary frame arrived), "ans" (the answer given to it) and "note"
+// (a fault injected). Options:
+//   mode        "http2" or "binary"; cert, key, ca: PEM paths (client certificates are required and verified)
+//   rules       [[token hex prefix, status, reason, times]]: the first `times` requests for such a token (0 =
+//               all of them) get this answer; everything else is accepted. Binary: status is the error code.
+// HTTP/2 only (each fault acts on the gateway's first connection only, unless said otherwise):
+//   settings    initial SETTINGS (maxConcurrentStreams, initialWindowSize, maxFrameSize), every connection
+//   settingsAt  [n, settings]: new SETTINGS once n requests arrived
+//   reverse     hold answers until this many are waiting (or 5 ms passed), then answer newest first
+//   split       headers in one frame, the body in DATA frames of this many bytes, then an empty END_STREAM DATA
+//   goawayAt    [n, keep]: once n requests are held, GOAWAY(NO_ERROR) naming the keep-th; answer those up to it,
+//               drop the rest unanswered and unprocessed, then close
+//   rst         [prefix, code]: the first request for such a token is reset with RST_STREAM(code), unprocessed
+//   ping        send a PING after every request (every connection)
+//   closeAt     n: close the socket right after the n-th answer
+// Binary only:
+//   onError     "fin": the error response and the close in one write; "delay": the error response, then close
+//               after `delayMs`; "silent": close without any error response
+//   lateAt      [n, delayMs]: after the n-th frame and `delayMs` of quiet, an error (status 8) naming the first
+//               frame of the connection, then close
+"use strict";
+
+const fs = require("fs");
+const http2 = require("http2");
+const tls = require("tls");
+
+const opts = JSON.parse(process.argv[2]);
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+const seen = new Map(); // token -> requests seen so far (for rules' `times`)
+let connections = 0;
+
+function ruleFor(token) {
+  const n = (seen.get(token) || 0) + 1;
+  seen.set(token, n);
+  for (const [prefix, status, reason, times] of opts.rules || []) {
+    if (token.startsWith(prefix) && (times === 0 || n <= times)) return [status, reason];
+  }
+  return null;
+}
+
+const tlsOptions = {
+  key: fs.readFileSync(opts.key),
+  cert: fs.readFileSync(opts.cert),
+  ca: fs.readFileSync(opts.ca),
+  requestCert: true,
+  rejectUnauthorized: true,
+};
+
+function serveHttp2() {
+  const server = http2.createSecureServer({ ...tlsOptions, settings: opts.settings || {} });
+  server.on("session", (session) => {
+    const conn = connections++;
+    const first = conn === 0;
+    emit({ ev: "conn", conn });
+    let arrived = 0;
+    let answered = 0;
+    let held = [];
+    let timer = null;
+    let goingAway = false;
+    session.on("error", () => {});
+
+    function answer(stream, token) {
+      if (stream.destroyed || stream.closed) return;
+      const rule = ruleFor(token);
+      const status = rule ? rule[0] : 200;
+      answered++;
+      emit({ ev: "ans", conn, sid: stream.id, token, status });
+      const headers = { ":status": status, "apns-id": stream.apnsId };
+      if (status === 200) {
+        if (opts.split) {
+          stream.respond(headers); // HEADERS alone, then an empty DATA frame carries END_STREAM
+          stream.end();
+        } else {
+          stream.respond(headers, { endStream: true });
+        }
+      } else {
+        const body = { reason: rule[1] };
+        if (status === 410) body.timestamp = Date.now() - 86400000;
+        const bytes = Buffer.from(JSON.stringify(body));
+        headers["content-type"] = "application/json";
+        stream.respond(headers);
+        if (opts.split) {
+          for (let i = 0; i < bytes.length; i += opts.split) stream.write(bytes.subarray(i, i + opts.split));
+          stream.end();
+        } else {
+          stream.end(bytes);
+        }
+      }
+      if (first && opts.closeAt && answered === opts.closeAt) {
+        emit({ ev: "note", what: "close", conn });
+        stream.on("close", () => session.socket.end());
+      }
+    }
+
+    function flush() {
+      timer = null;
+      const now = held.reverse();
+      held = [];
+      for (const [stream, token] of now) answer(stream, token);
+    }
+
+    function goaway() {
+      const [, keep] = opts.goawayAt;
+      const kept = held.slice(0, keep);
+      const dropped = held.slice(keep);
+      held = [];
+      const last = kept.length ? kept[kept.length - 1][0].id : 0;
+      emit({ ev: "note", what: "goaway", conn, last, dropped: dropped.map(([s, t]) => t) });
+      session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
+      for (const [stream, token] of kept) answer(stream, token);
+      setTimeout(() => session.close(), 50);
+    }
+
+    session.on("stream", (stream, headers) => {
+      const token = String(headers[":path"] || "").split("/").pop();
+      stream.apnsId = headers["apns-id"] || "00000000-0000-0000-0000-000000000000";
+      const chunks = [];
+      stream.on("data", (c) => chunks.push(c));
+      stream.on("error", () => {});
+      stream.on("end", () => {
+        arrived++;
+        emit({ ev: "req", conn, sid: stream.id, token, len: Buffer.concat(chunks).length });
+        if (opts.ping) session.ping(() => {});
+        if (first && opts.settingsAt && arrived === opts.settingsAt[0]) {
+          emit({ ev: "note", what: "settings", conn });
+          session.settings(opts.settingsAt[1]);
+        }
+        if (opts.rst && token.startsWith(opts.rst[0]) && !seen.has("rst:" + token)) {
+          seen.set("rst:" + token, 1);
+          emit({ ev: "note", what: "rst", conn, sid: stream.id, token });
+          stream.close(opts.rst[1]);
+          return;
+        }
+        if (first && opts.goawayAt && !goingAway) {
+          held.push([stream, token]);
+          if (held.length >= opts.goawayAt[0]) {
+            goingAway = true;
+            goaway();
+          }
+          return;
+        }
+        if (opts.reverse) {
+          held.push([stream, token]);
+          if (held.length >= opts.reverse) flush();
+          else if (!timer) timer = setTimeout(flush, 5);
+          return;
+        }
+        answer(stream, token);
+      });
+    });
+  });
+  return server;
+}
+
+function errorPacket(status, id) {
+  const b = Buffer.alloc(6);
+  b[0] = 8;
+  b[1] = status;
+  b.writeUInt32BE(id, 2);
+  return b;
+}
+
+// One command-2 frame from the start of buf: {token, id, size} or null when incomplete; throws when malformed.
+function parseFrame(buf) {
+  if (buf.length < 5) return null;
+  if (buf[0] !== 2) throw new Error("command " + buf[0]);
+  const size = 5 + buf.readUInt32BE(1);
+  if (buf.length < size) return null;
+  let pos = 5;
+  let token = "";
+  let id = 0;
+  while (pos < size) {
+    const item = buf[pos];
+    const len = buf.readUInt16BE(pos + 1);
+    const data = buf.subarray(pos + 3, pos + 3 + len);
+    if (item === 1) token = data.toString("hex");
+    if (item === 3) id = data.readUInt32BE(0);
+    pos += 3 + len;
+  }
+  return { token, id, size };
+}
+
+function serveBinary() {
+  const server = tls.createServer({ ...tlsOptions, maxVersion: "TLSv1.2" }, (socket) => {
+    const conn = connections++;
+    emit({ ev: "conn", conn });
+    let buf = Buffer.alloc(0);
+    let done = false;
+    let frames = 0;
+    let firstId = null;
+    let lateTimer = null;
+    socket.on("error", () => {});
+    socket.on("data", (chunk) => {
+      if (done) return; // after an error Apple discards everything that follows
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        let frame;
+        try {
+          frame = parseFrame(buf);
+        } catch (e) {
+          done = true;
+          socket.destroy();
+          return;
+        }
+        if (!frame) return;
+        buf = buf.subarray(frame.size);
+        frames++;
+        if (firstId === null) firstId = frame.id;
+        emit({ ev: "req", conn, token: frame.token, id: frame.id });
+        const rule = ruleFor(frame.token);
+        if (rule) {
+          done = true;
+          emit({ ev: "ans", conn, token: frame.token, id: frame.id, status: rule[0] });
+          const packet = errorPacket(rule[0], frame.id);
+          if (opts.onError === "silent") {
+            socket.end();
+          } else if (opts.onError === "delay") {
+            socket.write(packet);
+            setTimeout(() => socket.end(), opts.delayMs || 50);
+          } else {
+            socket.end(packet);
+          }
+          return;
+        }
+        emit({ ev: "ans", conn, token: frame.token, id: frame.id, status: 0 });
+        if (opts.lateAt && conn === 0 && frames === opts.lateAt[0]) {
+          const named = firstId;
+          lateTimer = setTimeout(() => {
+            done = true;
+            emit({ ev: "note", what: "late", conn, id: named });
+            socket.end(errorPacket(8, named));
+          }, opts.lateAt[1]);
+        }
+      }
+    });
+    socket.on("close", () => lateTimer && clearTimeout(lateTimer));
+  });
+  return server;
+}
+
+const server = opts.mode === "binary" ? serveBinary() : serveHttp2();
+server.on("tlsClientError", () => {});
+server.listen(0, "127.0.0.1", () => emit({ ev: "listening", port: server.address().port }));
+process.on("SIGTERM", () => process.exit(0));
