@@ -15,8 +15,8 @@
 //   split       headers in one frame, the body in DATA frames of this many bytes, then an empty END_STREAM DATA
 //   goawayAt    [n, keep]: once n requests are held, GOAWAY(NO_ERROR) naming the keep-th; answer those up to it,
 //               drop the rest unanswered and unprocessed, then close
-//   rst         [prefix, code]: the first request for such a token is reset with RST_STREAM(code), unprocessed
-//   ping        send a PING after every request (every connection)
+//   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
+//   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
 // Binary only:
 //   onError     "fin": the error response and the close in one write; "delay": the error response, then close
@@ -53,6 +53,11 @@ const tlsOptions = {
 
 function serveHttp2() {
   const server = http2.createSecureServer({ ...tlsOptions, settings: opts.settings || {} });
+  const sockets = new Map(); // client port -> TLS socket
+  server.on("secureConnection", (socket) => {
+    sockets.set(socket.remotePort, socket);
+    socket.on("close", () => sockets.delete(socket.remotePort));
+  });
   server.on("session", (session) => {
     const conn = connections++;
     const first = conn === 0;
@@ -62,10 +67,13 @@ function serveHttp2() {
     let held = [];
     let timer = null;
     let goingAway = false;
+    let lastKept = Infinity; // after our GOAWAY: streams above the id it names are never processed
+    let closing = false; // closeAt reached: nothing more is answered on this connection
+    let open = 0; // streams open now, reported with each request: the client must stay within our limit
     session.on("error", () => {});
 
     function answer(stream, token) {
-      if (stream.destroyed || stream.closed) return;
+      if (stream.destroyed || stream.closed || session.destroyed || session.closed || closing) return;
       const rule = ruleFor(token);
       const status = rule ? rule[0] : 200;
       answered++;
@@ -92,8 +100,11 @@ function serveHttp2() {
         }
       }
       if (first && opts.closeAt && answered === opts.closeAt) {
+        closing = true;
         emit({ ev: "note", what: "close", conn });
-        stream.on("close", () => session.socket.end());
+        // the TLS socket itself (a session only lends a guarded proxy of it): close_notify and FIN, no GOAWAY; a
+        // moment later, for nghttp2 has written the answers of the streams already closed only by then
+        stream.on("close", () => setTimeout(() => sockets.get(session.socket.remotePort).end(), 20));
       }
     }
 
@@ -110,6 +121,7 @@ function serveHttp2() {
       const dropped = held.slice(keep);
       held = [];
       const last = kept.length ? kept[kept.length - 1][0].id : 0;
+      lastKept = last;
       emit({ ev: "note", what: "goaway", conn, last, dropped: dropped.map(([s, t]) => t) });
       session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
       for (const [stream, token] of kept) answer(stream, token);
@@ -118,22 +130,29 @@ function serveHttp2() {
 
     session.on("stream", (stream, headers) => {
       const token = String(headers[":path"] || "").split("/").pop();
+      open++;
+      stream.on("close", () => open--);
       stream.apnsId = headers["apns-id"] || "00000000-0000-0000-0000-000000000000";
       const chunks = [];
       stream.on("data", (c) => chunks.push(c));
       stream.on("error", () => {});
       stream.on("end", () => {
+        if (stream.id > lastKept) {
+          emit({ ev: "note", what: "ignored", conn, sid: stream.id, token }); // beyond our GOAWAY: not processed
+          return;
+        }
         arrived++;
-        emit({ ev: "req", conn, sid: stream.id, token, len: Buffer.concat(chunks).length });
-        if (opts.ping) session.ping(() => {});
+        emit({ ev: "req", conn, sid: stream.id, token, len: Buffer.concat(chunks).length, open });
+        if (opts.ping && arrived % opts.ping === 0) session.ping((err) => err || emit({ ev: "pong", conn }));
         if (first && opts.settingsAt && arrived === opts.settingsAt[0]) {
           emit({ ev: "note", what: "settings", conn });
           session.settings(opts.settingsAt[1]);
         }
-        if (opts.rst && token.startsWith(opts.rst[0]) && !seen.has("rst:" + token)) {
+        const rst = (opts.rst || []).find(([prefix]) => token.startsWith(prefix));
+        if (rst && !seen.has("rst:" + token)) {
           seen.set("rst:" + token, 1);
-          emit({ ev: "note", what: "rst", conn, sid: stream.id, token });
-          stream.close(opts.rst[1]);
+          emit({ ev: "note", what: "rst", conn, sid: stream.id, token, code: rst[1] });
+          stream.close(rst[1]);
           return;
         }
         if (first && opts.goawayAt && !goingAway) {

@@ -66,8 +66,9 @@ class NodeGateway:
         return Counter(e["token"] for e in self.of("req"))
 
     def stop(self) -> None:
-        """Stop the node process (by its PID, through Popen) and its reader."""
-        if self._proc.poll() is None:
+        """Stop the node process (by its PID, through Popen) and its reader; fail if it had died on its own."""
+        died = self._proc.poll()
+        if died is None:
             self._proc.terminate()
             try:
                 self._proc.wait(5)
@@ -75,9 +76,12 @@ class NodeGateway:
                 self._proc.kill()
                 self._proc.wait(5)
         self._reader.join(5)
+        errors = self._proc.stderr.read() if self._proc.stderr is not None else ""
         for stream in (self._proc.stdout, self._proc.stderr):
             if stream is not None:
                 stream.close()
+        if died is not None:
+            raise AssertionError(f"the node gateway exited by itself (status {died}) during the test: {errors[-2000:]}")
 
 
 @pytest.fixture
