@@ -13,8 +13,12 @@
 //   settingsAt  [n, settings]: new SETTINGS once n requests arrived
 //   reverse     hold answers until this many are waiting (or 5 ms passed), then answer newest first
 //   split       headers in one frame, the body in DATA frames of this many bytes, then an empty END_STREAM DATA
-//   goawayAt    [n, keep]: once n requests are held, GOAWAY(NO_ERROR) naming the keep-th; answer those up to it,
-//               drop the rest unanswered and unprocessed, then close
+//   goawayAt    [n, keep, notice]: once n requests are held, GOAWAY(NO_ERROR) naming the keep-th; answer those up
+//               to it, drop the rest unanswered and unprocessed, then close. With notice, a first GOAWAY naming
+//               2^31-1 (shutdown notice) comes 20 ms before the real one
+//   padding     pad every HEADERS and DATA frame as far as nghttp2 can (PADDING_STRATEGY_MAX)
+//   trailers    end every answer with a trailing HEADERS frame
+//   filler      add a header of this many bytes to every answer (a header block continued in CONTINUATION frames)
 //   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
@@ -52,7 +56,8 @@ const tlsOptions = {
 };
 
 function serveHttp2() {
-  const server = http2.createSecureServer({ ...tlsOptions, settings: opts.settings || {} });
+  const padding = opts.padding ? http2.constants.PADDING_STRATEGY_MAX : http2.constants.PADDING_STRATEGY_NONE;
+  const server = http2.createSecureServer({ ...tlsOptions, settings: opts.settings || {}, paddingStrategy: padding });
   const sockets = new Map(); // client port -> TLS socket
   server.on("secureConnection", (socket) => {
     sockets.set(socket.remotePort, socket);
@@ -79,7 +84,13 @@ function serveHttp2() {
       answered++;
       emit({ ev: "ans", conn, sid: stream.id, token, status });
       const headers = { ":status": status, "apns-id": stream.apnsId };
-      if (status === 200) {
+      if (opts.filler) headers["x-filler"] = "f".repeat(opts.filler);
+      if (opts.trailers) {
+        stream.on("wantTrailers", () => stream.sendTrailers({ "x-trailer": "end" }));
+        stream.respond(headers, { waitForTrailers: true });
+        if (status === 200) stream.end();
+        else stream.end(JSON.stringify({ reason: rule[1], timestamp: Date.now() }));
+      } else if (status === 200) {
         if (opts.split) {
           stream.respond(headers); // HEADERS alone, then an empty DATA frame carries END_STREAM
           stream.end();
@@ -116,7 +127,17 @@ function serveHttp2() {
     }
 
     function goaway() {
-      const [, keep] = opts.goawayAt;
+      const [, keep, notice] = opts.goawayAt;
+      if (notice === true) {
+        emit({ ev: "note", what: "notice", conn });
+        session.goaway(http2.constants.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+        setTimeout(() => goaway2(keep), 20);
+      } else {
+        goaway2(keep);
+      }
+    }
+
+    function goaway2(keep) {
       const kept = held.slice(0, keep);
       const dropped = held.slice(keep);
       held = [];
@@ -155,9 +176,9 @@ function serveHttp2() {
           stream.close(rst[1]);
           return;
         }
-        if (first && opts.goawayAt && !goingAway) {
-          held.push([stream, token]);
-          if (held.length >= opts.goawayAt[0]) {
+        if (first && opts.goawayAt && lastKept === Infinity) {
+          held.push([stream, token]); // also while a shutdown notice is out: the real GOAWAY decides their fate
+          if (!goingAway && held.length >= opts.goawayAt[0]) {
             goingAway = true;
             goaway();
           }
@@ -234,7 +255,8 @@ function serveBinary() {
         const rule = ruleFor(frame.token);
         if (rule) {
           done = true;
-          emit({ ev: "ans", conn, token: frame.token, id: frame.id, status: rule[0] });
+          // Shutdown (10) names the last frame processed: that one was accepted, everything after it discarded
+          emit({ ev: "ans", conn, token: frame.token, id: frame.id, status: rule[0] === 10 ? 0 : rule[0] });
           const packet = errorPacket(rule[0], frame.id);
           if (opts.onError === "silent") {
             socket.end();
