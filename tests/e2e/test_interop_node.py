@@ -46,7 +46,7 @@ def assert_mixed_outcomes(jq, gateway, tokens: list[str], ruled: dict[str, list[
     final = {GONE, BAD, TOO_BIG, FORBIDDEN}
     deliverable = [t for t in tokens if t[:4] not in final]
     assert dict.fromkeys(deliverable, 1) == dict(gateway.accepted())
-    assert {t: "Unregistered" for t in ruled[GONE]} == {t: v["reason"] for t, v in jq.unregistered().items()}
+    assert dict.fromkeys(ruled[GONE], "Unregistered") == {t: v["reason"] for t, v in jq.unregistered().items()}
     dead = Counter((e["reason"], e["status"], e["token"]) for e in jq.dead_entries(100))
     expected = {
         (reason, status, t): 1
@@ -218,9 +218,7 @@ def test_http2_padded_frames_and_trailers(jq, rdb, node_gateway, make_config):
 def test_http2_window_shrunk_mid_connection(jq, rdb, node_gateway, make_config):
     """SETTINGS_INITIAL_WINDOW_SIZE cut from 65,535 to 50 bytes after the 10th request, while 3 KB bodies are
     being sent: stream windows go negative and recover, and every body arrives whole, once."""
-    gateway = node_gateway(
-        "http2", settings={"maxConcurrentStreams": 30}, settingsAt=[10, {"initialWindowSize": 50}]
-    )
+    gateway = node_gateway("http2", settings={"maxConcurrentStreams": 30}, settingsAt=[10, {"initialWindowSize": 50}])
     tokens = good_tokens(60, seed=111)
     body = {"aps": {"alert": "y" * 3000}}
     push_all(jq, [job(t, payload=body) for t in tokens])
@@ -244,7 +242,10 @@ BINARY_RULES = [
 def binary_mixed(n: int, seed: int) -> tuple[list[str], dict[str, list[str]]]:
     """``n`` good tokens with two of each binary rule's prefix spread among them."""
     good = good_tokens(n + 2 * len(BINARY_RULES), seed=seed)
-    ruled = {prefix: [prefix + good[n + 2 * i][4:], prefix + good[n + 2 * i + 1][4:]] for i, (prefix, *_r) in enumerate(BINARY_RULES)}
+    ruled = {
+        prefix: [prefix + good[n + 2 * i][4:], prefix + good[n + 2 * i + 1][4:]]
+        for i, (prefix, *_r) in enumerate(BINARY_RULES)
+    }
     tokens = good[:n]
     for i, t in enumerate(t for ts in ruled.values() for t in ts):
         tokens.insert((i + 1) * n // (2 * len(BINARY_RULES) + 1), t)
@@ -253,7 +254,7 @@ def binary_mixed(n: int, seed: int) -> tuple[list[str], dict[str, list[str]]]:
 
 def assert_binary_outcomes(jq, tokens: list[str], ruled: dict[str, list[str]]) -> None:
     """Redis holds exactly the outcomes BINARY_RULES ask for."""
-    assert {t: "InvalidToken" for t in ruled["b008"]} == {t: v["reason"] for t, v in jq.unregistered().items()}
+    assert dict.fromkeys(ruled["b008"], "InvalidToken") == {t: v["reason"] for t, v in jq.unregistered().items()}
     assert {("InvalidPayloadSize", 7, t) for t in ruled["b007"]} == {
         (e["reason"], e["status"], e["token"]) for e in jq.dead_entries(100)
     }
@@ -289,7 +290,7 @@ def test_binary_close_without_error_response(jq, rdb, node_gateway, make_config)
     written again: the only duplicates, which the binary protocol cannot avoid (no acknowledgement exists)."""
     gateway = node_gateway("binary", rules=[["e000", 255, "Unknown", 1]], onError="silent")
     good = good_tokens(600, seed=202)
-    tokens = good[:300] + ["e000" + good[300][4:]] + good[301:]
+    tokens = [*good[:300], "e000" + good[300][4:], *good[301:]]
     push_all(jq, [job(t) for t in tokens])
 
     assert 0 == run_drained(make_config(gateway))
