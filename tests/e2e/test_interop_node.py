@@ -203,9 +203,10 @@ def test_http2_gateway_closing_the_socket_after_a_response(jq, rdb, node_gateway
     assert [] == inflight_keys(rdb)
 
 
-def test_http2_padded_frames_and_trailers(jq, rdb, node_gateway, make_config):
-    """Every HEADERS and DATA frame padded to the maximum, and answers that end with trailers: outcomes unchanged."""
-    gateway = node_gateway("http2", rules=HTTP2_RULES, padding=True, trailers=True)
+def test_http2_padded_frames_informational_answers_and_trailers(jq, rdb, node_gateway, make_config):
+    """Every HEADERS and DATA frame padded to the maximum, a 103 before every answer, and answers that end with
+    trailers: outcomes unchanged."""
+    gateway = node_gateway("http2", rules=HTTP2_RULES, padding=True, trailers=True, informational=True)
     tokens, ruled = mixed(200, seed=110)
     push_all(jq, [job(t) for t in tokens])
 
@@ -267,11 +268,12 @@ def assert_binary_outcomes(jq, tokens: list[str], ruled: dict[str, list[str]]) -
     )
 
 
-@pytest.mark.parametrize("on_error", ["fin", "delay"])
-def test_binary_error_responses_then_close(jq, rdb, node_gateway, make_config, on_error):
-    """The 6-byte error response written with the FIN, or followed by the close 100 ms later: the named frame gets
-    its outcome, the frames after it are written again, and every accepted token reached the gateway once."""
-    gateway = node_gateway("binary", rules=BINARY_RULES, onError=on_error, delayMs=100)
+@pytest.mark.parametrize(("on_error", "delay_ms"), [("fin", 0), ("delay", 100), ("reset", 0), ("reset", 20), ("split", 30)])
+def test_binary_error_responses_then_close(jq, rdb, node_gateway, make_config, on_error, delay_ms):
+    """The 6-byte error response written with the FIN, followed by the close 100 ms later, followed by a TCP reset
+    (at once or 20 ms later), or split in two writes 30 ms apart: the named frame gets its outcome, the frames
+    after it are written again, and every accepted token reached the gateway exactly once."""
+    gateway = node_gateway("binary", rules=BINARY_RULES, onError=on_error, delayMs=delay_ms)
     tokens, ruled = binary_mixed(700, seed=201)
     push_all(jq, [job(t) for t in tokens])
 
@@ -327,4 +329,40 @@ def test_binary_error_naming_a_frame_confirmed_long_ago(jq, rdb, node_gateway, m
     assert "error_response_late" in LOG.getvalue()[mark:]
     counts = jq.counts()
     assert (100, 0, 0) == (counts["total_delivered"], counts["dead"], counts["unregistered"])
+    assert [] == inflight_keys(rdb)
+
+
+def test_http2_answer_before_the_body_then_reset_no_error(jq, rdb, node_gateway, make_config):
+    """A gateway that answers 413 as soon as the headers arrive, then resets the stream with NO_ERROR while the body
+    waits for its window (RFC 9113 8.1): that answer is the outcome, and the other requests are not disturbed."""
+    gateway = node_gateway(
+        "http2", early=["b413", 413, "PayloadTooLarge"], settings={"initialWindowSize": 100}, extensions=True
+    )
+    good = good_tokens(43, seed=112)
+    big = ["b413" + t[4:] for t in good[40:]]
+    body = {"aps": {"alert": "z" * 3000}}
+    push_all(jq, [job(t, payload=body) for t in good[:40] + big])
+
+    assert 0 == run_drained(make_config(gateway))
+
+    assert dict.fromkeys(good[:40], 1) == dict(gateway.accepted())
+    assert {("PayloadTooLarge", 413, t) for t in big} == {(e["reason"], e["status"], e["token"]) for e in jq.dead_entries(10)}
+    assert (40, 3) == (jq.counts()["total_delivered"], jq.counts()["total_dead"])
+    assert [] == inflight_keys(rdb)
+
+
+def test_http2_no_stream_allowed_until_the_gateway_raises_its_limit(jq, rdb, node_gateway, make_config):
+    """SETTINGS_MAX_CONCURRENT_STREAMS 0 at first (a request sent before our client saw it is refused), raised to
+    5 after 300 ms on the same connection: everything waits, then arrives once, without a reconnect."""
+    gateway = node_gateway(
+        "http2", settings={"maxConcurrentStreams": 0}, settingsIn=[300, {"maxConcurrentStreams": 5}]
+    )
+    tokens = good_tokens(100, seed=113)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(gateway))
+
+    assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
+    assert 5 == max(e["open"] for e in gateway.of("req"))
+    assert (1, 100, 0) == (len(gateway.of("conn")), jq.counts()["total_delivered"], jq.counts().get("total_retry", 0))
     assert [] == inflight_keys(rdb)

@@ -11,6 +11,8 @@
 // HTTP/2 only (each fault acts on the gateway's first connection only, unless said otherwise):
 //   settings    initial SETTINGS (maxConcurrentStreams, initialWindowSize, maxFrameSize), every connection
 //   settingsAt  [n, settings]: new SETTINGS once n requests arrived
+//   settingsIn  [ms, settings]: new SETTINGS ms after the connection opened (e.g. streams allowed at last)
+//   informational  send a 103 (Early Hints) header block before every final answer
 //   reverse     hold answers until this many are waiting (or 5 ms passed), then answer newest first
 //   split       headers in one frame, the body in DATA frames of this many bytes, then an empty END_STREAM DATA
 //   goawayAt    [n, keep, notice]: once n requests are held, GOAWAY(NO_ERROR) naming the keep-th; answer those up
@@ -19,12 +21,18 @@
 //   padding     pad every HEADERS and DATA frame as far as nghttp2 can (PADDING_STRATEGY_MAX)
 //   trailers    end every answer with a trailing HEADERS frame
 //   filler      add a header of this many bytes to every answer (a header block continued in CONTINUATION frames)
+//   early       [prefix, status, reason]: such a request is answered as soon as its headers arrive, before its
+//               body, then reset with RST_STREAM(NO_ERROR) (RFC 9113 8.1: the client stops sending the body)
+//   extensions  send ALTSVC and ORIGIN frames (extension frames a client must ignore) on every connection
 //   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
 // Binary only:
 //   onError     "fin": the error response and the close in one write; "delay": the error response, then close
-//               after `delayMs`; "silent": close without any error response
+//               after `delayMs`; "silent": close without any error response; "reset": the error response, then
+//               a TCP reset (no close_notify, no FIN) `delayMs` later; "split": the error response in two writes
+//               `delayMs` apart, then close
+//   pauseAt     [n, ms]: after the n-th frame of the first connection, stop reading for ms (a slow gateway)
 //   lateAt      [n, delayMs]: after the n-th frame and `delayMs` of quiet, an error (status 8) naming the first
 //               frame of the connection, then close
 "use strict";
@@ -76,6 +84,16 @@ function serveHttp2() {
     let closing = false; // closeAt reached: nothing more is answered on this connection
     let open = 0; // streams open now, reported with each request: the client must stay within our limit
     session.on("error", () => {});
+    if (first && opts.settingsIn) {
+      setTimeout(() => {
+        emit({ ev: "note", what: "settings", conn });
+        session.settings(opts.settingsIn[1]);
+      }, opts.settingsIn[0]);
+    }
+    if (opts.extensions) {
+      session.altsvc('h2=":443"; ma=60', "https://127.0.0.1");
+      session.origin("https://127.0.0.1");
+    }
 
     function answer(stream, token) {
       if (stream.destroyed || stream.closed || session.destroyed || session.closed || closing) return;
@@ -85,6 +103,7 @@ function serveHttp2() {
       emit({ ev: "ans", conn, sid: stream.id, token, status });
       const headers = { ":status": status, "apns-id": stream.apnsId };
       if (opts.filler) headers["x-filler"] = "f".repeat(opts.filler);
+      if (opts.informational) stream.additionalHeaders({ ":status": 103, link: "</x>; rel=preload" });
       if (opts.trailers) {
         stream.on("wantTrailers", () => stream.sendTrailers({ "x-trailer": "end" }));
         stream.respond(headers, { waitForTrailers: true });
@@ -154,6 +173,16 @@ function serveHttp2() {
       open++;
       stream.on("close", () => open--);
       stream.apnsId = headers["apns-id"] || "00000000-0000-0000-0000-000000000000";
+      if (opts.early && token.startsWith(opts.early[0])) {
+        const [, status, reason] = opts.early;
+        arrived++;
+        emit({ ev: "req", conn, sid: stream.id, token, len: -1, open });
+        emit({ ev: "ans", conn, sid: stream.id, token, status });
+        stream.on("error", () => {});
+        stream.respond({ ":status": status, "apns-id": stream.apnsId });
+        stream.end(JSON.stringify({ reason }), () => stream.close(http2.constants.NGHTTP2_NO_ERROR));
+        return;
+      }
       const chunks = [];
       stream.on("data", (c) => chunks.push(c));
       stream.on("error", () => {});
@@ -226,7 +255,22 @@ function parseFrame(buf) {
 }
 
 function serveBinary() {
-  const server = tls.createServer({ ...tlsOptions, maxVersion: "TLSv1.2" }, (socket) => {
+  // TLS 1.2 at most, as the legacy gateway: session tickets travel inside the handshake. The TCP sockets are
+  // kept by client port, so that a case can reset a TCP connection under its TLS session.
+  const raws = new Map();
+  const server = tls.createServer({ ...tlsOptions, maxVersion: "TLSv1.2" }, (socket) =>
+    serveBinaryConnection(socket, raws.get(socket.remotePort)),
+  );
+  server.on("connection", (raw) => {
+    const port = raw.remotePort;
+    raws.set(port, raw);
+    raw.on("close", () => raws.delete(port));
+  });
+  return server;
+}
+
+function serveBinaryConnection(socket, raw) {
+  {
     const conn = connections++;
     emit({ ev: "conn", conn });
     let buf = Buffer.alloc(0);
@@ -235,10 +279,14 @@ function serveBinary() {
     let firstId = null;
     let lateTimer = null;
     socket.on("error", () => {});
+    let paused = false;
     socket.on("data", (chunk) => {
       if (done) return; // after an error Apple discards everything that follows
       buf = Buffer.concat([buf, chunk]);
-      for (;;) {
+      consume();
+    });
+    function consume() {
+      while (!done && !paused) {
         let frame;
         try {
           frame = parseFrame(buf);
@@ -260,6 +308,11 @@ function serveBinary() {
           const packet = errorPacket(rule[0], frame.id);
           if (opts.onError === "silent") {
             socket.end();
+          } else if (opts.onError === "reset") {
+            socket.write(packet, () => setTimeout(() => raw.resetAndDestroy(), opts.delayMs || 0));
+          } else if (opts.onError === "split") {
+            socket.write(packet.subarray(0, 3));
+            setTimeout(() => socket.end(packet.subarray(3)), opts.delayMs || 50);
           } else if (opts.onError === "delay") {
             socket.write(packet);
             setTimeout(() => socket.end(), opts.delayMs || 50);
@@ -269,6 +322,16 @@ function serveBinary() {
           return;
         }
         emit({ ev: "ans", conn, token: frame.token, id: frame.id, status: 0 });
+        if (opts.pauseAt && conn === 0 && frames === opts.pauseAt[0]) {
+          emit({ ev: "note", what: "pause", conn });
+          paused = true;
+          socket.pause();
+          setTimeout(() => {
+            paused = false;
+            socket.resume();
+            consume();
+          }, opts.pauseAt[1]);
+        }
         if (opts.lateAt && conn === 0 && frames === opts.lateAt[0]) {
           const named = firstId;
           lateTimer = setTimeout(() => {
@@ -278,10 +341,9 @@ function serveBinary() {
           }, opts.lateAt[1]);
         }
       }
-    });
+    }
     socket.on("close", () => lateTimer && clearTimeout(lateTimer));
-  });
-  return server;
+  }
 }
 
 const server = opts.mode === "binary" ? serveBinary() : serveHttp2();
