@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from apnsd.worker.daemon import Daemon
+from tests.support.daemons import events_since
 from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for
 
@@ -268,7 +269,9 @@ def assert_binary_outcomes(jq, tokens: list[str], ruled: dict[str, list[str]]) -
     )
 
 
-@pytest.mark.parametrize(("on_error", "delay_ms"), [("fin", 0), ("delay", 100), ("reset", 0), ("reset", 20), ("split", 30)])
+@pytest.mark.parametrize(
+    ("on_error", "delay_ms"), [("fin", 0), ("delay", 100), ("reset", 0), ("reset", 20), ("split", 30)]
+)
 def test_binary_error_responses_then_close(jq, rdb, node_gateway, make_config, on_error, delay_ms):
     """The 6-byte error response written with the FIN, followed by the close 100 ms later, followed by a TCP reset
     (at once or 20 ms later), or split in two writes 30 ms apart: the named frame gets its outcome, the frames
@@ -346,7 +349,9 @@ def test_http2_answer_before_the_body_then_reset_no_error(jq, rdb, node_gateway,
     assert 0 == run_drained(make_config(gateway))
 
     assert dict.fromkeys(good[:40], 1) == dict(gateway.accepted())
-    assert {("PayloadTooLarge", 413, t) for t in big} == {(e["reason"], e["status"], e["token"]) for e in jq.dead_entries(10)}
+    assert {("PayloadTooLarge", 413, t) for t in big} == {
+        (e["reason"], e["status"], e["token"]) for e in jq.dead_entries(10)
+    }
     assert (40, 3) == (jq.counts()["total_delivered"], jq.counts()["total_dead"])
     assert [] == inflight_keys(rdb)
 
@@ -354,9 +359,7 @@ def test_http2_answer_before_the_body_then_reset_no_error(jq, rdb, node_gateway,
 def test_http2_no_stream_allowed_until_the_gateway_raises_its_limit(jq, rdb, node_gateway, make_config):
     """SETTINGS_MAX_CONCURRENT_STREAMS 0 at first (a request sent before our client saw it is refused), raised to
     5 after 300 ms on the same connection: everything waits, then arrives once, without a reconnect."""
-    gateway = node_gateway(
-        "http2", settings={"maxConcurrentStreams": 0}, settingsIn=[300, {"maxConcurrentStreams": 5}]
-    )
+    gateway = node_gateway("http2", settings={"maxConcurrentStreams": 0}, settingsIn=[300, {"maxConcurrentStreams": 5}])
     tokens = good_tokens(100, seed=113)
     push_all(jq, [job(t) for t in tokens])
 
@@ -365,4 +368,23 @@ def test_http2_no_stream_allowed_until_the_gateway_raises_its_limit(jq, rdb, nod
     assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
     assert 5 == max(e["open"] for e in gateway.of("req"))
     assert (1, 100, 0) == (len(gateway.of("conn")), jq.counts()["total_delivered"], jq.counts().get("total_retry", 0))
+    assert [] == inflight_keys(rdb)
+
+
+def test_http2_request_the_gateway_never_answers_is_cancelled_and_retried(jq, rdb, node_gateway, make_config):
+    """A request the gateway leaves unanswered on a connection that answers everything else (and our PINGs) is
+    cancelled with RST_STREAM(CANCEL) after stall_timeout + ping_timeout and retried, counted: it does not wait
+    for as long as the connection lives."""
+    gateway = node_gateway("http2", silence="e5")
+    good = good_tokens(100, seed=114)
+    tokens = [*good[:50], "e5" + good[50][2:], *good[51:]]
+    push_all(jq, [job(t) for t in tokens])
+    mark = len(LOG.getvalue())
+
+    assert 0 == run_drained(make_config(gateway, APP_DEFAULT_STALL_TIMEOUT="0.3", APP_DEFAULT_PING_TIMEOUT="0.3"))
+
+    assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
+    assert [8] == [e["code"] for e in gateway.of("note", what="closed")]  # CANCEL
+    assert (100, 1, 1) == (jq.counts()["total_delivered"], jq.counts()["total_retry"], len(gateway.of("conn")))
+    assert 1 == len(events_since(mark, "requests_unanswered", cancelled=1))
     assert [] == inflight_keys(rdb)

@@ -25,6 +25,7 @@
 //               body, then reset with RST_STREAM(NO_ERROR) (RFC 9113 8.1: the client stops sending the body)
 //   extensions  send ALTSVC and ORIGIN frames (extension frames a client must ignore) on every connection
 //   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
+//   silence     token prefix: such requests are never answered (the connection stays up and answers the rest)
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
 // Binary only:
@@ -163,8 +164,15 @@ function serveHttp2() {
       const last = kept.length ? kept[kept.length - 1][0].id : 0;
       lastKept = last;
       emit({ ev: "note", what: "goaway", conn, last, dropped: dropped.map(([s, t]) => t) });
-      session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
-      for (const [stream, token] of kept) answer(stream, token);
+      // goawayError [code, reason]: GOAWAY with that error and Apple's JSON reason as debug data, the kept streams
+      // left unanswered (processed or not: the client cannot know)
+      if (opts.goawayError) {
+        const [code, reason] = opts.goawayError;
+        session.goaway(code, last, Buffer.from(JSON.stringify({ reason })));
+      } else {
+        session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
+        for (const [stream, token] of kept) answer(stream, token);
+      }
       setTimeout(() => session.close(), 50);
     }
 
@@ -197,6 +205,12 @@ function serveHttp2() {
         if (first && opts.settingsAt && arrived === opts.settingsAt[0]) {
           emit({ ev: "note", what: "settings", conn });
           session.settings(opts.settingsAt[1]);
+        }
+        if (opts.silence && token.startsWith(opts.silence) && !seen.has("silence:" + token)) {
+          seen.set("silence:" + token, 1); // only the first time: the request sent again is answered
+          emit({ ev: "note", what: "silence", conn, sid: stream.id, token });
+          stream.on("close", () => emit({ ev: "note", what: "closed", conn, sid: stream.id, code: stream.rstCode }));
+          return;
         }
         const rst = (opts.rst || []).find(([prefix]) => token.startsWith(prefix));
         if (rst && !seen.has("rst:" + token)) {
