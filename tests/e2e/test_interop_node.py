@@ -159,6 +159,28 @@ def test_http2_graceful_goaway_resends_only_the_unprocessed_streams(jq, rdb, nod
     assert [] == inflight_keys(rdb)
 
 
+def test_http2_goaway_with_an_error_leaves_suspects_that_are_sent_alone(jq, rdb, node_gateway, make_config):
+    """GOAWAY(ENHANCE_YOUR_CALM, "TooManyRequests") naming the 8th of 20 held streams, none answered, then the close:
+    the 8 may have been processed, so each is sent again alone (a suspect); the 12 above it are plainly resent."""
+    gateway = node_gateway(
+        "http2", goawayAt=[20, 8], goawayError=[11, "TooManyRequests"], settings={"maxConcurrentStreams": 50}
+    )
+    tokens = good_tokens(200, seed=115)
+    push_all(jq, [job(t) for t in tokens])
+    mark = len(LOG.getvalue())
+
+    assert 0 == run_drained(make_config(gateway))
+
+    assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
+    assert [] == gateway.of("ans", conn=0)
+    (goaway,) = events_since(mark, "goaway")
+    assert ("TooManyRequests", 11) == (goaway["reason"], goaway["error_code"])
+    suspects = {e["token"] for e in gateway.of("req", conn=0)[:8]}
+    assert {1} == {e["open"] for e in gateway.of("req", conn=1) if e["token"] in suspects}  # each alone
+    assert (200, 0) == (jq.counts()["total_delivered"], jq.counts().get("total_retry", 0))
+    assert [] == inflight_keys(rdb)
+
+
 def test_http2_reset_streams(jq, rdb, node_gateway, make_config):
     """RST_STREAM(REFUSED_STREAM) is sent again at once, uncounted; RST_STREAM(CANCEL) is a counted retry."""
     gateway = node_gateway("http2", rst=[["e7", 7], ["e8", 8]])
@@ -387,4 +409,22 @@ def test_http2_request_the_gateway_never_answers_is_cancelled_and_retried(jq, rd
     assert [8] == [e["code"] for e in gateway.of("note", what="closed")]  # CANCEL
     assert (100, 1, 1) == (jq.counts()["total_delivered"], jq.counts()["total_retry"], len(gateway.of("conn")))
     assert 1 == len(events_since(mark, "requests_unanswered", cancelled=1))
+    assert [] == inflight_keys(rdb)
+
+
+def test_binary_gateway_reading_slower_than_usual_under_a_longer_confirm_delay(jq, rdb, node_gateway, make_config):
+    """A gateway that stops reading for 300 ms (frames wait in socket buffers) and then rejects a token: with
+    confirm_delay above that lag nothing was confirmed early, so the rejection and the resend come out exact."""
+    gateway = node_gateway("binary", rules=[["b008", 8, "InvalidToken", 0]], pauseAt=[10, 300])
+    good = good_tokens(400, seed=205)
+    gone = "b008" + good[200][4:]
+    tokens = [*good[:200], gone, *good[201:]]
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(gateway, APP_DEFAULT_CONFIRM_DELAY="1.0"))
+
+    assert dict.fromkeys([t for t in tokens if t != gone], 1) == dict(gateway.accepted())
+    assert {gone: "InvalidToken"} == {t: v["reason"] for t, v in jq.unregistered().items()}
+    assert 1 == len(gateway.of("note", what="pause"))
+    assert (399, 1) == (jq.counts()["total_delivered"], jq.counts()["total_unregistered"])
     assert [] == inflight_keys(rdb)

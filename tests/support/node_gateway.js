@@ -24,6 +24,8 @@
 //   early       [prefix, status, reason]: such a request is answered as soon as its headers arrive, before its
 //               body, then reset with RST_STREAM(NO_ERROR) (RFC 9113 8.1: the client stops sending the body)
 //   extensions  send ALTSVC and ORIGIN frames (extension frames a client must ignore) on every connection
+//   goawayError [code, reason]: with goawayAt, the GOAWAY carries this error and {"reason"} as debug data, the
+//               streams up to it stay unanswered, and the socket is closed 20 ms later
 //   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
 //   silence     token prefix: such requests are never answered (the connection stays up and answers the rest)
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
@@ -169,6 +171,9 @@ function serveHttp2() {
       if (opts.goawayError) {
         const [code, reason] = opts.goawayError;
         session.goaway(code, last, Buffer.from(JSON.stringify({ reason })));
+        // after a GOAWAY for an error the TCP connection MUST be closed (RFC 9113 5.4.1)
+        setTimeout(() => sockets.get(session.socket.remotePort).end(), 20);
+        return;
       } else {
         session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
         for (const [stream, token] of kept) answer(stream, token);
