@@ -292,12 +292,13 @@ def assert_binary_outcomes(jq, tokens: list[str], ruled: dict[str, list[str]]) -
 
 
 @pytest.mark.parametrize(
-    ("on_error", "delay_ms"), [("fin", 0), ("delay", 100), ("reset", 0), ("reset", 20), ("split", 30)]
+    ("on_error", "delay_ms"), [("fin", 0), ("fin-only", 0), ("delay", 100), ("reset", 0), ("reset", 20), ("split", 30)]
 )
 def test_binary_error_responses_then_close(jq, rdb, node_gateway, make_config, on_error, delay_ms):
-    """The 6-byte error response written with the FIN, followed by the close 100 ms later, followed by a TCP reset
-    (at once or 20 ms later), or split in two writes 30 ms apart: the named frame gets its outcome, the frames
-    after it are written again, and every accepted token reached the gateway exactly once."""
+    """The 6-byte error response written with the close (TLS close_notify and FIN in the same event-loop turn, or
+    the FIN alone), followed by the close 100 ms later, followed by a TCP reset (at once or 20 ms later), or split
+    in two writes 30 ms apart: the named frame gets its outcome, the frames after it are written again, and every
+    accepted token reached the gateway exactly once."""
     gateway = node_gateway("binary", rules=BINARY_RULES, onError=on_error, delayMs=delay_ms)
     tokens, ruled = binary_mixed(700, seed=201)
     push_all(jq, [job(t) for t in tokens])

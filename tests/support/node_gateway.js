@@ -32,7 +32,8 @@
 //   closeAt     n: close the socket right after the n-th answer
 // Binary only:
 //   onError     "fin": the error response and the close in one write; "delay": the error response, then close
-//               after `delayMs`; "silent": close without any error response; "reset": the error response, then
+//               after `delayMs`; "fin-only": the error response, then a TCP FIN without TLS close_notify;
+//               "silent": close without any error response; "reset": the error response, then
 //               a TCP reset (no close_notify, no FIN) `delayMs` later; "split": the error response in two writes
 //               `delayMs` apart, then close
 //   pauseAt     [n, ms]: after the n-th frame of the first connection, stop reading for ms (a slow gateway)
@@ -327,6 +328,8 @@ function serveBinaryConnection(socket, raw) {
           const packet = errorPacket(rule[0], frame.id);
           if (opts.onError === "silent") {
             socket.end();
+          } else if (opts.onError === "fin-only") {
+            socket.write(packet, () => raw.end()); // FIN without a TLS close_notify
           } else if (opts.onError === "reset") {
             socket.write(packet, () => setTimeout(() => raw.resetAndDestroy(), opts.delayMs || 0));
           } else if (opts.onError === "split") {
