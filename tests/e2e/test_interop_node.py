@@ -429,3 +429,22 @@ def test_binary_gateway_reading_slower_than_usual_under_a_longer_confirm_delay(j
     assert 1 == len(gateway.of("note", what="pause"))
     assert (399, 1) == (jq.counts()["total_delivered"], jq.counts()["total_unregistered"])
     assert [] == inflight_keys(rdb)
+
+
+def test_http2_sandbox_receipts_carry_the_ids_the_gateway_sent(jq, rdb, node_gateway, make_config, pki):
+    """In the development environment every answer is read for apns-id and apns-unique-id (nghttp2's HPACK, padded
+    frames): each receipt holds exactly the ids this gateway sent for that token."""
+    gateway = node_gateway("http2", rules=HTTP2_RULES, uniqueId=True, padding=True)
+    tokens, _ = mixed(100, seed=116)
+    push_all(jq, [job(t) for t in tokens])
+
+    config = make_config(
+        gateway, APP_DEFAULT_ENVIRONMENT="sandbox", APP_DEFAULT_CERT=pki.sandbox_pem, REDIS_RESULTS_STREAM="true"
+    )
+    assert 0 == run_drained(config)
+
+    receipts = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in rdb.xrange("apnsd:results")]
+    sent = {(e["token"], e["apnsId"], e["unique"]) for e in gateway.of("ans")}
+    final = [r for r in receipts if r["outcome"] != "retry"]
+    assert len(tokens) == len(final)
+    assert {(r["token"], r["apns_id"], r["apns_unique_id"]) for r in receipts} <= sent

@@ -20,6 +20,7 @@
 //               2^31-1 (shutdown notice) comes 20 ms before the real one
 //   padding     pad every HEADERS and DATA frame as far as nghttp2 can (PADDING_STRATEGY_MAX)
 //   trailers    end every answer with a trailing HEADERS frame
+//   uniqueId    add apns-unique-id (a fresh UUID, reported with the answer) to every answer, as the sandbox does
 //   filler      add a header of this many bytes to every answer (a header block continued in CONTINUATION frames)
 //   early       [prefix, status, reason]: such a request is answered as soon as its headers arrive, before its
 //               body, then reset with RST_STREAM(NO_ERROR) (RFC 9113 8.1: the client stops sending the body)
@@ -41,6 +42,7 @@
 //               frame of the connection, then close
 "use strict";
 
+const crypto = require("crypto");
 const fs = require("fs");
 const http2 = require("http2");
 const tls = require("tls");
@@ -104,8 +106,10 @@ function serveHttp2() {
       const rule = ruleFor(token);
       const status = rule ? rule[0] : 200;
       answered++;
-      emit({ ev: "ans", conn, sid: stream.id, token, status });
       const headers = { ":status": status, "apns-id": stream.apnsId };
+      const unique = opts.uniqueId ? crypto.randomUUID() : undefined;
+      if (unique) headers["apns-unique-id"] = unique; // what the development environment adds to every answer
+      emit({ ev: "ans", conn, sid: stream.id, token, status, apnsId: stream.apnsId, unique });
       if (opts.filler) headers["x-filler"] = "f".repeat(opts.filler);
       if (opts.informational) stream.additionalHeaders({ ":status": 103, link: "</x>; rel=preload" });
       if (opts.trailers) {
