@@ -28,11 +28,13 @@
 //   goawayError [code, reason]: with goawayAt, the GOAWAY carries this error and {"reason"} as debug data, the
 //               streams up to it stay unanswered, and the socket is closed 20 ms later
 //   rst         [[prefix, code]]: the first request for such a token is reset with RST_STREAM(code), unprocessed
-//   silence     token prefix: such requests are never answered (the connection stays up and answers the rest)
+//   silence     token prefix: the first request for such a token is never answered (the connection stays up and
+//               answers the rest; its close is reported as "closed" with the client's reset code)
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
 // Binary only:
-//   onError     "fin": the error response and the close in one write; "delay": the error response, then close
+//   onError     "fin": the error response, TLS close_notify and FIN in one event-loop turn (three syscalls; Node
+//               has no TCP_CORK, so one or two segments); "delay": the error response, then close
 //               after `delayMs`; "fin-only": the error response, then a TCP FIN without TLS close_notify;
 //               "silent": close without any error response; "reset": the error response, then
 //               a TCP reset (no close_notify, no FIN) `delayMs` later; "split": the error response in two writes
