@@ -15,6 +15,7 @@ import pytest
 from apnsd.worker.daemon import Daemon
 from tests.support.daemons import events_since
 from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.pki import token_auth_env
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -448,3 +449,16 @@ def test_http2_sandbox_receipts_carry_the_ids_the_gateway_sent(jq, rdb, node_gat
     final = [r for r in receipts if r["outcome"] != "retry"]
     assert len(tokens) == len(final)
     assert {(r["token"], r["apns_id"], r["apns_unique_id"]) for r in receipts} <= sent
+
+
+def test_http2_token_auth_requests_decode_on_nghttp2(jq, rdb, node_gateway, make_config, pki):
+    """Under token auth (.p8) every request carries its bearer token through nghttp2's HPACK decoder, and arrives."""
+    gateway = node_gateway("http2", clientCert=False, settings={"maxConcurrentStreams": 20})
+    tokens = good_tokens(300, seed=117)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(gateway, **token_auth_env(pki)))
+
+    assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
+    assert {"bearer"} == {e["auth"] for e in gateway.of("req")}
+    assert [] == inflight_keys(rdb)

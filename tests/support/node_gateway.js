@@ -5,7 +5,8 @@
 // Prints one JSON line per fact on stdout: {"ev": "listening", "port": N} first, then "conn" (a TLS connection
 // was accepted), "req" (a whole request or binary frame arrived), "ans" (the answer given to it) and "note"
 // (a fault injected). Options:
-//   mode        "http2" or "binary"; cert, key, ca: PEM paths (client certificates are required and verified)
+//   mode        "http2" or "binary"; cert, key, ca: PEM paths (client certificates are required and verified,
+//               unless clientCert is false)
 //   rules       [[token hex prefix, status, reason, times]]: the first `times` requests for such a token (0 =
 //               all of them) get this answer; everything else is accepted. Binary: status is the error code.
 // HTTP/2 only (each fault acts on the gateway's first connection only, unless said otherwise):
@@ -67,8 +68,8 @@ const tlsOptions = {
   key: fs.readFileSync(opts.key),
   cert: fs.readFileSync(opts.cert),
   ca: fs.readFileSync(opts.ca),
-  requestCert: true,
-  rejectUnauthorized: true,
+  requestCert: opts.clientCert !== false, // false: token auth, no client certificate asked for
+  rejectUnauthorized: opts.clientCert !== false,
 };
 
 function serveHttp2() {
@@ -212,7 +213,8 @@ function serveHttp2() {
           return;
         }
         arrived++;
-        emit({ ev: "req", conn, sid: stream.id, token, len: Buffer.concat(chunks).length, open });
+        const auth = String(headers.authorization || "").split(" ")[0]; // "bearer" under token auth
+        emit({ ev: "req", conn, sid: stream.id, token, len: Buffer.concat(chunks).length, open, auth });
         if (opts.ping && arrived % opts.ping === 0) session.ping((err) => err || emit({ ev: "pong", conn }));
         if (first && opts.settingsAt && arrived === opts.settingsAt[0]) {
           emit({ ev: "note", what: "settings", conn });
