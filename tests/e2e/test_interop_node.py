@@ -160,6 +160,21 @@ def test_http2_graceful_goaway_resends_only_the_unprocessed_streams(jq, rdb, nod
     assert [] == inflight_keys(rdb)
 
 
+def test_http2_gateway_capping_requests_per_connection(jq, rdb, node_gateway, make_config):
+    """A gateway that closes every connection gracefully after 500 requests (GOAWAY naming the last one it took, as
+    nginx's keepalive_requests does): the requests beyond it on each connection are resent, none accepted twice."""
+    gateway = node_gateway("http2", maxRequests=500, settings={"maxConcurrentStreams": 100})
+    tokens = good_tokens(3000, seed=118)
+    push_all(jq, [job(t) for t in tokens])
+
+    assert 0 == run_drained(make_config(gateway))
+
+    assert dict.fromkeys(tokens, 1) == dict(gateway.accepted())
+    assert 5 <= len(gateway.of("note", what="max_requests"))  # 500 each (and the streams it had taken by then)
+    assert (3000, 0) == (jq.counts()["total_delivered"], jq.counts().get("total_retry", 0))
+    assert [] == inflight_keys(rdb)
+
+
 def test_http2_goaway_with_an_error_leaves_suspects_that_are_sent_alone(jq, rdb, node_gateway, make_config):
     """GOAWAY(ENHANCE_YOUR_CALM, "TooManyRequests") naming the 8th of 20 held streams, none answered, then the close:
     the 8 may have been processed, so each is sent again alone (a suspect); the 12 above it are plainly resent."""

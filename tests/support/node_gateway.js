@@ -33,6 +33,8 @@
 //               answers the rest; its close is reported as "closed" with the client's reset code)
 //   ping        send a PING after every n-th request (every connection); each acknowledgement is reported as "pong"
 //   closeAt     n: close the socket right after the n-th answer
+//   maxRequests n: on every connection, a graceful close (GOAWAY naming the last stream processed) after n
+//               requests, as a server with a per-connection request cap does (nginx's keepalive_requests)
 // Binary only:
 //   onError     "fin": the error response, TLS close_notify and FIN in one event-loop turn (three syscalls; Node
 //               has no TCP_CORK, so one or two segments); "delay": the error response, then close
@@ -105,7 +107,7 @@ function serveHttp2() {
     }
 
     function answer(stream, token) {
-      if (stream.destroyed || stream.closed || session.destroyed || session.closed || closing) return;
+      if (stream.destroyed || stream.closed || session.destroyed || closing) return; // after close(): still answer
       const rule = ruleFor(token);
       const status = rule ? rule[0] : 200;
       answered++;
@@ -248,6 +250,10 @@ function serveHttp2() {
           return;
         }
         answer(stream, token);
+        if (opts.maxRequests && arrived === opts.maxRequests) {
+          emit({ ev: "note", what: "max_requests", conn });
+          session.close();
+        }
       });
     });
   });
