@@ -5,7 +5,8 @@
 # client), PHP and Ruby with their Redis clients (the documented one-liners are run for real), and
 # tinyproxy (the HTTP CONNECT proxy the proxy tests put in front of the mock gateway), and promtool
 # (Debian's prometheus package) to check deploy/prometheus/alerts.yml, and gcc with OpenSSL's headers
-# (the benchmarks' C binary sink, which tests/e2e/test_binsinks.py builds and checks beside the Python one).
+# (the benchmarks' C binary sink, which tests/e2e/test_binsinks.py builds and checks beside the Python one), and
+# Node.js (tests/e2e/test_interop_node.py runs apnsd against independent gateways on Node's http2 and tls modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ if [ "${1:-}" = "--test" ]; then
   [ -x /usr/bin/tinyproxy ] || command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v gcc >/dev/null 2>&1 && [ -f /usr/include/openssl/ssl.h ] || need_apt+=(gcc libc6-dev libssl-dev)
+  command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

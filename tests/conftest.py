@@ -18,7 +18,7 @@ from apnsd.testing.redis_server import RedisServer
 from tests.support.configs import quick_worker_env
 from tests.support.jobs import LOG
 
-pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy", "tests.support.daemons"]
+pytest_plugins = ["tests.support.pki", "tests.support.tinyproxy", "tests.support.daemons", "tests.support.node_gateway"]
 
 
 @pytest.fixture(scope="session", autouse=True)

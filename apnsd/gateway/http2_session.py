@@ -33,6 +33,7 @@ MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates
 RESEND_REASONS = frozenset({"TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken"})
 NO_ERROR = 0
 KILLER = Outcome(Kind.DEAD, None, "gateway_protocol_error")
+NO_ANSWER = Outcome(Kind.RETRY, None, "no_answer")
 # One request in 64 is timed for the round-trip histogram (stream ids are odd: 1, 129, 257, ...): a dict
 # entry and an observe() for every request would cost more than the rest of its bookkeeping.
 RTT_SAMPLE_MASK = 127
@@ -370,11 +371,47 @@ class Http2Session(Session):
         stalled = self._ping_sent is None and now >= self._stall_check_at(now)
         if stalled and h2.carries_nothing:  # nothing received for stall_timeout and no body could be sent
             return self._starved(h2, now)
+        alive = self._ping_sent is None and now - self._last_received < self.cfg.stall_timeout
+        if alive and now >= self._overdue_at():
+            overdue = self._give_up_overdue(h2, now)
+            if overdue:
+                return overdue
         if self._ping_sent is None and (now - self._last_activity >= self.cfg.ping_interval or stalled):
             h2.ping()
             self._ping_sent = now
             self._push()
         return []
+
+    def _overdue_at(self) -> float:
+        """When the oldest unanswered request will have waited stall_timeout + ping_timeout (to within the send
+        marks' resolution)."""
+        if not self._streams or not self._sent_marks:
+            return float("inf")
+        return self._sent_marks[0][1] + self.cfg.stall_timeout + self.cfg.ping_timeout
+
+    def _give_up_overdue(self, h2: H2ClientConnection, now: float) -> Resolved:
+        """Requests left unanswered for stall_timeout + ping_timeout on a connection that is otherwise alive (it
+        answered our PING or other requests within stall_timeout, so the silence check never ends it): each is
+        cancelled with RST_STREAM(CANCEL) and retried later, counted, as after a reset. Without this, such a
+        notification would wait for its answer as long as the connection lives, and a retired connection
+        would never close."""
+        self._trim_marks()
+        limit = now - self.cfg.stall_timeout - self.cfg.ping_timeout
+        marks = self._sent_marks
+        if not marks or marks[0][1] > limit:
+            return []
+        oldest_at = marks[0][1]
+        cutoff = next((sid for sid, at in marks if at > limit), h2.next_stream_id)
+        overdue = [sid for sid in self._streams if sid < cutoff]
+        out: Resolved = []
+        for sid in overdue:
+            h2.cancel(sid)
+            self._timed.pop(sid, None)
+            out.append((self._streams.pop(sid), NO_ANSWER))
+        self._trim_marks()
+        self._push()
+        self.log.warning("requests_unanswered", cancelled=len(out), waited=round(now - oldest_at, 1))
+        return out
 
     def _starved(self, h2: H2ClientConnection, now: float) -> Resolved:
         """The gateway let no request through for stall_timeout (no stream allowed, or no flow-control window
@@ -429,7 +466,7 @@ class Http2Session(Session):
         parked = self._parked_until if self._parked_until > now else float("inf")
         if self._starved_since is not None:
             parked = min(parked, self._starved_since + self.cfg.stall_timeout)
-        return min(self._last_activity + self.cfg.ping_interval, self._stall_check_at(now), parked)
+        return min(self._last_activity + self.cfg.ping_interval, self._stall_check_at(now), parked, self._overdue_at())
 
     def unanswered_count(self) -> int:
         """Streams open and not yet answered (and notifications whose outcome is not yet handed back)."""

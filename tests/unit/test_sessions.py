@@ -354,6 +354,27 @@ def test_http2_answered_ping_keeps_the_connection():
     assert State.OPEN == s.state and 1 == net.connections
 
 
+def test_http2_request_left_unanswered_on_a_live_connection_is_cancelled_and_retried():
+    """A request the gateway leaves unanswered while it answers the others and our PING is cancelled with
+    RST_STREAM(CANCEL) once it has waited stall_timeout + ping_timeout, and retried (counted); the connection stays."""
+    s, net, gw, batch = h2_connected(3)
+    gw.answer(1)
+    gw.answer(5)
+    assert [batch[0], batch[2]] == [n for n, _ in s.step(T0 + 0.1, True)]
+    for quiet in (T0 + 0.1 + s.cfg.stall_timeout, T0 + 0.2 + 2 * s.cfg.stall_timeout):
+        s.step(quiet, False)  # nothing received for stall_timeout: a PING, which the gateway answers
+        gw.exchange()
+        assert [] == s.step(quiet + 0.1, True)
+    overdue_at = T0 + s.cfg.stall_timeout + s.cfg.ping_timeout
+
+    resolved = s.step(overdue_at, False)
+
+    assert [(batch[1], Kind.RETRY, "no_answer")] == [(n, o.kind, o.reason) for n, o in resolved]
+    resets = [e for e in gw.exchange() if isinstance(e, h2.events.StreamReset)]
+    assert [(3, frames.CANCEL)] == [(e.stream_id, e.error_code) for e in resets]
+    assert (State.OPEN, 1, 0) == (s.state, net.connections, s.unanswered_count())
+
+
 def test_http2_goaway_debug_data_never_becomes_a_metric_label():
     """A GOAWAY's debug data (the gateway's free text) is counted under cause "goaway", not as a label of its own."""
     s, _, gw, _ = h2_connected(1)

@@ -277,6 +277,12 @@ class H2ClientConnection:
             raise ValueError("a PING payload is exactly 8 bytes")
         self._out += f.frame(f.PING, 0, 0, payload)
 
+    def cancel(self, stream_id: int) -> None:
+        """Give up on an open request: RST_STREAM(CANCEL), and the stream is forgotten (a late answer is ignored)."""
+        if stream_id in self._streams:
+            self._drop(stream_id)
+            self._out += f.rst_stream_frame(stream_id, f.CANCEL)
+
     def close(self, error_code: int = f.NO_ERROR) -> None:
         """Queue a GOAWAY; answers on streams already open are still read."""
         if not self.closing:

@@ -20,7 +20,7 @@ SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_FRAME_SIZE = 0x5
 
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x9
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
 ERROR_NAMES = {
     NO_ERROR: "NO_ERROR",
     PROTOCOL_ERROR: "PROTOCOL_ERROR",
@@ -29,6 +29,7 @@ ERROR_NAMES = {
     STREAM_CLOSED: "STREAM_CLOSED",
     FRAME_SIZE_ERROR: "FRAME_SIZE_ERROR",
     REFUSED_STREAM: "REFUSED_STREAM",
+    CANCEL: "CANCEL",
     COMPRESSION_ERROR: "COMPRESSION_ERROR",
 }
 
@@ -59,6 +60,11 @@ def settings_frame(settings: dict[int, int]) -> bytes:
 def window_update_frame(stream_id: int, increment: int) -> bytes:
     """A WINDOW_UPDATE frame for a stream, or for the connection when ``stream_id`` is 0."""
     return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
+
+
+def rst_stream_frame(stream_id: int, error_code: int) -> bytes:
+    """An RST_STREAM frame."""
+    return frame(RST_STREAM, 0, stream_id, _U32.pack(error_code))
 
 
 def goaway_frame(last_stream_id: int, error_code: int, debug: bytes = b"") -> bytes:
