@@ -32,6 +32,7 @@ MIN_PARK = 1.0  # shortest pause after TooManyProviderTokenUpdates
 # Answers about the provider token, not the notification: the notification is sent again, uncounted.
 RESEND_REASONS = frozenset({"TooManyProviderTokenUpdates", "UnrelatedKeyIdInToken"})
 NO_ERROR = 0
+WORKED_STREAMS = 100  # requests a connection must have carried for a graceful GOAWAY soon after connecting
 KILLER = Outcome(Kind.DEAD, None, "gateway_protocol_error")
 NO_ANSWER = Outcome(Kind.RETRY, None, "no_answer")
 # One request in 64 is timed for the round-trip histogram (stream ids are odd: 1, 129, 257, ...): a dict
@@ -308,8 +309,11 @@ class Http2Session(Session):
         if again:
             metrics.RESENT.labels(self.app).inc(len(again))
         # A gateway that says goodbye right after hello is failing: the connect counts as failed when this
-        # connection closes (after any delivery on it was counted as productive, which must not undo it).
-        self._early_goaway = now - self.connected_at < SHORT_LIVED
+        # connection closes (after any delivery on it was counted as productive, which must not undo it). Not
+        # so a graceful goodbye after it processed WORKED_STREAMS requests: a gateway or proxy that caps requests
+        # per connection (nginx's keepalive_requests, 1,000 by default) would otherwise cost a backoff each time.
+        worked = ev.error_code == NO_ERROR and ev.last_stream_id >= 2 * WORKED_STREAMS - 1
+        self._early_goaway = now - self.connected_at < SHORT_LIVED and not worked
         self.explanation = f"GOAWAY {ev.reason or ev.error_code}"
         self.log.warning(
             "goaway",

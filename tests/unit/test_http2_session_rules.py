@@ -74,6 +74,34 @@ def test_goaway_after_a_long_connection_does_not_back_off():
     )
 
 
+def goaway_backoffs(goaway_after: int, jobs: int) -> tuple[int, int, dict[str, tuple[Kind, str]]]:
+    """Backoffs the pacer was asked for, connections opened and outcomes, when the gateway's first connection
+    says a graceful GOAWAY after ``goaway_after`` answered requests."""
+    tokens = [f"{i:04x}" + "cd" * 30 for i in range(jobs)]
+    p = PipedSession(Http2Faults(initial_streams=100, max_concurrent_streams=100, goaway_after=goaway_after))
+    failed = p.session.pacer.failed
+    calls: list[float] = []
+    p.session.pacer.failed = lambda now: calls.append(now) or failed(now)  # type: ignore[method-assign]
+    p.submit(tokens)
+    p.run_until(1003.0)
+    return len(calls), len(p.pipes), kinds(p)
+
+
+def test_goaway_after_a_connection_carried_many_requests_does_not_back_off():
+    """A graceful GOAWAY soon after connecting, but after the gateway processed 100 requests (a gateway or proxy
+    capping requests per connection), is no failed connect: no backoff, nothing lost."""
+    tokens = [f"{i:04x}" + "cd" * 30 for i in range(250)]
+
+    assert (0, 2, dict.fromkeys(tokens, (Kind.DELIVERED, ""))) == goaway_backoffs(100, 250)
+
+
+def test_goaway_after_a_few_requests_soon_after_connecting_still_backs_off():
+    """A gateway that says goodbye after 99 requests within seconds of connecting is churn: one backoff."""
+    tokens = [f"{i:04x}" + "cd" * 30 for i in range(150)]
+
+    assert (1, 2, dict.fromkeys(tokens, (Kind.DELIVERED, ""))) == goaway_backoffs(99, 150)
+
+
 def test_too_many_provider_token_updates_parks_sends_without_spending_an_attempt():
     """TooManyProviderTokenUpdates puts the notification back and pauses sending; it is delivered after, attempts 0."""
     p = PipedSession(Http2Faults(burst_status=(429, "TooManyProviderTokenUpdates", 1), burst_after=1))
