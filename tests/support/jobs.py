@@ -51,5 +51,5 @@ def run_drained(config: Config, timeout: float = 120.0) -> int:
 
 
 def inflight_keys(rdb: redis.Redis) -> list[bytes]:
-    """Every in-flight storage key left in Redis."""
-    return list(rdb.scan_iter(match="*:inflight:*"))
+    """Every in-flight storage key left in Redis (hashes, index sets, batch lists)."""
+    return list(rdb.scan_iter(match="*:inflight*"))
