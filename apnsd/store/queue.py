@@ -416,7 +416,7 @@ class JobQueue:
                 self.client.hset(self.keys.unregistered, items=[x for pair in entries.items() for x in pair])
 
     def inflight_batches(self, queue: str) -> int:
-        """How many batches this worker holds in Redis for a queue (one HLEN)."""
+        """How many batches this worker holds in Redis for a queue (hash fields and listed batches, one round trip)."""
         with redis_errors("counting in-flight batches"):
             p = self.client.pipeline(transaction=False)
             p.hlen(self.keys.inflight(queue, self.worker_id))
