@@ -340,6 +340,10 @@ class Keys:
         self.channels_gone = f"{prefix}:channels:gone"
         self.results = f"{prefix}:results"
         self.workers = f"{prefix}:workers"
+        # The same workers, in a set earlier versions never touch: one of them recovering a dead worker removes it
+        # from ``workers`` after returning only the hash batches it knows, and the worker's batch lists would
+        # then belong to nobody. Current workers recover every worker named in either set.
+        self.list_workers = f"{prefix}:workers:lists"
         self.stats = f"{prefix}:stats"
         self.default_queue = f"{prefix}:queue"
 

@@ -304,6 +304,7 @@ class JobQueue:
             p = self.client.pipeline(transaction=False)
             p.set(self.keys.heartbeat(self.worker_id), json.dumps(status), px=int(ttl * 1000))
             p.sadd(self.keys.workers, self.worker_id)
+            p.sadd(self.keys.list_workers, self.worker_id)
             p.execute()
 
     def claim_heartbeat(self, ttl: float, status: dict[str, Any]) -> dict[str, Any] | None:
@@ -321,6 +322,7 @@ class JobQueue:
             p = self.client.pipeline(transaction=False)
             p.delete(self.keys.heartbeat(self.worker_id))
             p.srem(self.keys.workers, self.worker_id)
+            p.srem(self.keys.list_workers, self.worker_id)
             p.execute()
 
     def requeue_held(self, queue: str) -> int:
@@ -366,7 +368,8 @@ class JobQueue:
         """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker."""
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):
-            for worker in self.client.smembers(self.keys.workers):
+            registered = self.client.smembers(self.keys.workers) | self.client.smembers(self.keys.list_workers)
+            for worker in registered:
                 wid = _text(worker)
                 if wid == self.worker_id:
                     continue
@@ -391,6 +394,7 @@ class JobQueue:
                     total += max(n, 0)
                 if not alive:
                     self.client.srem(self.keys.workers, worker)  # as stored: a member that is not UTF-8 goes too
+                    self.client.srem(self.keys.list_workers, worker)
                     moved[wid] = total
         return moved
 
@@ -446,6 +450,7 @@ class JobQueue:
         """Keys apnsd writes that hold another type: (key, type held, type expected)."""
         k = self.keys
         expected = {k.dead: "list", k.unregistered: "hash", k.results: "stream", k.stats: "hash", k.workers: "set"}
+        expected[k.list_workers] = "set"
         for q in queues:
             expected[q] = "list"
             expected[k.scheduled(q)] = "zset"

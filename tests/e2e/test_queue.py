@@ -425,6 +425,18 @@ def test_recovery_returns_list_batches_and_hash_batches_together_oldest_first(jq
     assert ({"dead": 6}, [*items[:2], *items[3:]], []) == (moved, take_all(jq), left)
 
 
+def test_a_dead_worker_an_earlier_version_unregistered_still_has_its_batch_lists_recovered(jq, rdb, worker):
+    """An earlier apnsd recovering a dead worker returns only the hash batches and drops it from apnsd:workers; its
+    batch lists still come back, because current workers also look in the registry earlier versions never touch."""
+    items = jobs(4)
+    _dead_worker_with_batches(jq, rdb, worker, "dead", items, [2, 2])
+    rdb.srem("apnsd:workers", "dead")  # what an earlier version's recovery does once the hash is empty
+
+    moved = worker("rescuer").requeue_from_dead_workers([Q])
+
+    assert ({"dead": 4}, items, set()) == (moved, take_all(jq), rdb.smembers("apnsd:workers:lists"))
+
+
 def test_orphan_sweep_returns_unheld_list_batches_and_keeps_held_ones(jq, rdb, worker):
     """requeue_orphans returns the batches (either form) its process no longer holds, and only those."""
     items = jobs(6)
