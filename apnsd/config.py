@@ -303,7 +303,8 @@ class Config(_Section, frozen=True):
 
 DEFAULT_LANE = "default"
 LANE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-RESERVED_LANES = ("scheduled", "inflight", "throttle", "written")  # suffixes apnsd itself puts after a queue key
+# suffixes apnsd itself puts after a queue key
+RESERVED_LANES = ("scheduled", "inflight", "inflight-batch", "inflight-batches", "throttle", "written")
 
 
 def lane_key(queue: str, lane: str) -> str:

@@ -165,10 +165,39 @@ class JobQueue:
         return str(self._seq)
 
     def take(self, queue: str, count: int, batch_id: str | None = None) -> tuple[str, list[bytes]]:
-        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch id and jobs."""
+        """Atomically move up to ``count`` jobs into in-flight storage; returns the batch id and jobs (oldest first)."""
         batch_id = batch_id or self.next_batch_id()
+        k, w = self.keys, self.worker_id
+        batch = k.inflight_list(queue, w, batch_id)
+        keys = [queue, batch, k.inflight_batches(queue, w)]
         with redis_errors("taking jobs", queue):
-            return batch_id, self._take(keys=[queue, self.keys.inflight(queue, self.worker_id)], args=[count, batch_id])
+            if self.cluster:  # redis-py's cluster pipeline does not load scripts: two round trips
+                self._take(keys=keys, args=[count, batch_id])
+                jobs: list[bytes] = list(self.client.lrange(batch, 0, -1))  # type: ignore[arg-type]  # bytes replies
+            else:
+                jobs = self._take_and_read(keys, [count, batch_id], batch)
+        jobs.reverse()  # the list holds them as the queue did, newest first
+        return batch_id, jobs
+
+    def _take_and_read(self, keys: list[str], args: list[Any], batch: str) -> list[bytes]:
+        """The take script and the LRANGE of what it took, in one round trip.
+
+        EVALSHA straight on the pipeline: a pipeline given a registered Script asks SCRIPT EXISTS first on every
+        execute, a second round trip per take. A server that lost its scripts (restart, SCRIPT FLUSH) answers
+        NOSCRIPT and ran nothing: the script is loaded and the take sent again.
+        """
+
+        def send() -> list[bytes]:
+            p = self.client.pipeline(transaction=False)
+            p.evalsha(self._take.sha, len(keys), *keys, *args)
+            p.lrange(batch, 0, -1)
+            return list(p.execute()[1])
+
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:
+            self._take.sha = self.client.script_load(TAKE_SCRIPT)
+            return send()
 
     def take_lanes(
         self,
@@ -201,7 +230,8 @@ class JobQueue:
     def claim(self, queue: str, batch_id: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""
         with redis_errors("reading an in-flight batch"):
-            return list(self._claim(keys=[self.keys.inflight(queue, self.worker_id)], args=[batch_id]))
+            keys = [self.keys.inflight(queue, self.worker_id), self.keys.inflight_list(queue, self.worker_id, batch_id)]
+            return list(self._claim(keys=keys, args=[batch_id]))
 
     def _other_slot(self, key: str) -> bool:
         """Cluster mode: does ``key`` live in another slot than the shared (prefix) keys?"""
@@ -224,14 +254,15 @@ class JobQueue:
             retry = c.sent
             inflight = k.inflight(c.queue, self.worker_id)
             kept = pack_jobs(c.keep) if c.keep is not None else None
+            batch = k.inflight_list(c.queue, self.worker_id, c.batch_id)
             if retry and (
                 self.client.hget(inflight, c.batch_id) == kept
                 if kept is not None
-                else not self.client.hexists(inflight, c.batch_id)
+                else not self.client.hexists(inflight, c.batch_id) and not self.client.exists(batch)
             ):
                 return
             c.sent = True
-            queue_keys = [c.queue, k.scheduled(c.queue), k.inflight(c.queue, self.worker_id)]
+            queue_keys = [c.queue, k.scheduled(c.queue), inflight, k.inflight_batches(c.queue, self.worker_id), batch]
             outcome_keys = [k.dead, k.unregistered, k.results, k.stats, k.channels_gone]
             if self._other_slot(c.queue):
                 marker = k.written(self.worker_id, c.queue, c.batch_id)
@@ -281,6 +312,7 @@ class JobQueue:
             p = self.client.pipeline(transaction=False)
             p.set(self.keys.heartbeat(self.worker_id), json.dumps(status), px=int(ttl * 1000))
             p.sadd(self.keys.workers, self.worker_id)
+            p.sadd(self.keys.list_workers, self.worker_id)
             p.execute()
 
     def claim_heartbeat(self, ttl: float, status: dict[str, Any]) -> dict[str, Any] | None:
@@ -298,12 +330,21 @@ class JobQueue:
             p = self.client.pipeline(transaction=False)
             p.delete(self.keys.heartbeat(self.worker_id))
             p.srem(self.keys.workers, self.worker_id)
+            p.srem(self.keys.list_workers, self.worker_id)
             p.execute()
 
     def requeue_held(self, queue: str) -> int:
         """Return every batch still in this worker's in-flight storage to the front of the queue."""
         with redis_errors("returning in-flight jobs"):
-            return int(self._recover(keys=[self.keys.inflight(queue, self.worker_id), queue]))
+            return int(self._recover(keys=self._recover_keys(queue, self.worker_id), args=self._recover_args(queue)))
+
+    def _recover_keys(self, queue: str, worker: str) -> list[str]:
+        """RECOVER_SCRIPT's keys for one worker's batches taken from ``queue`` (without the heartbeat)."""
+        return [self.keys.inflight(queue, worker), queue, self.keys.inflight_batches(queue, worker)]
+
+    def _recover_args(self, queue: str, worker: str | None = None, batch_ids: list[str] | None = None) -> list[str]:
+        """RECOVER_SCRIPT's arguments: the worker's in-flight list prefix, then the batch ids (none: all of them)."""
+        return [self.keys.inflight_list_prefix(queue, worker or self.worker_id), *(batch_ids or [])]
 
     def requeue_orphans(self, queue: str, held: Callable[[], Collection[str]]) -> int:
         """Return this worker's in-flight batches that its process no longer holds; returns jobs moved.
@@ -313,13 +354,23 @@ class JobQueue:
         it. ``held`` is read after the batch_id list, and the loop adds a batch_id before taking into it, so
         a batch taken meanwhile is never seen as unheld; one committed meanwhile is simply gone.
         """
-        key = self.keys.inflight(queue, self.worker_id)
         with redis_errors("returning orphaned in-flight jobs"):
-            batch_ids = {_text(f) for f in self.client.hkeys(key)}
+            batch_ids = self._batch_ids(queue, self.worker_id)
             if not batch_ids:
                 return 0
             orphans = sorted(batch_ids - set(held()))
-            return int(self._recover(keys=[key, queue], args=orphans)) if orphans else 0
+            if not orphans:
+                return 0
+            keys = self._recover_keys(queue, self.worker_id)
+            return int(self._recover(keys=keys, args=self._recover_args(queue, None, orphans)))
+
+    def _batch_ids(self, queue: str, worker: str) -> set[str]:
+        """The ids of a worker's in-flight batches taken from ``queue``, in either form (hash field or list)."""
+        p = self.client.pipeline(transaction=False)
+        p.hkeys(self.keys.inflight(queue, worker))
+        p.smembers(self.keys.inflight_batches(queue, worker))
+        fields, lists = p.execute()
+        return {_text(f) for f in (*fields, *lists)}
 
     def requeue_from_dead_workers(self, queues: list[str], wrong: list[str] | None = None) -> dict[str, int]:
         """Return the in-flight jobs of workers whose heartbeat lapsed; returns jobs moved per worker.
@@ -328,7 +379,8 @@ class JobQueue:
         in ``wrong``: it must not keep every other dead worker's jobs from coming back."""
         moved: dict[str, int] = {}
         with redis_errors("recovering dead workers"):
-            for worker in self.client.smembers(self.keys.workers):
+            registered = self.client.smembers(self.keys.workers) | self.client.smembers(self.keys.list_workers)
+            for worker in registered:
                 wid = _text(worker)
                 if wid == self.worker_id:
                     continue
@@ -342,10 +394,15 @@ class JobQueue:
                     continue
                 total, alive = 0, False
                 for q in queues:
-                    keys = [self.keys.inflight(q, wid), q]
+                    keys = self._recover_keys(q, wid)
                     try:
-                        with redis_errors("recovering a dead worker's jobs", f"{keys[0]} or {q}"):
-                            n = int(self._recover(keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)]))
+                        with redis_errors("recovering a dead worker's jobs", f"{keys[0]}, {keys[2]} or {q}"):
+                            n = int(
+                                self._recover(
+                                    keys=keys if self.cluster else [*keys, self.keys.heartbeat(wid)],
+                                    args=self._recover_args(q, wid),
+                                )
+                            )
                     except KeyTypeError as exc:
                         if wrong is None:
                             raise
@@ -355,6 +412,7 @@ class JobQueue:
                     total += max(n, 0)
                 if not alive:
                     self.client.srem(self.keys.workers, worker)  # as stored: a member that is not UTF-8 goes too
+                    self.client.srem(self.keys.list_workers, worker)
                     moved[wid] = total
         return moved
 
@@ -380,16 +438,24 @@ class JobQueue:
                 self.client.hset(self.keys.unregistered, items=[x for pair in entries.items() for x in pair])
 
     def inflight_batches(self, queue: str) -> int:
-        """How many batches this worker holds in Redis for a queue (one HLEN)."""
+        """How many batches this worker holds in Redis for a queue (hash fields and listed batches, one round trip)."""
         with redis_errors("counting in-flight batches"):
-            return int(self.client.hlen(self.keys.inflight(queue, self.worker_id)))
+            p = self.client.pipeline(transaction=False)
+            p.hlen(self.keys.inflight(queue, self.worker_id))
+            p.scard(self.keys.inflight_batches(queue, self.worker_id))
+            return sum(int(n) for n in p.execute())
 
     def inflight_count(self, queue: str, worker: str) -> int:
         """How many jobs a worker holds in flight for a queue."""
         with redis_errors("counting in-flight jobs", self.keys.inflight(queue, worker)):
             blobs = self.client.hvals(self.keys.inflight(queue, worker))
+            lists = self.client.smembers(self.keys.inflight_batches(queue, worker))
+            p = self.client.pipeline(transaction=False)
+            for batch_id in lists:
+                p.llen(self.keys.inflight_list(queue, worker, _text(batch_id)))
+            listed = sum(int(n) for n in p.execute()) if lists else 0
         # Count without decoding the jobs: they are msgpack str, and not every job is valid UTF-8.
-        return sum(batch_length(_raw(b)) for b in blobs)
+        return listed + sum(batch_length(_raw(b)) for b in blobs)
 
     # --- inspection (stats, health, dead letters) -------------------------------------------
 
@@ -402,6 +468,7 @@ class JobQueue:
         """Keys apnsd writes that hold another type: (key, type held, type expected)."""
         k = self.keys
         expected = {k.dead: "list", k.unregistered: "hash", k.results: "stream", k.stats: "hash", k.workers: "set"}
+        expected[k.list_workers] = "set"
         for q in queues:
             expected[q] = "list"
             expected[k.scheduled(q)] = "zset"

@@ -264,27 +264,15 @@ class DeliveryLoop:
         lower = len(self.lanes) > 1 and not first_lane
         for r in rejects:
             self._completed(self.recorder.reject(batch, r, wall))
-        routes = self._routes
         touched: set[Session] = set()
+        # The bulk of every batch: an app with one connection that sends, a notification without expiration or
+        # send_at, no lanes. It goes straight to the session; anything else is decided one by one in _route.
+        direct = {} if ahead is not None or lower else self._direct_routes()
+        route = self._route
         for n in notes:
-            choices = routes.get(n.app)
-            s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
-            if s is None or s.disabled:
-                reason = f"app_disabled: {s.disabled}" if s is not None else self._no_route(n.app)
-                self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
-            elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
-                self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
-            elif s.suspended:
-                s.start_trial(n)  # the credential breaker's probe: this one goes out alone
-            elif n.expiration and n.expiration < wall:
-                self._completed(self.recorder.record(n, EXPIRED, wall))
-            elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
-                self._completed(self.recorder.defer(n, n.send_at))
-            elif ahead is not None:
-                ahead.setdefault(id(s), (s, []))[1].append(n)
-            elif lower:
-                self._lower.setdefault(s, deque()).append(n)
-                touched.add(s)
+            s = direct.get(n.app)
+            if s is None or n.expiration or n.send_at is not None:
+                route(n, now, wall, ahead, lower, touched)
             else:
                 s.pending.append(n)
         for session, first in (ahead or {}).values():
@@ -292,6 +280,44 @@ class DeliveryLoop:
         if taken.ahead and not first_lane:
             for s in touched:
                 self._guard_share(s)
+
+    def _route(
+        self,
+        n: Notification,
+        now: float,
+        wall: float,
+        ahead: dict[int, tuple[Session, list[Notification]]] | None,
+        lower: bool,
+        touched: set[Session],
+    ) -> None:
+        """Route one notification: dead-lettered, parked, a trial, expired, deferred, or queued to a session (ahead
+        of the backlog, into the lower lanes' waiting work, or at the end of its pending queue)."""
+        choices = self._routes.get(n.app)
+        s = None if choices is None else choices[0] if len(choices) == 1 else min(choices, key=self._backlog)
+        if s is None or s.disabled:
+            reason = f"app_disabled: {s.disabled}" if s is not None else self._no_route(n.app)
+            self._completed(self.recorder.record(n, Outcome(Kind.DEAD, None, reason), wall))
+        elif s.suspended and not (s.hold.trial_due(now) and _sendable(n, wall)):
+            self._completed(self.recorder.defer(n, wall + s.cfg.mismatch_guard_park))
+        elif s.suspended:
+            s.start_trial(n)  # the credential breaker's probe: this one goes out alone
+        elif n.expiration and n.expiration < wall:
+            self._completed(self.recorder.record(n, EXPIRED, wall))
+        elif n.send_at is not None and n.send_at > wall + SCHEDULE_SLACK:
+            self._completed(self.recorder.defer(n, n.send_at))
+        elif ahead is not None:
+            ahead.setdefault(id(s), (s, []))[1].append(n)
+        elif lower:
+            self._lower.setdefault(s, deque()).append(n)
+            touched.add(s)
+        else:
+            s.pending.append(n)
+
+    def _direct_routes(self) -> dict[str, Session]:
+        """App → its session, for apps with one connection that is neither disabled nor suspended right now."""
+        return {
+            app: c[0] for app, c in self._routes.items() if len(c) == 1 and not c[0].disabled and not c[0].suspended
+        }
 
     def _guard_share(self, s: Session) -> None:
         """The starvation guard's take: a window of the lower lanes' oldest work jumps the backlog.

@@ -27,7 +27,7 @@ from apnsd.testing.redis_server import free_port
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.state import ensure_private_dir
 from tests.support.faultkit import DaemonThread, LogTap
-from tests.support.jobs import LOG, good_tokens, inflight_keys, job, push_all, run_drained
+from tests.support.jobs import LOG, good_tokens, inflight_batches, inflight_keys, job, push_all, run_drained
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(60)  # a regression must fail, not hang: several cases start a daemon
@@ -60,7 +60,7 @@ def test_wrong_typed_shared_key_keeps_the_batch_in_flight_until_fixed_then_commi
     d = DaemonThread(make_config(mock)).start()
     try:
         wait_for(lambda: tap.events("redis_key_wrong_type"), 20, "redis_key_wrong_type")
-        assert 1 == len(inflight_keys(rdb))
+        assert 1 == inflight_batches(rdb)
         if spoil == "string":
             rdb.delete(key)
         else:

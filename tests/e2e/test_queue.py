@@ -55,7 +55,8 @@ def command_calls(rdb: Any) -> dict[str, int]:
 
 
 def test_take_moves_jobs_into_in_flight_storage_first_pushed_first(jq, worker):
-    """take moves jobs from the consuming end into the worker's in-flight hash, oldest first."""
+    """take moves jobs from the consuming end into the batch's in-flight list (named in the worker's index set),
+    oldest first."""
     items = jobs(5)
     lpush_each(jq, items)
     w = worker("w1")
@@ -65,12 +66,13 @@ def test_take_moves_jobs_into_in_flight_storage_first_pushed_first(jq, worker):
     assert items[:3] == taken
     assert 2 == jq.depth(Q)
     assert 3 == jq.inflight_count(Q, "w1")
-    assert [i.decode() for i in items[:3]] == msgspec.msgpack.decode(jq.client.hget(w.keys.inflight(Q, "w1"), batch))
+    held = jq.client.lrange(w.keys.inflight_list(Q, "w1", batch), 0, -1)
+    assert (items[2::-1], {batch.encode()}) == (held, jq.client.smembers(w.keys.inflight_batches(Q, "w1")))
 
 
 def test_take_is_a_single_atomic_script_call(jq, rdb, worker):
     """Moving jobs into in-flight storage happens in one server-side step, not a pop then a write."""
-    lpush_each(jq, jobs(3))
+    lpush_each(jq, jobs(4))
     w = worker("w1")
     w.take(Q, 1)  # load the script
     rdb.config_resetstat()
@@ -78,7 +80,8 @@ def test_take_is_a_single_atomic_script_call(jq, rdb, worker):
     w.take(Q, 2)
 
     calls = command_calls(rdb)
-    assert (1, 1, 1, None) == (calls.get("evalsha"), calls.get("rpop"), calls.get("hset"), calls.get("multi"))
+    moved = tuple(calls.get(c) for c in ("evalsha", "sort", "ltrim", "sadd", "lrange", "multi", "rpop"))
+    assert (1, 1, 1, 1, 1, None, None) == moved  # the copy stays inside Redis; LRANGE reads it back
 
 
 def test_successive_takes_use_increasing_batch_fields(jq, worker):
@@ -93,12 +96,45 @@ def test_successive_takes_use_increasing_batch_fields(jq, worker):
     assert 4 == jq.inflight_count(Q, "w1")
 
 
+def test_a_take_sent_again_into_its_batch_id_returns_that_batch_and_takes_no_more(jq, worker):
+    """A take resent after its answer was lost (same batch id) returns the batch the first one took, once."""
+    items = jobs(5)
+    lpush_each(jq, items)
+    w = worker("w1")
+
+    first = w.take(Q, 2, "7")
+    again = w.take(Q, 2, "7")
+
+    assert (("7", items[:2]), ("7", items[:2]), 3) == (first, again, jq.depth(Q))
+
+
+def test_claim_returns_a_taken_batch_oldest_first(jq, worker):
+    """claim reads back a batch a take moved into its list, in taking order (the feeder's lost-answer path)."""
+    items = jobs(4)
+    lpush_each(jq, items)
+    w = worker("w1")
+    batch, taken = w.take(Q, 3)
+
+    assert (items[:3], taken, []) == (w.claim(Q, batch), w.claim(Q, batch), w.claim(Q, "999"))
+
+
+def test_take_loads_its_script_again_after_redis_lost_it(jq, rdb, worker):
+    """A server that lost its scripts (SCRIPT FLUSH, restart) answers NOSCRIPT once; the take loads it and goes on."""
+    items = jobs(3)
+    lpush_each(jq, items)
+    w = worker("w1")
+    w.take(Q, 1)
+    rdb.script_flush()
+
+    assert (items[1:], 0) == (w.take(Q, 5)[1], jq.depth(Q))
+
+
 def test_take_from_an_empty_queue_holds_nothing(jq, rdb, worker):
     """Taking from an empty queue returns no jobs and creates no in-flight storage."""
     _, taken = worker("w1").take(Q, 10)
 
     assert [] == taken
-    assert [] == list(rdb.scan_iter(match="*:inflight:*"))
+    assert [] == list(rdb.scan_iter(match="*:inflight*"))
 
 
 def test_take_returns_fewer_when_fewer_are_waiting(jq, worker):
@@ -144,6 +180,7 @@ def test_commit_writes_every_outcome_and_drops_the_batch(jq, rdb, worker):
         "total_returned": 2,
     } == jq.counts()
     assert 0 == jq.inflight_count(Q, "w1")
+    assert [] == list(rdb.scan_iter(match="*:inflight*:w1*"))  # the batch's list and its index entry went too
     assert [items[3], items[4], items[5]] == take_all(jq)
 
 
@@ -387,6 +424,53 @@ def test_recovery_returns_in_flight_entries_another_program_wrote_as_they_are(jq
     assert [] == rdb.keys(f"{Q}:inflight:*-ghost")
 
 
+def test_recovery_returns_list_batches_and_hash_batches_together_oldest_first(jq, rdb, worker):
+    """A dead worker's batches in either form (a take's list; a partial commit's kept jobs and a batch an earlier
+    version stored in the hash) come back in the order they were taken."""
+    items = jobs(9)
+    rdb.hset(f"{Q}:inflight:dead", "1", pack_jobs(items[:2]))  # an earlier version's batch, taken first
+    lpush_each(jq, items[2:])
+    dead = worker("dead")
+    dead.heartbeat(30.0, {})
+    kept, _ = dead.take(Q, 3)
+    dead.commit(Commit(Q, kept, counts={"delivered": 1}, keep=items[3:5]))  # items[2] resolved
+    dead.take(Q, 2)
+    rdb.delete(dead.keys.heartbeat("dead"))
+
+    moved = worker("rescuer").requeue_from_dead_workers([Q])
+
+    left = list(rdb.scan_iter("*:inflight*:dead*"))
+    assert ({"dead": 6}, [*items[:2], *items[3:]], []) == (moved, take_all(jq), left)
+
+
+def test_a_dead_worker_an_earlier_version_unregistered_still_has_its_batch_lists_recovered(jq, rdb, worker):
+    """An earlier apnsd recovering a dead worker returns only the hash batches and drops it from apnsd:workers; its
+    batch lists still come back, because current workers also look in the registry earlier versions never touch."""
+    items = jobs(4)
+    _dead_worker_with_batches(jq, rdb, worker, "dead", items, [2, 2])
+    rdb.srem("apnsd:workers", "dead")  # what an earlier version's recovery does once the hash is empty
+
+    moved = worker("rescuer").requeue_from_dead_workers([Q])
+
+    assert ({"dead": 4}, items, set()) == (moved, take_all(jq), rdb.smembers("apnsd:workers:lists"))
+
+
+def test_orphan_sweep_returns_unheld_list_batches_and_keeps_held_ones(jq, rdb, worker):
+    """requeue_orphans returns the batches (either form) its process no longer holds, and only those."""
+    items = jobs(6)
+    lpush_each(jq, items)
+    w = worker("w1")
+    held, _ = w.take(Q, 2)
+    w.take(Q, 2)  # the orphan: no longer held
+    partial, _ = w.take(Q, 2)
+    w.commit(Commit(Q, partial, counts={"delivered": 1}, keep=items[5:]))
+
+    moved = w.requeue_orphans(Q, lambda: [held])
+
+    assert (3, 2, [items[2], items[3], items[5]]) == (moved, jq.inflight_count(Q, "w1"), take_all(jq))
+    assert 1 == w.inflight_batches(Q)
+
+
 def test_recovery_covers_every_queue_given(jq, rdb, worker):
     """A dead worker's batches are returned on each queue it took from."""
     other = "apnsd:queue:other"
@@ -413,7 +497,7 @@ def test_release_all_returns_every_batch_in_original_order(jq, rdb, worker):
 
     assert 5 == w.requeue_held(Q)
     assert items == take_all(jq)
-    assert [] == list(rdb.scan_iter(match="*:inflight:w1"))
+    assert [] == list(rdb.scan_iter(match="*:inflight*:w1*"))
 
 
 # --- scheduling ----------------------------------------------------------------------------------

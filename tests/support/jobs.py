@@ -51,5 +51,11 @@ def run_drained(config: Config, timeout: float = 120.0) -> int:
 
 
 def inflight_keys(rdb: redis.Redis) -> list[bytes]:
-    """Every in-flight storage key left in Redis."""
-    return list(rdb.scan_iter(match="*:inflight:*"))
+    """Every in-flight storage key left in Redis (hashes, index sets, batch lists)."""
+    return list(rdb.scan_iter(match="*:inflight*"))
+
+
+def inflight_batches(rdb: redis.Redis) -> int:
+    """How many in-flight batches Redis holds, in either form: fields of the in-flight hashes, and batch lists."""
+    fields = sum(int(rdb.hlen(k)) for k in rdb.scan_iter(match="*:inflight:*"))
+    return fields + len(list(rdb.scan_iter(match="*:inflight-batch:*")))
