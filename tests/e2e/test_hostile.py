@@ -470,5 +470,8 @@ def test_a_dead_workers_in_flight_key_of_another_type_does_not_hold_back_other_r
         d.stop()
         code = d.join(30)
 
-    assert (0, ["apnsd:queue:inflight:dead-a or apnsd:queue"]) == (code, [e["key"] for e in events])
+    assert (0, ["apnsd:queue:inflight:dead-a, apnsd:queue:inflight-batches:dead-a or apnsd:queue"]) == (
+        code,
+        [e["key"] for e in events],
+    )
     assert set(tokens) == set(mock.record.accepted_tokens())

@@ -356,7 +356,10 @@ def test_a_dead_workers_in_flight_key_of_another_type_holds_back_only_that_worke
     moved = worker("rescuer").requeue_from_dead_workers([Q], wrong)
 
     assert ({"dead-b": 4}, items) == (moved, take_all(jq))
-    assert ["apnsd:queue:inflight:dead-a or apnsd:queue", "apnsd:queue:inflight:dead-c or apnsd:queue"] == sorted(wrong)
+    assert [
+        "apnsd:queue:inflight:dead-a, apnsd:queue:inflight-batches:dead-a or apnsd:queue",
+        "apnsd:queue:inflight:dead-c, apnsd:queue:inflight-batches:dead-c or apnsd:queue",
+    ] == sorted(wrong)
     assert {b"dead-a", b"dead-c"} == rdb.smembers("apnsd:workers")
 
 
