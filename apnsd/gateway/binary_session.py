@@ -40,13 +40,15 @@ ID_FROM_END = binary.TAIL_SIZE - 3  # a frame's identifier starts this many byte
 
 
 class _Run:
-    """Consecutive window entries whose frames finished writing at the same moment."""
+    """Consecutive window entries whose frames finished writing at the same moment; ``end`` is the stream offset just
+    past the last of them."""
 
-    __slots__ = ("at", "count")
+    __slots__ = ("at", "count", "end")
 
-    def __init__(self, count: int, at: float) -> None:
+    def __init__(self, count: int, at: float, end: int) -> None:
         self.count = count
         self.at = at
+        self.end = end
 
 
 class BinarySession(Session):
@@ -208,20 +210,22 @@ class BinarySession(Session):
         """Start the silence clock of frames whose bytes the transport has written since."""
         unwritten, window = self._unwritten, self._window
         written = self.transport.written if self.transport is not None else 0
-        moved = 0
+        moved = end = 0
         while unwritten and unwritten[0][0] <= written:
-            window.append(unwritten.popleft()[1])
+            end, n = unwritten.popleft()
+            window.append(n)
             moved += 1
         if moved:
-            self._stamp(moved, now)
+            self._stamp(moved, now, end)
 
-    def _stamp(self, count: int, now: float) -> None:
-        """The last ``count`` window entries were written at ``now``."""
+    def _stamp(self, count: int, now: float, end: int) -> None:
+        """The last ``count`` window entries, ending at stream offset ``end``, were written at ``now``."""
         runs = self._runs
         if runs and runs[-1].at == now:
             runs[-1].count += count
+            runs[-1].end = end
         else:
-            runs.append(_Run(count, now))
+            runs.append(_Run(count, now, end))
         self._moved += count
         if self._gap:  # only while error responses are frequent is the age of written frames looked at
             self._marks.append((now, self._moved))
@@ -281,10 +285,12 @@ class BinarySession(Session):
         if unwritten:
             k = (identifier - self._first_id - len(self._window)) % ID_MOD
             reached = k + 1 if k < len(unwritten) else 0
+            end = 0
             for _ in range(reached):
-                self._window.append(unwritten.popleft()[1])
+                end, n = unwritten.popleft()
+                self._window.append(n)
             if reached:
-                self._stamp(reached, now)
+                self._stamp(reached, now, end)
 
     def _on_error(self, err: binary.ErrorResponse, now: float) -> Resolved:
         self._reached(err.identifier, now)
@@ -347,6 +353,7 @@ class BinarySession(Session):
             # Silence counts only if we listened: when the loop was held up (a busy machine), an error
             # response can sit unread in the socket although the clock says confirm_delay has passed.
             out += self._read(now)
+            self._hold_unacked(now)
         while runs and runs[0].at <= cutoff:
             count = runs.popleft().count
             self._first_id = (self._first_id + count) % ID_MOD
@@ -357,6 +364,23 @@ class BinarySession(Session):
             if self._cap >= FULL_WINDOW:
                 self._cap = None
         return out
+
+    def _hold_unacked(self, now: float) -> None:
+        """Silence counts only for frames the gateway could have read: frames still in our kernel's send queue (its
+        TCP has not acknowledged them: a gateway reading slower than we write, a congested link) start their
+        confirm_delay again now. Confirming them would record as delivered what a reset then throws away unsent."""
+        t, runs = self.transport, self._runs
+        if t is None or not runs:
+            return
+        unacked = t.unacked()
+        acked = t.written - unacked  # ciphertext is longer than its plaintext: this errs towards holding
+        if runs[-1].end <= acked:
+            return
+        for run in reversed(runs):  # offsets grow along the window: the held runs are the last ones
+            if run.end <= acked:
+                break
+            run.at = max(run.at, now)
+        self.log.debug("confirm_held", unacked=unacked, window=len(self._window))
 
     def after_loss(self, loss: Loss) -> None:
         """An abrupt loss (no error response) restarts the window small."""

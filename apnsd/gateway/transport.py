@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +102,8 @@ def _connect_tunnel(
 
 
 CHUNK = 128 * 1024  # plaintext encrypted at a time; ``written`` advances by a chunk once its ciphertext is sent
+_INT = struct.Struct("i")
+_INT_ZERO = _INT.pack(0)
 
 
 class TlsSessions:
@@ -405,6 +410,17 @@ class TlsTransport:
                 return  # the socket is full
             self.written += self._encrypted
             self._encrypted = 0
+
+    def unacked(self) -> int:
+        """Bytes the kernel took from us that the peer's TCP has not acknowledged yet (ciphertext; 0 when unknown):
+        what ``written`` counts but the gateway cannot have read."""
+        sock = self._sock
+        if sock is None or self.closed:
+            return 0
+        try:
+            return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT_ZERO))[0])
+        except OSError:
+            return 0
 
     def _send_some(self) -> int:
         assert self._sock is not None

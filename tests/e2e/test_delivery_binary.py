@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import Any
+
 import msgspec
 
+from apnsd.wire import binary
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 
 
@@ -120,3 +128,79 @@ def test_a_gateway_that_keeps_dropping_the_connection_costs_few_resends(jq, rdb,
     assert drops <= 8, drops  # ~10,000 / 3,000 drops plus slack; resending whole windows needed 30
     assert duplicates <= drops * 3000, (duplicates, drops)
     assert [] == inflight_keys(rdb)
+
+
+class StallingGateway:
+    """A binary gateway with a tiny receive buffer whose first connection reads nothing for ``stall`` seconds and is
+    then reset; later connections read every frame. ``read`` holds the hex tokens it read, in order."""
+
+    protocol = "binary"
+
+    def __init__(self, pki: Any, stall: float) -> None:
+        self.host, self.stall, self.read = "127.0.0.1", stall, []
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+        self._listener.bind((self.host, 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(5)
+            conn = self._ctx.wrap_socket(raw, server_side=True)
+            if first:
+                first = False
+                time.sleep(self.stall)  # read nothing: the client's kernel keeps what does not fit here
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # a reset: whatever was unread or unsent is gone
+                continue
+            threading.Thread(target=self._read_all, args=(conn,), daemon=True).start()
+
+    def _read_all(self, conn: ssl.SSLSocket) -> None:
+        buf = bytearray()
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except (TimeoutError, OSError):
+                return
+            if not data:
+                return
+            buf += data
+            frames, used = binary.decode_frames(buf)
+            del buf[:used]
+            self.read += [f.token.hex() for f in frames]
+
+    def close(self) -> None:
+        """Stop accepting and reading."""
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_frames_a_stalled_gateway_never_acknowledged_are_resent_not_confirmed(jq, rdb, pki, make_config):
+    """A gateway that stops reading holds our frames in our own kernel's send queue: silence there is not a
+    delivery. When it then resets the connection, they are written again on the next one, so every job the
+    stats count as delivered was read by the gateway, but for the few that fit in its tiny receive buffer."""
+    gateway = StallingGateway(pki, stall=1.0)
+    tokens = good_tokens(20_000, seed=131)
+    push_all(jq, [job(t) for t in tokens])
+    try:
+        assert 0 == run_drained(make_config(gateway, APP_DEFAULT_STANDBY_CONNECTIONS="0"))
+    finally:
+        gateway.close()
+
+    never_read = set(tokens) - set(gateway.read)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert (len(tokens), []) == (stats.get("delivered"), inflight_keys(rdb))
+    assert len(never_read) <= 100, f"{len(never_read)} delivered jobs never reached the gateway"

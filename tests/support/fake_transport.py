@@ -27,8 +27,13 @@ class FakeTransport:
         self._write_room: int | None = None  # bytes the socket still takes; None = unlimited
         self.handshake_deadline = float("inf")
         self.handshake_done = True  # False: advance() waits until the test sets it (a handshake in progress)
+        self.unacked_bytes = 0  # written bytes the gateway's TCP has not acknowledged (in our kernel's send queue)
 
     # --- scripting, from the test ------------------------------------------------------------
+
+    def unacked(self) -> int:
+        """Written bytes the gateway's TCP has not acknowledged yet (what the test set)."""
+        return self.unacked_bytes
 
     def feed(self, data: bytes) -> None:
         """Bytes from the gateway, returned by the next read()."""

@@ -113,6 +113,29 @@ def test_binary_confirms_notifications_by_silence_after_they_are_written():
     assert State.OPEN == s.state
 
 
+def test_binary_frames_the_gateway_has_not_acknowledged_wait_past_confirm_delay():
+    """Frames still in our kernel's send queue (the gateway's TCP has not acknowledged them) are not confirmed by
+    silence: their confirm_delay starts again, and a reset then resends them instead of losing them."""
+    s, net = make_session("binary")
+    batch = notes(4)
+    s.pending.extend(batch[:2])
+    s.step(T0, False)
+    s.step(T0, False)
+    s.pending.extend(batch[2:])
+    s.step(T0 + 0.01, False)
+    s.step(T0 + 0.01, False)
+    t = net.current
+    t.unacked_bytes = t.written - len(t.wire) // 2  # the last two frames (of four, same size) still unacknowledged
+
+    first = s.step(T0 + CONFIRM + 0.01, False)
+    held = s.step(T0 + 2 * CONFIRM, False)
+    t.hang_up()
+    s.step(T0 + 2 * CONFIRM + 0.01, True)
+
+    assert ([(n, DELIVERED) for n in batch[:2]], []) == (first, held)
+    assert batch[2:] == list(s.pending)  # written again on the next connection, not recorded as delivered
+
+
 def test_binary_error_response_resolves_the_named_one_and_resends_the_rest_without_a_loss():
     """Status 8 for frame 3: 1 and 2 delivered, 3 unregistered, 4 and 5 resent on a new connection, no loss counted."""
     s, net = make_session("binary")
