@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
-from apnsd.config import STOP_MARGIN, WorkerConfig
+from apnsd.config import STOP_MARGIN, WorkerConfig, read_file
 from apnsd.gateway.certinfo import Verdict
 
 # Where the image keeps it, then where supervisord and supervisorctl look by default on Debian and elsewhere.
@@ -48,9 +48,10 @@ def _programs(path: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def _read(path: str) -> configparser.RawConfigParser | None:
+    """A supervisord config file, read as apnsd reads its own (bounded, a pipe never waited on); None if unreadable."""
     parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
     try:
-        parser.read(path, encoding="utf-8")
+        parser.read_string(read_file(path).decode("utf-8"), source=path)
     except (OSError, UnicodeDecodeError, configparser.Error):
         return None
     return parser

@@ -81,3 +81,16 @@ def _write(tmp_path: Path, text: str) -> str:
     path = tmp_path / "supervisord.conf"
     path.write_text(text)
     return str(path)
+
+
+def test_an_include_that_is_a_fifo_is_skipped_without_waiting(tmp_path: Path) -> None:
+    """An [include] pattern matching a named pipe nobody writes to is read as empty at once (config.read_file's
+    rule), so `apnsd check` neither hangs nor loses the programs of the other files."""
+    import os
+
+    (tmp_path / "conf.d").mkdir()
+    os.mkfifo(tmp_path / "conf.d" / "stuck.conf")
+    main = tmp_path / "supervisord.conf"
+    main.write_text("[include]\nfiles = conf.d/*.conf\n" + PROGRAM + "stopwaitsecs=60\n")
+
+    assert ["ok"] == [v.level for v in stop_verdicts(WorkerConfig(), [str(main)])]
