@@ -102,6 +102,9 @@ class Notification(msgspec.Struct, eq=False, gc=False):
     unique_id: str = ""  # apns-unique-id of the answer (development environment only), for receipts
     channel: str | None = None  # a Live Activity broadcast to this channel id instead of a device token
     suspect: int = 0  # connections ended by a gateway protocol error while this was unanswered
+    # Its job's position in the batch's in-flight list in Redis, when it can be read back from there (one job, one
+    # token, a batch taken into a list of its own, no receipts); else -1. See core/slim.py.
+    index: int = -1
 
     @property
     def job_id(self) -> str | None:
@@ -297,13 +300,25 @@ class JobParser:
         self._parse_into(raw, good, bad, None)
         return good, bad
 
-    def parse_many(self, raws: list[bytes], batch: Any = None) -> tuple[list[Notification], list[Rejected]]:
-        """Validate a taken batch of jobs (as ``parse`` does each), every notification carrying ``batch``."""
+    def parse_many(
+        self, raws: list[bytes], batch: Any = None, indexed: bool = False
+    ) -> tuple[list[Notification], list[Rejected]]:
+        """Validate a taken batch of jobs (as ``parse`` does each), every notification carrying ``batch``; with
+        ``indexed``, a one-token job's notification also carries its position in ``raws`` (``Notification.index``)."""
         good: list[Notification] = []
         bad: list[Rejected] = []
         parse = self._parse_into
-        for raw in raws:
+        if not indexed:
+            for raw in raws:
+                parse(raw, good, bad, batch)
+            return good, bad
+        for i, raw in enumerate(raws):
+            added = len(good)
             parse(raw, good, bad, batch)
+            if len(good) == added + 1:
+                n = good[added]
+                if not n.fanout and n.channel is None:
+                    n.index = i
         return good, bad
 
     def _parse_into(self, raw: bytes, good: list[Notification], bad: list[Rejected], batch: Any) -> None:

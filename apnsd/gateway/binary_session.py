@@ -8,7 +8,8 @@ from collections import deque
 import msgspec
 
 from apnsd.core.jobs import Notification
-from apnsd.core.outcomes import BINARY_PROCESSED, DELIVERED, binary_outcome
+from apnsd.core.outcomes import BINARY_PROCESSED, DELIVERED, Outcome, binary_outcome
+from apnsd.core.slim import Entry, Slim, add
 from apnsd.errors import ProtocolError
 from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire import binary
@@ -35,6 +36,9 @@ SMOOTHING = 0.25  # weight of the newest sample in the answer-lag and run averag
 # the frames that followed the rejected one are written again from them, with new identifiers patched in, instead
 # of being encoded again.
 KEEP_BYTES = 256 * 1024
+# Written frames are held by position (core/slim.py) once older than this, while error responses are frequent (at
+# least 3 × their usual lag: what they name and what follows it is then nearly always still whole); at once before.
+SLIM_AGE = 0.02
 _ID = struct.Struct(">I")  # a frame's identifier; also its length, at offset 1 (the 5-byte header's last 4)
 ID_FROM_END = binary.TAIL_SIZE - 3  # a frame's identifier starts this many bytes before its end
 
@@ -64,12 +68,17 @@ class BinarySession(Session):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        # At ~100,000/s the window holds tens of thousands of notifications, so it keeps nothing per frame but
-        # the notification itself: identifiers are consecutive from ``_first_id`` (window first, then the
-        # unwritten frames), and the write times are kept per run of frames written together.
+        # At ~200,000/s the window holds tens of thousands of notifications, so it keeps nothing per frame but
+        # the notification itself, and soon only its position (core/slim.py): identifiers are consecutive from
+        # ``_first_id`` (window first, then the unwritten frames), and the write times are kept per run of frames
+        # written together.
         self._unwritten: deque[tuple[int, Notification]] = deque()  # (end offset, n), still buffered
-        self._window: deque[Notification] = deque()  # written, awaiting silence
-        self._runs: deque[_Run] = deque()  # the window's write times, oldest first; counts sum to len(_window)
+        # Written, awaiting silence: the older part (_old, mostly Slims: notifications held by position, see
+        # core/slim.py) before the newer one (_window, whole notifications).
+        self._old: deque[Entry] = deque()
+        self._old_count = 0  # notifications in _old
+        self._window: deque[Notification] = deque()
+        self._runs: deque[_Run] = deque()  # the window's write times, oldest first; counts sum to _written_count()
         self._first_id = 1  # the identifier of the oldest unanswered frame (window[0], else unwritten[0])
         self._queued = 0  # bytes handed to the current transport
         self._next_id = 1
@@ -121,7 +130,7 @@ class BinarySession(Session):
             if count <= 0:
                 return
         ident, queued = self._next_id, self._queued
-        if not unwritten and not self._window:
+        if not unwritten and not self._window and not self._old:
             self._first_id = ident
         out: list[bytes | memoryview | msgspec.Raw] = []
         start, first, total = queued, ident, count
@@ -217,6 +226,31 @@ class BinarySession(Session):
             moved += 1
         if moved:
             self._stamp(moved, now, end)
+            self._slim(now)
+
+    def _slim(self, now: float) -> None:
+        """Hold the window's older notifications by position (see SLIM_AGE); a trial, and one that cannot be read
+        back, stays whole."""
+        window = self._window
+        if self.hydrate is None or not window:
+            return
+        if self._gap:
+            cutoff, due = now - max(SLIM_AGE, 3 * self._lag), -self._old_count
+            for run in self._runs:
+                if run.at > cutoff:
+                    break
+                due += run.count
+        else:
+            due = len(window)
+        old, trial, k = self._old, self.hold.trial, 0
+        while k < due and window:
+            n = window.popleft()
+            if n.index < 0 or n is trial:
+                old.append(n)
+            else:
+                add(old, n)
+            k += 1
+        self._old_count += k
 
     def _stamp(self, count: int, now: float, end: int) -> None:
         """The last ``count`` window entries, ending at stream offset ``end``, were written at ``now``."""
@@ -230,19 +264,14 @@ class BinarySession(Session):
         if self._gap:  # only while error responses are frequent is the age of written frames looked at
             self._marks.append((now, self._moved))
 
-    def _pop(self) -> Notification:
-        """Take the oldest window entry (answered or confirmed)."""
-        self._first_id = (self._first_id + 1) % ID_MOD
-        run = self._runs[0]
-        run.count -= 1
-        if not run.count:
-            self._runs.popleft()
-        return self._window.popleft()
+    def _written_count(self) -> int:
+        """Notifications written and awaiting silence."""
+        return self._old_count + len(self._window)
 
-    def _deliver(self, count: int) -> Resolved:
-        """The ``count`` oldest window entries were delivered (an error response named a later one)."""
-        runs, window, left = self._runs, self._window, count
+    def _take(self, count: int) -> list[Entry]:
+        """Remove the ``count`` oldest written notifications (a Slim is split where the count ends inside it)."""
         self._first_id = (self._first_id + count) % ID_MOD
+        runs, left = self._runs, count
         while left:
             run = runs[0]
             if run.count > left:
@@ -250,7 +279,26 @@ class BinarySession(Session):
                 break
             left -= run.count
             runs.popleft()
-        return [(window.popleft(), DELIVERED) for _ in range(count)]
+        out: list[Entry] = []
+        old = self._old
+        while count and old:
+            e = old[0]
+            size = len(e) if type(e) is Slim else 1
+            if size > count:
+                out.append(e.split(count))  # type: ignore[union-attr]  # size > 1: a Slim
+                self._old_count -= count
+                return out
+            old.popleft()
+            out.append(e)
+            self._old_count -= size
+            count -= size
+        window = self._window
+        out += [window.popleft() for _ in range(count)]
+        return out
+
+    def _deliver(self, count: int) -> Resolved:
+        """The ``count`` oldest window entries were delivered (an error response named a later one)."""
+        return [(e, DELIVERED) for e in self._take(count)]
 
     def _ahead_room(self, now: float) -> int | None:
         """How many more frames may be put at risk now (None: no limit, error responses are not frequent)."""
@@ -283,7 +331,7 @@ class BinarySession(Session):
         even if the transport's count of written bytes (per chunk) has not caught up yet."""
         unwritten = self._unwritten
         if unwritten:
-            k = (identifier - self._first_id - len(self._window)) % ID_MOD
+            k = (identifier - self._first_id - self._written_count()) % ID_MOD
             reached = k + 1 if k < len(unwritten) else 0
             end = 0
             for _ in range(reached):
@@ -291,21 +339,20 @@ class BinarySession(Session):
                 self._window.append(n)
             if reached:
                 self._stamp(reached, now, end)
+                self._slim(now)
 
     def _on_error(self, err: binary.ErrorResponse, now: float) -> Resolved:
         self._reached(err.identifier, now)
-        window = self._window
+        written = self._written_count()
         out: Resolved = []
-        if not window:
+        if not written:
             self.log.warning("error_response_late", status=err.status, identifier=err.identifier)
             return out
         idx = (err.identifier - self._first_id) % ID_MOD
-        if idx >= len(window):
+        if idx >= written:
             # The named notification was confirmed already (or never ours): everything still in the
             # window came after it, so the gateway discarded all of it and it must all be resent.
-            self.log.warning(
-                "error_response_late", status=err.status, identifier=err.identifier, unconfirmed=len(window)
-            )
+            self.log.warning("error_response_late", status=err.status, identifier=err.identifier, unconfirmed=written)
             self.explanation = f"error response {err.status}"
             return out
         if idx == 0 and err.status not in BINARY_PROCESSED and not self._productive:
@@ -316,23 +363,30 @@ class BinarySession(Session):
         self._run += idx
         if err.status in BINARY_PROCESSED:
             # No errors (0) and Shutdown (10) name the last notification processed, which therefore succeeded.
-            out.append((self._pop(), DELIVERED))
+            out += self._deliver(1)
             self._run += 1
         else:
             written_at = self._runs[0].at
-            n = self._pop()
+            (e,) = self._take(1)
             self._learn(now - written_at)
-            out.append((n, outcome))
             self.log.info(
                 "error_response",
                 status=err.status,
                 reason=outcome.reason,
-                notification=self.describe(n),
+                notification=self.describe(e),
                 outcome=outcome.kind.value,
-                resend=len(window),
+                resend=self._written_count(),
             )
+            out += self._answered(e, outcome)
         self.explanation = f"error response {err.status} ({outcome.reason})"
         return out
+
+    def _answered(self, e: Entry, outcome: Outcome) -> Resolved:
+        """The outcome of one notification the gateway named (read back first if held by position)."""
+        if not isinstance(e, Slim):
+            return [(e, outcome)]
+        notes, _ = self.restore([e], outcome)
+        return [(n, outcome) for n in notes]
 
     def _learn(self, lag: float) -> None:
         """An error response came ``lag`` seconds after its frame was written, after a run of accepted frames."""
@@ -347,19 +401,23 @@ class BinarySession(Session):
     def on_timer(self, now: float) -> Resolved:
         """Confirm notifications that stayed unanswered for ``confirm_delay`` after they were written."""
         self._written(now)
-        window, runs, cutoff = self._window, self._runs, now - self.cfg.confirm_delay
+        self._slim(now)
+        runs, cutoff = self._runs, now - self.cfg.confirm_delay
         out: Resolved = []
         if runs and runs[0].at <= cutoff and self.transport is not None:
             # Silence counts only if we listened: when the loop was held up (a busy machine), an error
             # response can sit unread in the socket although the clock says confirm_delay has passed.
             out += self._read(now)
             self._hold_unacked(now)
-        while runs and runs[0].at <= cutoff:
-            count = runs.popleft().count
-            self._first_id = (self._first_id + count) % ID_MOD
-            out += [(window.popleft(), DELIVERED) for _ in range(count)]
-        self._run += len(out)
-        if out and self._cap is not None:
+        due = 0
+        for run in runs:
+            if run.at > cutoff:
+                break
+            due += run.count
+        if due:
+            out += self._deliver(due)
+        self._run += due
+        if due and self._cap is not None:
             self._cap *= 2
             if self._cap >= FULL_WINDOW:
                 self._cap = None
@@ -380,7 +438,7 @@ class BinarySession(Session):
             if run.end <= acked:
                 break
             run.at = max(run.at, now)
-        self.log.debug("confirm_held", unacked=unacked, window=len(self._window))
+        self.log.debug("confirm_held", unacked=unacked, window=self._written_count())
 
     def after_loss(self, loss: Loss) -> None:
         """An abrupt loss (no error response) restarts the window small."""
@@ -410,12 +468,18 @@ class BinarySession(Session):
 
     def unanswered_count(self) -> int:
         """Sent (written or still buffered) but not yet confirmed."""
-        return len(self._window) + len(self._unwritten)
+        return self._old_count + len(self._window) + len(self._unwritten)
 
     def take_unanswered(self) -> list[Notification]:
-        """Empty the window and the unwritten frames, oldest first."""
-        notes = [*self._window, *(n for _, n in self._unwritten)]
-        self._keep_for_resend(notes)
+        """Empty the window and the unwritten frames, oldest first (those held by position read back)."""
+        notes, whole = self.restore([*self._old, *self._window, *(n for _, n in self._unwritten)])
+        if whole:
+            self._keep_for_resend(notes)
+        else:  # some are missing: the kept frames no longer line up with the notifications
+            self._kept.clear()
+            self._drop_reuse()
+        self._old.clear()
+        self._old_count = 0
         self._window.clear()
         self._runs.clear()
         self._unwritten.clear()

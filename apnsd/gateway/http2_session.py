@@ -67,7 +67,7 @@ class Http2Session(Session):
         self._starved_since: float | None = None  # notifications wait, yet the gateway allows no stream
         self._hold = False  # this connection must send nothing more: the work waits for a fresh one
         self._expired_from_sid = 0  # streams from here on were sent after an ExpiredProviderToken (re-signed)
-        self._unsendable: Resolved = []  # notifications whose headers could not be encoded
+        self._unsendable: list[tuple[Notification, Outcome]] = []  # notifications whose headers could not be encoded
         self._alone: int | None = None  # the stream of a suspect on the wire by itself (see _suspects)
         self._early_goaway = False  # a GOAWAY came within SHORT_LIVED of connecting
         self._timed: dict[int, float] = {}  # sampled stream id → when its request was written
@@ -359,7 +359,8 @@ class Http2Session(Session):
         if h2 is None or self.transport is None:
             return []
         if self._unsendable:
-            out, self._unsendable = self._unsendable, []
+            out: Resolved = [*self._unsendable]
+            self._unsendable = []
             return out
         if h2.goaway is not None and not self._streams:
             self._count_early_goaway(now)

@@ -12,7 +12,8 @@ from apnsd.config import AppConfig
 from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, DELIVERED, Kind, Outcome
-from apnsd.core.pacing import ConnectPacer
+from apnsd.core.pacing import ConnectPacer, outage_delay
+from apnsd.core.slim import Entry, Hydrate, Slim
 from apnsd.core.suspension import (
     CREDENTIAL_REASONS,
     SuspendState,
@@ -22,7 +23,7 @@ from apnsd.core.suspension import (
 )
 from apnsd.errors import GatewayError, GatewayRejected
 
-Resolved = list[tuple[Notification, Outcome]]
+Resolved = list[tuple[Notification | Slim, Outcome]]  # a Slim only ever as a delivery
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
 ERRORS_FOR_STANDBY = 2  # connections in a row that delivered, then ended young on the gateway's answer
@@ -104,6 +105,12 @@ class Session:
         self._connects = metrics.CONNECTS.labels(app)
         self._resent = metrics.RESENT.labels(app)
         self._disconnects: dict[str, metrics.Counter] = {}
+        # Reads back notifications a window holds by position (set by the delivery loop; None: never slimmed).
+        self.hydrate: Hydrate | None = None
+        # Slims that could not be read back yet, each with the outcome it got (None: to be sent again).
+        self.limbo: list[tuple[Slim, Outcome | None]] = []
+        self._limbo_at = 0.0  # when to try reading them back again
+        self._limbo_failures = 0  # attempts in a row that failed: the next waits outage_delay() of it
 
     # --- what the delivery loop calls -------------------------------------------------------
 
@@ -123,11 +130,11 @@ class Session:
     @property
     def busy(self) -> bool:
         """True while anything is pending or awaiting the gateway's answer."""
-        return bool(self.pending) or bool(self.parked) or self.unanswered_count() > 0
+        return bool(self.pending) or bool(self.parked) or bool(self.limbo) or self.unanswered_count() > 0
 
     def step(self, now: float, readable: bool) -> Resolved:
         """Read, time out, connect, send: everything due now; returns notifications that got an outcome."""
-        out: Resolved = []
+        out: Resolved = self._from_limbo(now) if self.limbo and now >= self._limbo_at else []
         if readable and self.transport is not None:
             out += self._read(now)
         if readable and self.standbys:
@@ -204,6 +211,8 @@ class Session:
     def deadline(self, now: float) -> float:
         """When step() must next run even if the socket stays quiet."""
         dial = min(t.handshake_deadline for t in self._dialing) if self._dialing else now + 3600.0
+        if self.limbo:
+            dial = min(dial, self._limbo_at)
         if self.transport is None:
             if self.pending and not self.disabled and not self._dialing:
                 return now if self.standbys else self.pacer.next_attempt(now)
@@ -217,6 +226,11 @@ class Session:
         notes = self.take_unanswered() + list(self.pending) + self.parked
         self.pending.clear()
         self.parked = []
+        waiting, self.limbo = self.limbo, []
+        notes += self.restore([s for s, _ in waiting])[0]
+        if self.limbo:  # still unreadable: they stay in flight in Redis, returned to the queue when the worker stops
+            self.log.warning("left_in_flight", notifications=sum(len(s) for s, _ in self.limbo))
+            self.limbo = []
         return notes
 
     def close(self, cause: str) -> None:
@@ -305,7 +319,7 @@ class Session:
                 probe = self.cfg.credential_probe_interval
                 self.suspend(credential_suspension(refused.reason, refused.status, self.cfg.environment, probe), now)
         if self.suspended:
-            parked = [n for n, o in out if hold.parks(o.reason)]
+            parked = [n for n, o in out if hold.parks(o.reason) and isinstance(n, Notification)]
             if parked:
                 self.parked += parked
                 out = [(n, o) for n, o in out if not hold.parks(o.reason)]
@@ -528,6 +542,68 @@ class Session:
         counter.inc()
         self.log.info("disconnected", reason=cause, resend=resent)
 
-    def describe(self, n: Notification) -> str:
+    def describe(self, n: Entry) -> str:
         """A short, log-safe name for a notification."""
+        if type(n) is Slim:
+            return f"job {n.positions[0]} of batch {getattr(n.batch.commit, 'batch_id', '?')}"
+        assert isinstance(n, Notification)
         return f"{shorten(n.token)}#{n.apns_id[-6:]}" if n.apns_id else shorten(n.token)
+
+    # --- notifications held by position (core/slim.py) ------------------------------------------------
+
+    def restore(self, entries: list[Entry], outcome: Outcome | None = None) -> tuple[list[Notification], bool]:
+        """``entries`` as notifications, Slims read back in place; returns them and whether all came back in order.
+
+        What cannot be read now (Redis unavailable) waits in limbo with ``outcome`` and is tried again after
+        ``outage_delay``; a job that can no longer be sent is left out (the loop recorded it)."""
+        slims = [e for e in entries if isinstance(e, Slim)]
+        if not slims:
+            return entries, True  # type: ignore[return-value]  # no Slim: notifications only
+        back = self._read_back(slims)
+        if back is None:
+            self.limbo += [(s, outcome) for s in slims]
+            return [e for e in entries if not isinstance(e, Slim)], False
+        notes: list[Notification] = []
+        whole = True
+        parts = iter(back)
+        for e in entries:
+            if isinstance(e, Slim):
+                got = next(parts)
+                whole = whole and len(got) == len(e)
+                notes += got
+            else:
+                notes.append(e)
+        return notes, whole
+
+    def _read_back(self, slims: list[Slim]) -> list[list[Notification]] | None:
+        """One attempt at reading Slims back (see core/slim.Hydrate); a failure is logged and backs the next off."""
+        back = self.hydrate(slims) if self.hydrate is not None else None
+        if back is not None:
+            self._limbo_failures = 0
+            return back
+        self._limbo_failures += 1
+        if self._limbo_failures == 1 or self._limbo_failures % 10 == 0:
+            self.log.warning(
+                "jobs_unreadable",
+                notifications=sum(len(s) for s in slims),
+                retry_in=round(outage_delay(self._limbo_failures), 2),
+            )
+        return None
+
+    def _from_limbo(self, now: float) -> Resolved:
+        """Try again to read back what waits in limbo (all at once): answered ones come out with their outcome, the
+        rest goes to the front of the pending queue."""
+        back = self._read_back([s for s, _ in self.limbo])
+        if back is None:
+            self._limbo_at = now + outage_delay(self._limbo_failures)
+            return []
+        waiting, self.limbo = self.limbo, []
+        out: Resolved = []
+        again: list[Notification] = []
+        for (_, outcome), notes in zip(waiting, back, strict=True):
+            if outcome is None:
+                again += notes
+            else:
+                out += [(n, outcome) for n in notes]
+        self.pending.extendleft(reversed(again))
+        return out

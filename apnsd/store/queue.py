@@ -233,6 +233,15 @@ class JobQueue:
             keys = [self.keys.inflight(queue, self.worker_id), self.keys.inflight_list(queue, self.worker_id, batch_id)]
             return list(self._claim(keys=keys, args=[batch_id]))
 
+    def batch_jobs(self, queue: str, batch_id: str) -> list[bytes]:
+        """The jobs of one of this worker's in-flight batches taken into a list, oldest first, as ``take`` returned
+        them (empty when the list is gone); read back while the batch is unresolved, so unchanged since."""
+        batch = self.keys.inflight_list(queue, self.worker_id, batch_id)
+        with redis_errors("reading an in-flight batch", batch):
+            jobs: list[bytes] = list(self.client.lrange(batch, 0, -1))  # type: ignore[arg-type]  # bytes replies
+        jobs.reverse()
+        return jobs
+
     def _other_slot(self, key: str) -> bool:
         """Cluster mode: does ``key`` live in another slot than the shared (prefix) keys?"""
         return self.cluster and key_slot(key.encode()) != key_slot(self.keys.dead.encode())

@@ -141,7 +141,7 @@ class Feeder(threading.Thread):
             batch_id, raws = self._uncertain, jq.claim(queue, self._uncertain)
             self._uncertain = None
             if raws:
-                return Taken(batch_id, raws, queue)
+                return Taken(batch_id, raws, queue, listed=True)
             held.discard(batch_id)
         batch_id = jq.next_batch_id()
         held.add(batch_id)  # before the take, so that an orphan sweep never sees it unheld
@@ -150,7 +150,7 @@ class Feeder(threading.Thread):
         self._uncertain = None
         if not raws:
             held.discard(batch_id)
-        return Taken(batch_id, raws, queue)
+        return Taken(batch_id, raws, queue, listed=True)
 
 
 def _raiser(exc: Exception) -> Callable[[], None]:

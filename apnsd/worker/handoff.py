@@ -43,6 +43,7 @@ class Taken:
     raws: list[bytes]
     queue: str = ""  # the list (lane key) the jobs were taken from; empty: the loop's queue
     ahead: bool = False  # from the first of several lanes, or the starvation guard's share: jumps the backlog
+    listed: bool = False  # in flight as a list of its own, in this order (store.queue.JobQueue.take)
 
 
 class Handoff:

@@ -14,6 +14,7 @@ from apnsd.config import AppConfig
 from apnsd.core.jobs import Notification, Rejected, retry_job, single_job
 from apnsd.core.outcomes import DELIVERED, Kind, Outcome
 from apnsd.core.retry import RetryPolicy, decide
+from apnsd.core.slim import Slim
 from apnsd.store.queue import Commit
 
 _DELIVERED = Kind.DELIVERED.value
@@ -34,6 +35,7 @@ class Batch:
     )  # dead-letter and unregistered reasons, for the batch log line
     # In taking order; keyed by the notification itself (it hashes by identity), no id() number per entry.
     unresolved: dict[Notification, None] = field(default_factory=dict)
+    slimmed: int = 0  # unresolved notifications a binary window holds by position instead (core/slim.py)
     # The owning loop's list of batches resolved in part since its last slice (None: commit whole batches
     # only), and whether this batch is on it.
     slices: list[Batch] | None = None
@@ -124,16 +126,17 @@ class OutcomeRecorder:
             b.tally[(n.app, Kind.DEAD.value)] += 1
             return self._done(b)
 
-    def record_all(self, resolved: list[tuple[Notification, Outcome]], now: float) -> list[Batch]:
+    def record_all(self, resolved: list[tuple[Notification | Slim, Outcome]], now: float) -> list[Batch]:
         """Record outcomes in order (as ``record`` does each); returns the batches they completed, in order.
 
         Deliveries without receipts, the bulk of every answer, are counted per run of one batch: one tally
-        update and one check for completion per run instead of per notification.
+        update and one check for completion per run instead of per notification. A Slim (always a delivery)
+        is counted whole.
         """
         done: list[Batch] = []
         if self.results:
             for n, outcome in resolved:
-                completed = self.record(n, outcome, now)
+                completed = self.record_slim(n, now) if isinstance(n, Slim) else self.record(n, outcome, now)
                 if completed is not None:
                     done.append(completed)
             return done
@@ -141,6 +144,14 @@ class OutcomeRecorder:
         app = ""
         k = 0
         for n, outcome in resolved:
+            if isinstance(n, Slim):
+                if run is not None and self._delivered(run, app, k):
+                    done.append(run)
+                run = None
+                completed = self.record_slim(n, now)
+                if completed is not None:
+                    done.append(completed)
+                continue
             if outcome is DELIVERED:
                 b: Batch = n.batch
                 if b is not run or n.app != app:
@@ -162,6 +173,18 @@ class OutcomeRecorder:
         if run is not None and self._delivered(run, app, k):
             done.append(run)
         return done
+
+    def record_slim(self, s: Slim, now: float) -> Batch | None:
+        """Record the delivery of every notification of ``s``; returns its batch when that completed it."""
+        b: Batch = s.batch
+        k = len(s)
+        b.slimmed -= k
+        if s.stamps is not None:
+            observe = metrics.LATENCY.labels(s.app).observe
+            for at in s.stamps:
+                if at == at:  # NaN: that one had no enqueued_at
+                    observe(max(0.0, now - at))
+        return b if self._delivered(b, s.app, k) else None
 
     def _delivered(self, b: Batch, app: str, k: int) -> bool:
         """Count ``k`` deliveries of one app in ``b``; True when that completed the batch."""
@@ -287,12 +310,19 @@ class OutcomeRecorder:
         fan-out job's resolved tokens drop out of it). Batches completed meanwhile are left whole; the
         list is emptied."""
         parts: list[Batch] = []
+        later: list[Batch] = []
         for b in touched:
+            if b.slimmed:  # its list must stay as taken while a window holds positions in it: next slice
+                later.append(b)
+                continue
             b.touched = False
             if not b.remaining or not b.tally:
                 continue
             c = b.commit
-            keep = [single_job(n) for n in b.unresolved]
+            keep = []
+            for n in b.unresolved:
+                keep.append(single_job(n))
+                n.index = -1  # what stays in flight moves out of the list: no longer read back by position
             resolved = Commit(
                 c.queue,
                 c.batch_id,
@@ -309,7 +339,7 @@ class OutcomeRecorder:
             b.commit = Commit(c.queue, c.batch_id)
             b.tally, b.reasons = Counter(), {}
             parts.append(part)
-        touched.clear()
+        touched[:] = later
         return parts
 
 

@@ -1,0 +1,165 @@
+"""Binary windows hold written jobs by their position in Redis (core/slim.py): the daemon reads them back from their
+in-flight lists when the gateway names one or they must be sent again, with real Redis, real TLS and a real daemon,
+also when Redis refuses that read or the list is gone."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from apnsd.wire import binary
+from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
+
+BAD = "bad0"
+
+
+class NamingGateway:
+    """A binary gateway that reads every frame; the first frame whose token starts with BAD runs ``hook`` (the test's
+    interference with Redis) and is then answered with error response 8 (InvalidToken), ending the connection. Later
+    BAD frames are answered the same way without the hook. ``read`` counts the tokens read, BAD ones included."""
+
+    protocol = "binary"
+
+    def __init__(self, pki: Any, hook: Callable[[], None]) -> None:
+        self.host, self.hook, self.read = "127.0.0.1", hook, Counter[str]()
+        self.hooked = threading.Event()
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        self._ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # tickets inside the handshake, as legacy clients expect
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((self.host, 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(5)
+            try:
+                conn = self._ctx.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError):
+                raw.close()
+                continue
+            threading.Thread(target=self._read_all, args=(conn,), daemon=True).start()
+
+    def _read_all(self, conn: ssl.SSLSocket) -> None:
+        buf = bytearray()
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except (TimeoutError, OSError):
+                    return
+                if not data:
+                    return
+                buf += data
+                frames, used = binary.decode_frames(buf)
+                del buf[:used]
+                for f in frames:
+                    token = f.token.hex()
+                    with self._lock:
+                        self.read[token] += 1
+                    if token.startswith(BAD):
+                        if not self.hooked.is_set():
+                            self.hook()
+                            self.hooked.set()
+                        conn.sendall(binary.encode_error_response(8, f.identifier))
+                        return  # the gateway ends the connection; what followed on it is discarded
+
+    def close(self) -> None:
+        """Stop accepting and reading."""
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def jobs_with_one_bad(count: int, bad_at: int, seed: int) -> list[str]:
+    tokens = good_tokens(count, seed=seed)
+    tokens[bad_at] = BAD + tokens[bad_at][len(BAD) :]
+    return tokens
+
+
+def drain(gateway: NamingGateway, make_config: Callable[..., Any]) -> None:
+    try:
+        assert 0 == run_drained(make_config(gateway, APP_DEFAULT_STANDBY_CONNECTIONS="0"), timeout=60)
+    finally:
+        gateway.close()
+
+
+def test_the_named_job_and_those_after_it_are_read_back_from_redis_and_each_ends_once(jq, rdb, pki, make_config):
+    """An error response names a job the window held by position only: its dead-letter-free unregistered record
+    carries the right token, every other job reaches the gateway, and nothing is left in flight."""
+    tokens = jobs_with_one_bad(5000, 3210, seed=41)
+    gateway = NamingGateway(pki, lambda: None)
+    push_all(jq, [job(t) for t in tokens])
+
+    drain(gateway, make_config)
+
+    assert {tokens[3210]} == set(jq.unregistered())
+    assert set(tokens) == set(gateway.read)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert (4999, 1) == (stats.get("delivered"), stats.get("unregistered"))
+    assert ([], []) == (jq.dead_entries(10), inflight_keys(rdb))
+
+
+def test_redis_refusing_the_read_back_delays_the_named_job_without_losing_any(jq, rdb, pki, make_config, redis_server):
+    """Redis refuses every new connection (a password set, the daemon's connections killed) when the gateway names a
+    held job: its outcome and the resend wait until Redis answers again, then every job ends exactly once."""
+    tokens = jobs_with_one_bad(5000, 2500, seed=43)
+
+    def outage() -> None:
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.config_set("requirepass", "not-apnsd")
+        admin.execute_command("AUTH", "not-apnsd")
+        admin.client_kill_filter(_type="normal", skipme=True)
+        threading.Timer(1.5, lambda: admin.config_set("requirepass", "")).start()
+
+    gateway = NamingGateway(pki, outage)
+    push_all(jq, [job(t) for t in tokens])
+
+    drain(gateway, make_config)
+
+    assert gateway.hooked.is_set()
+    assert {tokens[2500]} == set(jq.unregistered())
+    assert set(tokens) == set(gateway.read)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert (4999, 1) == (stats.get("delivered"), stats.get("unregistered"))
+    assert ([], []) == (jq.dead_entries(10), inflight_keys(rdb))
+
+
+def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not_dropped(jq, rdb, pki, make_config):
+    """An operator deletes the in-flight lists while the window holds their jobs by position: the named job and the
+    ones after it in those batches cannot be read back. Each is dead-lettered as in_flight_job_lost, saying which
+    job of which batch, and every other job still ends exactly once."""
+    tokens = jobs_with_one_bad(3000, 1500, seed=47)
+
+    def delete_lists() -> None:
+        for key in rdb.scan_iter(match="*:inflight-batch:*"):
+            rdb.delete(key)
+
+    gateway = NamingGateway(pki, delete_lists)
+    push_all(jq, [job(t) for t in tokens])
+
+    drain(gateway, make_config)
+
+    dead = jq.dead_entries(5000)
+    assert dead and {"in_flight_job_lost"} == {d["reason"] for d in dead}
+    assert all("of in-flight batch" in d["detail"] and "gone from Redis" in d["detail"] for d in dead)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
+    assert len(set(tokens) - set(gateway.read)) <= len(dead)  # every job the gateway never read is dead-lettered
+    assert [] == inflight_keys(rdb)
