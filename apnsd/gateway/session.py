@@ -13,7 +13,7 @@ from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, DELIVERED, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer, outage_delay
-from apnsd.core.slim import Entry, Hydrate, Slim
+from apnsd.core.slim import Entry, Hydrate, Slim, count
 from apnsd.core.suspension import (
     CREDENTIAL_REASONS,
     SuspendState,
@@ -310,7 +310,11 @@ class Session:
         # Nearly every answer is a delivery, which neither trips the breaker nor the guard nor is parked.
         odd = [o for _, o in out if o is not DELIVERED]
         if not odd and hold.suspension is None:
-            if self.guard.min_answers and self.guard.observe(len(out), 0, now) and self.guard.tripped is not None:
+            if (
+                self.guard.min_answers
+                and self.guard.observe(count(n for n, _ in out), 0, now)
+                and self.guard.tripped is not None
+            ):
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
             return out
         if not self.suspended:
@@ -326,7 +330,7 @@ class Session:
         elif self.guard.min_answers:
             # The answers that trip the guard are recorded: they are the evidence; later ones are parked.
             bad = sum(1 for o in odd if o.reason == BAD_DEVICE_TOKEN)
-            if self.guard.observe(len(out), bad, now) and self.guard.tripped is not None:
+            if self.guard.observe(count(n for n, _ in out), bad, now) and self.guard.tripped is not None:
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
         return out
 

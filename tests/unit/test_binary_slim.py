@@ -348,3 +348,15 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
     assert len(ended) == len(set(ended))  # nothing answered twice
     by_position = sorted(n.index for n, _ in outcomes) + sorted(n.index for n in left)
     assert list(range(fed)) == sorted(by_position)  # every one sent: an outcome, or returned at shutdown
+
+
+def test_the_mismatch_guard_counts_each_delivery_held_by_position_not_each_slim():
+    """The guard's share of BadDeviceToken answers needs every answer counted: 1,000 deliveries confirmed as one
+    Slim are 1,000 answers."""
+    store = store_of(1000)
+    s, t = connected(store)
+    write_all(s, t, store.notes, 0.0)
+
+    s.step(0.3, False)
+
+    assert 1000 == s.guard._answers
