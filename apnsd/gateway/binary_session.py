@@ -65,6 +65,7 @@ class BinarySession(Session):
 
     protocol = "binary"
     keeps_standby = True  # every error response ends the connection: the resend starts on a warm one
+    holds_positions = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -75,6 +75,7 @@ class Session:
     protocol = ""
     watch_answers = True  # False for a one-shot send, which reports every answer itself
     keeps_standby = False  # the protocol benefits from a warm standby connection (binary: every error ends one)
+    holds_positions = False  # its window holds written notifications by position (core/slim.py): binary
 
     def __init__(self, app: str, cfg: AppConfig, make_transport: Callable[[], Transport], log: logs.Logger) -> None:
         self.app = app

@@ -395,7 +395,8 @@ class DeliveryLoop:
         batch = Batch(Commit(queue, taken.batch_id))
         # Held by position in binary windows when the batch is a list of its own and no receipts are written (a
         # receipt needs each job's id, read from the job: reading it back for every delivery would cost too much).
-        notes, rejects = self.parser.parse_many(taken.raws, batch, taken.listed and not self.recorder.results)
+        indexed = taken.listed and not self.recorder.results and any(s.holds_positions for s in self.sessions.values())
+        notes, rejects = self.parser.parse_many(taken.raws, batch, indexed)
         batch.unresolved = dict.fromkeys(notes)
         batch.slices = self._touched
         batch.remaining = len(notes) + len(rejects)
