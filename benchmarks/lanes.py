@@ -13,7 +13,8 @@ throttle: max_rate = --max-rate on one app, --workers worker processes, a backlo
 far:      a campaign alone against a sink that answers 50 ms late, with and without lanes: delivered/s over
           --far-seconds (lower lanes go out a window at a time; this checks it opens up for a far gateway).
 drain:    --bulk jobs alone against the loopback sink, on the bulk lane and without lanes, alternately, --repeat
-          times: delivered/s over --far-seconds when no urgent job comes (lower lanes are then taken full size).
+          times: delivered/s over --far-seconds when no urgent job comes (lower lanes are then taken full size),
+          and Redis's CPU per 10,000 jobs over that window (far reports it too).
 Prints the figures with the load average and writes benchmarks/results/lanes-<UTC timestamp>.json.
 """
 
@@ -36,7 +37,7 @@ import redis
 from apnsd.testing.devpki import make_dev_pki
 from apnsd.testing.redis_server import RedisServer
 from benchmarks import workload
-from benchmarks.sinks import LOCATIONS_50MS, NginxSink, python_for
+from benchmarks.sinks import LOCATIONS_50MS, NginxSink, proc_cpu, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
 URGENT, BULK = f"{workload.QUEUE}:urgent", f"{workload.QUEUE}:bulk"
@@ -217,14 +218,25 @@ class LaneBench:
                 while workload.resolved(workload.outcomes(r)) == 0:
                     time.sleep(0.01)
                 time.sleep(2.0)
-                d0, t0 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                assert rs.proc
+                d0, t0, cpu0 = workload.resolved(workload.outcomes(r)), time.monotonic(), proc_cpu(rs.proc.pid)
                 time.sleep(a.far_seconds)
-                d1, t1 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                d1, t1, cpu1 = workload.resolved(workload.outcomes(r)), time.monotonic(), proc_cpu(rs.proc.pid)
                 left = r.llen(queue)
             finally:
                 child.stop()
         load = round(os.getloadavg()[0], 2)
-        return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0, "load": load}
+        # Redis's CPU over the window per 10,000 jobs resolved in it: the take, the commits and the harness's polls
+        redis_cpu = (cpu1 - cpu0) / max(1, d1 - d0) * 10_000
+        rate = (d1 - d0) / (t1 - t0)
+        return {
+            "lanes": lanes,
+            "rate": rate,
+            "redis_cpu_per_10k": redis_cpu,
+            "still_queued": left,
+            "ok": left > 0,
+            "load": load,
+        }
 
     def close(self) -> None:
         """Stop the sinks by their PIDs and remove the work directory (PKI, nginx files, daemon state)."""
@@ -290,8 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         if "drain" in only:
             report["drain"] = [bench.far(lanes, near=True) for _ in range(args.repeat) for lanes in (True, False)]
             log(
-                "campaign alone on the loopback sink, delivered/s: "
-                + ", ".join(f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f}" for f in report["drain"])
+                "campaign alone on the loopback sink, delivered/s (Redis CPU s per 10k jobs): "
+                + ", ".join(
+                    f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f} ({f['redis_cpu_per_10k']:.3f})"
+                    for f in report["drain"]
+                )
             )
         if "throttle" in only:
             thr = bench.throttle()
