@@ -20,6 +20,7 @@ from typing import Any
 import redis
 import redis.cluster
 import redis.sentinel
+from redis.commands.core import Script
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, tagged_prefix
@@ -180,7 +181,7 @@ class JobQueue:
         return batch_id, jobs
 
     def _run_and_read(
-        self, script: Any, source: str, keys: list[str], args: list[Any], lists: list[str]
+        self, script: Script, source: str, keys: list[str], args: list[Any], lists: list[str]
     ) -> tuple[Any, list[list[bytes]]]:
         """A take script and the LRANGE of each list it may have filled, in one round trip: (its reply, the lists).
 
