@@ -1,6 +1,6 @@
 """Priority lanes and throttles, measured end to end against the nginx HTTP/2 sink.
 
-    .venv/bin/python -m benchmarks.lanes [--only latency,throttle,far,drain] [--bulk 1000000] [--seconds 20]
+    .venv/bin/python -m benchmarks.lanes [--only latency,throttle,far,drain,takes] [--bulk 1000000] [--seconds 20]
                                          [--repeat 3] [--urgent-rate 100] [--max-rate 5000] [--workers 3]
                                          [--daemon-env K=V]
 
@@ -13,7 +13,11 @@ throttle: max_rate = --max-rate on one app, --workers worker processes, a backlo
 far:      a campaign alone against a sink that answers 50 ms late, with and without lanes: delivered/s over
           --far-seconds (lower lanes go out a window at a time; this checks it opens up for a far gateway).
 drain:    --bulk jobs alone against the loopback sink, on the bulk lane and without lanes, alternately, --repeat
-          times: delivered/s over --far-seconds when no urgent job comes (lower lanes are then taken full size).
+          times: delivered/s over --far-seconds when no urgent job comes (lower lanes are then taken full size),
+          and Redis's CPU per 10,000 jobs over that window (far reports it too).
+takes:    the take path alone, no daemon: --take-jobs on the bulk lane (the lanes script) and on a queue without
+          lanes (the plain take), alternately, --repeat times; taken 1,000 at a time, each batch committed as
+          delivered; Redis's CPU and the jobs/s of that loop.
 Prints the figures with the load average and writes benchmarks/results/lanes-<UTC timestamp>.json.
 """
 
@@ -33,10 +37,12 @@ from typing import Any
 
 import redis
 
+from apnsd.store.layout import Commit
+from apnsd.store.queue import JobQueue, connect
 from apnsd.testing.devpki import make_dev_pki
 from apnsd.testing.redis_server import RedisServer
 from benchmarks import workload
-from benchmarks.sinks import LOCATIONS_50MS, NginxSink, python_for
+from benchmarks.sinks import LOCATIONS_50MS, NginxSink, proc_cpu, python_for
 
 REPO = str(Path(__file__).resolve().parent.parent)
 URGENT, BULK = f"{workload.QUEUE}:urgent", f"{workload.QUEUE}:bulk"
@@ -217,14 +223,53 @@ class LaneBench:
                 while workload.resolved(workload.outcomes(r)) == 0:
                     time.sleep(0.01)
                 time.sleep(2.0)
-                d0, t0 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                assert rs.proc
+                d0, t0, cpu0 = workload.resolved(workload.outcomes(r)), time.monotonic(), proc_cpu(rs.proc.pid)
                 time.sleep(a.far_seconds)
-                d1, t1 = workload.resolved(workload.outcomes(r)), time.monotonic()
+                d1, t1, cpu1 = workload.resolved(workload.outcomes(r)), time.monotonic(), proc_cpu(rs.proc.pid)
                 left = r.llen(queue)
             finally:
                 child.stop()
         load = round(os.getloadavg()[0], 2)
-        return {"lanes": lanes, "rate": (d1 - d0) / (t1 - t0), "still_queued": left, "ok": left > 0, "load": load}
+        # Redis's CPU over the window per 10,000 jobs resolved in it: the take, the commits and the harness's polls
+        redis_cpu = (cpu1 - cpu0) / max(1, d1 - d0) * 10_000
+        rate = (d1 - d0) / (t1 - t0)
+        return {
+            "lanes": lanes,
+            "rate": rate,
+            "redis_cpu_per_10k": redis_cpu,
+            "still_queued": left,
+            "ok": left > 0,
+            "load": load,
+        }
+
+    def takes(self, lanes: bool) -> dict[str, Any]:
+        """--take-jobs taken from the bulk lane (``lanes``) or a plain queue and committed, by this process."""
+        n, lane_keys = self.args.take_jobs, [URGENT, workload.QUEUE, BULK]
+        with RedisServer() as rs:
+            assert rs.proc
+            jq = JobQueue(connect(rs.url), "apnsd", "bench-takes")
+            workload.preload(jq.client, n, "K", queue=BULK if lanes else workload.QUEUE)  # type: ignore[arg-type]
+            cpu0, t0, taken = proc_cpu(rs.proc.pid), time.perf_counter(), 0
+            while True:
+                batch_id = jq.next_batch_id()
+                if lanes:
+                    lane, jobs, _ = jq.take_lanes(workload.QUEUE, lane_keys, 1000, batch_id, 0, (0.0, [0.0] * 3))
+                    key = lane_keys[lane]
+                else:
+                    key, (_, jobs) = workload.QUEUE, jq.take(workload.QUEUE, 1000, batch_id)
+                if not jobs:
+                    break
+                taken += len(jobs)
+                jq.commit(Commit(key, batch_id))
+            cpu, wall = proc_cpu(rs.proc.pid) - cpu0, time.perf_counter() - t0
+        return {
+            "lanes": lanes,
+            "jobs": taken,
+            "rate": taken / wall,
+            "redis_cpu_per_10k": cpu / n * 10_000,
+            "ok": taken == n,
+        }
 
     def close(self) -> None:
         """Stop the sinks by their PIDs and remove the work directory (PKI, nginx files, daemon state)."""
@@ -239,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="latency,throttle,far")
     p.add_argument("--far-jobs", type=int, default=300_000, help="far: bulk jobs preloaded")
     p.add_argument("--far-seconds", type=float, default=10.0, help="far: measured window")
+    p.add_argument("--take-jobs", type=int, default=500_000, help="takes: jobs taken per run")
     p.add_argument("--bulk", type=int, default=1_000_000, help="campaign jobs preloaded on the bulk lane")
     p.add_argument("--seconds", type=float, default=20.0, help="measured window of each scenario")
     p.add_argument("--urgent-rate", type=float, default=100.0)
@@ -290,8 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         if "drain" in only:
             report["drain"] = [bench.far(lanes, near=True) for _ in range(args.repeat) for lanes in (True, False)]
             log(
-                "campaign alone on the loopback sink, delivered/s: "
-                + ", ".join(f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f}" for f in report["drain"])
+                "campaign alone on the loopback sink, delivered/s (Redis CPU s per 10k jobs): "
+                + ", ".join(
+                    f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f} ({f['redis_cpu_per_10k']:.3f})"
+                    for f in report["drain"]
+                )
+            )
+        if "takes" in only:
+            report["takes"] = [bench.takes(lanes) for _ in range(args.repeat) for lanes in (True, False)]
+            log(
+                f"{args.take_jobs:,} jobs taken and committed, no daemon, jobs/s (Redis CPU s per 10k jobs): "
+                + ", ".join(
+                    f"{'bulk lane' if f['lanes'] else 'no lanes'} {f['rate']:.0f} ({f['redis_cpu_per_10k']:.4f})"
+                    for f in report["takes"]
+                )
             )
         if "throttle" in only:
             thr = bench.throttle()
@@ -309,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
     log(f"results: {os.path.relpath(path, REPO)}")
     ok = all(r.get("ok") for rs in report.get("latency", {}).values() for r in rs)
-    ok = ok and all(f["ok"] for f in report.get("far", []) + report.get("drain", []))
+    ok = ok and all(f["ok"] for f in report.get("far", []) + report.get("drain", []) + report.get("takes", []))
     return 0 if ok and report.get("throttle", {}).get("ok", True) else 1
 
 

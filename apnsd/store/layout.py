@@ -27,22 +27,50 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return n
 """
 
-# A queue with lanes (or a throttle): take up to ARGV[1] jobs from ONE lane, in one atomic step.
-# KEYS: lane 1, its in-flight hash, … lane L, its in-flight hash, then the queue's token bucket, then each lane's.
+# The jobs of a batch apnsd packed into a hash field (cmsgpack.pack of the jobs, oldest first); anything else (a
+# field another program wrote) comes back as it is, one element, which the parser then dead-letters.
+_HELD_BATCH = """
+local function batch(blob)
+  local ok, jobs = pcall(cmsgpack.unpack, blob)
+  if not ok or type(jobs) ~= 'table' then return {blob} end
+  for _, job in ipairs(jobs) do
+    if type(job) ~= 'string' then return {blob} end
+  end
+  return jobs
+end
+"""
+
+# A queue with lanes (or a throttle): take up to ARGV[1] jobs from ONE lane, in one atomic step, into a list of
+# their own as TAKE_SCRIPT does (SORT BY nosort LIMIT … STORE, then LTRIM: the jobs never pass through Lua), named
+# in that lane's index set, so a lane batch is held and read back by position like a plain one.
+# KEYS: for each lane (highest first) four: the lane, its in-flight hash, its in-flight list for this batch id, its
+# index set; then the queue's token bucket, then each lane's.
 # ARGV: count from the first lane, batch id, the lane to look at first (1-based; the search goes down, then
 # wraps to the higher ones), count from any lower lane, the queue's rate, then each lane's rate (notifications
 # per second; 0 = unlimited).
-# Returns {lane, jobs, wait_ms}: lane 0 when nothing was taken, and wait_ms > 0 when lanes hold work that the
-# throttle holds back (the time until one token), 0 when every lane is empty.
+# Returns {lane, jobs moved, wait_ms}: lane 0 when nothing was taken, and wait_ms > 0 when lanes hold work that the
+# throttle holds back (the time until one token), 0 when every lane is empty. The caller reads the lane's list
+# (LRANGE, newest first as they stood in the lane) in the same round trip.
 # A bucket holds at most a tenth of a second's worth of tokens (at least one), so bursts stay bounded; it is
 # a hash {tokens, at} refilled from Redis's own clock, so every worker on every host shares one budget.
-# A batch id that already holds a batch (a resent command whose answer was lost) returns that batch as take does.
-LANES_TAKE_SCRIPT = """
+# A batch id that already holds a batch (a resent command whose answer was lost) returns that batch as take does:
+# its list, or a hash field an earlier apnsd version wrote, which is turned into the list here.
+LANES_TAKE_SCRIPT = (
+    _HELD_BATCH
+    + """
 local count, batch_id, first, lower = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local L = (#KEYS - 1) / 3
+local L = (#KEYS - 1) / 5
 for i = 1, L do
-  local held = redis.call('HGET', KEYS[2 * i], batch_id)
-  if held then return {i, cmsgpack.unpack(held), 0} end
+  local list = KEYS[4 * i - 1]
+  if redis.call('EXISTS', list) == 1 then return {i, redis.call('LLEN', list), 0} end
+  local held = redis.call('HGET', KEYS[4 * i - 2], batch_id)
+  if held then
+    local jobs = batch(held)
+    for j = 1, #jobs, 1000 do redis.call('LPUSH', list, unpack(jobs, j, math.min(j + 999, #jobs))) end
+    redis.call('HDEL', KEYS[4 * i - 2], batch_id)
+    if #jobs > 0 then redis.call('SADD', KEYS[4 * i], batch_id) end
+    return {i, #jobs, 0}
+  end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -59,21 +87,25 @@ local function spend(key, rate, have, used)
   redis.call('HSET', key, 'tokens', tostring(have - used), 'at', tostring(now))
   redis.call('PEXPIRE', key, math.ceil(1000 * math.max(1, rate / 10) / rate) + 1000)
 end
-local qkey, qrate = KEYS[2 * L + 1], tonumber(ARGV[5])
+local qkey, qrate = KEYS[4 * L + 1], tonumber(ARGV[5])
 local qhave = level(qkey, qrate)
 local wait = 0
 for j = 0, L - 1 do
   local i = (first - 1 + j) % L + 1
-  if redis.call('LLEN', KEYS[2 * i - 1]) > 0 then
-    local lkey, lrate = KEYS[2 * L + 1 + i], tonumber(ARGV[5 + i])
+  local lane = KEYS[4 * i - 3]
+  local len = redis.call('LLEN', lane)
+  if len > 0 then
+    local lkey, lrate = KEYS[4 * L + 1 + i], tonumber(ARGV[5 + i])
     local lhave = level(lkey, lrate)
     local allow = math.min(i == 1 and count or lower, math.floor(math.min(qhave, lhave)))
     if allow >= 1 then
-      local jobs = redis.call('RPOP', KEYS[2 * i - 1], allow)
-      spend(qkey, qrate, qhave, #jobs)
-      spend(lkey, lrate, lhave, #jobs)
-      redis.call('HSET', KEYS[2 * i], batch_id, cmsgpack.pack(jobs))
-      return {i, jobs, 0}
+      local n = math.min(allow, len)
+      redis.call('SORT', lane, 'BY', 'nosort', 'LIMIT', len - n, n, 'STORE', KEYS[4 * i - 1])
+      if n == len then redis.call('DEL', lane) else redis.call('LTRIM', lane, 0, len - n - 1) end
+      redis.call('SADD', KEYS[4 * i], batch_id)
+      spend(qkey, qrate, qhave, n)
+      spend(lkey, lrate, lhave, n)
+      return {i, n, 0}
     end
     local need = 0
     if qhave < 1 then need = (1 - qhave) / qrate end
@@ -81,19 +113,22 @@ for j = 0, L - 1 do
     if wait == 0 or need < wait then wait = need end
   end
 end
-if wait > 0 then return {0, {}, math.max(1, math.ceil(wait * 1000))} end
-return {0, {}, 0}
+if wait > 0 then return {0, 0, math.max(1, math.ceil(wait * 1000))} end
+return {0, 0, 0}
 """
+)
 
 # Return in-flight batches to the consuming end of the queue (KEYS[2]), oldest first: the given batch ids
-# (ARGV[2]…), or all of them. A batch is a field of the worker's in-flight hash (KEYS[1]; lane takes and what a
-# partial commit keeps) or a list of its own, named ARGV[1] .. batch id, whose id is in the index set (KEYS[3]; a
-# plain take). With a heartbeat key (KEYS[4]) nothing moves while it exists: the check and the move are one
-# atomic step, so two workers racing to recover the same dead worker move each job exactly once. (In cluster
-# mode the heartbeat lives in another slot; see requeue_from_dead_workers.)
+# (ARGV[2]…), or all of them. A batch is a field of the worker's in-flight hash (KEYS[1]; what a partial commit
+# keeps, and batches an earlier apnsd version took) or a list of its own, named ARGV[1] .. batch id, whose id is in
+# the index set (KEYS[3]; a take, plain or from a lane). With a heartbeat key (KEYS[4]) nothing moves while it
+# exists: the check and the move are one atomic step, so two workers racing to recover the same dead worker move
+# each job exactly once. (In cluster mode the heartbeat lives in another slot; see requeue_from_dead_workers.)
 # A field another program wrote there (not a msgpack list of jobs) is returned as one queue element, which the
 # parser then dead-letters: it neither vanishes nor stops the recovery of the batches around it.
-RECOVER_SCRIPT = """
+RECOVER_SCRIPT = (
+    _HELD_BATCH
+    + """
 if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
 local batch_ids = {}
 for i = 2, #ARGV do batch_ids[#batch_ids + 1] = ARGV[i] end
@@ -103,14 +138,6 @@ if #batch_ids == 0 then
 end
 local function order(id) return tonumber(id) or math.huge end  -- a field apnsd did not write sorts last
 table.sort(batch_ids, function(a, b) return order(a) < order(b) end)
-local function batch(blob)  -- the jobs of a batch apnsd wrote; anything else comes back as it is
-  local ok, jobs = pcall(cmsgpack.unpack, blob)
-  if not ok or type(jobs) ~= 'table' then return {blob} end
-  for _, job in ipairs(jobs) do
-    if type(job) ~= 'string' then return {blob} end
-  end
-  return jobs
-end
 local n = 0
 for i = #batch_ids, 1, -1 do
   local id = batch_ids[i]
@@ -136,6 +163,7 @@ for i = #batch_ids, 1, -1 do
 end
 return n
 """
+)
 
 # `apnsd dead requeue`, one entry, when the dead list and the queue share a slot. KEYS: dead list, queue.
 # ARGV: the dead entry, its job. The push comes first: a queue holding another type fails the script before
@@ -376,8 +404,8 @@ class Keys:
         self.default_queue = f"{prefix}:queue"
 
     def inflight(self, queue: str, worker: str) -> str:
-        """The hash holding one worker's in-flight batches taken from one queue by a lane take, and what partial
-        commits keep: one msgpack field per batch (a plain take keeps its batch in a list: ``inflight_list``)."""
+        """The hash holding what partial commits keep of one worker's batches taken from one queue, and batches
+        an earlier apnsd version took: one msgpack field per batch (a take keeps its batch in a list of its own)."""
         return f"{queue}:inflight:{worker}"
 
     def inflight_batches(self, queue: str, worker: str) -> str:

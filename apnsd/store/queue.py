@@ -20,6 +20,7 @@ from typing import Any
 import redis
 import redis.cluster
 import redis.sentinel
+from redis.commands.core import Script
 from redis.crc import key_slot
 
 from apnsd.config import RedisConfig, tagged_prefix
@@ -175,28 +176,32 @@ class JobQueue:
                 self._take(keys=keys, args=[count, batch_id])
                 jobs: list[bytes] = list(self.client.lrange(batch, 0, -1))  # type: ignore[arg-type]  # bytes replies
             else:
-                jobs = self._take_and_read(keys, [count, batch_id], batch)
+                _, (jobs,) = self._run_and_read(self._take, TAKE_SCRIPT, keys, [count, batch_id], [batch])
         jobs.reverse()  # the list holds them as the queue did, newest first
         return batch_id, jobs
 
-    def _take_and_read(self, keys: list[str], args: list[Any], batch: str) -> list[bytes]:
-        """The take script and the LRANGE of what it took, in one round trip.
+    def _run_and_read(
+        self, script: Script, source: str, keys: list[str], args: list[Any], lists: list[str]
+    ) -> tuple[Any, list[list[bytes]]]:
+        """A take script and the LRANGE of each list it may have filled, in one round trip: (its reply, the lists).
 
         EVALSHA straight on the pipeline: a pipeline given a registered Script asks SCRIPT EXISTS first on every
         execute, a second round trip per take. A server that lost its scripts (restart, SCRIPT FLUSH) answers
         NOSCRIPT and ran nothing: the script is loaded and the take sent again.
         """
 
-        def send() -> list[bytes]:
+        def send() -> tuple[Any, list[list[bytes]]]:
             p = self.client.pipeline(transaction=False)
-            p.evalsha(self._take.sha, len(keys), *keys, *args)
-            p.lrange(batch, 0, -1)
-            return list(p.execute()[1])
+            p.evalsha(script.sha, len(keys), *keys, *args)
+            for name in lists:
+                p.lrange(name, 0, -1)
+            reply, *read = p.execute()
+            return reply, [list(jobs) for jobs in read]
 
         try:
             return send()
         except redis.exceptions.NoScriptError:
-            self._take.sha = self.client.script_load(TAKE_SCRIPT)
+            script.sha = self.client.script_load(source)
             return send()
 
     def take_lanes(
@@ -210,22 +215,37 @@ class JobQueue:
         lower_count: int | None = None,
     ) -> tuple[int, list[bytes], float]:
         """Take up to ``count`` jobs from one of a queue's lanes, looking from lane index ``first`` down, within
-        the throttle, in one atomic script (LANES_TAKE_SCRIPT).
+        the throttle, in one atomic script (LANES_TAKE_SCRIPT), into a list of their own as ``take`` does.
 
         ``lanes`` are the queue's lane keys, highest priority first (``Config.lanes``); ``rates`` is (the
         queue's rate, each lane's rate), 0 meaning unlimited; ``lower_count`` caps a take from a lane other
-        than the first (default ``count``). Returns (lane index or -1, jobs, seconds the
+        than the first (default ``count``). Returns (lane index or -1, jobs oldest first, seconds the
         throttle holds queued jobs back: 0 when every lane is empty). Taking again into a batch id that holds a
         batch returns that batch, so a take whose answer was lost can be resent.
         """
         queue_rate, lane_rates = rates
-        keys = [k for lane in lanes for k in (lane, self.keys.inflight(lane, self.worker_id))]
-        keys += [self.keys.throttle(queue), *(self.keys.lane_throttle(lane) for lane in lanes)]
+        k, w = self.keys, self.worker_id
+        lists = [k.inflight_list(lane, w, batch_id) for lane in lanes]
+        keys = [
+            x
+            for lane, b in zip(lanes, lists, strict=True)
+            for x in (lane, k.inflight(lane, w), b, k.inflight_batches(lane, w))
+        ]
+        keys += [k.throttle(queue), *(k.lane_throttle(lane) for lane in lanes)]
+        args: list[str | int | float] = [count, batch_id, first + 1, lower_count or count, queue_rate, *lane_rates]
         with redis_errors("taking jobs"):
-            lane, jobs, wait_ms = self._take_lanes(
-                keys=keys, args=[count, batch_id, first + 1, lower_count or count, queue_rate, *lane_rates]
-            )
-        return int(lane) - 1, list(jobs), int(wait_ms) / 1000
+            if self.cluster:  # as in take: two round trips, the second only for the lane the script took from
+                lane, n, wait_ms = self._take_lanes(keys=keys, args=args)
+                jobs: list[bytes] = []
+                if int(n):
+                    jobs = list(self.client.lrange(lists[int(lane) - 1], 0, -1))  # type: ignore[arg-type]  # bytes replies
+            else:
+                # Every lane's list is read: which one the script fills is known only once it has run (the others
+                # do not exist, so their LRANGE costs next to nothing).
+                (lane, n, wait_ms), read = self._run_and_read(self._take_lanes, LANES_TAKE_SCRIPT, keys, args, lists)
+                jobs = read[int(lane) - 1] if int(n) else []
+        jobs.reverse()  # the list holds them as the lane did, newest first
+        return int(lane) - 1, jobs, int(wait_ms) / 1000
 
     def claim(self, queue: str, batch_id: str) -> list[bytes]:
         """The jobs of one of this worker's in-flight batches (after a take whose answer was lost)."""

@@ -116,7 +116,7 @@ class Feeder(threading.Thread):
 
     def _take_lanes(self, count: int, first_only: bool) -> tuple[Taken, float]:
         plan, held = self.plan, self.handoff.held
-        if first_only and self._uncertain is None:  # a resent take must look in every lane's in-flight hash
+        if first_only and self._uncertain is None:  # a resent take must look in every lane
             plan = replace(plan, keys=plan.keys[:1], lane_rates=plan.lane_rates[:1])
         # A take whose answer was lost is resent into the same batch_id: the script returns that batch if it ran.
         batch_id = self._uncertain or self.jq.next_batch_id()
@@ -132,7 +132,8 @@ class Feeder(threading.Thread):
             held.discard(batch_id)
             return Taken(batch_id, [], plan.queue), wait
         self._lower.taken(lane, now)
-        return Taken(batch_id, raws, plan.keys[lane], len(self.plan.keys) > 1 and (lane == 0 or first > 0)), 0.0
+        ahead = len(self.plan.keys) > 1 and (lane == 0 or first > 0)
+        return Taken(batch_id, raws, plan.keys[lane], ahead, listed=True), 0.0
 
     def _take_simple(self, count: int) -> Taken:
         jq, queue, held = self.jq, self.queue, self.handoff.held

@@ -163,3 +163,56 @@ def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not
     assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
     assert len(set(tokens) - set(gateway.read)) <= len(dead)  # every job the gateway never read is dead-lettered
     assert [] == inflight_keys(rdb)
+
+
+LANES = {"APP_DEFAULT_LANES": "urgent,default,bulk"}
+URGENT, BULK = "apnsd:queue:urgent", "apnsd:queue:bulk"
+
+
+def drain_lanes(gateway: NamingGateway, make_config: Callable[..., Any]) -> None:
+    try:
+        assert 0 == run_drained(make_config(gateway, APP_DEFAULT_STANDBY_CONNECTIONS="0", **LANES), timeout=60)
+    finally:
+        gateway.close()
+
+
+def test_a_queue_with_lanes_drains_with_named_jobs_read_back_from_their_lane_lists(jq, rdb, pki, make_config):
+    """Jobs on the urgent and bulk lanes of a binary app, one bad token in each: both are read back from their lane's
+    in-flight list and recorded unregistered, every other job reaches the gateway, each job ends exactly once."""
+    tokens = jobs_with_one_bad(4000, 3100, seed=53)
+    tokens[100] = BAD + tokens[100][len(BAD) :]
+    push_all(jq, [job(t) for t in tokens[:500]], URGENT)
+    push_all(jq, [job(t) for t in tokens[500:]], BULK)
+    gateway = NamingGateway(pki, lambda: None)
+
+    drain_lanes(gateway, make_config)
+
+    assert {tokens[100], tokens[3100]} == set(jq.unregistered())
+    assert set(tokens) == set(gateway.read)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert (3998, 2) == (stats.get("delivered"), stats.get("unregistered"))
+    assert ([], []) == (jq.dead_entries(10), inflight_keys(rdb))
+
+
+def test_lane_jobs_are_held_by_position_in_their_lane_lists(jq, rdb, pki, make_config):
+    """The bulk lane's in-flight lists are deleted while the window holds their jobs: the named job and those after
+    it can no longer be read back, which only happens to jobs held by position (a whole notification would still be
+    sent). Each is dead-lettered as in_flight_job_lost, and every job still ends exactly once."""
+    tokens = jobs_with_one_bad(3000, 1500, seed=59)
+
+    def delete_lists() -> None:
+        for key in rdb.scan_iter(match=f"{BULK}:inflight-batch:*"):
+            rdb.delete(key)
+
+    gateway = NamingGateway(pki, delete_lists)
+    push_all(jq, [job(t) for t in tokens], BULK)
+
+    drain_lanes(gateway, make_config)
+
+    dead = jq.dead_entries(5000)
+    assert dead and {"in_flight_job_lost"} == {d["reason"] for d in dead}
+    assert {BULK} == {d["queue"] for d in dead}
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
+    assert len(set(tokens) - set(gateway.read)) <= len(dead)
+    assert [] == inflight_keys(rdb)

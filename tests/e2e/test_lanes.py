@@ -20,6 +20,7 @@ from apnsd import metrics
 from apnsd.cli import main as cli
 from apnsd.client import Client
 from apnsd.errors import JobError
+from apnsd.store.layout import pack_jobs
 from apnsd.store.queue import Commit, JobQueue, connect
 from apnsd.worker.daemon import Daemon
 from apnsd.worker.recorder import dead_entry
@@ -89,7 +90,7 @@ def test_a_take_starting_lower_looks_down_then_wraps_up(jq, worker):
 
 
 def test_a_resent_lane_take_returns_the_batch_it_took(jq, worker):
-    """Taking again into a field that holds a batch returns that batch and takes nothing more."""
+    """Taking again into a batch id that holds a batch returns that batch and takes nothing more."""
     push_all(jq, [b"a", b"b", b"c"], BULK)
     w = worker("w1")
     first = w.take_lanes(Q, LANES, 2, "7", 0, NO_RATES)
@@ -98,6 +99,84 @@ def test_a_resent_lane_take_returns_the_batch_it_took(jq, worker):
 
     assert first == again
     assert 1 == jq.depth(BULK)
+
+
+def test_a_lane_take_leaves_a_list_and_an_index_entry_not_a_hash_field(jq, rdb, worker):
+    """A lane batch is a list of its own named in the lane's index set, read back position for position as taken."""
+    push_all(jq, [b"b1", b"b2", b"b3"], BULK)
+    w = worker("w1")
+
+    lane, jobs, _ = w.take_lanes(Q, LANES, 2, "5", 0, NO_RATES)
+
+    assert (2, [b"b1", b"b2"]) == (lane, jobs)
+    assert jobs == w.batch_jobs(BULK, "5")
+    assert {b"5"} == rdb.smembers(w.keys.inflight_batches(BULK, "w1"))
+    assert [] == [k for k in inflight_keys(rdb) if b":inflight:" in k]
+    assert [b"b3"] == jq.client.lrange(BULK, 0, -1)
+
+
+def test_a_resent_lane_take_returns_a_batch_an_earlier_version_kept_in_a_hash_field(jq, rdb, worker):
+    """A batch id held as a hash field (an earlier apnsd's lane take) is returned, not a new take, and becomes a list
+    in the same order, so it is held and committed as any other lane batch."""
+    push_all(jq, [b"u1"], URGENT)
+    w = worker("w1")
+    rdb.hset(w.keys.inflight(BULK, "w1"), "7", pack_jobs([b"old1", b"old2", b"\xff\xfe"]))
+
+    first = w.take_lanes(Q, LANES, 10, "7", 0, NO_RATES)
+    again = w.take_lanes(Q, LANES, 10, "7", 0, NO_RATES)
+
+    assert (2, [b"old1", b"old2", b"\xff\xfe"], 0.0) == first == again
+    assert first[1] == w.batch_jobs(BULK, "7")
+    assert (0, {b"7"}) == (rdb.hlen(w.keys.inflight(BULK, "w1")), rdb.smembers(w.keys.inflight_batches(BULK, "w1")))
+    assert 1 == jq.depth(URGENT)
+
+
+def test_a_hash_field_another_program_wrote_comes_back_from_a_resent_take_as_one_job(jq, rdb, worker):
+    """A field under the batch id that is not a batch apnsd packed is returned as one element (the parser dead-letters
+    it), as recovery treats it: it neither vanishes nor fails the take."""
+    w = worker("w1")
+    rdb.hset(w.keys.inflight(Q, "w1"), "7", b"not msgpack \xc1")
+
+    assert (1, [b"not msgpack \xc1"], 0.0) == w.take_lanes(Q, LANES, 10, "7", 0, NO_RATES)
+
+
+def test_lane_lists_are_counted_committed_swept_and_recovered_on_their_own_lanes(jq, rdb, worker):
+    """A worker's lane batches (lists, one partly committed into the hash) count as in flight, a commit removes one, the
+    orphan sweep and a dead worker's recovery put the others back on their own lanes, consuming end first."""
+    push_all(jq, [b"u1", b"u2"], URGENT)
+    push_all(jq, [b"b1", b"b2", b"b3", b"b4"], BULK)
+    dead = worker("dead")
+    dead.heartbeat(30, {})
+    assert (0, [b"u1"]) == dead.take_lanes(Q, LANES, 1, "1", 0, NO_RATES)[:2]
+    assert (0, [b"u2"]) == dead.take_lanes(Q, LANES, 1, "2", 0, NO_RATES)[:2]
+    assert (2, [b"b1", b"b2"]) == dead.take_lanes(Q, LANES, 2, "3", 0, NO_RATES)[:2]
+    assert (2, [b"b3"]) == dead.take_lanes(Q, LANES, 1, "4", 0, NO_RATES)[:2]
+    assert (2, 3) == (dead.inflight_count(URGENT, "dead"), dead.inflight_count(BULK, "dead"))
+    assert 2 == dead.inflight_batches(BULK)
+
+    dead.commit(Commit(URGENT, "2"))
+    dead.commit(Commit(BULK, "3", keep=[b"b2"]))  # b1 resolved; b2 stays in flight, in the hash
+    assert (1, 2) == (dead.inflight_count(URGENT, "dead"), dead.inflight_count(BULK, "dead"))
+    assert 1 == dead.requeue_orphans(BULK, lambda: {"3"})  # batch 4 is no longer held by the process
+    assert [b"b4", b"b3"] == jq.client.lrange(BULK, 0, -1)
+    dead.client.delete(dead.keys.heartbeat("dead"))
+
+    moved = worker("w2").requeue_from_dead_workers(LANES)
+
+    assert {"dead": 2} == moved
+    assert [b"u1"] == jq.client.lrange(URGENT, 0, -1)
+    assert [b"b4", b"b3", b"b2"] == jq.client.lrange(BULK, 0, -1)
+    assert [] == inflight_keys(rdb)
+
+
+def test_a_lane_take_loads_its_script_again_after_redis_lost_it(jq, rdb, worker):
+    """A server that lost its scripts answers NOSCRIPT once; the lane take loads the script and takes as it would."""
+    push_all(jq, [b"b1", b"b2", b"b3"], BULK)
+    w = worker("w1")
+    w.take_lanes(Q, LANES, 1, "1", 0, NO_RATES)
+    rdb.script_flush()
+
+    assert ((2, [b"b2", b"b3"], 0.0), 0) == (w.take_lanes(Q, LANES, 5, "2", 0, NO_RATES), jq.depth(BULK))
 
 
 def test_every_lane_empty_takes_nothing_and_asks_for_no_throttle_wait(jq, rdb, worker):
