@@ -471,6 +471,12 @@ class BinarySession(Session):
         """Sent (written or still buffered) but not yet confirmed."""
         return self._old_count + len(self._window) + len(self._unwritten)
 
+    def ahead(self) -> int:
+        """Only the frames not written yet: the gateway reads written ones in order within moments, and they await
+        nothing but the silence that confirms them (counting them capped a binary campaign on a queue with lanes at
+        lane_window per confirm_delay, ~3,300/s)."""
+        return len(self._unwritten)
+
     def take_unanswered(self) -> list[Notification]:
         """Empty the window and the unwritten frames, oldest first (those held by position read back)."""
         notes, whole = self.restore([*self._old, *self._window, *(n for _, n in self._unwritten)])

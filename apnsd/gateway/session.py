@@ -374,6 +374,11 @@ class Session:
         """Notifications written but not yet answered."""
         raise NotImplementedError
 
+    def ahead(self) -> int:
+        """Notifications sent that one sent now would wait behind at the gateway (the lanes' window counts them):
+        every unanswered one, unless the protocol knows better."""
+        return self.unanswered_count()
+
     def take_unanswered(self) -> list[Notification]:
         """Remove and return written-but-unanswered notifications, in send order."""
         raise NotImplementedError

@@ -344,7 +344,7 @@ class DeliveryLoop:
         """
         window = int(self._window) if self._first_lane.active(now) else self._window_max
         for s, waiting in self._lower.items():
-            room = min(window, s.cfg.lane_window) - len(s.pending) - s.unanswered_count()
+            room = min(window, s.cfg.lane_window) - len(s.pending) - s.ahead()
             if room <= 0 or not waiting:
                 continue
             if s.suspended or s.disabled:

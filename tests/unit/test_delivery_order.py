@@ -9,14 +9,18 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+import structlog
 
-from apnsd.config import WorkerConfig
+from apnsd.config import AppConfig, WorkerConfig
 from apnsd.core.jobs import JobParser
+from apnsd.gateway.binary_session import BinarySession
+from apnsd.gateway.session import State
 from apnsd.store.queue import Commit
 from apnsd.worker.delivery import DeliveryLoop
 from apnsd.worker.handoff import Taken
 from apnsd.worker.lanes import LanePlan
 from apnsd.worker.recorder import Batch, OutcomeRecorder
+from tests.support.fake_transport import FakeTransport
 
 Q = "q"
 URGENT, BULK = f"{Q}:urgent", f"{Q}:bulk"
@@ -101,7 +105,7 @@ class Connection:
         self.pending: deque[int] = deque()
         self.suspended = self.disabled = None
 
-    def unanswered_count(self) -> int:
+    def ahead(self) -> int:
         """Nothing written is awaiting its answer."""
         return 0
 
@@ -143,3 +147,25 @@ def test_a_first_lane_batch_makes_the_first_lane_active_and_a_campaign_batch_doe
     loop._dispatch(Taken("u1", [b"{}"], URGENT, ahead=True), 7.0, 0.0)
 
     assert (False, True, False) == (after_bulk, loop._first_lane.active(7.5), loop._first_lane.active(8.0))
+
+
+def test_a_binary_window_awaiting_its_silence_does_not_hold_lower_lanes_back(loop: DeliveryLoop) -> None:
+    """5,000 binary frames written and awaiting confirm_delay are not ahead of new work at the gateway: a campaign
+    still goes out lane_window at a time (counting them held a binary campaign to lane_window per confirm_delay)."""
+    s = BinarySession("default", AppConfig(protocol="binary"), FakeTransport, structlog.get_logger())
+    t = FakeTransport()
+    t.connect()
+    s.transport, s.state = t, State.OPEN
+    s.on_connected(0.0)
+    parser = JobParser({"default": ("binary", 2048, 2048)})
+    s.submit(parser.parse_many([b'{"token":"%064x","payload":{}}' % i for i in range(1, 5001)])[0])
+    while s.pending:
+        s.send_pending(0.0)
+        t.flush()
+    s.on_timer(0.0)
+    loop._lower[s] = deque(range(3000))  # type: ignore[arg-type]
+    loop._window_max = 1000
+
+    loop._let_out_lower(0.0)
+
+    assert (5000, 1000) == (s.unanswered_count(), len(s.pending))
