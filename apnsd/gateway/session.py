@@ -25,6 +25,7 @@ from apnsd.errors import GatewayError, GatewayRejected
 
 Resolved = list[tuple[Notification | Slim, Outcome]]  # a Slim only ever as a delivery
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
+LOST_REPEATEDLY = Outcome(Kind.RETRY, None, "connection_lost_repeatedly")
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
 ERRORS_FOR_STANDBY = 2  # connections in a row that delivered, then ended young on the gateway's answer
 FINAL_READ_TIMEOUT = 0.25  # after a failed write, how long the gateway's last words may take to arrive
@@ -514,13 +515,20 @@ class Session:
             loss = Loss.ABRUPT if self.explanation is None else Loss.EXPLAINED
         abrupt = loss is Loss.ABRUPT
         out: Resolved = []
+        held = len(self.limbo)
         notes = self.take_unanswered()
+        if abrupt:  # those that could not be read back (Redis down) rode this loss too
+            for i in range(held, len(self.limbo)):
+                s = self.limbo[i][0]
+                s.losses += 1
+                if s.losses >= MAX_LOSSES:
+                    self.limbo[i] = (s, LOST_REPEATEDLY)
         again: list[Notification] = []
         for n in notes:
             if abrupt:
                 n.losses += 1
             if n.losses >= MAX_LOSSES:
-                out.append((n, Outcome(Kind.RETRY, None, "connection_lost_repeatedly")))
+                out.append((n, LOST_REPEATEDLY))
             else:
                 again.append(n)
         self.pending.extendleft(reversed(again))

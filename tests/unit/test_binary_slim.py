@@ -14,7 +14,7 @@ from apnsd.core.outcomes import DELIVERED, Kind
 from apnsd.core.pacing import outage_delay
 from apnsd.core.slim import Slim
 from apnsd.gateway.binary_session import SLIM_AGE, BinarySession
-from apnsd.gateway.session import Resolved, State
+from apnsd.gateway.session import MAX_LOSSES, Resolved, State
 from apnsd.store.queue import Commit
 from apnsd.wire import binary
 from apnsd.worker.recorder import Batch, OutcomeRecorder
@@ -212,6 +212,26 @@ def test_an_abrupt_loss_reads_every_held_job_back_with_the_loss_counted():
 
     assert [n.token for n in store.notes] == [n.token for n in s.pending]
     assert [2] * 150 + [1] * 100 == [n.losses for n in s.pending]
+
+
+def test_a_loss_while_the_jobs_cannot_be_read_counts_and_gives_up_at_the_limit():
+    """Abrupt losses while Redis is down count for the jobs waiting in limbo too: one held by position that has ridden
+    MAX_LOSSES losses comes out of limbo as a retry (connection_lost_repeatedly) instead of being sent yet again."""
+    store = store_of(3)
+    s, t = connected(store)
+    for n in store.notes:
+        n.losses = MAX_LOSSES - 1
+    write_all(s, t, store.notes, 0.0)
+    store.up = False
+    t.hang_up()
+
+    assert [] == s.step(0.01, True) and 3 == sum(len(e) for e, _ in s.limbo)
+    store.up = True
+    out = s.step(s.deadline(0.01), False)
+
+    assert [(n.token, Kind.RETRY) for n in store.notes] == tokens(out)
+    assert {"connection_lost_repeatedly"} == {o.reason for _, o in out}
+    assert not s.pending and not s.limbo and 0 == store.batch.slimmed
 
 
 def test_once_errors_are_frequent_the_latest_frames_stay_whole_for_a_while():
