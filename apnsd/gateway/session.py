@@ -222,17 +222,21 @@ class Session:
             dial = min(dial, self.pacer.next_attempt(now))
         return min(self.timer_deadline(now), self.connected_at + self.cfg.reconnect_interval, dial)
 
-    def unresolved(self) -> list[Notification]:
-        """Everything not yet answered (sent or not), removed from the session — used at shutdown."""
-        notes = self.take_unanswered() + list(self.pending) + self.parked
+    def unresolved(self, now: float) -> tuple[list[Notification], Resolved]:
+        """Everything not yet answered (sent or not), removed from the session — used at shutdown; and the answers
+        that waited in limbo for their jobs to be read back, to be recorded rather than returned to the queue."""
+        held = len(self.limbo)
+        notes = self.take_unanswered()
+        # One more read back for what waits in limbo, unless Redis has just failed to answer the one above.
+        answered = self._from_limbo(now) if self.limbo and len(self.limbo) == held else []
+        notes += self.pending
+        notes += self.parked
         self.pending.clear()
         self.parked = []
-        waiting, self.limbo = self.limbo, []
-        notes += self.restore([s for s, _ in waiting])[0]
         if self.limbo:  # still unreadable: they stay in flight in Redis, returned to the queue when the worker stops
             self.log.warning("left_in_flight", notifications=sum(len(s) for s, _ in self.limbo))
             self.limbo = []
-        return notes
+        return notes, answered
 
     def close(self, cause: str) -> None:
         """Close the connection cleanly (protocol goodbye first), and the standby and a connect in progress;

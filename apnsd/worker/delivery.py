@@ -665,7 +665,9 @@ class DeliveryLoop:
         """Grace period over: write what is known and return every unanswered job to the queue."""
         returned = 0
         for s in self._all_sessions():
-            for n in s.unresolved():
+            back, answered = s.unresolved(now)
+            self._record_all(answered)
+            for n in back:
                 self._completed(self.recorder.requeue(n))
                 returned += 1
         self._commit_ready(now)
