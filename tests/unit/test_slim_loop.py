@@ -9,11 +9,14 @@ from typing import Any
 import msgspec
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apnsd.config import AppConfig, WorkerConfig
 from apnsd.core.jobs import JobParser
 from apnsd.errors import QueueError
 from apnsd.gateway.binary_session import BinarySession
+from apnsd.gateway.session import Session
 from apnsd.store.queue import Commit
 from apnsd.wire import binary
 from apnsd.worker.delivery import DeliveryLoop
@@ -104,3 +107,114 @@ def test_an_answer_that_waited_for_redis_is_recorded_at_a_stop_not_returned_to_t
     named = msgspec.json.decode(raws[2])["token"]
     assert ([named], tokens(raws[3:])) == (list(c.unregistered), tokens(c.requeue))
     assert {"delivered": 2, "unregistered": 1, "returned": 2} == c.counts
+
+
+class RewrittenLists(BatchLists):
+    """BatchLists where a partial commit moves what stays in flight out of the batch's list (into the in-flight hash):
+    reading a position from that list afterwards would name another job, so it fails the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewritten: set[str] = set()
+
+    def batch_jobs(self, queue: str, batch_id: str) -> list[bytes]:
+        """As BatchLists, never from a rewritten list."""
+        assert batch_id not in self.rewritten, f"batch {batch_id} read back by position after a partial commit"
+        return super().batch_jobs(queue, batch_id)
+
+    def commit(self, c: Commit) -> None:
+        """As BatchLists; a partial commit rewrites the batch's in-flight storage."""
+        super().commit(c)
+        if c.keep is not None:
+            self.rewritten.add(c.batch_id)
+
+
+def frames_of(data: bytes) -> list[tuple[int, str]]:
+    """(identifier, device token) of each frame written."""
+    return [(f.identifier, f.token.hex()) for f in binary.decode_frames(data)[0]]
+
+
+LOOP_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("take"), st.integers(1, 30)),
+        st.tuples(st.just("error"), st.integers(0, 10_000), st.sampled_from([8, 7, 10, 1])),
+        st.tuples(st.just("drop"), st.integers(0, 3), st.booleans()),
+        st.tuples(st.just("redis"), st.booleans()),
+        st.tuples(st.just("wait"), st.sampled_from([0.001, 0.03, 0.31])),
+        st.tuples(st.just("rotate"), st.sampled_from(["default", "default#2"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(LOOP_EVENTS, st.booleans())
+def test_two_connections_rotations_redis_outages_and_a_stop_resolve_each_job_once_and_as_named(events, up_at_stop):
+    """Batches taken into lists, two connections of one app, error responses naming any written frame, lost
+    connections, Redis outages, rotations and commit slices, then a stop: every batch committed counts each of its jobs
+    once, nothing is read back from a list a partial commit rewrote or dead-lettered as lost, a job is recorded
+    unregistered (or dead) only if the gateway named it, and with Redis up at the stop nothing stays in flight."""
+    store, net = RewrittenLists(), FakeNetwork()
+    first = BinarySession("default", APPS["default"], net, structlog.get_logger())
+    second = BinarySession("default", APPS["default"], net, structlog.get_logger())
+    second.hold = first.hold
+    parser = JobParser({"default": ("binary", 2048, 2048)})
+    sessions: dict[str, Session] = {"default": first, "default#2": second}
+    d = DeliveryLoop(Q, sessions, store, parser, WorkerConfig(), OutcomeRecorder(APPS, False))  # type: ignore[arg-type]
+    now, sizes = 0.0, {}
+    frames: dict[int, list[tuple[int, str]]] = {}  # per connection: what it carried
+    named: dict[int, set[str]] = {8: set(), 7: set()}  # tokens error responses named, by status
+    try:
+        for ev in events:
+            live = [s for s in d._all_sessions() if s.transport is not None]
+            if ev[0] == "take":
+                batch_id = str(len(sizes) + 1)
+                raws = [job(len(sizes) * 100 + i) for i in range(ev[1])]
+                sizes[batch_id] = len(raws)
+                take(d, store, batch_id, raws)
+            elif ev[0] == "error":
+                carried = [s for s in live if frames.get(id(s.transport))]
+                if carried:
+                    s = carried[ev[1] % len(carried)]
+                    ident, token = frames[id(s.transport)][ev[1] % len(frames[id(s.transport)])]
+                    named.setdefault(ev[2], set()).add(token)
+                    s.transport.feed(binary.encode_error_response(ev[2], ident))  # type: ignore[union-attr]
+                    s.transport.hang_up()  # type: ignore[union-attr]
+            elif ev[0] == "drop" and live:
+                t = live[ev[1] % len(live)].transport
+                t.hang_up() if ev[2] else t.fail_writes()  # type: ignore[union-attr]
+            elif ev[0] == "redis":
+                store.up = ev[1]
+            elif ev[0] == "wait":
+                now += ev[1]
+            elif ev[0] == "rotate":
+                d.replace_session(ev[1], d.sessions[ev[1]].clone(), "test")
+            for s in d._all_sessions():
+                d._record_all(s.step(now, True))
+            d._retire()
+            d._next_slice = d._next_commit_try = 0.0
+            d._commit_slices(now)
+            d._commit_ready(now)
+            for t in net.transports:
+                frames.setdefault(id(t), []).extend(frames_of(t.take_wire()))
+        store.up = up_at_stop
+        d._requeue_unanswered(now)
+        store.up = True
+        d._next_commit_try = 0.0
+        d._commit_ready(now)
+    finally:
+        d.handoff.release()
+
+    counted: dict[str, int] = {}
+    for c in store.commits:
+        counted[c.batch_id] = counted.get(c.batch_id, 0) + sum(c.counts.values())
+    finished = {b: n for b, n in sizes.items() if b not in store.lists}
+    assert finished == {b: counted.get(b, 0) for b in finished}
+    assert not up_at_stop or not store.lists  # Redis up at the stop: nothing left in flight
+    dead = [msgspec.json.decode(x) for c in store.commits for x in c.dead]
+    assert "in_flight_job_lost" not in {x["reason"] for x in dead}
+    unregistered = [t for c in store.commits for t in c.unregistered]
+    assert len(unregistered) == len(set(unregistered)) and set(unregistered) <= named[8]
+    assert {msgspec.json.decode(x["job"])["token"] for x in dead if x["reason"] == "InvalidPayloadSize"} <= named[7]
+    returned = tokens([r for c in store.commits for r in c.requeue])
+    assert len(returned) == len(set(returned)) and not set(returned) & set(unregistered)
