@@ -650,7 +650,7 @@ class DeliveryLoop:
                     lost[batch_id] = lost.get(batch_id, 0) + 1
                     how = "was gone from Redis" if raw is None else "changed in Redis while in flight"
                     detail = f"job {p} of in-flight batch {batch_id} {how} when it had to be read back"
-                    r = Rejected(raw or b"", "in_flight_job_lost", detail, s.app)
+                    r = Rejected(raw, "in_flight_job_lost", detail, s.app)  # gone: a null job, nothing to requeue
                 self._completed(self.recorder.reject(b, r, wall))
             out.append(notes)
         if lost:

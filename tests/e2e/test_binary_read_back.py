@@ -144,7 +144,8 @@ def test_redis_refusing_the_read_back_delays_the_named_job_without_losing_any(jq
 def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not_dropped(jq, rdb, pki, make_config):
     """An operator deletes the in-flight lists while the window holds their jobs by position: the named job and the
     ones after it in those batches cannot be read back. Each is dead-lettered as in_flight_job_lost, saying which
-    job of which batch, and every other job still ends exactly once."""
+    job of which batch, with a null job that `apnsd dead requeue` leaves alone, and every other job still ends
+    exactly once."""
     tokens = jobs_with_one_bad(3000, 1500, seed=47)
 
     def delete_lists() -> None:
@@ -159,6 +160,8 @@ def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not
     dead = jq.dead_entries(5000)
     assert dead and {"in_flight_job_lost"} == {d["reason"] for d in dead}
     assert all("of in-flight batch" in d["detail"] and "gone from Redis" in d["detail"] for d in dead)
+    assert all(d["job"] is None for d in dead)  # nothing to requeue: `apnsd dead requeue` leaves them
+    assert 0 == jq.requeue_dead({}, "apnsd:queue", None, "in_flight_job_lost")
     stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
     assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
     assert len(set(tokens) - set(gateway.read)) <= len(dead)  # every job the gateway never read is dead-lettered

@@ -218,3 +218,25 @@ def test_two_connections_rotations_redis_outages_and_a_stop_resolve_each_job_onc
     assert {msgspec.json.decode(x["job"])["token"] for x in dead if x["reason"] == "InvalidPayloadSize"} <= named[7]
     returned = tokens([r for c in store.commits for r in c.requeue])
     assert len(returned) == len(set(returned)) and not set(returned) & set(unregistered)
+
+
+def test_a_job_gone_from_its_list_is_dead_lettered_without_a_job_to_requeue(loop) -> None:
+    """The batch's list is gone when the gateway names a held job: that job and the one after it are dead-lettered as
+    in_flight_job_lost with a null job (`apnsd dead requeue` leaves such entries alone instead of pushing an empty job,
+    which would come back as not_json), and the batch still counts each of its jobs once."""
+    d, store, net = loop
+    take(d, store, "1", [job(i) for i in range(1, 4)])
+    s = d.sessions["default"]
+    d._step_sessions(0.0)
+    d._step_sessions(0.01)
+    del store.lists["1"]
+    net.current.feed(binary.encode_error_response(8, 2))
+    net.current.hang_up()
+
+    d._record_all(s.step(0.02, True))
+    d._commit_ready(0.02)
+
+    (c,) = store.commits
+    dead = [msgspec.json.decode(e) for e in c.dead]
+    assert [("in_flight_job_lost", None)] * 2 == [(e["reason"], e["job"]) for e in dead]
+    assert {"delivered": 1, "dead": 2} == c.counts
