@@ -13,7 +13,7 @@ from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, DELIVERED, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer, outage_delay
-from apnsd.core.slim import Entry, Hydrate, Slim, count
+from apnsd.core.slim import Entry, Hydrate, Slim
 from apnsd.core.suspension import (
     CREDENTIAL_REASONS,
     SuspendState,
@@ -317,7 +317,7 @@ class Session:
         if not odd and hold.suspension is None:
             if (
                 self.guard.min_answers
-                and self.guard.observe(count(n for n, _ in out), 0, now)
+                and self.guard.observe(self.answers(out), 0, now)
                 and self.guard.tripped is not None
             ):
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
@@ -335,7 +335,7 @@ class Session:
         elif self.guard.min_answers:
             # The answers that trip the guard are recorded: they are the evidence; later ones are parked.
             bad = sum(1 for o in odd if o.reason == BAD_DEVICE_TOKEN)
-            if self.guard.observe(count(n for n, _ in out), bad, now) and self.guard.tripped is not None:
+            if self.guard.observe(self.answers(out), bad, now) and self.guard.tripped is not None:
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
         return out
 
@@ -384,6 +384,10 @@ class Session:
 
     def after_loss(self, loss: Loss) -> None:
         """Called when a connection was lost, with how it ended."""
+
+    def answers(self, out: Resolved) -> int:
+        """How many gateway answers ``out`` holds: one per entry (a binary window's Slim holds many)."""
+        return len(out)
 
     def say_goodbye(self) -> None:
         """Queue the protocol's clean goodbye, if it has one."""
