@@ -225,10 +225,10 @@ class Session:
     def unresolved(self, now: float) -> tuple[list[Notification], Resolved]:
         """Everything not yet answered (sent or not), removed from the session — used at shutdown; and the answers
         that waited in limbo for their jobs to be read back, to be recorded rather than returned to the queue."""
-        held = len(self.limbo)
+        failures = self._limbo_failures
         notes = self.take_unanswered()
-        # One more read back for what waits in limbo, unless Redis has just failed to answer the one above.
-        answered = self._from_limbo(now) if self.limbo and len(self.limbo) == held else []
+        # One more read back for what waits in limbo, unless Redis has just failed to answer one above.
+        answered = self._from_limbo(now) if self.limbo and self._limbo_failures <= failures else []
         notes += self.pending
         notes += self.parked
         self.pending.clear()
@@ -575,11 +575,12 @@ class Session:
         """``entries`` as notifications, Slims read back in place; returns them and whether all came back in order.
 
         What cannot be read now (Redis unavailable) waits in limbo with ``outcome`` and is tried again after
-        ``outage_delay``; a job that can no longer be sent is left out (the loop recorded it)."""
+        ``outage_delay``; a job that can no longer be sent is left out (the loop recorded it). While such a retry is
+        pending, Redis is not asked at all: each attempt may hang for the socket timeout, and the loop with it."""
         slims = [e for e in entries if isinstance(e, Slim)]
         if not slims:
             return entries, True  # type: ignore[return-value]  # no Slim: notifications only
-        back = self._read_back(slims)
+        back = None if self.limbo and self._limbo_failures else self._read_back(slims)
         if back is None:
             self.limbo += [(s, outcome) for s in slims]
             return [e for e in entries if not isinstance(e, Slim)], False

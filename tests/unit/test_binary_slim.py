@@ -35,10 +35,12 @@ class BatchList:
         self.batch.remaining = count
         self.up = True  # False: Redis unavailable
         self.reads = 0
+        self.attempts = 0  # reads asked for, failed ones included
         self.rewritten = False  # a partial commit moved what stays in flight out of the list: positions are stale
 
     def hydrate(self, slims: list[Slim]) -> list[list[Notification]] | None:
         """What DeliveryLoop._hydrate does, from memory."""
+        self.attempts += 1
         if not self.up:
             return None
         assert not self.rewritten, "read back by position from a list a partial commit rewrote"
@@ -195,6 +197,27 @@ def test_while_the_jobs_cannot_be_read_the_named_one_waits_and_comes_out_once_th
     assert not s.limbo and 0 == store.batch.slimmed
 
 
+def test_while_reads_fail_a_lost_connection_queues_its_held_jobs_for_the_retry_without_asking_redis_again():
+    """A read back has just failed (Redis down, each attempt may hang for the socket timeout) and its retry is not due:
+    the connection lost after the error response puts its held jobs straight into limbo, read with the others at the
+    retry; at a stop, limbo is still read once more."""
+    store = store_of(10)
+    s, t = connected(store)
+    write_all(s, t, store.notes, 0.0)
+    store.up = False
+    t.feed(binary.encode_error_response(8, 6))
+    t.hang_up()
+
+    s.step(0.01, True)
+
+    assert 1 == store.attempts and 5 == sum(len(e) for e, _ in s.limbo)
+    store.up = True
+    back, answered = s.unresolved(0.02)
+    assert 2 == store.attempts
+    assert [store.notes[5].token] == [n.token for n, _ in answered]
+    assert [n.token for n in store.notes[6:]] == [n.token for n in back]
+
+
 def test_an_abrupt_loss_reads_every_held_job_back_with_the_loss_counted():
     """A connection dropped without a word: every held notification is read back into the pending queue in sending
     order, each with one loss more than it had (kept across being held by position)."""
@@ -342,8 +365,8 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
             fed = min(200, fed + ev[1])
         elif ev[0] == "error" and s.transport is not None and frames:
             ident, named = frames[ev[1] % len(frames)]
-            if named in {n.token for n, _ in outcomes} or ev[2] != 8 or not store.up:
-                named = ""  # answered already, or not a rejection, or it may wait in limbo
+            if named in {n.token for n, _ in outcomes} or ev[2] != 8 or not store.up or s.limbo:
+                named = ""  # answered already, or not a rejection, or it may wait in limbo (for Redis, or its retry)
             t.feed(binary.encode_error_response(ev[2], ident))
             t.hang_up()
         elif ev[0] == "wait":
