@@ -9,7 +9,7 @@ import msgspec
 
 from apnsd.core.jobs import Notification
 from apnsd.core.outcomes import BINARY_PROCESSED, DELIVERED, Outcome, binary_outcome
-from apnsd.core.slim import Entry, Slim, add
+from apnsd.core.slim import Entry, Slim, add, count
 from apnsd.errors import ProtocolError
 from apnsd.gateway.session import Loss, Resolved, Session, State
 from apnsd.wire import binary
@@ -440,6 +440,10 @@ class BinarySession(Session):
                 break
             run.at = max(run.at, now)
         self.log.debug("confirm_held", unacked=unacked, window=self._written_count())
+
+    def answers(self, out: Resolved) -> int:
+        """How many notifications ``out`` holds, each of a Slim's counted."""
+        return count(n for n, _ in out)
 
     def after_loss(self, loss: Loss) -> None:
         """An abrupt loss (no error response) restarts the window small."""

@@ -13,7 +13,7 @@ from apnsd.core.guard import MismatchGuard, mismatch_message
 from apnsd.core.jobs import Notification, shorten
 from apnsd.core.outcomes import BAD_DEVICE_TOKEN, DELIVERED, Kind, Outcome
 from apnsd.core.pacing import ConnectPacer, outage_delay
-from apnsd.core.slim import Entry, Hydrate, Slim, count
+from apnsd.core.slim import Entry, Hydrate, Slim
 from apnsd.core.suspension import (
     CREDENTIAL_REASONS,
     SuspendState,
@@ -25,6 +25,7 @@ from apnsd.errors import GatewayError, GatewayRejected
 
 Resolved = list[tuple[Notification | Slim, Outcome]]  # a Slim only ever as a delivery
 MAX_LOSSES = 5  # abrupt connection losses one notification may ride through before it counts as an attempt
+LOST_REPEATEDLY = Outcome(Kind.RETRY, None, "connection_lost_repeatedly")
 SHORT_LIVED = 30.0  # a connection that dies sooner than this makes the next connect back off
 ERRORS_FOR_STANDBY = 2  # connections in a row that delivered, then ended young on the gateway's answer
 FINAL_READ_TIMEOUT = 0.25  # after a failed write, how long the gateway's last words may take to arrive
@@ -222,17 +223,21 @@ class Session:
             dial = min(dial, self.pacer.next_attempt(now))
         return min(self.timer_deadline(now), self.connected_at + self.cfg.reconnect_interval, dial)
 
-    def unresolved(self) -> list[Notification]:
-        """Everything not yet answered (sent or not), removed from the session — used at shutdown."""
-        notes = self.take_unanswered() + list(self.pending) + self.parked
+    def unresolved(self, now: float) -> tuple[list[Notification], Resolved]:
+        """Everything not yet answered (sent or not), removed from the session — used at shutdown; and the answers
+        that waited in limbo for their jobs to be read back, to be recorded rather than returned to the queue."""
+        failures = self._limbo_failures
+        notes = self.take_unanswered()
+        # One more read back for what waits in limbo, unless Redis has just failed to answer one above.
+        answered = self._from_limbo(now) if self.limbo and self._limbo_failures <= failures else []
+        notes += self.pending
+        notes += self.parked
         self.pending.clear()
         self.parked = []
-        waiting, self.limbo = self.limbo, []
-        notes += self.restore([s for s, _ in waiting])[0]
         if self.limbo:  # still unreadable: they stay in flight in Redis, returned to the queue when the worker stops
             self.log.warning("left_in_flight", notifications=sum(len(s) for s, _ in self.limbo))
             self.limbo = []
-        return notes
+        return notes, answered
 
     def close(self, cause: str) -> None:
         """Close the connection cleanly (protocol goodbye first), and the standby and a connect in progress;
@@ -313,7 +318,7 @@ class Session:
         if not odd and hold.suspension is None:
             if (
                 self.guard.min_answers
-                and self.guard.observe(count(n for n, _ in out), 0, now)
+                and self.guard.observe(self.answers(out), 0, now)
                 and self.guard.tripped is not None
             ):
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
@@ -331,7 +336,7 @@ class Session:
         elif self.guard.min_answers:
             # The answers that trip the guard are recorded: they are the evidence; later ones are parked.
             bad = sum(1 for o in odd if o.reason == BAD_DEVICE_TOKEN)
-            if self.guard.observe(count(n for n, _ in out), bad, now) and self.guard.tripped is not None:
+            if self.guard.observe(self.answers(out), bad, now) and self.guard.tripped is not None:
                 self.suspend(mismatch_suspension(mismatch_message(self.cfg.environment, *self.guard.tripped)), now)
         return out
 
@@ -385,6 +390,10 @@ class Session:
 
     def after_loss(self, loss: Loss) -> None:
         """Called when a connection was lost, with how it ended."""
+
+    def answers(self, out: Resolved) -> int:
+        """How many gateway answers ``out`` holds: one per entry (a binary window's Slim holds many)."""
+        return len(out)
 
     def say_goodbye(self) -> None:
         """Queue the protocol's clean goodbye, if it has one."""
@@ -520,13 +529,20 @@ class Session:
             loss = Loss.ABRUPT if self.explanation is None else Loss.EXPLAINED
         abrupt = loss is Loss.ABRUPT
         out: Resolved = []
+        held = len(self.limbo)
         notes = self.take_unanswered()
+        if abrupt:  # those that could not be read back (Redis down) rode this loss too
+            for i in range(held, len(self.limbo)):
+                s = self.limbo[i][0]
+                s.losses += 1
+                if s.losses >= MAX_LOSSES:
+                    self.limbo[i] = (s, LOST_REPEATEDLY)
         again: list[Notification] = []
         for n in notes:
             if abrupt:
                 n.losses += 1
             if n.losses >= MAX_LOSSES:
-                out.append((n, Outcome(Kind.RETRY, None, "connection_lost_repeatedly")))
+                out.append((n, LOST_REPEATEDLY))
             else:
                 again.append(n)
         self.pending.extendleft(reversed(again))
@@ -565,11 +581,12 @@ class Session:
         """``entries`` as notifications, Slims read back in place; returns them and whether all came back in order.
 
         What cannot be read now (Redis unavailable) waits in limbo with ``outcome`` and is tried again after
-        ``outage_delay``; a job that can no longer be sent is left out (the loop recorded it)."""
+        ``outage_delay``; a job that can no longer be sent is left out (the loop recorded it). While such a retry is
+        pending, Redis is not asked at all: each attempt may hang for the socket timeout, and the loop with it."""
         slims = [e for e in entries if isinstance(e, Slim)]
         if not slims:
             return entries, True  # type: ignore[return-value]  # no Slim: notifications only
-        back = self._read_back(slims)
+        back = None if self.limbo and self._limbo_failures else self._read_back(slims)
         if back is None:
             self.limbo += [(s, outcome) for s in slims]
             return [e for e in entries if not isinstance(e, Slim)], False

@@ -651,7 +651,7 @@ class DeliveryLoop:
                     lost[batch_id] = lost.get(batch_id, 0) + 1
                     how = "was gone from Redis" if raw is None else "changed in Redis while in flight"
                     detail = f"job {p} of in-flight batch {batch_id} {how} when it had to be read back"
-                    r = Rejected(raw or b"", "in_flight_job_lost", detail, s.app)
+                    r = Rejected(raw, "in_flight_job_lost", detail, s.app)  # gone: a null job, nothing to requeue
                 self._completed(self.recorder.reject(b, r, wall))
             out.append(notes)
         if lost:
@@ -666,7 +666,9 @@ class DeliveryLoop:
         """Grace period over: write what is known and return every unanswered job to the queue."""
         returned = 0
         for s in self._all_sessions():
-            for n in s.unresolved():
+            back, answered = s.unresolved(now)
+            self._record_all(answered)
+            for n in back:
                 self._completed(self.recorder.requeue(n))
                 returned += 1
         self._commit_ready(now)

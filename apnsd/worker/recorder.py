@@ -43,7 +43,7 @@ class Batch:
 
 
 def dead_entry(
-    raw: bytes,
+    raw: bytes | None,
     app: str | None,
     reason: str,
     status: int | None,
@@ -55,7 +55,8 @@ def dead_entry(
     tokens: dict[str, str] | None = None,
     queue: str = "",
 ) -> bytes:
-    """One dead-letter list element: why, when, and the raw job so it can be requeued (onto ``queue``, its lane).
+    """One dead-letter list element: why, when, and the raw job so it can be requeued (onto ``queue``, its lane); a
+    job that is gone (``raw`` None) is null there, which ``apnsd dead requeue`` leaves alone.
 
     A fan-out job's rejected tokens share one entry (``tokens``: token → reason), holding the job once.
     """
@@ -67,7 +68,7 @@ def dead_entry(
         "app": app,
         "token": token,
         "time": round(now, 3),
-        "job": raw.decode("utf-8", "replace"),
+        "job": None if raw is None else raw.decode("utf-8", "replace"),
     }
     if tokens is not None:
         entry["tokens"] = tokens
@@ -252,7 +253,7 @@ class OutcomeRecorder:
             dead_entry(r.raw, r.app, r.reason, None, r.detail, 0, r.token, now, tokens=r.tokens, queue=b.commit.queue)
         )
         if self.results:  # a receipt too, or an application waiting for this job's receipt waits forever
-            job_id = _job_id(r.raw)
+            job_id = _job_id(r.raw) if r.raw is not None else ""
             for token, reason in (r.tokens or {r.token or "": r.reason}).items():  # one per rejected token
                 b.commit.results.append(
                     {

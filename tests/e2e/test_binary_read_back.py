@@ -144,7 +144,8 @@ def test_redis_refusing_the_read_back_delays_the_named_job_without_losing_any(jq
 def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not_dropped(jq, rdb, pki, make_config):
     """An operator deletes the in-flight lists while the window holds their jobs by position: the named job and the
     ones after it in those batches cannot be read back. Each is dead-lettered as in_flight_job_lost, saying which
-    job of which batch, and every other job still ends exactly once."""
+    job of which batch, with a null job that `apnsd dead requeue` leaves alone, and every other job still ends
+    exactly once."""
     tokens = jobs_with_one_bad(3000, 1500, seed=47)
 
     def delete_lists() -> None:
@@ -159,6 +160,8 @@ def test_a_job_gone_from_its_in_flight_list_is_dead_lettered_with_the_reason_not
     dead = jq.dead_entries(5000)
     assert dead and {"in_flight_job_lost"} == {d["reason"] for d in dead}
     assert all("of in-flight batch" in d["detail"] and "gone from Redis" in d["detail"] for d in dead)
+    assert all(d["job"] is None for d in dead)  # nothing to requeue: `apnsd dead requeue` leaves them
+    assert 0 == jq.requeue_dead({}, "apnsd:queue", None, "in_flight_job_lost")
     stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
     assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
     assert len(set(tokens) - set(gateway.read)) <= len(dead)  # every job the gateway never read is dead-lettered
@@ -216,3 +219,36 @@ def test_lane_jobs_are_held_by_position_in_their_lane_lists(jq, rdb, pki, make_c
     assert 3000 == stats.get("delivered", 0) + stats.get("dead", 0) + stats.get("unregistered", 0)
     assert len(set(tokens) - set(gateway.read)) <= len(dead)
     assert [] == inflight_keys(rdb)
+
+
+def test_two_connections_several_named_jobs_and_redis_refusing_at_the_first_resolve_each_job_once(
+    jq, rdb, pki, make_config, redis_server
+):
+    """Two connections of one app share the batches; five held jobs are named, Redis refusing the read back of the
+    first for a second: each named job is recorded unregistered once, every other job reaches the gateway and is
+    delivered once, and nothing is left in flight or dead-lettered."""
+    bad_at = [500, 7000, 7001, 12000, 18000]
+    tokens = good_tokens(20000, seed=53)
+    for i in bad_at:
+        tokens[i] = BAD + tokens[i][len(BAD) :]
+
+    def outage() -> None:
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.config_set("requirepass", "not-apnsd")
+        admin.execute_command("AUTH", "not-apnsd")
+        admin.client_kill_filter(_type="normal", skipme=True)
+        threading.Timer(1.0, lambda: admin.config_set("requirepass", "")).start()
+
+    gateway = NamingGateway(pki, outage)
+    push_all(jq, [job(t) for t in tokens])
+    try:
+        config = make_config(gateway, APP_DEFAULT_CONNECTIONS="2", APP_DEFAULT_STANDBY_CONNECTIONS="0")
+        assert 0 == run_drained(config, timeout=90)
+    finally:
+        gateway.close()
+
+    assert {tokens[i] for i in bad_at} == set(jq.unregistered())
+    assert set(tokens) == set(gateway.read)
+    stats = {k.decode(): int(v) for k, v in rdb.hgetall("apnsd:stats").items()}
+    assert (20000 - len(bad_at), len(bad_at)) == (stats.get("delivered"), stats.get("unregistered"))
+    assert ([], []) == (jq.dead_entries(10), inflight_keys(rdb))

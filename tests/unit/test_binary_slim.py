@@ -14,7 +14,7 @@ from apnsd.core.outcomes import DELIVERED, Kind
 from apnsd.core.pacing import outage_delay
 from apnsd.core.slim import Slim
 from apnsd.gateway.binary_session import SLIM_AGE, BinarySession
-from apnsd.gateway.session import Resolved, State
+from apnsd.gateway.session import MAX_LOSSES, Resolved, State
 from apnsd.store.queue import Commit
 from apnsd.wire import binary
 from apnsd.worker.recorder import Batch, OutcomeRecorder
@@ -35,11 +35,15 @@ class BatchList:
         self.batch.remaining = count
         self.up = True  # False: Redis unavailable
         self.reads = 0
+        self.attempts = 0  # reads asked for, failed ones included
+        self.rewritten = False  # a partial commit moved what stays in flight out of the list: positions are stale
 
     def hydrate(self, slims: list[Slim]) -> list[list[Notification]] | None:
         """What DeliveryLoop._hydrate does, from memory."""
+        self.attempts += 1
         if not self.up:
             return None
+        assert not self.rewritten, "read back by position from a list a partial commit rewrote"
         self.reads += 1
         out = []
         for s in slims:
@@ -193,6 +197,27 @@ def test_while_the_jobs_cannot_be_read_the_named_one_waits_and_comes_out_once_th
     assert not s.limbo and 0 == store.batch.slimmed
 
 
+def test_while_reads_fail_a_lost_connection_queues_its_held_jobs_for_the_retry_without_asking_redis_again():
+    """A read back has just failed (Redis down, each attempt may hang for the socket timeout) and its retry is not due:
+    the connection lost after the error response puts its held jobs straight into limbo, read with the others at the
+    retry; at a stop, limbo is still read once more."""
+    store = store_of(10)
+    s, t = connected(store)
+    write_all(s, t, store.notes, 0.0)
+    store.up = False
+    t.feed(binary.encode_error_response(8, 6))
+    t.hang_up()
+
+    s.step(0.01, True)
+
+    assert 1 == store.attempts and 5 == sum(len(e) for e, _ in s.limbo)
+    store.up = True
+    back, answered = s.unresolved(0.02)
+    assert 2 == store.attempts
+    assert [store.notes[5].token] == [n.token for n, _ in answered]
+    assert [n.token for n in store.notes[6:]] == [n.token for n in back]
+
+
 def test_an_abrupt_loss_reads_every_held_job_back_with_the_loss_counted():
     """A connection dropped without a word: every held notification is read back into the pending queue in sending
     order, each with one loss more than it had (kept across being held by position)."""
@@ -212,6 +237,26 @@ def test_an_abrupt_loss_reads_every_held_job_back_with_the_loss_counted():
 
     assert [n.token for n in store.notes] == [n.token for n in s.pending]
     assert [2] * 150 + [1] * 100 == [n.losses for n in s.pending]
+
+
+def test_a_loss_while_the_jobs_cannot_be_read_counts_and_gives_up_at_the_limit():
+    """Abrupt losses while Redis is down count for the jobs waiting in limbo too: one held by position that has ridden
+    MAX_LOSSES losses comes out of limbo as a retry (connection_lost_repeatedly) instead of being sent yet again."""
+    store = store_of(3)
+    s, t = connected(store)
+    for n in store.notes:
+        n.losses = MAX_LOSSES - 1
+    write_all(s, t, store.notes, 0.0)
+    store.up = False
+    t.hang_up()
+
+    assert [] == s.step(0.01, True) and 3 == sum(len(e) for e, _ in s.limbo)
+    store.up = True
+    out = s.step(s.deadline(0.01), False)
+
+    assert [(n.token, Kind.RETRY) for n in store.notes] == tokens(out)
+    assert {"connection_lost_repeatedly"} == {o.reason for _, o in out}
+    assert not s.pending and not s.limbo and 0 == store.batch.slimmed
 
 
 def test_once_errors_are_frequent_the_latest_frames_stay_whole_for_a_while():
@@ -287,20 +332,24 @@ EVENTS = st.lists(
         st.tuples(st.just("wait"), st.sampled_from([0.001, 0.05, 0.31])),
         st.tuples(st.just("drop"), st.booleans()),
         st.tuples(st.just("redis"), st.booleans()),
+        st.tuples(st.just("slice")),
     ),
     max_size=30,
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(EVENTS)
-def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and_redis_do(events):
-    """Any order of writes, error responses (for any identifier, any status), silences, dropped connections and
-    Redis outages: each notification gets exactly one outcome or is still pending, held or in limbo at the end, and
-    what the batch holds by position always matches what the session holds."""
+@given(EVENTS, st.booleans())
+def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and_redis_do(events, settle):
+    """Any order of writes, error responses (for any identifier, any status), silences, dropped connections, Redis
+    outages and commit slices: nothing is read back from a list a partial commit rewrote, each notification gets
+    exactly one outcome or is returned at the stop (which records what waited in limbo with an answer), and what the
+    batch holds by position always matches what the session holds."""
     store = store_of(200)
     s, t = connected(store)
     rec = OutcomeRecorder({"default": AppConfig(protocol="binary")}, results=False)
+    touched: list[Batch] = []
+    store.batch.slices = touched
     now, fed, outcomes = 0.0, 0, []
     frames: list[tuple[int, str]] = []  # what the current connection carried: (identifier, token)
 
@@ -316,8 +365,8 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
             fed = min(200, fed + ev[1])
         elif ev[0] == "error" and s.transport is not None and frames:
             ident, named = frames[ev[1] % len(frames)]
-            if named in {n.token for n, _ in outcomes} or ev[2] != 8 or not store.up:
-                named = ""  # answered already, or not a rejection, or it may wait in limbo
+            if named in {n.token for n, _ in outcomes} or ev[2] != 8 or not store.up or s.limbo:
+                named = ""  # answered already, or not a rejection, or it may wait in limbo (for Redis, or its retry)
             t.feed(binary.encode_error_response(ev[2], ident))
             t.hang_up()
         elif ev[0] == "wait":
@@ -326,6 +375,8 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
             t.hang_up() if ev[1] else t.fail_writes()
         elif ev[0] == "redis":
             store.up = ev[1]
+        elif ev[0] == "slice":  # the loop's commit slice: a partial commit rewrites the batch's in-flight storage
+            store.rewritten = store.rewritten or any(p.commit.keep is not None for p in rec.split(touched))
         if s.transport is None:
             t = reconnect(s, now)
             frames.clear()
@@ -342,11 +393,15 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
         )
     store.up = True
     now += 1.0
-    record(s.step(now, False))
-    left = s.unresolved()
+    if settle:  # else the stop comes before the session's next step: limbo is read back by unresolved()
+        record(s.step(now, False))
+    left, answered = s.unresolved(now)
+    record(answered)
+    assert not s.limbo and 0 == store.batch.slimmed
     ended = [id(n) for n, _ in outcomes]
     assert len(ended) == len(set(ended))  # nothing answered twice
-    by_position = sorted(n.index for n, _ in outcomes) + sorted(n.index for n in left)
+    # each job's position from its token (a partial commit sets the index of what stays in flight to -1)
+    by_position = [int(n.token, 16) - 1 for n, _ in outcomes] + [int(n.token, 16) - 1 for n in left]
     assert list(range(fed)) == sorted(by_position)  # every one sent: an outcome, or returned at shutdown
 
 
