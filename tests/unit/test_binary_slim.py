@@ -4,7 +4,7 @@ when the gateway names one or a connection is lost, and nothing lost or doubled 
 from __future__ import annotations
 
 import structlog
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apnsd import metrics
@@ -340,6 +340,10 @@ EVENTS = st.lists(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(EVENTS, st.booleans())
+# a write that fails and the next step's own reconnect: the error response must go to that new connection
+@example(
+    [("write", 1)] * 3 + [("error", 0, 8)] * 2 + [("wait", 0.31), ("drop", False), ("write", 1), ("error", 0, 8)], True
+)
 def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and_redis_do(events, settle):
     """Any order of writes, error responses (for any identifier, any status), silences, dropped connections, Redis
     outages and commit slices: nothing is read back from a list a partial commit rewrote, each notification gets
@@ -354,8 +358,13 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
     frames: list[tuple[int, str]] = []  # what the current connection carried: (identifier, token)
 
     def record(out: Resolved) -> None:
+        nonlocal t
         outcomes.extend(expand(out))
         rec.record_all(out, now)
+        if s.transport is not None and s.transport is not t:  # connected again (a fake connect completes at once)
+            assert isinstance(s.transport, FakeTransport)
+            t = s.transport
+            frames.clear()
         frames.extend(wire_frames(t.take_wire()))
 
     for ev in events:
@@ -384,9 +393,6 @@ def test_every_notification_ends_in_exactly_one_outcome_whatever_the_gateway_and
         record(s.step(now, True))
         if named:  # status 8 (invalid token) names that very notification
             assert (named, Kind.UNREGISTERED) in [(n.token, o.kind) for n, o in outcomes[seen:]]
-        if s.transport is not None and s.transport is not t:  # connected again (a fake connect completes at once)
-            t = s.transport
-            frames.clear()
         record(s.step(now, False))
         assert store.batch.slimmed == sum(len(e) for e in s._old if isinstance(e, Slim)) + sum(
             len(e) for e, _ in s.limbo
