@@ -21,13 +21,13 @@ from apnsd.config import WorkerConfig
 from apnsd.core.jobs import JobParser, Notification, Rejected
 from apnsd.core.outcomes import WRONG_QUEUE, Kind, Outcome
 from apnsd.core.pacing import outage_delay
-from apnsd.core.slim import Slim
 from apnsd.errors import KeyTypeError, QueueError
 from apnsd.gateway.session import Resolved, Session, State
 from apnsd.store.queue import Commit, JobQueue
 from apnsd.worker.feeder import Feeder
 from apnsd.worker.handoff import IDLE_WAIT, Handoff, Taken
 from apnsd.worker.lanes import WINDOW_MIN, FirstLane, LanePlan, next_window
+from apnsd.worker.readback import ReadBack
 from apnsd.worker.recorder import Batch, OutcomeRecorder
 
 EXPIRED = Outcome(Kind.DEAD, None, "expired")
@@ -108,8 +108,6 @@ class DeliveryLoop:
         self.plan = plan or LanePlan(queue, (queue,))
         self.lanes = list(self.plan.keys)  # the lists this loop takes from, highest priority first
         self.sessions = sessions  # keyed by app name, plus "app#2"… for an app's extra connections
-        for s in sessions.values():
-            s.hydrate = self._hydrate
         self.apps_by_key = {key: s.app for key, s in sessions.items()}  # fixed: other threads may read it
         self._routes = _routes(sessions)
         self.jq = jq
@@ -142,6 +140,10 @@ class DeliveryLoop:
         self._touched: list[Batch] | None = [] if jq.commits_partially(queue) else None
         self._ahead_seen = 0  # handoff.ahead_given when the loop last took the handed-over batches
         self._next_slice = 0.0
+        # What binary windows held by position, read back from Redis (core/slim.py); what is lost completes here.
+        self.read_back = ReadBack(jq, parser, recorder, self.log, self.wrong_type, self._completed)
+        for s in sessions.values():
+            s.hydrate = self.read_back
 
     # --- what other threads call -----------------------------------------------------------------
 
@@ -466,7 +468,7 @@ class DeliveryLoop:
             self._lower[new] = self._lower.pop(old)
         old.retire()
         self._retiring.append(old)
-        new.hydrate = self._hydrate
+        new.hydrate = self.read_back
         self.sessions[name] = new
         self._routes = _routes(self.sessions)
         self.log.info("connection_rotation_started", app=name, reason=why)
@@ -607,56 +609,6 @@ class DeliveryLoop:
         if not resolved:
             return
         self._ready.extend(self.recorder.record_all(resolved, time.time()))
-
-    def _hydrate(self, slims: list[Slim]) -> list[list[Notification]] | None:
-        """Read back notifications a binary window held by position (core/slim.py), from their batches' in-flight
-        lists; None while Redis is unavailable. A job that is gone from its list (an operator deleted the key, a
-        failover lost it) or no longer validates is dead-lettered here, and left out."""
-        jobs: dict[int, list[bytes]] = {}
-        try:
-            for s in slims:
-                b: Batch = s.batch
-                if id(b) not in jobs:
-                    try:
-                        jobs[id(b)] = self.jq.batch_jobs(b.commit.queue, b.commit.batch_id)
-                    except KeyTypeError as exc:
-                        self.wrong_type.failed(str(exc), key=exc.key)
-                        jobs[id(b)] = []
-        except QueueError as exc:
-            self.log.warning("redis_unavailable_for_resend", error=str(exc))
-            return None
-        wall = time.time()
-        out: list[list[Notification]] = []
-        lost: dict[str, int] = {}  # batch id → jobs that could not be read back
-        for s in slims:
-            b = s.batch
-            listed = jobs[id(b)]
-            notes: list[Notification] = []
-            for p in s.positions:
-                b.slimmed -= 1
-                raw = listed[p] if p < len(listed) else None
-                good, bad = self.parser.parse_many([raw], b) if raw is not None else ([], [])
-                if len(good) == 1 and not bad and good[0].app == s.app:
-                    n = good[0]
-                    n.index, n.losses = p, s.losses
-                    b.unresolved[n] = None
-                    notes.append(n)
-                    continue
-                for n in good:
-                    n.batch = None  # not in flight: this job is recorded once, below
-                if raw is not None and len(bad) == 1 and not good:
-                    r = bad[0]  # it no longer validates (the configuration changed since it was taken)
-                else:
-                    batch_id = b.commit.batch_id
-                    lost[batch_id] = lost.get(batch_id, 0) + 1
-                    how = "was gone from Redis" if raw is None else "changed in Redis while in flight"
-                    detail = f"job {p} of in-flight batch {batch_id} {how} when it had to be read back"
-                    r = Rejected(raw, "in_flight_job_lost", detail, s.app)  # gone: a null job, nothing to requeue
-                self._completed(self.recorder.reject(b, r, wall))
-            out.append(notes)
-        if lost:
-            self.log.error("in_flight_jobs_lost", batches=lost, note="dead-lettered: they could not be read back")
-        return out
 
     def _completed(self, batch: Batch | None) -> None:
         if batch is not None:

@@ -39,7 +39,7 @@ class BatchList:
         self.rewritten = False  # a partial commit moved what stays in flight out of the list: positions are stale
 
     def hydrate(self, slims: list[Slim]) -> list[list[Notification]] | None:
-        """What DeliveryLoop._hydrate does, from memory."""
+        """What worker/readback.py does for the delivery loop, from memory."""
         self.attempts += 1
         if not self.up:
             return None

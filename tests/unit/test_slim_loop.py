@@ -1,5 +1,5 @@
 """The delivery loop's side of binary windows held by position (core/slim.py): jobs read back from their batches'
-in-flight lists (DeliveryLoop._hydrate), and what a stop does with those that waited for Redis."""
+in-flight lists (worker/readback.py), and what a stop does with those that waited for Redis."""
 
 from __future__ import annotations
 
