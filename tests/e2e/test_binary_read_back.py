@@ -4,7 +4,6 @@ also when Redis refuses that read or the list is gone."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import threading
 from collections import Counter
@@ -14,77 +13,46 @@ from typing import Any
 import redis
 
 from apnsd.wire import binary
+from tests.support.binary_gateway import BinaryGateway, frames_from
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 
 BAD = "bad0"
 
 
-class NamingGateway:
+class NamingGateway(BinaryGateway):
     """A binary gateway that reads every frame; the first frame whose token starts with BAD runs ``hook`` (the test's
     interference with Redis) and is then answered with error response 8 (InvalidToken), ending the connection. Later
     BAD frames are answered the same way without the hook. ``read`` counts the tokens read, BAD ones included."""
 
-    protocol = "binary"
-
     def __init__(self, pki: Any, hook: Callable[[], None]) -> None:
-        self.host, self.hook, self.read = "127.0.0.1", hook, Counter[str]()
+        self.hook, self.read = hook, Counter[str]()
         self.hooked = threading.Event()
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(pki.server_cert, pki.server_key)
-        self._ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # tickets inside the handshake, as legacy clients expect
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((self.host, 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(pki)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            raw.settimeout(5)
-            try:
-                conn = self._ctx.wrap_socket(raw, server_side=True)
-            except (OSError, ssl.SSLError):
-                raw.close()
-                continue
-            threading.Thread(target=self._read_all, args=(conn,), daemon=True).start()
-
-    def _read_all(self, conn: ssl.SSLSocket) -> None:
-        buf = bytearray()
+    def serve(self, conn: ssl.SSLSocket, number: int) -> None:
+        """Read frames until a BAD one, which is answered with error response 8 and ends the connection."""
         with conn:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except (TimeoutError, OSError):
-                    return
-                if not data:
-                    return
-                buf += data
-                frames, used = binary.decode_frames(buf)
-                del buf[:used]
-                for f in frames:
-                    token = f.token.hex()
-                    with self._lock:
-                        self.read[token] += 1
-                    if token.startswith(BAD):
-                        if not self.hooked.is_set():
-                            self.hook()
-                            self.hooked.set()
-                        conn.sendall(binary.encode_error_response(8, f.identifier))
-                        return  # the gateway ends the connection; what followed on it is discarded
+            for f in frames_from(conn, self.stop):
+                token = f.token.hex()
+                with self._lock:
+                    self.read[token] += 1
+                if token.startswith(BAD):
+                    if not self.hooked.is_set():
+                        self.hook()
+                        self.hooked.set()
+                    conn.sendall(binary.encode_error_response(8, f.identifier))
+                    return  # the gateway ends the connection; what followed on it is discarded
 
-    def close(self) -> None:
-        """Stop accepting and reading."""
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
+
+def refuse_clients(url: str, seconds: float) -> None:
+    """Redis refuses every client for ``seconds``: a password set and every other connection killed (an outage that
+    answers at once, unlike a blackholed one), then the password taken away again."""
+    admin = redis.Redis.from_url(url)
+    admin.config_set("requirepass", "not-apnsd")
+    admin.execute_command("AUTH", "not-apnsd")
+    admin.client_kill_filter(_type="normal", skipme=True)
+    threading.Timer(seconds, lambda: admin.config_set("requirepass", "")).start()
 
 
 def jobs_with_one_bad(count: int, bad_at: int, seed: int) -> list[str]:
@@ -121,14 +89,7 @@ def test_redis_refusing_the_read_back_delays_the_named_job_without_losing_any(jq
     held job: its outcome and the resend wait until Redis answers again, then every job ends exactly once."""
     tokens = jobs_with_one_bad(5000, 2500, seed=43)
 
-    def outage() -> None:
-        admin = redis.Redis.from_url(redis_server.url)
-        admin.config_set("requirepass", "not-apnsd")
-        admin.execute_command("AUTH", "not-apnsd")
-        admin.client_kill_filter(_type="normal", skipme=True)
-        threading.Timer(1.5, lambda: admin.config_set("requirepass", "")).start()
-
-    gateway = NamingGateway(pki, outage)
+    gateway = NamingGateway(pki, lambda: refuse_clients(redis_server.url, 1.5))
     push_all(jq, [job(t) for t in tokens])
 
     drain(gateway, make_config)
@@ -232,14 +193,7 @@ def test_two_connections_several_named_jobs_and_redis_refusing_at_the_first_reso
     for i in bad_at:
         tokens[i] = BAD + tokens[i][len(BAD) :]
 
-    def outage() -> None:
-        admin = redis.Redis.from_url(redis_server.url)
-        admin.config_set("requirepass", "not-apnsd")
-        admin.execute_command("AUTH", "not-apnsd")
-        admin.client_kill_filter(_type="normal", skipme=True)
-        threading.Timer(1.0, lambda: admin.config_set("requirepass", "")).start()
-
-    gateway = NamingGateway(pki, outage)
+    gateway = NamingGateway(pki, lambda: refuse_clients(redis_server.url, 1.0))
     push_all(jq, [job(t) for t in tokens])
     try:
         config = make_config(gateway, APP_DEFAULT_CONNECTIONS="2", APP_DEFAULT_STANDBY_CONNECTIONS="0")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import threading
 import time
 from typing import Any
 
 import msgspec
 
-from apnsd.wire import binary
+from tests.support.binary_gateway import BinaryGateway, frames_from
 from tests.support.jobs import good_tokens, inflight_keys, job, push_all, run_drained
 
 
@@ -130,62 +129,23 @@ def test_a_gateway_that_keeps_dropping_the_connection_costs_few_resends(jq, rdb,
     assert [] == inflight_keys(rdb)
 
 
-class StallingGateway:
+class StallingGateway(BinaryGateway):
     """A binary gateway with a tiny receive buffer whose first connection reads nothing for ``stall`` seconds and is
     then reset; later connections read every frame. ``read`` holds the hex tokens it read, in order."""
 
-    protocol = "binary"
-
     def __init__(self, pki: Any, stall: float) -> None:
-        self.host, self.stall, self.read = "127.0.0.1", stall, []
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(pki.server_cert, pki.server_key)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
-        self._listener.bind((self.host, 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.stall, self.read = stall, list[str]()
+        super().__init__(pki, receive_buffer=4096)
 
-    def _serve(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            raw.settimeout(5)
-            conn = self._ctx.wrap_socket(raw, server_side=True)
-            if first:
-                first = False
-                time.sleep(self.stall)  # read nothing: the client's kernel keeps what does not fit here
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # a reset: whatever was unread or unsent is gone
-                continue
-            threading.Thread(target=self._read_all, args=(conn,), daemon=True).start()
-
-    def _read_all(self, conn: ssl.SSLSocket) -> None:
-        buf = bytearray()
-        while not self._stop.is_set():
-            try:
-                data = conn.recv(65536)
-            except (TimeoutError, OSError):
-                return
-            if not data:
-                return
-            buf += data
-            frames, used = binary.decode_frames(buf)
-            del buf[:used]
-            self.read += [f.token.hex() for f in frames]
-
-    def close(self) -> None:
-        """Stop accepting and reading."""
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
+    def serve(self, conn: ssl.SSLSocket, number: int) -> None:
+        """The first connection stalls, then is reset; the others are read to the end."""
+        if number == 1:
+            time.sleep(self.stall)  # read nothing: the client's kernel keeps what does not fit here
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # a reset: whatever was unread or unsent is gone
+            return
+        for f in frames_from(conn, self.stop):
+            self.read.append(f.token.hex())
 
 
 def test_frames_a_stalled_gateway_never_acknowledged_are_resent_not_confirmed(jq, rdb, pki, make_config):

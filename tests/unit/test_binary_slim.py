@@ -166,16 +166,22 @@ def test_an_error_naming_a_held_frame_reads_back_that_job_and_the_ones_after_it(
     assert 4 == s.unanswered_count() and 2 == store.reads
 
 
-def test_while_the_jobs_cannot_be_read_the_named_one_waits_and_comes_out_once_they_can():
-    """Redis is down when the gateway names a held frame: its outcome waits in limbo (the session stays busy, the
-    batch unfinished) and is recorded on the first step after the retry delay once Redis is back; the frames after it
-    are sent again then too."""
+def named_while_redis_is_down() -> tuple[BatchList, BinarySession, FakeTransport]:
+    """Ten frames written and held by position; Redis goes down, then the gateway names the sixth and hangs up."""
     store = store_of(10)
     s, t = connected(store)
     write_all(s, t, store.notes, 0.0)
     store.up = False
     t.feed(binary.encode_error_response(8, 6))
     t.hang_up()
+    return store, s, t
+
+
+def test_while_the_jobs_cannot_be_read_the_named_one_waits_and_comes_out_once_they_can():
+    """Redis is down when the gateway names a held frame: its outcome waits in limbo (the session stays busy, the
+    batch unfinished) and is recorded on the first step after the retry delay once Redis is back; the frames after it
+    are sent again then too."""
+    store, s, t = named_while_redis_is_down()
 
     out = s.step(0.01, True)
 
@@ -201,12 +207,7 @@ def test_while_reads_fail_a_lost_connection_queues_its_held_jobs_for_the_retry_w
     """A read back has just failed (Redis down, each attempt may hang for the socket timeout) and its retry is not due:
     the connection lost after the error response puts its held jobs straight into limbo, read with the others at the
     retry; at a stop, limbo is still read once more."""
-    store = store_of(10)
-    s, t = connected(store)
-    write_all(s, t, store.notes, 0.0)
-    store.up = False
-    t.feed(binary.encode_error_response(8, 6))
-    t.hang_up()
+    store, s, _ = named_while_redis_is_down()
 
     s.step(0.01, True)
 
