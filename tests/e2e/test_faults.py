@@ -547,17 +547,20 @@ CONFIRM_DELAY = 0.2  # what daemon_env configures
 SIGKILL_RUN = {"binary": (200_000, 150_000), "http2": (50_000, 30_000)}  # protocol → (jobs, kill at)
 
 
-def receive_rate_until(mock: MockGateway, count: int, timeout: float, window: float = 0.25) -> float:
-    """Wait until the gateway has received ``count``; returns its receive rate over the last ``window`` s."""
+def receipts_until(mock: MockGateway, count: int, timeout: float) -> list[tuple[float, int]]:
+    """Wait until the gateway has received ``count``; returns (monotonic time, received so far) every ~2 ms."""
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout
     while not samples or samples[-1][1] < count:
         assert time.monotonic() < deadline, f"fewer than {count} received within {timeout} s"
         samples.append((time.monotonic(), received(mock)))
         time.sleep(0.002)
-    end_t, end_n = samples[-1]
-    start_t, start_n = next((t, n) for t, n in samples if t >= end_t - window)
-    return (end_n - start_n) / max(end_t - start_t, 1e-3)
+    return samples
+
+
+def received_since(samples: list[tuple[float, int]], since: float) -> int:
+    """How many the gateway had received by ``since``, as the last sample at or before it saw."""
+    return next((n for t, n in reversed(samples) if t <= since), 0)
 
 
 @pytest.mark.timeout(120)
@@ -567,8 +570,8 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
 ):
     """After kill -9 a new worker recovers the dead worker's in-flight jobs once its heartbeat lapses: every
     job is delivered, duplicates only among what the dead worker held in flight. Of what the gateway had
-    received at the kill, no more than it received in the last confirm_delay + COMMIT_SLICE (rate × that
-    time; on binary plus one batch, committed whole) is delivered again; what was still in socket buffers
+    received at the kill, no more than it received in the last confirm_delay + COMMIT_SLICE (on binary plus one
+    batch, committed whole) is delivered again; what was still in socket buffers
     reaches it after the kill and is counted apart (no sender can know whether it was read)."""
     jobs, kill_at = SIGKILL_RUN[protocol]
     tokens, _ = make_tokens(seed=808, n=jobs)
@@ -587,9 +590,9 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
     )
     first = DaemonProcess(env, tmp_path / "first.log")
     try:
-        rate = receive_rate_until(mock, kill_at, 60, window=1.0)  # the gateway reads in bursts: average them
+        samples = receipts_until(mock, kill_at, 60)
         first.signal(signal.SIGKILL)
-        at_kill = received(mock)
+        at_kill, kill_t = received(mock), time.monotonic()
         assert -signal.SIGKILL == first.wait(10)
         # What was still in socket buffers reaches the gateway after the kill.
         wait_for(lambda: mock.open_connections == 0, 10, "the gateway to read what was on its way")
@@ -602,7 +605,10 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
 
     t = tally(tokens, mock, jq, rdb)
     recovered = [e for e in second.events("recovered_dead_worker") if e["dead_worker"] == first.worker_id]
-    bound = rate * (CONFIRM_DELAY + COMMIT_SLICE)
+    # What the gateway received in the last confirm_delay + COMMIT_SLICE before the kill, counted (it reads in
+    # bursts: a rate times that time over- or underestimates it by a burst).
+    bound = at_kill - received_since(samples, kill_t - CONFIRM_DELAY - COMMIT_SLICE)
+    rate = (at_kill - received_since(samples, kill_t - 1.0)) / 1.0
     if protocol == "binary":
         # A batch whose jobs the window holds by position is committed whole, not in 50 ms slices (its in-flight
         # list must stay as taken): the one batch straddling the confirmation point adds its confirmed part.
@@ -615,7 +621,7 @@ def test_sigkill_then_a_new_worker_recovers_the_dead_ones_jobs(
         held_in_flight_by_killed=held,
         recovered=sum(e["jobs"] for e in recovered),
         rate_before_kill=f"{rate:.0f}/s",
-        bound_rate_x_confirm_delay_plus_slice=f"{bound:.0f}",
+        bound_received_in_confirm_delay_plus_slice=bound,
         received_before_kill_and_again=again,
         received_after_kill=in_transit,
     )
