@@ -253,12 +253,14 @@ class JobQueue:
             keys = [self.keys.inflight(queue, self.worker_id), self.keys.inflight_list(queue, self.worker_id, batch_id)]
             return list(self._claim(keys=keys, args=[batch_id]))
 
-    def batch_jobs(self, queue: str, batch_id: str) -> list[bytes]:
-        """The jobs of one of this worker's in-flight batches taken into a list, oldest first, as ``take`` returned
-        them (empty when the list is gone); read back while the batch is unresolved, so unchanged since."""
+    def batch_jobs(self, queue: str, batch_id: str, first: int = 0, last: int | None = None) -> list[bytes]:
+        """The jobs at positions ``first`` to ``last`` (default: the end) of one of this worker's in-flight batches
+        taken into a list, oldest first as ``take`` returned them: element i is position first + i (fewer or none
+        when the list is shorter or gone). Only that range is read, whatever the list has become."""
         batch = self.keys.inflight_list(queue, self.worker_id, batch_id)
+        start = 0 if last is None else -(last + 1)  # the list holds the batch newest first: position p is -(p + 1)
         with redis_errors("reading an in-flight batch", batch):
-            jobs: list[bytes] = list(self.client.lrange(batch, 0, -1))  # type: ignore[arg-type]  # bytes replies
+            jobs: list[bytes] = list(self.client.lrange(batch, start, -(first + 1)))  # type: ignore[arg-type]
         jobs.reverse()
         return jobs
 

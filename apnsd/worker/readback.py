@@ -45,35 +45,43 @@ class ReadBack:
             return None
         wall = time.time()
         lost: dict[str, int] = {}  # batch id → jobs that could not be read back
-        out = [self._notes(s, jobs[id(s.batch)], wall, lost) for s in slims]
+        out = [self._notes(s, *jobs[id(s.batch)], wall, lost) for s in slims]
         if lost:
             self.log.error("in_flight_jobs_lost", batches=lost, note="dead-lettered: they could not be read back")
         return out
 
-    def _lists(self, slims: list[Slim]) -> dict[int, list[bytes]] | None:
-        """The jobs of each batch the Slims belong to, by id() of the batch; None while Redis is unavailable."""
-        jobs: dict[int, list[bytes]] = {}
+    def _lists(self, slims: list[Slim]) -> dict[int, tuple[int, list[bytes]]] | None:
+        """For each batch the Slims belong to (by id()), the first position read and the jobs from there to the last
+        one needed (one LRANGE of just that span); None while Redis is unavailable."""
+        spans: dict[int, tuple[Batch, int, int]] = {}
+        for s in slims:
+            b: Batch = s.batch
+            low, high = min(s.positions), max(s.positions)
+            if id(b) in spans:
+                _, was_low, was_high = spans[id(b)]
+                low, high = min(low, was_low), max(high, was_high)
+            spans[id(b)] = (b, low, high)
+        jobs: dict[int, tuple[int, list[bytes]]] = {}
         try:
-            for s in slims:
-                b: Batch = s.batch
-                if id(b) not in jobs:
-                    try:
-                        jobs[id(b)] = self.jq.batch_jobs(b.commit.queue, b.commit.batch_id)
-                    except KeyTypeError as exc:  # another type at the list's name: the jobs are gone
-                        self.wrong_type.failed(str(exc), key=exc.key)
-                        jobs[id(b)] = []
+            for key, (b, low, high) in spans.items():
+                try:
+                    jobs[key] = (low, self.jq.batch_jobs(b.commit.queue, b.commit.batch_id, low, high))
+                except KeyTypeError as exc:  # another type at the list's name: the jobs are gone
+                    self.wrong_type.failed(str(exc), key=exc.key)
+                    jobs[key] = (low, [])
         except QueueError as exc:
             self.log.warning("redis_unavailable_for_resend", error=str(exc))
             return None
         return jobs
 
-    def _notes(self, s: Slim, listed: list[bytes], wall: float, lost: dict[str, int]) -> list[Notification]:
-        """The notifications of one Slim from its batch's jobs; the others are dead-lettered (counted in ``lost``)."""
+    def _notes(self, s: Slim, first: int, listed: list[bytes], wall: float, lost: dict[str, int]) -> list[Notification]:
+        """The notifications of one Slim from its batch's jobs (``listed``, from position ``first`` on); the others
+        are dead-lettered (counted in ``lost``)."""
         b: Batch = s.batch
         notes: list[Notification] = []
         for p in s.positions:
             b.slimmed -= 1
-            raw = listed[p] if p < len(listed) else None
+            raw = listed[p - first] if p - first < len(listed) else None
             good, bad = self.parser.parse_many([raw], b) if raw is not None else ([], [])
             if len(good) == 1 and not bad and good[0].app == s.app:
                 n = good[0]

@@ -70,6 +70,22 @@ def test_take_moves_jobs_into_in_flight_storage_first_pushed_first(jq, worker):
     assert (items[2::-1], {batch.encode()}) == (held, jq.client.smembers(w.keys.inflight_batches(Q, "w1")))
 
 
+def test_a_batch_is_read_back_by_position_and_only_the_span_asked_for(jq, rdb, worker):
+    """Positions count from the first job taken; a span reads just those jobs, even after something pushed a
+    million elements onto the batch's list (read back must cost what it needs, whatever the key has become)."""
+    jq.push("q", [b"j%d" % i for i in range(10)])
+    w = worker("w1")
+    batch_id, taken = w.take("q", 6)
+
+    assert taken == w.batch_jobs("q", batch_id)
+    assert [b"j2", b"j3", b"j4"] == w.batch_jobs("q", batch_id, 2, 4)
+    assert [b"j5"] == w.batch_jobs("q", batch_id, 5, 5)
+    assert [] == w.batch_jobs("q", batch_id, 6, 9)  # beyond the batch: nothing, not another job
+    for _ in range(100):
+        rdb.lpush(w.keys.inflight_list("q", "w1", batch_id), *([b"x"] * 10_000))
+    assert [b"j2", b"j3", b"j4"] == w.batch_jobs("q", batch_id, 2, 4)
+
+
 def test_take_is_a_single_atomic_script_call(jq, rdb, worker):
     """Moving jobs into in-flight storage happens in one server-side step, not a pop then a write."""
     lpush_each(jq, jobs(4))

@@ -41,11 +41,12 @@ class BatchLists:
         """Batches may be committed in parts."""
         return True
 
-    def batch_jobs(self, queue: str, batch_id: str) -> list[bytes]:
-        """A batch's jobs as taken, oldest first (empty once the list is gone)."""
+    def batch_jobs(self, queue: str, batch_id: str, first: int = 0, last: int | None = None) -> list[bytes]:
+        """A batch's jobs as taken, oldest first, from position ``first`` to ``last`` (empty once the list is gone)."""
         if not self.up:
             raise QueueError("Redis unavailable during reading an in-flight batch: connection refused")
-        return list(self.lists.get(batch_id, []))
+        jobs = self.lists.get(batch_id, [])
+        return list(jobs[first : None if last is None else last + 1])
 
     def commit(self, c: Commit) -> None:
         """Keep the commit; a complete one drops the batch's list, as the commit script does."""
@@ -117,10 +118,10 @@ class RewrittenLists(BatchLists):
         super().__init__()
         self.rewritten: set[str] = set()
 
-    def batch_jobs(self, queue: str, batch_id: str) -> list[bytes]:
+    def batch_jobs(self, queue: str, batch_id: str, first: int = 0, last: int | None = None) -> list[bytes]:
         """As BatchLists, never from a rewritten list."""
         assert batch_id not in self.rewritten, f"batch {batch_id} read back by position after a partial commit"
-        return super().batch_jobs(queue, batch_id)
+        return super().batch_jobs(queue, batch_id, first, last)
 
     def commit(self, c: Commit) -> None:
         """As BatchLists; a partial commit rewrites the batch's in-flight storage."""
