@@ -179,7 +179,7 @@ _payload_decoder = msgspec.json.Decoder(_JobPayload)
 class Rejected:
     """A job (or one token of it) that cannot be sent, with the reason it failed validation."""
 
-    raw: bytes | None  # None: the job itself is gone (see worker.delivery's read back), nothing to requeue
+    raw: bytes | None  # None: the job itself is gone (see worker/readback.py), nothing to requeue
     reason: str
     detail: str
     app: str | None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
-from math import nan
 from typing import Any, Protocol
 
 from apnsd.core.jobs import Notification
@@ -28,7 +27,7 @@ class Holder(Protocol):
 class Slim:
     """Written notifications of one batch and app, in sending order, each held as its position in the batch.
 
-    ``stamps`` holds their ``enqueued_at`` (for the latency metric) when they had one, else it is None; ``losses``
+    ``stamps`` holds their ``enqueued_at`` (for the latency metric) when each had one, else it is None; ``losses``
     is the connection losses each has ridden (see ``Session._lost``)."""
 
     __slots__ = ("app", "batch", "losses", "positions", "stamps")
@@ -74,8 +73,8 @@ def add(entries: deque[Entry], n: Notification) -> None:
         last = Slim(n.batch, n.app, n.losses, stamp is not None)
         entries.append(last)
     last.positions.append(n.index)
-    if last.stamps is not None:
-        last.stamps.append(nan if stamp is None else stamp)
+    if stamp is not None:  # then the Slim is stamped: it holds only notifications that had one
+        last.stamps.append(stamp)  # type: ignore[union-attr]
     b: Holder = n.batch
     del b.unresolved[n]
     b.slimmed += 1

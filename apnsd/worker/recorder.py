@@ -183,8 +183,7 @@ class OutcomeRecorder:
         if s.stamps is not None:
             observe = metrics.LATENCY.labels(s.app).observe
             for at in s.stamps:
-                if at == at:  # NaN: that one had no enqueued_at
-                    observe(max(0.0, now - at))
+                observe(max(0.0, now - at))
         return b if self._delivered(b, s.app, k) else None
 
     def _delivered(self, b: Batch, app: str, k: int) -> bool:
